@@ -1,0 +1,1 @@
+//! hygiene backend for aws (work in progress: see the project issues).

@@ -1,0 +1,462 @@
+//! Rollout configuration, validated when built.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::target::TargetId;
+
+/// A count of targets, or a percent of some total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Amount {
+    /// An absolute number of targets.
+    Count(usize),
+    /// A percent (0–100) of a total.
+    Percent(u8),
+}
+
+impl Amount {
+    /// The amount out of `total`, percent rounded **down**.
+    pub fn floor_of(self, total: usize) -> usize {
+        match self {
+            Self::Count(n) => n,
+            Self::Percent(p) => total * usize::from(p) / 100,
+        }
+    }
+
+    /// The amount out of `total`, percent rounded **up**.
+    pub fn ceil_of(self, total: usize) -> usize {
+        match self {
+            Self::Count(n) => n,
+            Self::Percent(p) => (total * usize::from(p)).div_ceil(100),
+        }
+    }
+
+    fn check_percent(self, field: &'static str) -> Result<()> {
+        match self {
+            Self::Percent(p) if p > 100 => {
+                Err(Error::invalid_config(field, format!("{p}% is over 100%; give a percent from 0 to 100 or a count")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Count(n) => write!(f, "{n}"),
+            Self::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl FromStr for Amount {
+    type Err = Error;
+    /// `"3"` is a count, `"25%"` a percent.
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let bad = || Error::invalid_config("amount", format!("{s:?} is neither a count (\"3\") nor a percent (\"25%\")"));
+        match s.strip_suffix('%') {
+            Some(p) => {
+                let p: u16 = p.trim().parse().map_err(|_| bad())?;
+                let p = u8::try_from(p)
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .ok_or_else(|| Error::invalid_config("amount", format!("{s:?} is over 100%")))?;
+                Ok(Self::Percent(p))
+            }
+            None => s.parse().map(Self::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+/// What to do when a target is still not drained at `drain_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDrainTimeout {
+    /// Go on with the maintenance anyway, cutting what is still in flight
+    /// (ELBv2 deregistration-delay semantics).
+    Proceed,
+    /// Fail the target; it is handled by [`OnFailure`]. The default: a target
+    /// with work stuck on it is not worth cutting requests for.
+    #[default]
+    Fail,
+}
+
+/// What happens to a target whose maintenance or health check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Leave it out of rotation and report it by name with the way to put it
+    /// back (the default: a broken server must not take traffic).
+    #[default]
+    KeepOut,
+    /// Put it back in rotation anyway.
+    Restore,
+}
+
+/// Which targets of the pool the run maintains.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Every target of the pool, in the balancer's order.
+    #[default]
+    All,
+    /// These targets, in this order.
+    Named(Vec<TargetId>),
+}
+
+/// Bounds on retries of retryable balancer and executor errors (jittered
+/// exponential backoff through `backon`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: usize,
+    /// First delay.
+    pub min_delay: Duration,
+    /// Largest single delay.
+    pub max_delay: Duration,
+    /// Largest sum of delays.
+    pub max_total: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 5,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            max_total: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A validated rollout configuration; build it with [`RolloutConfig::builder`].
+///
+/// # Semantics
+///
+/// - **`batch_size`**: how many selected targets are worked on at once; a
+///   percent of the *selected* targets, rounded down, at least 1. Targets
+///   kept out after a failure no longer count against it.
+/// - **`min_healthy`**: how many targets of the *whole pool* must be in
+///   service and healthy at every instant; a percent is rounded **up** (the
+///   safe side). A batch that would break it is shrunk; when not even one
+///   target fits, the run waits up to `capacity_timeout`, then aborts.
+/// - **`max_failures`**: the run aborts when **more than** N targets have
+///   failed, N being a count or a percent of the selected targets rounded
+///   down (SSM `MaxErrors` semantics).
+///
+///   Worked example: 10 selected targets, batch size 2.
+///   * `max_failures = 0`: the first failure aborts the run once its batch
+///     has finished.
+///   * `max_failures = 1`: one failure is tolerated; the second aborts.
+///   * `max_failures = 15%`: 15% of 10 is 1.5, rounded down to 1: same as 1.
+///   * `max_failures = 10%`: 1, likewise; `max_failures = 9%`: 0.
+///
+///   The batch in progress always finishes (drain, execute, enable) before
+///   the run aborts, so no target is abandoned half-way.
+/// - **`drain_timeout`** / **`on_drain_timeout`**: how long to wait for a
+///   target's in-flight work to end, and what to do after.
+/// - **`health_timeout`**: how long after the enable a target has to be
+///   seen healthy (after the probe, if any) before it fails.
+/// - **`warmup`**: time to wait after a batch is healthy before the next
+///   batch starts (ASG instance warmup).
+/// - **`poll_interval`**: how often status is polled; `None` takes the
+///   balancer's [`default_poll_interval`](crate::LoadBalancer::default_poll_interval).
+/// - **`canary`**: the first batch is a single target.
+/// - **`on_failure`**: see [`OnFailure`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutConfig {
+    pub(crate) batch_size: Amount,
+    pub(crate) min_healthy: Amount,
+    pub(crate) max_failures: Amount,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) on_drain_timeout: OnDrainTimeout,
+    pub(crate) health_timeout: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) poll_interval: Option<Duration>,
+    pub(crate) capacity_timeout: Duration,
+    pub(crate) canary: bool,
+    pub(crate) on_failure: OnFailure,
+    pub(crate) selection: Selection,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl RolloutConfig {
+    /// A builder with the defaults: batch 1, `min_healthy` 0, `max_failures`
+    /// 0, drain timeout 300 s (fail), health timeout 300 s, no warmup,
+    /// balancer's poll interval, capacity timeout 300 s, no canary, keep
+    /// failed targets out, all targets.
+    pub fn builder() -> RolloutConfigBuilder {
+        RolloutConfigBuilder { config: Self::unchecked_default() }
+    }
+
+    fn unchecked_default() -> Self {
+        Self {
+            batch_size: Amount::Count(1),
+            min_healthy: Amount::Count(0),
+            max_failures: Amount::Count(0),
+            drain_timeout: Duration::from_secs(300),
+            on_drain_timeout: OnDrainTimeout::Fail,
+            health_timeout: Duration::from_secs(300),
+            warmup: Duration::ZERO,
+            poll_interval: None,
+            capacity_timeout: Duration::from_secs(300),
+            canary: false,
+            on_failure: OnFailure::KeepOut,
+            selection: Selection::All,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Batch size.
+    pub fn batch_size(&self) -> Amount {
+        self.batch_size
+    }
+    /// Minimum healthy targets of the pool.
+    pub fn min_healthy(&self) -> Amount {
+        self.min_healthy
+    }
+    /// Failures tolerated.
+    pub fn max_failures(&self) -> Amount {
+        self.max_failures
+    }
+    /// Drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+    /// What to do at the drain timeout.
+    pub fn on_drain_timeout(&self) -> OnDrainTimeout {
+        self.on_drain_timeout
+    }
+    /// Health timeout.
+    pub fn health_timeout(&self) -> Duration {
+        self.health_timeout
+    }
+    /// Warmup after each batch.
+    pub fn warmup(&self) -> Duration {
+        self.warmup
+    }
+    /// Poll interval, when set.
+    pub fn poll_interval(&self) -> Option<Duration> {
+        self.poll_interval
+    }
+    /// Capacity timeout.
+    pub fn capacity_timeout(&self) -> Duration {
+        self.capacity_timeout
+    }
+    /// Canary first batch.
+    pub fn canary(&self) -> bool {
+        self.canary
+    }
+    /// Failure policy.
+    pub fn on_failure(&self) -> OnFailure {
+        self.on_failure
+    }
+    /// Target selection.
+    pub fn selection(&self) -> &Selection {
+        &self.selection
+    }
+    /// Retry policy.
+    pub fn retry(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Batch size for `selected` targets: percent rounded down, at least 1.
+    pub fn batch_len(&self, selected: usize) -> usize {
+        self.batch_size.floor_of(selected).max(1)
+    }
+
+    /// Failures tolerated out of `selected` targets (abort when more fail).
+    pub fn failures_allowed(&self, selected: usize) -> usize {
+        self.max_failures.floor_of(selected)
+    }
+
+    /// Targets of a pool of `pool` that must stay healthy (percent rounded up).
+    pub fn min_healthy_of(&self, pool: usize) -> usize {
+        self.min_healthy.ceil_of(pool)
+    }
+}
+
+/// Builder of [`RolloutConfig`]; [`build`](Self::build) validates every field.
+#[derive(Debug, Clone)]
+pub struct RolloutConfigBuilder {
+    config: RolloutConfig,
+}
+
+impl RolloutConfigBuilder {
+    /// Targets worked on at once (count, or percent of the selected targets).
+    pub fn batch_size(mut self, amount: Amount) -> Self {
+        self.config.batch_size = amount;
+        self
+    }
+    /// Targets of the whole pool that must stay healthy and in service.
+    pub fn min_healthy(mut self, amount: Amount) -> Self {
+        self.config.min_healthy = amount;
+        self
+    }
+    /// Failures tolerated; the run aborts when more fail.
+    pub fn max_failures(mut self, amount: Amount) -> Self {
+        self.config.max_failures = amount;
+        self
+    }
+    /// How long to wait for in-flight work to end.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+    /// What to do at the drain timeout.
+    pub fn on_drain_timeout(mut self, action: OnDrainTimeout) -> Self {
+        self.config.on_drain_timeout = action;
+        self
+    }
+    /// How long a target has to be seen healthy after the enable.
+    pub fn health_timeout(mut self, timeout: Duration) -> Self {
+        self.config.health_timeout = timeout;
+        self
+    }
+    /// Wait after each batch is healthy.
+    pub fn warmup(mut self, warmup: Duration) -> Self {
+        self.config.warmup = warmup;
+        self
+    }
+    /// Status poll interval (default: the balancer's).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = Some(interval);
+        self
+    }
+    /// How long to wait for capacity before aborting.
+    pub fn capacity_timeout(mut self, timeout: Duration) -> Self {
+        self.config.capacity_timeout = timeout;
+        self
+    }
+    /// First batch is a single target.
+    pub fn canary(mut self, canary: bool) -> Self {
+        self.config.canary = canary;
+        self
+    }
+    /// Failure policy.
+    pub fn on_failure(mut self, policy: OnFailure) -> Self {
+        self.config.on_failure = policy;
+        self
+    }
+    /// Which targets to maintain.
+    pub fn selection(mut self, selection: Selection) -> Self {
+        self.config.selection = selection;
+        self
+    }
+    /// Retry policy for retryable errors.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.config.retry = retry;
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field: batch size 0, a percent over
+    /// 100, `min_healthy` of 100% (no batch can ever satisfy it), an empty or
+    /// duplicated named selection, a zero poll interval or health timeout.
+    pub fn build(self) -> Result<RolloutConfig> {
+        let c = self.config;
+        c.batch_size.check_percent("batch_size")?;
+        c.min_healthy.check_percent("min_healthy")?;
+        c.max_failures.check_percent("max_failures")?;
+        if matches!(c.batch_size, Amount::Count(0) | Amount::Percent(0)) {
+            return Err(Error::invalid_config("batch_size", "must be at least 1 target or 1%"));
+        }
+        if c.min_healthy == Amount::Percent(100) {
+            return Err(Error::invalid_config(
+                "min_healthy",
+                "100% of the pool can never stay healthy while a target is out: no batch can satisfy it; lower it",
+            ));
+        }
+        if let Selection::Named(ids) = &c.selection {
+            if ids.is_empty() {
+                return Err(Error::invalid_config("selection", "the named selection is empty; name at least one target or select all"));
+            }
+            let mut seen = BTreeSet::new();
+            if let Some(dup) = ids.iter().find(|id| !seen.insert(*id)) {
+                return Err(Error::invalid_config("selection", format!("target {dup} is named twice; name each target once")));
+            }
+        }
+        if c.poll_interval == Some(Duration::ZERO) {
+            return Err(Error::invalid_config("poll_interval", "must be greater than zero"));
+        }
+        if c.health_timeout.is_zero() {
+            return Err(Error::invalid_config("health_timeout", "must be greater than zero: a target needs time to be seen healthy"));
+        }
+        if c.retry.min_delay > c.retry.max_delay {
+            return Err(Error::invalid_config("retry", "min_delay is larger than max_delay"));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(r: Result<RolloutConfig>) -> &'static str {
+        match r {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn batch_size_zero_is_rejected() {
+        assert_eq!(field(RolloutConfig::builder().batch_size(Amount::Count(0)).build()), "batch_size");
+        assert_eq!(field(RolloutConfig::builder().batch_size(Amount::Percent(0)).build()), "batch_size");
+    }
+
+    #[test]
+    fn percent_over_100_is_rejected() {
+        assert_eq!(field(RolloutConfig::builder().batch_size(Amount::Percent(101)).build()), "batch_size");
+        assert_eq!(field(RolloutConfig::builder().min_healthy(Amount::Percent(150)).build()), "min_healthy");
+        assert_eq!(field(RolloutConfig::builder().max_failures(Amount::Percent(200)).build()), "max_failures");
+    }
+
+    #[test]
+    fn unsatisfiable_min_healthy_is_rejected() {
+        assert_eq!(field(RolloutConfig::builder().min_healthy(Amount::Percent(100)).build()), "min_healthy");
+    }
+
+    #[test]
+    fn empty_and_duplicate_selection_is_rejected() {
+        assert_eq!(field(RolloutConfig::builder().selection(Selection::Named(vec![])).build()), "selection");
+        let a = TargetId::new("a").expect("id");
+        assert_eq!(field(RolloutConfig::builder().selection(Selection::Named(vec![a.clone(), a])).build()), "selection");
+    }
+
+    #[test]
+    fn zero_intervals_are_rejected() {
+        assert_eq!(field(RolloutConfig::builder().poll_interval(Duration::ZERO).build()), "poll_interval");
+        assert_eq!(field(RolloutConfig::builder().health_timeout(Duration::ZERO).build()), "health_timeout");
+    }
+
+    #[test]
+    fn rounding() {
+        let c = RolloutConfig::builder().batch_size(Amount::Percent(10)).max_failures(Amount::Percent(15)).min_healthy(Amount::Percent(75)).build().expect("valid");
+        assert_eq!(c.batch_len(5), 1, "10% of 5 rounds down to 0, then up to the minimum 1");
+        assert_eq!(c.batch_len(25), 2);
+        assert_eq!(c.failures_allowed(10), 1, "15% of 10 = 1.5 rounds down");
+        assert_eq!(c.failures_allowed(6), 0);
+        assert_eq!(c.min_healthy_of(10), 8, "75% of 10 = 7.5 rounds up");
+    }
+
+    #[test]
+    fn amount_parses() {
+        assert_eq!("3".parse::<Amount>().ok(), Some(Amount::Count(3)));
+        assert_eq!("25%".parse::<Amount>().ok(), Some(Amount::Percent(25)));
+        assert!("101%".parse::<Amount>().is_err());
+        assert!("-1".parse::<Amount>().is_err());
+        assert!("x%".parse::<Amount>().is_err());
+    }
+}

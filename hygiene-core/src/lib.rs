@@ -1,0 +1,34 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod balancer;
+mod config;
+mod engine;
+mod error;
+mod executor;
+mod local;
+mod memory;
+pub mod phase;
+mod probe;
+pub mod report;
+mod retry;
+mod scripted;
+mod target;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use balancer::{ListedTarget, LoadBalancer};
+pub use config::{Amount, OnDrainTimeout, OnFailure, RetryPolicy, RolloutConfig, RolloutConfigBuilder, Selection};
+pub use engine::Rollout;
+pub use error::{BoxError, Error, Result};
+pub use executor::{tail, ExecOutcome, Executor, Preflight, OUTPUT_TAIL_BYTES};
+pub use local::LocalCommand;
+pub use memory::{CallRecord, DrainProfile, HealthScript, InMemoryBalancer, Operation};
+pub use phase::Stage;
+pub use probe::{HttpProbe, Probe, ProbeVerdict, TcpProbe};
+pub use report::{Event, Outcome, PhaseTimings, Report, TargetReport, TargetResult};
+pub use retry::with_retries;
+pub use scripted::{ExecRecord, Script, ScriptedExecutor};
+pub use target::{Capabilities, Health, Target, TargetId, TargetState, TargetStatus, MAX_TARGET_ID_LEN};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,1 @@
+//! hygiene backend for haproxy (work in progress: see the project issues).

@@ -1,0 +1,1 @@
+//! hygiene backend for nginx (work in progress: see the project issues).
