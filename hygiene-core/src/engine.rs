@@ -464,6 +464,7 @@ impl Run {
             for &i in ready {
                 // The drain may have been applied in part: treat all as out.
                 self.slots[i].out_by_run = true;
+                self.observe(i, Observation::DrainSent);
                 self.observe(i, Observation::Error(reason.clone()));
             }
             self.put_back(ready, "the drain failed before any maintenance").await;
@@ -627,7 +628,12 @@ impl Run {
                 self.put_back(&back, "on_failure = restore").await;
             }
             OnFailure::KeepOut => {
-                let out: Vec<usize> = failed.into_iter().filter(|&i| !self.slots[i].out_by_run).collect();
+                // Only a target that failed its health check after the enable
+                // is back in rotation; every other failure is still out.
+                let out: Vec<usize> = failed
+                    .into_iter()
+                    .filter(|&i| !self.slots[i].out_by_run && matches!(self.slots[i].phase, Phase::Failed { at: Stage::Enabling, .. }))
+                    .collect();
                 if out.is_empty() {
                     return;
                 }
