@@ -20,7 +20,7 @@ use crate::phase::{step, Observation, Phase, Stage, StepPolicy};
 use crate::probe::{Probe, ProbeVerdict};
 use crate::report::{Event, Outcome, PhaseTimings, Report, TargetReport, TargetResult};
 use crate::retry::with_retries;
-use crate::target::{Target, TargetId, TargetState, TargetStatus};
+use crate::target::{Health, Target, TargetId, TargetState, TargetStatus};
 
 /// A rollout: a balancer, an executor, an optional probe and a configuration.
 ///
@@ -247,10 +247,15 @@ impl Run {
         Ok(st)
     }
 
-    /// Sleeps one poll interval; false when cancelled meanwhile.
+    /// Sleeps for `d`; false when cancelled meanwhile.
     async fn pause(&self, d: Duration) -> bool {
+        self.pause_until(Instant::now() + d).await
+    }
+
+    /// Sleeps until `t`; false when cancelled meanwhile.
+    async fn pause_until(&self, t: Instant) -> bool {
         tokio::select! {
-            () = tokio::time::sleep(d) => true,
+            () = tokio::time::sleep_until(t) => true,
             () = self.cancel.cancelled() => false,
         }
     }
@@ -365,11 +370,12 @@ impl Run {
             if min_h > 0 {
                 let lb = Arc::clone(&self.lb);
                 let listed = self.lb_call("list", || lb.list()).await.map_err(|e| Stop::Abort(format!("listing the pool for min_healthy failed: {e}")))?;
-                let healthy = listed.iter().filter(|l| l.status.is_serving_healthy()).count();
+                let caps = self.lb.capabilities();
+                let healthy = listed.iter().filter(|l| l.status.is_serving_healthy_with(&caps)).count();
                 let mut budget = healthy.saturating_sub(min_h);
                 take = 0;
                 for s in &st {
-                    let cost = usize::from(s.is_serving_healthy());
+                    let cost = usize::from(s.is_serving_healthy_with(&caps));
                     if cost > budget {
                         break;
                     }
@@ -476,6 +482,7 @@ impl Run {
             self.observe(i, Observation::DrainSent);
         }
         let mut draining = ready.to_vec();
+        let mut tick = since;
         loop {
             if self.cancel.is_cancelled() {
                 return None;
@@ -504,8 +511,8 @@ impl Run {
             if draining.is_empty() {
                 return None;
             }
-            let left = self.policy.drain_timeout.saturating_sub(waited);
-            if !self.pause(self.poll.min(left.max(Duration::from_millis(1)))).await {
+            let wake = next_poll(&mut tick, self.poll, since + self.policy.drain_timeout);
+            if !self.pause_until(wake).await {
                 return None;
             }
         }
@@ -572,8 +579,10 @@ impl Run {
         for &i in &ok {
             self.slots[i].out_by_run = false;
         }
+        let caps = self.lb.capabilities();
         let mut probed: HashMap<usize, Option<String>> = HashMap::new();
         let mut waiting = ok;
+        let mut tick = since;
         loop {
             if let Some(probe) = self.probe.clone() {
                 for &i in &waiting {
@@ -601,8 +610,14 @@ impl Run {
             let waited = since.elapsed();
             for (&i, s) in waiting.iter().zip(st) {
                 let probe_fail = probed.get(&i).cloned().flatten();
-                let healthy = probe_fail.is_none() && s.is_serving_healthy();
-                let detail = probe_fail.unwrap_or_else(|| format!("balancer reports {:?}, health {:?}", s.state, s.health));
+                let healthy = probe_fail.is_none() && s.is_serving_healthy_with(&caps);
+                let detail = probe_fail.unwrap_or_else(|| match s.health {
+                    Health::Unknown => format!(
+                        "balancer reports {:?} with health Unknown (no health check has passed since the enable; is a check configured for it?)",
+                        s.state
+                    ),
+                    h => format!("balancer reports {:?}, health {h:?}", s.state),
+                });
                 if self.observe(i, Observation::Health { healthy, detail, waited }) == Stage::Healthy {
                     self.slots[i].timings.health = Some(waited);
                 }
@@ -613,8 +628,7 @@ impl Run {
             }
             // Health is awaited even when cancelled: the target is already
             // back in rotation and must be verified or taken out again.
-            let left = self.policy.health_timeout.saturating_sub(waited);
-            tokio::time::sleep(self.poll.min(left.max(Duration::from_millis(1)))).await;
+            tokio::time::sleep_until(next_poll(&mut tick, self.poll, since + self.policy.health_timeout)).await;
         }
     }
 
@@ -747,6 +761,20 @@ impl Run {
             executor_calls: self.executor_calls.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The next poll instant: polls start at a fixed rate (one every `poll`
+/// from the first), so the time a status call takes does not stretch the
+/// interval, and a change is seen within one interval of happening. Never
+/// later than `deadline`, so a timeout is judged on time.
+fn next_poll(tick: &mut Instant, poll: Duration, deadline: Instant) -> Instant {
+    let now = Instant::now();
+    *tick += poll;
+    if *tick < now {
+        // A slow call: skip the missed ticks rather than poll in a burst.
+        *tick = now;
+    }
+    (*tick).min(deadline.max(now + Duration::from_millis(1)))
 }
 
 fn select(listed: &[ListedTarget], selection: &Selection, balancer: &str) -> Result<Vec<ListedTarget>> {

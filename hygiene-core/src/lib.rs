@@ -32,3 +32,8 @@ pub use retry::with_retries;
 pub use scripted::{ExecRecord, Script, ScriptedExecutor};
 pub use target::{Capabilities, Health, Target, TargetId, TargetState, TargetStatus, MAX_TARGET_ID_LEN};
 pub use tokio_util::sync::CancellationToken;
+
+/// The root README's example, run as a doc-test.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

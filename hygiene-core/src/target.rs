@@ -190,10 +190,20 @@ impl TargetStatus {
         }
     }
 
-    /// In service and healthy (or in service with no health check at all,
-    /// where the balancer itself never judges health).
+    /// In service and `Healthy`. `Unknown` health does not count: a target
+    /// is only healthy on the word of a check (see
+    /// [`is_serving_healthy_with`](Self::is_serving_healthy_with) for
+    /// balancers without health checks).
     pub fn is_serving_healthy(&self) -> bool {
         self.state == TargetState::InService && self.health == Health::Healthy
+    }
+
+    /// As [`is_serving_healthy`](Self::is_serving_healthy), but on a balancer
+    /// that runs no health checks at all (`Capabilities::health_checks` is
+    /// false) being in service is enough: there is no check to wait for, and
+    /// a [`Probe`](crate::Probe) is the way to verify such targets.
+    pub fn is_serving_healthy_with(&self, caps: &Capabilities) -> bool {
+        self.state == TargetState::InService && (self.health == Health::Healthy || (!caps.health_checks && self.health == Health::Unknown))
     }
 }
 

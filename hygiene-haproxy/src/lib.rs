@@ -1,1 +1,11 @@
-//! hygiene backend for haproxy (work in progress: see the project issues).
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod balancer;
+mod client;
+mod config;
+mod error;
+mod parse;
+
+pub use balancer::HaproxyBalancer;
+pub use config::{is_valid_name, HaproxyBalancerBuilder, Node};

@@ -1,1 +1,14 @@
-//! hygiene backend for nginx (work in progress: see the project issues).
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod balancer;
+mod client;
+mod config;
+mod error;
+mod status;
+
+pub use balancer::NginxBalancer;
+pub use client::{UpstreamKind, MAX_API_VERSION, MIN_API_VERSION};
+pub use config::{
+    HealthChecks, NginxBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT,
+};

@@ -1,0 +1,12 @@
+//! Building blocks of the runnable scenarios: "Hello, World!" services, a
+//! real HAProxy in front of them, a load generator that counts every failed
+//! request, and the control channel the simulated patch uses.
+
+pub mod control;
+pub mod haproxy;
+pub mod hello;
+pub mod load;
+pub mod scenario;
+
+/// Errors of the scenario plumbing, as text: these are programs, not a library.
+pub type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

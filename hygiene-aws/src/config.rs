@@ -1,0 +1,476 @@
+//! Where the AWS clients come from: the standard configuration chain, an
+//! explicit [`SdkConfig`], an endpoint override (moto, VPC endpoints), and
+//! an optional [`ApiCallCounter`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_ssm::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_ssm::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use hygiene_core::{Error, Result};
+
+/// Loads the standard AWS configuration chain (environment, profile, SSO,
+/// web identity, container and instance metadata) as `aws-config` does.
+pub(crate) async fn load_env() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// Counts the requests sent to AWS, per operation (`DescribeTargetHealth`,
+/// `SendCommand`, …), retries included.
+///
+/// Attach one counter to several clients (through the builders'
+/// `with_call_counter`) to see what a whole rollout costs in API calls.
+#[derive(Debug, Clone, Default)]
+pub struct ApiCallCounter {
+    calls: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl ApiCallCounter {
+    /// A counter at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests so far, by operation name.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.calls.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Requests so far for one operation.
+    pub fn count(&self, operation: &str) -> u64 {
+        self.calls
+            .lock()
+            .ok()
+            .and_then(|m| m.get(operation).copied())
+            .unwrap_or(0)
+    }
+
+    /// Requests so far, all operations together.
+    pub fn total(&self) -> u64 {
+        self.calls.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+
+    fn record(&self, operation: &str) {
+        if let Ok(mut m) = self.calls.lock() {
+            *m.entry(operation.to_owned()).or_insert(0) += 1;
+        }
+    }
+}
+
+impl Intercept for ApiCallCounter {
+    fn name(&self) -> &'static str {
+        "hygiene::ApiCallCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        let name = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
+        self.record(name);
+        Ok(())
+    }
+}
+
+/// The client settings every builder of this crate shares.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientSettings {
+    pub(crate) sdk: Option<SdkConfig>,
+    pub(crate) endpoint_url: Option<String>,
+    pub(crate) counter: Option<ApiCallCounter>,
+}
+
+impl ClientSettings {
+    fn sdk(&self, what: &'static str) -> Result<&SdkConfig> {
+        self.sdk.as_ref().ok_or_else(|| {
+            Error::invalid_config(
+                what,
+                "no AWS configuration: start from `from_env()`, or call `with_sdk_config` or `with_client`",
+            )
+        })
+    }
+
+    fn check_endpoint(&self) -> Result<()> {
+        match &self.endpoint_url {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                Err(Error::invalid_config(
+                    "endpoint_url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// An ELBv2 client from these settings.
+    pub(crate) fn elbv2(&self) -> Result<aws_sdk_elasticloadbalancingv2::Client> {
+        self.check_endpoint()?;
+        let mut b =
+            aws_sdk_elasticloadbalancingv2::config::Builder::from(self.sdk("elbv2 client")?);
+        if let Some(url) = &self.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        if let Some(c) = &self.counter {
+            b = b.interceptor(c.clone());
+        }
+        Ok(aws_sdk_elasticloadbalancingv2::Client::from_conf(b.build()))
+    }
+
+    /// An SSM client from these settings.
+    pub(crate) fn ssm(&self) -> Result<aws_sdk_ssm::Client> {
+        self.check_endpoint()?;
+        let mut b = aws_sdk_ssm::config::Builder::from(self.sdk("ssm client")?);
+        if let Some(url) = &self.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        if let Some(c) = &self.counter {
+            b = b.interceptor(c.clone());
+        }
+        Ok(aws_sdk_ssm::Client::from_conf(b.build()))
+    }
+}
+
+fn check_arn(arn: &str, kind: &str, field: &'static str) -> Result<()> {
+    let ok = arn.starts_with("arn:")
+        && arn.contains(&format!(":{kind}/"))
+        && !arn.chars().any(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_config(field, format!("{arn:?} is not an ELBv2 {kind} ARN (arn:aws:elasticloadbalancing:<region>:<account>:{kind}/…)")))
+    }
+}
+
+/// Builds an [`Elbv2Balancer`](crate::Elbv2Balancer).
+///
+/// ```no_run
+/// # async fn f() -> hygiene_core::Result<()> {
+/// let lb = hygiene_aws::Elbv2Balancer::from_env()
+///     .await
+///     .with_target_group("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef")
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Elbv2BalancerBuilder {
+    settings: ClientSettings,
+    client: Option<aws_sdk_elasticloadbalancingv2::Client>,
+    target_groups: Vec<String>,
+    load_balancer: Option<String>,
+    poll_interval: Option<std::time::Duration>,
+}
+
+impl Elbv2BalancerBuilder {
+    /// A builder with no AWS configuration yet (give one with
+    /// [`with_sdk_config`](Self::with_sdk_config) or
+    /// [`with_client`](Self::with_client)).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder on the standard AWS configuration chain (environment,
+    /// profiles, SSO, instance and container credentials).
+    pub async fn from_env() -> Self {
+        Self::new().with_sdk_config(load_env().await)
+    }
+
+    /// Uses this AWS configuration.
+    pub fn with_sdk_config(mut self, config: SdkConfig) -> Self {
+        self.settings.sdk = Some(config);
+        self
+    }
+
+    /// Sends every request to this endpoint (moto, a VPC endpoint).
+    pub fn with_endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.settings.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// Counts every request in `counter`.
+    pub fn with_call_counter(mut self, counter: ApiCallCounter) -> Self {
+        self.settings.counter = Some(counter);
+        self
+    }
+
+    /// Uses this ready-made client (tests with `aws-smithy-mocks`); the
+    /// configuration, endpoint and counter settings are then ignored.
+    pub fn with_client(mut self, client: aws_sdk_elasticloadbalancingv2::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Adds a target group (by ARN) to the pool.
+    pub fn with_target_group(mut self, arn: impl Into<String>) -> Self {
+        self.target_groups.push(arn.into());
+        self
+    }
+
+    /// Makes the pool every target group of this load balancer (by ARN).
+    pub fn with_load_balancer(mut self, arn: impl Into<String>) -> Self {
+        self.load_balancer = Some(arn.into());
+        self
+    }
+
+    /// Polls status this often by default instead of every 5 s ± 20 %.
+    pub fn with_poll_interval(mut self, interval: std::time::Duration) -> Self {
+        self.poll_interval = Some(interval);
+        self
+    }
+
+    /// Validates every setting and builds the balancer. Nothing is sent to
+    /// AWS until the first call.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for no pool or both kinds of pool, a
+    /// malformed ARN, a zero poll interval, a bad endpoint URL, or no AWS
+    /// configuration.
+    pub fn build(self) -> Result<crate::Elbv2Balancer> {
+        let pool = match (self.target_groups.is_empty(), self.load_balancer) {
+            (false, None) => {
+                for arn in &self.target_groups {
+                    check_arn(arn, "targetgroup", "target_group")?;
+                }
+                let mut arns = self.target_groups;
+                arns.dedup();
+                crate::balancer::Pool::TargetGroups(arns)
+            }
+            (true, Some(lb)) => {
+                check_arn(&lb, "loadbalancer", "load_balancer")?;
+                crate::balancer::Pool::LoadBalancer(lb)
+            }
+            (true, None) => return Err(Error::invalid_config(
+                "pool",
+                "give target groups (with_target_group) or a load balancer (with_load_balancer)",
+            )),
+            (false, Some(_)) => {
+                return Err(Error::invalid_config(
+                    "pool",
+                    "give target groups or a load balancer, not both",
+                ))
+            }
+        };
+        if self.poll_interval == Some(std::time::Duration::ZERO) {
+            return Err(Error::invalid_config(
+                "poll_interval",
+                "must be greater than zero",
+            ));
+        }
+        let client = match self.client {
+            Some(c) => c,
+            None => self.settings.elbv2()?,
+        };
+        Ok(crate::Elbv2Balancer::new(client, pool, self.poll_interval))
+    }
+}
+
+/// Builds an [`SsmExecutor`](crate::SsmExecutor).
+///
+/// ```no_run
+/// # async fn f() -> hygiene_core::Result<()> {
+/// let exec = hygiene_aws::SsmExecutor::from_env("AWS-RunPatchBaseline")
+///     .await
+///     .with_parameter("Operation", ["Install"])
+///     .with_parameter("RebootOption", ["RebootIfNeeded"])
+///     .with_comment("hygiene rolling patch")
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SsmExecutorBuilder {
+    settings: ClientSettings,
+    client: Option<aws_sdk_ssm::Client>,
+    ssm: crate::ssm::SsmSettings,
+}
+
+impl SsmExecutorBuilder {
+    /// A builder for `document` with no AWS configuration yet.
+    pub fn new(document: impl Into<String>) -> Self {
+        Self {
+            settings: ClientSettings::default(),
+            client: None,
+            ssm: crate::ssm::SsmSettings::new(document.into()),
+        }
+    }
+
+    /// A builder for `document` on the standard AWS configuration chain.
+    pub async fn from_env(document: impl Into<String>) -> Self {
+        Self::new(document).with_sdk_config(load_env().await)
+    }
+
+    /// Uses this AWS configuration.
+    pub fn with_sdk_config(mut self, config: SdkConfig) -> Self {
+        self.settings.sdk = Some(config);
+        self
+    }
+
+    /// Sends every request to this endpoint (moto, a VPC endpoint).
+    pub fn with_endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.settings.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// Counts every request in `counter`.
+    pub fn with_call_counter(mut self, counter: ApiCallCounter) -> Self {
+        self.settings.counter = Some(counter);
+        self
+    }
+
+    /// Uses this ready-made client (tests with `aws-smithy-mocks`).
+    pub fn with_client(mut self, client: aws_sdk_ssm::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Runs this version of the document (`$LATEST`, `$DEFAULT`, `3`).
+    pub fn with_document_version(mut self, version: impl Into<String>) -> Self {
+        self.ssm.document_version = Some(version.into());
+        self
+    }
+
+    /// Sets a document parameter.
+    pub fn with_parameter<I, S>(mut self, name: impl Into<String>, values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.ssm
+            .parameters
+            .insert(name.into(), values.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// A comment shown in the SSM console (at most 100 characters).
+    pub fn with_comment(mut self, comment: impl Into<String>) -> Self {
+        self.ssm.comment = Some(comment.into());
+        self
+    }
+
+    /// SendCommand's `TimeoutSeconds`: how long SSM tries to deliver the
+    /// command before it gives up (`DeliveryTimedOut`); 30 s to 30 days.
+    pub fn with_delivery_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.ssm.delivery_timeout = Some(timeout);
+        self
+    }
+
+    /// The document's `executionTimeout` parameter (for documents that
+    /// declare it, such as `AWS-RunShellScript`): the command is stopped
+    /// with `ExecutionTimedOut` after this long.
+    pub fn with_execution_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.ssm.execution_timeout = Some(timeout);
+        self
+    }
+
+    /// Writes the full command output to this S3 bucket (and key prefix).
+    pub fn with_output_s3(mut self, bucket: impl Into<String>, key_prefix: Option<String>) -> Self {
+        self.ssm.s3_output = Some((bucket.into(), key_prefix));
+        self
+    }
+
+    /// Sends the command output to this CloudWatch Logs group.
+    pub fn with_cloudwatch_output(mut self, log_group: impl Into<String>) -> Self {
+        self.ssm.cloudwatch_log_group = Some(log_group.into());
+        self
+    }
+
+    /// The longest pause between two status reads (default 5 s; the first
+    /// reads come after 1 s, 2 s, 4 s).
+    pub fn with_poll_interval(mut self, interval: std::time::Duration) -> Self {
+        self.ssm.poll_interval = interval;
+        self
+    }
+
+    /// How long `execute` waits for every command to finish before it
+    /// cancels them (default: delivery + execution timeout + 2 min, or 2 h).
+    pub fn with_wait_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.ssm.wait_timeout = Some(timeout);
+        self
+    }
+
+    /// How long to wait for SSM to confirm a cancellation before the
+    /// targets are reported failed anyway (default 2 min).
+    pub fn with_cancel_grace(mut self, grace: std::time::Duration) -> Self {
+        self.ssm.cancel_grace = grace;
+        self
+    }
+
+    /// Cancels outstanding commands (CancelCommand) when `token` is cancelled.
+    pub fn with_cancellation(mut self, token: hygiene_core::CancellationToken) -> Self {
+        self.ssm.cancel = Some(token);
+        self
+    }
+
+    /// How preflight checks the instances.
+    pub fn with_preflight(mut self, check: crate::PreflightCheck) -> Self {
+        self.ssm.preflight = check;
+        self
+    }
+
+    /// Which API reads command status.
+    pub fn with_status_api(mut self, api: crate::StatusApi) -> Self {
+        self.ssm.status_api = api;
+        self
+    }
+
+    /// Runs the command for `target` (an IP target, say) on this instance.
+    pub fn with_instance_id(
+        mut self,
+        target: hygiene_core::TargetId,
+        instance_id: impl Into<String>,
+    ) -> Self {
+        self.ssm.instance_ids.insert(target, instance_id.into());
+        self
+    }
+
+    /// Validates every setting and builds the executor.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an empty document name or parameter
+    /// name, a comment over 100 characters, a delivery timeout outside
+    /// 30 s – 30 days, a zero poll interval, a bad endpoint URL, or no AWS
+    /// configuration.
+    pub fn build(self) -> Result<crate::SsmExecutor> {
+        let s = &self.ssm;
+        if s.document.trim().is_empty() {
+            return Err(Error::invalid_config(
+                "document",
+                "an SSM document name is required (AWS-RunPatchBaseline, AWS-RunShellScript, …)",
+            ));
+        }
+        if s.parameters.keys().any(|k| k.trim().is_empty()) {
+            return Err(Error::invalid_config(
+                "parameters",
+                "a parameter name must not be empty",
+            ));
+        }
+        if s.comment.as_ref().is_some_and(|c| c.chars().count() > 100) {
+            return Err(Error::invalid_config(
+                "comment",
+                "SSM accepts at most 100 characters",
+            ));
+        }
+        if let Some(t) = s.delivery_timeout {
+            if !(30..=2_592_000).contains(&t.as_secs()) {
+                return Err(Error::invalid_config(
+                    "delivery_timeout",
+                    "SSM accepts 30 seconds to 30 days",
+                ));
+            }
+        }
+        if s.poll_interval.is_zero() {
+            return Err(Error::invalid_config(
+                "poll_interval",
+                "must be greater than zero",
+            ));
+        }
+        let client = match self.client {
+            Some(c) => c,
+            None => self.settings.ssm()?,
+        };
+        Ok(crate::SsmExecutor::new(client, self.ssm))
+    }
+}

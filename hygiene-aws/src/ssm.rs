@@ -1,0 +1,679 @@
+//! [`SsmExecutor`]: the maintenance as an SSM Run Command document.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_ssm::types::{
+    CloudWatchOutputConfig, CommandInvocationStatus, InstanceInformationStringFilter, PingStatus,
+};
+use aws_sdk_ssm::Client;
+use hygiene_core::{
+    tail, CancellationToken, Error, ExecOutcome, Executor, Preflight, Result, Target, TargetId,
+    OUTPUT_TAIL_BYTES,
+};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::error::{code_of, map_sdk, Subject};
+
+/// SSM takes at most this many instance ids in one SendCommand.
+pub const MAX_INSTANCES_PER_COMMAND: usize = 50;
+
+/// How [`SsmExecutor::preflight`](Executor::preflight) checks instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PreflightCheck {
+    /// `DescribeInstanceInformation`: only instances whose SSM agent is
+    /// `Online` are ready (the default).
+    #[default]
+    DescribeInstanceInformation,
+    /// No check: every target with an instance id is ready. For endpoints
+    /// without `DescribeInstanceInformation` (moto); a real rollout should
+    /// not skip it, since an instance SSM cannot reach would be drained
+    /// for nothing.
+    Skip,
+}
+
+/// How command status is read while waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StatusApi {
+    /// One `ListCommandInvocations` (with details) per command and poll,
+    /// for up to 50 instances at once (the default).
+    #[default]
+    ListCommandInvocations,
+    /// One `GetCommandInvocation` per pending instance and poll: more calls,
+    /// but full stdout/stderr, and the only one moto implements.
+    GetCommandInvocation,
+}
+
+/// What an [`SsmExecutor`] sends, and how it waits.
+#[derive(Debug, Clone)]
+pub(crate) struct SsmSettings {
+    pub(crate) document: String,
+    pub(crate) document_version: Option<String>,
+    pub(crate) parameters: HashMap<String, Vec<String>>,
+    pub(crate) comment: Option<String>,
+    pub(crate) delivery_timeout: Option<Duration>,
+    pub(crate) execution_timeout: Option<Duration>,
+    pub(crate) s3_output: Option<(String, Option<String>)>,
+    pub(crate) cloudwatch_log_group: Option<String>,
+    pub(crate) poll_interval: Duration,
+    pub(crate) wait_timeout: Option<Duration>,
+    pub(crate) cancel_grace: Duration,
+    pub(crate) cancel: Option<CancellationToken>,
+    pub(crate) preflight: PreflightCheck,
+    pub(crate) status_api: StatusApi,
+    pub(crate) instance_ids: HashMap<TargetId, String>,
+}
+
+impl SsmSettings {
+    pub(crate) fn new(document: String) -> Self {
+        Self {
+            document,
+            document_version: None,
+            parameters: HashMap::new(),
+            comment: None,
+            delivery_timeout: None,
+            execution_timeout: None,
+            s3_output: None,
+            cloudwatch_log_group: None,
+            poll_interval: Duration::from_secs(5),
+            wait_timeout: None,
+            cancel_grace: Duration::from_secs(120),
+            cancel: None,
+            preflight: PreflightCheck::default(),
+            status_api: StatusApi::default(),
+            instance_ids: HashMap::new(),
+        }
+    }
+
+    /// How long `execute` waits for terminal statuses before it cancels:
+    /// the explicit wait timeout, else delivery + execution timeout + 2 min,
+    /// else 2 h.
+    fn wait_limit(&self) -> Duration {
+        if let Some(w) = self.wait_timeout {
+            return w;
+        }
+        match self.execution_timeout {
+            Some(exec) => {
+                self.delivery_timeout.unwrap_or(Duration::from_secs(600))
+                    + exec
+                    + Duration::from_secs(120)
+            }
+            None => Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+/// Runs the maintenance as an SSM Run Command document
+/// (`AWS-RunPatchBaseline`, `AWS-RunShellScript`, your own) on the
+/// instances behind the targets.
+///
+/// - **Instances.** A target's instance is, in order: the mapping given to
+///   the builder ([`with_instance_id`](crate::SsmExecutorBuilder::with_instance_id)),
+///   [`Target::instance_id`] (set by [`crate::Elbv2Balancer`] for instance
+///   target groups), or the target id itself when it is an instance id
+///   (`i-…`, `mi-…`). IP targets have no instance id: map each IP to its
+///   instance with the builder, or preflight says NotReady and execute
+///   fails that target, naming the IP.
+/// - **execute** sends one `SendCommand` per 50 instances, then polls (1 s,
+///   2 s, 4 s, … up to the poll interval) until every invocation has a
+///   terminal status. Every terminal status maps to an outcome:
+///   `Success` succeeds; `Failed`, `Cancelled`, `TimedOut` and the detailed
+///   `DeliveryTimedOut`, `ExecutionTimedOut`, `Undeliverable`, `Terminated`,
+///   `InvalidPlatform`, `AccessDenied` fail with a message that says what
+///   it means, plus the exit code and the output tail. Transient errors
+///   while polling are retried at the next poll.
+/// - **Cancellation.** With a token ([`with_cancellation`](crate::SsmExecutorBuilder::with_cancellation)),
+///   cancelling it sends `CancelCommand` for every outstanding command and
+///   waits (up to 2 min) for SSM to confirm; the targets then fail as
+///   `Cancelled`. Pass the rollout's own token to cut running maintenance
+///   short on Ctrl-C, or leave it out to let running commands finish (the
+///   engine's default cancellation semantics). The same happens when the
+///   wait limit passes.
+/// - **preflight** uses `DescribeInstanceInformation`: an instance whose
+///   agent is not `Online` (or not registered with SSM at all) is NotReady
+///   with the reason, and is never drained.
+#[derive(Clone)]
+pub struct SsmExecutor {
+    inner: Arc<SsmInner>,
+}
+
+struct SsmInner {
+    client: Client,
+    settings: SsmSettings,
+}
+
+impl fmt::Debug for SsmExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.inner.settings;
+        f.debug_struct("SsmExecutor")
+            .field("document", &s.document)
+            .field("document_version", &s.document_version)
+            .field("parameters", &s.parameters.keys().collect::<Vec<_>>())
+            .field("preflight", &s.preflight)
+            .field("status_api", &s.status_api)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One sent command and the instances still waiting on it.
+#[derive(Debug)]
+struct Sent {
+    command_id: String,
+    /// (index into the targets, instance id)
+    members: Vec<(usize, String)>,
+}
+
+/// What a terminal status means for the operator.
+fn explain(status: &str, details: Option<&str>) -> Option<(bool, String)> {
+    let detail_text = match details {
+        Some("DeliveryTimedOut") => Some("DeliveryTimedOut: the command never reached the instance before the delivery timeout; is the SSM agent running and online?"),
+        Some("ExecutionTimedOut") => Some("ExecutionTimedOut: the command ran longer than its execution timeout and was stopped"),
+        Some("Undeliverable") => Some("Undeliverable: SSM could not deliver the command; the instance may not exist, be stopped, or have no SSM agent"),
+        Some("Terminated") => Some("Terminated: the command was terminated before it finished (parent command or instance stopped)"),
+        Some("InvalidPlatform") => Some("InvalidPlatform: the document does not support this instance's platform"),
+        Some("AccessDenied") => Some("AccessDenied: the instance's IAM role or the command's output destination (S3, CloudWatch) refused access"),
+        _ => None,
+    };
+    if let Some(t) = detail_text {
+        return Some((false, t.to_owned()));
+    }
+    match status {
+        "Success" => Some((true, "Success".to_owned())),
+        "Failed" => Some((
+            false,
+            "Failed: the command ran and returned an error".to_owned(),
+        )),
+        "Cancelled" => Some((
+            false,
+            "Cancelled: the command was cancelled before it finished".to_owned(),
+        )),
+        "TimedOut" => Some((
+            false,
+            "TimedOut: the command did not finish in time".to_owned(),
+        )),
+        _ => None,
+    }
+}
+
+/// One instance's latest status as read from SSM.
+#[derive(Debug)]
+struct Reading {
+    status: String,
+    details: Option<String>,
+    exit_code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl SsmExecutor {
+    pub(crate) fn new(client: Client, settings: SsmSettings) -> Self {
+        Self {
+            inner: Arc::new(SsmInner { client, settings }),
+        }
+    }
+
+    fn settings(&self) -> &SsmSettings {
+        &self.inner.settings
+    }
+
+    fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The instance id behind a target, or why there is none.
+    fn instance_of(&self, t: &Target) -> std::result::Result<String, String> {
+        if let Some(i) = self.settings().instance_ids.get(&t.id) {
+            return Ok(i.clone());
+        }
+        if let Some(i) = &t.instance_id {
+            return Ok(i.clone());
+        }
+        let id = t.id.as_str();
+        if id.starts_with("i-") || id.starts_with("mi-") {
+            return Ok(id.to_owned());
+        }
+        Err(format!(
+            "target {id} has no EC2 instance id (an IP target?): map it to its instance with SsmExecutorBuilder::with_instance_id(\"{id}\", \"i-…\")"
+        ))
+    }
+
+    async fn send(&self, instances: Vec<String>) -> Result<String> {
+        let s = self.settings();
+        let mut req = self
+            .client()
+            .send_command()
+            .document_name(&s.document)
+            .set_document_version(s.document_version.clone())
+            .set_instance_ids(Some(instances.clone()))
+            .set_comment(s.comment.clone())
+            .set_timeout_seconds(
+                s.delivery_timeout
+                    .map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
+            );
+        let mut params = s.parameters.clone();
+        if let Some(exec) = s.execution_timeout {
+            params
+                .entry("executionTimeout".to_owned())
+                .or_insert_with(|| vec![exec.as_secs().to_string()]);
+        }
+        if !params.is_empty() {
+            req = req.set_parameters(Some(params));
+        }
+        if let Some((bucket, prefix)) = &s.s3_output {
+            req = req
+                .output_s3_bucket_name(bucket)
+                .set_output_s3_key_prefix(prefix.clone());
+        }
+        if let Some(group) = &s.cloudwatch_log_group {
+            req = req.cloud_watch_output_config(
+                CloudWatchOutputConfig::builder()
+                    .cloud_watch_log_group_name(group)
+                    .cloud_watch_output_enabled(true)
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| {
+            map_sdk(
+                "ssm",
+                "SendCommand",
+                Subject::targets(instances.join(", ")),
+                e,
+            )
+        })?;
+        out.command()
+            .and_then(|c| c.command_id())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::protocol("ssm SendCommand", "reply without a command id"))
+    }
+
+    async fn cancel_command(&self, sent: &Sent) {
+        let pending: Vec<String> = sent.members.iter().map(|(_, i)| i.clone()).collect();
+        match self
+            .client()
+            .cancel_command()
+            .command_id(&sent.command_id)
+            .set_instance_ids(Some(pending))
+            .send()
+            .await
+        {
+            Ok(_) => info!(command_id = %sent.command_id, "cancel requested"),
+            Err(e) => {
+                warn!(command_id = %sent.command_id, error = %map_sdk("ssm", "CancelCommand", Subject::default(), e), "cancel failed")
+            }
+        }
+    }
+
+    /// The statuses of `sent`'s pending instances (those SSM reports).
+    async fn read(&self, sent: &Sent) -> Result<HashMap<String, Reading>> {
+        let mut out = HashMap::new();
+        match self.settings().status_api {
+            StatusApi::ListCommandInvocations => {
+                let mut token = None;
+                loop {
+                    let page = self
+                        .client()
+                        .list_command_invocations()
+                        .command_id(&sent.command_id)
+                        .details(true)
+                        .set_next_token(token)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            map_sdk("ssm", "ListCommandInvocations", Subject::default(), e)
+                        })?;
+                    for inv in page.command_invocations() {
+                        let Some(instance) = inv.instance_id() else {
+                            continue;
+                        };
+                        let plugins = inv.command_plugins();
+                        let stdout = plugins
+                            .iter()
+                            .filter_map(|p| p.output())
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                        let exit_code = plugins
+                            .iter()
+                            .map(|p| p.response_code())
+                            .find(|c| *c != 0)
+                            .or(plugins.last().map(|p| p.response_code()));
+                        out.insert(
+                            instance.to_owned(),
+                            Reading {
+                                status: inv
+                                    .status()
+                                    .map_or("Pending", CommandInvocationStatus::as_str)
+                                    .to_owned(),
+                                details: inv.status_details().map(str::to_owned),
+                                exit_code,
+                                stdout,
+                                stderr: String::new(),
+                            },
+                        );
+                    }
+                    token = page.next_token().map(str::to_owned);
+                    if token.is_none() {
+                        break;
+                    }
+                }
+            }
+            StatusApi::GetCommandInvocation => {
+                for (_, instance) in &sent.members {
+                    let r = self
+                        .client()
+                        .get_command_invocation()
+                        .command_id(&sent.command_id)
+                        .instance_id(instance)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(inv) => {
+                            out.insert(
+                                instance.clone(),
+                                Reading {
+                                    status: inv
+                                        .status()
+                                        .map_or("Pending", CommandInvocationStatus::as_str)
+                                        .to_owned(),
+                                    details: inv.status_details().map(str::to_owned),
+                                    exit_code: Some(inv.response_code()).filter(|c| *c >= 0),
+                                    stdout: inv
+                                        .standard_output_content()
+                                        .unwrap_or_default()
+                                        .to_owned(),
+                                    stderr: inv
+                                        .standard_error_content()
+                                        .unwrap_or_default()
+                                        .to_owned(),
+                                },
+                            );
+                        }
+                        // Right after SendCommand the invocation may not exist yet.
+                        Err(e) if code_of(&e) == Some("InvocationDoesNotExist") => {}
+                        Err(e) => {
+                            return Err(map_sdk(
+                                "ssm",
+                                "GetCommandInvocation",
+                                Subject::targets(instance.clone()),
+                                e,
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn outcome(
+        id: &TargetId,
+        instance: &str,
+        command_id: &str,
+        r: &Reading,
+        elapsed: Duration,
+    ) -> Option<ExecOutcome> {
+        let (success, text) = explain(&r.status, r.details.as_deref())?;
+        Some(ExecOutcome {
+            id: id.clone(),
+            success,
+            exit_code: r.exit_code,
+            stdout_tail: tail(&r.stdout, OUTPUT_TAIL_BYTES),
+            stderr_tail: tail(&r.stderr, OUTPUT_TAIL_BYTES),
+            duration: elapsed,
+            message: (!success).then(|| format!("ssm command {command_id} on {instance}: {text}")),
+        })
+    }
+}
+
+#[async_trait]
+impl Executor for SsmExecutor {
+    fn name(&self) -> String {
+        format!("ssm {}", self.settings().document)
+    }
+
+    async fn preflight(&self, targets: &[Target]) -> Result<Vec<Preflight>> {
+        let instances: Vec<std::result::Result<String, String>> =
+            targets.iter().map(|t| self.instance_of(t)).collect();
+        if self.settings().preflight == PreflightCheck::Skip {
+            return Ok(instances
+                .into_iter()
+                .map(|i| i.map_or_else(Preflight::NotReady, |_| Preflight::Ready))
+                .collect());
+        }
+        let ids: Vec<String> = instances
+            .iter()
+            .filter_map(|i| i.as_ref().ok().cloned())
+            .collect();
+        let mut info: HashMap<String, (Option<PingStatus>, String)> = HashMap::new();
+        for chunk in ids.chunks(MAX_INSTANCES_PER_COMMAND) {
+            let filter = InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .set_values(Some(chunk.to_vec()))
+                .build()
+                .map_err(|e| Error::protocol("ssm DescribeInstanceInformation", e.to_string()))?;
+            let mut token = None;
+            loop {
+                let page = self
+                    .client()
+                    .describe_instance_information()
+                    .filters(filter.clone())
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        map_sdk(
+                            "ssm",
+                            "DescribeInstanceInformation",
+                            Subject::targets(chunk.join(", ")),
+                            e,
+                        )
+                    })?;
+                for i in page.instance_information_list() {
+                    if let Some(id) = i.instance_id() {
+                        let last = i
+                            .last_ping_date_time()
+                            .map(|t| format!(", last ping {t}"))
+                            .unwrap_or_default();
+                        info.insert(id.to_owned(), (i.ping_status().cloned(), last));
+                    }
+                }
+                token = page.next_token().map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(instances
+            .into_iter()
+            .map(|i| match i {
+                Err(why) => Preflight::NotReady(why),
+                Ok(id) => match info.get(&id) {
+                    Some((Some(PingStatus::Online), _)) => Preflight::Ready,
+                    Some((ping, last)) => Preflight::NotReady(format!(
+                        "the SSM agent on {id} is {}{last}: SSM cannot run commands there; check the agent and the instance's network",
+                        ping.as_ref().map_or("in an unknown state", PingStatus::as_str)
+                    )),
+                    None => Preflight::NotReady(format!(
+                        "{id} is not managed by SSM (no agent registered): install and start the SSM agent and give the instance a role with AmazonSSMManagedInstanceCore"
+                    )),
+                },
+            })
+            .collect())
+    }
+
+    async fn execute(&self, targets: &[Target]) -> Result<Vec<ExecOutcome>> {
+        let started = Instant::now();
+        let s = self.settings();
+        let mut outcomes: Vec<Option<ExecOutcome>> = vec![None; targets.len()];
+        let mut todo: Vec<(usize, String)> = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            match self.instance_of(t) {
+                Ok(inst) => todo.push((i, inst)),
+                Err(why) => {
+                    outcomes[i] = Some(ExecOutcome::failure(t.id.clone(), Duration::ZERO, why))
+                }
+            }
+        }
+        if s.cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            for (i, _) in &todo {
+                outcomes[*i] = Some(ExecOutcome::failure(
+                    targets[*i].id.clone(),
+                    Duration::ZERO,
+                    "cancelled before the command was sent",
+                ));
+            }
+            todo.clear();
+        }
+        let mut sent: Vec<Sent> = Vec::new();
+        for chunk in todo.chunks(MAX_INSTANCES_PER_COMMAND) {
+            let instances: Vec<String> = chunk.iter().map(|(_, i)| i.clone()).collect();
+            match self.send(instances).await {
+                Ok(command_id) => {
+                    info!(command_id = %command_id, document = %s.document, instances = chunk.len(), "command sent");
+                    sent.push(Sent {
+                        command_id,
+                        members: chunk.to_vec(),
+                    });
+                }
+                // Nothing sent yet: the whole call can safely be retried.
+                Err(e) if sent.is_empty() => return Err(e),
+                Err(e) => {
+                    for (i, _) in chunk {
+                        outcomes[*i] = Some(ExecOutcome::failure(
+                            targets[*i].id.clone(),
+                            started.elapsed(),
+                            format!("SendCommand failed: {e}"),
+                        ));
+                    }
+                }
+            }
+        }
+        let deadline = started + s.wait_limit();
+        let mut cancelled_at: Option<(Instant, String)> = None;
+        let mut delay = Duration::from_secs(1).min(s.poll_interval);
+        let never = CancellationToken::new();
+        let token = s.cancel.clone().unwrap_or(never);
+        let mut last: HashMap<String, String> = HashMap::new();
+        while sent.iter().any(|c| !c.members.is_empty()) {
+            let woke_by_cancel = tokio::select! {
+                () = tokio::time::sleep(delay) => false,
+                () = token.cancelled(), if cancelled_at.is_none() => true,
+            };
+            delay = (delay * 2).min(s.poll_interval);
+            if cancelled_at.is_none() && (woke_by_cancel || Instant::now() >= deadline) {
+                let why = if woke_by_cancel {
+                    "the run was cancelled".to_owned()
+                } else {
+                    format!("not finished within {:?}", s.wait_limit())
+                };
+                warn!(reason = %why, "cancelling outstanding ssm commands");
+                for c in sent.iter().filter(|c| !c.members.is_empty()) {
+                    self.cancel_command(c).await;
+                }
+                cancelled_at = Some((Instant::now(), why));
+                continue;
+            }
+            for c in sent.iter_mut().filter(|c| !c.members.is_empty()) {
+                let readings = match self.read(c).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_retryable() => {
+                        warn!(command_id = %c.command_id, error = %e, "reading command status failed; retrying at the next poll");
+                        continue;
+                    }
+                    Err(e) => {
+                        for (i, inst) in c.members.drain(..) {
+                            outcomes[i] = Some(ExecOutcome::failure(
+                                targets[i].id.clone(),
+                                started.elapsed(),
+                                format!("cannot read the status of ssm command {} on {inst}: {e}; it may still be running", c.command_id),
+                            ));
+                        }
+                        continue;
+                    }
+                };
+                let command_id = c.command_id.clone();
+                c.members.retain(|(i, inst)| {
+                    let Some(r) = readings.get(inst) else { return true };
+                    last.insert(inst.clone(), r.status.clone());
+                    match Self::outcome(&targets[*i].id, inst, &command_id, r, started.elapsed()) {
+                        Some(o) => {
+                            debug!(target.id = %targets[*i].id, status = %r.status, "command finished");
+                            outcomes[*i] = Some(o);
+                            false
+                        }
+                        None => true,
+                    }
+                });
+            }
+            if let Some((at, why)) = &cancelled_at {
+                if at.elapsed() >= s.cancel_grace {
+                    for c in &mut sent {
+                        for (i, inst) in c.members.drain(..) {
+                            let seen = last.get(&inst).map_or("no status", String::as_str);
+                            outcomes[i] = Some(ExecOutcome::failure(
+                                targets[i].id.clone(),
+                                started.elapsed(),
+                                format!("ssm command {} on {inst}: {why}; cancel requested but not confirmed (last status: {seen})", c.command_id),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .zip(targets)
+            .map(|(o, t)| {
+                o.unwrap_or_else(|| {
+                    ExecOutcome::failure(t.id.clone(), started.elapsed(), "no outcome recorded")
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_terminal_status_is_explained() {
+        assert_eq!(explain("Success", Some("Success")).map(|e| e.0), Some(true));
+        for s in ["Failed", "Cancelled", "TimedOut"] {
+            let (ok, text) = explain(s, Some(s)).expect("terminal");
+            assert!(!ok && text.starts_with(s), "{s}: {text}");
+        }
+        for d in [
+            "DeliveryTimedOut",
+            "ExecutionTimedOut",
+            "Undeliverable",
+            "Terminated",
+            "InvalidPlatform",
+            "AccessDenied",
+        ] {
+            let (ok, text) = explain("Failed", Some(d)).expect("terminal");
+            assert!(!ok && text.starts_with(d), "{d}: {text}");
+        }
+        for s in ["Pending", "InProgress", "Delayed", "Cancelling"] {
+            assert!(explain(s, Some(s)).is_none(), "{s} is not terminal");
+        }
+    }
+
+    #[test]
+    fn wait_limit_follows_timeouts() {
+        let mut s = SsmSettings::new("AWS-RunShellScript".into());
+        assert_eq!(s.wait_limit(), Duration::from_secs(7200));
+        s.execution_timeout = Some(Duration::from_secs(60));
+        assert_eq!(s.wait_limit(), Duration::from_secs(600 + 60 + 120));
+        s.wait_timeout = Some(Duration::from_secs(5));
+        assert_eq!(s.wait_limit(), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,379 @@
+//! ELBv2 behaviour moto cannot produce, through `aws-smithy-mocks`: a
+//! `draining` that lasts several polls, `unhealthy` after enable, throttling.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_elasticloadbalancingv2::config::retry::RetryConfig;
+use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
+use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::DeregisterTargetsOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::DescribeTargetGroupsOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::{
+    DescribeTargetHealthError, DescribeTargetHealthOutput,
+};
+use aws_sdk_elasticloadbalancingv2::operation::register_targets::RegisterTargetsOutput;
+use aws_sdk_elasticloadbalancingv2::types::{
+    TargetDescription, TargetGroup, TargetHealth, TargetHealthDescription,
+    TargetHealthReasonEnum as Reason, TargetHealthStateEnum as State, TargetTypeEnum,
+};
+use aws_sdk_elasticloadbalancingv2::Client;
+use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
+use hygiene_aws::Elbv2Balancer;
+use hygiene_core::{
+    Amount, Error, LoadBalancer, Rollout, RolloutConfig, ScriptedExecutor, Stage, TargetId,
+    TargetResult, TargetState,
+};
+
+const TG: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef";
+
+type Obs = (State, Option<Reason>);
+
+struct Tgt {
+    port: i32,
+    current: Obs,
+    upcoming: VecDeque<Obs>,
+}
+
+/// A stateful fake target group: each targeted DescribeTargetHealth moves
+/// every asked-for target one step along its script.
+#[derive(Default)]
+struct Fake {
+    targets: HashMap<String, Tgt>,
+    /// Polls a deregistered target stays `draining`.
+    draining_polls: usize,
+    /// Script after RegisterTargets (last entry repeats).
+    after_enable: Vec<Obs>,
+    throttle_next: usize,
+    targeted_calls: usize,
+    deregistered: Vec<(String, Option<i32>)>,
+    registered: Vec<(String, Option<i32>)>,
+}
+
+impl Fake {
+    fn new(ids: &[&str]) -> Arc<Mutex<Self>> {
+        let mut f = Fake {
+            after_enable: vec![
+                (State::Initial, Some(Reason::RegistrationInProgress)),
+                (State::Healthy, None),
+            ],
+            ..Default::default()
+        };
+        for id in ids {
+            f.targets.insert(
+                (*id).to_owned(),
+                Tgt {
+                    port: 8080,
+                    current: (State::Healthy, None),
+                    upcoming: VecDeque::new(),
+                },
+            );
+        }
+        Arc::new(Mutex::new(f))
+    }
+}
+
+fn desc(id: &str, port: i32, (state, reason): &Obs) -> TargetHealthDescription {
+    TargetHealthDescription::builder()
+        .target(TargetDescription::builder().id(id).port(port).build())
+        .target_health(
+            TargetHealth::builder()
+                .state(state.clone())
+                .set_reason(reason.clone())
+                .set_description(
+                    reason
+                        .as_ref()
+                        .map(|r| format!("ELBv2 says {}", r.as_str())),
+                )
+                .build(),
+        )
+        .build()
+}
+
+fn client(fake: &Arc<Mutex<Fake>>) -> Client {
+    let groups = mock!(Client::describe_target_groups).then_output(|| {
+        DescribeTargetGroupsOutput::builder()
+            .target_groups(
+                TargetGroup::builder()
+                    .target_group_arn(TG)
+                    .target_group_name("web")
+                    .port(80)
+                    .target_type(TargetTypeEnum::Instance)
+                    .build(),
+            )
+            .build()
+    });
+    let f = Arc::clone(fake);
+    let health = mock!(Client::describe_target_health).then_compute_response(move |req| {
+        let mut f = f.lock().expect("fake");
+        if f.throttle_next > 0 {
+            f.throttle_next -= 1;
+            return MockResponse::Error(DescribeTargetHealthError::generic(
+                ErrorMetadata::builder()
+                    .code("Throttling")
+                    .message("Rate exceeded")
+                    .build(),
+            ));
+        }
+        let mut out = DescribeTargetHealthOutput::builder();
+        match req.targets() {
+            [] => {
+                for (id, t) in &f.targets {
+                    if t.current.0 != State::Unused {
+                        out = out.target_health_descriptions(desc(id, t.port, &t.current));
+                    }
+                }
+            }
+            asked => {
+                f.targeted_calls += 1;
+                for a in asked {
+                    let id = a.id().unwrap_or_default();
+                    match f.targets.get_mut(id) {
+                        Some(t) if a.port() == Some(t.port) => {
+                            if let Some(next) = t.upcoming.pop_front() {
+                                t.current = next;
+                            }
+                            out = out.target_health_descriptions(desc(id, t.port, &t.current));
+                        }
+                        _ => {
+                            let unused = (State::Unused, Some(Reason::NotRegistered));
+                            out = out.target_health_descriptions(desc(
+                                id,
+                                a.port().unwrap_or(80),
+                                &unused,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        MockResponse::Output(out.build())
+    });
+    let f = Arc::clone(fake);
+    let dereg = mock!(Client::deregister_targets).then_compute_output(move |req| {
+        let mut f = f.lock().expect("fake");
+        let polls = f.draining_polls;
+        for t in req.targets() {
+            let id = t.id().unwrap_or_default().to_owned();
+            f.deregistered.push((id.clone(), t.port()));
+            if let Some(tg) = f.targets.get_mut(&id) {
+                tg.current = (State::Draining, Some(Reason::DeregistrationInProgress));
+                tg.upcoming = std::iter::repeat_n(
+                    (State::Draining, Some(Reason::DeregistrationInProgress)),
+                    polls.saturating_sub(1),
+                )
+                .chain([(State::Unused, Some(Reason::NotRegistered))])
+                .collect();
+            }
+        }
+        DeregisterTargetsOutput::builder().build()
+    });
+    let f = Arc::clone(fake);
+    let reg = mock!(Client::register_targets).then_compute_output(move |req| {
+        let mut f = f.lock().expect("fake");
+        let script = f.after_enable.clone();
+        for t in req.targets() {
+            let id = t.id().unwrap_or_default().to_owned();
+            f.registered.push((id.clone(), t.port()));
+            if let Some(tg) = f.targets.get_mut(&id) {
+                tg.current = (State::Initial, Some(Reason::RegistrationInProgress));
+                tg.upcoming = script.iter().cloned().collect();
+            }
+        }
+        RegisterTargetsOutput::builder().build()
+    });
+    mock_client!(
+        aws_sdk_elasticloadbalancingv2,
+        RuleMode::MatchAny,
+        &[&groups, &health, &dereg, &reg],
+        |c| c.retry_config(RetryConfig::disabled())
+    )
+}
+
+fn balancer(fake: &Arc<Mutex<Fake>>) -> Elbv2Balancer {
+    Elbv2Balancer::builder()
+        .with_client(client(fake))
+        .with_target_group(TG)
+        .build()
+        .expect("builds")
+}
+
+fn id(s: &str) -> TargetId {
+    TargetId::new(s).expect("id")
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_lasts_several_polls() {
+    let fake = Fake::new(&["i-0a", "i-0b"]);
+    fake.lock().expect("fake").draining_polls = 4;
+    let lb = balancer(&fake);
+    let poll = Duration::from_secs(5);
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(1))
+        .poll_interval(poll)
+        .build()
+        .expect("config");
+    let exec = ScriptedExecutor::new();
+    let report = Rollout::new(lb.clone(), exec.clone(), config)
+        .run()
+        .await
+        .expect("runs");
+    assert!(report.is_success(), "{}", report.to_json_pretty());
+    for t in &report.targets {
+        let drain = t.timings.drain.expect("drain timed");
+        assert!(
+            drain >= 3 * poll,
+            "{}: drained after {drain:?}, but ELBv2 said draining for 4 polls",
+            t.id
+        );
+    }
+    let f = fake.lock().expect("fake");
+    assert_eq!(
+        f.deregistered,
+        vec![
+            ("i-0a".to_owned(), Some(8080)),
+            ("i-0b".to_owned(), Some(8080))
+        ],
+        "deregistered with the registered port"
+    );
+    assert_eq!(
+        f.registered, f.deregistered,
+        "registered again exactly as before"
+    );
+    assert_eq!(exec.records().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_is_not_drained_and_has_no_connection_count() {
+    let fake = Fake::new(&["i-0a"]);
+    fake.lock().expect("fake").draining_polls = 3;
+    let lb = balancer(&fake);
+    lb.drain(&[id("i-0a")]).await.expect("drain");
+    for _ in 0..2 {
+        let st = lb.status(&[id("i-0a")]).await.expect("status")[0];
+        assert_eq!((st.state, st.connections), (TargetState::Draining, None));
+        assert!(!st.is_drained());
+    }
+    assert!(lb.status(&[id("i-0a")]).await.expect("status")[0].is_drained());
+    // Draining again once drained changes nothing.
+    lb.drain(&[id("i-0a")]).await.expect("drain again");
+    assert_eq!(fake.lock().expect("fake").deregistered.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unhealthy_after_enable_fails_at_health_timeout_with_the_reason() {
+    let fake = Fake::new(&["i-0a", "i-0b", "i-0c"]);
+    {
+        let mut f = fake.lock().expect("fake");
+        f.draining_polls = 1;
+        f.after_enable = vec![
+            (State::Initial, Some(Reason::RegistrationInProgress)),
+            (State::Unhealthy, Some(Reason::ResponseCodeMismatch)),
+        ];
+    }
+    let lb = balancer(&fake);
+    let health_timeout = Duration::from_secs(120);
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(1))
+        .max_failures(Amount::Count(0))
+        .health_timeout(health_timeout)
+        .poll_interval(Duration::from_secs(5))
+        .build()
+        .expect("config");
+    let started = tokio::time::Instant::now();
+    let report = Rollout::new(lb.clone(), ScriptedExecutor::new(), config)
+        .run()
+        .await
+        .expect("runs");
+    assert!(!report.is_success());
+    let failed: Vec<_> = report.failed().collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "max_failures 0 stops after the first: {}",
+        report.to_json_pretty()
+    );
+    match &failed[0].result {
+        TargetResult::Failed {
+            phase,
+            reason,
+            kept_out,
+            restore_hint,
+        } => {
+            assert_eq!(*phase, Stage::Enabling, "{reason}");
+            assert!(*kept_out, "KeepOut is the default");
+            assert!(
+                restore_hint
+                    .as_deref()
+                    .is_some_and(|h| h.contains("register-targets") && h.contains("Port=8080")),
+                "{restore_hint:?}"
+            );
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= health_timeout,
+        "failed before health_timeout: {:?}",
+        started.elapsed()
+    );
+    let why = lb
+        .health_reason(&failed[0].id)
+        .expect("the reason ELBv2 gave is kept");
+    assert!(
+        why.contains("Target.ResponseCodeMismatch") && why.contains("web port 8080"),
+        "{why}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_is_typed_and_retried() {
+    let fake = Fake::new(&["i-0a", "i-0b"]);
+    let lb = balancer(&fake);
+    lb.list().await.expect("list");
+    fake.lock().expect("fake").throttle_next = 1;
+    let e = lb.status(&[id("i-0a")]).await.expect_err("throttled");
+    assert!(
+        matches!(e, Error::Throttled { .. }) && e.is_retryable(),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("Rate exceeded"), "{e}");
+
+    // Through the engine: throttled polls are retried with backoff.
+    {
+        let mut f = fake.lock().expect("fake");
+        f.throttle_next = 3;
+        f.draining_polls = 1;
+    }
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(1))
+        .build()
+        .expect("config");
+    let report = Rollout::new(lb, ScriptedExecutor::new(), config)
+        .run()
+        .await
+        .expect("runs");
+    assert!(report.is_success(), "{}", report.to_json_pretty());
+    assert_eq!(
+        fake.lock().expect("fake").throttle_next,
+        0,
+        "every throttle was hit"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_describe_target_health_per_poll_for_the_whole_batch() {
+    let ids: Vec<String> = (0..20).map(|i| format!("i-{i:04x}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let fake = Fake::new(&refs);
+    let lb = balancer(&fake);
+    let all: Vec<TargetId> = ids.iter().map(|s| id(s)).collect();
+    lb.list().await.expect("list");
+    let before = fake.lock().expect("fake").targeted_calls;
+    let st = lb.status(&all).await.expect("status");
+    assert_eq!(st.len(), 20);
+    assert_eq!(fake.lock().expect("fake").targeted_calls - before, 1);
+}

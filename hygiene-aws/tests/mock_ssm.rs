@@ -1,0 +1,459 @@
+//! SSM behaviour moto cannot produce, through `aws-smithy-mocks`: every
+//! failing status, an agent offline at preflight, cancellation.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ssm::config::retry::RetryConfig;
+use aws_sdk_ssm::operation::cancel_command::CancelCommandOutput;
+use aws_sdk_ssm::operation::describe_instance_information::DescribeInstanceInformationOutput;
+use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
+use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsOutput;
+use aws_sdk_ssm::operation::send_command::SendCommandOutput;
+use aws_sdk_ssm::types::{
+    Command, CommandInvocation, CommandInvocationStatus, CommandPlugin, InstanceInformation,
+    PingStatus,
+};
+use aws_sdk_ssm::Client;
+use aws_smithy_mocks::{mock, mock_client, RuleMode};
+use hygiene_aws::{SsmExecutor, SsmExecutorBuilder, StatusApi};
+use hygiene_core::{
+    Amount, CancellationToken, Executor, InMemoryBalancer, Operation, Preflight, Rollout,
+    RolloutConfig, Stage, Target, TargetId, TargetResult,
+};
+
+/// (status, status details, exit code, stdout, stderr)
+type Step = (&'static str, &'static str, i32, &'static str, &'static str);
+
+const PENDING: Step = ("Pending", "Pending", -1, "", "");
+const RUNNING: Step = ("InProgress", "InProgress", -1, "", "");
+
+#[derive(Default)]
+struct Fake {
+    /// Per instance: statuses to go through (the last one repeats).
+    scripts: HashMap<String, VecDeque<Step>>,
+    default_script: Vec<Step>,
+    commands: Vec<(String, Vec<String>)>,
+    cancelled: Vec<(String, Vec<String>)>,
+    ping: HashMap<String, PingStatus>,
+    sent_parameters: Vec<HashMap<String, Vec<String>>>,
+}
+
+impl Fake {
+    fn new(default_script: Vec<Step>) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Fake {
+            default_script,
+            ..Default::default()
+        }))
+    }
+
+    fn step(&mut self, instance: &str) -> Step {
+        let default = self.default_script.clone();
+        let s = self
+            .scripts
+            .entry(instance.to_owned())
+            .or_insert_with(|| default.into_iter().collect());
+        if s.len() > 1 {
+            s.pop_front().unwrap_or(PENDING)
+        } else {
+            s.front().copied().unwrap_or(PENDING)
+        }
+    }
+}
+
+fn client(fake: &Arc<Mutex<Fake>>) -> Client {
+    let f = Arc::clone(fake);
+    let send = mock!(Client::send_command).then_compute_output(move |req| {
+        let mut f = f.lock().expect("fake");
+        let id = format!("cmd-{}", f.commands.len());
+        f.commands.push((id.clone(), req.instance_ids().to_vec()));
+        f.sent_parameters
+            .push(req.parameters().cloned().unwrap_or_default());
+        SendCommandOutput::builder()
+            .command(Command::builder().command_id(id).build())
+            .build()
+    });
+    let f = Arc::clone(fake);
+    let list = mock!(Client::list_command_invocations).then_compute_output(move |req| {
+        let mut f = f.lock().expect("fake");
+        let cmd = req.command_id().unwrap_or_default().to_owned();
+        let instances = f
+            .commands
+            .iter()
+            .find(|(c, _)| *c == cmd)
+            .map(|(_, i)| i.clone())
+            .unwrap_or_default();
+        let mut out = ListCommandInvocationsOutput::builder();
+        for i in instances {
+            let (status, details, code, stdout, _) = f.step(&i);
+            out = out.command_invocations(
+                CommandInvocation::builder()
+                    .command_id(&cmd)
+                    .instance_id(&i)
+                    .status(CommandInvocationStatus::from(status))
+                    .status_details(details)
+                    .command_plugins(
+                        CommandPlugin::builder()
+                            .name("aws:runShellScript")
+                            .response_code(code)
+                            .output(stdout)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        out.build()
+    });
+    let f = Arc::clone(fake);
+    let get = mock!(Client::get_command_invocation).then_compute_output(move |req| {
+        let mut f = f.lock().expect("fake");
+        let i = req.instance_id().unwrap_or_default().to_owned();
+        let (status, details, code, stdout, stderr) = f.step(&i);
+        GetCommandInvocationOutput::builder()
+            .command_id(req.command_id().unwrap_or_default())
+            .instance_id(i)
+            .status(CommandInvocationStatus::from(status))
+            .status_details(details)
+            .response_code(code)
+            .standard_output_content(stdout)
+            .standard_error_content(stderr)
+            .build()
+    });
+    let f = Arc::clone(fake);
+    let cancel = mock!(Client::cancel_command).then_compute_output(move |req| {
+        let mut f = f.lock().expect("fake");
+        let instances = req.instance_ids().to_vec();
+        f.cancelled.push((
+            req.command_id().unwrap_or_default().to_owned(),
+            instances.clone(),
+        ));
+        for i in instances {
+            f.scripts.insert(
+                i,
+                [
+                    ("Cancelling", "Cancelling", -1, "", ""),
+                    ("Cancelled", "Cancelled", -1, "partial output", ""),
+                ]
+                .into_iter()
+                .collect(),
+            );
+        }
+        CancelCommandOutput::builder().build()
+    });
+    let f = Arc::clone(fake);
+    let describe = mock!(Client::describe_instance_information).then_compute_output(move |req| {
+        let f = f.lock().expect("fake");
+        let asked: Vec<String> = req
+            .filters()
+            .iter()
+            .flat_map(|flt| flt.values().to_vec())
+            .collect();
+        let mut out = DescribeInstanceInformationOutput::builder();
+        for i in asked {
+            if let Some(p) = f.ping.get(&i) {
+                out = out.instance_information_list(
+                    InstanceInformation::builder()
+                        .instance_id(i)
+                        .ping_status(p.clone())
+                        .build(),
+                );
+            }
+        }
+        out.build()
+    });
+    mock_client!(
+        aws_sdk_ssm,
+        RuleMode::MatchAny,
+        &[&send, &list, &get, &cancel, &describe],
+        |c| c.retry_config(RetryConfig::disabled())
+    )
+}
+
+fn builder(fake: &Arc<Mutex<Fake>>) -> SsmExecutorBuilder {
+    SsmExecutor::builder("AWS-RunShellScript")
+        .with_client(client(fake))
+        .with_parameter("commands", ["yum -y update"])
+}
+
+fn target(id: &str) -> Target {
+    Target::new(TargetId::new(id).expect("id")).with_instance_id(id)
+}
+
+const TERMINAL: &[Step] = &[
+    ("Success", "Success", 0, "patched 3 packages", ""),
+    (
+        "Failed",
+        "Failed",
+        2,
+        "yum: error",
+        "No space left on device",
+    ),
+    ("Cancelled", "Cancelled", -1, "", ""),
+    ("TimedOut", "TimedOut", -1, "", ""),
+    ("TimedOut", "DeliveryTimedOut", -1, "", ""),
+    ("Failed", "ExecutionTimedOut", 124, "half done", ""),
+    ("Failed", "Undeliverable", -1, "", ""),
+    ("Failed", "Terminated", -1, "", ""),
+    ("Failed", "InvalidPlatform", -1, "", ""),
+    ("Failed", "AccessDenied", -1, "", ""),
+];
+
+async fn every_terminal_status(api: StatusApi) {
+    let fake = Fake::new(vec![PENDING]);
+    let targets: Vec<Target> = (0..TERMINAL.len())
+        .map(|i| target(&format!("i-{i:04x}")))
+        .collect();
+    {
+        let mut f = fake.lock().expect("fake");
+        for (t, step) in targets.iter().zip(TERMINAL) {
+            f.scripts.insert(
+                t.id.to_string(),
+                [PENDING, RUNNING, RUNNING, *step].into_iter().collect(),
+            );
+        }
+    }
+    let exec = builder(&fake).with_status_api(api).build().expect("builds");
+    let out = exec.execute(&targets).await.expect("execute");
+    assert_eq!(out.len(), TERMINAL.len());
+    for ((o, t), (status, details, code, stdout, stderr)) in out.iter().zip(&targets).zip(TERMINAL)
+    {
+        assert_eq!(o.id, t.id, "outcomes are in order");
+        assert_eq!(o.success, *status == "Success", "{details}: {o:?}");
+        if *status != "Success" {
+            let msg = o.message.as_deref().unwrap_or_default();
+            assert!(
+                msg.contains(details) && msg.contains("cmd-0") && msg.contains(t.id.as_str()),
+                "{details}: {msg}"
+            );
+        }
+        if *code >= 0 {
+            assert_eq!(o.exit_code, Some(*code), "{details}");
+        }
+        assert_eq!(o.stdout_tail, *stdout, "{details}");
+        if api == StatusApi::GetCommandInvocation {
+            assert_eq!(o.stderr_tail, *stderr, "{details}");
+        }
+    }
+    assert_eq!(
+        fake.lock().expect("fake").commands.len(),
+        1,
+        "one SendCommand for ≤ 50 instances"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_terminal_status_via_list_command_invocations() {
+    every_terminal_status(StatusApi::ListCommandInvocations).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_terminal_status_via_get_command_invocation() {
+    every_terminal_status(StatusApi::GetCommandInvocation).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_fifty_instances_per_send_command() {
+    let fake = Fake::new(vec![RUNNING, ("Success", "Success", 0, "ok", "")]);
+    let targets: Vec<Target> = (0..120).map(|i| target(&format!("i-{i:04x}"))).collect();
+    let exec = builder(&fake)
+        .with_execution_timeout(Duration::from_secs(600))
+        .build()
+        .expect("builds");
+    let out = exec.execute(&targets).await.expect("execute");
+    assert!(out.iter().all(|o| o.success));
+    let f = fake.lock().expect("fake");
+    let sizes: Vec<usize> = f.commands.iter().map(|(_, i)| i.len()).collect();
+    assert_eq!(sizes, vec![50, 50, 20]);
+    assert_eq!(
+        f.sent_parameters[0].get("executionTimeout"),
+        Some(&vec!["600".to_owned()])
+    );
+    assert_eq!(
+        f.sent_parameters[0].get("commands"),
+        Some(&vec!["yum -y update".to_owned()])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn preflight_says_why_an_instance_is_not_ready() {
+    let fake = Fake::new(vec![]);
+    {
+        let mut f = fake.lock().expect("fake");
+        f.ping.insert("i-online".into(), PingStatus::Online);
+        f.ping.insert("i-lost".into(), PingStatus::ConnectionLost);
+    }
+    let exec = builder(&fake).build().expect("builds");
+    let ip = Target::new(TargetId::new("10.0.0.5").expect("id")).with_address("10.0.0.5");
+    let pf = exec
+        .preflight(&[
+            target("i-online"),
+            target("i-lost"),
+            target("i-unmanaged"),
+            ip.clone(),
+        ])
+        .await
+        .expect("preflight");
+    assert_eq!(pf[0], Preflight::Ready);
+    assert!(
+        matches!(&pf[1], Preflight::NotReady(why) if why.contains("ConnectionLost") && why.contains("i-lost")),
+        "{:?}",
+        pf[1]
+    );
+    assert!(
+        matches!(&pf[2], Preflight::NotReady(why) if why.contains("not managed by SSM")),
+        "{:?}",
+        pf[2]
+    );
+    assert!(
+        matches!(&pf[3], Preflight::NotReady(why) if why.contains("10.0.0.5") && why.contains("with_instance_id")),
+        "{:?}",
+        pf[3]
+    );
+
+    // With the IP mapped to its instance, it is checked (and run) there.
+    let exec = builder(&fake)
+        .with_instance_id(ip.id.clone(), "i-online")
+        .build()
+        .expect("builds");
+    assert_eq!(
+        exec.preflight(std::slice::from_ref(&ip))
+            .await
+            .expect("preflight"),
+        vec![Preflight::Ready]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_offline_agent_is_never_drained() {
+    let fake = Fake::new(vec![RUNNING, ("Success", "Success", 0, "ok", "")]);
+    {
+        let mut f = fake.lock().expect("fake");
+        f.ping.insert("i-0a".into(), PingStatus::Online);
+        f.ping.insert("i-0b".into(), PingStatus::ConnectionLost);
+        f.ping.insert("i-0c".into(), PingStatus::Online);
+    }
+    let lb = InMemoryBalancer::with_targets(["i-0a", "i-0b", "i-0c"]).expect("lb");
+    let exec = builder(&fake).build().expect("builds");
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(1))
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("config");
+    let report = Rollout::new(lb.clone(), exec, config)
+        .run()
+        .await
+        .expect("runs");
+    let b = report
+        .targets
+        .iter()
+        .find(|t| t.id.as_str() == "i-0b")
+        .expect("reported");
+    assert!(
+        matches!(&b.result, TargetResult::Failed { phase: Stage::Preflight, reason, kept_out: false, .. } if reason.contains("ConnectionLost")),
+        "{:?}",
+        b.result
+    );
+    let drained: Vec<String> = lb
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Operation::Drain)
+        .flat_map(|c| c.ids.into_iter().map(|i| i.to_string()))
+        .collect();
+    assert!(!drained.contains(&"i-0b".to_owned()), "{drained:?}");
+    assert_eq!(
+        fake.lock()
+            .expect("fake")
+            .commands
+            .iter()
+            .map(|(_, i)| i.len())
+            .sum::<usize>(),
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancellation_cancels_the_outstanding_command() {
+    let fake = Fake::new(vec![RUNNING]);
+    let token = CancellationToken::new();
+    let exec = builder(&fake)
+        .with_cancellation(token.clone())
+        .build()
+        .expect("builds");
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        t.cancel();
+    });
+    let out = exec
+        .execute(&[target("i-0a"), target("i-0b")])
+        .await
+        .expect("execute");
+    let f = fake.lock().expect("fake");
+    assert_eq!(
+        f.cancelled.len(),
+        1,
+        "one CancelCommand for the outstanding command"
+    );
+    assert_eq!(f.cancelled[0].0, "cmd-0");
+    assert_eq!(f.cancelled[0].1.len(), 2);
+    for o in out {
+        assert!(!o.success);
+        assert!(
+            o.message
+                .as_deref()
+                .is_some_and(|m| m.contains("Cancelled")),
+            "{o:?}"
+        );
+        assert_eq!(o.stdout_tail, "partial output");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_past_its_wait_limit_is_cancelled() {
+    let fake = Fake::new(vec![RUNNING]);
+    let exec = builder(&fake)
+        .with_wait_timeout(Duration::from_secs(60))
+        .with_cancel_grace(Duration::from_secs(10))
+        .build()
+        .expect("builds");
+    {
+        // SSM never confirms this cancel.
+        let mut f = fake.lock().expect("fake");
+        f.scripts
+            .insert("i-stuck".into(), [RUNNING].into_iter().collect());
+    }
+    let started = tokio::time::Instant::now();
+    let out = exec.execute(&[target("i-stuck")]).await.expect("execute");
+    assert!(started.elapsed() >= Duration::from_secs(60));
+    assert_eq!(fake.lock().expect("fake").cancelled.len(), 1);
+    // The fake switches the script to Cancelled on CancelCommand.
+    assert!(!out[0].success);
+}
+
+#[test]
+fn builder_validates() {
+    let fake = Fake::new(vec![]);
+    assert!(SsmExecutor::builder("")
+        .with_client(client(&fake))
+        .build()
+        .is_err());
+    assert!(builder(&fake)
+        .with_comment("x".repeat(101))
+        .build()
+        .is_err());
+    assert!(builder(&fake)
+        .with_delivery_timeout(Duration::from_secs(5))
+        .build()
+        .is_err());
+    assert!(builder(&fake)
+        .with_poll_interval(Duration::ZERO)
+        .build()
+        .is_err());
+    assert!(
+        SsmExecutor::builder("AWS-RunShellScript").build().is_err(),
+        "no AWS configuration"
+    );
+    assert!(builder(&fake).build().is_ok());
+}

@@ -1,0 +1,698 @@
+//! [`HaproxyBalancer`]: the [`LoadBalancer`] over one or more HAProxy nodes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hygiene_core::{
+    with_retries, Capabilities, Health, ListedTarget, LoadBalancer, RetryPolicy, Target, TargetId,
+    TargetState, TargetStatus,
+};
+use tracing::{debug, warn};
+
+use crate::client::Client;
+use crate::config::{check_name, HaproxyBalancerBuilder};
+use crate::error::HaproxyError;
+use crate::parse::{self, ParseError, ReplyError, ServerState, StatRow, ADMF_FORCED};
+
+/// Admin bits `state ready` clears: forced maint (also set for a server
+/// `disabled` in the configuration), forced drain.
+const ADMF_NEEDS_READY: u32 = ADMF_FORCED;
+
+/// Forced maintenance (`set server … state maint`).
+const ADMF_FORCED_MAINT: u32 = 0x01;
+
+/// Longest command line sent at once; HAProxy's CLI reads one buffer
+/// (`tune.bufsize`, 16 kB by default) per line.
+const MAX_LINE: usize = 8 * 1024;
+
+/// A pool of servers behind one or more HAProxy nodes, driven through the
+/// runtime API. Cheap to clone (the clones share one configuration).
+///
+/// Build it with [`HaproxyBalancer::builder`]; see the crate docs for the
+/// target id format, the drain / enable commands and how a stale `UP` after
+/// maintenance is ruled out.
+#[derive(Clone)]
+pub struct HaproxyBalancer {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) clients: Vec<Client>,
+    pub(crate) backends: Vec<String>,
+    pub(crate) poll_interval: Duration,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl fmt::Debug for HaproxyBalancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HaproxyBalancer")
+            .field("nodes", &self.node_names())
+            .field("backends", &self.inner.backends)
+            .field("poll_interval", &self.inner.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One server of one backend on one node.
+#[derive(Debug, Clone)]
+struct Entry {
+    state: ServerState,
+    stat: StatRow,
+}
+
+/// What one node says about the pool's backends, in pool order.
+#[derive(Debug)]
+struct Snapshot {
+    node: String,
+    backends: Vec<(String, Vec<Entry>)>,
+}
+
+impl Snapshot {
+    /// The server `name` in every pool backend that has it, pool order.
+    fn server(&self, name: &str) -> Vec<(&str, &Entry)> {
+        self.backends
+            .iter()
+            .filter_map(|(b, entries)| {
+                entries
+                    .iter()
+                    .find(|e| e.state.server == name)
+                    .map(|e| (b.as_str(), e))
+            })
+            .collect()
+    }
+
+    fn has(&self, backend: &str, server: &str) -> bool {
+        self.server(server).iter().any(|(b, _)| *b == backend)
+    }
+}
+
+/// A target id, split and checked: `backend/server`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    backend: String,
+    server: String,
+}
+
+impl HaproxyBalancer {
+    /// A builder: `.node(Node::unix(path))`, `.backend("web")`, then `.build()`.
+    pub fn builder() -> HaproxyBalancerBuilder {
+        HaproxyBalancerBuilder::default()
+    }
+
+    pub(crate) fn from_parts(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// The backends of the pool, in the order given to the builder.
+    pub fn backends(&self) -> &[String] {
+        &self.inner.backends
+    }
+
+    /// The names of the nodes, in the order given to the builder.
+    pub fn node_names(&self) -> Vec<String> {
+        self.inner
+            .clients
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect()
+    }
+
+    fn pool(&self) -> String {
+        format!("backends {}", self.inner.backends.join(", "))
+    }
+
+    /// Splits and checks an id before anything is sent: `backend/server`,
+    /// both names in HAProxy's charset, the backend one of the pool's.
+    fn key(&self, id: &TargetId) -> Result<Key, HaproxyError> {
+        let Some((backend, server)) = id.as_str().split_once('/') else {
+            return Err(HaproxyError::InvalidName {
+                name: id.to_string(),
+                reason: "an HAProxy target id is `backend/server`".into(),
+            });
+        };
+        check_name(backend, "backend")
+            .and_then(|()| check_name(server, "server"))
+            .map_err(|e| match e {
+                HaproxyError::InvalidName { reason, .. } => HaproxyError::InvalidName {
+                    name: id.to_string(),
+                    reason,
+                },
+                other => other,
+            })?;
+        if !self.inner.backends.iter().any(|b| b == backend) {
+            return Err(HaproxyError::UnknownTarget {
+                id: id.to_string(),
+                pool: self.pool(),
+            });
+        }
+        Ok(Key {
+            backend: backend.to_owned(),
+            server: server.to_owned(),
+        })
+    }
+
+    fn keys(&self, ids: &[TargetId]) -> Result<Vec<Key>, HaproxyError> {
+        ids.iter().map(|id| self.key(id)).collect()
+    }
+
+    /// Calls `f` with retries of refused / vanished sockets and timeouts.
+    async fn retrying<T, F, Fut>(
+        &self,
+        client: &Client,
+        what: &str,
+        f: F,
+    ) -> hygiene_core::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = hygiene_core::Result<T>>,
+    {
+        with_retries(&self.inner.retry, f, |e, delay| {
+            warn!(node = client.name(), call = what, error = %e, delay_ms = delay.as_millis() as u64, "retrying haproxy call");
+        })
+        .await
+    }
+
+    async fn snapshot(&self, client: &Client) -> hygiene_core::Result<Snapshot> {
+        self.retrying(client, "show", || async {
+            Ok(self.snapshot_once(client).await?)
+        })
+        .await
+    }
+
+    /// One connection: `show servers state <b>; show stat <b> 4 -1` for
+    /// every backend of the pool.
+    async fn snapshot_once(&self, client: &Client) -> Result<Snapshot, HaproxyError> {
+        let node = client.name().to_owned();
+        let commands: Vec<String> = self
+            .inner
+            .backends
+            .iter()
+            .flat_map(|b| {
+                [
+                    format!("show servers state {b}"),
+                    format!("show stat {b} 4 -1"),
+                ]
+            })
+            .collect();
+        let raw = client.send(&commands.join("; ")).await?;
+        let bodies = split(&node, &commands.join("; "), &raw, commands.len())?;
+        let mut backends = Vec::new();
+        for (i, backend) in self.inner.backends.iter().enumerate() {
+            let map_err = |cmd: &str, e: ParseError| match e {
+                ParseError::Reply(ReplyError::NoSuchBackend) => HaproxyError::NoSuchBackend {
+                    node: node.clone(),
+                    backend: backend.clone(),
+                },
+                other => reply_error(&node, cmd, None, other),
+            };
+            let states = parse::parse_servers_state(bodies[2 * i])
+                .map_err(|e| map_err(&commands[2 * i], e))?;
+            let stats = parse::parse_stat(bodies[2 * i + 1])
+                .map_err(|e| map_err(&commands[2 * i + 1], e))?;
+            let mut entries = Vec::with_capacity(states.len());
+            for state in states {
+                if &state.backend != backend {
+                    return Err(HaproxyError::Protocol {
+                        node: node.clone(),
+                        message: format!(
+                            "`{}` listed backend {:?}",
+                            commands[2 * i],
+                            state.backend
+                        ),
+                    });
+                }
+                let Some(stat) = stats
+                    .iter()
+                    .find(|s| s.backend == state.backend && s.server == state.server)
+                else {
+                    return Err(HaproxyError::Protocol {
+                        node: node.clone(),
+                        message: format!(
+                            "server {backend}/{} is in `show servers state` but not in `show stat` (reloading?)",
+                            state.server
+                        ),
+                    });
+                };
+                entries.push(Entry {
+                    stat: stat.clone(),
+                    state,
+                });
+            }
+            backends.push((backend.clone(), entries));
+        }
+        Ok(Snapshot { node, backends })
+    }
+
+    async fn snapshots(&self) -> hygiene_core::Result<Vec<Snapshot>> {
+        let mut out = Vec::with_capacity(self.inner.clients.len());
+        for client in &self.inner.clients {
+            out.push(self.snapshot(client).await?);
+        }
+        Ok(out)
+    }
+
+    /// Every key must name a server its backend has, on every node.
+    fn check_present(snapshots: &[Snapshot], keys: &[Key]) -> Result<(), HaproxyError> {
+        for snap in snapshots {
+            for k in keys {
+                if !snap.has(&k.backend, &k.server) {
+                    return Err(HaproxyError::NoSuchServer {
+                        node: snap.node.clone(),
+                        backend: k.backend.clone(),
+                        server: k.server.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn status_of(snapshots: &[Snapshot], server: &str) -> TargetStatus {
+        let parts: Vec<(TargetState, Health, u64)> = snapshots
+            .iter()
+            .flat_map(|s| s.server(server))
+            .map(|(_, e)| (e.state.state(), e.stat.health(), e.stat.connections))
+            .collect();
+        aggregate(&parts)
+    }
+
+    /// Sends `set server` commands built by `commands` for each node, after
+    /// checking on every node first that every target exists (so an unknown
+    /// id changes nothing anywhere).
+    async fn apply<F>(&self, ids: &[TargetId], what: &str, commands: F) -> hygiene_core::Result<()>
+    where
+        F: Fn(&str, &Entry) -> Vec<String>,
+    {
+        let keys = self.keys(ids)?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let snapshots = self.snapshots().await?;
+        Self::check_present(&snapshots, &keys)?;
+        for (client, snap) in self.inner.clients.iter().zip(&snapshots) {
+            let mut cmds: Vec<(String, String, String)> = Vec::new();
+            for k in &keys {
+                for (backend, entry) in snap.server(&k.server) {
+                    for c in commands(backend, entry) {
+                        if !cmds.iter().any(|(x, _, _)| *x == c) {
+                            cmds.push((c, backend.to_owned(), k.server.clone()));
+                        }
+                    }
+                }
+            }
+            for chunk in chunks(&cmds) {
+                self.retrying(client, what, || async {
+                    Ok(self.send_sets(client, chunk).await?)
+                })
+                .await?;
+            }
+            debug!(
+                node = client.name(),
+                call = what,
+                commands = cmds.len(),
+                "haproxy change applied"
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends `set` commands on one line; each must answer with an empty reply.
+    async fn send_sets(
+        &self,
+        client: &Client,
+        cmds: &[(String, String, String)],
+    ) -> Result<(), HaproxyError> {
+        let line = cmds
+            .iter()
+            .map(|(c, _, _)| c.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let raw = client.send(&line).await?;
+        let node = client.name();
+        let bodies = split(node, &line, &raw, cmds.len())?;
+        for ((cmd, backend, server), body) in cmds.iter().zip(bodies) {
+            if let Some(e) = parse::classify(body) {
+                return Err(reply_error(
+                    node,
+                    cmd,
+                    Some((backend, server)),
+                    ParseError::Reply(e),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a reply into `count` bodies. When the framing is wrong but the
+/// reply starts with a known error line (HAProxy refusing the whole line),
+/// that error is the one reported.
+fn split<'a>(
+    node: &str,
+    line: &str,
+    raw: &'a str,
+    count: usize,
+) -> Result<Vec<&'a str>, HaproxyError> {
+    parse::split_replies(raw, count).map_err(|m| {
+        let first = raw.split("\n\n").next().unwrap_or_default();
+        match parse::classify(first) {
+            Some(e @ (ReplyError::PermissionDenied | ReplyError::UnknownCommand(_))) => {
+                reply_error(node, line, None, ParseError::Reply(e))
+            }
+            _ => HaproxyError::Protocol {
+                node: node.to_owned(),
+                message: format!("`{line}`: {m}"),
+            },
+        }
+    })
+}
+
+/// Splits commands into lines short enough for HAProxy's CLI buffer.
+fn chunks(cmds: &[(String, String, String)]) -> Vec<&[(String, String, String)]> {
+    let mut out = Vec::new();
+    let (mut start, mut len) = (0, 0);
+    for (i, (c, _, _)) in cmds.iter().enumerate() {
+        if i > start && len + c.len() + 2 > MAX_LINE {
+            out.push(&cmds[start..i]);
+            start = i;
+            len = 0;
+        }
+        len += c.len() + 2;
+    }
+    if start < cmds.len() {
+        out.push(&cmds[start..]);
+    }
+    out
+}
+
+/// The one place HAProxy's replies become errors.
+fn reply_error(
+    node: &str,
+    command: &str,
+    target: Option<(&str, &str)>,
+    e: ParseError,
+) -> HaproxyError {
+    let node = node.to_owned();
+    let command = command.to_owned();
+    match e {
+        ParseError::Reply(ReplyError::PermissionDenied) => {
+            HaproxyError::PermissionDenied { node, command }
+        }
+        ParseError::Reply(ReplyError::NoSuchBackend) => HaproxyError::NoSuchBackend {
+            node,
+            backend: target.map(|(b, _)| b.to_owned()).unwrap_or(command),
+        },
+        ParseError::Reply(ReplyError::NoSuchServer) => match target {
+            Some((b, s)) => HaproxyError::NoSuchServer {
+                node,
+                backend: b.to_owned(),
+                server: s.to_owned(),
+            },
+            None => HaproxyError::Rejected {
+                node,
+                command,
+                reply: "No such server.".into(),
+            },
+        },
+        ParseError::Reply(ReplyError::UnknownCommand(reply)) => HaproxyError::UnknownCommand {
+            node,
+            command,
+            reply,
+        },
+        ParseError::Reply(ReplyError::Other(reply)) => HaproxyError::Rejected {
+            node,
+            command,
+            reply,
+        },
+        ParseError::Format(message) => HaproxyError::Protocol {
+            node,
+            message: format!("`{command}`: {message}"),
+        },
+    }
+}
+
+/// Status of one target from its entries on every node and backend: in
+/// service only where in service everywhere (otherwise the worst state),
+/// healthy only where healthy everywhere, connections summed.
+fn aggregate(parts: &[(TargetState, Health, u64)]) -> TargetStatus {
+    let rank = |s: TargetState| match s {
+        TargetState::InService => 0,
+        TargetState::Draining => 1,
+        TargetState::OutOfService => 2,
+    };
+    let state = parts
+        .iter()
+        .map(|p| p.0)
+        .max_by_key(|s| rank(*s))
+        .unwrap_or(TargetState::OutOfService);
+    let health = if parts.is_empty() {
+        Health::Unknown
+    } else if parts.iter().any(|p| p.1 == Health::Unhealthy) {
+        Health::Unhealthy
+    } else if parts.iter().all(|p| p.1 == Health::Healthy) {
+        Health::Healthy
+    } else {
+        Health::Unknown
+    };
+    let connections = parts.iter().map(|p| p.2).fold(0u64, u64::saturating_add);
+    TargetStatus::new(state, health, Some(connections))
+}
+
+#[async_trait]
+impl LoadBalancer for HaproxyBalancer {
+    fn name(&self) -> String {
+        format!(
+            "haproxy ({} on {})",
+            self.inner.backends.join(", "),
+            self.node_names().join(", ")
+        )
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, true, true, true)
+    }
+
+    fn default_poll_interval(&self) -> Duration {
+        self.inner.poll_interval
+    }
+
+    fn enable_hint(&self, id: &TargetId) -> String {
+        let server = id.as_str().split_once('/').map_or(id.as_str(), |(_, s)| s);
+        if !crate::config::is_valid_name(server) {
+            return format!("{id} is not a valid HAProxy target id");
+        }
+        let cmd = self
+            .inner
+            .backends
+            .iter()
+            .map(|b| format!("set server {b}/{server} state ready"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.inner
+            .clients
+            .iter()
+            .map(|c| c.node().socat(&cmd))
+            .collect::<Vec<_>>()
+            .join(" && ")
+    }
+
+    async fn list(&self) -> hygiene_core::Result<Vec<ListedTarget>> {
+        let snapshots = self.snapshots().await?;
+        let Some(first) = snapshots.first() else {
+            return Ok(Vec::new());
+        };
+        // Each server name once, under the first pool backend that has it.
+        let mut seen: BTreeMap<&str, ()> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (backend, entries) in &first.backends {
+            for e in entries {
+                let name = e.state.server.as_str();
+                if seen.insert(name, ()).is_some() {
+                    continue;
+                }
+                let key = Key {
+                    backend: backend.clone(),
+                    server: name.to_owned(),
+                };
+                Self::check_present(&snapshots, std::slice::from_ref(&key))?;
+                let id = TargetId::new(format!("{backend}/{name}"))?;
+                let backends: Vec<&str> = first.server(name).into_iter().map(|(b, _)| b).collect();
+                let mut target = Target::new(id)
+                    .with_address(e.state.addr.clone())
+                    .with_meta("backends", backends.join(","))
+                    .with_meta("nodes", self.node_names().join(","));
+                if let Some(port) = e.state.port {
+                    target = target.with_port(port);
+                }
+                out.push(ListedTarget {
+                    target,
+                    status: Self::status_of(&snapshots, name),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn status(&self, ids: &[TargetId]) -> hygiene_core::Result<Vec<TargetStatus>> {
+        let keys = self.keys(ids)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let snapshots = self.snapshots().await?;
+        Self::check_present(&snapshots, &keys)?;
+        Ok(keys
+            .iter()
+            .map(|k| Self::status_of(&snapshots, &k.server))
+            .collect())
+    }
+
+    async fn drain(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        self.apply(ids, "drain", |b, e| {
+            if e.state.admin_state & ADMF_FORCED_MAINT != 0 {
+                // `state drain` would take it *out* of maintenance: a server
+                // already held in maintenance stays there.
+                Vec::new()
+            } else {
+                vec![format!("set server {b}/{} state drain", e.state.server)]
+            }
+        })
+        .await
+    }
+
+    async fn disable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        self.apply(ids, "disable", |b, e| {
+            vec![format!("set server {b}/{} state maint", e.state.server)]
+        })
+        .await
+    }
+
+    /// Puts the servers back; see the crate docs, "Fresh health after
+    /// enable": a server that was out is first forced `DOWN`, so HAProxy
+    /// itself sends it nothing, and reports it healthy, only after `rise`
+    /// checks made after the enable have passed.
+    async fn enable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        self.apply(ids, "enable", |b, e| {
+            let s = &e.state.server;
+            if e.state.admin_state & ADMF_NEEDS_READY == 0 {
+                // Already in service here: touching its health would take a
+                // serving server down.
+                Vec::new()
+            } else {
+                vec![
+                    format!("set server {b}/{s} health down"),
+                    format!("set server {b}/{s} state ready"),
+                ]
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Node;
+
+    fn lb(backends: &[&str]) -> HaproxyBalancer {
+        let mut b =
+            HaproxyBalancer::builder().node(Node::unix("/nonexistent/haproxy.sock").named("lb-a"));
+        for x in backends {
+            b = b.backend(*x);
+        }
+        b.build().expect("valid config")
+    }
+
+    fn id(s: &str) -> TargetId {
+        TargetId::new(s).expect("valid target id")
+    }
+
+    #[test]
+    fn aggregate_is_pessimistic_and_sums() {
+        use Health::*;
+        use TargetState::*;
+        let s = aggregate(&[(InService, Healthy, 1), (InService, Healthy, 2)]);
+        assert_eq!(s, TargetStatus::new(InService, Healthy, Some(3)));
+        let s = aggregate(&[(InService, Healthy, 0), (Draining, Healthy, 4)]);
+        assert_eq!(s, TargetStatus::new(Draining, Healthy, Some(4)));
+        let s = aggregate(&[(Draining, Healthy, 0), (OutOfService, Unknown, 0)]);
+        assert_eq!(s.state, OutOfService);
+        assert_eq!(s.health, Unknown);
+        assert_eq!(
+            aggregate(&[(InService, Healthy, 0), (InService, Unhealthy, 0)]).health,
+            Unhealthy
+        );
+    }
+
+    #[test]
+    fn ids_are_checked_before_anything_is_sent() {
+        let lb = lb(&["web", "api"]);
+        assert_eq!(
+            lb.key(&id("web/s1")).ok(),
+            Some(Key {
+                backend: "web".into(),
+                server: "s1".into()
+            })
+        );
+        assert!(matches!(
+            lb.key(&id("web/s1;shutdown")),
+            Err(HaproxyError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            lb.key(&id("s1")),
+            Err(HaproxyError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            lb.key(&id("web/a/b")),
+            Err(HaproxyError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            lb.key(&id("other/s1")),
+            Err(HaproxyError::UnknownTarget { .. })
+        ));
+        let e: hygiene_core::Error = lb.key(&id("other/s1")).expect_err("not in pool").into();
+        assert!(
+            e.is_not_found() && e.to_string().contains("other/s1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn long_batches_are_split() {
+        let cmds: Vec<(String, String, String)> = (0..1000)
+            .map(|i| {
+                (
+                    format!("set server web/s{i} state drain"),
+                    "web".into(),
+                    format!("s{i}"),
+                )
+            })
+            .collect();
+        let parts = chunks(&cmds);
+        assert!(parts.len() > 1);
+        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), 1000);
+        for p in parts {
+            let line: usize = p.iter().map(|(c, _, _)| c.len() + 2).sum();
+            assert!(line <= MAX_LINE);
+        }
+    }
+
+    #[test]
+    fn hint_and_name() {
+        let lb = lb(&["web", "api"]);
+        let hint = lb.enable_hint(&id("web/s1"));
+        assert!(
+            hint.contains("set server web/s1 state ready; set server api/s1 state ready"),
+            "{hint}"
+        );
+        assert!(
+            hint.contains("UNIX-CONNECT:/nonexistent/haproxy.sock"),
+            "{hint}"
+        );
+        assert!(lb.name().contains("web, api") && lb.name().contains("lb-a"));
+        assert!(lb.capabilities().counts_connections && lb.capabilities().hard_disable);
+        assert!(lb.default_poll_interval() <= Duration::from_millis(250));
+    }
+}
