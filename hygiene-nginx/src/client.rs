@@ -343,20 +343,41 @@ mod tests {
 
     fn instance() -> Instance {
         let base = Url::parse("https://lb1.example:8443/api/").expect("url");
-        Instance::new(base, reqwest::Client::new(), Some(("u".into(), "pw-secret".into())), None, Duration::from_secs(1))
+        Instance::new(
+            base,
+            reqwest::Client::new(),
+            Some(("u".into(), "pw-secret".into())),
+            None,
+            Duration::from_secs(1),
+        )
     }
 
     #[test]
     fn every_segment_is_percent_encoded() {
         let i = instance();
         let ctx = Ctx::new(i.label(), "test");
-        let u = i.url(9, UpstreamKind::Http, "backend", Some(3), &ctx).expect("url");
-        assert_eq!(u.as_str(), "https://lb1.example:8443/api/9/http/upstreams/backend/servers/3");
-        let u = i.url(9, UpstreamKind::Stream, "tcp", None, &ctx).expect("url");
-        assert_eq!(u.as_str(), "https://lb1.example:8443/api/9/stream/upstreams/tcp/");
+        let u = i
+            .url(9, UpstreamKind::Http, "backend", Some(3), &ctx)
+            .expect("url");
+        assert_eq!(
+            u.as_str(),
+            "https://lb1.example:8443/api/9/http/upstreams/backend/servers/3"
+        );
+        let u = i
+            .url(9, UpstreamKind::Stream, "tcp", None, &ctx)
+            .expect("url");
+        assert_eq!(
+            u.as_str(),
+            "https://lb1.example:8443/api/9/stream/upstreams/tcp/"
+        );
         // Defence in depth: even a name the builder would refuse stays one segment.
-        let u = i.url(9, UpstreamKind::Http, "../../x/y?z#w", Some(1), &ctx).expect("url");
-        assert_eq!(u.path(), "/api/9/http/upstreams/..%2F..%2Fx%2Fy%3Fz%23w/servers/1");
+        let u = i
+            .url(9, UpstreamKind::Http, "../../x/y?z#w", Some(1), &ctx)
+            .expect("url");
+        assert_eq!(
+            u.path(),
+            "/api/9/http/upstreams/..%2F..%2Fx%2Fy%3Fz%23w/servers/1"
+        );
         assert!(u.query().is_none() && u.fragment().is_none());
     }
 
@@ -371,7 +392,13 @@ mod tests {
         let ctx = Ctx::new("http://lb/api", "get upstream").upstream("backend");
         let body = br#"{"error":{"status":404,"text":"upstream not found","code":"UpstreamNotFound"},"request_id":"ab12","href":"https://nginx.org/"}"#;
         match api_error(&ctx, StatusCode::NOT_FOUND, body) {
-            NginxError::Api { code, text, request_id, status, .. } => {
+            NginxError::Api {
+                code,
+                text,
+                request_id,
+                status,
+                ..
+            } => {
                 assert_eq!(status, 404);
                 assert_eq!(code.as_deref(), Some("UpstreamNotFound"));
                 assert_eq!(text.as_deref(), Some("upstream not found"));
@@ -379,7 +406,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match api_error(&ctx, StatusCode::BAD_GATEWAY, b"<html>\r\n502 Bad Gateway</html>") {
+        match api_error(
+            &ctx,
+            StatusCode::BAD_GATEWAY,
+            b"<html>\r\n502 Bad Gateway</html>",
+        ) {
             NginxError::Api { code, text, .. } => {
                 assert_eq!(code, None);
                 assert!(text.is_some_and(|t| t.contains("502 Bad Gateway") && !t.contains('\r')));

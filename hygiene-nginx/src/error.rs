@@ -174,6 +174,11 @@ fn api_error(
             message: format!("{ctx}: {said}; access is forbidden: allow this client in the API location (allow/deny, auth_basic)"),
             source: None,
         },
+        (404, None | Some("PathNotFound")) => Error::Rejected {
+            location,
+            message: format!("{ctx}: {said}{rid}; no NGINX Plus API at this path: give the URL of the location with `api;` (e.g. https://lb1:8443/api)"),
+            source: None,
+        },
         (429, _) => Error::Throttled { location, message: format!("{ctx}: {said}{rid}"), source: None },
         (500..=599, _) => Error::Unavailable { location, message: format!("{ctx}: {said}{rid}"), source: None },
         _ => Error::Rejected { location, message: format!("{ctx}: {said}{rid}"), source: None },

@@ -389,3 +389,48 @@ async fn address_ids_cover_every_peer_with_that_address() {
         "{hint}"
     );
 }
+
+#[tokio::test]
+async fn status_is_one_call_per_instance_and_upstream() {
+    let a = FakeNginx::start(State::standard()).await;
+    let b = FakeNginx::start(State::standard()).await;
+    let lb = builder([&a, &b])
+        .upstream("backend")
+        .stream_upstream("tcp")
+        .build()
+        .expect("valid");
+    lb.list().await.expect("negotiate");
+    a.clear_log();
+    b.clear_log();
+    let ids = [
+        id("backend/0"),
+        id("backend/1"),
+        id("backend/2"),
+        id("backend/10.0.0.1:8080"),
+    ];
+    let st = lb.status(&ids).await.expect("status");
+    assert_eq!(st.len(), 4, "one status per id, in order");
+    assert_eq!(st[0], st[3], "the same server by id and by address");
+    for srv in [&a, &b] {
+        let log = srv.with(|s| s.log.clone());
+        assert_eq!(
+            log.len(),
+            1,
+            "one GET of the upstream per instance: {log:?}"
+        );
+    }
+    assert!(lb.status(&[]).await.expect("empty").is_empty());
+}
+
+#[tokio::test]
+async fn wrong_api_url() {
+    let srv = FakeNginx::start(State::standard()).await;
+    let lb = hygiene_nginx::NginxBalancer::builder()
+        .instance(format!("http://{}/status", srv.addr))
+        .upstream("backend")
+        .build()
+        .expect("valid");
+    let e = lb.list().await.expect_err("no API there");
+    assert!(matches!(e, Error::Rejected { .. }), "{e:?}");
+    assert!(e.to_string().contains("api;"), "{e}");
+}

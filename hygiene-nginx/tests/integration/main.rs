@@ -10,7 +10,6 @@ mod rollout;
 mod schema;
 mod server;
 mod tls;
-mod zz_smoke;
 
 use std::time::Duration;
 
