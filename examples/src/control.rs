@@ -25,8 +25,12 @@ impl Control {
     pub async fn start(services: &[Arc<HelloService>]) -> BoxResult<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let by_name: Arc<HashMap<String, Arc<HelloService>>> =
-            Arc::new(services.iter().map(|s| (s.name().to_owned(), Arc::clone(s))).collect());
+        let by_name: Arc<HashMap<String, Arc<HelloService>>> = Arc::new(
+            services
+                .iter()
+                .map(|s| (s.name().to_owned(), Arc::clone(s)))
+                .collect(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let by_name = Arc::clone(&by_name);
@@ -35,8 +39,15 @@ impl Control {
                     let mut lines = BufReader::new(r).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
                         let reply = match line.split_once(' ') {
-                            Some(("stop", name)) => by_name.get(name).map(|s| s.stop()).map(|()| "ok".to_owned()),
-                            Some(("start", name)) => by_name.get(name).map(|s| s.resume().map(|()| "ok".to_owned()).unwrap_or_else(|e| format!("error {e}"))),
+                            Some(("stop", name)) => by_name
+                                .get(name)
+                                .map(|s| s.stop())
+                                .map(|()| "ok".to_owned()),
+                            Some(("start", name)) => by_name.get(name).map(|s| {
+                                s.resume()
+                                    .map(|()| "ok".to_owned())
+                                    .unwrap_or_else(|e| format!("error {e}"))
+                            }),
                             _ => Some(format!("error unknown command {line:?}")),
                         }
                         .unwrap_or_else(|| format!("error no service {line:?}"));
@@ -67,7 +78,11 @@ pub async fn send(addr: SocketAddr, command: &str) -> BoxResult<()> {
     let stream = TcpStream::connect(addr).await?;
     let (r, mut w) = stream.into_split();
     w.write_all(format!("{command}\n").as_bytes()).await?;
-    let reply = BufReader::new(r).lines().next_line().await?.unwrap_or_default();
+    let reply = BufReader::new(r)
+        .lines()
+        .next_line()
+        .await?
+        .unwrap_or_default();
     if reply == "ok" {
         Ok(())
     } else {

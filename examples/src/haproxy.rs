@@ -46,7 +46,11 @@ pub struct Checks {
 
 impl Default for Checks {
     fn default() -> Self {
-        Self { inter: Duration::from_millis(200), fall: 1, rise: 2 }
+        Self {
+            inter: Duration::from_millis(200),
+            fall: 1,
+            rise: 2,
+        }
     }
 }
 
@@ -54,7 +58,11 @@ impl Haproxy {
     /// Starts HAProxy with one backend `web` holding `servers`
     /// (name, address), `retries 0`, no `option redispatch` and health
     /// checks on: HAProxy must not hide the errors a bad rollout causes.
-    pub async fn start(bin: &Path, servers: &[(String, SocketAddr)], checks: Checks) -> BoxResult<Self> {
+    pub async fn start(
+        bin: &Path,
+        servers: &[(String, SocketAddr)],
+        checks: Checks,
+    ) -> BoxResult<Self> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("admin.sock");
         let frontend: SocketAddr = {
@@ -62,12 +70,19 @@ impl Haproxy {
             l.local_addr()?
         };
         let mut cfg = String::new();
-        writeln!(cfg, "global\n    stats socket {} mode 600 level admin\n    maxconn 4000\n", socket.display())?;
+        writeln!(
+            cfg,
+            "global\n    stats socket {} mode 600 level admin\n    maxconn 4000\n",
+            socket.display()
+        )?;
         writeln!(
             cfg,
             "defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    timeout http-keep-alive 10s\n    retries 0\n"
         )?;
-        writeln!(cfg, "frontend fe\n    bind {frontend}\n    default_backend web\n")?;
+        writeln!(
+            cfg,
+            "frontend fe\n    bind {frontend}\n    default_backend web\n"
+        )?;
         writeln!(
             cfg,
             "backend web\n    balance roundrobin\n    option httpchk GET /health\n    default-server check inter {}ms fall {} rise {}",
@@ -108,7 +123,12 @@ impl Haproxy {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Self { child, socket, frontend, _dir: dir })
+        Ok(Self {
+            child,
+            socket,
+            frontend,
+            _dir: dir,
+        })
     }
 
     /// The admin socket.

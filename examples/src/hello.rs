@@ -77,17 +77,27 @@ impl HelloService {
 
     /// When the last request ended.
     pub fn last_end(&self) -> Option<Instant> {
-        *self.counters.last_end.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .counters
+            .last_end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether it is serving.
     pub fn is_running(&self) -> bool {
-        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some()
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 
     /// Starts serving again on the same port (no-op when running).
     pub fn resume(&self) -> BoxResult<()> {
-        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if running.is_some() {
             return Ok(());
         }
@@ -126,12 +136,21 @@ impl HelloService {
     /// Stops like a process exiting: the listener closes and every open
     /// connection is cut.
     pub fn stop(&self) {
-        let set = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let set = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         drop(set); // Dropping the JoinSet aborts the accept loop and, with it, its connections.
     }
 }
 
-async fn answer(req: &Request<Incoming>, name: &str, work: Duration, c: &Counters) -> Response<Full<Bytes>> {
+async fn answer(
+    req: &Request<Incoming>,
+    name: &str,
+    work: Duration,
+    c: &Counters,
+) -> Response<Full<Bytes>> {
     if req.uri().path() == "/health" {
         return Response::new(Full::new(Bytes::from_static(b"ok\n")));
     }
@@ -141,6 +160,10 @@ async fn answer(req: &Request<Incoming>, name: &str, work: Duration, c: &Counter
     }
     c.in_flight.fetch_sub(1, Ordering::SeqCst);
     c.served.fetch_add(1, Ordering::SeqCst);
-    *c.last_end.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
-    Response::new(Full::new(Bytes::from(format!("Hello, World! From {name}\n"))))
+    *c.last_end
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    Response::new(Full::new(Bytes::from(format!(
+        "Hello, World! From {name}\n"
+    ))))
 }

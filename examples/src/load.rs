@@ -31,7 +31,12 @@ pub struct LoadConfig {
 
 impl Default for LoadConfig {
     fn default() -> Self {
-        Self { keepalive_clients: 4, fresh_clients: 4, rate_per_client: None, timeout: Duration::from_secs(10) }
+        Self {
+            keepalive_clients: 4,
+            fresh_clients: 4,
+            rate_per_client: None,
+            timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -80,7 +85,9 @@ impl Load {
             let client: Client<_, Empty<Bytes>> = builder.build_http();
             let (tally, stop, uri) = (Arc::clone(&tally), stop.clone(), uri.clone());
             tasks.spawn(async move {
-                let mut ticker = cfg.rate_per_client.map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r.max(1)))));
+                let mut ticker = cfg.rate_per_client.map(|r| {
+                    tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r.max(1))))
+                });
                 loop {
                     if let Some(t) = ticker.as_mut() {
                         tokio::select! {
@@ -90,19 +97,34 @@ impl Load {
                     } else if stop.is_cancelled() {
                         return;
                     }
-                    let outcome = tokio::time::timeout(cfg.timeout, request(&client, uri.clone())).await;
+                    let outcome =
+                        tokio::time::timeout(cfg.timeout, request(&client, uri.clone())).await;
                     tally.requests.fetch_add(1, Ordering::Relaxed);
                     let kind = match outcome {
                         Ok(Ok(server)) => {
-                            *tally.by_server.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(server).or_default() += 1;
+                            *tally
+                                .by_server
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .entry(server)
+                                .or_default() += 1;
                             continue;
                         }
                         Ok(Err(kind)) => kind,
                         Err(_) => "timeout".to_owned(),
                     };
-                    let kind = if keepalive { format!("keepalive_{kind}") } else { format!("fresh_{kind}") };
+                    let kind = if keepalive {
+                        format!("keepalive_{kind}")
+                    } else {
+                        format!("fresh_{kind}")
+                    };
                     tally.failed.fetch_add(1, Ordering::Relaxed);
-                    *tally.by_kind.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(kind).or_default() += 1;
+                    *tally
+                        .by_kind
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry(kind)
+                        .or_default() += 1;
                 }
             });
         }
@@ -115,8 +137,16 @@ impl Load {
         LoadStats {
             requests: t.requests.load(Ordering::Relaxed),
             failed: t.failed.load(Ordering::Relaxed),
-            failed_by_kind: t.by_kind.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
-            by_server: t.by_server.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            failed_by_kind: t
+                .by_kind
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            by_server: t
+                .by_server
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         }
     }
 
@@ -132,12 +162,26 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Emp
 
 /// One GET; `Ok(server name)` or `Err(kind of failure)`.
 async fn request(client: &HttpClient, uri: hyper::Uri) -> Result<String, String> {
-    let resp = client.get(uri).await.map_err(|e| if e.is_connect() { "connect".to_owned() } else { "reset".to_owned() })?;
+    let resp = client.get(uri).await.map_err(|e| {
+        if e.is_connect() {
+            "connect".to_owned()
+        } else {
+            "reset".to_owned()
+        }
+    })?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|_| "body".to_owned())?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| "body".to_owned())?
+        .to_bytes();
     if !status.is_success() {
         return Err(format!("status_{}", status.as_u16()));
     }
     let text = String::from_utf8_lossy(&body);
-    text.trim().strip_prefix("Hello, World! From ").map(str::to_owned).ok_or_else(|| "bad_body".to_owned())
+    text.trim()
+        .strip_prefix("Hello, World! From ")
+        .map(str::to_owned)
+        .ok_or_else(|| "bad_body".to_owned())
 }

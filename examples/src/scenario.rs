@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hygiene_core::{Event, LoadBalancer, LocalCommand, Report, Rollout, Stage, TargetId, TargetState};
+use hygiene_core::{
+    Event, LoadBalancer, LocalCommand, Report, Rollout, Stage, TargetId, TargetState,
+};
 use hygiene_haproxy::{HaproxyBalancer, Node};
 
 use crate::control::{self, Control};
@@ -28,7 +30,11 @@ pub struct ScenarioConfig {
 
 impl Default for ScenarioConfig {
     fn default() -> Self {
-        Self { servers: 3, work: Duration::from_millis(20), checks: Checks::default() }
+        Self {
+            servers: 3,
+            work: Duration::from_millis(20),
+            checks: Checks::default(),
+        }
     }
 }
 
@@ -46,7 +52,8 @@ pub struct Scenario {
 }
 
 /// The message shown when HAProxy is missing.
-pub const HAPROXY_MISSING: &str = "HAProxy is not installed: run ./scripts/demo (it installs it) or `apt-get install -y haproxy`";
+pub const HAPROXY_MISSING: &str =
+    "HAProxy is not installed: run ./scripts/demo (it installs it) or `apt-get install -y haproxy`";
 
 impl Scenario {
     /// Starts the services, HAProxy and the control channel, and waits
@@ -57,11 +64,22 @@ impl Scenario {
         for i in 1..=cfg.servers {
             services.push(HelloService::start(&format!("s{i}"), cfg.work).await?);
         }
-        let servers: Vec<(String, SocketAddr)> = services.iter().map(|s| (s.name().to_owned(), s.addr())).collect();
+        let servers: Vec<(String, SocketAddr)> = services
+            .iter()
+            .map(|s| (s.name().to_owned(), s.addr()))
+            .collect();
         let haproxy = Haproxy::start(&bin, &servers, cfg.checks).await?;
         let control = Control::start(&services).await?;
-        let balancer = HaproxyBalancer::builder().node(Node::unix(haproxy.socket()).named("demo-haproxy")).backend("web").build()?;
-        let s = Self { services, haproxy, control, balancer };
+        let balancer = HaproxyBalancer::builder()
+            .node(Node::unix(haproxy.socket()).named("demo-haproxy"))
+            .backend("web")
+            .build()?;
+        let s = Self {
+            services,
+            haproxy,
+            control,
+            balancer,
+        };
         s.wait_all_healthy(Duration::from_secs(15)).await?;
         Ok(s)
     }
@@ -81,7 +99,12 @@ impl Scenario {
     /// waits `patch` and starts it again (or fails, leaving it stopped, for
     /// the targets named in `fail_on`). The target reaches it only through
     /// `HYGIENE_TARGET_ID`.
-    pub fn patch_command(&self, exe: &Path, patch: Duration, fail_on: &[String]) -> hygiene_core::Result<LocalCommand> {
+    pub fn patch_command(
+        &self,
+        exe: &Path,
+        patch: Duration,
+        fail_on: &[String],
+    ) -> hygiene_core::Result<LocalCommand> {
         let mut args = vec![
             "patch".to_owned(),
             "--control".to_owned(),
@@ -101,11 +124,16 @@ impl Scenario {
         let deadline = Instant::now() + within;
         loop {
             let listed = self.balancer.list().await?;
-            if listed.len() == self.services.len() && listed.iter().all(|l| l.status.is_serving_healthy()) {
+            if listed.len() == self.services.len()
+                && listed.iter().all(|l| l.status.is_serving_healthy())
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("HAProxy did not see every service healthy within {within:?}: {listed:?}").into());
+                return Err(format!(
+                    "HAProxy did not see every service healthy within {within:?}: {listed:?}"
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -113,7 +141,14 @@ impl Scenario {
 
     /// Ids of targets not in service now.
     pub async fn out_of_rotation(&self) -> BoxResult<Vec<TargetId>> {
-        Ok(self.balancer.list().await?.into_iter().filter(|l| l.status.state != TargetState::InService).map(|l| l.target.id).collect())
+        Ok(self
+            .balancer
+            .list()
+            .await?
+            .into_iter()
+            .filter(|l| l.status.state != TargetState::InService)
+            .map(|l| l.target.id)
+            .collect())
     }
 
     /// What a cron loop does: restart each service in turn, no drain, then
@@ -138,8 +173,14 @@ impl Scenario {
 }
 
 /// The body of the `patch` subcommand.
-pub async fn patch_main(control_addr: SocketAddr, patch: Duration, fail_on: &[String]) -> BoxResult<()> {
-    let id = std::env::var("HYGIENE_TARGET_ID").map_err(|_| "HYGIENE_TARGET_ID is not set: this command is run by hygiene's LocalCommand")?;
+pub async fn patch_main(
+    control_addr: SocketAddr,
+    patch: Duration,
+    fail_on: &[String],
+) -> BoxResult<()> {
+    let id = std::env::var("HYGIENE_TARGET_ID").map_err(|_| {
+        "HYGIENE_TARGET_ID is not set: this command is run by hygiene's LocalCommand"
+    })?;
     let name = id.rsplit('/').next().unwrap_or(&id).to_owned();
     control::send(control_addr, &format!("stop {name}")).await?;
     tokio::time::sleep(patch).await;
@@ -163,7 +204,11 @@ pub struct Timeline {
 
 /// Runs `rollout` over the scenario, calling `on_event` for each event, and
 /// measures drain detection.
-pub async fn run_rollout(scn: &Scenario, mut rollout: Rollout, mut on_event: impl FnMut(&Event) + Send) -> BoxResult<(Report, Timeline)> {
+pub async fn run_rollout(
+    scn: &Scenario,
+    mut rollout: Rollout,
+    mut on_event: impl FnMut(&Event) + Send,
+) -> BoxResult<(Report, Timeline)> {
     let mut events = rollout.subscribe();
     let run = tokio::spawn(rollout.run());
     let mut draining_at: HashMap<TargetId, Instant> = HashMap::new();
@@ -198,7 +243,9 @@ pub fn ideal(report: &Report) -> Duration {
     let mut per_batch: HashMap<usize, Duration> = HashMap::new();
     for t in &report.targets {
         if let Some(b) = t.batch {
-            let d = t.timings.drain.unwrap_or_default() + t.timings.execute.unwrap_or_default() + t.timings.health.unwrap_or_default();
+            let d = t.timings.drain.unwrap_or_default()
+                + t.timings.execute.unwrap_or_default()
+                + t.timings.health.unwrap_or_default();
             let e = per_batch.entry(b).or_default();
             *e = (*e).max(d);
         }

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetGroup, TargetTypeEnum};
 use aws_sdk_elasticloadbalancingv2::Client;
 use hygiene_core::{
-    Capabilities, Error, ListedTarget, LoadBalancer, Result, Target, TargetId, TargetStatus,
+    Capabilities, Error, ListedTarget, LoadBalancer, Result, Target, TargetId, TargetState,
+    TargetStatus,
 };
 use tokio::sync::OnceCell;
 use tracing::{debug, info};
@@ -76,7 +77,8 @@ impl Registration {
 /// - **drain** verifies with one `DescribeTargetHealth` per group that each
 ///   target really is registered (ELBv2's `DeregisterTargets` succeeds
 ///   silently for a wrong id or port), then deregisters each registration
-///   with its exact port (and Availability Zone for IP targets).
+///   with its exact port (and Availability Zone for IP targets), and asks
+///   once more per group that none of them is still in service.
 ///   Deregistered targets are drained once `unused` in every group, i.e.
 ///   after the target group's deregistration delay.
 /// - **enable** registers the same registrations again (same port, same
@@ -573,7 +575,7 @@ impl LoadBalancer for Elbv2Balancer {
             self.client()
                 .deregister_targets()
                 .target_group_arn(&g.arn)
-                .set_targets(Some(still))
+                .set_targets(Some(still.clone()))
                 .send()
                 .await
                 .map_err(|e| {
@@ -592,6 +594,23 @@ impl LoadBalancer for Elbv2Balancer {
                         e,
                     )
                 })?;
+            // Verify after: a registration still in service means the call
+            // silently did nothing for it.
+            let after = self.describe(g, Some(still)).await?;
+            let ignored: Vec<String> = after
+                .iter()
+                .filter(|(_, _, _, o)| o.registered && o.state == TargetState::InService)
+                .map(|(id, port, _, _)| format!("{id}:{}", port.unwrap_or_default()))
+                .collect();
+            if !ignored.is_empty() {
+                return Err(Error::rejected(
+                    format!("elbv2 DeregisterTargets on {}", g.name),
+                    format!(
+                        "still registered and in service after deregistration: {}",
+                        ignored.join(", ")
+                    ),
+                ));
+            }
         }
         Ok(())
     }

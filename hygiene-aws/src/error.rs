@@ -208,3 +208,95 @@ where
 pub(crate) fn code_of<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<&str> {
     err.as_service_error().and_then(ProvideErrorMetadata::code)
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ssm::error::ErrorMetadata;
+    use aws_sdk_ssm::operation::send_command::SendCommandError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn service(code: &str, status: u16) -> Error {
+        let err =
+            SendCommandError::generic(ErrorMetadata::builder().code(code).message("m").build());
+        let raw = HttpResponse::new(
+            StatusCode::try_from(status).expect("status"),
+            SdkBody::empty(),
+        );
+        map_sdk(
+            "ssm",
+            "SendCommand",
+            Subject::targets("i-0a"),
+            SdkError::service_error(err, raw),
+        )
+    }
+
+    #[test]
+    fn codes_map_to_variants() {
+        assert!(matches!(
+            service("ThrottlingException", 400),
+            Error::Throttled { .. }
+        ));
+        assert!(matches!(service("Anything", 429), Error::Throttled { .. }));
+        assert!(matches!(
+            service("AccessDeniedException", 400),
+            Error::PermissionDenied { .. }
+        ));
+        assert!(matches!(
+            service("UnrecognizedClientException", 400),
+            Error::PermissionDenied { .. }
+        ));
+        assert!(matches!(
+            service("InvalidInstanceId", 400),
+            Error::NotFound {
+                kind: "instance",
+                ..
+            }
+        ));
+        assert!(matches!(
+            service("TargetGroupNotFound", 400),
+            Error::NotFound {
+                kind: "target group",
+                ..
+            }
+        ));
+        assert!(matches!(
+            service("LoadBalancerNotFound", 400),
+            Error::NotFound {
+                kind: "load balancer",
+                ..
+            }
+        ));
+        assert!(matches!(
+            service("InternalServerError", 500),
+            Error::Unavailable { .. }
+        ));
+        assert!(matches!(
+            service("Whatever", 503),
+            Error::Unavailable { .. }
+        ));
+        assert!(matches!(
+            service("ValidationException", 400),
+            Error::Rejected { .. }
+        ));
+        assert!(service("ThrottlingException", 400).is_retryable());
+        assert!(!service("AccessDeniedException", 400).is_retryable());
+    }
+
+    #[test]
+    fn transport_failures_are_retryable() {
+        let timeout: SdkError<SendCommandError, HttpResponse> = SdkError::timeout_error("slow");
+        assert!(matches!(
+            map_sdk("ssm", "SendCommand", Subject::default(), timeout),
+            Error::Timeout { .. }
+        ));
+        let construction: SdkError<SendCommandError, HttpResponse> =
+            SdkError::construction_failure("no region");
+        assert!(matches!(
+            map_sdk("ssm", "SendCommand", Subject::default(), construction),
+            Error::InvalidConfig { .. }
+        ));
+    }
+}

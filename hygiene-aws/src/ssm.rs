@@ -167,7 +167,13 @@ struct Sent {
     command_id: String,
     /// (index into the targets, instance id)
     members: Vec<(usize, String)>,
+    /// Status reads that failed in a row.
+    read_errors: u32,
 }
+
+/// Transient status read failures in a row after which the command's
+/// targets are reported failed (the command may still be running).
+const MAX_READ_ERRORS: u32 = 10;
 
 /// What a terminal status means for the operator.
 fn explain(status: &str, details: Option<&str>) -> Option<(bool, String)> {
@@ -541,6 +547,7 @@ impl Executor for SsmExecutor {
                     sent.push(Sent {
                         command_id,
                         members: chunk.to_vec(),
+                        read_errors: 0,
                     });
                 }
                 // Nothing sent yet: the whole call can safely be retried.
@@ -584,21 +591,31 @@ impl Executor for SsmExecutor {
             for c in sent.iter_mut().filter(|c| !c.members.is_empty()) {
                 let readings = match self.read(c).await {
                     Ok(r) => r,
-                    Err(e) if e.is_retryable() => {
+                    Err(e) if e.is_retryable() && c.read_errors + 1 < MAX_READ_ERRORS => {
+                        c.read_errors += 1;
                         warn!(command_id = %c.command_id, error = %e, "reading command status failed; retrying at the next poll");
                         continue;
                     }
                     Err(e) => {
+                        let hint = if s.status_api == StatusApi::ListCommandInvocations {
+                            " (an endpoint without ListCommandInvocations, such as moto, needs StatusApi::GetCommandInvocation)"
+                        } else {
+                            ""
+                        };
                         for (i, inst) in c.members.drain(..) {
                             outcomes[i] = Some(ExecOutcome::failure(
                                 targets[i].id.clone(),
                                 started.elapsed(),
-                                format!("cannot read the status of ssm command {} on {inst}: {e}; it may still be running", c.command_id),
+                                format!(
+                                    "cannot read the status of ssm command {} on {inst}: {e}{hint}; it may still be running",
+                                    c.command_id
+                                ),
                             ));
                         }
                         continue;
                     }
                 };
+                c.read_errors = 0;
                 let command_id = c.command_id.clone();
                 c.members.retain(|(i, inst)| {
                     let Some(r) = readings.get(inst) else { return true };

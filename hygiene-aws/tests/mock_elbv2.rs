@@ -30,6 +30,9 @@ const TG: &str =
 
 type Obs = (State, Option<Reason>);
 
+/// (operation, id, port, availability zone)
+type Call = (&'static str, String, Option<i32>, Option<String>);
+
 struct Tgt {
     port: i32,
     current: Obs,
@@ -206,7 +209,8 @@ fn id(s: &str) -> TargetId {
 #[tokio::test(start_paused = true)]
 async fn draining_lasts_several_polls() {
     let fake = Fake::new(&["i-0a", "i-0b"]);
-    fake.lock().expect("fake").draining_polls = 4;
+    // Five draining answers: one for drain's own check, four for the engine.
+    fake.lock().expect("fake").draining_polls = 5;
     let lb = balancer(&fake);
     let poll = Duration::from_secs(5);
     let config = RolloutConfig::builder()
@@ -248,7 +252,8 @@ async fn draining_lasts_several_polls() {
 #[tokio::test(start_paused = true)]
 async fn draining_is_not_drained_and_has_no_connection_count() {
     let fake = Fake::new(&["i-0a"]);
-    fake.lock().expect("fake").draining_polls = 3;
+    // One draining answer goes to drain's own check after DeregisterTargets.
+    fake.lock().expect("fake").draining_polls = 4;
     let lb = balancer(&fake);
     lb.drain(&[id("i-0a")]).await.expect("drain");
     for _ in 0..2 {
@@ -376,4 +381,177 @@ async fn one_describe_target_health_per_poll_for_the_whole_batch() {
     let st = lb.status(&all).await.expect("status");
     assert_eq!(st.len(), 20);
     assert_eq!(fake.lock().expect("fake").targeted_calls - before, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ip_targets_keep_port_and_availability_zone() {
+    let ip_tg =
+        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/ips/0123456789abcdef";
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let groups = mock!(Client::describe_target_groups).then_output(move || {
+        DescribeTargetGroupsOutput::builder()
+            .target_groups(
+                TargetGroup::builder()
+                    .target_group_arn(ip_tg)
+                    .target_group_name("ips")
+                    .target_type(TargetTypeEnum::Ip)
+                    .build(),
+            )
+            .build()
+    });
+    // Registered in full listings; draining once asked by id (after the drain).
+    let health = mock!(Client::describe_target_health).then_compute_output(|req| {
+        let state = if req.targets().is_empty() {
+            State::Healthy
+        } else {
+            State::Draining
+        };
+        DescribeTargetHealthOutput::builder()
+            .target_health_descriptions(
+                TargetHealthDescription::builder()
+                    .target(
+                        TargetDescription::builder()
+                            .id("10.0.1.5")
+                            .port(9443)
+                            .availability_zone("all")
+                            .build(),
+                    )
+                    .target_health(TargetHealth::builder().state(state).build())
+                    .build(),
+            )
+            .build()
+    });
+    let c = Arc::clone(&calls);
+    let dereg = mock!(Client::deregister_targets).then_compute_output(move |req| {
+        for t in req.targets() {
+            c.lock().expect("calls").push((
+                "deregister",
+                t.id().unwrap_or_default().to_owned(),
+                t.port(),
+                t.availability_zone().map(str::to_owned),
+            ));
+        }
+        DeregisterTargetsOutput::builder().build()
+    });
+    let c = Arc::clone(&calls);
+    let reg = mock!(Client::register_targets).then_compute_output(move |req| {
+        for t in req.targets() {
+            c.lock().expect("calls").push((
+                "register",
+                t.id().unwrap_or_default().to_owned(),
+                t.port(),
+                t.availability_zone().map(str::to_owned),
+            ));
+        }
+        RegisterTargetsOutput::builder().build()
+    });
+    let client = mock_client!(
+        aws_sdk_elasticloadbalancingv2,
+        RuleMode::MatchAny,
+        &[&groups, &health, &dereg, &reg]
+    );
+    let lb = Elbv2Balancer::builder()
+        .with_client(client)
+        .with_target_group(ip_tg)
+        .build()
+        .expect("builds");
+    let listed = lb.list().await.expect("list");
+    let t = &listed[0].target;
+    assert_eq!(
+        (
+            t.id.as_str(),
+            t.address.as_deref(),
+            t.port,
+            t.zone.as_deref()
+        ),
+        ("10.0.1.5", Some("10.0.1.5"), Some(9443), Some("all"))
+    );
+    assert_eq!(
+        t.instance_id, None,
+        "an IP target has no instance id of its own"
+    );
+    lb.drain(&[id("10.0.1.5")]).await.expect("drain");
+    lb.enable(&[id("10.0.1.5")]).await.expect("enable");
+    let calls = calls.lock().expect("calls");
+    assert_eq!(
+        *calls,
+        vec![
+            (
+                "deregister",
+                "10.0.1.5".to_owned(),
+                Some(9443),
+                Some("all".to_owned())
+            ),
+            (
+                "register",
+                "10.0.1.5".to_owned(),
+                Some(9443),
+                Some("all".to_owned())
+            ),
+        ]
+    );
+    assert!(
+        lb.enable_hint(&id("10.0.1.5"))
+            .contains("Id=10.0.1.5,Port=9443,AvailabilityZone=all"),
+        "{}",
+        lb.enable_hint(&id("10.0.1.5"))
+    );
+}
+
+#[test]
+fn builder_validates() {
+    let fake = Fake::new(&[]);
+    let b = || Elbv2Balancer::builder().with_client(client(&fake));
+    assert!(matches!(
+        b().build(),
+        Err(Error::InvalidConfig { field: "pool", .. })
+    ));
+    assert!(matches!(
+        b().with_target_group("web").build(),
+        Err(Error::InvalidConfig {
+            field: "target_group",
+            ..
+        })
+    ));
+    assert!(matches!(
+        b().with_target_group(TG)
+            .with_load_balancer("arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/x/1")
+            .build(),
+        Err(Error::InvalidConfig { field: "pool", .. })
+    ));
+    assert!(matches!(
+        b().with_target_group(TG)
+            .with_poll_interval(Duration::ZERO)
+            .build(),
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert!(
+        matches!(
+            Elbv2Balancer::builder().with_target_group(TG).build(),
+            Err(Error::InvalidConfig { .. })
+        ),
+        "no AWS configuration"
+    );
+    assert!(matches!(
+        Elbv2Balancer::builder()
+            .with_sdk_config(hygiene_aws::SdkConfig::builder().build())
+            .with_endpoint_url("localhost:4566")
+            .with_target_group(TG)
+            .build(),
+        Err(Error::InvalidConfig {
+            field: "endpoint_url",
+            ..
+        })
+    ));
+    let lb = b().with_target_group(TG).build().expect("builds");
+    assert!(
+        !lb.capabilities().hard_disable
+            && lb.capabilities().graceful_drain
+            && !lb.capabilities().counts_connections
+    );
+    let d = lb.default_poll_interval();
+    assert!(
+        d >= Duration::from_secs(4) && d <= Duration::from_secs(6),
+        "{d:?}"
+    );
 }

@@ -457,3 +457,39 @@ fn builder_validates() {
     );
     assert!(builder(&fake).build().is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_without_list_command_invocations_fails_clearly() {
+    let fake = Fake::new(vec![RUNNING]);
+    let f = Arc::clone(&fake);
+    let send = mock!(Client::send_command).then_compute_output(move |req| {
+        let mut f = f.lock().expect("fake");
+        f.commands
+            .push(("cmd-0".into(), req.instance_ids().to_vec()));
+        SendCommandOutput::builder()
+            .command(Command::builder().command_id("cmd-0").build())
+            .build()
+    });
+    // moto answers unknown actions with a 500, a retryable server error.
+    let list = mock!(Client::list_command_invocations).then_error(|| {
+        aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsError::generic(
+            aws_sdk_ssm::error::ErrorMetadata::builder()
+                .code("InternalFailure")
+                .message("not implemented")
+                .build(),
+        )
+    });
+    let client = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, &[&send, &list], |c| c
+        .retry_config(RetryConfig::disabled()));
+    let exec = SsmExecutor::builder("AWS-RunShellScript")
+        .with_client(client)
+        .build()
+        .expect("builds");
+    let out = exec.execute(&[target("i-0a")]).await.expect("execute");
+    assert!(!out[0].success);
+    let msg = out[0].message.as_deref().unwrap_or_default();
+    assert!(
+        msg.contains("StatusApi::GetCommandInvocation") && msg.contains("may still be running"),
+        "{msg}"
+    );
+}

@@ -39,9 +39,10 @@ impl Amount {
 
     fn check_percent(self, field: &'static str) -> Result<()> {
         match self {
-            Self::Percent(p) if p > 100 => {
-                Err(Error::invalid_config(field, format!("{p}% is over 100%; give a percent from 0 to 100 or a count")))
-            }
+            Self::Percent(p) if p > 100 => Err(Error::invalid_config(
+                field,
+                format!("{p}% is over 100%; give a percent from 0 to 100 or a count"),
+            )),
             _ => Ok(()),
         }
     }
@@ -61,14 +62,18 @@ impl FromStr for Amount {
     /// `"3"` is a count, `"25%"` a percent.
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim();
-        let bad = || Error::invalid_config("amount", format!("{s:?} is neither a count (\"3\") nor a percent (\"25%\")"));
+        let bad = || {
+            Error::invalid_config(
+                "amount",
+                format!("{s:?} is neither a count (\"3\") nor a percent (\"25%\")"),
+            )
+        };
         match s.strip_suffix('%') {
             Some(p) => {
                 let p: u16 = p.trim().parse().map_err(|_| bad())?;
-                let p = u8::try_from(p)
-                    .ok()
-                    .filter(|p| *p <= 100)
-                    .ok_or_else(|| Error::invalid_config("amount", format!("{s:?} is over 100%")))?;
+                let p = u8::try_from(p).ok().filter(|p| *p <= 100).ok_or_else(|| {
+                    Error::invalid_config("amount", format!("{s:?} is over 100%"))
+                })?;
                 Ok(Self::Percent(p))
             }
             None => s.parse().map(Self::Count).map_err(|_| bad()),
@@ -194,7 +199,9 @@ impl RolloutConfig {
     /// balancer's poll interval, capacity timeout 300 s, no canary, keep
     /// failed targets out, all targets.
     pub fn builder() -> RolloutConfigBuilder {
-        RolloutConfigBuilder { config: Self::unchecked_default() }
+        RolloutConfigBuilder {
+            config: Self::unchecked_default(),
+        }
     }
 
     fn unchecked_default() -> Self {
@@ -369,7 +376,10 @@ impl RolloutConfigBuilder {
         c.min_healthy.check_percent("min_healthy")?;
         c.max_failures.check_percent("max_failures")?;
         if matches!(c.batch_size, Amount::Count(0) | Amount::Percent(0)) {
-            return Err(Error::invalid_config("batch_size", "must be at least 1 target or 1%"));
+            return Err(Error::invalid_config(
+                "batch_size",
+                "must be at least 1 target or 1%",
+            ));
         }
         if c.min_healthy == Amount::Percent(100) {
             return Err(Error::invalid_config(
@@ -379,21 +389,36 @@ impl RolloutConfigBuilder {
         }
         if let Selection::Named(ids) = &c.selection {
             if ids.is_empty() {
-                return Err(Error::invalid_config("selection", "the named selection is empty; name at least one target or select all"));
+                return Err(Error::invalid_config(
+                    "selection",
+                    "the named selection is empty; name at least one target or select all",
+                ));
             }
             let mut seen = BTreeSet::new();
             if let Some(dup) = ids.iter().find(|id| !seen.insert(*id)) {
-                return Err(Error::invalid_config("selection", format!("target {dup} is named twice; name each target once")));
+                return Err(Error::invalid_config(
+                    "selection",
+                    format!("target {dup} is named twice; name each target once"),
+                ));
             }
         }
         if c.poll_interval == Some(Duration::ZERO) {
-            return Err(Error::invalid_config("poll_interval", "must be greater than zero"));
+            return Err(Error::invalid_config(
+                "poll_interval",
+                "must be greater than zero",
+            ));
         }
         if c.health_timeout.is_zero() {
-            return Err(Error::invalid_config("health_timeout", "must be greater than zero: a target needs time to be seen healthy"));
+            return Err(Error::invalid_config(
+                "health_timeout",
+                "must be greater than zero: a target needs time to be seen healthy",
+            ));
         }
         if c.retry.min_delay > c.retry.max_delay {
-            return Err(Error::invalid_config("retry", "min_delay is larger than max_delay"));
+            return Err(Error::invalid_config(
+                "retry",
+                "min_delay is larger than max_delay",
+            ));
         }
         Ok(c)
     }
@@ -412,39 +437,118 @@ mod tests {
 
     #[test]
     fn batch_size_zero_is_rejected() {
-        assert_eq!(field(RolloutConfig::builder().batch_size(Amount::Count(0)).build()), "batch_size");
-        assert_eq!(field(RolloutConfig::builder().batch_size(Amount::Percent(0)).build()), "batch_size");
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .batch_size(Amount::Count(0))
+                    .build()
+            ),
+            "batch_size"
+        );
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .batch_size(Amount::Percent(0))
+                    .build()
+            ),
+            "batch_size"
+        );
     }
 
     #[test]
     fn percent_over_100_is_rejected() {
-        assert_eq!(field(RolloutConfig::builder().batch_size(Amount::Percent(101)).build()), "batch_size");
-        assert_eq!(field(RolloutConfig::builder().min_healthy(Amount::Percent(150)).build()), "min_healthy");
-        assert_eq!(field(RolloutConfig::builder().max_failures(Amount::Percent(200)).build()), "max_failures");
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .batch_size(Amount::Percent(101))
+                    .build()
+            ),
+            "batch_size"
+        );
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .min_healthy(Amount::Percent(150))
+                    .build()
+            ),
+            "min_healthy"
+        );
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .max_failures(Amount::Percent(200))
+                    .build()
+            ),
+            "max_failures"
+        );
     }
 
     #[test]
     fn unsatisfiable_min_healthy_is_rejected() {
-        assert_eq!(field(RolloutConfig::builder().min_healthy(Amount::Percent(100)).build()), "min_healthy");
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .min_healthy(Amount::Percent(100))
+                    .build()
+            ),
+            "min_healthy"
+        );
     }
 
     #[test]
     fn empty_and_duplicate_selection_is_rejected() {
-        assert_eq!(field(RolloutConfig::builder().selection(Selection::Named(vec![])).build()), "selection");
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .selection(Selection::Named(vec![]))
+                    .build()
+            ),
+            "selection"
+        );
         let a = TargetId::new("a").expect("id");
-        assert_eq!(field(RolloutConfig::builder().selection(Selection::Named(vec![a.clone(), a])).build()), "selection");
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .selection(Selection::Named(vec![a.clone(), a]))
+                    .build()
+            ),
+            "selection"
+        );
     }
 
     #[test]
     fn zero_intervals_are_rejected() {
-        assert_eq!(field(RolloutConfig::builder().poll_interval(Duration::ZERO).build()), "poll_interval");
-        assert_eq!(field(RolloutConfig::builder().health_timeout(Duration::ZERO).build()), "health_timeout");
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .poll_interval(Duration::ZERO)
+                    .build()
+            ),
+            "poll_interval"
+        );
+        assert_eq!(
+            field(
+                RolloutConfig::builder()
+                    .health_timeout(Duration::ZERO)
+                    .build()
+            ),
+            "health_timeout"
+        );
     }
 
     #[test]
     fn rounding() {
-        let c = RolloutConfig::builder().batch_size(Amount::Percent(10)).max_failures(Amount::Percent(15)).min_healthy(Amount::Percent(75)).build().expect("valid");
-        assert_eq!(c.batch_len(5), 1, "10% of 5 rounds down to 0, then up to the minimum 1");
+        let c = RolloutConfig::builder()
+            .batch_size(Amount::Percent(10))
+            .max_failures(Amount::Percent(15))
+            .min_healthy(Amount::Percent(75))
+            .build()
+            .expect("valid");
+        assert_eq!(
+            c.batch_len(5),
+            1,
+            "10% of 5 rounds down to 0, then up to the minimum 1"
+        );
         assert_eq!(c.batch_len(25), 2);
         assert_eq!(c.failures_allowed(10), 1, "15% of 10 = 1.5 rounds down");
         assert_eq!(c.failures_allowed(6), 0);

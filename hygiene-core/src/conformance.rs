@@ -25,96 +25,202 @@ pub struct Fixture {
 }
 
 async fn status_of(lb: &dyn LoadBalancer, id: &TargetId) -> TargetStatus {
-    let st = lb.status(std::slice::from_ref(id)).await.unwrap_or_else(|e| panic!("status of {id} failed: {e}"));
+    let st = lb
+        .status(std::slice::from_ref(id))
+        .await
+        .unwrap_or_else(|e| panic!("status of {id} failed: {e}"));
     assert_eq!(st.len(), 1, "status must return one entry per id");
     st[0]
 }
 
 /// Polls until `pred` holds for `id`, or panics after `fx.settle` (+1 s).
-async fn wait_for(lb: &dyn LoadBalancer, fx: &Fixture, id: &TargetId, what: &str, pred: impl Fn(&TargetStatus) -> bool) {
+async fn wait_for(
+    lb: &dyn LoadBalancer,
+    fx: &Fixture,
+    id: &TargetId,
+    what: &str,
+    pred: impl Fn(&TargetStatus) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + fx.settle + Duration::from_secs(1);
     loop {
         let s = status_of(lb, id).await;
         if pred(&s) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{id} never became {what} within {:?}: last status {s:?}", fx.settle);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never became {what} within {:?}: last status {s:?}",
+            fx.settle
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn restore(lb: &dyn LoadBalancer, fx: &Fixture, ids: &[TargetId]) {
-    lb.enable(ids).await.unwrap_or_else(|e| panic!("enable {ids:?} failed: {e}"));
+    lb.enable(ids)
+        .await
+        .unwrap_or_else(|e| panic!("enable {ids:?} failed: {e}"));
     for id in ids {
-        wait_for(lb, fx, id, "in service", |s| s.state == TargetState::InService).await;
+        wait_for(lb, fx, id, "in service", |s| {
+            s.state == TargetState::InService
+        })
+        .await;
     }
 }
 
 /// The pool lists both fixture targets, in service.
 pub async fn check_list(lb: &dyn LoadBalancer, fx: &Fixture) {
-    let listed = lb.list().await.unwrap_or_else(|e| panic!("list failed: {e}"));
+    let listed = lb
+        .list()
+        .await
+        .unwrap_or_else(|e| panic!("list failed: {e}"));
     for id in [&fx.a, &fx.b] {
-        let t = listed.iter().find(|l| &l.target.id == id).unwrap_or_else(|| panic!("list does not contain {id}"));
-        assert_eq!(t.status.state, TargetState::InService, "{id} must be listed in service");
+        let t = listed
+            .iter()
+            .find(|l| &l.target.id == id)
+            .unwrap_or_else(|| panic!("list does not contain {id}"));
+        assert_eq!(
+            t.status.state,
+            TargetState::InService,
+            "{id} must be listed in service"
+        );
     }
-    assert!(!listed.iter().any(|l| l.target.id == fx.unknown), "list contains the unknown id");
-    let st = lb.status(&[fx.a.clone(), fx.b.clone()]).await.unwrap_or_else(|e| panic!("status failed: {e}"));
+    assert!(
+        !listed.iter().any(|l| l.target.id == fx.unknown),
+        "list contains the unknown id"
+    );
+    let st = lb
+        .status(&[fx.a.clone(), fx.b.clone()])
+        .await
+        .unwrap_or_else(|e| panic!("status failed: {e}"));
     assert_eq!(st.len(), 2, "status must return one entry per id, in order");
 }
 
 /// Drain and enable are idempotent, and a drained target leaves service.
 pub async fn check_drain_enable_idempotent(lb: &dyn LoadBalancer, fx: &Fixture) {
     let a = std::slice::from_ref(&fx.a);
-    lb.drain(a).await.unwrap_or_else(|e| panic!("drain failed: {e}"));
-    lb.drain(a).await.unwrap_or_else(|e| panic!("second drain must succeed (idempotent): {e}"));
-    wait_for(lb, fx, &fx.a, "out of rotation", |s| s.state != TargetState::InService).await;
-    lb.enable(a).await.unwrap_or_else(|e| panic!("enable failed: {e}"));
-    lb.enable(a).await.unwrap_or_else(|e| panic!("second enable must succeed (idempotent): {e}"));
-    wait_for(lb, fx, &fx.a, "in service", |s| s.state == TargetState::InService).await;
+    lb.drain(a)
+        .await
+        .unwrap_or_else(|e| panic!("drain failed: {e}"));
+    lb.drain(a)
+        .await
+        .unwrap_or_else(|e| panic!("second drain must succeed (idempotent): {e}"));
+    wait_for(lb, fx, &fx.a, "out of rotation", |s| {
+        s.state != TargetState::InService
+    })
+    .await;
+    lb.enable(a)
+        .await
+        .unwrap_or_else(|e| panic!("enable failed: {e}"));
+    lb.enable(a)
+        .await
+        .unwrap_or_else(|e| panic!("second enable must succeed (idempotent): {e}"));
+    wait_for(lb, fx, &fx.a, "in service", |s| {
+        s.state == TargetState::InService
+    })
+    .await;
 }
 
 /// Draining A leaves B in service.
 pub async fn check_drain_is_isolated(lb: &dyn LoadBalancer, fx: &Fixture) {
-    lb.drain(std::slice::from_ref(&fx.a)).await.unwrap_or_else(|e| panic!("drain failed: {e}"));
-    wait_for(lb, fx, &fx.a, "out of rotation", |s| s.state != TargetState::InService).await;
+    lb.drain(std::slice::from_ref(&fx.a))
+        .await
+        .unwrap_or_else(|e| panic!("drain failed: {e}"));
+    wait_for(lb, fx, &fx.a, "out of rotation", |s| {
+        s.state != TargetState::InService
+    })
+    .await;
     let b = status_of(lb, &fx.b).await;
-    assert_eq!(b.state, TargetState::InService, "draining {} changed {}: {b:?}", fx.a, fx.b);
+    assert_eq!(
+        b.state,
+        TargetState::InService,
+        "draining {} changed {}: {b:?}",
+        fx.a,
+        fx.b
+    );
     restore(lb, fx, std::slice::from_ref(&fx.a)).await;
 }
 
 /// An unknown target gives `NotFound`, and a call naming it changes nothing.
 pub async fn check_unknown_target(lb: &dyn LoadBalancer, fx: &Fixture) {
     let unknown = std::slice::from_ref(&fx.unknown);
-    let e = lb.status(unknown).await.expect_err("status of an unknown target must fail");
-    assert!(matches!(e, Error::NotFound { .. }), "status of an unknown target: expected NotFound, got {e:?}");
-    let e = lb.drain(&[fx.a.clone(), fx.unknown.clone()]).await.expect_err("drain naming an unknown target must fail");
-    assert!(matches!(e, Error::NotFound { .. }), "drain of an unknown target: expected NotFound, got {e:?}");
-    assert!(e.to_string().contains(fx.unknown.as_str()), "the error must name the target: {e}");
+    let e = lb
+        .status(unknown)
+        .await
+        .expect_err("status of an unknown target must fail");
+    assert!(
+        matches!(e, Error::NotFound { .. }),
+        "status of an unknown target: expected NotFound, got {e:?}"
+    );
+    let e = lb
+        .drain(&[fx.a.clone(), fx.unknown.clone()])
+        .await
+        .expect_err("drain naming an unknown target must fail");
+    assert!(
+        matches!(e, Error::NotFound { .. }),
+        "drain of an unknown target: expected NotFound, got {e:?}"
+    );
+    assert!(
+        e.to_string().contains(fx.unknown.as_str()),
+        "the error must name the target: {e}"
+    );
     let a = status_of(lb, &fx.a).await;
-    assert_eq!(a.state, TargetState::InService, "a failed drain naming an unknown target changed {}: {a:?}", fx.a);
-    let e = lb.enable(unknown).await.expect_err("enable of an unknown target must fail");
-    assert!(matches!(e, Error::NotFound { .. }), "enable of an unknown target: expected NotFound, got {e:?}");
+    assert_eq!(
+        a.state,
+        TargetState::InService,
+        "a failed drain naming an unknown target changed {}: {a:?}",
+        fx.a
+    );
+    let e = lb
+        .enable(unknown)
+        .await
+        .expect_err("enable of an unknown target must fail");
+    assert!(
+        matches!(e, Error::NotFound { .. }),
+        "enable of an unknown target: expected NotFound, got {e:?}"
+    );
 }
 
 /// Connection counts are given exactly when the capabilities say so.
 pub async fn check_connection_counts_honest(lb: &dyn LoadBalancer, fx: &Fixture) {
     let counts = lb.capabilities().counts_connections;
-    for s in lb.status(&[fx.a.clone(), fx.b.clone()]).await.unwrap_or_else(|e| panic!("status failed: {e}")) {
-        assert_eq!(s.connections.is_some(), counts, "connections {:?} disagree with capabilities.counts_connections = {counts}", s.connections);
+    for s in lb
+        .status(&[fx.a.clone(), fx.b.clone()])
+        .await
+        .unwrap_or_else(|e| panic!("status failed: {e}"))
+    {
+        assert_eq!(
+            s.connections.is_some(),
+            counts,
+            "connections {:?} disagree with capabilities.counts_connections = {counts}",
+            s.connections
+        );
     }
     if !lb.capabilities().hard_disable {
-        let e = lb.disable(std::slice::from_ref(&fx.a)).await.expect_err("disable must fail without hard_disable");
-        assert!(matches!(e, Error::NotSupported { .. }), "expected NotSupported, got {e:?}");
+        let e = lb
+            .disable(std::slice::from_ref(&fx.a))
+            .await
+            .expect_err("disable must fail without hard_disable");
+        assert!(
+            matches!(e, Error::NotSupported { .. }),
+            "expected NotSupported, got {e:?}"
+        );
     }
 }
 
 /// Two targets drained concurrently both leave service, and both come back.
 pub async fn check_concurrent_drain(lb: &dyn LoadBalancer, fx: &Fixture) {
-    let (ra, rb) = tokio::join!(lb.drain(std::slice::from_ref(&fx.a)), lb.drain(std::slice::from_ref(&fx.b)));
+    let (ra, rb) = tokio::join!(
+        lb.drain(std::slice::from_ref(&fx.a)),
+        lb.drain(std::slice::from_ref(&fx.b))
+    );
     ra.unwrap_or_else(|e| panic!("concurrent drain of {} failed: {e}", fx.a));
     rb.unwrap_or_else(|e| panic!("concurrent drain of {} failed: {e}", fx.b));
     for id in [&fx.a, &fx.b] {
-        wait_for(lb, fx, id, "out of rotation", |s| s.state != TargetState::InService).await;
+        wait_for(lb, fx, id, "out of rotation", |s| {
+            s.state != TargetState::InService
+        })
+        .await;
     }
     restore(lb, fx, &[fx.a.clone(), fx.b.clone()]).await;
 }
@@ -124,9 +230,16 @@ pub async fn check_disable(lb: &dyn LoadBalancer, fx: &Fixture) {
     if !lb.capabilities().hard_disable {
         return;
     }
-    lb.disable(std::slice::from_ref(&fx.a)).await.unwrap_or_else(|e| panic!("disable failed: {e}"));
-    lb.disable(std::slice::from_ref(&fx.a)).await.unwrap_or_else(|e| panic!("second disable must succeed: {e}"));
-    wait_for(lb, fx, &fx.a, "out of service", |s| s.state == TargetState::OutOfService).await;
+    lb.disable(std::slice::from_ref(&fx.a))
+        .await
+        .unwrap_or_else(|e| panic!("disable failed: {e}"));
+    lb.disable(std::slice::from_ref(&fx.a))
+        .await
+        .unwrap_or_else(|e| panic!("second disable must succeed: {e}"));
+    wait_for(lb, fx, &fx.a, "out of service", |s| {
+        s.state == TargetState::OutOfService
+    })
+    .await;
     restore(lb, fx, std::slice::from_ref(&fx.a)).await;
 }
 
@@ -156,7 +269,10 @@ pub fn integration_available(component: &str, available: bool, how_to_install: &
         return true;
     }
     let required = std::env::var("HYGIENE_REQUIRE_INTEGRATION").is_ok_and(|v| v == "1");
-    assert!(!required, "{component} is required (HYGIENE_REQUIRE_INTEGRATION=1) but missing: {how_to_install}");
+    assert!(
+        !required,
+        "{component} is required (HYGIENE_REQUIRE_INTEGRATION=1) but missing: {how_to_install}"
+    );
     eprintln!("SKIPPED: {component} is missing, integration test not run. {how_to_install}");
     false
 }

@@ -140,7 +140,10 @@ struct Run {
 
 impl Run {
     fn new(r: Rollout) -> Self {
-        let poll = r.config.poll_interval.unwrap_or_else(|| r.lb.default_poll_interval());
+        let poll = r
+            .config
+            .poll_interval
+            .unwrap_or_else(|| r.lb.default_poll_interval());
         let policy = StepPolicy {
             drain_timeout: r.config.drain_timeout,
             on_drain_timeout: r.config.on_drain_timeout,
@@ -209,7 +212,11 @@ impl Run {
 
     fn on_retry(&self, operation: &str, e: &Error, delay: Duration) {
         warn!(operation, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
-        self.emit(Event::Retry { operation: operation.to_owned(), error: e.to_string(), delay });
+        self.emit(Event::Retry {
+            operation: operation.to_owned(),
+            error: e.to_string(),
+            delay,
+        });
     }
 
     fn observe(&mut self, i: usize, obs: Observation) -> Stage {
@@ -228,13 +235,19 @@ impl Run {
                 info!(target.id = %slot.target.id, phase = %after, "phase");
             }
             let id = slot.target.id.clone();
-            self.emit(Event::Phase { id, stage: after, detail });
+            self.emit(Event::Phase {
+                id,
+                stage: after,
+                detail,
+            });
         }
         after
     }
 
     fn ids(&self, idx: &[usize]) -> Vec<TargetId> {
-        idx.iter().map(|&i| self.slots[i].target.id.clone()).collect()
+        idx.iter()
+            .map(|&i| self.slots[i].target.id.clone())
+            .collect()
     }
 
     async fn status(&self, idx: &[usize]) -> Result<Vec<TargetStatus>> {
@@ -242,7 +255,14 @@ impl Run {
         let lb = &self.lb;
         let st = self.lb_call("status", || lb.status(&ids)).await?;
         if st.len() != ids.len() {
-            return Err(Error::protocol(lb.name(), format!("status returned {} entries for {} targets", st.len(), ids.len())));
+            return Err(Error::protocol(
+                lb.name(),
+                format!(
+                    "status returned {} entries for {} targets",
+                    st.len(),
+                    ids.len()
+                ),
+            ));
         }
         Ok(st)
     }
@@ -285,15 +305,25 @@ impl Run {
                 note: None,
             })
             .collect();
-        info!(selected = self.slots.len(), pool = self.pool, "rollout starts");
-        self.emit(Event::Started { selected: self.slots.len(), pool: self.pool });
+        info!(
+            selected = self.slots.len(),
+            pool = self.pool,
+            "rollout starts"
+        );
+        self.emit(Event::Started {
+            selected: self.slots.len(),
+            pool: self.pool,
+        });
 
         let mut queue = VecDeque::new();
         for (i, l) in selected.iter().enumerate() {
             if l.status.state == TargetState::InService {
                 queue.push_back(i);
             } else {
-                let why = format!("{:?} when the run started; the run restores what it found, nothing more", l.status.state);
+                let why = format!(
+                    "{:?} when the run started; the run restores what it found, nothing more",
+                    l.status.state
+                );
                 self.observe(i, Observation::NotInService(why));
             }
         }
@@ -303,7 +333,9 @@ impl Run {
             Outcome::Aborted { reason } => error!(reason = %reason, "rollout aborted"),
             other => info!(outcome = ?other, "rollout finished"),
         }
-        self.emit(Event::Finished { outcome: outcome.clone() });
+        self.emit(Event::Finished {
+            outcome: outcome.clone(),
+        });
         Ok(self.report(outcome, started.elapsed()))
     }
 
@@ -316,7 +348,11 @@ impl Run {
             if self.cancel.is_cancelled() {
                 return Outcome::Cancelled;
             }
-            let want = if self.cfg.canary && index == 0 { 1 } else { batch_len };
+            let want = if self.cfg.canary && index == 0 {
+                1
+            } else {
+                batch_len
+            };
             let batch = match self.next_batch(&mut queue, want).await {
                 Ok(b) => b,
                 Err(Stop::Cancelled) => return Outcome::Cancelled,
@@ -325,7 +361,10 @@ impl Run {
             if batch.is_empty() {
                 continue;
             }
-            let result = self.run_batch(index, &batch).instrument(tracing::info_span!("batch", index)).await;
+            let result = self
+                .run_batch(index, &batch)
+                .instrument(tracing::info_span!("batch", index))
+                .await;
             index += 1;
             if let Err(reason) = result {
                 return Outcome::Aborted { reason };
@@ -333,7 +372,11 @@ impl Run {
             if self.cancel.is_cancelled() {
                 return Outcome::Cancelled;
             }
-            let failures = self.slots.iter().filter(|s| s.phase.stage() == Stage::Failed).count();
+            let failures = self
+                .slots
+                .iter()
+                .filter(|s| s.phase.stage() == Stage::Failed)
+                .count();
             if failures > allowed {
                 return Outcome::Aborted {
                     reason: format!(
@@ -348,7 +391,11 @@ impl Run {
 
     /// The next batch: up to `want` targets from the queue that are still in
     /// service, shrunk to respect `min_healthy`.
-    async fn next_batch(&mut self, queue: &mut VecDeque<usize>, want: usize) -> Result<Vec<usize>, Stop> {
+    async fn next_batch(
+        &mut self,
+        queue: &mut VecDeque<usize>,
+        want: usize,
+    ) -> Result<Vec<usize>, Stop> {
         let min_h = self.cfg.min_healthy_of(self.pool);
         let mut waiting_since: Option<Instant> = None;
         loop {
@@ -356,22 +403,39 @@ impl Run {
             if cands.is_empty() {
                 return Ok(Vec::new());
             }
-            let st = self.status(&cands).await.map_err(|e| Stop::Abort(format!("status before a batch failed: {e}")))?;
-            let gone: Vec<(usize, TargetState)> =
-                cands.iter().zip(&st).filter(|(_, s)| s.state != TargetState::InService).map(|(&i, s)| (i, s.state)).collect();
+            let st = self
+                .status(&cands)
+                .await
+                .map_err(|e| Stop::Abort(format!("status before a batch failed: {e}")))?;
+            let gone: Vec<(usize, TargetState)> = cands
+                .iter()
+                .zip(&st)
+                .filter(|(_, s)| s.state != TargetState::InService)
+                .map(|(&i, s)| (i, s.state))
+                .collect();
             if !gone.is_empty() {
                 for (i, state) in gone {
                     queue.retain(|&q| q != i);
-                    self.observe(i, Observation::NotInService(format!("{state:?} when its batch was due; left as found")));
+                    self.observe(
+                        i,
+                        Observation::NotInService(format!(
+                            "{state:?} when its batch was due; left as found"
+                        )),
+                    );
                 }
                 continue;
             }
             let mut take = cands.len();
             if min_h > 0 {
                 let lb = Arc::clone(&self.lb);
-                let listed = self.lb_call("list", || lb.list()).await.map_err(|e| Stop::Abort(format!("listing the pool for min_healthy failed: {e}")))?;
+                let listed = self.lb_call("list", || lb.list()).await.map_err(|e| {
+                    Stop::Abort(format!("listing the pool for min_healthy failed: {e}"))
+                })?;
                 let caps = self.lb.capabilities();
-                let healthy = listed.iter().filter(|l| l.status.is_serving_healthy_with(&caps)).count();
+                let healthy = listed
+                    .iter()
+                    .filter(|l| l.status.is_serving_healthy_with(&caps))
+                    .count();
                 let mut budget = healthy.saturating_sub(min_h);
                 take = 0;
                 for s in &st {
@@ -393,7 +457,10 @@ impl Run {
                         };
                         return Err(Stop::Abort(e.to_string()));
                     }
-                    self.emit(Event::WaitingForCapacity { healthy, required: min_h });
+                    self.emit(Event::WaitingForCapacity {
+                        healthy,
+                        required: min_h,
+                    });
                     if !self.pause(self.poll).await {
                         return Err(Stop::Cancelled);
                     }
@@ -407,7 +474,10 @@ impl Run {
     async fn run_batch(&mut self, index: usize, batch: &[usize]) -> Result<(), String> {
         let ids = self.ids(batch);
         info!(index, size = batch.len(), "batch starts");
-        self.emit(Event::BatchStarted { index, targets: ids });
+        self.emit(Event::BatchStarted {
+            index,
+            targets: ids,
+        });
         for &i in batch {
             self.slots[i].batch = Some(index);
         }
@@ -421,7 +491,11 @@ impl Run {
         }
         if self.cancel.is_cancelled() {
             // Drained targets not yet executing go back at once.
-            let back: Vec<usize> = ready.iter().copied().filter(|&i| matches!(self.slots[i].phase, Phase::Draining | Phase::Drained { .. })).collect();
+            let back: Vec<usize> = ready
+                .iter()
+                .copied()
+                .filter(|&i| matches!(self.slots[i].phase, Phase::Draining | Phase::Drained { .. }))
+                .collect();
             for &i in &back {
                 self.observe(i, Observation::Cancelled);
             }
@@ -442,11 +516,24 @@ impl Run {
     }
 
     async fn preflight(&mut self, batch: &[usize]) -> Vec<usize> {
-        let targets: Vec<Target> = batch.iter().map(|&i| self.slots[i].target.clone()).collect();
+        let targets: Vec<Target> = batch
+            .iter()
+            .map(|&i| self.slots[i].target.clone())
+            .collect();
         let exec = Arc::clone(&self.exec);
-        let verdicts = match self.exec_call("preflight", || exec.preflight(&targets)).await {
+        let verdicts = match self
+            .exec_call("preflight", || exec.preflight(&targets))
+            .await
+        {
             Ok(v) if v.len() == batch.len() => v,
-            Ok(v) => vec![Preflight::NotReady(format!("executor returned {} preflight results for {} targets", v.len(), batch.len())); batch.len()],
+            Ok(v) => vec![
+                Preflight::NotReady(format!(
+                    "executor returned {} preflight results for {} targets",
+                    v.len(),
+                    batch.len()
+                ));
+                batch.len()
+            ],
             Err(e) => vec![Preflight::NotReady(format!("preflight failed: {e}")); batch.len()],
         };
         let mut ready = Vec::new();
@@ -454,7 +541,12 @@ impl Run {
             match v {
                 Preflight::Ready => ready.push(i),
                 Preflight::NotReady(why) => {
-                    self.observe(i, Observation::PreflightFailed(format!("{why}; not drained, left in service")));
+                    self.observe(
+                        i,
+                        Observation::PreflightFailed(format!(
+                            "{why}; not drained, left in service"
+                        )),
+                    );
                 }
             }
         }
@@ -473,7 +565,8 @@ impl Run {
                 self.observe(i, Observation::DrainSent);
                 self.observe(i, Observation::Error(reason.clone()));
             }
-            self.put_back(ready, "the drain failed before any maintenance").await;
+            self.put_back(ready, "the drain failed before any maintenance")
+                .await;
             return Some(reason);
         }
         let since = Instant::now();
@@ -491,12 +584,18 @@ impl Run {
                 Ok(st) => st,
                 Err(e) => {
                     let reason = format!("status while draining failed: {e}");
-                    let back: Vec<usize> =
-                        ready.iter().copied().filter(|&i| matches!(self.slots[i].phase, Phase::Draining | Phase::Drained { .. })).collect();
+                    let back: Vec<usize> = ready
+                        .iter()
+                        .copied()
+                        .filter(|&i| {
+                            matches!(self.slots[i].phase, Phase::Draining | Phase::Drained { .. })
+                        })
+                        .collect();
                     for &i in &back {
                         self.observe(i, Observation::Error(reason.clone()));
                     }
-                    self.put_back(&back, "draining could not be observed; not maintained").await;
+                    self.put_back(&back, "draining could not be observed; not maintained")
+                        .await;
                     return Some(reason);
                 }
             };
@@ -519,7 +618,11 @@ impl Run {
     }
 
     async fn execute(&mut self, ready: &[usize]) {
-        let run: Vec<usize> = ready.iter().copied().filter(|&i| matches!(self.slots[i].phase, Phase::Drained { .. })).collect();
+        let run: Vec<usize> = ready
+            .iter()
+            .copied()
+            .filter(|&i| matches!(self.slots[i].phase, Phase::Drained { .. }))
+            .collect();
         if run.is_empty() {
             return;
         }
@@ -532,7 +635,14 @@ impl Run {
         let result = self.exec_call("execute", || exec.execute(&targets)).await;
         let outcomes: Vec<Result<ExecOutcome, String>> = match result {
             Ok(v) if v.len() == run.len() => v.into_iter().map(Ok).collect(),
-            Ok(v) => vec![Err(format!("executor returned {} outcomes for {} targets", v.len(), run.len())); run.len()],
+            Ok(v) => vec![
+                Err(format!(
+                    "executor returned {} outcomes for {} targets",
+                    v.len(),
+                    run.len()
+                ));
+                run.len()
+            ],
             Err(e) => vec![Err(format!("executor failed: {e}")); run.len()],
         };
         for (&i, out) in run.iter().zip(outcomes) {
@@ -562,7 +672,11 @@ impl Run {
     /// Enables the successfully maintained targets and waits for a fresh
     /// healthy observation of each.
     async fn enable_and_verify(&mut self, ready: &[usize]) -> Option<String> {
-        let ok: Vec<usize> = ready.iter().copied().filter(|&i| self.slots[i].phase == Phase::Enabling).collect();
+        let ok: Vec<usize> = ready
+            .iter()
+            .copied()
+            .filter(|&i| self.slots[i].phase == Phase::Enabling)
+            .collect();
         if ok.is_empty() {
             return None;
         }
@@ -618,7 +732,15 @@ impl Run {
                     ),
                     h => format!("balancer reports {:?}, health {h:?}", s.state),
                 });
-                if self.observe(i, Observation::Health { healthy, detail, waited }) == Stage::Healthy {
+                if self.observe(
+                    i,
+                    Observation::Health {
+                        healthy,
+                        detail,
+                        waited,
+                    },
+                ) == Stage::Healthy
+                {
                     self.slots[i].timings.health = Some(waited);
                 }
             }
@@ -628,17 +750,29 @@ impl Run {
             }
             // Health is awaited even when cancelled: the target is already
             // back in rotation and must be verified or taken out again.
-            tokio::time::sleep_until(next_poll(&mut tick, self.poll, since + self.policy.health_timeout)).await;
+            tokio::time::sleep_until(next_poll(
+                &mut tick,
+                self.poll,
+                since + self.policy.health_timeout,
+            ))
+            .await;
         }
     }
 
     /// KeepOut: failed targets in rotation are taken out again. Restore:
     /// failed targets out of rotation are put back.
     async fn apply_failure_policy(&mut self, ready: &[usize]) {
-        let failed: Vec<usize> = ready.iter().copied().filter(|&i| self.slots[i].phase.stage() == Stage::Failed).collect();
+        let failed: Vec<usize> = ready
+            .iter()
+            .copied()
+            .filter(|&i| self.slots[i].phase.stage() == Stage::Failed)
+            .collect();
         match self.cfg.on_failure {
             OnFailure::Restore => {
-                let back: Vec<usize> = failed.into_iter().filter(|&i| self.slots[i].out_by_run).collect();
+                let back: Vec<usize> = failed
+                    .into_iter()
+                    .filter(|&i| self.slots[i].out_by_run)
+                    .collect();
                 self.put_back(&back, "on_failure = restore").await;
             }
             OnFailure::KeepOut => {
@@ -646,7 +780,16 @@ impl Run {
                 // is back in rotation; every other failure is still out.
                 let out: Vec<usize> = failed
                     .into_iter()
-                    .filter(|&i| !self.slots[i].out_by_run && matches!(self.slots[i].phase, Phase::Failed { at: Stage::Enabling, .. }))
+                    .filter(|&i| {
+                        !self.slots[i].out_by_run
+                            && matches!(
+                                self.slots[i].phase,
+                                Phase::Failed {
+                                    at: Stage::Enabling,
+                                    ..
+                                }
+                            )
+                    })
                     .collect();
                 if out.is_empty() {
                     return;
@@ -654,7 +797,11 @@ impl Run {
                 let ids = self.ids(&out);
                 let lb = Arc::clone(&self.lb);
                 let hard = lb.capabilities().hard_disable;
-                let r = if hard { self.lb_call("disable", || lb.disable(&ids)).await } else { self.lb_call("drain", || lb.drain(&ids)).await };
+                let r = if hard {
+                    self.lb_call("disable", || lb.disable(&ids)).await
+                } else {
+                    self.lb_call("drain", || lb.drain(&ids)).await
+                };
                 match r {
                     Ok(()) => {
                         for &i in &out {
@@ -673,7 +820,11 @@ impl Run {
 
     /// Enables targets the run took out, recording failures on each.
     async fn put_back(&mut self, idx: &[usize], why: &str) {
-        let out: Vec<usize> = idx.iter().copied().filter(|&i| self.slots[i].out_by_run).collect();
+        let out: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| self.slots[i].out_by_run)
+            .collect();
         if out.is_empty() {
             return;
         }
@@ -691,7 +842,10 @@ impl Run {
                 for &i in &out {
                     self.slots[i].note = Some(format!("putting it back ({why}) failed: {e}"));
                     if self.slots[i].phase == Phase::Restored {
-                        self.slots[i].phase = Phase::Failed { at: Stage::Restored, reason: format!("cancelled, and re-enabling failed: {e}") };
+                        self.slots[i].phase = Phase::Failed {
+                            at: Stage::Restored,
+                            reason: format!("cancelled, and re-enabling failed: {e}"),
+                        };
                     }
                 }
             }
@@ -699,7 +853,11 @@ impl Run {
     }
 
     async fn warmup(&mut self, ready: &[usize]) {
-        let healthy: Vec<usize> = ready.iter().copied().filter(|&i| self.slots[i].phase == Phase::Healthy).collect();
+        let healthy: Vec<usize> = ready
+            .iter()
+            .copied()
+            .filter(|&i| self.slots[i].phase == Phase::Healthy)
+            .collect();
         if healthy.is_empty() {
             return;
         }
@@ -719,7 +877,12 @@ impl Run {
 
     fn report(self, outcome: Outcome, duration: Duration) -> Report {
         let lb = &self.lb;
-        let batches = self.slots.iter().filter_map(|s| s.batch).max().map_or(0, |b| b + 1);
+        let batches = self
+            .slots
+            .iter()
+            .filter_map(|s| s.batch)
+            .max()
+            .map_or(0, |b| b + 1);
         let targets = self
             .slots
             .into_iter()
@@ -727,7 +890,9 @@ impl Run {
                 let result = match s.phase {
                     Phase::Done => TargetResult::Done,
                     Phase::Skipped { reason } => TargetResult::Skipped { reason },
-                    Phase::Restored if !s.out_by_run => TargetResult::Restored { reason: "the run was cancelled before its maintenance".into() },
+                    Phase::Restored if !s.out_by_run => TargetResult::Restored {
+                        reason: "the run was cancelled before its maintenance".into(),
+                    },
                     Phase::Failed { at, reason } => TargetResult::Failed {
                         phase: at,
                         reason: match &s.note {
@@ -742,12 +907,21 @@ impl Run {
                     // it is never lost silently.
                     other => TargetResult::Failed {
                         phase: other.stage(),
-                        reason: s.note.clone().unwrap_or_else(|| "the run ended with the target mid-way".into()),
+                        reason: s
+                            .note
+                            .clone()
+                            .unwrap_or_else(|| "the run ended with the target mid-way".into()),
                         kept_out: s.out_by_run,
                         restore_hint: s.out_by_run.then(|| lb.enable_hint(&s.target.id)),
                     },
                 };
-                TargetReport { id: s.target.id, result, batch: s.batch, timings: s.timings, execution: s.execution }
+                TargetReport {
+                    id: s.target.id,
+                    result,
+                    batch: s.batch,
+                    timings: s.timings,
+                    execution: s.execution,
+                }
             })
             .collect();
         Report {
@@ -777,13 +951,22 @@ fn next_poll(tick: &mut Instant, poll: Duration, deadline: Instant) -> Instant {
     (*tick).min(deadline.max(now + Duration::from_millis(1)))
 }
 
-fn select(listed: &[ListedTarget], selection: &Selection, balancer: &str) -> Result<Vec<ListedTarget>> {
+fn select(
+    listed: &[ListedTarget],
+    selection: &Selection,
+    balancer: &str,
+) -> Result<Vec<ListedTarget>> {
     match selection {
         Selection::All => Ok(listed.to_vec()),
         Selection::Named(ids) => {
-            let by_id: HashMap<&TargetId, &ListedTarget> = listed.iter().map(|l| (&l.target.id, l)).collect();
+            let by_id: HashMap<&TargetId, &ListedTarget> =
+                listed.iter().map(|l| (&l.target.id, l)).collect();
             ids.iter()
-                .map(|id| by_id.get(id).map(|l| (*l).clone()).ok_or_else(|| Error::target_not_found(id.as_str(), Some(balancer.to_owned()))))
+                .map(|id| {
+                    by_id.get(id).map(|l| (*l).clone()).ok_or_else(|| {
+                        Error::target_not_found(id.as_str(), Some(balancer.to_owned()))
+                    })
+                })
                 .collect()
         }
     }

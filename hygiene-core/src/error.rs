@@ -152,37 +152,62 @@ impl Error {
     /// Whether a retry with backoff may succeed: the endpoint was unavailable,
     /// throttled us, or timed out.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Throttled { .. } | Self::Timeout { .. })
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Throttled { .. } | Self::Timeout { .. }
+        )
     }
 
     /// Shorthand for [`Error::InvalidConfig`].
     pub fn invalid_config(field: &'static str, message: impl Into<String>) -> Self {
-        Self::InvalidConfig { field, message: message.into() }
+        Self::InvalidConfig {
+            field,
+            message: message.into(),
+        }
     }
 
     /// Shorthand for [`Error::InvalidName`].
     pub fn invalid_name(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidName { name: name.into(), reason: reason.into() }
+        Self::InvalidName {
+            name: name.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Shorthand for [`Error::NotFound`] of a target.
     pub fn target_not_found(name: impl Into<String>, location: Option<String>) -> Self {
-        Self::NotFound { kind: "target", name: name.into(), location }
+        Self::NotFound {
+            kind: "target",
+            name: name.into(),
+            location,
+        }
     }
 
     /// Shorthand for [`Error::Unavailable`] without a source.
     pub fn unavailable(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Unavailable { location: location.into(), message: message.into(), source: None }
+        Self::Unavailable {
+            location: location.into(),
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Shorthand for [`Error::Protocol`] without a source.
     pub fn protocol(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Protocol { location: location.into(), message: message.into(), source: None }
+        Self::Protocol {
+            location: location.into(),
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Shorthand for [`Error::Rejected`] without a source.
     pub fn rejected(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Rejected { location: location.into(), message: message.into(), source: None }
+        Self::Rejected {
+            location: location.into(),
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Whether this is a [`Error::NotFound`].
@@ -198,7 +223,11 @@ mod tests {
     #[test]
     fn retryable_classification() {
         assert!(Error::unavailable("lb", "down").is_retryable());
-        assert!(Error::Timeout { operation: "drain".into(), after: Duration::from_secs(1) }.is_retryable());
+        assert!(Error::Timeout {
+            operation: "drain".into(),
+            after: Duration::from_secs(1)
+        }
+        .is_retryable());
         assert!(!Error::target_not_found("web/s9", None).is_retryable());
         assert!(!Error::invalid_config("batch_size", "0").is_retryable());
     }

@@ -19,7 +19,9 @@ mod target;
 pub mod conformance;
 
 pub use balancer::{ListedTarget, LoadBalancer};
-pub use config::{Amount, OnDrainTimeout, OnFailure, RetryPolicy, RolloutConfig, RolloutConfigBuilder, Selection};
+pub use config::{
+    Amount, OnDrainTimeout, OnFailure, RetryPolicy, RolloutConfig, RolloutConfigBuilder, Selection,
+};
 pub use engine::Rollout;
 pub use error::{BoxError, Error, Result};
 pub use executor::{tail, ExecOutcome, Executor, Preflight, OUTPUT_TAIL_BYTES};
@@ -30,7 +32,9 @@ pub use probe::{HttpProbe, Probe, ProbeVerdict, TcpProbe};
 pub use report::{Event, Outcome, PhaseTimings, Report, TargetReport, TargetResult};
 pub use retry::with_retries;
 pub use scripted::{ExecRecord, Script, ScriptedExecutor};
-pub use target::{Capabilities, Health, Target, TargetId, TargetState, TargetStatus, MAX_TARGET_ID_LEN};
+pub use target::{
+    Capabilities, Health, Target, TargetId, TargetState, TargetStatus, MAX_TARGET_ID_LEN,
+};
 pub use tokio_util::sync::CancellationToken;
 
 /// The root README's example, run as a doc-test.

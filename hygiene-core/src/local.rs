@@ -41,9 +41,16 @@ impl LocalCommand {
     {
         let program = program.into();
         if program.is_empty() {
-            return Err(Error::invalid_config("command", "the program to run is empty; give a program path"));
+            return Err(Error::invalid_config(
+                "command",
+                "the program to run is empty; give a program path",
+            ));
         }
-        Ok(Self { program, args: args.into_iter().map(Into::into).collect(), timeout: Duration::from_secs(600) })
+        Ok(Self {
+            program,
+            args: args.into_iter().map(Into::into).collect(),
+            timeout: Duration::from_secs(600),
+        })
     }
 
     /// Kills the program after `timeout`.
@@ -57,7 +64,10 @@ impl LocalCommand {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .env("HYGIENE_TARGET_ID", target.id.as_str())
-            .env("HYGIENE_TARGET_ADDRESS", target.address.as_deref().unwrap_or(""))
+            .env(
+                "HYGIENE_TARGET_ADDRESS",
+                target.address.as_deref().unwrap_or(""),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -68,7 +78,13 @@ impl LocalCommand {
         let program = self.program.to_string_lossy().into_owned();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
-            Err(e) => return ExecOutcome::failure(target.id.clone(), started.elapsed(), format!("cannot start {program:?}: {e}")),
+            Err(e) => {
+                return ExecOutcome::failure(
+                    target.id.clone(),
+                    started.elapsed(),
+                    format!("cannot start {program:?}: {e}"),
+                )
+            }
         };
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
@@ -97,9 +113,20 @@ impl LocalCommand {
         match waited {
             Err(_) => {
                 // kill_on_drop ends the child when `child` goes out of scope.
-                ExecOutcome::failure(target.id.clone(), duration, format!("{program:?} ran past its timeout of {:?} and was killed", self.timeout))
+                ExecOutcome::failure(
+                    target.id.clone(),
+                    duration,
+                    format!(
+                        "{program:?} ran past its timeout of {:?} and was killed",
+                        self.timeout
+                    ),
+                )
             }
-            Ok((Err(e), _, _)) => ExecOutcome::failure(target.id.clone(), duration, format!("waiting for {program:?}: {e}")),
+            Ok((Err(e), _, _)) => ExecOutcome::failure(
+                target.id.clone(),
+                duration,
+                format!("waiting for {program:?}: {e}"),
+            ),
             Ok((Ok(status), out, err)) => {
                 let code = status.code();
                 ExecOutcome {
@@ -145,9 +172,19 @@ mod tests {
 
     #[tokio::test]
     async fn passes_target_through_env_not_shell() {
-        let cmd = LocalCommand::new("sh", ["-c", "echo \"$HYGIENE_TARGET_ID@$HYGIENE_TARGET_ADDRESS\"; echo oops >&2; exit 3"]).expect("cmd");
+        let cmd = LocalCommand::new(
+            "sh",
+            [
+                "-c",
+                "echo \"$HYGIENE_TARGET_ID@$HYGIENE_TARGET_ADDRESS\"; echo oops >&2; exit 3",
+            ],
+        )
+        .expect("cmd");
         // A name that would be dangerous in a shell string stays inert.
-        let out = cmd.execute(&[target("web/$(touch_x)")]).await.expect("execute");
+        let out = cmd
+            .execute(&[target("web/$(touch_x)")])
+            .await
+            .expect("execute");
         assert_eq!(out.len(), 1);
         assert!(!out[0].success);
         assert_eq!(out[0].exit_code, Some(3));
@@ -162,13 +199,19 @@ mod tests {
         let missing = LocalCommand::new("/nonexistent/program", Vec::<String>::new()).expect("cmd");
         let out = missing.execute(&[target("a")]).await.expect("execute");
         assert!(!out[0].success);
-        assert!(out[0].message.as_deref().unwrap_or("").contains("cannot start"));
+        assert!(out[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("cannot start"));
         assert!(LocalCommand::new("", Vec::<String>::new()).is_err());
     }
 
     #[tokio::test]
     async fn timeout_kills() {
-        let slow = LocalCommand::new("sleep", ["5"]).expect("cmd").with_timeout(Duration::from_millis(100));
+        let slow = LocalCommand::new("sleep", ["5"])
+            .expect("cmd")
+            .with_timeout(Duration::from_millis(100));
         let started = std::time::Instant::now();
         let out = slow.execute(&[target("a")]).await.expect("execute");
         assert!(!out[0].success);

@@ -64,7 +64,10 @@ pub struct HealthScript {
 
 impl Default for HealthScript {
     fn default() -> Self {
-        Self { delay: Duration::ZERO, health: Health::Healthy }
+        Self {
+            delay: Duration::ZERO,
+            health: Health::Healthy,
+        }
     }
 }
 
@@ -89,14 +92,17 @@ impl Entry {
                 if elapsed >= self.drain.duration || self.drain.duration.is_zero() {
                     0
                 } else {
-                    let left = (self.drain.duration - elapsed).as_secs_f64() / self.drain.duration.as_secs_f64();
+                    let left = (self.drain.duration - elapsed).as_secs_f64()
+                        / self.drain.duration.as_secs_f64();
                     (self.drain.initial as f64 * left).ceil() as u64
                 }
             }
             (TargetState::Draining, None) => self.drain.initial,
         };
         let health = match self.enabled_at {
-            Some(at) if now.saturating_duration_since(at) < self.health_script.delay => Health::Unknown,
+            Some(at) if now.saturating_duration_since(at) < self.health_script.delay => {
+                Health::Unknown
+            }
             Some(_) => self.health_script.health,
             None => self.health,
         };
@@ -114,17 +120,36 @@ struct State {
 
 impl State {
     fn find(&self, ids: &[TargetId]) -> Result<Vec<usize>> {
-        ids.iter().map(|id| self.index.get(id).copied().ok_or_else(|| Error::target_not_found(id.as_str(), Some("in-memory balancer".into())))).collect()
+        ids.iter()
+            .map(|id| {
+                self.index.get(id).copied().ok_or_else(|| {
+                    Error::target_not_found(id.as_str(), Some("in-memory balancer".into()))
+                })
+            })
+            .collect()
     }
 
     fn serving_healthy(&self, now: Instant) -> usize {
-        self.entries.iter().filter(|e| e.status(now).is_serving_healthy()).count()
+        self.entries
+            .iter()
+            .filter(|e| e.status(now).is_serving_healthy())
+            .count()
     }
 
     fn record(&mut self, op: Operation, ids: &[TargetId], ok: bool, mutation: bool) {
         let now = Instant::now();
-        let serving_healthy_after = if mutation { self.serving_healthy(now) } else { 0 };
-        self.log.push(CallRecord { at: now, op, ids: ids.to_vec(), ok, serving_healthy_after });
+        let serving_healthy_after = if mutation {
+            self.serving_healthy(now)
+        } else {
+            0
+        };
+        self.log.push(CallRecord {
+            at: now,
+            op,
+            ids: ids.to_vec(),
+            ok,
+            serving_healthy_after,
+        });
     }
 
     fn fault(&mut self, op: Operation) -> Option<Error> {
@@ -169,7 +194,9 @@ impl InMemoryBalancer {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock only happens in a failing test; the
         // state is still usable for its report.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds (or replaces) a target, in service and healthy.
@@ -211,7 +238,11 @@ impl InMemoryBalancer {
             e.state = state;
             e.health = health;
             e.enabled_at = None;
-            e.drained_at = if state == TargetState::InService { None } else { Some(Instant::now()) };
+            e.drained_at = if state == TargetState::InService {
+                None
+            } else {
+                Some(Instant::now())
+            };
         })
     }
 
@@ -250,16 +281,27 @@ impl InMemoryBalancer {
     /// The current status of every target, in order.
     pub fn snapshot(&self) -> Vec<(TargetId, TargetStatus)> {
         let now = Instant::now();
-        self.lock().entries.iter().map(|e| (e.target.id.clone(), e.status(now))).collect()
+        self.lock()
+            .entries
+            .iter()
+            .map(|e| (e.target.id.clone(), e.status(now)))
+            .collect()
     }
 
     /// The current status of one target.
     pub fn status_of(&self, id: &TargetId) -> Option<TargetStatus> {
         let s = self.lock();
-        s.index.get(id).map(|&i| s.entries[i].status(Instant::now()))
+        s.index
+            .get(id)
+            .map(|&i| s.entries[i].status(Instant::now()))
     }
 
-    fn mutate(&self, op: Operation, ids: &[TargetId], f: impl Fn(&mut Entry, Instant)) -> Result<()> {
+    fn mutate(
+        &self,
+        op: Operation,
+        ids: &[TargetId],
+        f: impl Fn(&mut Entry, Instant),
+    ) -> Result<()> {
         let mut s = self.lock();
         if let Some(e) = s.fault(op) {
             s.record(op, ids, false, true);
@@ -298,7 +340,14 @@ impl LoadBalancer for InMemoryBalancer {
             return Err(e);
         }
         let now = Instant::now();
-        let out = s.entries.iter().map(|e| ListedTarget { target: e.target.clone(), status: e.status(now) }).collect();
+        let out = s
+            .entries
+            .iter()
+            .map(|e| ListedTarget {
+                target: e.target.clone(),
+                status: e.status(now),
+            })
+            .collect();
         s.record(Operation::List, &[], true, false);
         Ok(out)
     }

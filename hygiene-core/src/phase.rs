@@ -117,7 +117,10 @@ impl Phase {
 
     /// No further transition is possible.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Self::Done | Self::Failed { .. } | Self::Skipped { .. } | Self::Restored)
+        matches!(
+            self,
+            Self::Done | Self::Failed { .. } | Self::Skipped { .. } | Self::Restored
+        )
     }
 }
 
@@ -180,7 +183,9 @@ pub fn step(phase: &Phase, obs: &Observation, policy: &StepPolicy) -> Phase {
     let fail = |at: Stage, reason: String| P::Failed { at, reason };
     match (phase, obs) {
         (p, _) if p.is_terminal() => p.clone(),
-        (P::Pending, O::NotInService(why)) => P::Skipped { reason: why.clone() },
+        (P::Pending, O::NotInService(why)) => P::Skipped {
+            reason: why.clone(),
+        },
         (P::Pending, O::PreflightFailed(why)) => fail(Stage::Preflight, why.clone()),
         (P::Pending, O::DrainSent) => P::Draining,
         (P::Pending, O::Cancelled) => phase.clone(),
@@ -188,12 +193,18 @@ pub fn step(phase: &Phase, obs: &Observation, policy: &StepPolicy) -> Phase {
             if status.is_drained() {
                 P::Drained { forced: false }
             } else if *waited >= policy.drain_timeout {
-                let left = status.connections.map_or_else(|| "unknown in-flight work".to_owned(), |n| format!("{n} connection(s)"));
+                let left = status.connections.map_or_else(
+                    || "unknown in-flight work".to_owned(),
+                    |n| format!("{n} connection(s)"),
+                );
                 match policy.on_drain_timeout {
                     OnDrainTimeout::Proceed => P::Drained { forced: true },
                     OnDrainTimeout::Fail => fail(
                         Stage::Draining,
-                        format!("still {left} after the drain timeout of {:?}", policy.drain_timeout),
+                        format!(
+                            "still {left} after the drain timeout of {:?}",
+                            policy.drain_timeout
+                        ),
                     ),
                 }
             } else {
@@ -205,9 +216,19 @@ pub fn step(phase: &Phase, obs: &Observation, policy: &StepPolicy) -> Phase {
         (P::Executing, O::ExecFinished(Ok(()))) => P::Enabling,
         (P::Executing, O::ExecFinished(Err(why))) => fail(Stage::Executing, why.clone()),
         (P::Enabling, O::Health { healthy: true, .. }) => P::Healthy,
-        (P::Enabling, O::Health { healthy: false, detail, waited }) if *waited >= policy.health_timeout => fail(
+        (
+            P::Enabling,
+            O::Health {
+                healthy: false,
+                detail,
+                waited,
+            },
+        ) if *waited >= policy.health_timeout => fail(
             Stage::Enabling,
-            format!("not healthy {:?} after the enable: {detail}", policy.health_timeout),
+            format!(
+                "not healthy {:?} after the enable: {detail}",
+                policy.health_timeout
+            ),
         ),
         (P::Healthy, O::WarmedUp) => P::Warm,
         (P::Healthy | P::Warm, O::Finished) => P::Done,
@@ -243,8 +264,22 @@ mod tests {
             (draining(Some(0), 2), Stage::Drained),
             (Observation::ExecStarted, Stage::Executing),
             (Observation::ExecFinished(Ok(())), Stage::Enabling),
-            (Observation::Health { healthy: false, detail: "unknown".into(), waited: Duration::from_secs(1) }, Stage::Enabling),
-            (Observation::Health { healthy: true, detail: String::new(), waited: Duration::from_secs(2) }, Stage::Healthy),
+            (
+                Observation::Health {
+                    healthy: false,
+                    detail: "unknown".into(),
+                    waited: Duration::from_secs(1),
+                },
+                Stage::Enabling,
+            ),
+            (
+                Observation::Health {
+                    healthy: true,
+                    detail: String::new(),
+                    waited: Duration::from_secs(2),
+                },
+                Stage::Healthy,
+            ),
             (Observation::WarmedUp, Stage::Warm),
             (Observation::Finished, Stage::Done),
         ] {
@@ -261,50 +296,119 @@ mod tests {
             status: TargetStatus::new(TargetState::OutOfService, Health::Unknown, None),
             waited: Duration::from_secs(1),
         };
-        assert_eq!(step(&Phase::Draining, &out, &POLICY), Phase::Drained { forced: false });
+        assert_eq!(
+            step(&Phase::Draining, &out, &POLICY),
+            Phase::Drained { forced: false }
+        );
     }
 
     #[test]
     fn drain_timeout_fail_and_proceed() {
         let p = step(&Phase::Draining, &draining(Some(2), 10), &POLICY);
         match p {
-            Phase::Failed { at: Stage::Draining, reason } => assert!(reason.contains("2 connection"), "{reason}"),
+            Phase::Failed {
+                at: Stage::Draining,
+                reason,
+            } => assert!(reason.contains("2 connection"), "{reason}"),
             other => panic!("{other:?}"),
         }
-        let proceed = StepPolicy { on_drain_timeout: OnDrainTimeout::Proceed, ..POLICY };
-        assert_eq!(step(&Phase::Draining, &draining(Some(2), 10), &proceed), Phase::Drained { forced: true });
-        assert_eq!(step(&Phase::Draining, &draining(Some(2), 9), &proceed), Phase::Draining);
+        let proceed = StepPolicy {
+            on_drain_timeout: OnDrainTimeout::Proceed,
+            ..POLICY
+        };
+        assert_eq!(
+            step(&Phase::Draining, &draining(Some(2), 10), &proceed),
+            Phase::Drained { forced: true }
+        );
+        assert_eq!(
+            step(&Phase::Draining, &draining(Some(2), 9), &proceed),
+            Phase::Draining
+        );
     }
 
     #[test]
     fn health_timeout_fails() {
-        let obs = Observation::Health { healthy: false, detail: "DOWN".into(), waited: Duration::from_secs(20) };
+        let obs = Observation::Health {
+            healthy: false,
+            detail: "DOWN".into(),
+            waited: Duration::from_secs(20),
+        };
         match step(&Phase::Enabling, &obs, &POLICY) {
-            Phase::Failed { at: Stage::Enabling, reason } => assert!(reason.contains("DOWN")),
+            Phase::Failed {
+                at: Stage::Enabling,
+                reason,
+            } => assert!(reason.contains("DOWN")),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn exec_failure_fails() {
-        let p = step(&Phase::Executing, &Observation::ExecFinished(Err("exit 3".into())), &POLICY);
-        assert_eq!(p, Phase::Failed { at: Stage::Executing, reason: "exit 3".into() });
+        let p = step(
+            &Phase::Executing,
+            &Observation::ExecFinished(Err("exit 3".into())),
+            &POLICY,
+        );
+        assert_eq!(
+            p,
+            Phase::Failed {
+                at: Stage::Executing,
+                reason: "exit 3".into()
+            }
+        );
     }
 
     #[test]
     fn skip_and_preflight() {
-        assert_eq!(step(&Phase::Pending, &Observation::NotInService("maint".into()), &POLICY).stage(), Stage::Skipped);
-        assert_eq!(step(&Phase::Pending, &Observation::PreflightFailed("offline".into()), &POLICY), Phase::Failed { at: Stage::Preflight, reason: "offline".into() });
+        assert_eq!(
+            step(
+                &Phase::Pending,
+                &Observation::NotInService("maint".into()),
+                &POLICY
+            )
+            .stage(),
+            Stage::Skipped
+        );
+        assert_eq!(
+            step(
+                &Phase::Pending,
+                &Observation::PreflightFailed("offline".into()),
+                &POLICY
+            ),
+            Phase::Failed {
+                at: Stage::Preflight,
+                reason: "offline".into()
+            }
+        );
     }
 
     #[test]
     fn cancellation_per_phase() {
-        assert_eq!(step(&Phase::Pending, &Observation::Cancelled, &POLICY), Phase::Pending);
-        assert_eq!(step(&Phase::Draining, &Observation::Cancelled, &POLICY), Phase::Restored);
-        assert_eq!(step(&Phase::Drained { forced: false }, &Observation::Cancelled, &POLICY), Phase::Restored);
+        assert_eq!(
+            step(&Phase::Pending, &Observation::Cancelled, &POLICY),
+            Phase::Pending
+        );
+        assert_eq!(
+            step(&Phase::Draining, &Observation::Cancelled, &POLICY),
+            Phase::Restored
+        );
+        assert_eq!(
+            step(
+                &Phase::Drained { forced: false },
+                &Observation::Cancelled,
+                &POLICY
+            ),
+            Phase::Restored
+        );
         // Running maintenance finishes and goes through enable + health.
-        assert_eq!(step(&Phase::Executing, &Observation::Cancelled, &POLICY), Phase::Executing);
-        assert_eq!(step(&Phase::Enabling, &Observation::Cancelled, &POLICY), Phase::Enabling);
+        assert_eq!(
+            step(&Phase::Executing, &Observation::Cancelled, &POLICY),
+            Phase::Executing
+        );
+        assert_eq!(
+            step(&Phase::Enabling, &Observation::Cancelled, &POLICY),
+            Phase::Enabling
+        );
     }
 
     #[test]
@@ -316,8 +420,16 @@ mod tests {
 
     #[test]
     fn terminal_phases_never_move() {
-        let failed = Phase::Failed { at: Stage::Executing, reason: "x".into() };
-        for obs in [Observation::DrainSent, Observation::Finished, Observation::ExecFinished(Ok(())), Observation::Error("e".into())] {
+        let failed = Phase::Failed {
+            at: Stage::Executing,
+            reason: "x".into(),
+        };
+        for obs in [
+            Observation::DrainSent,
+            Observation::Finished,
+            Observation::ExecFinished(Ok(())),
+            Observation::Error("e".into()),
+        ] {
             assert_eq!(step(&failed, &obs, &POLICY), failed);
             assert_eq!(step(&Phase::Done, &obs, &POLICY), Phase::Done);
         }
@@ -325,6 +437,12 @@ mod tests {
 
     #[test]
     fn errors_fail_in_the_current_stage() {
-        assert_eq!(step(&Phase::Draining, &Observation::Error("api".into()), &POLICY), Phase::Failed { at: Stage::Draining, reason: "api".into() });
+        assert_eq!(
+            step(&Phase::Draining, &Observation::Error("api".into()), &POLICY),
+            Phase::Failed {
+                at: Stage::Draining,
+                reason: "api".into()
+            }
+        );
     }
 }

@@ -35,7 +35,13 @@ fn endpoint(target: &Target, port: Option<u16>) -> Result<(String, u16)> {
         Error::invalid_config("probe", format!("target {} has no address to probe; give the balancer addresses or remove the probe", target.id))
     })?;
     let port = port.or(target.port).ok_or_else(|| {
-        Error::invalid_config("probe", format!("target {} has no port to probe; set the probe's port", target.id))
+        Error::invalid_config(
+            "probe",
+            format!(
+                "target {} has no port to probe; set the probe's port",
+                target.id
+            ),
+        )
     })?;
     Ok((host, port))
 }
@@ -50,7 +56,10 @@ pub struct TcpProbe {
 impl TcpProbe {
     /// A probe on the target's own port with a 2 s timeout.
     pub fn new() -> Self {
-        Self { port: None, timeout: Duration::from_secs(2) }
+        Self {
+            port: None,
+            timeout: Duration::from_secs(2),
+        }
     }
     /// Probes this port instead of the target's.
     pub fn with_port(mut self, port: u16) -> Self {
@@ -74,11 +83,18 @@ impl Default for TcpProbe {
 impl Probe for TcpProbe {
     async fn check(&self, target: &Target) -> Result<ProbeVerdict> {
         let (host, port) = endpoint(target, self.port)?;
-        Ok(match tokio::time::timeout(self.timeout, TcpStream::connect((host.as_str(), port))).await {
-            Ok(Ok(_)) => ProbeVerdict::Pass,
-            Ok(Err(e)) => ProbeVerdict::Fail(format!("connect to {host}:{port}: {e}")),
-            Err(_) => ProbeVerdict::Fail(format!("connect to {host}:{port} timed out after {:?}", self.timeout)),
-        })
+        Ok(
+            match tokio::time::timeout(self.timeout, TcpStream::connect((host.as_str(), port)))
+                .await
+            {
+                Ok(Ok(_)) => ProbeVerdict::Pass,
+                Ok(Err(e)) => ProbeVerdict::Fail(format!("connect to {host}:{port}: {e}")),
+                Err(_) => ProbeVerdict::Fail(format!(
+                    "connect to {host}:{port} timed out after {:?}",
+                    self.timeout
+                )),
+            },
+        )
     }
 }
 
@@ -101,10 +117,16 @@ impl HttpProbe {
         if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::invalid_config(
                 "probe.path",
-                format!("{path:?} must start with '/' and hold no whitespace or control characters"),
+                format!(
+                    "{path:?} must start with '/' and hold no whitespace or control characters"
+                ),
             ));
         }
-        Ok(Self { path, port: None, timeout: Duration::from_secs(2) })
+        Ok(Self {
+            path,
+            port: None,
+            timeout: Duration::from_secs(2),
+        })
     }
     /// Probes this port instead of the target's.
     pub fn with_port(mut self, port: u16) -> Self {
@@ -117,7 +139,11 @@ impl HttpProbe {
         self
     }
 
-    async fn get(&self, host: &str, port: u16) -> std::io::Result<std::result::Result<u16, String>> {
+    async fn get(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> std::io::Result<std::result::Result<u16, String>> {
         let mut stream = TcpStream::connect((host, port)).await?;
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: hygiene-probe\r\nConnection: close\r\n\r\n",
@@ -153,13 +179,19 @@ impl Probe for HttpProbe {
     async fn check(&self, target: &Target) -> Result<ProbeVerdict> {
         let (host, port) = endpoint(target, self.port)?;
         let url = format!("http://{host}:{port}{}", self.path);
-        Ok(match tokio::time::timeout(self.timeout, self.get(&host, port)).await {
-            Err(_) => ProbeVerdict::Fail(format!("GET {url} timed out after {:?}", self.timeout)),
-            Ok(Err(e)) => ProbeVerdict::Fail(format!("GET {url}: {e}")),
-            Ok(Ok(Err(why))) => ProbeVerdict::Fail(format!("GET {url}: {why}")),
-            Ok(Ok(Ok(code))) if (200..300).contains(&code) => ProbeVerdict::Pass,
-            Ok(Ok(Ok(code))) => ProbeVerdict::Fail(format!("GET {url} answered {code}, expected 2xx")),
-        })
+        Ok(
+            match tokio::time::timeout(self.timeout, self.get(&host, port)).await {
+                Err(_) => {
+                    ProbeVerdict::Fail(format!("GET {url} timed out after {:?}", self.timeout))
+                }
+                Ok(Err(e)) => ProbeVerdict::Fail(format!("GET {url}: {e}")),
+                Ok(Ok(Err(why))) => ProbeVerdict::Fail(format!("GET {url}: {why}")),
+                Ok(Ok(Ok(code))) if (200..300).contains(&code) => ProbeVerdict::Pass,
+                Ok(Ok(Ok(code))) => {
+                    ProbeVerdict::Fail(format!("GET {url} answered {code}, expected 2xx"))
+                }
+            },
+        )
     }
 }
 
@@ -183,36 +215,53 @@ mod tests {
     }
 
     fn target(port: u16) -> Target {
-        Target::new(TargetId::new("t").expect("id")).with_address("127.0.0.1").with_port(port)
+        Target::new(TargetId::new("t").expect("id"))
+            .with_address("127.0.0.1")
+            .with_port(port)
     }
 
     #[tokio::test]
     async fn http_probe_passes_on_2xx_and_fails_otherwise() {
         let probe = HttpProbe::new("/health").expect("probe");
         let ok = serve_once("HTTP/1.1 204 No Content\r\n\r\n").await;
-        assert_eq!(probe.check(&target(ok)).await.expect("check"), ProbeVerdict::Pass);
+        assert_eq!(
+            probe.check(&target(ok)).await.expect("check"),
+            ProbeVerdict::Pass
+        );
         let bad = serve_once("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n").await;
         match probe.check(&target(bad)).await.expect("check") {
             ProbeVerdict::Fail(why) => assert!(why.contains("503"), "{why}"),
             ProbeVerdict::Pass => panic!("503 must fail"),
         }
         let garbage = serve_once("SSH-2.0-OpenSSH\r\n").await;
-        assert!(matches!(probe.check(&target(garbage)).await.expect("check"), ProbeVerdict::Fail(_)));
+        assert!(matches!(
+            probe.check(&target(garbage)).await.expect("check"),
+            ProbeVerdict::Fail(_)
+        ));
     }
 
     #[tokio::test]
     async fn tcp_probe_fails_on_closed_port() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        assert_eq!(TcpProbe::new().check(&target(port)).await.expect("check"), ProbeVerdict::Pass);
+        assert_eq!(
+            TcpProbe::new().check(&target(port)).await.expect("check"),
+            ProbeVerdict::Pass
+        );
         drop(listener);
-        assert!(matches!(TcpProbe::new().check(&target(port)).await.expect("check"), ProbeVerdict::Fail(_)));
+        assert!(matches!(
+            TcpProbe::new().check(&target(port)).await.expect("check"),
+            ProbeVerdict::Fail(_)
+        ));
     }
 
     #[tokio::test]
     async fn probe_without_address_is_a_config_error() {
         let t = Target::new(TargetId::new("t").expect("id"));
-        assert!(matches!(TcpProbe::new().check(&t).await, Err(Error::InvalidConfig { .. })));
+        assert!(matches!(
+            TcpProbe::new().check(&t).await,
+            Err(Error::InvalidConfig { .. })
+        ));
         assert!(HttpProbe::new("health").is_err());
         assert!(HttpProbe::new("/a b").is_err());
     }

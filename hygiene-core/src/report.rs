@@ -37,7 +37,9 @@ mod opt_duration_ms {
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
@@ -157,7 +159,9 @@ impl Report {
 
     /// Failed targets.
     pub fn failed(&self) -> impl Iterator<Item = &TargetReport> {
-        self.targets.iter().filter(|t| matches!(t.result, TargetResult::Failed { .. }))
+        self.targets
+            .iter()
+            .filter(|t| matches!(t.result, TargetResult::Failed { .. }))
     }
 
     /// Completed with no failure.
@@ -167,7 +171,8 @@ impl Report {
 
     /// The report as pretty JSON.
     pub fn to_json_pretty(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"report serialization: {e}\"}}"))
+        serde_json::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("{{\"error\":\"report serialization: {e}\"}}"))
     }
 }
 

@@ -83,7 +83,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bounded_in_attempts_and_time() {
         let calls = AtomicUsize::new(0);
-        let policy = RetryPolicy { max_retries: 3, min_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50), max_total: Duration::from_secs(10) };
+        let policy = RetryPolicy {
+            max_retries: 3,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            max_total: Duration::from_secs(10),
+        };
         let start = tokio::time::Instant::now();
         let r: Result<()> = with_retries(
             &policy,

@@ -70,7 +70,9 @@ impl ScriptedExecutor {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Scripts one target.
@@ -79,7 +81,11 @@ impl ScriptedExecutor {
     }
 
     /// Every target takes `duration` unless scripted otherwise.
-    pub fn set_duration_all<'a>(&self, ids: impl IntoIterator<Item = &'a TargetId>, duration: Duration) {
+    pub fn set_duration_all<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a TargetId>,
+        duration: Duration,
+    ) {
         let mut s = self.lock();
         for id in ids {
             s.scripts.entry(id.clone()).or_default().duration = duration;
@@ -113,10 +119,12 @@ impl Executor for ScriptedExecutor {
         s.preflights += 1;
         Ok(targets
             .iter()
-            .map(|t| match s.scripts.get(&t.id).and_then(|sc| sc.not_ready.clone()) {
-                Some(why) => Preflight::NotReady(why),
-                None => Preflight::Ready,
-            })
+            .map(
+                |t| match s.scripts.get(&t.id).and_then(|sc| sc.not_ready.clone()) {
+                    Some(why) => Preflight::NotReady(why),
+                    None => Preflight::Ready,
+                },
+            )
             .collect())
     }
 
@@ -126,11 +134,16 @@ impl Executor for ScriptedExecutor {
             if let Some(e) = s.faults.pop_front() {
                 return Err(e);
             }
-            targets.iter().map(|t| s.scripts.get(&t.id).cloned().unwrap_or_default()).collect()
+            targets
+                .iter()
+                .map(|t| s.scripts.get(&t.id).cloned().unwrap_or_default())
+                .collect()
         };
         let started = Instant::now();
-        let statuses: Vec<Option<TargetStatus>> =
-            targets.iter().map(|t| self.observed.as_ref().and_then(|lb| lb.status_of(&t.id))).collect();
+        let statuses: Vec<Option<TargetStatus>> = targets
+            .iter()
+            .map(|t| self.observed.as_ref().and_then(|lb| lb.status_of(&t.id)))
+            .collect();
         // All targets of a batch run at once; each ends after its own time.
         let mut order: Vec<usize> = (0..targets.len()).collect();
         order.sort_by_key(|&i| scripts[i].duration);

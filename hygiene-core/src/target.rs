@@ -42,7 +42,9 @@ impl TargetId {
         if let Some(c) = id.chars().find(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::invalid_name(
                 id.clone(),
-                format!("a target id must not contain whitespace or control characters (found {c:?})"),
+                format!(
+                    "a target id must not contain whitespace or control characters (found {c:?})"
+                ),
             ));
         }
         Ok(Self(id))
@@ -102,7 +104,14 @@ pub struct Target {
 impl Target {
     /// A target with only an id.
     pub fn new(id: TargetId) -> Self {
-        Self { id, address: None, port: None, instance_id: None, zone: None, meta: BTreeMap::new() }
+        Self {
+            id,
+            address: None,
+            port: None,
+            instance_id: None,
+            zone: None,
+            meta: BTreeMap::new(),
+        }
     }
 
     /// Sets the address.
@@ -175,7 +184,11 @@ pub struct TargetStatus {
 impl TargetStatus {
     /// A status.
     pub fn new(state: TargetState, health: Health, connections: Option<u64>) -> Self {
-        Self { state, health, connections }
+        Self {
+            state,
+            health,
+            connections,
+        }
     }
 
     /// Drained: out of service, or draining with no connection left.
@@ -203,7 +216,9 @@ impl TargetStatus {
     /// false) being in service is enough: there is no check to wait for, and
     /// a [`Probe`](crate::Probe) is the way to verify such targets.
     pub fn is_serving_healthy_with(&self, caps: &Capabilities) -> bool {
-        self.state == TargetState::InService && (self.health == Health::Healthy || (!caps.health_checks && self.health == Health::Unknown))
+        self.state == TargetState::InService
+            && (self.health == Health::Healthy
+                || (!caps.health_checks && self.health == Health::Unknown))
     }
 }
 
@@ -230,7 +245,12 @@ impl Capabilities {
         hard_disable: bool,
         health_checks: bool,
     ) -> Self {
-        Self { counts_connections, graceful_drain, hard_disable, health_checks }
+        Self {
+            counts_connections,
+            graceful_drain,
+            hard_disable,
+            health_checks,
+        }
     }
 }
 
@@ -244,7 +264,13 @@ mod tests {
         assert!(TargetId::new("web/s1\nshutdown").is_err());
         assert!(TargetId::new("web s1").is_err());
         assert!(TargetId::new("x".repeat(MAX_TARGET_ID_LEN + 1)).is_err());
-        assert_eq!(TargetId::new("web/s1").map(|t| t.to_string()).ok().as_deref(), Some("web/s1"));
+        assert_eq!(
+            TargetId::new("web/s1")
+                .map(|t| t.to_string())
+                .ok()
+                .as_deref(),
+            Some("web/s1")
+        );
     }
 
     #[test]

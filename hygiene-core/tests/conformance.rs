@@ -39,7 +39,10 @@ async fn the_suite_catches_a_dishonest_balancer() {
         async fn list(&self) -> hygiene_core::Result<Vec<hygiene_core::ListedTarget>> {
             self.0.list().await
         }
-        async fn status(&self, ids: &[TargetId]) -> hygiene_core::Result<Vec<hygiene_core::TargetStatus>> {
+        async fn status(
+            &self,
+            ids: &[TargetId],
+        ) -> hygiene_core::Result<Vec<hygiene_core::TargetStatus>> {
             self.0.status(ids).await
         }
         async fn drain(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {

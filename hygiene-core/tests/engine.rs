@@ -7,22 +7,34 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::{ids_of, mutations, pool};
 use hygiene_core::{
-    Amount, DrainProfile, Error, Event, Health, HealthScript, OnDrainTimeout, OnFailure, Operation, Outcome, Probe,
-    ProbeVerdict, Rollout, RolloutConfig, Script, ScriptedExecutor, Selection, Stage, Target, TargetId, TargetResult,
-    TargetState,
+    Amount, DrainProfile, Error, Event, Health, HealthScript, OnDrainTimeout, OnFailure, Operation,
+    Outcome, Probe, ProbeVerdict, Rollout, RolloutConfig, Script, ScriptedExecutor, Selection,
+    Stage, Target, TargetId, TargetResult, TargetState,
 };
 use tokio_util::sync::CancellationToken;
 
 fn base() -> hygiene_core::RolloutConfigBuilder {
-    RolloutConfig::builder().poll_interval(Duration::from_millis(100)).health_timeout(Duration::from_secs(30))
+    RolloutConfig::builder()
+        .poll_interval(Duration::from_millis(100))
+        .health_timeout(Duration::from_secs(30))
 }
 
 fn fail(exec: &ScriptedExecutor, id: &TargetId) {
-    exec.script(id, Script { fail: Some("patch failed: exit 1".into()), ..Script::default() });
+    exec.script(
+        id,
+        Script {
+            fail: Some("patch failed: exit 1".into()),
+            ..Script::default()
+        },
+    );
 }
 
 fn result<'a>(r: &'a hygiene_core::Report, id: &TargetId) -> &'a TargetResult {
-    &r.targets.iter().find(|t| &t.id == id).expect("target in report").result
+    &r.targets
+        .iter()
+        .find(|t| &t.id == id)
+        .expect("target in report")
+        .result
 }
 
 #[tokio::test(start_paused = true)]
@@ -30,15 +42,30 @@ async fn completes_every_target_in_batches() {
     let (lb, ids) = pool(5);
     let exec = ScriptedExecutor::new().observe(&lb);
     let cfg = base().batch_size(Amount::Count(2)).build().expect("config");
-    let r = Rollout::new(lb.clone(), exec.clone(), cfg).run().await.expect("run");
+    let r = Rollout::new(lb.clone(), exec.clone(), cfg)
+        .run()
+        .await
+        .expect("run");
     assert_eq!(r.outcome, Outcome::Completed);
     assert!(r.is_success());
     assert_eq!(r.batches, 3);
     assert_eq!(exec.records().len(), 5);
-    assert!(lb.snapshot().iter().all(|(_, s)| s.state == TargetState::InService));
+    assert!(lb
+        .snapshot()
+        .iter()
+        .all(|(_, s)| s.state == TargetState::InService));
     assert_eq!(ids_of(&lb, Operation::Drain).len(), 5);
-    assert_eq!(r.targets.iter().filter(|t| t.result == TargetResult::Done).count(), ids.len());
-    assert!(r.balancer_calls as usize >= lb.call_count() && r.balancer_calls as usize == lb.call_count());
+    assert_eq!(
+        r.targets
+            .iter()
+            .filter(|t| t.result == TargetResult::Done)
+            .count(),
+        ids.len()
+    );
+    assert!(
+        r.balancer_calls as usize >= lb.call_count()
+            && r.balancer_calls as usize == lb.call_count()
+    );
     let json = serde_json::to_string(&r).expect("json");
     let back: hygiene_core::Report = serde_json::from_str(&json).expect("parse");
     assert_eq!(back, r);
@@ -49,11 +76,23 @@ async fn max_failures_zero_aborts_on_first_failure_and_keeps_it_out() {
     let (lb, ids) = pool(6);
     let exec = ScriptedExecutor::new();
     fail(&exec, &ids[1]);
-    let r = Rollout::new(lb.clone(), exec, base().build().expect("config")).run().await.expect("run");
-    assert!(matches!(&r.outcome, Outcome::Aborted { reason } if reason.contains("1 target(s) failed")), "{:?}", r.outcome);
+    let r = Rollout::new(lb.clone(), exec, base().build().expect("config"))
+        .run()
+        .await
+        .expect("run");
+    assert!(
+        matches!(&r.outcome, Outcome::Aborted { reason } if reason.contains("1 target(s) failed")),
+        "{:?}",
+        r.outcome
+    );
     assert_eq!(result(&r, &ids[0]), &TargetResult::Done);
     match result(&r, &ids[1]) {
-        TargetResult::Failed { phase: Stage::Executing, kept_out: true, restore_hint: Some(hint), reason } => {
+        TargetResult::Failed {
+            phase: Stage::Executing,
+            kept_out: true,
+            restore_hint: Some(hint),
+            reason,
+        } => {
             assert!(hint.contains(ids[1].as_str()));
             assert!(reason.contains("patch failed"));
         }
@@ -62,9 +101,15 @@ async fn max_failures_zero_aborts_on_first_failure_and_keeps_it_out() {
     for id in &ids[2..] {
         assert_eq!(result(&r, id), &TargetResult::NotStarted);
     }
-    assert_eq!(lb.status_of(&ids[1]).map(|s| s.state), Some(TargetState::Draining));
+    assert_eq!(
+        lb.status_of(&ids[1]).map(|s| s.state),
+        Some(TargetState::Draining)
+    );
     assert_eq!(r.kept_out().count(), 1);
-    assert!(!ids_of(&lb, Operation::Enable).contains(&ids[1]), "a failed target is never enabled with KeepOut");
+    assert!(
+        !ids_of(&lb, Operation::Enable).contains(&ids[1]),
+        "a failed target is never enabled with KeepOut"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -73,11 +118,22 @@ async fn max_failures_one_tolerates_one_then_aborts() {
     let exec = ScriptedExecutor::new();
     fail(&exec, &ids[1]);
     fail(&exec, &ids[3]);
-    let cfg = base().max_failures(Amount::Count(1)).build().expect("config");
+    let cfg = base()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("config");
     let r = Rollout::new(lb, exec, cfg).run().await.expect("run");
     assert!(matches!(r.outcome, Outcome::Aborted { .. }));
-    assert_eq!(result(&r, &ids[2]), &TargetResult::Done, "the first failure is tolerated");
-    assert_eq!(result(&r, &ids[4]), &TargetResult::NotStarted, "the second failure aborts");
+    assert_eq!(
+        result(&r, &ids[2]),
+        &TargetResult::Done,
+        "the first failure is tolerated"
+    );
+    assert_eq!(
+        result(&r, &ids[4]),
+        &TargetResult::NotStarted,
+        "the second failure aborts"
+    );
     assert_eq!(r.failed().count(), 2);
 }
 
@@ -87,14 +143,23 @@ async fn max_failures_percent_rounds_down() {
     let (lb, ids) = pool(10);
     let exec = ScriptedExecutor::new();
     fail(&exec, &ids[0]);
-    let cfg = base().max_failures(Amount::Percent(15)).build().expect("config");
-    let r = Rollout::new(lb.clone(), exec.clone(), cfg.clone()).run().await.expect("run");
+    let cfg = base()
+        .max_failures(Amount::Percent(15))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), exec.clone(), cfg.clone())
+        .run()
+        .await
+        .expect("run");
     assert_eq!(r.outcome, Outcome::Completed);
     // 9% of 10 = 0.9 → 0: the first failure aborts.
     let (lb, ids) = pool(10);
     let exec = ScriptedExecutor::new();
     fail(&exec, &ids[0]);
-    let cfg = base().max_failures(Amount::Percent(9)).build().expect("config");
+    let cfg = base()
+        .max_failures(Amount::Percent(9))
+        .build()
+        .expect("config");
     let r = Rollout::new(lb, exec, cfg).run().await.expect("run");
     assert!(matches!(r.outcome, Outcome::Aborted { .. }));
 }
@@ -102,7 +167,11 @@ async fn max_failures_percent_rounds_down() {
 #[tokio::test(start_paused = true)]
 async fn canary_first_batch_is_one_target() {
     let (lb, _) = pool(7);
-    let cfg = base().batch_size(Amount::Count(3)).canary(true).build().expect("config");
+    let cfg = base()
+        .batch_size(Amount::Count(3))
+        .canary(true)
+        .build()
+        .expect("config");
     let mut rollout = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg);
     let mut events = rollout.subscribe();
     let r = rollout.run().await.expect("run");
@@ -114,33 +183,71 @@ async fn canary_first_batch_is_one_target() {
         }
     }
     assert_eq!(sizes, vec![1, 3, 3]);
-    let drains: Vec<usize> = lb.calls().iter().filter(|c| c.op == Operation::Drain).map(|c| c.ids.len()).collect();
+    let drains: Vec<usize> = lb
+        .calls()
+        .iter()
+        .filter(|c| c.op == Operation::Drain)
+        .map(|c| c.ids.len())
+        .collect();
     assert_eq!(drains, vec![1, 3, 3]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn skipped_targets_are_never_enabled() {
     let (lb, ids) = pool(4);
-    lb.set_status(&ids[2], TargetState::OutOfService, Health::Unknown).expect("set");
-    lb.set_status(&ids[3], TargetState::Draining, Health::Healthy).expect("set");
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), base().build().expect("config")).run().await.expect("run");
+    lb.set_status(&ids[2], TargetState::OutOfService, Health::Unknown)
+        .expect("set");
+    lb.set_status(&ids[3], TargetState::Draining, Health::Healthy)
+        .expect("set");
+    let r = Rollout::new(
+        lb.clone(),
+        ScriptedExecutor::new(),
+        base().build().expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
     assert_eq!(r.outcome, Outcome::Completed);
     assert!(matches!(result(&r, &ids[2]), TargetResult::Skipped { .. }));
     assert!(matches!(result(&r, &ids[3]), TargetResult::Skipped { .. }));
-    let touched: Vec<TargetId> = lb.calls().into_iter().filter(|c| c.op != Operation::Status && c.op != Operation::List).flat_map(|c| c.ids).collect();
-    assert!(!touched.contains(&ids[2]) && !touched.contains(&ids[3]), "{touched:?}");
-    assert_eq!(lb.status_of(&ids[2]).map(|s| s.state), Some(TargetState::OutOfService));
+    let touched: Vec<TargetId> = lb
+        .calls()
+        .into_iter()
+        .filter(|c| c.op != Operation::Status && c.op != Operation::List)
+        .flat_map(|c| c.ids)
+        .collect();
+    assert!(
+        !touched.contains(&ids[2]) && !touched.contains(&ids[3]),
+        "{touched:?}"
+    );
+    assert_eq!(
+        lb.status_of(&ids[2]).map(|s| s.state),
+        Some(TargetState::OutOfService)
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn drain_waits_for_connections_and_detects_within_one_poll() {
     let (lb, ids) = pool(1);
-    lb.set_drain_profile(&ids[0], DrainProfile { initial: 4, duration: Duration::from_millis(2050) }).expect("set");
+    lb.set_drain_profile(
+        &ids[0],
+        DrainProfile {
+            initial: 4,
+            duration: Duration::from_millis(2050),
+        },
+    )
+    .expect("set");
     let exec = ScriptedExecutor::new().observe(&lb);
-    let r = Rollout::new(lb.clone(), exec.clone(), base().build().expect("config")).run().await.expect("run");
+    let r = Rollout::new(lb.clone(), exec.clone(), base().build().expect("config"))
+        .run()
+        .await
+        .expect("run");
     assert!(r.is_success());
     let drain = r.targets[0].timings.drain.expect("drain timing");
-    assert!(drain >= Duration::from_millis(2050) && drain <= Duration::from_millis(2150), "{drain:?}");
+    assert!(
+        drain >= Duration::from_millis(2050) && drain <= Duration::from_millis(2150),
+        "{drain:?}"
+    );
     let rec = &exec.records()[0];
     assert!(rec.status_at_start.expect("observed").is_drained());
 }
@@ -148,29 +255,68 @@ async fn drain_waits_for_connections_and_detects_within_one_poll() {
 #[tokio::test(start_paused = true)]
 async fn drain_timeout_with_proceed_executes_anyway() {
     let (lb, ids) = pool(2);
-    lb.set_drain_profile(&ids[0], DrainProfile { initial: 3, duration: Duration::from_secs(3600) }).expect("set");
+    lb.set_drain_profile(
+        &ids[0],
+        DrainProfile {
+            initial: 3,
+            duration: Duration::from_secs(3600),
+        },
+    )
+    .expect("set");
     let exec = ScriptedExecutor::new();
-    let cfg = base().drain_timeout(Duration::from_secs(10)).on_drain_timeout(OnDrainTimeout::Proceed).build().expect("config");
-    let r = Rollout::new(lb.clone(), exec.clone(), cfg).run().await.expect("run");
+    let cfg = base()
+        .drain_timeout(Duration::from_secs(10))
+        .on_drain_timeout(OnDrainTimeout::Proceed)
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), exec.clone(), cfg)
+        .run()
+        .await
+        .expect("run");
     assert!(r.is_success(), "{r:?}");
     assert_eq!(exec.records().len(), 2);
     let d = r.targets[0].timings.drain.expect("drain");
-    assert!(d >= Duration::from_secs(10) && d < Duration::from_secs(11), "{d:?}");
+    assert!(
+        d >= Duration::from_secs(10) && d < Duration::from_secs(11),
+        "{d:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn drain_timeout_with_fail_keeps_out_without_executing() {
     let (lb, ids) = pool(2);
-    lb.set_drain_profile(&ids[0], DrainProfile { initial: 3, duration: Duration::from_secs(3600) }).expect("set");
+    lb.set_drain_profile(
+        &ids[0],
+        DrainProfile {
+            initial: 3,
+            duration: Duration::from_secs(3600),
+        },
+    )
+    .expect("set");
     let exec = ScriptedExecutor::new();
-    let cfg = base().drain_timeout(Duration::from_secs(10)).on_drain_timeout(OnDrainTimeout::Fail).build().expect("config");
-    let r = Rollout::new(lb.clone(), exec.clone(), cfg).run().await.expect("run");
+    let cfg = base()
+        .drain_timeout(Duration::from_secs(10))
+        .on_drain_timeout(OnDrainTimeout::Fail)
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), exec.clone(), cfg)
+        .run()
+        .await
+        .expect("run");
     assert!(matches!(r.outcome, Outcome::Aborted { .. }));
     match result(&r, &ids[0]) {
-        TargetResult::Failed { phase: Stage::Draining, kept_out: true, reason, .. } => assert!(reason.contains("connection"), "{reason}"),
+        TargetResult::Failed {
+            phase: Stage::Draining,
+            kept_out: true,
+            reason,
+            ..
+        } => assert!(reason.contains("connection"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    assert!(exec.records().is_empty(), "nothing runs on a target that did not drain");
+    assert!(
+        exec.records().is_empty(),
+        "nothing runs on a target that did not drain"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -178,25 +324,62 @@ async fn restore_policy_puts_failed_targets_back() {
     let (lb, ids) = pool(3);
     let exec = ScriptedExecutor::new();
     fail(&exec, &ids[0]);
-    let cfg = base().on_failure(OnFailure::Restore).max_failures(Amount::Count(5)).build().expect("config");
-    let r = Rollout::new(lb.clone(), exec, cfg).run().await.expect("run");
+    let cfg = base()
+        .on_failure(OnFailure::Restore)
+        .max_failures(Amount::Count(5))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), exec, cfg)
+        .run()
+        .await
+        .expect("run");
     assert_eq!(r.outcome, Outcome::Completed);
-    assert!(matches!(result(&r, &ids[0]), TargetResult::Failed { kept_out: false, .. }));
-    assert!(lb.snapshot().iter().all(|(_, s)| s.state == TargetState::InService));
+    assert!(matches!(
+        result(&r, &ids[0]),
+        TargetResult::Failed {
+            kept_out: false,
+            ..
+        }
+    ));
+    assert!(lb
+        .snapshot()
+        .iter()
+        .all(|(_, s)| s.state == TargetState::InService));
 }
 
 #[tokio::test(start_paused = true)]
 async fn unhealthy_after_enable_is_taken_out_again() {
     let (lb, ids) = pool(3);
-    lb.set_health_after_enable(&ids[0], HealthScript { delay: Duration::from_secs(1), health: Health::Unhealthy }).expect("set");
-    let cfg = base().health_timeout(Duration::from_secs(5)).build().expect("config");
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg).run().await.expect("run");
+    lb.set_health_after_enable(
+        &ids[0],
+        HealthScript {
+            delay: Duration::from_secs(1),
+            health: Health::Unhealthy,
+        },
+    )
+    .expect("set");
+    let cfg = base()
+        .health_timeout(Duration::from_secs(5))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect("run");
     assert!(matches!(r.outcome, Outcome::Aborted { .. }));
     match result(&r, &ids[0]) {
-        TargetResult::Failed { phase: Stage::Enabling, kept_out: true, reason, .. } => assert!(reason.contains("Unhealthy"), "{reason}"),
+        TargetResult::Failed {
+            phase: Stage::Enabling,
+            kept_out: true,
+            reason,
+            ..
+        } => assert!(reason.contains("Unhealthy"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(lb.status_of(&ids[0]).map(|s| s.state), Some(TargetState::OutOfService));
+    assert_eq!(
+        lb.status_of(&ids[0]).map(|s| s.state),
+        Some(TargetState::OutOfService)
+    );
     assert_eq!(ids_of(&lb, Operation::Disable), vec![ids[0].clone()]);
 }
 
@@ -204,8 +387,22 @@ async fn unhealthy_after_enable_is_taken_out_again() {
 async fn health_is_only_counted_after_the_enable() {
     // Health Unknown for 3 s after the enable: the engine must wait.
     let (lb, ids) = pool(1);
-    lb.set_health_after_enable(&ids[0], HealthScript { delay: Duration::from_secs(3), health: Health::Healthy }).expect("set");
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), base().build().expect("config")).run().await.expect("run");
+    lb.set_health_after_enable(
+        &ids[0],
+        HealthScript {
+            delay: Duration::from_secs(3),
+            health: Health::Healthy,
+        },
+    )
+    .expect("set");
+    let r = Rollout::new(
+        lb.clone(),
+        ScriptedExecutor::new(),
+        base().build().expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
     assert!(r.is_success());
     let h = r.targets[0].timings.health.expect("health timing");
     assert!(h >= Duration::from_secs(3), "{h:?}");
@@ -217,17 +414,34 @@ struct FailingProbe(TargetId);
 #[async_trait]
 impl Probe for FailingProbe {
     async fn check(&self, target: &Target) -> hygiene_core::Result<ProbeVerdict> {
-        Ok(if target.id == self.0 { ProbeVerdict::Fail("connection refused".into()) } else { ProbeVerdict::Pass })
+        Ok(if target.id == self.0 {
+            ProbeVerdict::Fail("connection refused".into())
+        } else {
+            ProbeVerdict::Pass
+        })
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_probe_keeps_a_target_from_counting_healthy() {
     let (lb, ids) = pool(2);
-    let cfg = base().health_timeout(Duration::from_secs(3)).max_failures(Amount::Count(1)).build().expect("config");
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg).with_probe(FailingProbe(ids[0].clone())).run().await.expect("run");
+    let cfg = base()
+        .health_timeout(Duration::from_secs(3))
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .with_probe(FailingProbe(ids[0].clone()))
+        .run()
+        .await
+        .expect("run");
     match result(&r, &ids[0]) {
-        TargetResult::Failed { phase: Stage::Enabling, reason, kept_out: true, .. } => assert!(reason.contains("probe"), "{reason}"),
+        TargetResult::Failed {
+            phase: Stage::Enabling,
+            reason,
+            kept_out: true,
+            ..
+        } => assert!(reason.contains("probe"), "{reason}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(result(&r, &ids[1]), &TargetResult::Done);
@@ -236,11 +450,28 @@ async fn a_failing_probe_keeps_a_target_from_counting_healthy() {
 #[tokio::test(start_paused = true)]
 async fn retryable_balancer_error_is_retried() {
     let (lb, _) = pool(2);
-    lb.fail_next(Operation::Drain, Error::unavailable("lb", "connection refused"));
-    lb.fail_next(Operation::Drain, Error::unavailable("lb", "connection refused"));
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), base().build().expect("config")).run().await.expect("run");
+    lb.fail_next(
+        Operation::Drain,
+        Error::unavailable("lb", "connection refused"),
+    );
+    lb.fail_next(
+        Operation::Drain,
+        Error::unavailable("lb", "connection refused"),
+    );
+    let r = Rollout::new(
+        lb.clone(),
+        ScriptedExecutor::new(),
+        base().build().expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
     assert!(r.is_success());
-    let failed_drains = lb.calls().iter().filter(|c| c.op == Operation::Drain && !c.ok).count();
+    let failed_drains = lb
+        .calls()
+        .iter()
+        .filter(|c| c.op == Operation::Drain && !c.ok)
+        .count();
     assert_eq!(failed_drains, 2);
     assert_eq!(r.balancer_calls as usize, lb.call_count());
 }
@@ -250,57 +481,140 @@ async fn non_retryable_balancer_error_aborts_and_restores() {
     let (lb, ids) = pool(2);
     lb.fail_next(Operation::Status, Error::rejected("lb", "bad request"));
     // The status before the batch fails: nothing has been touched.
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), base().build().expect("config")).run().await.expect("run");
+    let r = Rollout::new(
+        lb.clone(),
+        ScriptedExecutor::new(),
+        base().build().expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
     assert!(matches!(&r.outcome, Outcome::Aborted { reason } if reason.contains("bad request")));
-    assert_eq!(lb.calls().iter().filter(|c| c.op == Operation::Status).count(), 1, "no retry of a non-retryable error");
+    assert_eq!(
+        lb.calls()
+            .iter()
+            .filter(|c| c.op == Operation::Status)
+            .count(),
+        1,
+        "no retry of a non-retryable error"
+    );
     assert_eq!(mutations(&lb), 0);
 
     // A drain that fails for good: the targets are put back, the run aborts.
     lb.fail_next(Operation::Drain, Error::rejected("lb", "no"));
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), base().build().expect("config")).run().await.expect("run");
+    let r = Rollout::new(
+        lb.clone(),
+        ScriptedExecutor::new(),
+        base().build().expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
     assert!(matches!(r.outcome, Outcome::Aborted { .. }));
-    assert!(matches!(result(&r, &ids[0]), TargetResult::Failed { phase: Stage::Draining, kept_out: false, .. }));
-    assert!(lb.snapshot().iter().all(|(_, s)| s.state == TargetState::InService));
+    assert!(matches!(
+        result(&r, &ids[0]),
+        TargetResult::Failed {
+            phase: Stage::Draining,
+            kept_out: false,
+            ..
+        }
+    ));
+    assert!(lb
+        .snapshot()
+        .iter()
+        .all(|(_, s)| s.state == TargetState::InService));
 }
 
 #[tokio::test(start_paused = true)]
 async fn status_failure_while_draining_puts_targets_back() {
     let (lb, ids) = pool(2);
-    lb.set_drain_profile(&ids[0], DrainProfile { initial: 2, duration: Duration::from_secs(2) }).expect("set");
+    lb.set_drain_profile(
+        &ids[0],
+        DrainProfile {
+            initial: 2,
+            duration: Duration::from_secs(2),
+        },
+    )
+    .expect("set");
     let exec = ScriptedExecutor::new();
     let cfg = base().build().expect("config");
     // First status (before the batch) passes, the one after the drain fails.
     let lb2 = lb.clone();
     let failer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        lb2.fail_next(Operation::Status, Error::PermissionDenied { location: "lb".into(), message: "revoked".into(), source: None });
+        lb2.fail_next(
+            Operation::Status,
+            Error::PermissionDenied {
+                location: "lb".into(),
+                message: "revoked".into(),
+                source: None,
+            },
+        );
     });
-    let r = Rollout::new(lb.clone(), exec.clone(), cfg).run().await.expect("run");
+    let r = Rollout::new(lb.clone(), exec.clone(), cfg)
+        .run()
+        .await
+        .expect("run");
     failer.await.expect("join");
     assert!(matches!(r.outcome, Outcome::Aborted { .. }), "{r:#?}");
     assert!(exec.records().is_empty());
-    assert_eq!(lb.status_of(&ids[0]).map(|s| s.state), Some(TargetState::InService), "never lose a target");
+    assert_eq!(
+        lb.status_of(&ids[0]).map(|s| s.state),
+        Some(TargetState::InService),
+        "never lose a target"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn executor_error_fails_the_batch() {
     let (lb, ids) = pool(2);
     let exec = ScriptedExecutor::new();
-    exec.fail_next(Error::Executor { executor: "ssm".into(), message: "AccessDenied".into(), source: None });
-    let r = Rollout::new(lb.clone(), exec, base().build().expect("config")).run().await.expect("run");
+    exec.fail_next(Error::Executor {
+        executor: "ssm".into(),
+        message: "AccessDenied".into(),
+        source: None,
+    });
+    let r = Rollout::new(lb.clone(), exec, base().build().expect("config"))
+        .run()
+        .await
+        .expect("run");
     assert!(matches!(r.outcome, Outcome::Aborted { .. }));
-    assert!(matches!(result(&r, &ids[0]), TargetResult::Failed { phase: Stage::Executing, kept_out: true, .. }));
+    assert!(matches!(
+        result(&r, &ids[0]),
+        TargetResult::Failed {
+            phase: Stage::Executing,
+            kept_out: true,
+            ..
+        }
+    ));
 }
 
 #[tokio::test(start_paused = true)]
 async fn preflight_not_ready_is_never_drained() {
     let (lb, ids) = pool(2);
     let exec = ScriptedExecutor::new();
-    exec.script(&ids[0], Script { not_ready: Some("SSM agent ConnectionLost".into()), ..Script::default() });
-    let cfg = base().max_failures(Amount::Count(1)).build().expect("config");
-    let r = Rollout::new(lb.clone(), exec, cfg).run().await.expect("run");
+    exec.script(
+        &ids[0],
+        Script {
+            not_ready: Some("SSM agent ConnectionLost".into()),
+            ..Script::default()
+        },
+    );
+    let cfg = base()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), exec, cfg)
+        .run()
+        .await
+        .expect("run");
     match result(&r, &ids[0]) {
-        TargetResult::Failed { phase: Stage::Preflight, kept_out: false, reason, .. } => assert!(reason.contains("ConnectionLost")),
+        TargetResult::Failed {
+            phase: Stage::Preflight,
+            kept_out: false,
+            reason,
+            ..
+        } => assert!(reason.contains("ConnectionLost")),
         other => panic!("{other:?}"),
     }
     assert!(!ids_of(&lb, Operation::Drain).contains(&ids[0]));
@@ -310,51 +624,115 @@ async fn preflight_not_ready_is_never_drained() {
 #[tokio::test(start_paused = true)]
 async fn unknown_selected_target_fails_before_any_change() {
     let (lb, ids) = pool(2);
-    let cfg = base().selection(Selection::Named(vec![ids[0].clone(), TargetId::new("nope").expect("id")])).build().expect("config");
-    let e = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg).run().await.expect_err("unknown target");
-    assert!(matches!(&e, Error::NotFound { name, .. } if name == "nope"), "{e:?}");
+    let cfg = base()
+        .selection(Selection::Named(vec![
+            ids[0].clone(),
+            TargetId::new("nope").expect("id"),
+        ]))
+        .build()
+        .expect("config");
+    let e = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect_err("unknown target");
+    assert!(
+        matches!(&e, Error::NotFound { name, .. } if name == "nope"),
+        "{e:?}"
+    );
     assert_eq!(mutations(&lb), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn named_selection_only_touches_named_targets_in_order() {
     let (lb, ids) = pool(4);
-    let cfg = base().selection(Selection::Named(vec![ids[3].clone(), ids[1].clone()])).build().expect("config");
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg).run().await.expect("run");
+    let cfg = base()
+        .selection(Selection::Named(vec![ids[3].clone(), ids[1].clone()]))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect("run");
     assert!(r.is_success());
-    assert_eq!(ids_of(&lb, Operation::Drain), vec![ids[3].clone(), ids[1].clone()]);
+    assert_eq!(
+        ids_of(&lb, Operation::Drain),
+        vec![ids[3].clone(), ids[1].clone()]
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn min_healthy_that_no_batch_can_meet_is_rejected_before_any_change() {
     let (lb, _) = pool(4);
-    let cfg = base().min_healthy(Amount::Count(4)).build().expect("config");
-    let e = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg).run().await.expect_err("unsatisfiable");
-    assert!(matches!(e, Error::InvalidConfig { field: "min_healthy", .. }), "{e:?}");
+    let cfg = base()
+        .min_healthy(Amount::Count(4))
+        .build()
+        .expect("config");
+    let e = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect_err("unsatisfiable");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "min_healthy",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_eq!(mutations(&lb), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn min_healthy_shrinks_batches() {
     let (lb, _) = pool(6);
-    let cfg = base().batch_size(Amount::Count(4)).min_healthy(Amount::Count(4)).build().expect("config");
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg).run().await.expect("run");
+    let cfg = base()
+        .batch_size(Amount::Count(4))
+        .min_healthy(Amount::Count(4))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect("run");
     assert!(r.is_success());
-    let sizes: Vec<usize> = lb.calls().iter().filter(|c| c.op == Operation::Drain).map(|c| c.ids.len()).collect();
+    let sizes: Vec<usize> = lb
+        .calls()
+        .iter()
+        .filter(|c| c.op == Operation::Drain)
+        .map(|c| c.ids.len())
+        .collect();
     assert_eq!(sizes, vec![2, 2, 2]);
-    assert!(lb.calls().iter().filter(|c| c.op == Operation::Drain).all(|c| c.serving_healthy_after >= 4));
+    assert!(lb
+        .calls()
+        .iter()
+        .filter(|c| c.op == Operation::Drain)
+        .all(|c| c.serving_healthy_after >= 4));
 }
 
 #[tokio::test(start_paused = true)]
 async fn no_capacity_waits_then_aborts() {
     let (lb, ids) = pool(4);
-    lb.set_status(&ids[3], TargetState::InService, Health::Unhealthy).expect("set");
-    lb.set_status(&ids[2], TargetState::InService, Health::Unhealthy).expect("set");
-    let cfg = base().min_healthy(Amount::Count(2)).capacity_timeout(Duration::from_secs(20)).build().expect("config");
+    lb.set_status(&ids[3], TargetState::InService, Health::Unhealthy)
+        .expect("set");
+    lb.set_status(&ids[2], TargetState::InService, Health::Unhealthy)
+        .expect("set");
+    let cfg = base()
+        .min_healthy(Amount::Count(2))
+        .capacity_timeout(Duration::from_secs(20))
+        .build()
+        .expect("config");
     let start = tokio::time::Instant::now();
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg).run().await.expect("run");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect("run");
     match &r.outcome {
-        Outcome::Aborted { reason } => assert!(reason.contains("min_healthy") && reason.contains("capacity"), "{reason}"),
+        Outcome::Aborted { reason } => assert!(
+            reason.contains("min_healthy") && reason.contains("capacity"),
+            "{reason}"
+        ),
         other => panic!("{other:?}"),
     }
     assert!(start.elapsed() >= Duration::from_secs(20));
@@ -366,7 +744,15 @@ async fn cancelled_before_start_touches_nothing() {
     let (lb, ids) = pool(3);
     let token = CancellationToken::new();
     token.cancel();
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), base().build().expect("config")).with_cancellation(token).run().await.expect("run");
+    let r = Rollout::new(
+        lb.clone(),
+        ScriptedExecutor::new(),
+        base().build().expect("config"),
+    )
+    .with_cancellation(token)
+    .run()
+    .await
+    .expect("run");
     assert_eq!(r.outcome, Outcome::Cancelled);
     assert_eq!(result(&r, &ids[0]), &TargetResult::NotStarted);
     assert_eq!(mutations(&lb), 0);
@@ -375,7 +761,14 @@ async fn cancelled_before_start_touches_nothing() {
 #[tokio::test(start_paused = true)]
 async fn cancelled_while_draining_puts_back_at_once() {
     let (lb, ids) = pool(3);
-    lb.set_drain_profile(&ids[0], DrainProfile { initial: 5, duration: Duration::from_secs(60) }).expect("set");
+    lb.set_drain_profile(
+        &ids[0],
+        DrainProfile {
+            initial: 5,
+            duration: Duration::from_secs(60),
+        },
+    )
+    .expect("set");
     let exec = ScriptedExecutor::new();
     let token = CancellationToken::new();
     let t = token.clone();
@@ -384,49 +777,104 @@ async fn cancelled_while_draining_puts_back_at_once() {
         t.cancel();
     });
     let start = tokio::time::Instant::now();
-    let r = Rollout::new(lb.clone(), exec.clone(), base().build().expect("config")).with_cancellation(token).run().await.expect("run");
+    let r = Rollout::new(lb.clone(), exec.clone(), base().build().expect("config"))
+        .with_cancellation(token)
+        .run()
+        .await
+        .expect("run");
     assert_eq!(r.outcome, Outcome::Cancelled);
     assert!(matches!(result(&r, &ids[0]), TargetResult::Restored { .. }));
-    assert!(start.elapsed() < Duration::from_secs(6), "put back at once, not after the drain");
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "put back at once, not after the drain"
+    );
     assert!(exec.records().is_empty());
-    assert!(lb.snapshot().iter().all(|(_, s)| s.state == TargetState::InService));
+    assert!(lb
+        .snapshot()
+        .iter()
+        .all(|(_, s)| s.state == TargetState::InService));
 }
 
 #[tokio::test(start_paused = true)]
 async fn cancelled_while_executing_finishes_and_verifies() {
     let (lb, ids) = pool(3);
     let exec = ScriptedExecutor::new();
-    exec.script(&ids[0], Script { duration: Duration::from_secs(10), ..Script::default() });
-    lb.set_health_after_enable(&ids[0], HealthScript { delay: Duration::from_secs(2), health: Health::Healthy }).expect("set");
+    exec.script(
+        &ids[0],
+        Script {
+            duration: Duration::from_secs(10),
+            ..Script::default()
+        },
+    );
+    lb.set_health_after_enable(
+        &ids[0],
+        HealthScript {
+            delay: Duration::from_secs(2),
+            health: Health::Healthy,
+        },
+    )
+    .expect("set");
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(3)).await;
         t.cancel();
     });
-    let r = Rollout::new(lb.clone(), exec.clone(), base().build().expect("config")).with_cancellation(token).run().await.expect("run");
+    let r = Rollout::new(lb.clone(), exec.clone(), base().build().expect("config"))
+        .with_cancellation(token)
+        .run()
+        .await
+        .expect("run");
     assert_eq!(r.outcome, Outcome::Cancelled);
-    assert_eq!(result(&r, &ids[0]), &TargetResult::Done, "the running maintenance finishes and is verified");
+    assert_eq!(
+        result(&r, &ids[0]),
+        &TargetResult::Done,
+        "the running maintenance finishes and is verified"
+    );
     assert!(r.targets[0].timings.health.expect("health") >= Duration::from_secs(2));
     assert_eq!(result(&r, &ids[1]), &TargetResult::NotStarted);
     assert_eq!(exec.records().len(), 1);
-    assert!(lb.snapshot().iter().all(|(_, s)| s.state == TargetState::InService));
+    assert!(lb
+        .snapshot()
+        .iter()
+        .all(|(_, s)| s.state == TargetState::InService));
 }
 
 #[tokio::test(start_paused = true)]
 async fn cancelled_while_waiting_for_health_still_verifies() {
     let (lb, ids) = pool(2);
-    lb.set_health_after_enable(&ids[0], HealthScript { delay: Duration::from_secs(8), health: Health::Unhealthy }).expect("set");
+    lb.set_health_after_enable(
+        &ids[0],
+        HealthScript {
+            delay: Duration::from_secs(8),
+            health: Health::Unhealthy,
+        },
+    )
+    .expect("set");
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
         t.cancel();
     });
-    let cfg = base().health_timeout(Duration::from_secs(10)).build().expect("config");
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg).with_cancellation(token).run().await.expect("run");
+    let cfg = base()
+        .health_timeout(Duration::from_secs(10))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .with_cancellation(token)
+        .run()
+        .await
+        .expect("run");
     assert_eq!(r.outcome, Outcome::Cancelled);
-    assert!(matches!(result(&r, &ids[0]), TargetResult::Failed { phase: Stage::Enabling, kept_out: true, .. }));
+    assert!(matches!(
+        result(&r, &ids[0]),
+        TargetResult::Failed {
+            phase: Stage::Enabling,
+            kept_out: true,
+            ..
+        }
+    ));
     assert_eq!(result(&r, &ids[1]), &TargetResult::NotStarted);
 }
 
@@ -439,9 +887,16 @@ async fn cancelled_during_warmup_stops_early() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         t.cancel();
     });
-    let cfg = base().warmup(Duration::from_secs(600)).build().expect("config");
+    let cfg = base()
+        .warmup(Duration::from_secs(600))
+        .build()
+        .expect("config");
     let start = tokio::time::Instant::now();
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg).with_cancellation(token).run().await.expect("run");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .with_cancellation(token)
+        .run()
+        .await
+        .expect("run");
     assert_eq!(r.outcome, Outcome::Cancelled);
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(result(&r, &ids[0]), &TargetResult::Done);
@@ -451,9 +906,15 @@ async fn cancelled_during_warmup_stops_early() {
 #[tokio::test(start_paused = true)]
 async fn warmup_waits_between_batches() {
     let (lb, _) = pool(3);
-    let cfg = base().warmup(Duration::from_secs(30)).build().expect("config");
+    let cfg = base()
+        .warmup(Duration::from_secs(30))
+        .build()
+        .expect("config");
     let start = tokio::time::Instant::now();
-    let r = Rollout::new(lb, ScriptedExecutor::new(), cfg).run().await.expect("run");
+    let r = Rollout::new(lb, ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect("run");
     assert!(r.is_success());
     assert!(start.elapsed() >= Duration::from_secs(90));
     assert_eq!(r.targets[0].timings.warmup, Some(Duration::from_secs(30)));
@@ -474,6 +935,14 @@ async fn events_report_each_phase() {
     }
     assert_eq!(
         stages,
-        vec![Stage::Draining, Stage::Drained, Stage::Executing, Stage::Enabling, Stage::Healthy, Stage::Warm, Stage::Done]
+        vec![
+            Stage::Draining,
+            Stage::Drained,
+            Stage::Executing,
+            Stage::Enabling,
+            Stage::Healthy,
+            Stage::Warm,
+            Stage::Done
+        ]
     );
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use common::pool;
 use hygiene_core::{
-    Amount, DrainProfile, Error, Health, HealthScript, InMemoryBalancer, OnDrainTimeout, OnFailure, Operation, Outcome,
-    Report, Rollout, RolloutConfig, Script, ScriptedExecutor, TargetId, TargetState,
+    Amount, DrainProfile, Error, Health, HealthScript, InMemoryBalancer, OnDrainTimeout, OnFailure,
+    Operation, Outcome, Report, Rollout, RolloutConfig, Script, ScriptedExecutor, TargetId,
+    TargetState,
 };
 use proptest::prelude::*;
 
@@ -36,19 +37,38 @@ struct Plan {
 }
 
 fn amount(max_count: usize, max_pct: u8, min: usize) -> impl Strategy<Value = Amount> {
-    prop_oneof![(min..=max_count).prop_map(Amount::Count), (min as u8..=max_pct).prop_map(Amount::Percent)]
+    prop_oneof![
+        (min..=max_count).prop_map(Amount::Count),
+        (min as u8..=max_pct).prop_map(Amount::Percent)
+    ]
 }
 
 fn target_plan() -> impl Strategy<Value = TargetPlan> {
-    (0u64..6, 0u64..4000, prop::bool::weighted(0.06), prop::bool::weighted(0.05), 0u64..2500, prop::bool::weighted(0.05))
-        .prop_map(|(conns, drain_ms, exec_fails, unhealthy_after_enable, health_delay_ms, out_at_start)| TargetPlan {
-            conns,
-            drain_ms,
-            exec_fails,
-            unhealthy_after_enable,
-            health_delay_ms,
-            out_at_start,
-        })
+    (
+        0u64..6,
+        0u64..4000,
+        prop::bool::weighted(0.06),
+        prop::bool::weighted(0.05),
+        0u64..2500,
+        prop::bool::weighted(0.05),
+    )
+        .prop_map(
+            |(
+                conns,
+                drain_ms,
+                exec_fails,
+                unhealthy_after_enable,
+                health_delay_ms,
+                out_at_start,
+            )| TargetPlan {
+                conns,
+                drain_ms,
+                exec_fails,
+                unhealthy_after_enable,
+                health_delay_ms,
+                out_at_start,
+            },
+        )
 }
 
 fn plan() -> impl Strategy<Value = Plan> {
@@ -63,16 +83,27 @@ fn plan() -> impl Strategy<Value = Plan> {
             prop_oneof![Just(OnDrainTimeout::Fail), Just(OnDrainTimeout::Proceed)],
             1000u64..6000,
         )
-            .prop_map(|(targets, batch, min_healthy, max_failures, canary, on_failure, on_drain_timeout, drain_timeout_ms)| Plan {
-                targets,
-                batch,
-                min_healthy,
-                max_failures,
-                canary,
-                on_failure,
-                on_drain_timeout,
-                drain_timeout_ms,
-            })
+            .prop_map(
+                |(
+                    targets,
+                    batch,
+                    min_healthy,
+                    max_failures,
+                    canary,
+                    on_failure,
+                    on_drain_timeout,
+                    drain_timeout_ms,
+                )| Plan {
+                    targets,
+                    batch,
+                    min_healthy,
+                    max_failures,
+                    canary,
+                    on_failure,
+                    on_drain_timeout,
+                    drain_timeout_ms,
+                },
+            )
     })
 }
 
@@ -80,15 +111,38 @@ fn setup(p: &Plan) -> (InMemoryBalancer, Vec<TargetId>, ScriptedExecutor) {
     let (lb, ids) = pool(p.targets.len());
     let exec = ScriptedExecutor::new().observe(&lb);
     for (id, t) in ids.iter().zip(&p.targets) {
-        lb.set_drain_profile(id, DrainProfile { initial: t.conns, duration: Duration::from_millis(t.drain_ms) }).expect("set");
-        let health = if t.unhealthy_after_enable { Health::Unhealthy } else { Health::Healthy };
-        lb.set_health_after_enable(id, HealthScript { delay: Duration::from_millis(t.health_delay_ms), health }).expect("set");
+        lb.set_drain_profile(
+            id,
+            DrainProfile {
+                initial: t.conns,
+                duration: Duration::from_millis(t.drain_ms),
+            },
+        )
+        .expect("set");
+        let health = if t.unhealthy_after_enable {
+            Health::Unhealthy
+        } else {
+            Health::Healthy
+        };
+        lb.set_health_after_enable(
+            id,
+            HealthScript {
+                delay: Duration::from_millis(t.health_delay_ms),
+                health,
+            },
+        )
+        .expect("set");
         if t.out_at_start {
-            lb.set_status(id, TargetState::OutOfService, Health::Unknown).expect("set");
+            lb.set_status(id, TargetState::OutOfService, Health::Unknown)
+                .expect("set");
         }
         exec.script(
             id,
-            Script { duration: Duration::from_millis(500), fail: t.exec_fails.then(|| "scripted failure".to_owned()), not_ready: None },
+            Script {
+                duration: Duration::from_millis(500),
+                fail: t.exec_fails.then(|| "scripted failure".to_owned()),
+                not_ready: None,
+            },
         );
     }
     (lb, ids, exec)
@@ -111,11 +165,20 @@ fn config(p: &Plan) -> RolloutConfig {
 }
 
 fn run(p: &Plan, lb: &InMemoryBalancer, exec: &ScriptedExecutor) -> Result<Report, Error> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
     rt.block_on(Rollout::new(lb.clone(), exec.clone(), config(p)).run())
 }
 
-fn check_invariants(p: &Plan, lb: &InMemoryBalancer, exec: &ScriptedExecutor, report: &Report) -> Result<(), TestCaseError> {
+fn check_invariants(
+    p: &Plan,
+    lb: &InMemoryBalancer,
+    exec: &ScriptedExecutor,
+    report: &Report,
+) -> Result<(), TestCaseError> {
     let pool_size = p.targets.len();
     let cfg = config(p);
     let min_h = cfg.min_healthy_of(pool_size);
@@ -125,9 +188,14 @@ fn check_invariants(p: &Plan, lb: &InMemoryBalancer, exec: &ScriptedExecutor, re
     let kept_out: BTreeSet<TargetId> = report.kept_out().map(|t| t.id.clone()).collect();
 
     // 1. Healthy in-service targets never drop below min_healthy because of a drain.
-    let mut healthy_before = calls.first().map_or(0, |_| pool_size - p.targets.iter().filter(|t| t.out_at_start).count());
+    let mut healthy_before = calls.first().map_or(0, |_| {
+        pool_size - p.targets.iter().filter(|t| t.out_at_start).count()
+    });
     for c in &calls {
-        if matches!(c.op, Operation::Drain | Operation::Disable | Operation::Enable) {
+        if matches!(
+            c.op,
+            Operation::Drain | Operation::Disable | Operation::Enable
+        ) {
             if c.op == Operation::Drain && c.ok {
                 prop_assert!(
                     c.serving_healthy_after >= min_h.min(healthy_before),
@@ -152,35 +220,62 @@ fn check_invariants(p: &Plan, lb: &InMemoryBalancer, exec: &ScriptedExecutor, re
             _ => {}
         }
         let working = out.iter().filter(|id| !kept_out.contains(*id)).count();
-        prop_assert!(working <= batch_len, "invariant 2: {working} out of rotation, batch size {batch_len}");
+        prop_assert!(
+            working <= batch_len,
+            "invariant 2: {working} out of rotation, batch size {batch_len}"
+        );
     }
 
     // 3. execute only after drained (or after the drain timeout with Proceed).
-    let timings: HashMap<&TargetId, _> = report.targets.iter().map(|t| (&t.id, t.timings)).collect();
+    let timings: HashMap<&TargetId, _> =
+        report.targets.iter().map(|t| (&t.id, t.timings)).collect();
     for rec in exec.records() {
         let st = rec.status_at_start.expect("observed status");
         let forced = p.on_drain_timeout == OnDrainTimeout::Proceed
-            && timings[&rec.id].drain.is_some_and(|d| d >= Duration::from_millis(p.drain_timeout_ms));
-        prop_assert!(st.is_drained() || forced, "invariant 3: {} executed while {st:?}", rec.id);
+            && timings[&rec.id]
+                .drain
+                .is_some_and(|d| d >= Duration::from_millis(p.drain_timeout_ms));
+        prop_assert!(
+            st.is_drained() || forced,
+            "invariant 3: {} executed while {st:?}",
+            rec.id
+        );
     }
 
     // 4. enable only after a successful execute (or with on_failure = Restore).
     let records = exec.records();
     for c in calls.iter().filter(|c| c.op == Operation::Enable && c.ok) {
         for id in &c.ids {
-            let executed_ok = records.iter().any(|r| &r.id == id && r.success && r.ended <= c.at);
-            prop_assert!(executed_ok || p.on_failure == OnFailure::Restore, "invariant 4: {id} enabled without a successful execute");
+            let executed_ok = records
+                .iter()
+                .any(|r| &r.id == id && r.success && r.ended <= c.at);
+            prop_assert!(
+                executed_ok || p.on_failure == OnFailure::Restore,
+                "invariant 4: {id} enabled without a successful execute"
+            );
         }
     }
 
     // 5. Every drained target ends in service, or is reported kept out.
-    let drained: BTreeSet<TargetId> = calls.iter().filter(|c| c.op == Operation::Drain && c.ok).flat_map(|c| c.ids.clone()).collect();
+    let drained: BTreeSet<TargetId> = calls
+        .iter()
+        .filter(|c| c.op == Operation::Drain && c.ok)
+        .flat_map(|c| c.ids.clone())
+        .collect();
     for id in &drained {
         let st = lb.status_of(id).expect("known");
         if kept_out.contains(id) {
-            prop_assert!(st.state != TargetState::InService, "{id} reported kept out but in service");
+            prop_assert!(
+                st.state != TargetState::InService,
+                "{id} reported kept out but in service"
+            );
         } else {
-            prop_assert_eq!(st.state, TargetState::InService, "invariant 5: {} lost out of rotation", id);
+            prop_assert_eq!(
+                st.state,
+                TargetState::InService,
+                "invariant 5: {} lost out of rotation",
+                id
+            );
         }
     }
     Ok(())

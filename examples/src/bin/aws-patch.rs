@@ -76,10 +76,10 @@ struct Args {
     /// Which API reads command status.
     #[arg(long, value_enum, default_value_t = StatusApiArg::List)]
     status_api: StatusApiArg,
-    /// Ctrl-C also cancels running SSM commands (CancelCommand), instead of
-    /// letting them finish.
+    /// On Ctrl-C, let running SSM commands finish instead of cancelling
+    /// them (CancelCommand, the default).
     #[arg(long)]
-    cancel_commands: bool,
+    let_commands_finish: bool,
     /// Start moto, create this many instances in a target group, and patch them.
     #[arg(long, value_name = "INSTANCES")]
     moto_demo: Option<usize>,
@@ -195,7 +195,7 @@ async fn run(mut args: Args) -> hygiene_core::Result<bool> {
             StatusApiArg::List => StatusApi::ListCommandInvocations,
             StatusApiArg::Get => StatusApi::GetCommandInvocation,
         });
-    if args.cancel_commands {
+    if !args.let_commands_finish {
         exec = exec.with_cancellation(cancel.clone());
     }
     let exec = exec.build()?;
@@ -214,7 +214,7 @@ async fn run(mut args: Args) -> hygiene_core::Result<bool> {
     let ctrl_c = cancel.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("cancelling: nothing new starts; drained targets go back in service");
+            eprintln!("cancelling: nothing new starts; drained targets go back in service; running commands are cancelled unless --let-commands-finish");
             ctrl_c.cancel();
         }
     });

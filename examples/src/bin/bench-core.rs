@@ -45,10 +45,15 @@ async fn bench(args: &Args) -> hygiene_core::Result<serde_json::Value> {
         .poll_interval(Duration::from_millis(1))
         .build()?;
     let started = Instant::now();
-    let report = Rollout::new(lb.clone(), ScriptedExecutor::new(), config).run().await?;
+    let report = Rollout::new(lb.clone(), ScriptedExecutor::new(), config)
+        .run()
+        .await?;
     let wall = started.elapsed().as_secs_f64();
     if !report.is_success() {
-        return Err(hygiene_core::Error::invalid_config("bench", format!("rollout did not complete: {:?}", report.outcome)));
+        return Err(hygiene_core::Error::invalid_config(
+            "bench",
+            format!("rollout did not complete: {:?}", report.outcome),
+        ));
     }
     Ok(serde_json::json!({
         "targets": args.targets,

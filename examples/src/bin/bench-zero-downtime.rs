@@ -58,13 +58,27 @@ async fn bench(args: Args) -> BoxResult<serde_json::Value> {
     if !exe.is_file() {
         return Err(format!("patch program {} not found: build it with `cargo build --release -p examples --bin demo`", exe.display()).into());
     }
-    let scn = Scenario::start(ScenarioConfig { servers: args.servers, ..ScenarioConfig::default() }).await?;
-    let load_cfg = LoadConfig { keepalive_clients: args.keepalive_clients, fresh_clients: args.fresh_clients, ..LoadConfig::default() };
+    let scn = Scenario::start(ScenarioConfig {
+        servers: args.servers,
+        ..ScenarioConfig::default()
+    })
+    .await?;
+    let load_cfg = LoadConfig {
+        keepalive_clients: args.keepalive_clients,
+        fresh_clients: args.fresh_clients,
+        ..LoadConfig::default()
+    };
 
     // 1. hygiene.
     let load = Load::start(scn.frontend(), load_cfg);
-    let config = RolloutConfig::builder().batch_size(Amount::Count(1)).build()?;
-    let rollout = Rollout::new(scn.balancer.clone(), scn.patch_command(&exe, patch, &[])?, config);
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .build()?;
+    let rollout = Rollout::new(
+        scn.balancer.clone(),
+        scn.patch_command(&exe, patch, &[])?,
+        config,
+    );
     let started = Instant::now();
     let result = run_rollout(&scn, rollout, |_| {}).await;
     let wall = started.elapsed();

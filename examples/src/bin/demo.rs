@@ -65,7 +65,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Patch { control, patch_ms, fail_on }) = &args.command {
+    if let Some(Command::Patch {
+        control,
+        patch_ms,
+        fail_on,
+    }) = &args.command
+    {
         return match patch_main(*control, Duration::from_millis(*patch_ms), fail_on).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -90,13 +95,19 @@ async fn demo(args: Args) -> BoxResult<bool> {
     let ctrl_c = cancel.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nCtrl-C: finishing what is running, putting every service back in rotation…");
+            eprintln!(
+                "\nCtrl-C: finishing what is running, putting every service back in rotation…"
+            );
             ctrl_c.cancel();
         }
     });
 
     println!("starting {} \"Hello, World!\" services behind HAProxy (retries 0, no redispatch, health checks on)…", args.servers);
-    let scn = Scenario::start(ScenarioConfig { servers: args.servers, ..ScenarioConfig::default() }).await?;
+    let scn = Scenario::start(ScenarioConfig {
+        servers: args.servers,
+        ..ScenarioConfig::default()
+    })
+    .await?;
     println!("HAProxy frontend at http://{}/", scn.frontend());
     let load = Load::start(
         scn.frontend(),
@@ -115,30 +126,75 @@ async fn demo(args: Args) -> BoxResult<bool> {
 
     println!("\n== summary ==");
     println!("requests sent:   {}", stats.requests);
-    println!("failed requests: {}{}", stats.failed, if stats.failed > 0 { format!(" {:?}", stats.failed_by_kind) } else { String::new() });
+    println!(
+        "failed requests: {}{}",
+        stats.failed,
+        if stats.failed > 0 {
+            format!(" {:?}", stats.failed_by_kind)
+        } else {
+            String::new()
+        }
+    );
     println!("answers by service: {:?}", stats.by_server);
-    println!("{:<8} {:>9} {:>9} {:>9}  result", "target", "drain", "patch", "health");
+    println!(
+        "{:<8} {:>9} {:>9} {:>9}  result",
+        "target", "drain", "patch", "health"
+    );
     for t in &report.targets {
         let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{}ms", d.as_millis()));
         let result = match &t.result {
-            TargetResult::Failed { reason, kept_out, restore_hint, .. } => format!(
+            TargetResult::Failed {
+                reason,
+                kept_out,
+                restore_hint,
+                ..
+            } => format!(
                 "FAILED: {reason}{}",
-                if *kept_out { format!(" — KEPT OUT of rotation; to put it back: {}", restore_hint.as_deref().unwrap_or("")) } else { String::new() }
+                if *kept_out {
+                    format!(
+                        " — KEPT OUT of rotation; to put it back: {}",
+                        restore_hint.as_deref().unwrap_or("")
+                    )
+                } else {
+                    String::new()
+                }
             ),
             other => format!("{other:?}"),
         };
-        println!("{:<8} {:>9} {:>9} {:>9}  {result}", t.id, ms(t.timings.drain), ms(t.timings.execute), ms(t.timings.health));
+        println!(
+            "{:<8} {:>9} {:>9} {:>9}  {result}",
+            t.id,
+            ms(t.timings.drain),
+            ms(t.timings.execute),
+            ms(t.timings.health)
+        );
     }
-    println!("rollout: {:?} in {:.1}s ({} balancer calls)", report.outcome, wall.as_secs_f64(), report.balancer_calls);
+    println!(
+        "rollout: {:?} in {:.1}s ({} balancer calls)",
+        report.outcome,
+        wall.as_secs_f64(),
+        report.balancer_calls
+    );
     match out {
         Ok(out) if out.is_empty() => println!("every service is in rotation"),
-        Ok(out) => println!("out of rotation: {}", out.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+        Ok(out) => println!(
+            "out of rotation: {}",
+            out.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Err(e) => println!("could not read HAProxy's final state: {e}"),
     }
     Ok(stats.failed == 0 && report.outcome == Outcome::Completed && report.is_success())
 }
 
-async fn rollout(scn: &Scenario, args: &Args, load: &Load, cancel: CancellationToken) -> BoxResult<(hygiene_core::Report, Duration)> {
+async fn rollout(
+    scn: &Scenario,
+    args: &Args,
+    load: &Load,
+    cancel: CancellationToken,
+) -> BoxResult<(hygiene_core::Report, Duration)> {
     let exe = std::env::current_exe()?;
     let exec = scn.patch_command(&exe, Duration::from_millis(args.patch_ms), &args.fail_on)?;
     let config = RolloutConfig::builder()
@@ -149,25 +205,45 @@ async fn rollout(scn: &Scenario, args: &Args, load: &Load, cancel: CancellationT
     let rollout = Rollout::new(scn.balancer.clone(), exec, config).with_cancellation(cancel);
 
     let multi = MultiProgress::new();
-    let style = ProgressStyle::with_template("{prefix:>6} {spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let style = ProgressStyle::with_template("{prefix:>6} {spinner} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut lines: BTreeMap<String, ProgressBar> = BTreeMap::new();
     for s in &scn.services {
-        let pb = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(format!("web/{}", s.name())));
+        let pb = multi.add(
+            ProgressBar::new_spinner()
+                .with_style(style.clone())
+                .with_prefix(format!("web/{}", s.name())),
+        );
         pb.set_message("pending");
         pb.enable_steady_tick(Duration::from_millis(120));
         lines.insert(format!("web/{}", s.name()), pb);
     }
     let bar = multi.add(ProgressBar::new(scn.services.len() as u64));
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} done  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} done  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let started = Instant::now();
     let on_event = |e: &Event| {
         let stats = load.stats();
-        bar.set_message(format!("{} requests, {} failed", stats.requests, stats.failed));
+        bar.set_message(format!(
+            "{} requests, {} failed",
+            stats.requests, stats.failed
+        ));
         if let Event::Phase { id, stage, detail } = e {
             if let Some(pb) = lines.get(id.as_str()) {
                 let t = started.elapsed().as_secs_f64();
-                pb.set_message(format!("{stage} (t={t:.1}s){}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()));
-                if matches!(stage, Stage::Done | Stage::Failed | Stage::Skipped | Stage::Restored) {
+                pb.set_message(format!(
+                    "{stage} (t={t:.1}s){}",
+                    detail
+                        .as_ref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ));
+                if matches!(
+                    stage,
+                    Stage::Done | Stage::Failed | Stage::Skipped | Stage::Restored
+                ) {
                     pb.finish();
                     bar.inc(1);
                 }

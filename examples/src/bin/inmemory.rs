@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use hygiene_core::{
-    Amount, DrainProfile, Event, InMemoryBalancer, LocalCommand, Rollout, RolloutConfig, Stage, Target, TargetId,
+    Amount, DrainProfile, Event, InMemoryBalancer, LocalCommand, Rollout, RolloutConfig, Stage,
+    Target, TargetId,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
@@ -49,13 +50,27 @@ async fn run(args: Args) -> hygiene_core::Result<bool> {
     let lb = InMemoryBalancer::new();
     for i in 1..=args.targets {
         let id = TargetId::new(format!("web-{i}"))?;
-        lb.add_target(Target::new(id.clone()).with_address(format!("10.0.0.{i}")).with_port(8080));
-        lb.set_drain_profile(&id, DrainProfile { initial: 3, duration: Duration::from_millis(args.drain_ms) })?;
+        lb.add_target(
+            Target::new(id.clone())
+                .with_address(format!("10.0.0.{i}"))
+                .with_port(8080),
+        );
+        lb.set_drain_profile(
+            &id,
+            DrainProfile {
+                initial: 3,
+                duration: Duration::from_millis(args.drain_ms),
+            },
+        )?;
     }
     // The "patch": a fixed program; the target reaches it only through the
     // environment, never through the command line.
-    let patch = format!("echo \"patching $HYGIENE_TARGET_ID at $HYGIENE_TARGET_ADDRESS\"; sleep {}", args.patch_ms as f64 / 1000.0);
-    let exec = LocalCommand::new("sh", ["-c", patch.as_str()])?.with_timeout(Duration::from_secs(60));
+    let patch = format!(
+        "echo \"patching $HYGIENE_TARGET_ID at $HYGIENE_TARGET_ADDRESS\"; sleep {}",
+        args.patch_ms as f64 / 1000.0
+    );
+    let exec =
+        LocalCommand::new("sh", ["-c", patch.as_str()])?.with_timeout(Duration::from_secs(60));
     let config = RolloutConfig::builder()
         .batch_size(args.batch)
         .min_healthy(args.min_healthy)
@@ -76,7 +91,8 @@ async fn run(args: Args) -> hygiene_core::Result<bool> {
     let mut events = rollout.subscribe();
     let bar = ProgressBar::new(args.targets as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} targets done  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} targets done  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let progress = {
         let bar = bar.clone();
@@ -84,16 +100,31 @@ async fn run(args: Args) -> hygiene_core::Result<bool> {
             while let Some(event) = events.recv().await {
                 match event {
                     Event::BatchStarted { index, targets } => {
-                        bar.println(format!("batch {index}: {}", targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")));
+                        bar.println(format!(
+                            "batch {index}: {}",
+                            targets
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
                     }
                     Event::Phase { id, stage, detail } => {
                         bar.set_message(format!("{id}: {stage}"));
-                        if matches!(stage, Stage::Done | Stage::Failed | Stage::Skipped | Stage::Restored) {
+                        if matches!(
+                            stage,
+                            Stage::Done | Stage::Failed | Stage::Skipped | Stage::Restored
+                        ) {
                             bar.inc(1);
-                            bar.println(format!("  {id} {stage}{}", detail.map(|d| format!(" ({d})")).unwrap_or_default()));
+                            bar.println(format!(
+                                "  {id} {stage}{}",
+                                detail.map(|d| format!(" ({d})")).unwrap_or_default()
+                            ));
                         }
                     }
-                    Event::Retry { operation, error, .. } => bar.println(format!("  retrying {operation}: {error}")),
+                    Event::Retry {
+                        operation, error, ..
+                    } => bar.println(format!("  retrying {operation}: {error}")),
                     _ => {}
                 }
             }

@@ -4,7 +4,9 @@
 use hygiene_core::{InMemoryBalancer, Operation, TargetId};
 
 pub fn ids(n: usize) -> Vec<TargetId> {
-    (0..n).map(|i| TargetId::new(format!("t{i:03}")).expect("id")).collect()
+    (0..n)
+        .map(|i| TargetId::new(format!("t{i:03}")).expect("id"))
+        .collect()
 }
 
 pub fn pool(n: usize) -> (InMemoryBalancer, Vec<TargetId>) {
@@ -15,9 +17,21 @@ pub fn pool(n: usize) -> (InMemoryBalancer, Vec<TargetId>) {
 
 /// Ids named by successful calls of `op`, in call order.
 pub fn ids_of(lb: &InMemoryBalancer, op: Operation) -> Vec<TargetId> {
-    lb.calls().into_iter().filter(|c| c.op == op && c.ok).flat_map(|c| c.ids).collect()
+    lb.calls()
+        .into_iter()
+        .filter(|c| c.op == op && c.ok)
+        .flat_map(|c| c.ids)
+        .collect()
 }
 
 pub fn mutations(lb: &InMemoryBalancer) -> usize {
-    lb.calls().iter().filter(|c| matches!(c.op, Operation::Drain | Operation::Disable | Operation::Enable)).count()
+    lb.calls()
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.op,
+                Operation::Drain | Operation::Disable | Operation::Enable
+            )
+        })
+        .count()
 }
