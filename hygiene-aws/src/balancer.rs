@@ -450,6 +450,10 @@ impl LoadBalancer for Elbv2Balancer {
         Capabilities::new(false, true, false, true)
     }
 
+    fn status_reason(&self, id: &TargetId) -> Option<String> {
+        self.health_reason(id)
+    }
+
     /// 5 s ± 20 % unless the builder set one: DescribeTargetHealth is
     /// throttled per account, and ELBv2 health checks run every 5–300 s.
     fn default_poll_interval(&self) -> Duration {

@@ -309,6 +309,10 @@ async fn unhealthy_after_enable_fails_at_health_timeout_with_the_reason() {
             restore_hint,
         } => {
             assert_eq!(*phase, Stage::Enabling, "{reason}");
+            assert!(
+                reason.contains("Target.ResponseCodeMismatch"),
+                "the report carries ELBv2's reason: {reason}"
+            );
             assert!(*kept_out, "KeepOut is the default");
             assert!(
                 restore_hint

@@ -19,7 +19,7 @@ use crate::executor::{ExecOutcome, Executor, Preflight};
 use crate::phase::{step, Observation, Phase, Stage, StepPolicy};
 use crate::probe::{Probe, ProbeVerdict};
 use crate::report::{Event, Outcome, PhaseTimings, Report, TargetReport, TargetResult};
-use crate::retry::with_retries;
+use crate::retry::{with_retries, with_retries_when};
 use crate::target::{Health, Target, TargetId, TargetState, TargetStatus};
 
 /// A rollout: a balancer, an executor, an optional probe and a configuration.
@@ -140,10 +140,12 @@ struct Run {
 
 impl Run {
     fn new(r: Rollout) -> Self {
+        // A balancer's default of zero would spin: never poll faster than 1 ms.
         let poll = r
             .config
             .poll_interval
-            .unwrap_or_else(|| r.lb.default_poll_interval());
+            .unwrap_or_else(|| r.lb.default_poll_interval())
+            .max(Duration::from_millis(1));
         let policy = StepPolicy {
             drain_timeout: r.config.drain_timeout,
             on_drain_timeout: r.config.on_drain_timeout,
@@ -193,18 +195,32 @@ impl Run {
         r
     }
 
-    async fn exec_call<T, F, Fut>(&self, operation: &'static str, mut f: F) -> Result<T>
+    async fn exec_call<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.exec_call_when(operation, f, Error::is_retryable).await
+    }
+
+    async fn exec_call_when<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut f: F,
+        when: impl FnMut(&Error) -> bool,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let calls = &self.executor_calls;
-        with_retries(
+        with_retries_when(
             &self.cfg.retry,
             || {
                 calls.fetch_add(1, Ordering::Relaxed);
                 f()
             },
+            when,
             |e, delay| self.on_retry(operation, e, delay),
         )
         .await
@@ -286,6 +302,12 @@ impl Run {
         let listed = self.lb_call("list", || lb.list()).await?;
         self.pool = listed.len();
         let selected = select(&listed, self.cfg.selection(), &self.lb.name())?;
+        if selected.is_empty() {
+            return Err(Error::invalid_config(
+                "selection",
+                format!("{} lists no target: nothing to maintain; check the pool (backend, upstream, target group)", self.lb.name()),
+            ));
+        }
         let min_h = self.cfg.min_healthy_of(self.pool);
         if min_h > 0 && min_h >= self.pool {
             return Err(Error::invalid_config(
@@ -482,7 +504,8 @@ impl Run {
             self.slots[i].batch = Some(index);
         }
         let ready = self.preflight(batch).await;
-        if ready.is_empty() {
+        if ready.is_empty() || self.cancel.is_cancelled() {
+            // Cancelled during preflight: start nothing new.
             return Ok(());
         }
         let abort = self.drain(&ready).await;
@@ -506,9 +529,9 @@ impl Run {
             None => self.enable_and_verify(&ready).await,
         };
         self.apply_failure_policy(&ready).await;
-        if abort.is_none() {
-            self.warmup(&ready).await;
-        }
+        // Verified targets are done even when the run aborts; only the wait
+        // for the next batch (warmup) is skipped then.
+        self.warmup(&ready, abort.is_none()).await;
         match abort {
             Some(reason) => Err(reason),
             None => Ok(()),
@@ -559,9 +582,11 @@ impl Run {
         let lb = Arc::clone(&self.lb);
         if let Err(e) = self.lb_call("drain", || lb.drain(&ids)).await {
             let reason = format!("drain failed: {e}");
+            // Bad input changes nothing (the trait's contract); any other
+            // failure may have been applied in part: treat all as out.
+            let changed = !matches!(e, Error::NotFound { .. } | Error::InvalidName { .. });
             for &i in ready {
-                // The drain may have been applied in part: treat all as out.
-                self.slots[i].out_by_run = true;
+                self.slots[i].out_by_run = changed;
                 self.observe(i, Observation::DrainSent);
                 self.observe(i, Observation::Error(reason.clone()));
             }
@@ -602,8 +627,13 @@ impl Run {
             let waited = since.elapsed();
             for (&i, status) in draining.iter().zip(st) {
                 debug!(target.id = %self.slots[i].target.id, connections = ?status.connections, "waiting for drain");
-                if self.observe(i, Observation::DrainStatus { status, waited }) != Stage::Draining {
-                    self.slots[i].timings.drain = Some(waited);
+                match self.observe(i, Observation::DrainStatus { status, waited }) {
+                    Stage::Draining => {}
+                    Stage::Failed if status.state == TargetState::InService => {
+                        // The drain never took effect: the target is serving.
+                        self.slots[i].out_by_run = false;
+                    }
+                    _ => self.slots[i].timings.drain = Some(waited),
                 }
             }
             draining.retain(|&i| self.slots[i].phase == Phase::Draining);
@@ -632,9 +662,30 @@ impl Run {
         }
         let started = Instant::now();
         let exec = Arc::clone(&self.exec);
-        let result = self.exec_call("execute", || exec.execute(&targets)).await;
+        // Maintenance (a reboot, a patch) is not safe to run twice: only a
+        // throttled call, which the executor did not accept, is retried.
+        let result = self
+            .exec_call_when(
+                "execute",
+                || exec.execute(&targets),
+                |e| matches!(e, Error::Throttled { .. }),
+            )
+            .await;
         let outcomes: Vec<Result<ExecOutcome, String>> = match result {
-            Ok(v) if v.len() == run.len() => v.into_iter().map(Ok).collect(),
+            Ok(v) if v.len() == run.len() => v
+                .into_iter()
+                .zip(&targets)
+                .map(|(o, t)| {
+                    if o.id == t.id {
+                        Ok(o)
+                    } else {
+                        Err(format!(
+                            "executor returned the outcome of {} in the place of {}: not trusted",
+                            o.id, t.id
+                        ))
+                    }
+                })
+                .collect(),
             Ok(v) => vec![
                 Err(format!(
                     "executor returned {} outcomes for {} targets",
@@ -703,10 +754,19 @@ impl Run {
                     if matches!(probed.get(&i), Some(None)) {
                         continue;
                     }
-                    let verdict = match probe.check(&self.slots[i].target).await {
-                        Ok(ProbeVerdict::Pass) => None,
-                        Ok(ProbeVerdict::Fail(why)) => Some(format!("probe: {why}")),
-                        Err(e) => Some(format!("probe cannot run: {e}")),
+                    let left = (since + self.policy.health_timeout)
+                        .saturating_duration_since(Instant::now())
+                        .max(self.poll);
+                    let verdict = match tokio::time::timeout(
+                        left,
+                        probe.check(&self.slots[i].target),
+                    )
+                    .await
+                    {
+                        Ok(Ok(ProbeVerdict::Pass)) => None,
+                        Ok(Ok(ProbeVerdict::Fail(why))) => Some(format!("probe: {why}")),
+                        Ok(Err(e)) => Some(format!("probe cannot run: {e}")),
+                        Err(_) => Some(format!("probe gave no verdict within {left:?}")),
                     };
                     probed.insert(i, verdict);
                 }
@@ -732,6 +792,10 @@ impl Run {
                     ),
                     h => format!("balancer reports {:?}, health {h:?}", s.state),
                 });
+                let detail = match self.lb.status_reason(&self.slots[i].target.id) {
+                    Some(why) if !healthy => format!("{detail}: {why}"),
+                    _ => detail,
+                };
                 if self.observe(
                     i,
                     Observation::Health {
@@ -809,8 +873,20 @@ impl Run {
                         }
                     }
                     Err(e) => {
-                        for &i in &out {
-                            self.slots[i].note = Some(format!("it failed its health check but could not be taken out of rotation again: {e}; it is IN SERVICE"));
+                        // The call may have been applied in part (one node
+                        // of two): ask what the balancer shows now, and
+                        // count as out whatever is not plainly in service.
+                        let seen = self.status(&out).await.ok();
+                        for (k, &i) in out.iter().enumerate() {
+                            let state = seen.as_ref().map(|st| st[k].state);
+                            self.slots[i].out_by_run = state != Some(TargetState::InService);
+                            self.slots[i].note = Some(match state {
+                                Some(TargetState::InService) => {
+                                    format!("it failed its health check and could not be taken out of rotation again ({e}): it is IN SERVICE")
+                                }
+                                Some(s) => format!("taking it out again failed ({e}) but the balancer shows it {s:?}"),
+                                None => format!("taking it out again failed ({e}) and its state could not be read: check it"),
+                            });
                         }
                     }
                 }
@@ -842,17 +918,24 @@ impl Run {
                 for &i in &out {
                     self.slots[i].note = Some(format!("putting it back ({why}) failed: {e}"));
                     if self.slots[i].phase == Phase::Restored {
+                        let reason = format!("cancelled, and re-enabling failed: {e}");
                         self.slots[i].phase = Phase::Failed {
                             at: Stage::Restored,
-                            reason: format!("cancelled, and re-enabling failed: {e}"),
+                            reason: reason.clone(),
                         };
+                        let id = self.slots[i].target.id.clone();
+                        self.emit(Event::Phase {
+                            id,
+                            stage: Stage::Failed,
+                            detail: Some(reason),
+                        });
                     }
                 }
             }
         }
     }
 
-    async fn warmup(&mut self, ready: &[usize]) {
+    async fn warmup(&mut self, ready: &[usize], wait: bool) {
         let healthy: Vec<usize> = ready
             .iter()
             .copied()
@@ -862,7 +945,7 @@ impl Run {
             return;
         }
         let w = self.cfg.warmup;
-        if !w.is_zero() && !self.cancel.is_cancelled() {
+        if wait && !w.is_zero() && !self.cancel.is_cancelled() {
             let t = Instant::now();
             self.pause(w).await;
             for &i in &healthy {
@@ -945,8 +1028,8 @@ fn next_poll(tick: &mut Instant, poll: Duration, deadline: Instant) -> Instant {
     let now = Instant::now();
     *tick += poll;
     if *tick < now {
-        // A slow call: skip the missed ticks rather than poll in a burst.
-        *tick = now;
+        // A slow call: skip the missed ticks rather than poll back to back.
+        *tick = now + poll;
     }
     (*tick).min(deadline.max(now + Duration::from_millis(1)))
 }

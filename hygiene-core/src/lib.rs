@@ -30,7 +30,7 @@ pub use memory::{CallRecord, DrainProfile, HealthScript, InMemoryBalancer, Opera
 pub use phase::Stage;
 pub use probe::{HttpProbe, Probe, ProbeVerdict, TcpProbe};
 pub use report::{Event, Outcome, PhaseTimings, Report, TargetReport, TargetResult};
-pub use retry::with_retries;
+pub use retry::{with_retries, with_retries_when};
 pub use scripted::{ExecRecord, Script, ScriptedExecutor};
 pub use target::{
     Capabilities, Health, Target, TargetId, TargetState, TargetStatus, MAX_TARGET_ID_LEN,

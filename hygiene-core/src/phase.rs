@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::OnDrainTimeout;
-use crate::target::TargetStatus;
+use crate::target::{TargetState, TargetStatus};
 
 /// The name of a phase (without payload), for events and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -192,6 +192,17 @@ pub fn step(phase: &Phase, obs: &Observation, policy: &StepPolicy) -> Phase {
         (P::Draining, O::DrainStatus { status, waited }) => {
             if status.is_drained() {
                 P::Drained { forced: false }
+            } else if *waited >= policy.drain_timeout && status.state == TargetState::InService {
+                // The drain never took effect (a wrong port on ELBv2, an
+                // operator re-enabling it): never run maintenance on a
+                // target that is still taking traffic, whatever the policy.
+                fail(
+                    Stage::Draining,
+                    format!(
+                        "still in service {:?} after the drain call: the drain did not take effect",
+                        policy.drain_timeout
+                    ),
+                )
             } else if *waited >= policy.drain_timeout {
                 let left = status.connections.map_or_else(
                     || "unknown in-flight work".to_owned(),
@@ -240,7 +251,7 @@ pub fn step(phase: &Phase, obs: &Observation, policy: &StepPolicy) -> Phase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::{Health, TargetState};
+    use crate::target::Health;
 
     const POLICY: StepPolicy = StepPolicy {
         drain_timeout: Duration::from_secs(10),
@@ -324,6 +335,25 @@ mod tests {
             step(&Phase::Draining, &draining(Some(2), 9), &proceed),
             Phase::Draining
         );
+    }
+
+    #[test]
+    fn a_drain_that_never_took_effect_fails_even_with_proceed() {
+        let obs = Observation::DrainStatus {
+            status: TargetStatus::new(TargetState::InService, Health::Healthy, Some(4)),
+            waited: Duration::from_secs(10),
+        };
+        let proceed = StepPolicy {
+            on_drain_timeout: OnDrainTimeout::Proceed,
+            ..POLICY
+        };
+        match step(&Phase::Draining, &obs, &proceed) {
+            Phase::Failed {
+                at: Stage::Draining,
+                reason,
+            } => assert!(reason.contains("did not take effect"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -31,9 +31,24 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
+    with_retries_when(policy, f, Error::is_retryable, on_retry).await
+}
+
+/// As [`with_retries`], retrying only the errors `when` accepts (a subset
+/// of the retryable ones, for calls that are not safe to repeat).
+pub async fn with_retries_when<T, F, Fut>(
+    policy: &RetryPolicy,
+    f: F,
+    when: impl FnMut(&Error) -> bool,
+    on_retry: impl FnMut(&Error, std::time::Duration),
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
     f.retry(policy.backoff())
         .sleep(tokio::time::sleep)
-        .when(Error::is_retryable)
+        .when(when)
         .notify(on_retry)
         .await
 }

@@ -946,3 +946,283 @@ async fn events_report_each_phase() {
         ]
     );
 }
+
+/// A balancer whose drain call succeeds but changes nothing (an ELBv2
+/// deregistration with a wrong port does that).
+#[derive(Debug, Clone)]
+struct DrainIgnored(hygiene_core::InMemoryBalancer);
+
+#[async_trait]
+impl hygiene_core::LoadBalancer for DrainIgnored {
+    fn name(&self) -> String {
+        "drain-ignoring balancer".into()
+    }
+    fn capabilities(&self) -> hygiene_core::Capabilities {
+        self.0.capabilities()
+    }
+    async fn list(&self) -> hygiene_core::Result<Vec<hygiene_core::ListedTarget>> {
+        self.0.list().await
+    }
+    async fn status(
+        &self,
+        ids: &[TargetId],
+    ) -> hygiene_core::Result<Vec<hygiene_core::TargetStatus>> {
+        self.0.status(ids).await
+    }
+    async fn drain(&self, _ids: &[TargetId]) -> hygiene_core::Result<()> {
+        Ok(())
+    }
+    async fn disable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        self.0.disable(ids).await
+    }
+    async fn enable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        self.0.enable(ids).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_that_never_takes_effect_runs_nothing_even_with_proceed() {
+    let (lb, ids) = pool(2);
+    let exec = ScriptedExecutor::new();
+    let cfg = base()
+        .drain_timeout(Duration::from_secs(5))
+        .on_drain_timeout(OnDrainTimeout::Proceed)
+        .build()
+        .expect("config");
+    let r = Rollout::new(DrainIgnored(lb.clone()), exec.clone(), cfg)
+        .run()
+        .await
+        .expect("run");
+    assert!(
+        exec.records().is_empty(),
+        "no maintenance on a target still in service"
+    );
+    match result(&r, &ids[0]) {
+        TargetResult::Failed {
+            phase: Stage::Draining,
+            kept_out: false,
+            reason,
+            ..
+        } => assert!(reason.contains("did not take effect"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        r.kept_out().count(),
+        0,
+        "the report matches the balancer: nothing is out"
+    );
+}
+
+#[derive(Debug, Clone)]
+struct SlowPreflight(ScriptedExecutor);
+
+#[async_trait]
+impl hygiene_core::Executor for SlowPreflight {
+    fn name(&self) -> String {
+        "slow preflight".into()
+    }
+    async fn preflight(
+        &self,
+        targets: &[Target],
+    ) -> hygiene_core::Result<Vec<hygiene_core::Preflight>> {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        self.0.preflight(targets).await
+    }
+    async fn execute(
+        &self,
+        targets: &[Target],
+    ) -> hygiene_core::Result<Vec<hygiene_core::ExecOutcome>> {
+        self.0.execute(targets).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_during_preflight_drains_nothing() {
+    let (lb, ids) = pool(3);
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        t.cancel();
+    });
+    let r = Rollout::new(
+        lb.clone(),
+        SlowPreflight(ScriptedExecutor::new()),
+        base().build().expect("config"),
+    )
+    .with_cancellation(token)
+    .run()
+    .await
+    .expect("run");
+    assert_eq!(r.outcome, Outcome::Cancelled);
+    assert_eq!(mutations(&lb), 0, "start nothing new");
+    assert_eq!(result(&r, &ids[0]), &TargetResult::NotStarted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_take_out_again_is_reported_as_in_service() {
+    let (lb, ids) = pool(2);
+    lb.set_health_after_enable(
+        &ids[0],
+        HealthScript {
+            delay: Duration::ZERO,
+            health: Health::Unhealthy,
+        },
+    )
+    .expect("set");
+    lb.fail_next(Operation::Disable, Error::rejected("lb", "refused"));
+    let cfg = base()
+        .health_timeout(Duration::from_secs(2))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect("run");
+    match result(&r, &ids[0]) {
+        TargetResult::Failed {
+            phase: Stage::Enabling,
+            kept_out: false,
+            reason,
+            ..
+        } => assert!(reason.contains("IN SERVICE"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        lb.status_of(&ids[0]).map(|s| s.state),
+        Some(TargetState::InService)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_refused_as_not_found_changed_nothing() {
+    let (lb, ids) = pool(2);
+    lb.fail_next(Operation::Drain, Error::target_not_found("t000", None));
+    let r = Rollout::new(
+        lb.clone(),
+        ScriptedExecutor::new(),
+        base().build().expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
+    assert!(matches!(r.outcome, Outcome::Aborted { .. }));
+    assert!(matches!(
+        result(&r, &ids[0]),
+        TargetResult::Failed {
+            phase: Stage::Draining,
+            kept_out: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        ids_of(&lb, Operation::Enable),
+        Vec::<TargetId>::new(),
+        "nothing to put back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn execute_is_not_retried_after_an_ambiguous_error() {
+    let (lb, ids) = pool(1);
+    let exec = ScriptedExecutor::new();
+    exec.fail_next(Error::Timeout {
+        operation: "SendCommand".into(),
+        after: Duration::from_secs(30),
+    });
+    let r = Rollout::new(lb.clone(), exec.clone(), base().build().expect("config"))
+        .run()
+        .await
+        .expect("run");
+    assert!(matches!(
+        result(&r, &ids[0]),
+        TargetResult::Failed {
+            phase: Stage::Executing,
+            ..
+        }
+    ));
+    assert_eq!(
+        r.executor_calls, 2,
+        "one preflight, one execute: a maintenance is not run twice"
+    );
+    assert!(exec.records().is_empty());
+    // Throttling means the command was not accepted: that one is retried.
+    let (lb, _) = pool(1);
+    let exec = ScriptedExecutor::new();
+    exec.fail_next(Error::Throttled {
+        location: "ssm".into(),
+        message: "slow down".into(),
+        source: None,
+    });
+    let r = Rollout::new(lb, exec.clone(), base().build().expect("config"))
+        .run()
+        .await
+        .expect("run");
+    assert!(r.is_success());
+    assert_eq!(exec.records().len(), 1);
+}
+
+#[derive(Debug, Clone)]
+struct Swapped;
+
+#[async_trait]
+impl hygiene_core::Executor for Swapped {
+    fn name(&self) -> String {
+        "swapping executor".into()
+    }
+    async fn preflight(
+        &self,
+        targets: &[Target],
+    ) -> hygiene_core::Result<Vec<hygiene_core::Preflight>> {
+        Ok(vec![hygiene_core::Preflight::Ready; targets.len()])
+    }
+    async fn execute(
+        &self,
+        targets: &[Target],
+    ) -> hygiene_core::Result<Vec<hygiene_core::ExecOutcome>> {
+        let mut out: Vec<_> = targets
+            .iter()
+            .map(|t| hygiene_core::ExecOutcome::success(t.id.clone(), Duration::ZERO))
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn outcomes_for_the_wrong_target_are_not_trusted() {
+    let (lb, ids) = pool(2);
+    let cfg = base().batch_size(Amount::Count(2)).build().expect("config");
+    let r = Rollout::new(lb.clone(), Swapped, cfg)
+        .run()
+        .await
+        .expect("run");
+    match result(&r, &ids[0]) {
+        TargetResult::Failed {
+            phase: Stage::Executing,
+            reason,
+            ..
+        } => assert!(reason.contains("not trusted"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(ids_of(&lb, Operation::Enable).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_pool_is_a_config_error() {
+    let lb = hygiene_core::InMemoryBalancer::new();
+    let e = Rollout::new(lb, ScriptedExecutor::new(), base().build().expect("config"))
+        .run()
+        .await
+        .expect_err("empty");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "selection",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}

@@ -10,9 +10,10 @@ use common::pool;
 use hygiene_core::{
     Amount, DrainProfile, Error, Health, HealthScript, InMemoryBalancer, OnDrainTimeout, OnFailure,
     Operation, Outcome, Report, Rollout, RolloutConfig, Script, ScriptedExecutor, TargetId,
-    TargetState,
+    TargetResult, TargetState,
 };
 use proptest::prelude::*;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 struct TargetPlan {
@@ -34,6 +35,7 @@ struct Plan {
     on_failure: OnFailure,
     on_drain_timeout: OnDrainTimeout,
     drain_timeout_ms: u64,
+    cancel_at_ms: Option<u64>,
 }
 
 fn amount(max_count: usize, max_pct: u8, min: usize) -> impl Strategy<Value = Amount> {
@@ -82,6 +84,7 @@ fn plan() -> impl Strategy<Value = Plan> {
             prop_oneof![Just(OnFailure::KeepOut), Just(OnFailure::Restore)],
             prop_oneof![Just(OnDrainTimeout::Fail), Just(OnDrainTimeout::Proceed)],
             1000u64..6000,
+            prop::option::weighted(0.3, 0u64..60_000),
         )
             .prop_map(
                 |(
@@ -93,6 +96,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                     on_failure,
                     on_drain_timeout,
                     drain_timeout_ms,
+                    cancel_at_ms,
                 )| Plan {
                     targets,
                     batch,
@@ -102,6 +106,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                     on_failure,
                     on_drain_timeout,
                     drain_timeout_ms,
+                    cancel_at_ms,
                 },
             )
     })
@@ -164,13 +169,31 @@ fn config(p: &Plan) -> RolloutConfig {
         .expect("valid config")
 }
 
-fn run(p: &Plan, lb: &InMemoryBalancer, exec: &ScriptedExecutor) -> Result<Report, Error> {
+fn run(
+    p: &Plan,
+    lb: &InMemoryBalancer,
+    exec: &ScriptedExecutor,
+    cancel_at: Option<u64>,
+) -> Result<Report, Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("runtime");
-    rt.block_on(Rollout::new(lb.clone(), exec.clone(), config(p)).run())
+    rt.block_on(async {
+        let token = CancellationToken::new();
+        if let Some(ms) = cancel_at {
+            let t = token.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                t.cancel();
+            });
+        }
+        Rollout::new(lb.clone(), exec.clone(), config(p))
+            .with_cancellation(token)
+            .run()
+            .await
+    })
 }
 
 fn check_invariants(
@@ -232,6 +255,7 @@ fn check_invariants(
     for rec in exec.records() {
         let st = rec.status_at_start.expect("observed status");
         let forced = p.on_drain_timeout == OnDrainTimeout::Proceed
+            && st.state != TargetState::InService
             && timings[&rec.id]
                 .drain
                 .is_some_and(|d| d >= Duration::from_millis(p.drain_timeout_ms));
@@ -242,16 +266,24 @@ fn check_invariants(
         );
     }
 
-    // 4. enable only after a successful execute (or with on_failure = Restore).
+    // 4. enable only after a successful execute, or to put back a failed
+    //    target with on_failure = Restore, or a drained one on cancellation.
     let records = exec.records();
+    let results: HashMap<&TargetId, &TargetResult> =
+        report.targets.iter().map(|t| (&t.id, &t.result)).collect();
     for c in calls.iter().filter(|c| c.op == Operation::Enable && c.ok) {
         for id in &c.ids {
             let executed_ok = records
                 .iter()
                 .any(|r| &r.id == id && r.success && r.ended <= c.at);
+            let restored_failure = p.on_failure == OnFailure::Restore
+                && matches!(results.get(id), Some(TargetResult::Failed { .. }));
+            let cancelled = report.outcome == Outcome::Cancelled
+                && matches!(results.get(id), Some(TargetResult::Restored { .. }));
             prop_assert!(
-                executed_ok || p.on_failure == OnFailure::Restore,
-                "invariant 4: {id} enabled without a successful execute"
+                executed_ok || restored_failure || cancelled,
+                "invariant 4: {id} enabled without a successful execute: {:?}",
+                results.get(id)
             );
         }
     }
@@ -287,7 +319,7 @@ proptest! {
     #[test]
     fn rolling_invariants_hold(p in plan()) {
         let (lb, ids, exec) = setup(&p);
-        match run(&p, &lb, &exec) {
+        match run(&p, &lb, &exec, p.cancel_at_ms) {
             Ok(report) => {
                 check_invariants(&p, &lb, &exec, &report)?;
                 // Skipped targets are never enabled, nor touched at all.
@@ -304,7 +336,7 @@ proptest! {
                         exec2.script(id, Script { duration: Duration::from_millis(500), fail: t.exec_fails.then(|| "scripted failure".to_owned()), not_ready: None });
                     }
                     let calls_before = lb.call_count();
-                    let second = run(&p, &lb, &exec2);
+                    let second = run(&p, &lb, &exec2, None);
                     let after: Vec<_> = lb.snapshot().into_iter().map(|(id, s)| (id, s.state)).collect();
                     prop_assert_eq!(before, after, "invariant 6: the second run changed the pool: {:?}", second.map(|r| r.outcome));
                     let not_in_service: BTreeSet<TargetId> = lb.snapshot().into_iter().filter(|(_, s)| s.state != TargetState::InService).map(|(id, _)| id).collect();

@@ -24,11 +24,15 @@ struct Args {
     #[arg(long, default_value_t = 2000)]
     patch_ms: u64,
     /// Load clients with keep-alive.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 24)]
     keepalive_clients: usize,
     /// Load clients opening a new connection per request.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 24)]
     fresh_clients: usize,
+    /// Time each request takes on a server, in milliseconds (so that
+    /// requests are in flight when a drain starts).
+    #[arg(long, default_value_t = 5)]
+    work_ms: u64,
     /// Path of the patch program (default: the `demo` binary next to this one).
     #[arg(long)]
     patch_program: Option<std::path::PathBuf>,
@@ -119,6 +123,8 @@ async fn bench(args: Args) -> BoxResult<serde_json::Value> {
         },
         "servers": args.servers,
         "patch_ms": args.patch_ms,
+        "work_ms": args.work_ms,
+        "clients": { "keepalive": args.keepalive_clients, "fresh": args.fresh_clients },
     }))
 }
 
