@@ -103,6 +103,9 @@ impl Haproxy {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Not in the terminal's process group: Ctrl-C is for the demo,
+            // which must keep HAProxy up until every service is back.
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

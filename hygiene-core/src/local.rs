@@ -72,6 +72,12 @@ impl LocalCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Its own process group: a Ctrl-C at the operator's terminal cancels
+        // the run, and a maintenance already running must finish (then go
+        // through enable and health), not die half-way with the terminal's
+        // SIGINT.
+        #[cfg(unix)]
+        cmd.process_group(0);
         if let Some(port) = target.port {
             cmd.env("HYGIENE_TARGET_PORT", port.to_string());
         }
@@ -205,6 +211,21 @@ mod tests {
             .unwrap_or("")
             .contains("cannot start"));
         assert!(LocalCommand::new("", Vec::<String>::new()).is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn runs_in_its_own_process_group() {
+        // pid and process group of the shell: equal when it leads its own group.
+        let cmd =
+            LocalCommand::new("sh", ["-c", "echo $$; cut -d' ' -f5 /proc/$$/stat"]).expect("cmd");
+        let out = cmd.execute(&[target("a")]).await.expect("execute");
+        let lines: Vec<&str> = out[0].stdout_tail.lines().collect();
+        assert_eq!(lines.len(), 2, "{:?}", out[0]);
+        assert_eq!(
+            lines[0], lines[1],
+            "a terminal's Ctrl-C must not reach the maintenance"
+        );
     }
 
     #[tokio::test]

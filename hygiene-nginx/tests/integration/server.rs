@@ -659,10 +659,21 @@ async fn front(AxState(st): AxState<Shared>, req: Request, next: Next) -> Respon
     lock(&st).log.push(Logged {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
-        body: String::from_utf8_lossy(&bytes).into_owned(),
+        body: canonical_json(&bytes),
     });
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// A logged body with JSON object keys sorted, so tests can compare it as
+/// text whatever order the client wrote the keys in (serde_json keeps
+/// insertion order when another crate of the workspace turns on its
+/// `preserve_order` feature). Non-JSON bodies are kept as they are.
+fn canonical_json(bytes: &[u8]) -> String {
+    match serde_json::from_slice::<std::collections::BTreeMap<String, serde_json::Value>>(bytes) {
+        Ok(map) => serde_json::to_string(&map).unwrap_or_default(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 /// Every (method, spec path) the router serves, for the spec check.
