@@ -16,7 +16,7 @@ use hygiene_core::{
 use tokio::sync::OnceCell;
 use tracing::{debug, info};
 
-use crate::error::{map_sdk, Subject};
+use crate::error::{call, Subject};
 use crate::health::{combine, observe, Observation};
 
 /// What the pool is made of.
@@ -181,41 +181,33 @@ impl Elbv2Balancer {
         match &self.inner.pool {
             Pool::TargetGroups(arns) => {
                 for chunk in arns.chunks(20) {
-                    let out = self
-                        .client()
-                        .describe_target_groups()
-                        .set_target_group_arns(Some(chunk.to_vec()))
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            map_sdk(
-                                "elbv2",
-                                "DescribeTargetGroups",
-                                Subject::groups(chunk.join(", ")),
-                                e,
-                            )
-                        })?;
+                    let out = call(
+                        "elbv2",
+                        "DescribeTargetGroups",
+                        || Subject::groups(chunk.join(", ")),
+                        self.client()
+                            .describe_target_groups()
+                            .set_target_group_arns(Some(chunk.to_vec()))
+                            .send(),
+                    )
+                    .await?;
                     found.extend(out.target_groups().iter().cloned());
                 }
             }
             Pool::LoadBalancer(arn) => {
                 let mut marker = None;
                 loop {
-                    let out = self
-                        .client()
-                        .describe_target_groups()
-                        .load_balancer_arn(arn)
-                        .set_marker(marker)
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            map_sdk(
-                                "elbv2",
-                                "DescribeTargetGroups",
-                                Subject::groups(arn.clone()),
-                                e,
-                            )
-                        })?;
+                    let out = call(
+                        "elbv2",
+                        "DescribeTargetGroups",
+                        || Subject::groups(arn.clone()),
+                        self.client()
+                            .describe_target_groups()
+                            .load_balancer_arn(arn)
+                            .set_marker(marker)
+                            .send(),
+                    )
+                    .await?;
                     found.extend(out.target_groups().iter().cloned());
                     marker = out.next_marker().map(str::to_owned);
                     if marker.is_none() {
@@ -258,21 +250,25 @@ impl Elbv2Balancer {
         group: &Group,
         targets: Option<Vec<TargetDescription>>,
     ) -> Result<Vec<(TargetId, Option<i32>, Option<String>, Observation)>> {
-        let out = self
-            .client()
-            .describe_target_health()
-            .target_group_arn(&group.arn)
-            .set_targets(targets)
-            .send()
-            .await
-            .map_err(|e| {
-                map_sdk(
-                    "elbv2",
-                    "DescribeTargetHealth",
-                    Subject::groups(group.arn.clone()),
-                    e,
-                )
-            })?;
+        // The targets asked about, to name them in a NotFound (InvalidTarget:
+        // a terminated instance, say).
+        let asked = targets
+            .iter()
+            .flatten()
+            .filter_map(TargetDescription::id)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let out = call(
+            "elbv2",
+            "DescribeTargetHealth",
+            || Subject::groups(group.arn.clone()).with_targets(asked),
+            self.client()
+                .describe_target_health()
+                .target_group_arn(&group.arn)
+                .set_targets(targets)
+                .send(),
+        )
+        .await?;
         let mut rows = Vec::new();
         for d in out.target_health_descriptions() {
             let Some(t) = d.target() else { continue };
@@ -576,28 +572,24 @@ impl LoadBalancer for Elbv2Balancer {
                 continue;
             }
             info!(target_group = %g.name, targets = still.len(), "deregistering targets");
-            self.client()
-                .deregister_targets()
-                .target_group_arn(&g.arn)
-                .set_targets(Some(still.clone()))
-                .send()
-                .await
-                .map_err(|e| {
+            call(
+                "elbv2",
+                "DeregisterTargets",
+                || {
                     let names = members
                         .iter()
                         .map(|(id, _)| id.to_string())
                         .collect::<Vec<_>>()
                         .join(", ");
-                    map_sdk(
-                        "elbv2",
-                        "DeregisterTargets",
-                        Subject {
-                            groups: g.arn.clone(),
-                            targets: names,
-                        },
-                        e,
-                    )
-                })?;
+                    Subject::groups(g.arn.clone()).with_targets(names)
+                },
+                self.client()
+                    .deregister_targets()
+                    .target_group_arn(&g.arn)
+                    .set_targets(Some(still.clone()))
+                    .send(),
+            )
+            .await?;
             // Verify after: a registration still in service means the call
             // silently did nothing for it.
             let after = self.describe(g, Some(still)).await?;
@@ -635,28 +627,24 @@ impl LoadBalancer for Elbv2Balancer {
             let descs: Vec<TargetDescription> =
                 members.iter().map(|(id, r)| r.describe(id)).collect();
             info!(target_group = %g.name, targets = descs.len(), "registering targets");
-            self.client()
-                .register_targets()
-                .target_group_arn(&g.arn)
-                .set_targets(Some(descs))
-                .send()
-                .await
-                .map_err(|e| {
+            call(
+                "elbv2",
+                "RegisterTargets",
+                || {
                     let names = members
                         .iter()
                         .map(|(id, _)| id.to_string())
                         .collect::<Vec<_>>()
                         .join(", ");
-                    map_sdk(
-                        "elbv2",
-                        "RegisterTargets",
-                        Subject {
-                            groups: g.arn.clone(),
-                            targets: names,
-                        },
-                        e,
-                    )
-                })?;
+                    Subject::groups(g.arn.clone()).with_targets(names)
+                },
+                self.client()
+                    .register_targets()
+                    .target_group_arn(&g.arn)
+                    .set_targets(Some(descs))
+                    .send(),
+            )
+            .await?;
         }
         Ok(())
     }

@@ -280,11 +280,25 @@ impl Elbv2BalancerBuilder {
 ///     .build()?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows document parameter names, never their values (they may
+/// hold secrets).
+#[derive(Clone)]
 pub struct SsmExecutorBuilder {
     settings: ClientSettings,
     client: Option<aws_sdk_ssm::Client>,
     ssm: crate::ssm::SsmSettings,
+}
+
+impl std::fmt::Debug for SsmExecutorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // SsmSettings' own Debug leaves the parameter values out.
+        f.debug_struct("SsmExecutorBuilder")
+            .field("settings", &self.settings)
+            .field("client", &self.client.as_ref().map(|_| "<given>"))
+            .field("ssm", &self.ssm)
+            .finish()
+    }
 }
 
 impl SsmExecutorBuilder {

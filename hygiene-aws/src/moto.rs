@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::error::{map_sdk, Subject};
+use crate::error::{call, Subject};
 
 /// The region every moto resource lives in.
 pub const REGION: &str = "us-east-1";
@@ -258,17 +258,20 @@ impl MotoServer {
     /// # Errors
     /// When moto refuses.
     pub async fn create_target_group(&self, name: &str, vpc: &str, port: u16) -> Result<String> {
-        let out = self
-            .elbv2()
-            .await
-            .create_target_group()
-            .name(name)
-            .protocol(ProtocolEnum::Http)
-            .port(i32::from(port))
-            .vpc_id(vpc)
-            .send()
-            .await
-            .map_err(|e| map_sdk("elbv2", "CreateTargetGroup", Subject::groups(name), e))?;
+        let client = self.elbv2().await;
+        let out = call(
+            "elbv2",
+            "CreateTargetGroup",
+            || Subject::groups(name),
+            client
+                .create_target_group()
+                .name(name)
+                .protocol(ProtocolEnum::Http)
+                .port(i32::from(port))
+                .vpc_id(vpc)
+                .send(),
+        )
+        .await?;
         out.target_groups()
             .first()
             .and_then(|g| g.target_group_arn())
@@ -292,15 +295,17 @@ impl MotoServer {
                         .build()
                 })
                 .collect();
-            client
-                .register_targets()
-                .target_group_arn(target_group)
-                .set_targets(Some(descs))
-                .send()
-                .await
-                .map_err(|e| {
-                    map_sdk("elbv2", "RegisterTargets", Subject::groups(target_group), e)
-                })?;
+            call(
+                "elbv2",
+                "RegisterTargets",
+                || Subject::groups(target_group),
+                client
+                    .register_targets()
+                    .target_group_arn(target_group)
+                    .set_targets(Some(descs))
+                    .send(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -317,13 +322,17 @@ impl MotoServer {
         target_groups: &[String],
     ) -> Result<String> {
         let client = self.elbv2().await;
-        let out = client
-            .create_load_balancer()
-            .name(name)
-            .set_subnets(Some(subnets.to_vec()))
-            .send()
-            .await
-            .map_err(|e| map_sdk("elbv2", "CreateLoadBalancer", Subject::groups(name), e))?;
+        let out = call(
+            "elbv2",
+            "CreateLoadBalancer",
+            || Subject::groups(name),
+            client
+                .create_load_balancer()
+                .name(name)
+                .set_subnets(Some(subnets.to_vec()))
+                .send(),
+        )
+        .await?;
         let arn = out
             .load_balancers()
             .first()
@@ -332,20 +341,24 @@ impl MotoServer {
             .ok_or_else(|| Error::protocol("moto", "CreateLoadBalancer reply without an ARN"))?;
         for (i, tg) in target_groups.iter().enumerate() {
             let port = 80 + i32::try_from(i).unwrap_or(0);
-            client
-                .create_listener()
-                .load_balancer_arn(&arn)
-                .protocol(ProtocolEnum::Http)
-                .port(port)
-                .default_actions(
-                    Action::builder()
-                        .r#type(ActionTypeEnum::Forward)
-                        .target_group_arn(tg)
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| map_sdk("elbv2", "CreateListener", Subject::groups(arn.clone()), e))?;
+            call(
+                "elbv2",
+                "CreateListener",
+                || Subject::groups(arn.clone()),
+                client
+                    .create_listener()
+                    .load_balancer_arn(&arn)
+                    .protocol(ProtocolEnum::Http)
+                    .port(port)
+                    .default_actions(
+                        Action::builder()
+                            .r#type(ActionTypeEnum::Forward)
+                            .target_group_arn(tg)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .await?;
         }
         Ok(arn)
     }

@@ -1,11 +1,12 @@
 //! [`SsmExecutor`]: the maintenance as an SSM Run Command document.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_sdk_ssm::types::{
     CloudWatchOutputConfig, CommandInvocationStatus, InstanceInformationStringFilter, PingStatus,
 };
@@ -17,7 +18,7 @@ use hygiene_core::{
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::error::{code_of, map_sdk, Subject};
+use crate::error::{call, code_of, map_sdk, Subject};
 
 /// SSM takes at most this many instance ids in one SendCommand.
 pub const MAX_INSTANCES_PER_COMMAND: usize = 50;
@@ -51,7 +52,9 @@ pub enum StatusApi {
 }
 
 /// What an [`SsmExecutor`] sends, and how it waits.
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows the parameter names only: their values may be secrets.
+#[derive(Clone)]
 pub(crate) struct SsmSettings {
     pub(crate) document: String,
     pub(crate) document_version: Option<String>,
@@ -70,7 +73,36 @@ pub(crate) struct SsmSettings {
     pub(crate) instance_ids: HashMap<TargetId, String>,
 }
 
+impl fmt::Debug for SsmSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SsmSettings")
+            .field("document", &self.document)
+            .field("document_version", &self.document_version)
+            .field("parameters", &self.parameter_names())
+            .field("comment", &self.comment)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("execution_timeout", &self.execution_timeout)
+            .field("s3_output", &self.s3_output)
+            .field("cloudwatch_log_group", &self.cloudwatch_log_group)
+            .field("poll_interval", &self.poll_interval)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("cancel_grace", &self.cancel_grace)
+            .field("cancel", &self.cancel)
+            .field("preflight", &self.preflight)
+            .field("status_api", &self.status_api)
+            .field("instance_ids", &self.instance_ids)
+            .finish()
+    }
+}
+
 impl SsmSettings {
+    /// The parameter names, sorted (their values are never shown).
+    pub(crate) fn parameter_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.parameters.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     pub(crate) fn new(document: String) -> Self {
         Self {
             document,
@@ -128,6 +160,14 @@ impl SsmSettings {
 ///   `InvalidPlatform`, `AccessDenied` fail with a message that says what
 ///   it means, plus the exit code and the output tail. Transient errors
 ///   while polling are retried at the next poll.
+/// - **SendCommand refused.** An instance SSM will not run on
+///   (`InvalidInstanceId`: gone, stopped, agent deregistered since
+///   preflight; `UnsupportedPlatformType`) fails that target, naming the
+///   instance and the reason; the other instances of its call are sent
+///   again one by one. Any other refusal (throttling, the document, its
+///   parameters, permissions) is an `Err` of `execute` while no command has
+///   been sent yet, so the engine may retry a throttled call; once commands
+///   run, it fails the targets of that call instead.
 /// - **Cancellation.** With a token ([`with_cancellation`](crate::SsmExecutorBuilder::with_cancellation)),
 ///   cancelling it sends `CancelCommand` for every outstanding command and
 ///   waits (up to 2 min) for SSM to confirm; the targets then fail as
@@ -154,7 +194,7 @@ impl fmt::Debug for SsmExecutor {
         f.debug_struct("SsmExecutor")
             .field("document", &s.document)
             .field("document_version", &s.document_version)
-            .field("parameters", &s.parameters.keys().collect::<Vec<_>>())
+            .field("parameters", &s.parameter_names())
             .field("preflight", &s.preflight)
             .field("status_api", &s.status_api)
             .finish_non_exhaustive()
@@ -174,6 +214,44 @@ struct Sent {
 /// Transient status read failures in a row after which the command's
 /// targets are reported failed (the command may still be running).
 const MAX_READ_ERRORS: u32 = 10;
+
+/// A SendCommand that failed.
+#[derive(Debug)]
+struct SendFailure {
+    error: Error,
+    /// Set when SSM refused the instances rather than the command
+    /// (`InvalidInstanceId`, …): why, for the targets' outcomes. The same
+    /// command may still run on other instances.
+    instance_reason: Option<String>,
+}
+
+/// Why SSM refused the instances of a SendCommand, when it refused them
+/// rather than the command.
+fn instance_refusal<E: ProvideErrorMetadata>(
+    err: &aws_smithy_runtime_api::client::result::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> Option<String> {
+    let hint = match code_of(err)? {
+        "InvalidInstanceId" | "InvalidInstanceIdException" => {
+            "the instance is gone, stopped, not in this account and region, or its SSM agent is no longer registered"
+        }
+        "UnsupportedPlatformType" | "UnsupportedPlatformTypeException" => {
+            "the document does not support the instance's platform"
+        }
+        // Not DuplicateInstanceId: sending to each target alone would run
+        // the command twice on that instance.
+        _ => return None,
+    };
+    let code = code_of(err).unwrap_or_default();
+    let said = err
+        .as_service_error()
+        .and_then(ProvideErrorMetadata::message)
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    Some(format!("{code}{said} ({hint})"))
+}
 
 /// What a terminal status means for the operator.
 fn explain(status: &str, details: Option<&str>) -> Option<(bool, String)> {
@@ -249,14 +327,15 @@ impl SsmExecutor {
         ))
     }
 
-    async fn send(&self, instances: Vec<String>) -> Result<String> {
+    /// One SendCommand to `instances`: the command id, or why not.
+    async fn send(&self, instances: &[String]) -> std::result::Result<String, SendFailure> {
         let s = self.settings();
         let mut req = self
             .client()
             .send_command()
             .document_name(&s.document)
             .set_document_version(s.document_version.clone())
-            .set_instance_ids(Some(instances.clone()))
+            .set_instance_ids(Some(instances.to_vec()))
             .set_comment(s.comment.clone())
             .set_timeout_seconds(
                 s.delivery_timeout
@@ -284,22 +363,33 @@ impl SsmExecutor {
                     .build(),
             );
         }
+        let started = Instant::now();
         let out = req.send().await.map_err(|e| {
-            map_sdk(
+            let instance_reason = instance_refusal(&e);
+            let error = map_sdk(
                 "ssm",
                 "SendCommand",
-                Subject::targets(instances.join(", ")),
+                Subject::targets(instances.join(", ")).with_document(&s.document),
+                started.elapsed(),
                 e,
-            )
+            );
+            SendFailure {
+                error,
+                instance_reason,
+            }
         })?;
         out.command()
             .and_then(|c| c.command_id())
             .map(str::to_owned)
-            .ok_or_else(|| Error::protocol("ssm SendCommand", "reply without a command id"))
+            .ok_or_else(|| SendFailure {
+                error: Error::protocol("ssm SendCommand", "reply without a command id"),
+                instance_reason: None,
+            })
     }
 
     async fn cancel_command(&self, sent: &Sent) {
         let pending: Vec<String> = sent.members.iter().map(|(_, i)| i.clone()).collect();
+        let started = Instant::now();
         match self
             .client()
             .cancel_command()
@@ -310,7 +400,7 @@ impl SsmExecutor {
         {
             Ok(_) => info!(command_id = %sent.command_id, "cancel requested"),
             Err(e) => {
-                warn!(command_id = %sent.command_id, error = %map_sdk("ssm", "CancelCommand", Subject::default(), e), "cancel failed")
+                warn!(command_id = %sent.command_id, error = %map_sdk("ssm", "CancelCommand", Subject::default(), started.elapsed(), e), "cancel failed")
             }
         }
     }
@@ -322,17 +412,18 @@ impl SsmExecutor {
             StatusApi::ListCommandInvocations => {
                 let mut token = None;
                 loop {
-                    let page = self
-                        .client()
-                        .list_command_invocations()
-                        .command_id(&sent.command_id)
-                        .details(true)
-                        .set_next_token(token)
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            map_sdk("ssm", "ListCommandInvocations", Subject::default(), e)
-                        })?;
+                    let page = call(
+                        "ssm",
+                        "ListCommandInvocations",
+                        Subject::default,
+                        self.client()
+                            .list_command_invocations()
+                            .command_id(&sent.command_id)
+                            .details(true)
+                            .set_next_token(token)
+                            .send(),
+                    )
+                    .await?;
                     for inv in page.command_invocations() {
                         let Some(instance) = inv.instance_id() else {
                             continue;
@@ -370,6 +461,7 @@ impl SsmExecutor {
             }
             StatusApi::GetCommandInvocation => {
                 for (_, instance) in &sent.members {
+                    let started = Instant::now();
                     let r = self
                         .client()
                         .get_command_invocation()
@@ -406,6 +498,7 @@ impl SsmExecutor {
                                 "ssm",
                                 "GetCommandInvocation",
                                 Subject::targets(instance.clone()),
+                                started.elapsed(),
                                 e,
                             ))
                         }
@@ -464,21 +557,17 @@ impl Executor for SsmExecutor {
                 .map_err(|e| Error::protocol("ssm DescribeInstanceInformation", e.to_string()))?;
             let mut token = None;
             loop {
-                let page = self
-                    .client()
-                    .describe_instance_information()
-                    .filters(filter.clone())
-                    .set_next_token(token)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        map_sdk(
-                            "ssm",
-                            "DescribeInstanceInformation",
-                            Subject::targets(chunk.join(", ")),
-                            e,
-                        )
-                    })?;
+                let page = call(
+                    "ssm",
+                    "DescribeInstanceInformation",
+                    || Subject::targets(chunk.join(", ")),
+                    self.client()
+                        .describe_instance_information()
+                        .filters(filter.clone())
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await?;
                 for i in page.instance_information_list() {
                     if let Some(id) = i.instance_id() {
                         let last = i
@@ -539,25 +628,59 @@ impl Executor for SsmExecutor {
             todo.clear();
         }
         let mut sent: Vec<Sent> = Vec::new();
-        for chunk in todo.chunks(MAX_INSTANCES_PER_COMMAND) {
+        let mut work: VecDeque<Vec<(usize, String)>> = todo
+            .chunks(MAX_INSTANCES_PER_COMMAND)
+            .map(<[_]>::to_vec)
+            .collect();
+        while let Some(chunk) = work.pop_front() {
             let instances: Vec<String> = chunk.iter().map(|(_, i)| i.clone()).collect();
-            match self.send(instances).await {
+            match self.send(&instances).await {
                 Ok(command_id) => {
                     info!(command_id = %command_id, document = %s.document, instances = chunk.len(), "command sent");
                     sent.push(Sent {
                         command_id,
-                        members: chunk.to_vec(),
+                        members: chunk,
                         read_errors: 0,
                     });
                 }
-                // Nothing sent yet: the whole call can safely be retried.
-                Err(e) if sent.is_empty() => return Err(e),
-                Err(e) => {
-                    for (i, _) in chunk {
-                        outcomes[*i] = Some(ExecOutcome::failure(
-                            targets[*i].id.clone(),
+                // SSM refuses the whole call for one instance it cannot
+                // run on: send to each alone, so only those fail.
+                Err(SendFailure {
+                    instance_reason: Some(_),
+                    ..
+                }) if chunk.len() > 1 => {
+                    warn!(instances = %instances.join(", "), "SendCommand refused an instance; sending to each instance alone");
+                    for member in chunk.into_iter().rev() {
+                        work.push_front(vec![member]);
+                    }
+                }
+                Err(SendFailure {
+                    instance_reason: Some(why),
+                    ..
+                }) => {
+                    for (i, inst) in chunk {
+                        warn!(target.id = %targets[i].id, instance = %inst, reason = %why, "SendCommand refused the instance");
+                        outcomes[i] = Some(ExecOutcome::failure(
+                            targets[i].id.clone(),
                             started.elapsed(),
-                            format!("SendCommand failed: {e}"),
+                            format!("ssm SendCommand refused instance {inst}: {why}; the command did not run there"),
+                        ));
+                    }
+                }
+                // Nothing sent yet, and not about one instance (throttled,
+                // document, parameters, permissions): the executor failed
+                // as a whole, and the whole call can safely be retried.
+                Err(f) if sent.is_empty() => return Err(f.error),
+                // Commands already run elsewhere: they must be waited for.
+                Err(f) => {
+                    for (i, inst) in chunk {
+                        outcomes[i] = Some(ExecOutcome::failure(
+                            targets[i].id.clone(),
+                            started.elapsed(),
+                            format!(
+                                "ssm SendCommand for {inst} failed: {}; the command did not run there",
+                                f.error
+                            ),
                         ));
                     }
                 }

@@ -49,6 +49,9 @@ struct Fake {
     /// Script after RegisterTargets (last entry repeats).
     after_enable: Vec<Obs>,
     throttle_next: usize,
+    /// Ids a targeted DescribeTargetHealth answers `InvalidTarget` for
+    /// (a terminated instance).
+    invalid: Vec<String>,
     targeted_calls: usize,
     deregistered: Vec<(String, Option<i32>)>,
     registered: Vec<(String, Option<i32>)>,
@@ -116,6 +119,21 @@ fn client(fake: &Arc<Mutex<Fake>>) -> Client {
                 ErrorMetadata::builder()
                     .code("Throttling")
                     .message("Rate exceeded")
+                    .build(),
+            ));
+        }
+        if let Some(bad) = req
+            .targets()
+            .iter()
+            .filter_map(|t| t.id())
+            .find(|id| f.invalid.iter().any(|i| i == id))
+        {
+            return MockResponse::Error(DescribeTargetHealthError::generic(
+                ErrorMetadata::builder()
+                    .code("InvalidTarget")
+                    .message(format!(
+                        "The following targets are not in a running state and cannot be registered: '{bad}'"
+                    ))
                     .build(),
             ));
         }
@@ -370,6 +388,29 @@ async fn throttling_is_typed_and_retried() {
         fake.lock().expect("fake").throttle_next,
         0,
         "every throttle was hit"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_target_in_describe_target_health_names_the_targets() {
+    let fake = Fake::new(&["i-0a", "i-0b"]);
+    let lb = balancer(&fake);
+    lb.list().await.expect("list");
+    // i-0b was terminated: ELBv2 refuses a targeted DescribeTargetHealth.
+    fake.lock().expect("fake").invalid = vec!["i-0b".into()];
+    let e = lb
+        .status(&[id("i-0a"), id("i-0b")])
+        .await
+        .expect_err("InvalidTarget");
+    assert!(
+        matches!(&e, Error::NotFound { kind: "target", name, .. } if name.contains("i-0b")),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable());
+    let text = e.to_string();
+    assert!(
+        text.contains("i-0b") && text.contains("DescribeTargetHealth") && !text.contains("\"\""),
+        "{text}"
     );
 }
 

@@ -6,20 +6,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ssm::config::retry::RetryConfig;
+use aws_sdk_ssm::error::ErrorMetadata;
 use aws_sdk_ssm::operation::cancel_command::CancelCommandOutput;
 use aws_sdk_ssm::operation::describe_instance_information::DescribeInstanceInformationOutput;
 use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
 use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsOutput;
-use aws_sdk_ssm::operation::send_command::SendCommandOutput;
+use aws_sdk_ssm::operation::send_command::{SendCommandError, SendCommandOutput};
 use aws_sdk_ssm::types::{
     Command, CommandInvocation, CommandInvocationStatus, CommandPlugin, InstanceInformation,
     PingStatus,
 };
 use aws_sdk_ssm::Client;
-use aws_smithy_mocks::{mock, mock_client, RuleMode};
+use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
 use hygiene_aws::{SsmExecutor, SsmExecutorBuilder, StatusApi};
 use hygiene_core::{
-    Amount, CancellationToken, Executor, InMemoryBalancer, Operation, Preflight, Rollout,
+    Amount, CancellationToken, Error, Executor, InMemoryBalancer, Operation, Preflight, Rollout,
     RolloutConfig, Stage, Target, TargetId, TargetResult,
 };
 
@@ -38,6 +39,14 @@ struct Fake {
     cancelled: Vec<(String, Vec<String>)>,
     ping: HashMap<String, PingStatus>,
     sent_parameters: Vec<HashMap<String, Vec<String>>>,
+    /// Instances SSM refuses in SendCommand with `InvalidInstanceId` (their
+    /// agent went away after preflight).
+    gone: Vec<String>,
+    /// Per SendCommand, in order: an error code to refuse it with (None:
+    /// accept). Calls past the end are accepted.
+    send_errors: VecDeque<Option<&'static str>>,
+    /// The instances of every SendCommand, accepted or not.
+    send_attempts: Vec<Vec<String>>,
 }
 
 impl Fake {
@@ -64,15 +73,37 @@ impl Fake {
 
 fn client(fake: &Arc<Mutex<Fake>>) -> Client {
     let f = Arc::clone(fake);
-    let send = mock!(Client::send_command).then_compute_output(move |req| {
+    let send = mock!(Client::send_command).then_compute_response(move |req| {
         let mut f = f.lock().expect("fake");
+        f.send_attempts.push(req.instance_ids().to_vec());
+        let refuse = |code: &str, message: String| {
+            MockResponse::Error(SendCommandError::generic(
+                ErrorMetadata::builder().code(code).message(message).build(),
+            ))
+        };
+        if let Some(Some(code)) = f.send_errors.pop_front() {
+            return refuse(code, format!("{code} from the fake"));
+        }
+        let gone: Vec<&String> = req
+            .instance_ids()
+            .iter()
+            .filter(|i| f.gone.contains(i))
+            .collect();
+        if !gone.is_empty() {
+            return refuse(
+                "InvalidInstanceId",
+                format!("Instances {gone:?} not in a valid state for account 123456789012"),
+            );
+        }
         let id = format!("cmd-{}", f.commands.len());
         f.commands.push((id.clone(), req.instance_ids().to_vec()));
         f.sent_parameters
             .push(req.parameters().cloned().unwrap_or_default());
-        SendCommandOutput::builder()
-            .command(Command::builder().command_id(id).build())
-            .build()
+        MockResponse::Output(
+            SendCommandOutput::builder()
+                .command(Command::builder().command_id(id).build())
+                .build(),
+        )
     });
     let f = Arc::clone(fake);
     let list = mock!(Client::list_command_invocations).then_compute_output(move |req| {
@@ -492,4 +523,204 @@ async fn an_endpoint_without_list_command_invocations_fails_clearly() {
         msg.contains("StatusApi::GetCommandInvocation") && msg.contains("may still be running"),
         "{msg}"
     );
+}
+
+const OK: Step = ("Success", "Success", 0, "ok", "");
+
+fn refused_message(o: &hygiene_core::ExecOutcome) -> &str {
+    o.message.as_deref().unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_gone_since_preflight_fails_alone_on_the_first_send_command() {
+    // Alone in its call: an outcome, not an Err of execute.
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").gone = vec!["i-gone".into()];
+    let exec = builder(&fake).build().expect("builds");
+    let out = exec.execute(&[target("i-gone")]).await.expect("execute");
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].success);
+    assert_eq!(out[0].id.as_str(), "i-gone");
+    let msg = refused_message(&out[0]);
+    assert!(
+        msg.contains("i-gone") && msg.contains("InvalidInstanceId") && msg.contains("agent"),
+        "{msg}"
+    );
+
+    // With others in its call: SSM refuses the whole call, so the others
+    // are sent again one by one and run; only the gone instance fails.
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").gone = vec!["i-gone".into()];
+    let exec = builder(&fake).build().expect("builds");
+    let targets = [target("i-0a"), target("i-gone"), target("i-0b")];
+    let out = exec.execute(&targets).await.expect("execute");
+    assert!(out[0].success && out[2].success, "{out:?}");
+    assert!(!out[1].success);
+    let msg = refused_message(&out[1]);
+    assert!(
+        msg.contains("i-gone") && msg.contains("InvalidInstanceId"),
+        "{msg}"
+    );
+    let f = fake.lock().expect("fake");
+    assert_eq!(
+        f.send_attempts,
+        vec![
+            vec!["i-0a".to_owned(), "i-gone".into(), "i-0b".into()],
+            vec!["i-0a".to_owned()],
+            vec!["i-gone".to_owned()],
+            vec!["i-0b".to_owned()],
+        ]
+    );
+    assert_eq!(f.commands.len(), 2, "the command ran on i-0a and i-0b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_gone_fails_the_same_way_in_a_later_send_command() {
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").gone = vec!["i-gone".into()];
+    let mut targets: Vec<Target> = (0..50).map(|i| target(&format!("i-{i:04x}"))).collect();
+    targets.push(target("i-gone"));
+    let exec = builder(&fake).build().expect("builds");
+    let out = exec.execute(&targets).await.expect("execute");
+    assert!(out[..50].iter().all(|o| o.success));
+    assert!(!out[50].success);
+    let msg = refused_message(&out[50]);
+    assert!(
+        msg.contains("i-gone") && msg.contains("InvalidInstanceId"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_command_refusals_before_anything_was_sent_are_errors() {
+    // Throttled before SSM accepted anything: retryable, and nothing ran.
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").send_errors = [Some("ThrottlingException")].into();
+    let exec = builder(&fake).build().expect("builds");
+    let e = exec
+        .execute(&[target("i-0a"), target("i-0b")])
+        .await
+        .expect_err("throttled");
+    assert!(
+        matches!(e, Error::Throttled { .. }) && e.is_retryable(),
+        "{e:?}"
+    );
+
+    // A document SSM does not know: the executor fails as a whole, naming it.
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").send_errors = [Some("InvalidDocument")].into();
+    let exec = builder(&fake).build().expect("builds");
+    let e = exec
+        .execute(&[target("i-0a")])
+        .await
+        .expect_err("no such document");
+    assert!(
+        matches!(&e, Error::NotFound { kind: "SSM document", name, .. } if name == "AWS-RunShellScript"),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable());
+
+    // Once a command runs, a later refusal fails that call's targets.
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").send_errors = [None, Some("ThrottlingException")].into();
+    let targets: Vec<Target> = (0..60).map(|i| target(&format!("i-{i:04x}"))).collect();
+    let exec = builder(&fake).build().expect("builds");
+    let out = exec.execute(&targets).await.expect("execute");
+    assert!(out[..50].iter().all(|o| o.success));
+    for o in &out[50..] {
+        let msg = refused_message(o);
+        assert!(
+            !o.success && msg.contains(o.id.as_str()) && msg.contains("ThrottlingException"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn debug_shows_parameter_names_but_not_values() {
+    let fake = Fake::new(vec![]);
+    let b = builder(&fake).with_parameter("dbPassword", ["hunter2-secret"]);
+    let text = format!("{b:?}");
+    assert!(
+        text.contains("dbPassword") && text.contains("commands"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2-secret") && !text.contains("yum -y update"),
+        "{text}"
+    );
+    let exec = b.build().expect("builds");
+    let text = format!("{exec:?}");
+    assert!(text.contains("dbPassword"), "{text}");
+    assert!(!text.contains("hunter2-secret"), "{text}");
+}
+
+/// One HTTP exchange on `listener`: reads the request, answers the first
+/// part of a reply whose Content-Length promises more, and hangs up.
+async fn serve_cut_off_reply(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok((mut sock, _)) = listener.accept().await else {
+        return;
+    };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Ok(n) = sock.read(&mut chunk).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: 500\r\n\r\n{\"InstanceInformationList\": [{\"InstanceId\": \"i-0a\", ";
+    let _ = sock.write_all(reply.as_bytes()).await;
+    let _ = sock.flush().await;
+    let _ = sock.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reply_cut_off_mid_body_is_unavailable_not_protocol() {
+    use aws_sdk_ssm::config::{BehaviorVersion, Credentials, Region};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(serve_cut_off_reply(listener));
+    let conf = aws_sdk_ssm::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+        .endpoint_url(format!("http://{addr}"))
+        .retry_config(RetryConfig::disabled())
+        .build();
+    let exec = SsmExecutor::builder("AWS-RunShellScript")
+        .with_client(Client::from_conf(conf))
+        .build()
+        .expect("builds");
+    let e = exec
+        .preflight(&[target("i-0a")])
+        .await
+        .expect_err("reply cut off");
+    assert!(
+        matches!(e, Error::Unavailable { .. }) && e.is_retryable(),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("cut off"), "{e}");
+    server.await.expect("server");
 }

@@ -37,7 +37,7 @@ pub enum Error {
     },
 
     /// The backend does not know this thing.
-    #[error("{kind} {name:?} not found{}: check the name against the balancer's configuration", location.as_ref().map(|l| format!(" on {l}")).unwrap_or_default())]
+    #[error("{kind} {name:?} not found{}: check the name against the configuration it comes from", location.as_ref().map(|l| format!(" on {l}")).unwrap_or_default())]
     NotFound {
         /// What kind of thing (target, backend, server, upstream, target group).
         kind: &'static str,

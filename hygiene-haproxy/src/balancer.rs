@@ -2,17 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hygiene_core::{
-    with_retries, Capabilities, Health, ListedTarget, LoadBalancer, RetryPolicy, Target, TargetId,
-    TargetState, TargetStatus,
+    with_retries, with_retries_when, Capabilities, Health, ListedTarget, LoadBalancer, RetryPolicy,
+    Target, TargetId, TargetState, TargetStatus,
 };
 use tracing::{debug, warn};
 
-use crate::client::Client;
+use crate::client::{Client, SendFailure};
 use crate::config::{check_name, HaproxyBalancerBuilder};
 use crate::error::HaproxyError;
 use crate::parse::{self, ParseError, ReplyError, ServerState, StatRow, ADMF_FORCED};
@@ -44,6 +45,10 @@ pub(crate) struct Inner {
     pub(crate) backends: Vec<String>,
     pub(crate) poll_interval: Duration,
     pub(crate) retry: RetryPolicy,
+    /// What [`LoadBalancer::capabilities`] says about health checks: false
+    /// once a snapshot saw a pool server that neither runs a check nor
+    /// tracks a checked server (true until the first snapshot).
+    pub(crate) health_checks: AtomicBool,
 }
 
 impl fmt::Debug for HaproxyBalancer {
@@ -61,6 +66,30 @@ impl fmt::Debug for HaproxyBalancer {
 struct Entry {
     state: ServerState,
     stat: StatRow,
+}
+
+impl Entry {
+    /// The server `track`s another one: its health is the tracked
+    /// server's, and HAProxy refuses `set server … health` on it
+    /// (`cannot change health on a tracking server.`).
+    fn tracking(&self) -> bool {
+        !self.stat.tracked.trim().is_empty() || self.state.inherits_maint()
+    }
+
+    /// HAProxy runs a health check of its own on this server (configured
+    /// with `check` and not stopped by `disable health`). Without the
+    /// `srv_check_state` column, judged from `show stat`.
+    fn own_checks(&self) -> bool {
+        self.state.checks_enabled().unwrap_or_else(|| {
+            self.stat.status.trim() != "no check" && !self.stat.check_status.trim().is_empty()
+        })
+    }
+
+    /// Some health check decides this server's health (its own or, when it
+    /// tracks one, the tracked server's).
+    fn checked(&self) -> bool {
+        self.tracking() || self.own_checks()
+    }
 }
 
 /// What one node says about the pool's backends, in pool order.
@@ -158,7 +187,8 @@ impl HaproxyBalancer {
         ids.iter().map(|id| self.key(id)).collect()
     }
 
-    /// Calls `f` with retries of refused / vanished sockets and timeouts.
+    /// Calls `f` with retries of refused / vanished sockets and timeouts;
+    /// for `show` lines only (see `apply` for `set` lines).
     async fn retrying<T, F, Fut>(
         &self,
         client: &Client,
@@ -251,6 +281,13 @@ impl HaproxyBalancer {
         for client in &self.inner.clients {
             out.push(self.snapshot(client).await?);
         }
+        let all_checked = out
+            .iter()
+            .flat_map(|s| s.backends.iter().flat_map(|(_, entries)| entries))
+            .all(Entry::checked);
+        self.inner
+            .health_checks
+            .store(all_checked, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -304,9 +341,27 @@ impl HaproxyBalancer {
                 }
             }
             for chunk in chunks(&cmds) {
-                self.retrying(client, what, || async {
-                    Ok(self.send_sets(client, chunk).await?)
-                })
+                // A `set` line is retried only when it certainly was not
+                // sent: after a read timeout or a cut connection HAProxy may
+                // have applied it, and repeating a `health down` would
+                // restart the rise. The error goes back to the caller, whose
+                // repeated call starts from a fresh snapshot.
+                let maybe_sent = AtomicBool::new(false);
+                with_retries_when(
+                    &self.inner.retry,
+                    || async {
+                        self.send_sets(client, chunk).await.map_err(|f| {
+                            if f.maybe_sent {
+                                maybe_sent.store(true, Ordering::Relaxed);
+                            }
+                            hygiene_core::Error::from(f.error)
+                        })
+                    },
+                    |e| e.is_retryable() && !maybe_sent.load(Ordering::Relaxed),
+                    |e, delay| {
+                        warn!(node = client.name(), call = what, error = %e, delay_ms = delay.as_millis() as u64, "retrying haproxy call (not sent)");
+                    },
+                )
                 .await?;
             }
             debug!(
@@ -320,27 +375,33 @@ impl HaproxyBalancer {
     }
 
     /// Sends `set` commands on one line; each must answer with an empty reply.
+    ///
+    /// Any failure after the connection was made is `maybe_sent`.
     async fn send_sets(
         &self,
         client: &Client,
         cmds: &[(String, String, String)],
-    ) -> Result<(), HaproxyError> {
+    ) -> Result<(), SendFailure> {
         let line = cmds
             .iter()
             .map(|(c, _, _)| c.as_str())
             .collect::<Vec<_>>()
             .join("; ");
-        let raw = client.send(&line).await?;
+        let raw = client.send_tracked(&line).await?;
         let node = client.name();
-        let bodies = split(node, &line, &raw, cmds.len())?;
+        let sent = |error| SendFailure {
+            error,
+            maybe_sent: true,
+        };
+        let bodies = split(node, &line, &raw, cmds.len()).map_err(sent)?;
         for ((cmd, backend, server), body) in cmds.iter().zip(bodies) {
             if let Some(e) = parse::classify(body) {
-                return Err(reply_error(
+                return Err(sent(reply_error(
                     node,
                     cmd,
                     Some((backend, server)),
                     ParseError::Reply(e),
-                ));
+                )));
             }
         }
         Ok(())
@@ -471,8 +532,18 @@ impl LoadBalancer for HaproxyBalancer {
         )
     }
 
+    /// `health_checks` is false when the last `list` / `status` / change
+    /// saw a pool server without any health check (no `check`, or `disable
+    /// health`, and no `track`): such a server's health is `Unknown`
+    /// forever, and the engine then accepts "in service" as healthy (pair
+    /// it with a [`Probe`](hygiene_core::Probe)). True before the first call.
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, true, true)
+        Capabilities::new(
+            true,
+            true,
+            true,
+            self.inner.health_checks.load(Ordering::Relaxed),
+        )
     }
 
     fn default_poll_interval(&self) -> Duration {
@@ -570,25 +641,59 @@ impl LoadBalancer for HaproxyBalancer {
     }
 
     /// Puts the servers back; see the crate docs, "Fresh health after
-    /// enable": a server that was out is first forced `DOWN`, so HAProxy
-    /// itself sends it nothing, and reports it healthy, only after `rise`
-    /// checks made after the enable have passed.
+    /// enable": servers with a check of their own are forced `DOWN` until
+    /// `rise` checks made after the enable have passed; tracking servers
+    /// and servers without a check are only made ready.
     async fn enable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-        self.apply(ids, "enable", |b, e| {
-            let s = &e.state.server;
-            if e.state.admin_state & ADMF_NEEDS_READY == 0 {
-                // Already in service here: touching its health would take a
-                // serving server down.
-                Vec::new()
-            } else {
-                vec![
-                    format!("set server {b}/{s} health down"),
-                    format!("set server {b}/{s} state ready"),
-                ]
-            }
-        })
-        .await
+        self.apply(ids, "enable", enable_commands).await
     }
+}
+
+/// The commands that put one server of backend `b` back in service, from
+/// what the snapshot says about it (measured on HAProxy 2.6.12, see the
+/// crate README):
+///
+/// - **Own health check** (`check`), out (forced maint or drain):
+///   `[state drain;] health down; state ready`. `health down` forces the
+///   server `DOWN`, so HAProxy sends it nothing and shows it `DOWN`, then
+///   `DOWN 1/2`…, until `rise` checks made after the enable have passed.
+///   Leaving `MAINT` resets the check's health counter (the server is `UP`
+///   at once with the check result from before the maintenance), which
+///   would undo a `health down` sent while in `MAINT`: so a server in forced
+///   maintenance is first moved to `DRAIN` (which leaves `MAINT` and takes
+///   no new traffic), then forced down, then made ready.
+/// - **Tracking server** (`track b/s`): `state ready` only; HAProxy
+///   refuses `health` on it, and its health is the tracked server's.
+/// - **No health check** (no `check`, or `disable health`): `state ready`,
+///   and `health up` when it is down: nothing would ever raise a server
+///   without a check that someone forced down.
+/// - Already in service (and, without a check, up): nothing. Forcing the
+///   health of a serving server down would take it out of service.
+fn enable_commands(b: &str, e: &Entry) -> Vec<String> {
+    let s = &e.state.server;
+    let out = e.state.admin_state & ADMF_NEEDS_READY != 0;
+    let mut cmds = Vec::new();
+    if e.tracking() {
+        if out {
+            cmds.push(format!("set server {b}/{s} state ready"));
+        }
+    } else if e.own_checks() {
+        if out {
+            if e.state.admin_state & ADMF_FORCED_MAINT != 0 {
+                cmds.push(format!("set server {b}/{s} state drain"));
+            }
+            cmds.push(format!("set server {b}/{s} health down"));
+            cmds.push(format!("set server {b}/{s} state ready"));
+        }
+    } else {
+        if out {
+            cmds.push(format!("set server {b}/{s} state ready"));
+        }
+        if e.state.op_state == 0 {
+            cmds.push(format!("set server {b}/{s} health up"));
+        }
+    }
+    cmds
 }
 
 #[cfg(test)]
@@ -677,6 +782,80 @@ mod tests {
             let line: usize = p.iter().map(|(c, _, _)| c.len() + 2).sum();
             assert!(line <= MAX_LINE);
         }
+    }
+
+    fn entry(admin_state: u32, op_state: u8, check_state: u32, tracked: &str) -> Entry {
+        Entry {
+            state: ServerState {
+                backend: "web".into(),
+                server: "s1".into(),
+                addr: "127.0.0.1".into(),
+                port: Some(80),
+                op_state,
+                admin_state,
+                check_state: Some(check_state),
+            },
+            stat: StatRow {
+                backend: "web".into(),
+                server: "s1".into(),
+                connections: 0,
+                status: String::new(),
+                check_status: String::new(),
+                tracked: tracked.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn enable_commands_per_kind_of_server() {
+        let cmds = |e: Entry| enable_commands("web", &e);
+        // Checked, in forced MAINT (check state 14 while paused): leave
+        // MAINT through DRAIN, force down, then ready.
+        assert_eq!(
+            cmds(entry(1, 0, 14, "")),
+            [
+                "set server web/s1 state drain",
+                "set server web/s1 health down",
+                "set server web/s1 state ready"
+            ]
+        );
+        // Checked, draining.
+        assert_eq!(
+            cmds(entry(8, 2, 6, "")),
+            [
+                "set server web/s1 health down",
+                "set server web/s1 state ready"
+            ]
+        );
+        // Checked and in service: untouched, even when down.
+        assert!(cmds(entry(0, 2, 6, "")).is_empty());
+        assert!(cmds(entry(0, 0, 6, "")).is_empty());
+        // Config `disabled` (5): as forced MAINT.
+        assert_eq!(cmds(entry(5, 0, 14, "")).len(), 3);
+        // No check (0), or a check stopped by `disable health` (2): never
+        // `health down`; `health up` when down.
+        assert_eq!(cmds(entry(8, 2, 0, "")), ["set server web/s1 state ready"]);
+        assert_eq!(cmds(entry(8, 2, 2, "")), ["set server web/s1 state ready"]);
+        assert_eq!(
+            cmds(entry(1, 0, 0, "")),
+            [
+                "set server web/s1 state ready",
+                "set server web/s1 health up"
+            ]
+        );
+        assert_eq!(cmds(entry(0, 0, 0, "")), ["set server web/s1 health up"]);
+        assert!(cmds(entry(0, 2, 0, "")).is_empty());
+        // Tracking: `state ready` only, and only where forced out.
+        assert_eq!(
+            cmds(entry(3, 0, 0, "web/s0")),
+            ["set server web/s1 state ready"]
+        );
+        assert!(cmds(entry(2, 0, 0, "web/s0")).is_empty());
+        assert!(cmds(entry(0, 0, 0, "web/s0")).is_empty());
+        // Checks: a tracking server counts as checked, no check does not.
+        assert!(entry(0, 2, 0, "web/s0").checked());
+        assert!(entry(0, 2, 6, "").checked());
+        assert!(!entry(0, 2, 2, "").checked());
     }
 
     #[test]

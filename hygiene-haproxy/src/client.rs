@@ -25,6 +25,18 @@ use crate::error::HaproxyError;
 /// Largest reply accepted (a `show stat` of thousands of servers fits).
 const MAX_REPLY_BYTES: u64 = 64 * 1024 * 1024;
 
+/// A failed exchange, and whether the line may have reached HAProxy.
+#[derive(Debug)]
+pub(crate) struct SendFailure {
+    pub(crate) error: HaproxyError,
+    /// False only when the line certainly was not sent (no connection was
+    /// made: socket missing, refused, connect timeout, or the line was
+    /// refused here). A read timeout, a connection broken during the
+    /// exchange, or a close without a reply may follow a command HAProxy
+    /// has already applied.
+    pub(crate) maybe_sent: bool,
+}
+
 /// A client of one node's runtime API.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
@@ -60,28 +72,51 @@ impl Client {
     /// The line is built by this crate from validated names only; a line
     /// with a line break is refused here as a last guard.
     pub(crate) async fn send(&self, line: &str) -> Result<String, HaproxyError> {
+        self.send_tracked(line).await.map_err(|f| f.error)
+    }
+
+    /// As [`send`](Self::send), telling on failure whether the line may
+    /// have been sent (see [`SendFailure`]), so that commands that change
+    /// something are retried only when they certainly were not.
+    pub(crate) async fn send_tracked(&self, line: &str) -> Result<String, SendFailure> {
+        let not_sent = |error| SendFailure {
+            error,
+            maybe_sent: false,
+        };
+        let maybe_sent = |error| SendFailure {
+            error,
+            maybe_sent: true,
+        };
         if line.contains(['\n', '\r']) || line.is_empty() {
-            return Err(HaproxyError::InvalidName {
+            return Err(not_sent(HaproxyError::InvalidName {
                 name: line.to_owned(),
                 reason: "a runtime API command line must be one non-empty line".into(),
-            });
+            }));
         }
         debug!(node = %self.name, command = line, "haproxy command");
         let started = std::time::Instant::now();
         let raw = match &self.node.endpoint {
             Endpoint::Unix(path) => {
-                let stream = self.connect(UnixStream::connect(path)).await?;
-                self.exchange(stream, line).await?
+                let stream = self
+                    .connect(UnixStream::connect(path))
+                    .await
+                    .map_err(not_sent)?;
+                self.exchange(stream, line).await.map_err(maybe_sent)?
             }
             Endpoint::Tcp(addr) => {
-                let stream = self.connect(TcpStream::connect(addr)).await?;
-                self.exchange(stream, line).await?
+                let stream = self
+                    .connect(TcpStream::connect(addr))
+                    .await
+                    .map_err(not_sent)?;
+                self.exchange(stream, line).await.map_err(maybe_sent)?
             }
         };
         debug!(node = %self.name, bytes = raw.len(), elapsed_us = started.elapsed().as_micros() as u64, "haproxy reply");
-        String::from_utf8(raw).map_err(|_| HaproxyError::Protocol {
-            node: self.name.clone(),
-            message: "the reply is not valid UTF-8".into(),
+        String::from_utf8(raw).map_err(|_| {
+            maybe_sent(HaproxyError::Protocol {
+                node: self.name.clone(),
+                message: "the reply is not valid UTF-8".into(),
+            })
         })
     }
 

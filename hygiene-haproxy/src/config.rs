@@ -176,6 +176,8 @@ impl HaproxyBalancerBuilder {
 
     /// Retries when a socket refuses connections or goes away (HAProxy
     /// reloading); default: 5 retries, 50 ms to 1 s apart, 5 s in all.
+    /// `show` lines are also retried after timeouts; `set` lines only when
+    /// they certainly were not sent (no connection made).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -244,6 +246,7 @@ impl HaproxyBalancerBuilder {
                 backends,
                 poll_interval: self.poll_interval,
                 retry: self.retry,
+                health_checks: std::sync::atomic::AtomicBool::new(true),
             },
         )))
     }

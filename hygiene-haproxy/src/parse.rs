@@ -15,6 +15,14 @@ const ADMF_ANY_MAINT: u32 = 0x01 | 0x02 | 0x20 | 0x40;
 const ADMF_ANY_DRAIN: u32 = 0x08 | 0x10;
 /// The admin bits `set server … state ready` clears (forced maint, forced drain).
 pub(crate) const ADMF_FORCED: u32 = 0x01 | 0x08;
+/// Inherited maintenance: the server tracks another one that is in maint.
+const ADMF_INHERITED_MAINT: u32 = 0x02;
+/// `srv_check_state` bit `CHK_ST_ENABLED`: the health check is configured
+/// *and* running (0x02 `CHK_ST_CONFIGURED` alone is a check stopped with
+/// `disable health`; 0x08 `CHK_ST_PAUSED` is added during maintenance).
+/// Measured on 2.6: `check` → 6, in MAINT → 14, `disable health` → 2, no
+/// `check` (and tracking servers) → 0.
+const CHK_ST_ENABLED: u32 = 0x04;
 
 /// An error line HAProxy answered instead of the expected reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +122,9 @@ pub(crate) struct ServerState {
     pub(crate) op_state: u8,
     /// `SRV_ADMF_*` bits.
     pub(crate) admin_state: u32,
+    /// `srv_check_state`: `CHK_ST_*` bits of the health check, when the
+    /// column is there (it is in every 2.x and 3.x).
+    pub(crate) check_state: Option<u32>,
 }
 
 impl ServerState {
@@ -127,6 +138,17 @@ impl ServerState {
         } else {
             TargetState::InService
         }
+    }
+
+    /// Whether HAProxy runs a health check on this server. `None` when
+    /// `srv_check_state` is missing (not seen on 2.x / 3.x).
+    pub(crate) fn checks_enabled(&self) -> Option<bool> {
+        self.check_state.map(|c| c & CHK_ST_ENABLED != 0)
+    }
+
+    /// In maintenance inherited from a tracked server.
+    pub(crate) fn inherits_maint(&self) -> bool {
+        self.admin_state & ADMF_INHERITED_MAINT != 0
     }
 }
 
@@ -200,6 +222,7 @@ pub(crate) fn parse_servers_state(body: &str) -> Result<Vec<ServerState>, ParseE
     let op = column(&headers, "srv_op_state", what)?;
     let admin = column(&headers, "srv_admin_state", what)?;
     let port = headers.iter().position(|h| h == "srv_port");
+    let check_state = headers.iter().position(|h| h == "srv_check_state");
     let mut out = Vec::new();
     for row in rdr.records() {
         let row = row.map_err(|e| ParseError::Format(format!("{what} row: {e}")))?;
@@ -211,6 +234,10 @@ pub(crate) fn parse_servers_state(body: &str) -> Result<Vec<ServerState>, ParseE
             port: port.and_then(|i| row.get(i)).and_then(|p| p.parse().ok()),
             op_state: number(&row, op, "srv_op_state")?,
             admin_state: number(&row, admin, "srv_admin_state")?,
+            check_state: match check_state {
+                Some(i) => Some(number(&row, i, "srv_check_state")?),
+                None => None,
+            },
         });
     }
     Ok(out)
@@ -225,13 +252,18 @@ pub(crate) struct StatRow {
     pub(crate) connections: u64,
     pub(crate) status: String,
     pub(crate) check_status: String,
+    /// `tracked`: the `backend/server` this server tracks (`track` in the
+    /// configuration), empty when it runs its own check or none.
+    pub(crate) tracked: String,
 }
 
 impl StatRow {
     /// Health from the status and check columns.
     ///
     /// - `MAINT…`: checks are paused, any result is stale → `Unknown`.
-    /// - `no check` or an empty `check_status` → `Unknown`.
+    /// - `no check` or an empty `check_status` → `Unknown`, except on a
+    ///   server that `track`s another one: it has no check of its own (empty
+    ///   `check_status`) and its status is the tracked server's checked one.
     /// - `UP`, `NOLB` (up, refusing new sessions), `DRAIN` with a check →
     ///   `Healthy`.
     /// - `UP n/m` (up, but the last checks failed: going down), `DOWN`,
@@ -240,7 +272,7 @@ impl StatRow {
         let status = self.status.trim();
         if status.starts_with("MAINT")
             || status == "no check"
-            || self.check_status.trim().is_empty()
+            || (self.check_status.trim().is_empty() && self.tracked.trim().is_empty())
         {
             return Health::Unknown;
         }
@@ -272,6 +304,7 @@ pub(crate) fn parse_stat(body: &str) -> Result<Vec<StatRow>, ParseError> {
     let scur = column(&headers, "scur", what)?;
     let status = column(&headers, "status", what)?;
     let check = column(&headers, "check_status", what)?;
+    let tracked = headers.iter().position(|h| h == "tracked");
     let mut out = Vec::new();
     for row in rdr.records() {
         let row = row.map_err(|e| ParseError::Format(format!("{what} row: {e}")))?;
@@ -287,6 +320,10 @@ pub(crate) fn parse_stat(body: &str) -> Result<Vec<StatRow>, ParseError> {
             connections: s.saturating_add(q),
             status: row.get(status).unwrap_or_default().to_owned(),
             check_status: row.get(check).unwrap_or_default().to_owned(),
+            tracked: tracked
+                .and_then(|i| row.get(i))
+                .unwrap_or_default()
+                .to_owned(),
         });
     }
     Ok(out)
@@ -371,7 +408,8 @@ mod tests {
                 addr: "127.0.0.1".into(),
                 port: Some(18081),
                 op_state: 2,
-                admin_state: 0
+                admin_state: 0,
+                check_state: Some(6),
             }
         );
         assert!(rows.iter().all(|r| r.state() == TargetState::InService));
@@ -400,6 +438,18 @@ mod tests {
             "maint via tracked web/s1"
         );
         assert_eq!(st("api", "s2"), TargetState::InService);
+        let row = |b: &str, s: &str| {
+            rows.iter()
+                .find(|r| r.backend == b && r.server == s)
+                .expect("row")
+        };
+        assert_eq!(
+            row("web", "s1").check_state,
+            Some(14),
+            "checks paused in MAINT"
+        );
+        assert_eq!(row("web", "s1").checks_enabled(), Some(true));
+        assert!(row("api", "s1").inherits_maint());
     }
 
     #[test]
@@ -445,6 +495,8 @@ mod tests {
         assert_eq!(row("web", "s5").health(), Health::Unhealthy);
         assert_eq!(row("api", "s1").status, "MAINT (via web/s1)");
         assert_eq!(row("api", "s1").health(), Health::Unknown);
+        assert_eq!(row("api", "s1").tracked, "web/s1");
+        assert_eq!(row("web", "s1").tracked, "");
     }
 
     #[test]
@@ -455,6 +507,7 @@ mod tests {
             connections: 0,
             status: status.into(),
             check_status: check.into(),
+            tracked: String::new(),
         };
         assert_eq!(r("UP 1/3", "L4CON").health(), Health::Unhealthy);
         assert_eq!(r("DOWN 1/2", "L7OK").health(), Health::Unhealthy);
@@ -462,6 +515,13 @@ mod tests {
         assert_eq!(r("DRAIN (agent)", "L7OK").health(), Health::Healthy);
         assert_eq!(r("MAINT (resolution)", "").health(), Health::Unknown);
         assert_eq!(r("UP", "").health(), Health::Unknown);
+        let tracking = |status: &str| StatRow {
+            tracked: "web/s1".into(),
+            ..r(status, "")
+        };
+        assert_eq!(tracking("UP").health(), Health::Healthy, "tracked UP");
+        assert_eq!(tracking("DOWN").health(), Health::Unhealthy);
+        assert_eq!(tracking("MAINT (via web/s1)").health(), Health::Unknown);
     }
 
     #[test]

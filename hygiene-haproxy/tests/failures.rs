@@ -363,3 +363,35 @@ async fn a_hung_node_times_out() {
         "one try and one retry"
     );
 }
+
+/// A `set` line whose reply never came may have been applied: it is not
+/// sent again (a repeated `health down` would restart the rise); the
+/// timeout goes back to the caller, whose next call starts from a fresh
+/// snapshot. `show` lines are still retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_that_timed_out_is_not_sent_again() {
+    let Some(bin) = haproxy_bin() else { return };
+    let b = backends(2).await;
+    let h = Haproxy::start(&bin, &Layout::web(&[&b[0], &b[1]])).await;
+    let snapshot = h
+        .raw("show servers state web; show stat web 4 -1")
+        .await
+        .expect("show");
+    let fake = FakeSocket::start(FakeReply::ShowThenHang(snapshot.into_bytes()));
+    let lb = HaproxyBalancer::builder()
+        .node(Node::unix(&fake.path).named("lb-slow"))
+        .backend("web")
+        .read_timeout(Duration::from_millis(200))
+        .retry(quick_retry())
+        .build()
+        .expect("valid");
+    let e = lb.drain(&[id("web/s1")]).await.expect_err("no reply");
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    let received = fake.received.lock().expect("lock").clone();
+    let sets: Vec<&String> = received.iter().filter(|l| l.starts_with("set ")).collect();
+    assert_eq!(
+        sets,
+        ["set server web/s1 state drain\n"],
+        "sent once: {received:?}"
+    );
+}

@@ -24,9 +24,12 @@ pub enum HealthChecks {
     #[default]
     Active,
     /// No active health checks: nginx only sees failed requests (`max_fails`).
-    /// `up` is `Healthy`, `unavail`/`unhealthy` are `Unhealthy`. nginx has
-    /// no fresh check to offer here, so pair the rollout with a
-    /// [`hygiene_core::Probe`] that checks the target itself.
+    /// `up` (and `draining`) is `Unknown`, since no check vouches for it,
+    /// not even right after an enable; `unavail`/`unhealthy` are
+    /// `Unhealthy`. The balancer then reports no health checks in its
+    /// capabilities, so the engine takes in service + `Unknown` as back in
+    /// service. nginx has no fresh check to offer here, so pair the rollout
+    /// with a [`hygiene_core::Probe`] that checks the target itself.
     Passive,
 }
 

@@ -57,7 +57,8 @@ impl fmt::Display for Ctx {
 /// Everything that goes wrong inside this backend.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NginxError {
-    /// No reply: connection refused, TLS failure, timeout.
+    /// No reply: connection refused, TLS failure, timeout. TLS failures are
+    /// not retryable (they map to `InvalidConfig` or `PermissionDenied`).
     #[error("{ctx}: {source}")]
     Transport {
         ctx: Ctx,
@@ -101,6 +102,8 @@ impl From<NginxError> for Error {
             NginxError::Transport { ctx, source, timeout } => {
                 if source.is_timeout() {
                     Error::Timeout { operation: ctx.to_string(), after: timeout }
+                } else if let Some(tls) = tls_failure(&source) {
+                    tls_error(ctx, source, tls)
                 } else {
                     let message = format!("{ctx}: {}", chain(&source));
                     Error::Unavailable { location: ctx.instance, message, source: Some(Box::new(source)) }
@@ -182,6 +185,53 @@ fn api_error(
         (429, _) => Error::Throttled { location, message: format!("{ctx}: {said}{rid}"), source: None },
         (500..=599, _) => Error::Unavailable { location, message: format!("{ctx}: {said}{rid}"), source: None },
         _ => Error::Rejected { location, message: format!("{ctx}: {said}{rid}"), source: None },
+    }
+}
+
+/// A TLS failure found in a transport error: not retryable, since the same
+/// certificates fail the same way again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsFailure {
+    /// This client does not trust the server's certificate.
+    ServerNotTrusted,
+    /// The server ended the handshake (a missing or refused client
+    /// certificate, or no TLS version or cipher in common).
+    Handshake,
+}
+
+/// Whether `e`'s chain is a TLS failure, and which. reqwest and rustls only
+/// show it in the messages of the chain (`invalid peer certificate:
+/// UnknownIssuer`, `received fatal alert: CertificateRequired`).
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    let text = chain(e).to_lowercase();
+    if text.contains("received fatal alert")
+        || text.contains("peer sent no certificates")
+        || text.contains("peer is incompatible")
+    {
+        Some(TlsFailure::Handshake)
+    } else if text.contains("certificate") {
+        Some(TlsFailure::ServerNotTrusted)
+    } else {
+        None
+    }
+}
+
+fn tls_error(ctx: Ctx, source: reqwest::Error, tls: TlsFailure) -> Error {
+    let cause = chain(&source);
+    match tls {
+        TlsFailure::ServerNotTrusted => Error::InvalidConfig {
+            field: "ca_cert_pem",
+            message: format!(
+                "{ctx}: the server's TLS certificate is not trusted ({cause}); give the CA that signed it with ca_cert_pem, and check that the certificate names the host of the API URL and has not expired"
+            ),
+        },
+        TlsFailure::Handshake => Error::PermissionDenied {
+            location: ctx.instance.clone(),
+            message: format!(
+                "{ctx}: the TLS handshake was refused ({cause}); check the client certificate and key given with client_identity_pem (signed by a CA the server trusts, not expired) and the CA given with ca_cert_pem"
+            ),
+            source: Some(Box::new(source)),
+        },
     }
 }
 

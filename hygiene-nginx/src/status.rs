@@ -23,6 +23,9 @@ pub(crate) struct PeerView {
 ///   with no connection left is `OutOfService`.
 /// - `baseline`: `health_checks.checks` when this balancer last enabled the
 ///   peer. Until the counter moves past it, health is `Unknown`.
+/// - [`HealthChecks::Passive`]: nothing checks the peer, so health is
+///   `Unknown` (`Unhealthy` for `unhealthy`/`unavail`, which nginx marks
+///   after failed requests), never `Healthy`.
 pub(crate) fn peer_status(
     peer: &Peer,
     mode: HealthChecks,
@@ -56,7 +59,10 @@ pub(crate) fn peer_status(
         match (mode, st) {
             (_, "down" | "checking") => Health::Unknown,
             (_, "unhealthy" | "unavail") => Health::Unhealthy,
-            (HealthChecks::Passive, _) => Health::Healthy,
+            // No check ran, so none vouches for the peer (in particular
+            // not right after an enable): the engine accepts in service +
+            // Unknown from a balancer without health checks.
+            (HealthChecks::Passive, _) => Health::Unknown,
             (HealthChecks::Active, _) => match peer.health_checks.and_then(|h| h.last_passed) {
                 Some(true) => Health::Healthy,
                 Some(false) => Health::Unhealthy,
@@ -180,9 +186,34 @@ mod tests {
             .health,
             Unhealthy
         );
+    }
+
+    #[test]
+    fn passive_mode_never_says_healthy() {
+        // No check behind `up`, before or right after an enable.
+        for baseline in [None, Some(0), Some(7)] {
+            assert_eq!(
+                st(&peer("up", 0, None), HealthChecks::Passive, baseline),
+                TargetStatus::new(InService, Unknown, Some(0))
+            );
+            assert_eq!(
+                st(
+                    &peer("up", 3, Some((9, Some(true)))),
+                    HealthChecks::Passive,
+                    baseline
+                )
+                .health,
+                Unknown,
+                "a check counter does not count in passive mode"
+            );
+        }
         assert_eq!(
-            st(&peer("up", 0, None), HealthChecks::Passive, None).health,
-            Healthy
+            st(&peer("draining", 1, None), HealthChecks::Passive, None).health,
+            Unknown
+        );
+        assert_eq!(
+            st(&peer("unhealthy", 0, None), HealthChecks::Passive, None).health,
+            Unhealthy
         );
     }
 

@@ -196,6 +196,9 @@ pub struct Layout {
     pub backends: Vec<(String, Vec<(String, SocketAddr)>)>,
     /// Extra `server` options (checks).
     pub server_opts: String,
+    /// Raw lines added to the first backend (servers with their own
+    /// options, e.g. `server t 127.0.0.1:80 track web/s1`).
+    pub extra: Vec<String>,
 }
 
 impl Layout {
@@ -208,7 +211,20 @@ impl Layout {
                 servers.iter().map(|b| (b.name.clone(), b.addr)).collect(),
             )],
             server_opts: "check inter 100ms rise 2 fall 2".into(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Other `server` options for every server (e.g. `""`: no check).
+    pub fn opts(mut self, opts: &str) -> Self {
+        self.server_opts = opts.into();
+        self
+    }
+
+    /// A raw line added to the first backend.
+    pub fn line(mut self, line: &str) -> Self {
+        self.extra.push(line.into());
+        self
     }
 
     /// Adds a backend holding the same servers.
@@ -244,10 +260,15 @@ impl Haproxy {
             user_sock.display(),
             layout.backends[0].0
         );
-        for (name, servers) in &layout.backends {
+        for (i, (name, servers)) in layout.backends.iter().enumerate() {
             cfg.push_str(&format!("backend {name}\n  balance roundrobin\n"));
             for (s, addr) in servers {
                 cfg.push_str(&format!("  server {s} {addr} {}\n", layout.server_opts));
+            }
+            if i == 0 {
+                for l in &layout.extra {
+                    cfg.push_str(&format!("  {l}\n"));
+                }
             }
         }
         let cfg_path = dir.path().join("haproxy.cfg");
@@ -270,12 +291,17 @@ impl Haproxy {
             tcp_admin,
             frontend,
         };
-        // Ready when the socket answers and every checked server is UP.
+        // Ready when the socket answers and every checked server is UP
+        // (servers without a check show `no check`).
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(stat) = h.raw("show stat -1 4 -1").await {
                 let rows: Vec<&str> = stat.lines().skip(1).filter(|l| !l.is_empty()).collect();
-                if !rows.is_empty() && rows.iter().all(|r| r.split(',').nth(17) == Some("UP")) {
+                if !rows.is_empty()
+                    && rows
+                        .iter()
+                        .all(|r| matches!(r.split(',').nth(17), Some("UP" | "no check")))
+                {
                     return h;
                 }
             }
@@ -395,6 +421,9 @@ pub enum FakeReply {
     Bytes(Vec<u8>),
     /// Never answers, keeps the connection open.
     Hang,
+    /// Answers lines starting with `show` with these bytes, hangs on any
+    /// other line (a `set` whose reply never comes).
+    ShowThenHang(Vec<u8>),
 }
 
 impl FakeSocket {
@@ -422,6 +451,13 @@ impl FakeSocket {
                         let _ = s.write_all(b).await;
                     }
                     FakeReply::Hang => held.push(s),
+                    FakeReply::ShowThenHang(b) => {
+                        if buf[..n].starts_with(b"show") {
+                            let _ = s.write_all(b).await;
+                        } else {
+                            held.push(s);
+                        }
+                    }
                 }
             }
         });

@@ -143,11 +143,25 @@ async fn https_with_a_custom_ca() {
     // Without the CA the server is not trusted.
     let lb = builder([&srv]).upstream("backend").build().expect("valid");
     let e = lb.list().await.expect_err("untrusted certificate");
-    assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "ca_cert_pem",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable(), "the same CA fails again: {e:?}");
     assert!(e.to_string().contains(&srv.url()), "{e}");
     assert!(
         e.to_string().to_lowercase().contains("certificate"),
         "the cause is shown: {e}"
+    );
+    assert!(
+        e.to_string().contains("ca_cert_pem"),
+        "says what to check: {e}"
     );
 
     // Another CA is not enough either.
@@ -157,7 +171,18 @@ async fn https_with_a_custom_ca() {
         .ca_cert_pem(other.ca.pem())
         .build()
         .expect("valid");
-    assert!(lb.list().await.is_err());
+    let e = lb.list().await.expect_err("certificate of another CA");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "ca_cert_pem",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +197,24 @@ async fn client_certificates() {
         .build()
         .expect("valid");
     let e = lb.list().await.expect_err("no client certificate");
-    assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+    assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    assert!(!e.is_retryable(), "no certificate fails again: {e:?}");
+    assert!(
+        e.to_string().contains(&srv.url()) && e.to_string().contains("client_identity_pem"),
+        "says what to check: {e}"
+    );
+
+    // A client certificate from a CA the server does not trust.
+    let stranger = Pki::new("stranger CA").leaf(&["hygiene"], ExtendedKeyUsagePurpose::ClientAuth);
+    let lb = builder([&srv])
+        .upstream("backend")
+        .ca_cert_pem(pki.ca.pem())
+        .client_identity_pem(stranger.pem_with_key())
+        .build()
+        .expect("valid");
+    let e = lb.list().await.expect_err("client certificate not trusted");
+    assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    assert!(!e.is_retryable());
 
     let client = clients.leaf(&["hygiene"], ExtendedKeyUsagePurpose::ClientAuth);
     let lb = builder([&srv])
