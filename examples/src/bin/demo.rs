@@ -254,6 +254,6 @@ async fn rollout(
     for pb in lines.values() {
         pb.finish();
     }
-    bar.finish();
+    bar.abandon();
     Ok((report, started.elapsed()))
 }
