@@ -1,7 +1,11 @@
 //! The conformance suite against the in-memory balancer, directly and
 //! through `Arc<dyn LoadBalancer>`.
 
+mod common;
+
 use std::time::Duration;
+
+use common::Tampered;
 
 use hygiene_core::conformance::{self, Fixture};
 use hygiene_core::{InMemoryBalancer, TargetId};
@@ -26,35 +30,9 @@ async fn in_memory_balancer_passes_the_suite() {
 async fn the_suite_catches_a_dishonest_balancer() {
     // A balancer that claims not to count connections but reports Some(0)
     // must fail: the suite can fail.
-    #[derive(Debug, Clone)]
-    struct Dishonest(InMemoryBalancer);
-    #[async_trait::async_trait]
-    impl hygiene_core::LoadBalancer for Dishonest {
-        fn name(&self) -> String {
-            "dishonest".into()
-        }
-        fn capabilities(&self) -> hygiene_core::Capabilities {
-            hygiene_core::Capabilities::new(false, true, true, true)
-        }
-        async fn list(&self) -> hygiene_core::Result<Vec<hygiene_core::ListedTarget>> {
-            self.0.list().await
-        }
-        async fn status(
-            &self,
-            ids: &[TargetId],
-        ) -> hygiene_core::Result<Vec<hygiene_core::TargetStatus>> {
-            self.0.status(ids).await
-        }
-        async fn drain(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-            self.0.drain(ids).await
-        }
-        async fn disable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-            self.0.disable(ids).await
-        }
-        async fn enable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-            self.0.enable(ids).await
-        }
-    }
-    let lb = Dishonest(InMemoryBalancer::with_targets(["web-1", "web-2"]).expect("pool"));
+    let lb = Tampered {
+        capabilities: Some(hygiene_core::Capabilities::new(false, true, true, true)),
+        ..Tampered::new(InMemoryBalancer::with_targets(["web-1", "web-2"]).expect("pool"))
+    };
     conformance::check_connection_counts_honest(&lb, &fixture()).await;
 }

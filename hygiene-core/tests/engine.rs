@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{ids_of, mutations, pool};
+use common::{ids_of, mutations, pool, Tampered};
 use hygiene_core::{
     Amount, DrainProfile, Error, Event, Health, HealthScript, OnDrainTimeout, OnFailure, Operation,
     Outcome, Probe, ProbeVerdict, Rollout, RolloutConfig, Script, ScriptedExecutor, Selection,
@@ -947,39 +947,6 @@ async fn events_report_each_phase() {
     );
 }
 
-/// A balancer whose drain call succeeds but changes nothing (an ELBv2
-/// deregistration with a wrong port does that).
-#[derive(Debug, Clone)]
-struct DrainIgnored(hygiene_core::InMemoryBalancer);
-
-#[async_trait]
-impl hygiene_core::LoadBalancer for DrainIgnored {
-    fn name(&self) -> String {
-        "drain-ignoring balancer".into()
-    }
-    fn capabilities(&self) -> hygiene_core::Capabilities {
-        self.0.capabilities()
-    }
-    async fn list(&self) -> hygiene_core::Result<Vec<hygiene_core::ListedTarget>> {
-        self.0.list().await
-    }
-    async fn status(
-        &self,
-        ids: &[TargetId],
-    ) -> hygiene_core::Result<Vec<hygiene_core::TargetStatus>> {
-        self.0.status(ids).await
-    }
-    async fn drain(&self, _ids: &[TargetId]) -> hygiene_core::Result<()> {
-        Ok(())
-    }
-    async fn disable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-        self.0.disable(ids).await
-    }
-    async fn enable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-        self.0.enable(ids).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_drain_that_never_takes_effect_runs_nothing_even_with_proceed() {
     let (lb, ids) = pool(2);
@@ -989,10 +956,17 @@ async fn a_drain_that_never_takes_effect_runs_nothing_even_with_proceed() {
         .on_drain_timeout(OnDrainTimeout::Proceed)
         .build()
         .expect("config");
-    let r = Rollout::new(DrainIgnored(lb.clone()), exec.clone(), cfg)
-        .run()
-        .await
-        .expect("run");
+    let r = Rollout::new(
+        Tampered {
+            ignore_drain: true,
+            ..Tampered::new(lb.clone())
+        },
+        exec.clone(),
+        cfg,
+    )
+    .run()
+    .await
+    .expect("run");
     assert!(
         exec.records().is_empty(),
         "no maintenance on a target still in service"

@@ -35,3 +35,55 @@ pub fn mutations(lb: &InMemoryBalancer) -> usize {
         })
         .count()
 }
+
+/// The in-memory balancer with one behaviour changed, for states a correct
+/// backend never shows: a drain that is accepted but does nothing (an ELBv2
+/// deregistration with a wrong port), or capabilities that lie.
+#[derive(Debug, Clone)]
+pub struct Tampered {
+    pub inner: InMemoryBalancer,
+    pub ignore_drain: bool,
+    pub capabilities: Option<hygiene_core::Capabilities>,
+}
+
+impl Tampered {
+    pub fn new(inner: InMemoryBalancer) -> Self {
+        Self {
+            inner,
+            ignore_drain: false,
+            capabilities: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl hygiene_core::LoadBalancer for Tampered {
+    fn name(&self) -> String {
+        "tampered in-memory balancer".into()
+    }
+    fn capabilities(&self) -> hygiene_core::Capabilities {
+        self.capabilities
+            .unwrap_or_else(|| self.inner.capabilities())
+    }
+    async fn list(&self) -> hygiene_core::Result<Vec<hygiene_core::ListedTarget>> {
+        self.inner.list().await
+    }
+    async fn status(
+        &self,
+        ids: &[TargetId],
+    ) -> hygiene_core::Result<Vec<hygiene_core::TargetStatus>> {
+        self.inner.status(ids).await
+    }
+    async fn drain(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        if self.ignore_drain {
+            return Ok(());
+        }
+        self.inner.drain(ids).await
+    }
+    async fn disable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        self.inner.disable(ids).await
+    }
+    async fn enable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        self.inner.enable(ids).await
+    }
+}
