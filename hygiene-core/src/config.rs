@@ -171,7 +171,7 @@ impl Default for RetryPolicy {
 /// - **`health_timeout`**: how long after the enable a target has to be
 ///   seen healthy (after the probe, if any) before it fails.
 /// - **`warmup`**: time to wait after a batch is healthy before the next
-///   batch starts (ASG instance warmup).
+///   batch starts (ASG instance warmup); not waited after the last batch.
 /// - **`poll_interval`**: how often status is polled; `None` takes the
 ///   balancer's [`default_poll_interval`](crate::LoadBalancer::default_poll_interval).
 /// - **`canary`**: the first batch is a single target.

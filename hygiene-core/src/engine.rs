@@ -115,6 +115,8 @@ struct Slot {
     out_by_run: bool,
     /// Extra words for the report (a put-back that failed, …).
     note: Option<String>,
+    /// Drained by the drain timeout with `Proceed`, work still in flight.
+    drain_cut_short: bool,
 }
 
 /// Why the batch loop stops early.
@@ -325,6 +327,7 @@ impl Run {
                 execution: None,
                 out_by_run: false,
                 note: None,
+                drain_cut_short: false,
             })
             .collect();
         info!(
@@ -384,7 +387,7 @@ impl Run {
                 continue;
             }
             let result = self
-                .run_batch(index, &batch)
+                .run_batch(index, &batch, !queue.is_empty())
                 .instrument(tracing::info_span!("batch", index))
                 .await;
             index += 1;
@@ -493,7 +496,8 @@ impl Run {
         }
     }
 
-    async fn run_batch(&mut self, index: usize, batch: &[usize]) -> Result<(), String> {
+    /// One batch; `more`: another batch follows (warmup is the wait before it).
+    async fn run_batch(&mut self, index: usize, batch: &[usize], more: bool) -> Result<(), String> {
         let ids = self.ids(batch);
         info!(index, size = batch.len(), "batch starts");
         self.emit(Event::BatchStarted {
@@ -531,7 +535,7 @@ impl Run {
         self.apply_failure_policy(&ready).await;
         // Verified targets are done even when the run aborts; only the wait
         // for the next batch (warmup) is skipped then.
-        self.warmup(&ready, abort.is_none()).await;
+        self.warmup(&ready, abort.is_none() && more).await;
         match abort {
             Some(reason) => Err(reason),
             None => Ok(()),
@@ -633,7 +637,11 @@ impl Run {
                         // The drain never took effect: the target is serving.
                         self.slots[i].out_by_run = false;
                     }
-                    _ => self.slots[i].timings.drain = Some(waited),
+                    _ => {
+                        self.slots[i].timings.drain = Some(waited);
+                        self.slots[i].drain_cut_short =
+                            self.slots[i].phase == (Phase::Drained { forced: true });
+                    }
                 }
             }
             draining.retain(|&i| self.slots[i].phase == Phase::Draining);
@@ -1004,6 +1012,7 @@ impl Run {
                     batch: s.batch,
                     timings: s.timings,
                     execution: s.execution,
+                    drain_cut_short: s.drain_cut_short,
                 }
             })
             .collect();

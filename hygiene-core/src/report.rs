@@ -120,6 +120,10 @@ pub struct TargetReport {
     pub timings: PhaseTimings,
     /// The executor's outcome, when it ran.
     pub execution: Option<ExecOutcome>,
+    /// The drain timed out with `on_drain_timeout = Proceed`: the
+    /// maintenance started with work still in flight on the target.
+    #[serde(default)]
+    pub drain_cut_short: bool,
 }
 
 impl TargetReport {

@@ -275,6 +275,11 @@ async fn drain_timeout_with_proceed_executes_anyway() {
         .expect("run");
     assert!(r.is_success(), "{r:?}");
     assert_eq!(exec.records().len(), 2);
+    assert!(
+        r.targets[0].drain_cut_short,
+        "the report says in-flight work was cut"
+    );
+    assert!(!r.targets[1].drain_cut_short);
     let d = r.targets[0].timings.drain.expect("drain");
     assert!(
         d >= Duration::from_secs(10) && d < Duration::from_secs(11),
@@ -916,8 +921,16 @@ async fn warmup_waits_between_batches() {
         .await
         .expect("run");
     assert!(r.is_success());
-    assert!(start.elapsed() >= Duration::from_secs(90));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(60) && took < Duration::from_secs(90),
+        "warmup between batches only: {took:?}"
+    );
     assert_eq!(r.targets[0].timings.warmup, Some(Duration::from_secs(30)));
+    assert_eq!(
+        r.targets[2].timings.warmup, None,
+        "no warmup after the last batch"
+    );
 }
 
 #[tokio::test(start_paused = true)]
