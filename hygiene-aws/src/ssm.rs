@@ -364,20 +364,31 @@ impl SsmExecutor {
             );
         }
         let started = Instant::now();
-        let out = req.send().await.map_err(|e| {
-            let instance_reason = instance_refusal(&e);
-            let error = map_sdk(
-                "ssm",
-                "SendCommand",
-                Subject::targets(instances.join(", ")).with_document(&s.document),
-                started.elapsed(),
-                e,
-            );
-            SendFailure {
-                error,
-                instance_reason,
-            }
-        })?;
+        // SendCommand is not idempotent: the SDK must not send it again after
+        // a timeout or a cut reply (the command may already run). Errors go
+        // back to the engine, which retries only throttling (not accepted).
+        let out = req
+            .customize()
+            .config_override(
+                aws_sdk_ssm::config::Builder::new()
+                    .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                let instance_reason = instance_refusal(&e);
+                let error = map_sdk(
+                    "ssm",
+                    "SendCommand",
+                    Subject::targets(instances.join(", ")).with_document(&s.document),
+                    started.elapsed(),
+                    e,
+                );
+                SendFailure {
+                    error,
+                    instance_reason,
+                }
+            })?;
         out.command()
             .and_then(|c| c.command_id())
             .map(str::to_owned)

@@ -658,10 +658,15 @@ fn debug_shows_parameter_names_but_not_values() {
 /// One HTTP exchange on `listener`: reads the request, answers the first
 /// part of a reply whose Content-Length promises more, and hangs up.
 async fn serve_cut_off_reply(listener: tokio::net::TcpListener) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok((mut sock, _)) = listener.accept().await else {
+    let Ok((sock, _)) = listener.accept().await else {
         return;
     };
+    cut_off_reply(sock).await;
+}
+
+/// Reads one request and answers with a reply cut off mid-body.
+async fn cut_off_reply(mut sock: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -723,4 +728,47 @@ async fn a_reply_cut_off_mid_body_is_unavailable_not_protocol() {
     );
     assert!(e.to_string().contains("cut off"), "{e}");
     server.await.expect("server");
+}
+
+#[tokio::test]
+async fn send_command_is_never_resent_by_the_sdk_after_a_cut_reply() {
+    use aws_sdk_ssm::config::{BehaviorVersion, Credentials, Region};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    let server = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(cut_off_reply(sock));
+        }
+    });
+    // The SDK's standard retry policy (3 attempts) would re-send a request
+    // whose reply was cut off; SendCommand must go out once.
+    let conf = aws_sdk_ssm::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+        .endpoint_url(format!("http://{addr}"))
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .build();
+    let exec = SsmExecutor::builder("AWS-RunShellScript")
+        .with_client(Client::from_conf(conf))
+        .build()
+        .expect("builds");
+    let r = exec.execute(&[target("i-0a")]).await;
+    let failed = match &r {
+        Err(_) => true,
+        Ok(outcomes) => outcomes.iter().all(|o| !o.success),
+    };
+    assert!(failed, "a cut reply is not a success: {r:?}");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "SendCommand was sent more than once"
+    );
+    server.abort();
 }

@@ -1,4 +1,4 @@
-//! The main demo: N "Hello, World! From <name>" services behind a real
+//! The main demo: N "Hello, World! From `<name>`" services behind a real
 //! HAProxy, patched one batch at a time by hygiene under a steady load,
 //! with not one request failing.
 //!
