@@ -741,12 +741,41 @@ impl Run {
         }
         let ids = self.ids(&ok);
         let lb = Arc::clone(&self.lb);
+        let mut abort = None;
+        let mut ok = ok;
         if let Err(e) = self.lb_call("enable", || lb.enable(&ids)).await {
             let reason = format!("enable failed after a successful maintenance: {e}");
-            for &i in &ok {
-                self.observe(i, Observation::Error(reason.clone()));
+            // Bad input changes nothing (the trait's contract): one unknown
+            // id must not keep the whole batch out. Try each target alone.
+            let each =
+                ok.len() > 1 && matches!(e, Error::NotFound { .. } | Error::InvalidName { .. });
+            if !each {
+                for &i in &ok {
+                    self.observe(i, Observation::Error(reason.clone()));
+                }
+                return Some(reason);
             }
-            return Some(reason);
+            let mut enabled = Vec::new();
+            for &i in &ok {
+                let id = self.slots[i].target.id.clone();
+                match self
+                    .lb_call("enable", || lb.enable(std::slice::from_ref(&id)))
+                    .await
+                {
+                    Ok(()) => enabled.push(i),
+                    Err(e1) => {
+                        let why = format!("enable failed after a successful maintenance: {e1}");
+                        self.observe(i, Observation::Error(why));
+                    }
+                }
+            }
+            if enabled.len() < ok.len() {
+                abort = Some(reason);
+            }
+            if enabled.is_empty() {
+                return abort;
+            }
+            ok = enabled;
         }
         let since = Instant::now();
         for &i in &ok {
@@ -818,7 +847,7 @@ impl Run {
             }
             waiting.retain(|&i| self.slots[i].phase == Phase::Enabling);
             if waiting.is_empty() {
-                return None;
+                return abort;
             }
             // Health is awaited even when cancelled: the target is already
             // back in rotation and must be verified or taken out again.

@@ -1213,3 +1213,40 @@ async fn an_empty_pool_is_a_config_error() {
         "{e:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_unknown_id_at_enable_does_not_keep_the_whole_batch_out() {
+    let (lb, ids) = pool(3);
+    // The batch enable fails as NotFound (nothing changed), then the first
+    // target alone fails too; the second is enabled and verified.
+    lb.fail_next(Operation::Enable, Error::target_not_found("t000", None));
+    lb.fail_next(Operation::Enable, Error::target_not_found("t000", None));
+    let cfg = base()
+        .batch_size(Amount::Count(2))
+        .max_failures(Amount::Count(5))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect("run");
+    assert!(
+        matches!(&r.outcome, Outcome::Aborted { reason } if reason.contains("enable failed")),
+        "{:?}",
+        r.outcome
+    );
+    assert!(matches!(
+        result(&r, &ids[0]),
+        TargetResult::Failed {
+            phase: Stage::Enabling,
+            kept_out: true,
+            ..
+        }
+    ));
+    assert_eq!(result(&r, &ids[1]), &TargetResult::Done);
+    assert_eq!(
+        lb.status_of(&ids[1]).map(|s| s.state),
+        Some(TargetState::InService)
+    );
+    assert_eq!(result(&r, &ids[2]), &TargetResult::NotStarted);
+}
