@@ -36,7 +36,7 @@ pub struct ExecOutcome {
     /// The end of standard error (at most [`OUTPUT_TAIL_BYTES`]).
     pub stderr_tail: String,
     /// How long it ran.
-    #[serde(with = "crate::report::duration_ms")]
+    #[serde(with = "crate::report::duration_ms", rename = "duration_ms")]
     pub duration: Duration,
     /// Why it failed, in words, when it failed.
     pub message: Option<String>,
