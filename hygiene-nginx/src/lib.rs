@@ -6,6 +6,8 @@ mod client;
 mod config;
 mod error;
 mod status;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use balancer::NginxBalancer;
 pub use client::{UpstreamKind, MAX_API_VERSION, MIN_API_VERSION};

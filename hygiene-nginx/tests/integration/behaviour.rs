@@ -4,8 +4,8 @@
 use hygiene_core::{Error, Health, LoadBalancer, TargetState, TargetStatus};
 use hygiene_nginx::NginxBalancer;
 
-use crate::server::{FakeNginx, Hc, Kind, State};
 use crate::{builder, id};
+use hygiene_nginx::testing::{FakeNginx, Hc, Kind, State};
 
 async fn one(lb: &NginxBalancer, s: &str) -> TargetStatus {
     lb.status(&[id(s)]).await.expect("status")[0]

@@ -7,8 +7,8 @@ use hygiene_core::conformance::{self, check_all, Fixture};
 use hygiene_core::LoadBalancer;
 use hygiene_nginx::HealthChecks;
 
-use crate::server::{FakeNginx, Kind, State};
 use crate::{builder, id};
+use hygiene_nginx::testing::{FakeNginx, Kind, State};
 
 fn fixture(a: &str, b: &str, unknown: &str) -> Fixture {
     Fixture {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use hygiene_core::{Error, LoadBalancer};
 
-use crate::server::{FakeNginx, Kind, State};
 use crate::{builder, id};
+use hygiene_nginx::testing::{FakeNginx, Kind, State};
 
 fn assert_names(e: &Error, parts: &[&str]) {
     let s = e.to_string();

@@ -10,13 +10,13 @@ use hygiene_core::{
 };
 
 use crate::builder;
-use crate::server::{FakeNginx, Kind, State};
+use hygiene_nginx::testing::{FakeNginx, Kind, State};
 
 /// Runs the "maintenance" and checks, at that moment, on the server itself,
 /// that the target is out of rotation with no connection left.
 #[derive(Debug, Clone)]
 struct CheckingExecutor {
-    srv: Arc<Mutex<crate::server::State>>,
+    srv: Arc<Mutex<State>>,
     kind: Kind,
     upstream: &'static str,
     ran: Arc<Mutex<Vec<String>>>,

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::server::{FakeNginx, Hs, Kind, State, ROUTES};
+use hygiene_nginx::testing::{FakeNginx, Hs, Kind, State, ROUTES};
 
 const SPEC: &str = include_str!("../data/nginx_api.yaml");
 

@@ -15,8 +15,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::server::{FakeNginx, Kind, State};
 use crate::{builder, id};
+use hygiene_nginx::testing::{FakeNginx, Kind, State};
 
 struct Pki {
     ca: Certificate,

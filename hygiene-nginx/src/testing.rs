@@ -1,8 +1,26 @@
-//! A stateful NGINX Plus API server built from `nginx_api.yaml` (the
-//! upstream part): version list, http and stream upstreams, servers GET and
-//! PATCH, peers with `state`, `active` and `health_checks`. It rejects what
-//! the spec says the real server rejects. `schema.rs` checks its replies
-//! against the spec's schemas.
+//! A spec-faithful NGINX Plus API test server, for tests, examples and
+//! benchmarks (feature `test-support`).
+//!
+//! [`FakeNginx`] is a stateful server on 127.0.0.1 built from the NGINX Plus
+//! API specification (the upstream part): version list, http and stream
+//! upstreams, servers GET and PATCH, peers with `state`, `active` and
+//! `health_checks`. It rejects what the spec says the real server rejects.
+//! The crate's integration tests check its replies against the spec's
+//! schemas.
+//!
+//! ```no_run
+//! use hygiene_nginx::testing::{FakeNginx, Kind, State};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let srv = FakeNginx::start(State::standard()).await;
+//! srv.with(|s| s.auto_check = Some(true)); // every GET runs a passing check
+//! let api = srv.url(); // http://127.0.0.1:…/api
+//! // … run the balancer against `api` …
+//! assert!(!srv.peer(Kind::Http, "backend", 0).drain);
+//! # let _ = api;
+//! # }
+//! ```
 
 // Handlers answer errors as ready-made responses, the axum way.
 #![allow(clippy::result_large_err)]
@@ -23,46 +41,72 @@ use serde_json::{json, Map, Value};
 
 /// Health as the active health checks see a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Hs {
+pub enum Hs {
+    /// Passing its checks (`up`).
     Up,
+    /// Re-enabled under `health_check … mandatory`, not checked yet (`checking`).
     Checking,
+    /// Failing its checks (`unhealthy`).
     Unhealthy,
+    /// Unavailable after `max_fails` failed attempts (`unavail`).
     Unavail,
 }
 
+/// The `health_checks` counters of a peer (a peer of an upstream with an
+/// active `health_check`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Hc {
-    pub(crate) checks: u64,
-    pub(crate) fails: u64,
-    pub(crate) unhealthy: u64,
-    pub(crate) last_passed: Option<bool>,
+pub struct Hc {
+    /// Checks made.
+    pub checks: u64,
+    /// Checks failed.
+    pub fails: u64,
+    /// Times the peer became unhealthy.
+    pub unhealthy: u64,
+    /// Whether the last check passed (`None`: no check yet).
+    pub last_passed: Option<bool>,
     /// `health_check … mandatory`: a re-enabled peer is `checking` until its
     /// first check passes.
-    pub(crate) mandatory: bool,
+    pub mandatory: bool,
 }
 
+/// One server of an upstream, as nginx numbers and configures it.
 #[derive(Debug, Clone)]
-pub(crate) struct Peer {
-    pub(crate) id: u64,
-    pub(crate) server: String,
-    pub(crate) backup: bool,
-    pub(crate) weight: i64,
-    pub(crate) max_conns: i64,
-    pub(crate) max_fails: i64,
-    pub(crate) fail_timeout: String,
-    pub(crate) slow_start: String,
-    pub(crate) route: String,
-    pub(crate) down: bool,
-    pub(crate) drain: bool,
-    pub(crate) active: u64,
+pub struct Peer {
+    /// The server id (`…/servers/{id}`).
+    pub id: u64,
+    /// Its address (`10.0.0.1:8080`).
+    pub server: String,
+    /// A backup server.
+    pub backup: bool,
+    /// `weight`.
+    pub weight: i64,
+    /// `max_conns` (0: no limit).
+    pub max_conns: i64,
+    /// `max_fails`.
+    pub max_fails: i64,
+    /// `fail_timeout` (`10s`).
+    pub fail_timeout: String,
+    /// `slow_start` (`0s`).
+    pub slow_start: String,
+    /// `route` (http only).
+    pub route: String,
+    /// Marked `down`.
+    pub down: bool,
+    /// Marked `drain` (http only).
+    pub drain: bool,
+    /// Active connections.
+    pub active: u64,
     /// `active` values handed out one per observation (GET of the upstream).
-    pub(crate) active_script: VecDeque<u64>,
-    pub(crate) health: Hs,
-    pub(crate) hc: Option<Hc>,
+    pub active_script: VecDeque<u64>,
+    /// Health as the active checks see it.
+    pub health: Hs,
+    /// Health check counters (`None`: the upstream has no `health_check`).
+    pub hc: Option<Hc>,
 }
 
 impl Peer {
-    pub(crate) fn new(id: u64, server: &str) -> Self {
+    /// A healthy peer in service with default parameters, 3 checks passed.
+    pub fn new(id: u64, server: &str) -> Self {
         Self {
             id,
             server: server.into(),
@@ -86,7 +130,8 @@ impl Peer {
         }
     }
 
-    pub(crate) fn state(&self, kind: Kind) -> &'static str {
+    /// The `state` the API reports: `down`, `draining` (http), or the health.
+    pub fn state(&self, kind: Kind) -> &'static str {
         if self.down {
             "down"
         } else if self.drain && kind == Kind::Http {
@@ -167,57 +212,80 @@ impl Peer {
     }
 }
 
+/// The kind of an upstream (`/http/upstreams/` or `/stream/upstreams/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Kind {
+pub enum Kind {
+    /// An http upstream.
     Http,
+    /// A stream (TCP/UDP) upstream.
     Stream,
 }
 
+/// An upstream and its servers.
 #[derive(Debug, Clone)]
-pub(crate) struct Upstream {
+pub struct Upstream {
     /// `false`: a static upstream (no `zone`).
-    pub(crate) zone: bool,
-    pub(crate) peers: Vec<Peer>,
+    pub zone: bool,
+    /// Its servers.
+    pub peers: Vec<Peer>,
 }
 
+/// A request the server received (after the injected replies and the auth
+/// check).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Logged {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) body: String,
+pub struct Logged {
+    /// The method (`GET`, `PATCH`).
+    pub method: String,
+    /// The URL path.
+    pub path: String,
+    /// The body, JSON object keys sorted (see [`FakeNginx::patches`]).
+    pub body: String,
 }
 
+/// A reply to give to a coming request instead of serving it.
 #[derive(Debug, Clone)]
-pub(crate) struct Injected {
+pub struct Injected {
     /// Only for requests of this method (`None`: any).
-    pub(crate) method: Option<&'static str>,
-    pub(crate) status: u16,
-    pub(crate) content_type: &'static str,
-    pub(crate) body: String,
+    pub method: Option<&'static str>,
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
 }
 
+/// Everything the server knows and does; change it through
+/// [`FakeNginx::with`].
 #[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) versions: Vec<u32>,
-    pub(crate) write: bool,
+pub struct State {
+    /// The API versions served (`/api/`).
+    pub versions: Vec<u32>,
+    /// `api write=on`: PATCH allowed (otherwise `MethodDisabled`).
+    pub write: bool,
     /// Expected `Authorization` header value.
-    pub(crate) auth: Option<String>,
-    pub(crate) upstreams: BTreeMap<(Kind, String), Upstream>,
-    pub(crate) log: Vec<Logged>,
-    pub(crate) inject: VecDeque<Injected>,
-    pub(crate) delay: Duration,
+    pub auth: Option<String>,
+    /// The upstreams by kind and name.
+    pub upstreams: BTreeMap<(Kind, String), Upstream>,
+    /// Every request served, in order.
+    pub log: Vec<Logged>,
+    /// Replies to give instead of serving, first first.
+    pub inject: VecDeque<Injected>,
+    /// Time to wait before answering each request.
+    pub delay: Duration,
     /// Each GET of an upstream first runs a health check round with this
     /// result (a model of periodic checks that needs no clock).
-    pub(crate) auto_check: Option<bool>,
+    pub auto_check: Option<bool>,
     /// Servers (addresses) whose health checks fail.
-    pub(crate) sick: Vec<String>,
-    pub(crate) next_request: u64,
+    pub sick: Vec<String>,
+    /// Counter behind the `request_id` of error replies.
+    pub next_request: u64,
 }
 
 impl State {
     /// http `backend` (3 peers, health checks), stream `tcp` (2 peers),
     /// http `nohc` (no health checks), static http `legacy`.
-    pub(crate) fn standard() -> Self {
+    pub fn standard() -> Self {
         let mut upstreams = BTreeMap::new();
         let peers = |base: &str, n: u64, port: u16| {
             (0..n)
@@ -270,13 +338,15 @@ impl State {
         }
     }
 
-    pub(crate) fn upstream_mut(&mut self, kind: Kind, name: &str) -> &mut Upstream {
+    /// The upstream; panics when there is none of that kind and name.
+    pub fn upstream_mut(&mut self, kind: Kind, name: &str) -> &mut Upstream {
         self.upstreams
             .get_mut(&(kind, name.to_owned()))
             .expect("known upstream")
     }
 
-    pub(crate) fn peer_mut(&mut self, kind: Kind, upstream: &str, id: u64) -> &mut Peer {
+    /// A peer of an upstream; panics when there is no such peer.
+    pub fn peer_mut(&mut self, kind: Kind, upstream: &str, id: u64) -> &mut Peer {
         self.upstream_mut(kind, upstream)
             .peers
             .iter_mut()
@@ -285,7 +355,7 @@ impl State {
     }
 
     /// One health check of every peer that is not down.
-    pub(crate) fn check_round(&mut self, kind: Kind, upstream: &str, pass: bool) {
+    pub fn check_round(&mut self, kind: Kind, upstream: &str, pass: bool) {
         let sick = self.sick.clone();
         for p in &mut self.upstream_mut(kind, upstream).peers {
             if p.down {
@@ -677,7 +747,7 @@ fn canonical_json(bytes: &[u8]) -> String {
 }
 
 /// Every (method, spec path) the router serves, for the spec check.
-pub(crate) const ROUTES: &[(&str, &str)] = &[
+pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/http/upstreams/"),
     ("get", "/http/upstreams/{httpUpstreamName}/"),
@@ -703,7 +773,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ),
 ];
 
-pub(crate) fn router(st: Shared) -> Router {
+fn router(st: Shared) -> Router {
     let fallback_state = st.clone();
     Router::new()
         .route("/api", get(versions))
@@ -739,10 +809,13 @@ pub(crate) fn router(st: Shared) -> Router {
 
 /// A running test server on 127.0.0.1; stopped on drop.
 #[derive(Debug)]
-pub(crate) struct FakeNginx {
-    pub(crate) state: Shared,
-    pub(crate) addr: SocketAddr,
-    pub(crate) scheme: &'static str,
+pub struct FakeNginx {
+    /// The server's state, shared with its handlers.
+    pub state: Arc<Mutex<State>>,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// `http`, or `https` when started by [`FakeNginx::start_with`].
+    pub scheme: &'static str,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -753,7 +826,9 @@ impl Drop for FakeNginx {
 }
 
 impl FakeNginx {
-    pub(crate) async fn start(state: State) -> Self {
+    /// Starts the server on an ephemeral port of 127.0.0.1, on the current
+    /// tokio runtime; panics when it cannot bind.
+    pub async fn start(state: State) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -771,7 +846,9 @@ impl FakeNginx {
         }
     }
 
-    pub(crate) async fn start_with<L>(state: State, listener: L, addr: SocketAddr) -> Self
+    /// Starts the server on a listener of the caller's (a TLS one, say)
+    /// that listens on `addr`; the URL scheme is `https`.
+    pub async fn start_with<L>(state: State, listener: L, addr: SocketAddr) -> Self
     where
         L: axum::serve::Listener<Addr = SocketAddr>,
     {
@@ -788,19 +865,23 @@ impl FakeNginx {
         }
     }
 
-    pub(crate) fn url(&self) -> String {
+    /// The API URL: `http://127.0.0.1:<port>/api`.
+    pub fn url(&self) -> String {
         format!("{}://{}/api", self.scheme, self.addr)
     }
 
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+    /// Runs `f` on the state, under its lock.
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut lock(&self.state))
     }
 
-    pub(crate) fn peer(&self, kind: Kind, upstream: &str, id: u64) -> Peer {
+    /// A copy of a peer as it is now; panics when there is no such peer.
+    pub fn peer(&self, kind: Kind, upstream: &str, id: u64) -> Peer {
         self.with(|s| s.peer_mut(kind, upstream, id).clone())
     }
 
-    pub(crate) fn patches(&self) -> Vec<Logged> {
+    /// The PATCH requests received, in order.
+    pub fn patches(&self) -> Vec<Logged> {
         self.with(|s| {
             s.log
                 .iter()
@@ -810,12 +891,13 @@ impl FakeNginx {
         })
     }
 
-    pub(crate) fn clear_log(&self) {
+    /// Forgets the requests received so far.
+    pub fn clear_log(&self) {
         self.with(|s| s.log.clear());
     }
 
     /// The next request (of `method`, if given) gets this reply instead.
-    pub(crate) fn inject(
+    pub fn inject(
         &self,
         method: Option<&'static str>,
         status: u16,
@@ -833,7 +915,7 @@ impl FakeNginx {
     }
 
     /// An nginx JSON error body.
-    pub(crate) fn error_body(status: u16, code: &str) -> String {
+    pub fn error_body(status: u16, code: &str) -> String {
         json!({"error": {"status": status, "text": "injected", "code": code}, "request_id": "00ff", "href": "https://nginx.org/"}).to_string()
     }
 }
