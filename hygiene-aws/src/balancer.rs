@@ -575,14 +575,7 @@ impl LoadBalancer for Elbv2Balancer {
             call(
                 "elbv2",
                 "DeregisterTargets",
-                || {
-                    let names = members
-                        .iter()
-                        .map(|(id, _)| id.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    Subject::groups(g.arn.clone()).with_targets(names)
-                },
+                || Subject::groups(g.arn.clone()).with_targets(member_names(&members)),
                 self.client()
                     .deregister_targets()
                     .target_group_arn(&g.arn)
@@ -630,14 +623,7 @@ impl LoadBalancer for Elbv2Balancer {
             call(
                 "elbv2",
                 "RegisterTargets",
-                || {
-                    let names = members
-                        .iter()
-                        .map(|(id, _)| id.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    Subject::groups(g.arn.clone()).with_targets(names)
-                },
+                || Subject::groups(g.arn.clone()).with_targets(member_names(&members)),
                 self.client()
                     .register_targets()
                     .target_group_arn(&g.arn)
@@ -648,6 +634,15 @@ impl LoadBalancer for Elbv2Balancer {
         }
         Ok(())
     }
+}
+
+/// The ids of a group's members, for error messages.
+fn member_names(members: &[(TargetId, Registration)]) -> String {
+    members
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -252,27 +252,32 @@ async fn drain_waits_for_connections_and_detects_within_one_poll() {
     assert!(rec.status_at_start.expect("observed").is_drained());
 }
 
-#[tokio::test(start_paused = true)]
-async fn drain_timeout_with_proceed_executes_anyway() {
+/// Two targets, the first with 3 requests that never end; drain timeout 10 s.
+async fn run_with_a_stuck_drain(
+    on_timeout: OnDrainTimeout,
+) -> (Vec<TargetId>, ScriptedExecutor, hygiene_core::Report) {
     let (lb, ids) = pool(2);
-    lb.set_drain_profile(
-        &ids[0],
-        DrainProfile {
-            initial: 3,
-            duration: Duration::from_secs(3600),
-        },
-    )
-    .expect("set");
+    let stuck = DrainProfile {
+        initial: 3,
+        duration: Duration::from_secs(3600),
+    };
+    lb.set_drain_profile(&ids[0], stuck).expect("set");
     let exec = ScriptedExecutor::new();
     let cfg = base()
         .drain_timeout(Duration::from_secs(10))
-        .on_drain_timeout(OnDrainTimeout::Proceed)
+        .on_drain_timeout(on_timeout)
         .build()
         .expect("config");
-    let r = Rollout::new(lb.clone(), exec.clone(), cfg)
+    let r = Rollout::new(lb, exec.clone(), cfg)
         .run()
         .await
         .expect("run");
+    (ids, exec, r)
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_timeout_with_proceed_executes_anyway() {
+    let (_, exec, r) = run_with_a_stuck_drain(OnDrainTimeout::Proceed).await;
     assert!(r.is_success(), "{r:?}");
     assert_eq!(exec.records().len(), 2);
     assert!(
@@ -289,25 +294,7 @@ async fn drain_timeout_with_proceed_executes_anyway() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_timeout_with_fail_keeps_out_without_executing() {
-    let (lb, ids) = pool(2);
-    lb.set_drain_profile(
-        &ids[0],
-        DrainProfile {
-            initial: 3,
-            duration: Duration::from_secs(3600),
-        },
-    )
-    .expect("set");
-    let exec = ScriptedExecutor::new();
-    let cfg = base()
-        .drain_timeout(Duration::from_secs(10))
-        .on_drain_timeout(OnDrainTimeout::Fail)
-        .build()
-        .expect("config");
-    let r = Rollout::new(lb.clone(), exec.clone(), cfg)
-        .run()
-        .await
-        .expect("run");
+    let (ids, exec, r) = run_with_a_stuck_drain(OnDrainTimeout::Fail).await;
     assert!(matches!(r.outcome, Outcome::Aborted { .. }));
     match result(&r, &ids[0]) {
         TargetResult::Failed {
