@@ -689,7 +689,7 @@ async fn front(AxState(st): AxState<Shared>, req: Request, next: Next) -> Respon
         let at = s
             .inject
             .iter()
-            .position(|i| i.method.map_or(true, |x| x == m));
+            .position(|i| i.method.is_none_or(|x| x == m));
         at.and_then(|at| s.inject.remove(at))
     };
     if let Some(i) = injected {
