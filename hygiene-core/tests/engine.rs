@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{ids_of, mutations, pool, Tampered};
+use common::{all_in_service, ids_of, mutations, pool, Tampered};
 use hygiene_core::{
     Amount, DrainProfile, Error, Event, Health, HealthScript, OnDrainTimeout, OnFailure, Operation,
     Outcome, Probe, ProbeVerdict, Rollout, RolloutConfig, Script, ScriptedExecutor, Selection,
@@ -50,10 +50,7 @@ async fn completes_every_target_in_batches() {
     assert!(r.is_success());
     assert_eq!(r.batches, 3);
     assert_eq!(exec.records().len(), 5);
-    assert!(lb
-        .snapshot()
-        .iter()
-        .all(|(_, s)| s.state == TargetState::InService));
+    assert!(all_in_service(&lb), "every target back in service");
     assert_eq!(ids_of(&lb, Operation::Drain).len(), 5);
     assert_eq!(
         r.targets
@@ -333,10 +330,7 @@ async fn restore_policy_puts_failed_targets_back() {
             ..
         }
     ));
-    assert!(lb
-        .snapshot()
-        .iter()
-        .all(|(_, s)| s.state == TargetState::InService));
+    assert!(all_in_service(&lb), "every target back in service");
 }
 
 #[tokio::test(start_paused = true)]
@@ -511,10 +505,7 @@ async fn non_retryable_balancer_error_aborts_and_restores() {
             ..
         }
     ));
-    assert!(lb
-        .snapshot()
-        .iter()
-        .all(|(_, s)| s.state == TargetState::InService));
+    assert!(all_in_service(&lb), "every target back in service");
 }
 
 #[tokio::test(start_paused = true)]
@@ -781,10 +772,7 @@ async fn cancelled_while_draining_puts_back_at_once() {
         "put back at once, not after the drain"
     );
     assert!(exec.records().is_empty());
-    assert!(lb
-        .snapshot()
-        .iter()
-        .all(|(_, s)| s.state == TargetState::InService));
+    assert!(all_in_service(&lb), "every target back in service");
 }
 
 #[tokio::test(start_paused = true)]
@@ -826,10 +814,7 @@ async fn cancelled_while_executing_finishes_and_verifies() {
     assert!(r.targets[0].timings.health.expect("health") >= Duration::from_secs(2));
     assert_eq!(result(&r, &ids[1]), &TargetResult::NotStarted);
     assert_eq!(exec.records().len(), 1);
-    assert!(lb
-        .snapshot()
-        .iter()
-        .all(|(_, s)| s.state == TargetState::InService));
+    assert!(all_in_service(&lb), "every target back in service");
 }
 
 #[tokio::test(start_paused = true)]

@@ -24,6 +24,13 @@ pub fn ids_of(lb: &InMemoryBalancer, op: Operation) -> Vec<TargetId> {
         .collect()
 }
 
+/// Every target of the balancer is in service.
+pub fn all_in_service(lb: &InMemoryBalancer) -> bool {
+    lb.snapshot()
+        .iter()
+        .all(|(_, s)| s.state == hygiene_core::TargetState::InService)
+}
+
 pub fn mutations(lb: &InMemoryBalancer) -> usize {
     lb.calls()
         .iter()
