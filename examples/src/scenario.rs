@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hygiene_core::{
-    Event, LoadBalancer, LocalCommand, Report, Rollout, Stage, TargetId, TargetState,
+    Event, EventKind, LoadBalancer, LocalCommand, Report, Rollout, Stage, TargetId, TargetState,
 };
 use hygiene_haproxy::{HaproxyBalancer, Node};
 
@@ -206,7 +206,7 @@ pub struct Timeline {
 /// measures drain detection.
 pub async fn run_rollout(
     scn: &Scenario,
-    mut rollout: Rollout,
+    rollout: Rollout,
     mut on_event: impl FnMut(&Event) + Send,
 ) -> BoxResult<(Report, Timeline)> {
     let mut events = rollout.subscribe();
@@ -214,7 +214,7 @@ pub async fn run_rollout(
     let mut draining_at: HashMap<TargetId, Instant> = HashMap::new();
     let mut timeline = Timeline::default();
     while let Some(e) = events.recv().await {
-        if let Event::Phase { id, stage, .. } = &e {
+        if let EventKind::Phase { id, stage, .. } = &e.kind {
             let now = Instant::now();
             match stage {
                 Stage::Draining => {

@@ -112,7 +112,7 @@ async fn a_failed_patch_is_kept_out_by_name_and_no_request_fails() {
     .expect("rollout");
     let stats = load.stop().await;
     assert!(
-        matches!(&report.outcome, Outcome::Aborted { reason } if reason.contains("max_failures")),
+        matches!(&report.outcome, Outcome::Aborted { reason } if reason.to_string().contains("max_failures")),
         "{:?}",
         report.outcome
     );
@@ -127,6 +127,7 @@ async fn a_failed_patch_is_kept_out_by_name_and_no_request_fails() {
             kept_out: true,
             restore_hint: Some(hint),
             reason,
+            ..
         } => {
             assert!(hint.contains("web/s2"), "{hint}");
             assert!(reason.contains("exited with code 1"), "{reason}");

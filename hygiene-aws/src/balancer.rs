@@ -400,7 +400,7 @@ impl Elbv2Balancer {
         regs: &[Registration],
         obs: &[Observation],
         groups: &[Group],
-    ) {
+    ) -> Option<String> {
         let why: Vec<String> = regs
             .iter()
             .zip(obs)
@@ -412,15 +412,19 @@ impl Elbv2Balancer {
                 })
             })
             .collect();
+        let text = (!why.is_empty()).then(|| why.join("; "));
         if let Ok(mut m) = self.inner.reasons.lock() {
-            if why.is_empty() {
-                m.remove(id);
-            } else {
-                let text = why.join("; ");
-                debug!(target.id = %id, reason = %text, "elbv2 health reason");
-                m.insert(id.clone(), text);
+            match &text {
+                None => {
+                    m.remove(id);
+                }
+                Some(text) => {
+                    debug!(target.id = %id, reason = %text, "elbv2 health reason");
+                    m.insert(id.clone(), text.clone());
+                }
             }
         }
+        text
     }
 }
 
@@ -436,6 +440,14 @@ fn jittered(base: Duration) -> Duration {
     base.saturating_sub(Duration::from_millis(spread)) + Duration::from_millis(offset)
 }
 
+/// ELBv2's words for a target's health travel with its status.
+fn with_reason(status: TargetStatus, why: Option<String>) -> TargetStatus {
+    match why {
+        Some(why) => status.with_reason(why),
+        None => status,
+    }
+}
+
 #[async_trait]
 impl LoadBalancer for Elbv2Balancer {
     fn name(&self) -> String {
@@ -443,11 +455,9 @@ impl LoadBalancer for Elbv2Balancer {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(false, true, false, true)
-    }
-
-    fn status_reason(&self, id: &TargetId) -> Option<String> {
-        self.health_reason(id)
+        Capabilities::none()
+            .with_graceful_drain(true)
+            .with_health_checks(true)
     }
 
     /// 5 s ± 20 % unless the builder set one: DescribeTargetHealth is
@@ -509,10 +519,10 @@ impl LoadBalancer for Elbv2Balancer {
                         .unwrap_or_else(Observation::not_registered)
                 })
                 .collect();
-            self.remember_reasons(id, regs, &obs, groups);
+            let why = self.remember_reasons(id, regs, &obs, groups);
             out.push(ListedTarget {
                 target: self.listed_target(id, regs, groups),
-                status: combine(&obs),
+                status: with_reason(combine(&obs), why),
             });
         }
         Ok(out)
@@ -542,8 +552,8 @@ impl LoadBalancer for Elbv2Balancer {
                         .unwrap_or_else(Observation::not_registered)
                 })
                 .collect();
-            self.remember_reasons(id, rs, &o, groups);
-            out.push(combine(&o));
+            let why = self.remember_reasons(id, rs, &o, groups);
+            out.push(with_reason(combine(&o), why));
         }
         Ok(out)
     }

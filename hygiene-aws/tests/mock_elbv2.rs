@@ -20,9 +20,9 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_sdk_elasticloadbalancingv2::Client;
 use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
 use hygiene_aws::Elbv2Balancer;
+use hygiene_core::testing::ScriptedExecutor;
 use hygiene_core::{
-    Amount, Error, LoadBalancer, Rollout, RolloutConfig, ScriptedExecutor, Stage, TargetId,
-    TargetResult, TargetState,
+    Amount, Error, LoadBalancer, Rollout, RolloutConfig, Stage, TargetId, TargetResult, TargetState,
 };
 
 const TG: &str =
@@ -275,7 +275,7 @@ async fn draining_is_not_drained_and_has_no_connection_count() {
     let lb = balancer(&fake);
     lb.drain(&[id("i-0a")]).await.expect("drain");
     for _ in 0..2 {
-        let st = lb.status(&[id("i-0a")]).await.expect("status")[0];
+        let st = lb.status(&[id("i-0a")]).await.expect("status")[0].clone();
         assert_eq!((st.state, st.connections), (TargetState::Draining, None));
         assert!(!st.is_drained());
     }
@@ -325,6 +325,7 @@ async fn unhealthy_after_enable_fails_at_health_timeout_with_the_reason() {
             reason,
             kept_out,
             restore_hint,
+            ..
         } => {
             assert_eq!(*phase, Stage::Enabling, "{reason}");
             assert!(

@@ -19,9 +19,10 @@ use aws_sdk_ssm::types::{
 use aws_sdk_ssm::Client;
 use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
 use hygiene_aws::{SsmExecutor, SsmExecutorBuilder, StatusApi};
+use hygiene_core::testing::{InMemoryBalancer, Operation};
 use hygiene_core::{
-    Amount, CancellationToken, Error, Executor, InMemoryBalancer, Operation, Preflight, Rollout,
-    RolloutConfig, Stage, Target, TargetId, TargetResult,
+    Amount, CancellationToken, Error, Executor, Preflight, Rollout, RolloutConfig, Stage, Target,
+    TargetId, TargetResult,
 };
 
 /// (status, status details, exit code, stdout, stderr)

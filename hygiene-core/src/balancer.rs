@@ -61,15 +61,6 @@ pub trait LoadBalancer: Send + Sync + Debug + 'static {
         Duration::from_secs(1)
     }
 
-    /// The balancer's own words for a target's last health result (ELBv2's
-    /// `Target.ResponseCodeMismatch: …`), when it gives any; the engine adds
-    /// it to a health failure. Read from what the last `status` call saw: no
-    /// call to the backend.
-    fn status_reason(&self, id: &TargetId) -> Option<String> {
-        let _ = id;
-        None
-    }
-
     /// How an operator puts a kept-out target back by hand on this backend
     /// (a command line, an API call); shown in reports.
     fn enable_hint(&self, id: &TargetId) -> String {
@@ -100,7 +91,6 @@ macro_rules! forward_load_balancer {
             fn capabilities(&self) -> Capabilities { (**self).capabilities() }
             fn default_poll_interval(&self) -> Duration { (**self).default_poll_interval() }
             fn enable_hint(&self, id: &TargetId) -> String { (**self).enable_hint(id) }
-            fn status_reason(&self, id: &TargetId) -> Option<String> { (**self).status_reason(id) }
             async fn list(&self) -> Result<Vec<ListedTarget>> { (**self).list().await }
             async fn status(&self, ids: &[TargetId]) -> Result<Vec<TargetStatus>> { (**self).status(ids).await }
             async fn drain(&self, ids: &[TargetId]) -> Result<()> { (**self).drain(ids).await }

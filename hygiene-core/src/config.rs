@@ -11,8 +11,10 @@ use crate::error::{Error, Result};
 use crate::target::TargetId;
 
 /// A count of targets, or a percent of some total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// In configuration files (serde) a count is a number (`2`) and a percent a
+/// string (`"25%"`); `"3"` is read as a count too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Amount {
     /// An absolute number of targets.
     Count(usize),
@@ -81,6 +83,110 @@ impl FromStr for Amount {
     }
 }
 
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Count(n) => s.serialize_u64(*n as u64),
+            Self::Percent(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a count (2) or a percent (\"25%\")"))?
+        {
+            Raw::Count(n) => usize::try_from(n)
+                .map(Self::Count)
+                .map_err(|_| serde::de::Error::custom(format!("{n} is too large a count"))),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Durations in configuration files: `"90s"`, `"5m"`, `"1h 30m"`, `"250ms"`
+/// (jiff's friendly format; ISO 8601 `"PT5M"` is accepted too).
+pub mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses a duration such as `"90s"` or `"5m"`.
+    ///
+    /// # Errors
+    /// A message naming the text and the expected form.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let bad = |why: String| {
+            format!("{text:?} is not a duration ({why}); write it as \"90s\", \"5m\", \"1h 30m\" or \"250ms\"")
+        };
+        let d: jiff::SignedDuration = text.trim().parse().map_err(|e| bad(format!("{e}")))?;
+        Duration::try_from(d).map_err(|_| bad("it is negative".into()))
+    }
+
+    /// Writes a duration in the friendly format (`"5m"`, `"1s 500ms"`).
+    pub fn format(d: Duration) -> String {
+        match jiff::SignedDuration::try_from(d) {
+            Ok(s) => format!("{s:#}"),
+            Err(_) => format!("{}s", d.as_secs()),
+        }
+    }
+
+    /// Serializes as text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*d))
+    }
+
+    /// Deserializes from text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for an optional duration.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Serializes as text, or nothing.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_some(&super::format(*d)),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Deserializes from text, or nothing.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|t| super::parse(&t).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+/// How targets are paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pacing {
+    /// Batches of `batch_size`: the next batch starts when the whole batch
+    /// has finished (Ansible `serial`, SSM `MaxConcurrency`). One executor
+    /// call per batch. The default.
+    #[default]
+    Batches,
+    /// A rolling window: up to `batch_size` targets in progress, and the
+    /// next target starts as soon as one finishes. One executor call per
+    /// target, so a slow target never holds the others back.
+    Window,
+}
+
 /// What to do when a target is still not drained at `drain_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -120,14 +226,18 @@ pub enum Selection {
 /// Bounds on retries of retryable balancer and executor errors (jittered
 /// exponential backoff through `backon`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub max_retries: usize,
     /// First delay.
+    #[serde(with = "duration_text")]
     pub min_delay: Duration,
     /// Largest single delay.
+    #[serde(with = "duration_text")]
     pub max_delay: Duration,
     /// Largest sum of delays.
+    #[serde(with = "duration_text")]
     pub max_total: Duration,
 }
 
@@ -174,9 +284,27 @@ impl Default for RetryPolicy {
 ///   batch starts (ASG instance warmup); not waited after the last batch.
 /// - **`poll_interval`**: how often status is polled; `None` takes the
 ///   balancer's [`default_poll_interval`](crate::LoadBalancer::default_poll_interval).
-/// - **`canary`**: the first batch is a single target.
+/// - **`canary`**: the first batch is a single target, and batches stay
+///   one target wide until one target has been maintained and verified
+///   healthy (a canary whose preflight failed, or that was skipped, is no
+///   canary).
+/// - **`pacing`**: [`Pacing::Batches`] or [`Pacing::Window`]. In both, at most
+///   `batch_size` targets are *in progress* (preflight, draining, executing,
+///   probing, enabling, verifying, warming up) at once. Targets kept out
+///   after a failure are no longer in progress: they are bounded by
+///   `max_failures`, and `min_healthy` protects capacity against both.
+/// - **`call_timeout`**: the time limit of each balancer call, preflight
+///   and probe attempt (default 30 s); a call past it counts as a timeout
+///   (retried like other retryable errors).
+/// - **`execute_timeout`**: the time limit of one maintenance call (default
+///   3 h); past it the maintenance fails (it is not retried).
 /// - **`on_failure`**: see [`OnFailure`].
+///
+/// Deserializing (serde) goes through the same validation as
+/// [`RolloutConfigBuilder::build`]; unknown keys are refused; durations are
+/// text (`"90s"`, `"5m"`), amounts `2` or `"25%"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RolloutConfigSpec", into = "RolloutConfigSpec")]
 pub struct RolloutConfig {
     pub(crate) batch_size: Amount,
     pub(crate) min_healthy: Amount,
@@ -191,6 +319,99 @@ pub struct RolloutConfig {
     pub(crate) on_failure: OnFailure,
     pub(crate) selection: Selection,
     pub(crate) retry: RetryPolicy,
+    pub(crate) pacing: Pacing,
+    pub(crate) call_timeout: Duration,
+    pub(crate) execute_timeout: Duration,
+}
+
+/// The serde form of [`RolloutConfig`]: every key optional (the defaults
+/// of [`RolloutConfig::builder`]), unknown keys refused, validated by the
+/// builder on the way in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RolloutConfigSpec {
+    batch_size: Amount,
+    min_healthy: Amount,
+    max_failures: Amount,
+    #[serde(with = "duration_text")]
+    drain_timeout: Duration,
+    on_drain_timeout: OnDrainTimeout,
+    #[serde(with = "duration_text")]
+    health_timeout: Duration,
+    #[serde(with = "duration_text")]
+    warmup: Duration,
+    #[serde(
+        with = "duration_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    poll_interval: Option<Duration>,
+    #[serde(with = "duration_text")]
+    capacity_timeout: Duration,
+    canary: bool,
+    on_failure: OnFailure,
+    selection: Selection,
+    retry: RetryPolicy,
+    pacing: Pacing,
+    #[serde(with = "duration_text")]
+    call_timeout: Duration,
+    #[serde(with = "duration_text")]
+    execute_timeout: Duration,
+}
+
+impl Default for RolloutConfigSpec {
+    fn default() -> Self {
+        RolloutConfig::unchecked_default().into()
+    }
+}
+
+impl From<RolloutConfig> for RolloutConfigSpec {
+    fn from(c: RolloutConfig) -> Self {
+        Self {
+            batch_size: c.batch_size,
+            min_healthy: c.min_healthy,
+            max_failures: c.max_failures,
+            drain_timeout: c.drain_timeout,
+            on_drain_timeout: c.on_drain_timeout,
+            health_timeout: c.health_timeout,
+            warmup: c.warmup,
+            poll_interval: c.poll_interval,
+            capacity_timeout: c.capacity_timeout,
+            canary: c.canary,
+            on_failure: c.on_failure,
+            selection: c.selection,
+            retry: c.retry,
+            pacing: c.pacing,
+            call_timeout: c.call_timeout,
+            execute_timeout: c.execute_timeout,
+        }
+    }
+}
+
+impl TryFrom<RolloutConfigSpec> for RolloutConfig {
+    type Error = Error;
+    fn try_from(s: RolloutConfigSpec) -> Result<Self> {
+        RolloutConfigBuilder {
+            config: Self {
+                batch_size: s.batch_size,
+                min_healthy: s.min_healthy,
+                max_failures: s.max_failures,
+                drain_timeout: s.drain_timeout,
+                on_drain_timeout: s.on_drain_timeout,
+                health_timeout: s.health_timeout,
+                warmup: s.warmup,
+                poll_interval: s.poll_interval,
+                capacity_timeout: s.capacity_timeout,
+                canary: s.canary,
+                on_failure: s.on_failure,
+                selection: s.selection,
+                retry: s.retry,
+                pacing: s.pacing,
+                call_timeout: s.call_timeout,
+                execute_timeout: s.execute_timeout,
+            },
+        }
+        .build()
+    }
 }
 
 impl RolloutConfig {
@@ -219,6 +440,9 @@ impl RolloutConfig {
             on_failure: OnFailure::KeepOut,
             selection: Selection::All,
             retry: RetryPolicy::default(),
+            pacing: Pacing::Batches,
+            call_timeout: Duration::from_secs(30),
+            execute_timeout: Duration::from_secs(3 * 3600),
         }
     }
 
@@ -273,6 +497,18 @@ impl RolloutConfig {
     /// Retry policy.
     pub fn retry(&self) -> RetryPolicy {
         self.retry
+    }
+    /// Pacing.
+    pub fn pacing(&self) -> Pacing {
+        self.pacing
+    }
+    /// Time limit of each balancer call, preflight and probe attempt.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+    /// Time limit of one maintenance call.
+    pub fn execute_timeout(&self) -> Duration {
+        self.execute_timeout
     }
 
     /// Batch size for `selected` targets: percent rounded down, at least 1.
@@ -363,13 +599,29 @@ impl RolloutConfigBuilder {
         self.config.retry = retry;
         self
     }
+    /// Batches (default) or a rolling window.
+    pub fn pacing(mut self, pacing: Pacing) -> Self {
+        self.config.pacing = pacing;
+        self
+    }
+    /// Time limit of each balancer call, preflight and probe attempt.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.config.call_timeout = timeout;
+        self
+    }
+    /// Time limit of one maintenance call.
+    pub fn execute_timeout(mut self, timeout: Duration) -> Self {
+        self.config.execute_timeout = timeout;
+        self
+    }
 
     /// Validates and builds.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the field: batch size 0, a percent over
     /// 100, `min_healthy` of 100% (no batch can ever satisfy it), an empty or
-    /// duplicated named selection, a zero poll interval or health timeout.
+    /// duplicated named selection, a zero poll interval, health timeout,
+    /// call timeout or execute timeout.
     pub fn build(self) -> Result<RolloutConfig> {
         let c = self.config;
         c.batch_size.check_percent("batch_size")?;
@@ -412,6 +664,18 @@ impl RolloutConfigBuilder {
             return Err(Error::invalid_config(
                 "health_timeout",
                 "must be greater than zero: a target needs time to be seen healthy",
+            ));
+        }
+        if c.call_timeout.is_zero() {
+            return Err(Error::invalid_config(
+                "call_timeout",
+                "must be greater than zero: every balancer call needs time to answer",
+            ));
+        }
+        if c.execute_timeout.is_zero() {
+            return Err(Error::invalid_config(
+                "execute_timeout",
+                "must be greater than zero: the maintenance needs time to run",
             ));
         }
         if c.retry.min_delay > c.retry.max_delay {
@@ -553,6 +817,55 @@ mod tests {
         assert_eq!(c.failures_allowed(10), 1, "15% of 10 = 1.5 rounds down");
         assert_eq!(c.failures_allowed(6), 0);
         assert_eq!(c.min_healthy_of(10), 8, "75% of 10 = 7.5 rounds up");
+    }
+
+    #[test]
+    fn deserializing_validates() {
+        for (json, want) in [
+            (r#"{"batch_size": "0%"}"#, "batch_size"),
+            (r#"{"min_healthy": "250%"}"#, "over 100%"),
+            (r#"{"health_timeout": "0s"}"#, "health_timeout"),
+            (r#"{"batch_size": 0}"#, "batch_size"),
+            (r#"{"bacth_size": 2}"#, "unknown field"),
+            (r#"{"drain_timeout": "soon"}"#, "not a duration"),
+        ] {
+            let e = serde_json::from_str::<RolloutConfig>(json).expect_err(json);
+            assert!(e.to_string().contains(want), "{json}: {e}");
+        }
+        let c: RolloutConfig = serde_json::from_str(
+            r#"{"batch_size": "25%", "max_failures": 2, "drain_timeout": "90s", "pacing": "window"}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.batch_size(), Amount::Percent(25));
+        assert_eq!(c.max_failures(), Amount::Count(2));
+        assert_eq!(c.drain_timeout(), Duration::from_secs(90));
+        assert_eq!(c.pacing(), Pacing::Window);
+        assert_eq!(
+            c.health_timeout(),
+            Duration::from_secs(300),
+            "defaults fill the rest"
+        );
+        let back: RolloutConfig =
+            serde_json::from_str(&serde_json::to_string(&c).expect("ser")).expect("round trip");
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn durations_read_as_operators_write_them() {
+        assert_eq!(duration_text::parse("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(
+            duration_text::parse("1h 30m"),
+            Ok(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            duration_text::parse("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(duration_text::parse("-5s").is_err());
+        assert_eq!(
+            duration_text::parse(&duration_text::format(Duration::from_millis(1500))),
+            Ok(Duration::from_millis(1500))
+        );
     }
 
     #[test]

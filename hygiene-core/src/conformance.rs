@@ -30,7 +30,7 @@ async fn status_of(lb: &dyn LoadBalancer, id: &TargetId) -> TargetStatus {
         .await
         .unwrap_or_else(|e| panic!("status of {id} failed: {e}"));
     assert_eq!(st.len(), 1, "status must return one entry per id");
-    st[0]
+    st[0].clone()
 }
 
 /// Polls until `pred` holds for `id`, or panics after `fx.settle` (+1 s).

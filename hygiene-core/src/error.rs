@@ -140,6 +140,15 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// The run was cancelled while this call was in flight and stopped
+    /// waiting for it: whether it took effect is unknown, so the engine
+    /// reads back or undoes what it may have changed.
+    #[error("{operation} was abandoned because the run was cancelled; whether it took effect is unknown")]
+    Cancelled {
+        /// The call abandoned.
+        operation: String,
+    },
+
     /// Not enough healthy capacity to take even one target out.
     #[error("not enough healthy capacity: {message}")]
     Capacity {

@@ -7,31 +7,32 @@ mod engine;
 mod error;
 mod executor;
 mod local;
-mod memory;
 pub mod phase;
 mod probe;
 pub mod report;
 mod retry;
-mod scripted;
 mod target;
+pub mod testing;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
 pub use balancer::{ListedTarget, LoadBalancer};
 pub use config::{
-    Amount, OnDrainTimeout, OnFailure, RetryPolicy, RolloutConfig, RolloutConfigBuilder, Selection,
+    duration_text, Amount, OnDrainTimeout, OnFailure, Pacing, RetryPolicy, RolloutConfig,
+    RolloutConfigBuilder, Selection,
 };
-pub use engine::Rollout;
+pub use engine::{Rollout, RolloutHandle};
 pub use error::{BoxError, Error, Result};
 pub use executor::{tail, ExecOutcome, Executor, Preflight, OUTPUT_TAIL_BYTES};
 pub use local::LocalCommand;
-pub use memory::{CallRecord, DrainProfile, HealthScript, InMemoryBalancer, Operation};
-pub use phase::Stage;
+pub use phase::{Location, Stage};
 pub use probe::{HttpProbe, Probe, ProbeVerdict, TcpProbe};
-pub use report::{Event, Outcome, PhaseTimings, Report, TargetReport, TargetResult};
+pub use report::{
+    AbortReason, Event, EventKind, Outcome, PhaseTimings, PutBack, Report, TargetReport,
+    TargetResult,
+};
 pub use retry::{with_retries, with_retries_when};
-pub use scripted::{ExecRecord, Script, ScriptedExecutor};
 pub use target::{
     Capabilities, Health, Target, TargetId, TargetState, TargetStatus, MAX_TARGET_ID_LEN,
 };

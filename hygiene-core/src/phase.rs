@@ -1,5 +1,6 @@
-//! The per-target phase machine: a pure function from a phase and an
-//! observation to the next phase. The async engine only drives it.
+//! Per-target stages and locations, and the pure rules that judge a
+//! target's drain and health from one status observation. The rollout
+//! machine applies them; nothing here does I/O.
 
 use std::fmt;
 use std::time::Duration;
@@ -7,15 +8,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::OnDrainTimeout;
-use crate::target::{TargetState, TargetStatus};
+use crate::target::{Capabilities, Health, TargetState, TargetStatus};
 
-/// The name of a phase (without payload), for events and reports.
+/// The name of a target's phase, for events and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Stage {
     /// Not started.
     Pending,
-    /// Preflight by the executor.
+    /// Preflight by the executor, and the status re-read before the drain.
     Preflight,
     /// Drain requested; waiting for in-flight work to end.
     Draining,
@@ -23,6 +25,8 @@ pub enum Stage {
     Drained,
     /// Maintenance running.
     Executing,
+    /// The probe checks the target while it is still out of rotation.
+    Probing,
     /// Enable requested; waiting for a fresh healthy observation.
     Enabling,
     /// Seen healthy after the enable.
@@ -33,10 +37,12 @@ pub enum Stage {
     Done,
     /// Failed.
     Failed,
-    /// Skipped (not in service at the start, not ready at preflight, …).
+    /// Skipped (not in service at the start or right before its drain).
     Skipped,
     /// Put back without maintenance because the run was cancelled.
     Restored,
+    /// Removed from the pool by someone else during the run.
+    Vanished,
 }
 
 impl fmt::Display for Stage {
@@ -47,6 +53,7 @@ impl fmt::Display for Stage {
             Self::Draining => "draining",
             Self::Drained => "drained",
             Self::Executing => "executing",
+            Self::Probing => "probing",
             Self::Enabling => "enabling",
             Self::Healthy => "healthy",
             Self::Warm => "warm",
@@ -54,119 +61,35 @@ impl fmt::Display for Stage {
             Self::Failed => "failed",
             Self::Skipped => "skipped",
             Self::Restored => "restored",
+            Self::Vanished => "vanished",
         };
         f.write_str(s)
     }
 }
 
-/// A target's phase.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    /// Not started.
-    Pending,
-    /// Waiting for in-flight work to end.
-    Draining,
-    /// Drained (`forced`: the drain timed out and the policy said proceed).
-    Drained {
-        /// Drain timed out and was cut short.
-        forced: bool,
-    },
-    /// Maintenance running.
-    Executing,
-    /// Enabled; waiting for a fresh healthy observation.
-    Enabling,
-    /// Seen healthy after the enable.
-    Healthy,
-    /// Warmup over.
-    Warm,
-    /// Finished successfully.
-    Done,
-    /// Failed in `at`.
-    Failed {
-        /// The phase it failed in.
-        at: Stage,
-        /// Why.
-        reason: String,
-    },
-    /// Not maintained.
-    Skipped {
-        /// Why.
-        reason: String,
-    },
-    /// Put back without maintenance (cancellation).
-    Restored,
+/// Where a target is, as far as the run knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Location {
+    /// In rotation.
+    InService,
+    /// Out of rotation because of the run, on its way back.
+    OutByRun,
+    /// Out of rotation because of the run, and left out (a failure).
+    KeptOut,
+    /// A call that changes it failed and its state could not be read back:
+    /// an operator must look.
+    Unknown,
+    /// Out of rotation before the run; the run never touched it.
+    OutBefore,
+    /// No longer in the pool.
+    Gone,
 }
 
-impl Phase {
-    /// The phase's name.
-    pub fn stage(&self) -> Stage {
-        match self {
-            Self::Pending => Stage::Pending,
-            Self::Draining => Stage::Draining,
-            Self::Drained { .. } => Stage::Drained,
-            Self::Executing => Stage::Executing,
-            Self::Enabling => Stage::Enabling,
-            Self::Healthy => Stage::Healthy,
-            Self::Warm => Stage::Warm,
-            Self::Done => Stage::Done,
-            Self::Failed { .. } => Stage::Failed,
-            Self::Skipped { .. } => Stage::Skipped,
-            Self::Restored => Stage::Restored,
-        }
-    }
-
-    /// No further transition is possible.
-    pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Self::Done | Self::Failed { .. } | Self::Skipped { .. } | Self::Restored
-        )
-    }
-}
-
-/// Something the engine saw or did that may move a target on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observation {
-    /// The target was not in service when the run looked at it.
-    NotInService(String),
-    /// The executor cannot reach the target.
-    PreflightFailed(String),
-    /// The drain call succeeded.
-    DrainSent,
-    /// A status seen while draining, `waited` after the drain call.
-    DrainStatus {
-        /// The status.
-        status: TargetStatus,
-        /// Time since the drain call.
-        waited: Duration,
-    },
-    /// The maintenance started.
-    ExecStarted,
-    /// The maintenance ended.
-    ExecFinished(Result<(), String>),
-    /// A health observation made after the enable (and after the probe
-    /// passed, if there is one), `waited` after the enable call.
-    Health {
-        /// Whether it counts as healthy (in service, healthy, probe passed).
-        healthy: bool,
-        /// What was seen, for the failure message.
-        detail: String,
-        /// Time since the enable call.
-        waited: Duration,
-    },
-    /// Warmup ended.
-    WarmedUp,
-    /// The engine finished the target.
-    Finished,
-    /// A balancer or executor call failed for good.
-    Error(String),
-    /// The run was cancelled.
-    Cancelled,
-}
-
-/// Settings the machine needs.
+/// Settings the rules need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StepPolicy {
+pub struct Rules {
     /// Drain timeout.
     pub drain_timeout: Duration,
     /// What to do at the drain timeout.
@@ -175,304 +98,207 @@ pub struct StepPolicy {
     pub health_timeout: Duration,
 }
 
-/// The next phase. Observations that do not apply to a phase leave it as
-/// it is (terminal phases never move).
-pub fn step(phase: &Phase, obs: &Observation, policy: &StepPolicy) -> Phase {
-    use Observation as O;
-    use Phase as P;
-    let fail = |at: Stage, reason: String| P::Failed { at, reason };
-    match (phase, obs) {
-        (p, _) if p.is_terminal() => p.clone(),
-        (P::Pending, O::NotInService(why)) => P::Skipped {
-            reason: why.clone(),
-        },
-        (P::Pending, O::PreflightFailed(why)) => fail(Stage::Preflight, why.clone()),
-        (P::Pending, O::DrainSent) => P::Draining,
-        (P::Pending, O::Cancelled) => phase.clone(),
-        (P::Draining, O::DrainStatus { status, waited }) => {
-            if status.is_drained() {
-                P::Drained { forced: false }
-            } else if *waited >= policy.drain_timeout && status.state == TargetState::InService {
-                // The drain never took effect (a wrong port on ELBv2, an
-                // operator re-enabling it): never run maintenance on a
-                // target that is still taking traffic, whatever the policy.
-                fail(
-                    Stage::Draining,
-                    format!(
-                        "still in service {:?} after the drain call: the drain did not take effect",
-                        policy.drain_timeout
-                    ),
-                )
-            } else if *waited >= policy.drain_timeout {
-                let left = status.connections.map_or_else(
-                    || "unknown in-flight work".to_owned(),
-                    |n| format!("{n} connection(s)"),
-                );
-                match policy.on_drain_timeout {
-                    OnDrainTimeout::Proceed => P::Drained { forced: true },
-                    OnDrainTimeout::Fail => fail(
-                        Stage::Draining,
-                        format!(
-                            "still {left} after the drain timeout of {:?}",
-                            policy.drain_timeout
-                        ),
-                    ),
-                }
-            } else {
-                P::Draining
+/// What one status observation says of a draining target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainVerdict {
+    /// Keep waiting.
+    Wait,
+    /// Drained; `forced`: the drain timed out and the policy said proceed.
+    Drained {
+        /// Cut short by the drain timeout.
+        forced: bool,
+    },
+    /// Failed: the drain did not take effect, or timed out with `Fail`.
+    Failed {
+        /// Why.
+        reason: String,
+        /// The target is still in service (the drain never took effect).
+        in_service: bool,
+    },
+}
+
+/// Judges a draining target from a status seen `waited` after the drain.
+///
+/// Drained means out of service, or draining with no connection left; a
+/// draining target whose connections are unknown is never drained before
+/// the balancer says `OutOfService`. A target still in service at the
+/// timeout fails whatever the policy: no maintenance runs on a target that
+/// is taking traffic.
+pub fn judge_drain(status: &TargetStatus, waited: Duration, rules: &Rules) -> DrainVerdict {
+    if status.is_drained() {
+        return DrainVerdict::Drained { forced: false };
+    }
+    if waited < rules.drain_timeout {
+        return DrainVerdict::Wait;
+    }
+    if status.state == TargetState::InService {
+        return DrainVerdict::Failed {
+            reason: format!(
+                "still in service {:?} after the drain call: the drain did not take effect",
+                rules.drain_timeout
+            ),
+            in_service: true,
+        };
+    }
+    match rules.on_drain_timeout {
+        OnDrainTimeout::Proceed => DrainVerdict::Drained { forced: true },
+        OnDrainTimeout::Fail => {
+            let left = status.connections.map_or_else(
+                || "unknown in-flight work".to_owned(),
+                |n| format!("{n} connection(s)"),
+            );
+            DrainVerdict::Failed {
+                reason: format!(
+                    "still {left} after the drain timeout of {:?}",
+                    rules.drain_timeout
+                ),
+                in_service: false,
             }
         }
-        (P::Draining | P::Drained { .. }, O::Cancelled) => P::Restored,
-        (P::Drained { .. }, O::ExecStarted) => P::Executing,
-        (P::Executing, O::ExecFinished(Ok(()))) => P::Enabling,
-        (P::Executing, O::ExecFinished(Err(why))) => fail(Stage::Executing, why.clone()),
-        (P::Enabling, O::Health { healthy: true, .. }) => P::Healthy,
-        (
-            P::Enabling,
-            O::Health {
-                healthy: false,
-                detail,
-                waited,
-            },
-        ) if *waited >= policy.health_timeout => fail(
-            Stage::Enabling,
-            format!(
-                "not healthy {:?} after the enable: {detail}",
-                policy.health_timeout
-            ),
-        ),
-        (P::Healthy, O::WarmedUp) => P::Warm,
-        (P::Healthy | P::Warm, O::Finished) => P::Done,
-        (_, O::Error(why)) => fail(phase.stage(), why.clone()),
-        _ => phase.clone(),
     }
+}
+
+/// What one status observation says of a target after its enable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthVerdict {
+    /// Seen healthy (the observation is fresh: made after the enable).
+    Healthy,
+    /// Not yet; keep polling.
+    Wait,
+    /// Not healthy `health_timeout` after the enable.
+    Failed(String),
+}
+
+/// Judges a target from a status seen `waited` after its enable.
+pub fn judge_health(
+    status: &TargetStatus,
+    caps: &Capabilities,
+    waited: Duration,
+    rules: &Rules,
+) -> HealthVerdict {
+    if status.is_serving_healthy_with(caps) {
+        return HealthVerdict::Healthy;
+    }
+    if waited < rules.health_timeout {
+        return HealthVerdict::Wait;
+    }
+    let seen = match status.health {
+        Health::Unknown => format!(
+            "balancer reports {:?} with health Unknown (no health check has passed since the enable; is a check configured for it?)",
+            status.state
+        ),
+        h => format!("balancer reports {:?}, health {h:?}", status.state),
+    };
+    let seen = match &status.reason {
+        Some(why) => format!("{seen}: {why}"),
+        None => seen,
+    };
+    HealthVerdict::Failed(format!(
+        "not healthy {:?} after the enable: {seen}",
+        rules.health_timeout
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::Health;
 
-    const POLICY: StepPolicy = StepPolicy {
+    const RULES: Rules = Rules {
         drain_timeout: Duration::from_secs(10),
         on_drain_timeout: OnDrainTimeout::Fail,
         health_timeout: Duration::from_secs(20),
     };
 
-    fn draining(conns: Option<u64>, secs: u64) -> Observation {
-        Observation::DrainStatus {
-            status: TargetStatus::new(TargetState::Draining, Health::Healthy, conns),
-            waited: Duration::from_secs(secs),
-        }
+    fn st(state: TargetState, health: Health, conns: Option<u64>) -> TargetStatus {
+        TargetStatus::new(state, health, conns)
     }
 
     #[test]
-    fn happy_path() {
-        let mut p = Phase::Pending;
-        for (obs, want) in [
-            (Observation::DrainSent, Stage::Draining),
-            (draining(Some(3), 1), Stage::Draining),
-            (draining(Some(0), 2), Stage::Drained),
-            (Observation::ExecStarted, Stage::Executing),
-            (Observation::ExecFinished(Ok(())), Stage::Enabling),
-            (
-                Observation::Health {
-                    healthy: false,
-                    detail: "unknown".into(),
-                    waited: Duration::from_secs(1),
-                },
-                Stage::Enabling,
-            ),
-            (
-                Observation::Health {
-                    healthy: true,
-                    detail: String::new(),
-                    waited: Duration::from_secs(2),
-                },
-                Stage::Healthy,
-            ),
-            (Observation::WarmedUp, Stage::Warm),
-            (Observation::Finished, Stage::Done),
-        ] {
-            p = step(&p, &obs, &POLICY);
-            assert_eq!(p.stage(), want, "after {obs:?}");
-        }
-    }
-
-    #[test]
-    fn unknown_connections_never_count_as_drained() {
-        let p = step(&Phase::Draining, &draining(None, 1), &POLICY);
-        assert_eq!(p, Phase::Draining);
-        let out = Observation::DrainStatus {
-            status: TargetStatus::new(TargetState::OutOfService, Health::Unknown, None),
-            waited: Duration::from_secs(1),
-        };
+    fn drain_rules() {
+        use TargetState::*;
+        let s = |secs| Duration::from_secs(secs);
         assert_eq!(
-            step(&Phase::Draining, &out, &POLICY),
-            Phase::Drained { forced: false }
+            judge_drain(&st(Draining, Health::Healthy, Some(3)), s(1), &RULES),
+            DrainVerdict::Wait
         );
-    }
-
-    #[test]
-    fn drain_timeout_fail_and_proceed() {
-        let p = step(&Phase::Draining, &draining(Some(2), 10), &POLICY);
-        match p {
-            Phase::Failed {
-                at: Stage::Draining,
+        assert_eq!(
+            judge_drain(&st(Draining, Health::Healthy, Some(0)), s(1), &RULES),
+            DrainVerdict::Drained { forced: false }
+        );
+        assert_eq!(
+            judge_drain(&st(Draining, Health::Healthy, None), s(9), &RULES),
+            DrainVerdict::Wait,
+            "unknown connections never count as drained"
+        );
+        assert_eq!(
+            judge_drain(&st(OutOfService, Health::Unknown, None), s(1), &RULES),
+            DrainVerdict::Drained { forced: false }
+        );
+        match judge_drain(&st(Draining, Health::Healthy, Some(2)), s(10), &RULES) {
+            DrainVerdict::Failed {
                 reason,
-            } => assert!(reason.contains("2 connection"), "{reason}"),
+                in_service: false,
+            } => {
+                assert!(reason.contains("2 connection"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
-        let proceed = StepPolicy {
+        let proceed = Rules {
             on_drain_timeout: OnDrainTimeout::Proceed,
-            ..POLICY
+            ..RULES
         };
         assert_eq!(
-            step(&Phase::Draining, &draining(Some(2), 10), &proceed),
-            Phase::Drained { forced: true }
+            judge_drain(&st(Draining, Health::Healthy, Some(2)), s(10), &proceed),
+            DrainVerdict::Drained { forced: true }
         );
         assert_eq!(
-            step(&Phase::Draining, &draining(Some(2), 9), &proceed),
-            Phase::Draining
+            judge_drain(&st(Draining, Health::Healthy, Some(2)), s(9), &proceed),
+            DrainVerdict::Wait
         );
-    }
-
-    #[test]
-    fn a_drain_that_never_took_effect_fails_even_with_proceed() {
-        let obs = Observation::DrainStatus {
-            status: TargetStatus::new(TargetState::InService, Health::Healthy, Some(4)),
-            waited: Duration::from_secs(10),
-        };
-        let proceed = StepPolicy {
-            on_drain_timeout: OnDrainTimeout::Proceed,
-            ..POLICY
-        };
-        match step(&Phase::Draining, &obs, &proceed) {
-            Phase::Failed {
-                at: Stage::Draining,
+        match judge_drain(&st(InService, Health::Healthy, Some(4)), s(10), &proceed) {
+            DrainVerdict::Failed {
                 reason,
-            } => assert!(reason.contains("did not take effect"), "{reason}"),
+                in_service: true,
+            } => {
+                assert!(reason.contains("did not take effect"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn health_timeout_fails() {
-        let obs = Observation::Health {
-            healthy: false,
-            detail: "DOWN".into(),
-            waited: Duration::from_secs(20),
-        };
-        match step(&Phase::Enabling, &obs, &POLICY) {
-            Phase::Failed {
-                at: Stage::Enabling,
-                reason,
-            } => assert!(reason.contains("DOWN")),
+    fn health_rules() {
+        use TargetState::*;
+        let caps = Capabilities::none().with_health_checks(true);
+        let s = |secs| Duration::from_secs(secs);
+        assert_eq!(
+            judge_health(&st(InService, Health::Healthy, None), &caps, s(0), &RULES),
+            HealthVerdict::Healthy
+        );
+        assert_eq!(
+            judge_health(&st(InService, Health::Unknown, None), &caps, s(19), &RULES),
+            HealthVerdict::Wait
+        );
+        let down = st(InService, Health::Unhealthy, None).with_reason("Target.Timeout");
+        match judge_health(&down, &caps, s(20), &RULES) {
+            HealthVerdict::Failed(why) => {
+                assert!(
+                    why.contains("Unhealthy") && why.contains("Target.Timeout"),
+                    "{why}"
+                )
+            }
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn exec_failure_fails() {
-        let p = step(
-            &Phase::Executing,
-            &Observation::ExecFinished(Err("exit 3".into())),
-            &POLICY,
-        );
+        let unchecked = Capabilities::none();
         assert_eq!(
-            p,
-            Phase::Failed {
-                at: Stage::Executing,
-                reason: "exit 3".into()
-            }
-        );
-    }
-
-    #[test]
-    fn skip_and_preflight() {
-        assert_eq!(
-            step(
-                &Phase::Pending,
-                &Observation::NotInService("maint".into()),
-                &POLICY
-            )
-            .stage(),
-            Stage::Skipped
-        );
-        assert_eq!(
-            step(
-                &Phase::Pending,
-                &Observation::PreflightFailed("offline".into()),
-                &POLICY
+            judge_health(
+                &st(InService, Health::Unknown, None),
+                &unchecked,
+                s(0),
+                &RULES
             ),
-            Phase::Failed {
-                at: Stage::Preflight,
-                reason: "offline".into()
-            }
-        );
-    }
-
-    #[test]
-    fn cancellation_per_phase() {
-        assert_eq!(
-            step(&Phase::Pending, &Observation::Cancelled, &POLICY),
-            Phase::Pending
-        );
-        assert_eq!(
-            step(&Phase::Draining, &Observation::Cancelled, &POLICY),
-            Phase::Restored
-        );
-        assert_eq!(
-            step(
-                &Phase::Drained { forced: false },
-                &Observation::Cancelled,
-                &POLICY
-            ),
-            Phase::Restored
-        );
-        // Running maintenance finishes and goes through enable + health.
-        assert_eq!(
-            step(&Phase::Executing, &Observation::Cancelled, &POLICY),
-            Phase::Executing
-        );
-        assert_eq!(
-            step(&Phase::Enabling, &Observation::Cancelled, &POLICY),
-            Phase::Enabling
-        );
-    }
-
-    #[test]
-    fn execute_only_from_drained() {
-        for p in [Phase::Pending, Phase::Draining, Phase::Enabling] {
-            assert_eq!(step(&p, &Observation::ExecStarted, &POLICY), p);
-        }
-    }
-
-    #[test]
-    fn terminal_phases_never_move() {
-        let failed = Phase::Failed {
-            at: Stage::Executing,
-            reason: "x".into(),
-        };
-        for obs in [
-            Observation::DrainSent,
-            Observation::Finished,
-            Observation::ExecFinished(Ok(())),
-            Observation::Error("e".into()),
-        ] {
-            assert_eq!(step(&failed, &obs, &POLICY), failed);
-            assert_eq!(step(&Phase::Done, &obs, &POLICY), Phase::Done);
-        }
-    }
-
-    #[test]
-    fn errors_fail_in_the_current_stage() {
-        assert_eq!(
-            step(&Phase::Draining, &Observation::Error("api".into()), &POLICY),
-            Phase::Failed {
-                at: Stage::Draining,
-                reason: "api".into()
-            }
+            HealthVerdict::Healthy,
+            "without health checks, in service is enough"
         );
     }
 }

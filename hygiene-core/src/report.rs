@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Amount, RolloutConfig};
 use crate::executor::ExecOutcome;
-use crate::phase::Stage;
+use crate::phase::{Location, Stage};
 use crate::target::TargetId;
 
 /// Serde helpers writing a [`Duration`] as whole milliseconds.
@@ -25,7 +26,7 @@ pub mod duration_ms {
     }
 }
 
-mod opt_duration_ms {
+pub(crate) mod opt_duration_ms {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -47,21 +48,82 @@ mod opt_duration_ms {
 /// How the run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// Every selected target was handled within the failure budget.
     Completed,
-    /// The run stopped early; `reason` says why.
+    /// The run stopped starting targets early; `reason` says why. Targets in
+    /// progress then were finished (or put back) before the run ended.
     Aborted {
         /// Why.
-        reason: String,
+        reason: AbortReason,
     },
     /// The run was cancelled.
     Cancelled,
 }
 
+/// Why a run was aborted, in a form a program can `match` on; its
+/// `Display` is the sentence for an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// More targets failed than `max_failures` allows.
+    FailureBudget {
+        /// Targets failed so far.
+        failed: usize,
+        /// Failures tolerated (`max_failures` out of the selected targets).
+        allowed: usize,
+        /// The setting.
+        max_failures: Amount,
+        /// Targets selected.
+        selected: usize,
+    },
+    /// Not even one target could be taken out without breaking
+    /// `min_healthy`, for `capacity_timeout`.
+    Capacity {
+        /// Targets healthy and in service at the last look.
+        healthy: usize,
+        /// Targets `min_healthy` requires.
+        required: usize,
+        /// The setting.
+        min_healthy: Amount,
+        /// How long the run waited.
+        #[serde(with = "duration_ms", rename = "waited_ms")]
+        waited: Duration,
+    },
+    /// A balancer call failed for good (after its retries).
+    Balancer {
+        /// The operation (`status`, `drain`, `enable`, `list`).
+        operation: String,
+        /// The error.
+        message: String,
+    },
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::FailureBudget { failed, allowed, max_failures, selected } => write!(
+                f,
+                "{failed} target(s) failed, more than max_failures = {max_failures} allows ({allowed} of {selected})"
+            ),
+            Self::Capacity { healthy, required, min_healthy, waited } => write!(
+                f,
+                "not enough healthy capacity: {healthy} target(s) healthy, min_healthy = {min_healthy} requires {required}; waited {waited:?} (capacity_timeout) for capacity to return. Bring targets back or lower min_healthy"
+            ),
+            Self::Balancer { operation, message } => write!(
+                f,
+                "the balancer's {operation} failed for good: {message}; check the balancer: the report lists every target this run left out of rotation or could not read"
+            ),
+        }
+    }
+}
+
 /// What became of one target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TargetResult {
     /// Maintained, healthy and back in service.
     Done,
@@ -71,10 +133,15 @@ pub enum TargetResult {
         phase: Stage,
         /// Why.
         reason: String,
-        /// Out of rotation because of the run.
+        /// Out of rotation because of the run (or in a state the run could
+        /// not read: see the target's `location`).
         kept_out: bool,
         /// How to put it back by hand, when kept out.
         restore_hint: Option<String>,
+        /// With `on_failure = restore`: the target was put back, and what
+        /// its health was after that.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        put_back: Option<PutBack>,
     },
     /// Not maintained, never touched.
     Skipped {
@@ -86,12 +153,31 @@ pub enum TargetResult {
         /// Why.
         reason: String,
     },
+    /// Removed from the pool by someone else during the run; it fails
+    /// alone (it does not count against `max_failures`) and the rest go on.
+    Vanished {
+        /// The phase it was in.
+        phase: Stage,
+        /// What was seen.
+        reason: String,
+    },
     /// The run ended before this target's turn.
     NotStarted,
 }
 
+/// A failed target put back in rotation by `on_failure = restore`, and
+/// the fresh health seen after it (bounded by `health_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutBack {
+    /// Seen healthy after the put-back.
+    pub healthy: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
 /// Time spent in each phase.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PhaseTimings {
     /// From the drain call to drained.
     #[serde(with = "opt_duration_ms", rename = "drain_ms")]
@@ -99,6 +185,9 @@ pub struct PhaseTimings {
     /// The maintenance.
     #[serde(with = "opt_duration_ms", rename = "execute_ms")]
     pub execute: Option<Duration>,
+    /// From the end of the maintenance to the probe passing.
+    #[serde(default, with = "opt_duration_ms", rename = "probe_ms")]
+    pub probe: Option<Duration>,
     /// From the enable call to healthy.
     #[serde(with = "opt_duration_ms", rename = "health_ms")]
     pub health: Option<Duration>,
@@ -109,11 +198,14 @@ pub struct PhaseTimings {
 
 /// One target's line in the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TargetReport {
     /// The target.
     pub id: TargetId,
     /// What became of it.
     pub result: TargetResult,
+    /// Where it is at the end of the run, as far as the run knows.
+    pub location: Location,
     /// Its batch (0-based), when it was in one.
     pub batch: Option<usize>,
     /// Time per phase.
@@ -124,28 +216,40 @@ pub struct TargetReport {
     /// maintenance started with work still in flight on the target.
     #[serde(default)]
     pub drain_cut_short: bool,
+    /// What else happened to it (a call that failed but was applied, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl TargetReport {
-    /// Out of rotation because of the run.
+    /// Out of rotation because of the run, or in a state the run could not
+    /// read after one of its calls failed: either way an operator must look.
     pub fn is_kept_out(&self) -> bool {
-        matches!(self.result, TargetResult::Failed { kept_out: true, .. })
+        matches!(self.location, Location::KeptOut | Location::Unknown)
     }
 }
 
 /// The report of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Report {
+    /// The run's id.
+    pub run_id: String,
+    /// When it started (RFC 3339, UTC).
+    pub started_at: String,
     /// How the run ended.
     pub outcome: Outcome,
     /// The balancer's name.
     pub balancer: String,
     /// The executor's name.
     pub executor: String,
+    /// The configuration it ran with.
+    pub config: RolloutConfig,
     /// Wall time of the run.
     #[serde(with = "duration_ms", rename = "duration_ms")]
     pub duration: Duration,
-    /// Batches started.
+    /// Batches started (groups of targets started together, with
+    /// [`Pacing::Window`](crate::Pacing::Window)).
     pub batches: usize,
     /// One line per target of the selection (and per skipped one).
     pub targets: Vec<TargetReport>,
@@ -168,9 +272,16 @@ impl Report {
             .filter(|t| matches!(t.result, TargetResult::Failed { .. }))
     }
 
-    /// Completed with no failure.
+    /// The result of one target.
+    pub fn target(&self, id: &TargetId) -> Option<&TargetReport> {
+        self.targets.iter().find(|t| &t.id == id)
+    }
+
+    /// Completed with no failure and nothing kept out.
     pub fn is_success(&self) -> bool {
-        self.outcome == Outcome::Completed && self.failed().next().is_none()
+        self.outcome == Outcome::Completed
+            && self.failed().next().is_none()
+            && self.kept_out().next().is_none()
     }
 
     /// The report as pretty JSON.
@@ -180,11 +291,27 @@ impl Report {
     }
 }
 
-/// A progress event.
+/// A progress event: when, in which batch, and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Event {
+    /// Wall-clock time (RFC 3339, UTC).
+    pub at: String,
+    /// Time since the run started.
+    #[serde(with = "duration_ms", rename = "elapsed_ms")]
+    pub elapsed: Duration,
+    /// The batch concerned, when there is one.
+    pub batch: Option<usize>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What an [`Event`] says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
-pub enum Event {
+pub enum EventKind {
     /// The run validated its input and starts.
     Started {
         /// Targets selected.
@@ -224,6 +351,11 @@ pub enum Event {
         healthy: usize,
         /// Required.
         required: usize,
+    },
+    /// The run stops starting targets; those in progress finish.
+    Stopping {
+        /// Why.
+        reason: AbortReason,
     },
     /// The run ended.
     Finished {

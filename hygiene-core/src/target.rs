@@ -170,7 +170,8 @@ pub enum Health {
 }
 
 /// What a balancer reports about one target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TargetStatus {
     /// In service, draining or out of service.
     pub state: TargetState,
@@ -179,6 +180,11 @@ pub struct TargetStatus {
     /// In-flight work the balancer still has on the target; `None` where the
     /// backend cannot count it. Never `Some(0)` when the count is unknown.
     pub connections: Option<u64>,
+    /// The balancer's own words for the health result, when it gives any
+    /// (ELBv2's `Target.ResponseCodeMismatch: …`, HAProxy's check status);
+    /// the engine adds them to a health failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl TargetStatus {
@@ -188,7 +194,14 @@ impl TargetStatus {
             state,
             health,
             connections,
+            reason: None,
         }
+    }
+
+    /// The same status with the balancer's own words for its health.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
     }
 
     /// Drained: out of service, or draining with no connection left.
@@ -223,8 +236,15 @@ impl TargetStatus {
 }
 
 /// What a backend can do; shared tests and the engine pick their behaviour
-/// from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// from it. Built from [`Capabilities::none`] with the `with_*` setters:
+///
+/// ```
+/// let caps = hygiene_core::Capabilities::none()
+///     .with_counts_connections(true)
+///     .with_health_checks(true);
+/// assert!(caps.counts_connections && !caps.hard_disable);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Capabilities {
     /// The backend reports in-flight connections per target.
@@ -238,19 +258,29 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Capabilities from each flag.
-    pub fn new(
-        counts_connections: bool,
-        graceful_drain: bool,
-        hard_disable: bool,
-        health_checks: bool,
-    ) -> Self {
-        Self {
-            counts_connections,
-            graceful_drain,
-            hard_disable,
-            health_checks,
-        }
+    /// A backend that can do none of these things.
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// Says whether the backend counts in-flight connections per target.
+    pub fn with_counts_connections(mut self, yes: bool) -> Self {
+        self.counts_connections = yes;
+        self
+    }
+    /// Says whether the backend has a graceful drain.
+    pub fn with_graceful_drain(mut self, yes: bool) -> Self {
+        self.graceful_drain = yes;
+        self
+    }
+    /// Says whether the backend has a hard disable.
+    pub fn with_hard_disable(mut self, yes: bool) -> Self {
+        self.hard_disable = yes;
+        self
+    }
+    /// Says whether the backend runs its own health checks.
+    pub fn with_health_checks(mut self, yes: bool) -> Self {
+        self.health_checks = yes;
+        self
     }
 }
 

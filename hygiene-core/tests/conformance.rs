@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::Tampered;
 
 use hygiene_core::conformance::{self, Fixture};
-use hygiene_core::{InMemoryBalancer, TargetId};
+use hygiene_core::testing::InMemoryBalancer;
+use hygiene_core::TargetId;
 
 fn fixture() -> Fixture {
     Fixture {
@@ -31,7 +32,12 @@ async fn the_suite_catches_a_dishonest_balancer() {
     // A balancer that claims not to count connections but reports Some(0)
     // must fail: the suite can fail.
     let lb = Tampered {
-        capabilities: Some(hygiene_core::Capabilities::new(false, true, true, true)),
+        capabilities: Some(
+            hygiene_core::Capabilities::none()
+                .with_graceful_drain(true)
+                .with_hard_disable(true)
+                .with_health_checks(true),
+        ),
         ..Tampered::new(InMemoryBalancer::with_targets(["web-1", "web-2"]).expect("pool"))
     };
     conformance::check_connection_counts_honest(&lb, &fixture()).await;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::{all_in_service, ids_of, mutations, pool, Tampered};
+use hygiene_core::testing::{DrainProfile, HealthScript, Operation, Script, ScriptedExecutor};
 use hygiene_core::{
-    Amount, DrainProfile, Error, Event, Health, HealthScript, OnDrainTimeout, OnFailure, Operation,
-    Outcome, Probe, ProbeVerdict, Rollout, RolloutConfig, Script, ScriptedExecutor, Selection,
-    Stage, Target, TargetId, TargetResult, TargetState,
+    Amount, Error, EventKind, Health, OnDrainTimeout, OnFailure, Outcome, Probe, ProbeVerdict,
+    Rollout, RolloutConfig, Selection, Stage, Target, TargetId, TargetResult, TargetState,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +78,7 @@ async fn max_failures_zero_aborts_on_first_failure_and_keeps_it_out() {
         .await
         .expect("run");
     assert!(
-        matches!(&r.outcome, Outcome::Aborted { reason } if reason.contains("1 target(s) failed")),
+        matches!(&r.outcome, Outcome::Aborted { reason } if reason.to_string().contains("1 target(s) failed")),
         "{:?}",
         r.outcome
     );
@@ -89,6 +89,7 @@ async fn max_failures_zero_aborts_on_first_failure_and_keeps_it_out() {
             kept_out: true,
             restore_hint: Some(hint),
             reason,
+            ..
         } => {
             assert!(hint.contains(ids[1].as_str()));
             assert!(reason.contains("patch failed"));
@@ -169,13 +170,13 @@ async fn canary_first_batch_is_one_target() {
         .canary(true)
         .build()
         .expect("config");
-    let mut rollout = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg);
+    let rollout = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg);
     let mut events = rollout.subscribe();
     let r = rollout.run().await.expect("run");
     assert_eq!(r.outcome, Outcome::Completed);
     let mut sizes = Vec::new();
     while let Ok(e) = events.try_recv() {
-        if let Event::BatchStarted { targets, .. } = e {
+        if let EventKind::BatchStarted { targets, .. } = e.kind {
             sizes.push(targets.len());
         }
     }
@@ -246,7 +247,7 @@ async fn drain_waits_for_connections_and_detects_within_one_poll() {
         "{drain:?}"
     );
     let rec = &exec.records()[0];
-    assert!(rec.status_at_start.expect("observed").is_drained());
+    assert!(rec.status_at_start.as_ref().expect("observed").is_drained());
 }
 
 /// Two targets, the first with 3 requests that never end; drain timeout 10 s.
@@ -421,15 +422,25 @@ async fn a_failing_probe_keeps_a_target_from_counting_healthy() {
         .run()
         .await
         .expect("run");
+    // The probe runs while the target is still out of rotation: a target
+    // that never passes it is never enabled, and is reported in its words.
     match result(&r, &ids[0]) {
         TargetResult::Failed {
-            phase: Stage::Enabling,
+            phase: Stage::Probing,
             reason,
             kept_out: true,
             ..
-        } => assert!(reason.contains("probe"), "{reason}"),
+        } => assert!(reason.contains("connection refused"), "{reason}"),
         other => panic!("{other:?}"),
     }
+    assert!(
+        !ids_of(&lb, Operation::Enable).contains(&ids[0]),
+        "a target whose probe fails is never put back"
+    );
+    assert_ne!(
+        lb.status_of(&ids[0]).map(|s| s.state),
+        Some(TargetState::InService)
+    );
     assert_eq!(result(&r, &ids[1]), &TargetResult::Done);
 }
 
@@ -475,7 +486,9 @@ async fn non_retryable_balancer_error_aborts_and_restores() {
     .run()
     .await
     .expect("run");
-    assert!(matches!(&r.outcome, Outcome::Aborted { reason } if reason.contains("bad request")));
+    assert!(
+        matches!(&r.outcome, Outcome::Aborted { reason } if reason.to_string().contains("bad request"))
+    );
     assert_eq!(
         lb.calls()
             .iter()
@@ -713,7 +726,7 @@ async fn no_capacity_waits_then_aborts() {
         .expect("run");
     match &r.outcome {
         Outcome::Aborted { reason } => assert!(
-            reason.contains("min_healthy") && reason.contains("capacity"),
+            reason.to_string().contains("min_healthy") && reason.to_string().contains("capacity"),
             "{reason}"
         ),
         other => panic!("{other:?}"),
@@ -908,12 +921,12 @@ async fn warmup_waits_between_batches() {
 #[tokio::test(start_paused = true)]
 async fn events_report_each_phase() {
     let (lb, ids) = pool(1);
-    let mut rollout = Rollout::new(lb, ScriptedExecutor::new(), base().build().expect("config"));
+    let rollout = Rollout::new(lb, ScriptedExecutor::new(), base().build().expect("config"));
     let mut rx = rollout.subscribe();
     rollout.run().await.expect("run");
     let mut stages = Vec::new();
     while let Ok(e) = rx.try_recv() {
-        if let Event::Phase { id, stage, .. } = e {
+        if let EventKind::Phase { id, stage, .. } = e.kind {
             assert_eq!(id, ids[0]);
             stages.push(stage);
         }
@@ -921,12 +934,12 @@ async fn events_report_each_phase() {
     assert_eq!(
         stages,
         vec![
+            Stage::Preflight,
             Stage::Draining,
             Stage::Drained,
             Stage::Executing,
             Stage::Enabling,
             Stage::Healthy,
-            Stage::Warm,
             Stage::Done
         ]
     );
@@ -1038,15 +1051,24 @@ async fn a_failed_take_out_again_is_reported_as_in_service() {
         .run()
         .await
         .expect("run");
-    match result(&r, &ids[0]) {
-        TargetResult::Failed {
-            phase: Stage::Enabling,
-            kept_out: false,
-            reason,
-            ..
-        } => assert!(reason.contains("IN SERVICE"), "{reason}"),
-        other => panic!("{other:?}"),
-    }
+    assert!(
+        matches!(
+            result(&r, &ids[0]),
+            TargetResult::Failed {
+                phase: Stage::Enabling,
+                kept_out: false,
+                ..
+            }
+        ),
+        "{r:#?}"
+    );
+    let t = r.target(&ids[0]).expect("reported");
+    assert_eq!(t.location, hygiene_core::Location::InService);
+    assert!(
+        t.notes.iter().any(|n| n.contains("IN SERVICE")),
+        "{:?}",
+        t.notes
+    );
     assert_eq!(
         lb.status_of(&ids[0]).map(|s| s.state),
         Some(TargetState::InService)
@@ -1169,7 +1191,7 @@ async fn outcomes_for_the_wrong_target_are_not_trusted() {
 
 #[tokio::test(start_paused = true)]
 async fn an_empty_pool_is_a_config_error() {
-    let lb = hygiene_core::InMemoryBalancer::new();
+    let lb = hygiene_core::testing::InMemoryBalancer::new();
     let e = Rollout::new(lb, ScriptedExecutor::new(), base().build().expect("config"))
         .run()
         .await
@@ -1202,11 +1224,9 @@ async fn one_unknown_id_at_enable_does_not_keep_the_whole_batch_out() {
         .run()
         .await
         .expect("run");
-    assert!(
-        matches!(&r.outcome, Outcome::Aborted { reason } if reason.contains("enable failed")),
-        "{:?}",
-        r.outcome
-    );
+    // One refused id is that target's failure, not the balancer's: the run
+    // goes on, and the status read back says where t000 really is.
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
     assert!(matches!(
         result(&r, &ids[0]),
         TargetResult::Failed {
@@ -1215,10 +1235,14 @@ async fn one_unknown_id_at_enable_does_not_keep_the_whole_batch_out() {
             ..
         }
     ));
+    assert_eq!(
+        lb.status_of(&ids[0]).map(|s| s.state),
+        Some(TargetState::Draining)
+    );
     assert_eq!(result(&r, &ids[1]), &TargetResult::Done);
     assert_eq!(
         lb.status_of(&ids[1]).map(|s| s.state),
         Some(TargetState::InService)
     );
-    assert_eq!(result(&r, &ids[2]), &TargetResult::NotStarted);
+    assert_eq!(result(&r, &ids[2]), &TargetResult::Done);
 }

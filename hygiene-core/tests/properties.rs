@@ -7,10 +7,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::pool;
+use hygiene_core::testing::{
+    DrainProfile, HealthScript, InMemoryBalancer, Operation, Script, ScriptedExecutor,
+};
 use hygiene_core::{
-    Amount, DrainProfile, Error, Health, HealthScript, InMemoryBalancer, OnDrainTimeout, OnFailure,
-    Operation, Outcome, Report, Rollout, RolloutConfig, Script, ScriptedExecutor, TargetId,
-    TargetResult, TargetState,
+    Amount, Error, Health, OnDrainTimeout, OnFailure, Outcome, Report, Rollout, RolloutConfig,
+    TargetId, TargetResult, TargetState,
 };
 use proptest::prelude::*;
 use tokio_util::sync::CancellationToken;

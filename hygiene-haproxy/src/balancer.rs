@@ -538,12 +538,11 @@ impl LoadBalancer for HaproxyBalancer {
     /// forever, and the engine then accepts "in service" as healthy (pair
     /// it with a [`Probe`](hygiene_core::Probe)). True before the first call.
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(
-            true,
-            true,
-            true,
-            self.inner.health_checks.load(Ordering::Relaxed),
-        )
+        Capabilities::none()
+            .with_counts_connections(true)
+            .with_graceful_drain(true)
+            .with_hard_disable(true)
+            .with_health_checks(self.inner.health_checks.load(Ordering::Relaxed))
     }
 
     fn default_poll_interval(&self) -> Duration {

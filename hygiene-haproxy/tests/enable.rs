@@ -49,7 +49,7 @@ async fn server_without_check_comes_back_and_rollout_completes() {
         ("no check".to_owned(), 0),
         "back in service, not forced DOWN"
     );
-    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
     assert_eq!(st.state, TargetState::InService);
     assert_eq!(st.health, Health::Unknown);
     assert!(st.is_serving_healthy_with(&lb.capabilities()));
@@ -79,11 +79,14 @@ async fn server_without_check_comes_back_and_rollout_completes() {
         .health_timeout(Duration::from_secs(5))
         .build()
         .expect("config");
-    let report =
-        hygiene_core::Rollout::new(lb.clone(), hygiene_core::ScriptedExecutor::new(), config)
-            .run()
-            .await
-            .expect("rollout runs");
+    let report = hygiene_core::Rollout::new(
+        lb.clone(),
+        hygiene_core::testing::ScriptedExecutor::new(),
+        config,
+    )
+    .run()
+    .await
+    .expect("rollout runs");
     assert!(report.is_success(), "{report:?}");
     for s in ["s1", "s2"] {
         assert_eq!(
@@ -139,7 +142,7 @@ async fn dead_backend_case(bin: &std::path::Path, opts: &str, from_maint: bool) 
     );
     let until = Instant::now() + Duration::from_millis(800);
     while Instant::now() < until {
-        let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+        let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
         assert_eq!(st.state, TargetState::InService, "{what}");
         assert_ne!(
             st.health,
@@ -180,7 +183,7 @@ async fn enable_from_maint_with_fall_1_waits_for_fresh_checks() {
         .await
         .expect("disable");
     lb.enable(std::slice::from_ref(&s1)).await.expect("enable");
-    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
     assert_eq!(st.state, TargetState::InService);
     assert_eq!(st.health, Health::Unhealthy, "forced down until checked");
     eventually(Duration::from_secs(3), "s1 healthy", || async {
@@ -208,7 +211,7 @@ async fn tracking_server_enables_without_error() {
         lb.capabilities().health_checks,
         "a tracking server is checked through the tracked one"
     );
-    let st = lb.status(std::slice::from_ref(&t)).await.expect("status")[0];
+    let st = lb.status(std::slice::from_ref(&t)).await.expect("status")[0].clone();
     assert!(st.is_serving_healthy(), "tracking server healthy: {st:?}");
 
     // Both out (t also inherits MAINT from s1), both back in one call.

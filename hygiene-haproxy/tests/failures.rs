@@ -115,7 +115,7 @@ async fn retries_until_haproxy_is_back() {
     let mut child = restarted.await.expect("join");
     child.kill().expect("kill restarted haproxy by pid");
     child.wait().expect("wait");
-    let st = r.expect("status succeeds once HAProxy is back")[0];
+    let st = r.expect("status succeeds once HAProxy is back")[0].clone();
     assert_eq!(st.state, TargetState::InService);
 }
 

@@ -70,7 +70,7 @@ async fn conformance_two_nodes_unix_and_tcp() {
     hb.raw("set server web/s2 state maint")
         .await
         .expect("raw maint on lb-b only");
-    let st = lb.status(&[id("web/s2")]).await.expect("status")[0];
+    let st = lb.status(&[id("web/s2")]).await.expect("status")[0].clone();
     assert_eq!(
         st.state,
         TargetState::OutOfService,
@@ -104,7 +104,7 @@ async fn drain_with_a_request_in_flight() {
         (b[0].in_flight.load(Ordering::SeqCst) >= 1).then_some(())
     })
     .await;
-    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
     assert_eq!(
         st.connections,
         Some(1),
@@ -112,7 +112,7 @@ async fn drain_with_a_request_in_flight() {
     );
 
     lb.drain(std::slice::from_ref(&s1)).await.expect("drain");
-    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
     assert_eq!(st.state, TargetState::Draining);
     assert!(
         st.connections >= Some(1),
@@ -132,7 +132,7 @@ async fn drain_with_a_request_in_flight() {
         "a draining server got new requests: {t:?}"
     );
     assert!(t.contains_key("s2") && t.contains_key("s3"), "{t:?}");
-    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
     assert!(st.connections >= Some(1), "still in flight: {st:?}");
 
     // Let every held request finish; s1 drained within one poll interval.
@@ -143,7 +143,7 @@ async fn drain_with_a_request_in_flight() {
     let ended = Instant::now();
     let poll = lb.default_poll_interval();
     let drained = eventually(poll, "s1 drained", || async {
-        let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+        let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
         st.is_drained().then_some(st)
     })
     .await;
@@ -206,7 +206,7 @@ async fn enable_never_shows_a_stale_healthy() {
     let hits_before = b[1].hits.load(Ordering::SeqCst);
     let until = Instant::now() + Duration::from_millis(800);
     while Instant::now() < until {
-        let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+        let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
         assert_eq!(st.state, TargetState::InService);
         assert_ne!(
             st.health,
@@ -223,7 +223,7 @@ async fn enable_never_shows_a_stale_healthy() {
     // Fixed: healthy again, from checks made after the enable.
     let _fixed = Backend::start_on("s1", addr).await;
     let st = eventually(Duration::from_secs(3), "s1 healthy", || async {
-        let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+        let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
         st.is_serving_healthy().then_some(st)
     })
     .await;
@@ -242,7 +242,7 @@ async fn enable_right_after_drain_waits_for_a_fresh_check() {
         .expect("disable");
     assert_eq!(h.server("web", "s1").await, ("MAINT".to_owned(), 1));
     lb.enable(std::slice::from_ref(&s1)).await.expect("enable");
-    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0];
+    let st = lb.status(std::slice::from_ref(&s1)).await.expect("status")[0].clone();
     assert_ne!(
         st.health,
         Health::Healthy,
@@ -310,7 +310,7 @@ async fn several_backends_share_servers() {
     h.raw("set server api/s1 state ready")
         .await
         .expect("raw ready");
-    let st = lb.status(&[id("web/s1")]).await.expect("status")[0];
+    let st = lb.status(&[id("web/s1")]).await.expect("status")[0].clone();
     assert_eq!(
         st.state,
         TargetState::Draining,

@@ -390,12 +390,11 @@ impl LoadBalancer for NginxBalancer {
             .upstreams
             .iter()
             .all(|u| u.kind == UpstreamKind::Http);
-        Capabilities::new(
-            true,
-            graceful,
-            true,
-            self.inner.health == HealthChecks::Active,
-        )
+        Capabilities::none()
+            .with_counts_connections(true)
+            .with_graceful_drain(graceful)
+            .with_hard_disable(true)
+            .with_health_checks(self.inner.health == HealthChecks::Active)
     }
 
     fn default_poll_interval(&self) -> Duration {

@@ -8,7 +8,7 @@ use crate::config::HealthChecks;
 
 /// One peer's status, and whether a health check ran since the enable
 /// baseline (the baseline can then be forgotten).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PeerView {
     pub(crate) status: TargetStatus,
     pub(crate) fresh: bool,
@@ -240,28 +240,28 @@ mod tests {
         let out = TargetStatus::new(OutOfService, Unknown, Some(0));
         let dr0 = TargetStatus::new(Draining, Healthy, Some(0));
         assert_eq!(
-            combine(&[up, up]),
+            combine(&[up.clone(), up.clone()]),
             TargetStatus::new(InService, Healthy, Some(2))
         );
         assert_eq!(
-            combine(&[up, dr]),
+            combine(&[up.clone(), dr.clone()]),
             TargetStatus::new(Draining, Healthy, None)
         );
         assert!(
-            !combine(&[up, out]).is_drained(),
+            !combine(&[up.clone(), out.clone()]).is_drained(),
             "split pool must not count as drained"
         );
         assert_eq!(
-            combine(&[dr, out]),
+            combine(&[dr.clone(), out.clone()]),
             TargetStatus::new(Draining, Unknown, Some(2))
         );
-        assert!(combine(&[dr0, out]).is_drained());
-        assert_eq!(combine(&[out, out]).state, OutOfService);
+        assert!(combine(&[dr0.clone(), out.clone()]).is_drained());
+        assert_eq!(combine(&[out.clone(), out.clone()]).state, OutOfService);
         let sick = TargetStatus::new(InService, Unhealthy, Some(0));
-        assert_eq!(combine(&[up, sick]).health, Unhealthy);
+        assert_eq!(combine(&[up.clone(), sick.clone()]).health, Unhealthy);
         let unknown = TargetStatus::new(InService, Unknown, None);
         assert_eq!(
-            combine(&[up, unknown]),
+            combine(&[up.clone(), unknown.clone()]),
             TargetStatus::new(InService, Unknown, None)
         );
     }

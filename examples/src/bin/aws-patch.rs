@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use hygiene_aws::moto::MotoServer;
 use hygiene_aws::{Elbv2Balancer, PreflightCheck, SsmExecutor, StatusApi};
-use hygiene_core::{Amount, CancellationToken, Error, Event, Rollout, RolloutConfig};
+use hygiene_core::{Amount, CancellationToken, Error, EventKind, Rollout, RolloutConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum StatusApiArg {
@@ -219,11 +219,11 @@ async fn run(mut args: Args) -> hygiene_core::Result<bool> {
         }
     });
 
-    let mut rollout = Rollout::new(lb, exec, config).with_cancellation(cancel);
+    let rollout = Rollout::new(lb, exec, config).with_cancellation(cancel);
     let mut events = rollout.subscribe();
     let progress = tokio::spawn(async move {
         while let Some(e) = events.recv().await {
-            if let Event::Phase { id, stage, .. } = &e {
+            if let EventKind::Phase { id, stage, .. } = &e.kind {
                 eprintln!("{id}: {stage:?}");
             }
         }

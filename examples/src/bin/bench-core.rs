@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hygiene_core::{Amount, InMemoryBalancer, Rollout, RolloutConfig, ScriptedExecutor, TargetId};
+use hygiene_core::testing::{InMemoryBalancer, ScriptedExecutor};
+use hygiene_core::{Amount, Rollout, RolloutConfig, TargetId};
 
 /// Measure engine cost on the in-memory balancer.
 #[derive(Debug, Parser)]

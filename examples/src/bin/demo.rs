@@ -14,7 +14,9 @@ use clap::{Parser, Subcommand};
 use examples::load::{Load, LoadConfig};
 use examples::scenario::{patch_main, run_rollout, Scenario, ScenarioConfig};
 use examples::BoxResult;
-use hygiene_core::{Amount, Event, Outcome, Rollout, RolloutConfig, Stage, TargetResult};
+use hygiene_core::{
+    Amount, Event, EventKind, Outcome, Rollout, RolloutConfig, Stage, TargetResult,
+};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
@@ -230,7 +232,7 @@ async fn rollout(
             "{} requests, {} failed",
             stats.requests, stats.failed
         ));
-        if let Event::Phase { id, stage, detail } = e {
+        if let EventKind::Phase { id, stage, detail } = &e.kind {
             if let Some(pb) = lines.get(id.as_str()) {
                 let t = started.elapsed().as_secs_f64();
                 pb.set_message(format!(

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use hygiene_core::testing::{DrainProfile, InMemoryBalancer};
 use hygiene_core::{
-    Amount, DrainProfile, Event, InMemoryBalancer, LocalCommand, Rollout, RolloutConfig, Stage,
-    Target, TargetId,
+    Amount, EventKind, LocalCommand, Rollout, RolloutConfig, Stage, Target, TargetId,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
@@ -87,7 +87,7 @@ async fn run(args: Args) -> hygiene_core::Result<bool> {
         }
     });
 
-    let mut rollout = Rollout::new(lb.clone(), exec, config).with_cancellation(cancel);
+    let rollout = Rollout::new(lb.clone(), exec, config).with_cancellation(cancel);
     let mut events = rollout.subscribe();
     let bar = ProgressBar::new(args.targets as u64);
     bar.set_style(
@@ -98,8 +98,8 @@ async fn run(args: Args) -> hygiene_core::Result<bool> {
         let bar = bar.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
-                match event {
-                    Event::BatchStarted { index, targets } => {
+                match event.kind {
+                    EventKind::BatchStarted { index, targets } => {
                         bar.println(format!(
                             "batch {index}: {}",
                             targets
@@ -109,11 +109,15 @@ async fn run(args: Args) -> hygiene_core::Result<bool> {
                                 .join(", ")
                         ));
                     }
-                    Event::Phase { id, stage, detail } => {
+                    EventKind::Phase { id, stage, detail } => {
                         bar.set_message(format!("{id}: {stage}"));
                         if matches!(
                             stage,
-                            Stage::Done | Stage::Failed | Stage::Skipped | Stage::Restored
+                            Stage::Done
+                                | Stage::Failed
+                                | Stage::Skipped
+                                | Stage::Restored
+                                | Stage::Vanished
                         ) {
                             bar.inc(1);
                             bar.println(format!(
@@ -122,7 +126,7 @@ async fn run(args: Args) -> hygiene_core::Result<bool> {
                             ));
                         }
                     }
-                    Event::Retry {
+                    EventKind::Retry {
                         operation, error, ..
                     } => bar.println(format!("  retrying {operation}: {error}")),
                     _ => {}

@@ -1,7 +1,9 @@
 //! Helpers shared by core's integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use hygiene_core::{InMemoryBalancer, Operation, TargetId};
+use hygiene_core::TargetId;
+
+use hygiene_core::testing::{InMemoryBalancer, Operation};
 
 pub fn ids(n: usize) -> Vec<TargetId> {
     (0..n)

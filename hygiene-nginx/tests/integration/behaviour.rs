@@ -8,7 +8,7 @@ use crate::{builder, id};
 use hygiene_nginx::testing::{FakeNginx, Hc, Kind, State};
 
 async fn one(lb: &NginxBalancer, s: &str) -> TargetStatus {
-    lb.status(&[id(s)]).await.expect("status")[0]
+    lb.status(&[id(s)]).await.expect("status")[0].clone()
 }
 
 fn version_calls(srv: &FakeNginx) -> usize {

@@ -330,7 +330,11 @@ impl LoadBalancer for InMemoryBalancer {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, true, true)
+        Capabilities::none()
+            .with_counts_connections(true)
+            .with_graceful_drain(true)
+            .with_hard_disable(true)
+            .with_health_checks(true)
     }
 
     async fn list(&self) -> Result<Vec<ListedTarget>> {

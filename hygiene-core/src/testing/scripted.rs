@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::memory::InMemoryBalancer;
 use crate::error::{Error, Result};
 use crate::executor::{ExecOutcome, Executor, Preflight};
-use crate::memory::InMemoryBalancer;
 use crate::target::{Target, TargetId, TargetStatus};
 
 /// What the scripted maintenance does on one target.
@@ -165,7 +165,7 @@ impl Executor for ScriptedExecutor {
                 started,
                 ended: Instant::now(),
                 success: out.success,
-                status_at_start: statuses[i],
+                status_at_start: statuses[i].clone(),
             });
             outcomes[i] = Some(out);
         }
