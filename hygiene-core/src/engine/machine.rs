@@ -345,28 +345,33 @@ impl Machine {
     pub(crate) fn poll_timeout(&self) -> Option<Duration> {
         let mut t: Option<Duration> = None;
         let mut at = |d: Duration| t = Some(t.map_or(d, |t| t.min(d)));
-        let mut observed = false;
+        // The next poll: at its fixed-rate tick, or earlier at a timeout so
+        // the timeout is judged on time. None while one is in flight.
+        let mut poll: Option<Duration> = None;
         for &i in &self.active {
             let s = &self.slots[i];
-            match s.step {
-                Step::Draining => {
-                    observed = true;
-                    at(s.since + self.rules.drain_timeout);
-                }
-                Step::Verify => {
-                    observed = true;
-                    at(s.since + self.rules.health_timeout);
-                }
+            let deadline = match s.step {
+                Step::Draining => s.since + self.rules.drain_timeout,
+                Step::Verify => s.since + self.rules.health_timeout,
                 Step::Probe {
                     in_flight: false,
                     wake,
-                } => at(wake),
-                Step::Warm { until: Some(u) } => at(u),
-                _ => {}
-            }
+                } => {
+                    at(wake);
+                    continue;
+                }
+                Step::Warm { until: Some(u) } => {
+                    at(u);
+                    continue;
+                }
+                _ => continue,
+            };
+            poll = Some(poll.map_or(deadline, |p: Duration| p.min(deadline)));
         }
-        if observed && !self.poll_in_flight {
-            at(self.poll_due);
+        if let Some(deadline) = poll {
+            if !self.poll_in_flight {
+                at(deadline.min(self.poll_due));
+            }
         }
         if self.plan.is_none() && !self.cancelled && self.stop.is_none() {
             if let Some(r) = self.plan_retry_at {
@@ -1148,7 +1153,9 @@ impl Machine {
             OnFailure::KeepOut => self.finish(i, End::Failed),
             OnFailure::Restore => {
                 self.slots[i].purpose = Purpose::Restore;
-                if self.has_probe && self.slots[i].execution.is_some() {
+                // A maintenance was attempted (whatever its outcome): the probe
+                // says whether the target is fit to serve again.
+                if self.has_probe && self.slots[i].timings.execute.is_some() {
                     self.slots[i].since = self.now;
                     self.set(
                         i,

@@ -5,6 +5,8 @@
 mod driver;
 mod machine;
 mod planner;
+#[cfg(test)]
+mod sim;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

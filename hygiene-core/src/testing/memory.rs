@@ -221,6 +221,25 @@ impl InMemoryBalancer {
         }
     }
 
+    /// Removes a target from the pool (someone else's scale-in or config
+    /// change): later calls naming it fail with [`Error::NotFound`].
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    pub fn remove_target(&self, id: &TargetId) -> Result<()> {
+        let mut s = self.lock();
+        let i = s.find(std::slice::from_ref(id))?[0];
+        s.entries.remove(i);
+        let index = s
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(k, e)| (e.target.id.clone(), k))
+            .collect();
+        s.index = index;
+        Ok(())
+    }
+
     fn with_entry(&self, id: &TargetId, f: impl FnOnce(&mut Entry)) -> Result<()> {
         let mut s = self.lock();
         let i = s.find(std::slice::from_ref(id))?[0];

@@ -46,13 +46,21 @@ pub fn mutations(lb: &InMemoryBalancer) -> usize {
 }
 
 /// The in-memory balancer with one behaviour changed, for states a correct
-/// backend never shows: a drain that is accepted but does nothing (an ELBv2
-/// deregistration with a wrong port), or capabilities that lie.
+/// backend never shows or a real one shows only under faults: a drain that
+/// is accepted but does nothing (an ELBv2 deregistration with a wrong
+/// port), capabilities that lie, a call that never returns (a wedged API),
+/// an enable applied and then reported failed (one HAProxy node of two).
 #[derive(Debug, Clone)]
 pub struct Tampered {
     pub inner: InMemoryBalancer,
     pub ignore_drain: bool,
     pub capabilities: Option<hygiene_core::Capabilities>,
+    /// Calls of these operations never return, from the given call on
+    /// (0: every call; 1: all but the first; …).
+    pub hang: Vec<(Operation, usize)>,
+    pub calls: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Operation, usize>>>,
+    /// `enable` applies, then fails with this error, this many times.
+    pub enable_applies_then_fails: std::sync::Arc<std::sync::Mutex<Vec<hygiene_core::Error>>>,
 }
 
 impl Tampered {
@@ -61,6 +69,21 @@ impl Tampered {
             inner,
             ignore_drain: false,
             capabilities: None,
+            hang: Vec::new(),
+            calls: Default::default(),
+            enable_applies_then_fails: Default::default(),
+        }
+    }
+
+    async fn maybe_hang(&self, op: Operation) {
+        let n = {
+            let mut calls = self.calls.lock().expect("lock");
+            let n = calls.entry(op).or_default();
+            *n += 1;
+            *n
+        };
+        if self.hang.iter().any(|&(o, from)| o == op && n > from) {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -75,24 +98,34 @@ impl hygiene_core::LoadBalancer for Tampered {
             .unwrap_or_else(|| self.inner.capabilities())
     }
     async fn list(&self) -> hygiene_core::Result<Vec<hygiene_core::ListedTarget>> {
+        self.maybe_hang(Operation::List).await;
         self.inner.list().await
     }
     async fn status(
         &self,
         ids: &[TargetId],
     ) -> hygiene_core::Result<Vec<hygiene_core::TargetStatus>> {
+        self.maybe_hang(Operation::Status).await;
         self.inner.status(ids).await
     }
     async fn drain(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        self.maybe_hang(Operation::Drain).await;
         if self.ignore_drain {
             return Ok(());
         }
         self.inner.drain(ids).await
     }
     async fn disable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
+        self.maybe_hang(Operation::Disable).await;
         self.inner.disable(ids).await
     }
     async fn enable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-        self.inner.enable(ids).await
+        self.maybe_hang(Operation::Enable).await;
+        self.inner.enable(ids).await?;
+        let fault = self.enable_applies_then_fails.lock().expect("lock").pop();
+        match fault {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -1,0 +1,747 @@
+//! Property tests of the rollout machine alone, with no driver and no
+//! runtime: a simulated balancer, executor and probe answer its effects
+//! after random delays, with random faults (final errors, calls applied
+//! and then reported failed, calls that hang, targets removed from the
+//! pool, cancellation at any point), and every invariant is checked from
+//! the outside, on what the simulated world saw.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use crate::balancer::ListedTarget;
+use crate::config::{Amount, OnDrainTimeout, OnFailure, Pacing, RolloutConfig};
+use crate::error::Error;
+use crate::executor::{ExecOutcome, Preflight};
+use crate::probe::ProbeVerdict;
+use crate::report::{Outcome, TargetResult};
+use crate::target::{Capabilities, Health, Target, TargetId, TargetState, TargetStatus};
+
+use super::machine::{CallId, Effect, Input, Machine, Reply};
+
+const NEVER: u64 = u64::MAX;
+const CALL_LIMIT_MS: u64 = 30_000;
+
+#[derive(Debug, Clone)]
+struct TPlan {
+    conns: u64,
+    drain_ms: u64,
+    exec_ms: u64,
+    exec_fails: bool,
+    not_ready: bool,
+    probe_fail_first: u8,
+    probe_never: bool,
+    unhealthy_after_enable: bool,
+    health_delay_ms: u64,
+    out_at_start: bool,
+    vanish_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// The call fails for good (retries exhausted), nothing applied.
+    Error,
+    /// A change applied, then reported failed (one node of two).
+    AppliedThenError,
+    /// The call never answers: abandoned on cancel, or timed out.
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+struct Plan {
+    targets: Vec<TPlan>,
+    batch: usize,
+    min_healthy: usize,
+    max_failures: usize,
+    canary: bool,
+    on_failure: OnFailure,
+    on_drain_timeout: OnDrainTimeout,
+    pacing: Pacing,
+    drain_timeout_ms: u64,
+    health_timeout_ms: u64,
+    warmup_ms: u64,
+    poll_ms: u64,
+    hard_disable: bool,
+    probe: bool,
+    cancel_at_ms: Option<u64>,
+    /// One fault per call, in call order (cycled).
+    faults: Vec<(Fault, u64)>,
+}
+
+fn tplan() -> impl Strategy<Value = TPlan> {
+    (
+        (0u64..4, 0u64..3000, 0u64..2000, prop::bool::weighted(0.1)),
+        (
+            prop::bool::weighted(0.05),
+            0u8..3,
+            prop::bool::weighted(0.05),
+            prop::bool::weighted(0.08),
+        ),
+        (
+            0u64..2000,
+            prop::bool::weighted(0.05),
+            prop::option::weighted(0.08, 0u64..20_000),
+        ),
+    )
+        .prop_map(
+            |(
+                (conns, drain_ms, exec_ms, exec_fails),
+                (not_ready, probe_fail_first, probe_never, unhealthy_after_enable),
+                (health_delay_ms, out_at_start, vanish_at_ms),
+            )| TPlan {
+                conns,
+                drain_ms,
+                exec_ms,
+                exec_fails,
+                not_ready,
+                probe_fail_first,
+                probe_never,
+                unhealthy_after_enable,
+                health_delay_ms,
+                out_at_start,
+                vanish_at_ms,
+            },
+        )
+}
+
+fn fault() -> impl Strategy<Value = (Fault, u64)> {
+    (
+        prop_oneof![
+            96 => Just(Fault::None),
+            1 => Just(Fault::Error),
+            2 => Just(Fault::AppliedThenError),
+            1 => Just(Fault::Hang),
+        ],
+        0u64..400,
+    )
+}
+
+fn plan() -> impl Strategy<Value = Plan> {
+    (1usize..=10).prop_flat_map(|n| {
+        (
+            prop::collection::vec(tplan(), n),
+            (
+                1usize..=4,
+                prop_oneof![2 => Just(0usize), 1 => 0usize..n],
+                prop_oneof![0usize..3, 3usize..=10],
+                any::<bool>(),
+            ),
+            (
+                prop_oneof![Just(OnFailure::KeepOut), Just(OnFailure::Restore)],
+                prop_oneof![Just(OnDrainTimeout::Fail), Just(OnDrainTimeout::Proceed)],
+                prop_oneof![Just(Pacing::Batches), Just(Pacing::Window)],
+            ),
+            (1000u64..4000, 1000u64..5000, 0u64..1000, 100u64..500),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                prop::option::weighted(0.3, 0u64..30_000),
+            ),
+            prop::collection::vec(fault(), 1..200),
+        )
+            .prop_map(
+                |(
+                    targets,
+                    (batch, min_healthy, max_failures, canary),
+                    (on_failure, on_drain_timeout, pacing),
+                    (drain_timeout_ms, health_timeout_ms, warmup_ms, poll_ms),
+                    (hard_disable, probe, cancel_at_ms),
+                    faults,
+                )| Plan {
+                    targets,
+                    batch,
+                    min_healthy,
+                    max_failures,
+                    canary,
+                    on_failure,
+                    on_drain_timeout,
+                    pacing,
+                    drain_timeout_ms,
+                    health_timeout_ms,
+                    warmup_ms,
+                    poll_ms,
+                    hard_disable,
+                    probe,
+                    cancel_at_ms,
+                    faults,
+                },
+            )
+    })
+}
+
+fn id(k: usize) -> TargetId {
+    TargetId::new(format!("t{k}")).expect("id")
+}
+
+#[derive(Debug, Clone)]
+struct WTarget {
+    exists: bool,
+    state: TargetState,
+    drained_at: u64,
+    enabled_at: Option<u64>,
+    probes: u8,
+    /// Calls that may have changed it (a drain or disable was sent).
+    touched: bool,
+    executed: Vec<(u64, bool)>,
+    probe_passed_after: Option<u64>,
+    fresh_healthy_seen: bool,
+    enable_done_at: Option<u64>,
+}
+
+struct World<'a> {
+    p: &'a Plan,
+    t: Vec<WTarget>,
+    index: BTreeMap<TargetId, usize>,
+    calls: usize,
+}
+
+impl World<'_> {
+    fn status(&self, k: usize, now: u64) -> TargetStatus {
+        let w = &self.t[k];
+        let plan = &self.p.targets[k];
+        let conns = match w.state {
+            TargetState::InService => plan.conns,
+            TargetState::Draining if now >= w.drained_at + plan.drain_ms => 0,
+            TargetState::Draining => plan.conns,
+            TargetState::OutOfService => 0,
+        };
+        let health = match w.enabled_at {
+            _ if plan.out_at_start && w.enabled_at.is_none() => Health::Unknown,
+            Some(at) if now < at + plan.health_delay_ms => Health::Unknown,
+            Some(_) if plan.unhealthy_after_enable => Health::Unhealthy,
+            _ => Health::Healthy,
+        };
+        TargetStatus::new(w.state, health, Some(conns))
+    }
+
+    fn find(&self, ids: &[TargetId]) -> Result<Vec<usize>, Error> {
+        ids.iter()
+            .map(|i| match self.index.get(i) {
+                Some(&k) if self.t[k].exists => Ok(k),
+                _ => Err(Error::target_not_found(i.as_str(), None)),
+            })
+            .collect()
+    }
+
+    fn apply(&mut self, effect: &Effect, now: u64) {
+        let Ok(ks) = (match effect {
+            Effect::Drain(_, ids) | Effect::Disable(_, ids) | Effect::Enable(_, ids) => {
+                self.find(ids)
+            }
+            _ => return,
+        }) else {
+            return;
+        };
+        for k in ks {
+            let w = &mut self.t[k];
+            match effect {
+                Effect::Drain(..) if w.state == TargetState::InService => {
+                    w.state = TargetState::Draining;
+                    w.drained_at = now;
+                }
+                Effect::Disable(..) => w.state = TargetState::OutOfService,
+                Effect::Enable(..) if w.state != TargetState::InService => {
+                    w.state = TargetState::InService;
+                    w.enabled_at = Some(now);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The reply to `effect`, completed at `now` with `fault`.
+    fn reply(&mut self, effect: &Effect, fault: Fault, now: u64) -> Reply {
+        let err = || Error::unavailable("sim", "injected failure");
+        match effect {
+            Effect::List(_) => Reply::Listed(match fault {
+                Fault::Error => Err(err()),
+                _ => Ok(self
+                    .t
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.exists)
+                    .map(|(k, _)| ListedTarget {
+                        target: Target::new(id(k)),
+                        status: self.status(k, now),
+                    })
+                    .collect()),
+            }),
+            Effect::Status(_, ids) => Reply::Status(match fault {
+                Fault::Error => Err(err()),
+                _ => self.find(ids).map(|ks| {
+                    ks.into_iter()
+                        .map(|k| {
+                            let st = self.status(k, now);
+                            let w = &mut self.t[k];
+                            if st.is_serving_healthy() && w.enable_done_at.is_some_and(|e| e <= now)
+                            {
+                                w.fresh_healthy_seen = true;
+                            }
+                            st
+                        })
+                        .collect()
+                }),
+            }),
+            Effect::Preflight(_, targets) => Reply::Preflight(match fault {
+                Fault::Error => Err(err()),
+                _ => Ok(targets
+                    .iter()
+                    .map(|t| {
+                        let k = self.index[&t.id];
+                        if self.p.targets[k].not_ready {
+                            Preflight::NotReady("agent offline".into())
+                        } else {
+                            Preflight::Ready
+                        }
+                    })
+                    .collect()),
+            }),
+            Effect::Drain(..) | Effect::Disable(..) | Effect::Enable(..) => {
+                let found = match effect {
+                    Effect::Drain(_, ids) | Effect::Disable(_, ids) | Effect::Enable(_, ids) => {
+                        self.find(ids)
+                    }
+                    _ => unreachable!(),
+                };
+                if let Err(e) = found {
+                    return Reply::Changed(Err(e));
+                }
+                match fault {
+                    Fault::Error => Reply::Changed(Err(err())),
+                    Fault::AppliedThenError => {
+                        self.apply(effect, now);
+                        Reply::Changed(Err(Error::rejected("sim node b", "refused")))
+                    }
+                    _ => {
+                        self.apply(effect, now);
+                        Reply::Changed(Ok(()))
+                    }
+                }
+            }
+            Effect::Execute(_, targets) => Reply::Executed(match fault {
+                Fault::Error => Err(Error::Executor {
+                    executor: "sim".into(),
+                    message: "injected".into(),
+                    source: None,
+                }),
+                _ => Ok(targets
+                    .iter()
+                    .map(|t| {
+                        let k = self.index[&t.id];
+                        let plan = &self.p.targets[k];
+                        let d = Duration::from_millis(plan.exec_ms);
+                        if plan.exec_fails {
+                            ExecOutcome::failure(t.id.clone(), d, "patch failed")
+                        } else {
+                            ExecOutcome::success(t.id.clone(), d)
+                        }
+                    })
+                    .collect()),
+            }),
+            Effect::Probe(_, target) => {
+                let k = self.index[&target.id];
+                let plan = &self.p.targets[k];
+                let w = &mut self.t[k];
+                w.probes += 1;
+                Reply::Probed(if plan.probe_never || w.probes <= plan.probe_fail_first {
+                    Ok(ProbeVerdict::Fail("connection refused".into()))
+                } else {
+                    w.probe_passed_after = Some(now);
+                    Ok(ProbeVerdict::Pass)
+                })
+            }
+        }
+    }
+}
+
+fn config(p: &Plan) -> RolloutConfig {
+    RolloutConfig::builder()
+        .batch_size(Amount::Count(p.batch))
+        .min_healthy(Amount::Count(p.min_healthy))
+        .max_failures(Amount::Count(p.max_failures))
+        .canary(p.canary)
+        .on_failure(p.on_failure)
+        .on_drain_timeout(p.on_drain_timeout)
+        .pacing(p.pacing)
+        .drain_timeout(Duration::from_millis(p.drain_timeout_ms))
+        .health_timeout(Duration::from_millis(p.health_timeout_ms))
+        .warmup(Duration::from_millis(p.warmup_ms))
+        .capacity_timeout(Duration::from_secs(5))
+        .build()
+        .expect("valid config")
+}
+
+struct InFlight {
+    at: u64,
+    call: CallId,
+    effect: Effect,
+    fault: Fault,
+    issued: u64,
+}
+
+fn cancellable(e: &Effect) -> bool {
+    matches!(
+        e,
+        Effect::List(_) | Effect::Status(..) | Effect::Preflight(..) | Effect::Drain(..)
+    )
+}
+
+fn abandoned(e: &Effect) -> Reply {
+    let c = Error::Cancelled {
+        operation: "sim".into(),
+    };
+    match e {
+        Effect::List(_) => Reply::Listed(Err(c)),
+        Effect::Status(..) => Reply::Status(Err(c)),
+        Effect::Preflight(..) => Reply::Preflight(Err(c)),
+        _ => Reply::Changed(Err(c)),
+    }
+}
+
+fn timed_out(e: &Effect) -> Reply {
+    let t = Error::Timeout {
+        operation: "sim".into(),
+        after: Duration::from_millis(CALL_LIMIT_MS),
+    };
+    match e {
+        Effect::List(_) => Reply::Listed(Err(t)),
+        Effect::Status(..) => Reply::Status(Err(t)),
+        Effect::Preflight(..) => Reply::Preflight(Err(t)),
+        Effect::Execute(..) => Reply::Executed(Err(t)),
+        Effect::Probe(..) => Reply::Probed(Err(t)),
+        _ => Reply::Changed(Err(t)),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn simulate(p: &Plan) -> Result<(), TestCaseError> {
+    let mut world = World {
+        p,
+        t: p.targets
+            .iter()
+            .map(|tp| WTarget {
+                exists: true,
+                state: if tp.out_at_start {
+                    TargetState::OutOfService
+                } else {
+                    TargetState::InService
+                },
+                drained_at: 0,
+                enabled_at: None,
+                probes: 0,
+                touched: false,
+                executed: Vec::new(),
+                probe_passed_after: None,
+                fresh_healthy_seen: false,
+                enable_done_at: None,
+            })
+            .collect(),
+        index: (0..p.targets.len()).map(|k| (id(k), k)).collect(),
+        calls: 0,
+    };
+    let caps = Capabilities::none()
+        .with_counts_connections(true)
+        .with_graceful_drain(true)
+        .with_hard_disable(p.hard_disable)
+        .with_health_checks(true);
+    let cfg = config(p);
+    let listed: Vec<ListedTarget> = (0..p.targets.len())
+        .map(|k| ListedTarget {
+            target: Target::new(id(k)),
+            status: world.status(k, 0),
+        })
+        .collect();
+    let mut m = match Machine::new(
+        cfg.clone(),
+        caps,
+        Duration::from_millis(p.poll_ms),
+        p.probe,
+        &listed,
+        "sim",
+    ) {
+        Ok(m) => m,
+        Err(Error::InvalidConfig {
+            field: "min_healthy",
+            ..
+        }) => return Ok(()),
+        Err(e) => return Err(TestCaseError::fail(format!("unexpected {e}"))),
+    };
+    let batch_len = cfg.batch_len(p.targets.len());
+    let mut inflight: Vec<InFlight> = Vec::new();
+    let mut now: u64 = 0;
+    let mut cancelled_at: Option<u64> = None;
+    let mut effects = m.handle(Duration::ZERO, Input::Tick);
+    let mut first_drain: Option<usize> = None;
+    let mut drained_once: BTreeSet<usize> = BTreeSet::new();
+    // Targets out because of the run at each step, checked against the
+    // final report once it is known.
+    let mut out_samples: Vec<BTreeSet<usize>> = Vec::new();
+    let mut finished = false;
+    for _ in 0..200_000 {
+        for e in effects.drain(..) {
+            let (fault, delay) = p.faults[world.calls % p.faults.len()];
+            world.calls += 1;
+            let ks: Vec<usize> = match &e {
+                Effect::Drain(_, ids) | Effect::Disable(_, ids) | Effect::Enable(_, ids) => {
+                    ids.iter().map(|i| world.index[i]).collect()
+                }
+                Effect::Execute(_, ts) => ts.iter().map(|t| world.index[&t.id]).collect(),
+                _ => Vec::new(),
+            };
+            match &e {
+                Effect::Drain(..) | Effect::Disable(..) => {
+                    let fresh: Vec<usize> = ks
+                        .iter()
+                        .copied()
+                        .filter(|k| !drained_once.contains(k))
+                        .collect();
+                    if !fresh.is_empty() {
+                        prop_assert!(
+                            cancelled_at.is_none(),
+                            "a new drain of {fresh:?} after the cancel"
+                        );
+                        first_drain.get_or_insert(fresh.len());
+                    }
+                    for &k in &ks {
+                        drained_once.insert(k);
+                        world.t[k].touched = true;
+                    }
+                }
+                Effect::Execute(..) => {
+                    prop_assert!(cancelled_at.is_none(), "an execute after the cancel");
+                    for &k in &ks {
+                        // Invariant 3: never on a target in service.
+                        prop_assert!(
+                            world.t[k].state != TargetState::InService,
+                            "invariant 3: t{k} executed while in service"
+                        );
+                    }
+                }
+                Effect::Enable(..) => {
+                    for &k in &ks {
+                        // Invariant 4: enable after a successful maintenance
+                        // (and a passed probe), or without any maintenance
+                        // (put back), or under on_failure = restore.
+                        if let Some(&(at, ok)) = world.t[k].executed.last() {
+                            prop_assert!(
+                                ok || p.on_failure == OnFailure::Restore,
+                                "invariant 4: t{k} enabled after a failed maintenance"
+                            );
+                            if p.probe {
+                                prop_assert!(
+                                    world.t[k].probe_passed_after.is_some_and(|pp| pp >= at),
+                                    "t{k} enabled without a passed probe after its maintenance"
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let at = match fault {
+                Fault::Hang => NEVER,
+                _ => now + delay,
+            };
+            inflight.push(InFlight {
+                at,
+                call: e.call(),
+                effect: e,
+                fault,
+                issued: now,
+            });
+        }
+        out_samples.push(
+            world
+                .t
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.touched && w.exists && w.state != TargetState::InService)
+                .map(|(k, _)| k)
+                .collect(),
+        );
+        if m.is_finished() {
+            finished = true;
+            break;
+        }
+        // The next thing to happen.
+        let mut next = m.poll_timeout().map_or(NEVER, ms);
+        for f in &inflight {
+            let due = if f.at == NEVER {
+                // A hung call: the driver's time limit ends the ones the
+                // cancellation does not abandon.
+                f.issued + CALL_LIMIT_MS
+            } else {
+                f.at
+            };
+            next = next.min(due);
+        }
+        let cancel_due = p.cancel_at_ms.filter(|_| cancelled_at.is_none());
+        if let Some(c) = cancel_due {
+            next = next.min(c.max(now));
+        }
+        for (k, tp) in p.targets.iter().enumerate() {
+            if let Some(v) = tp.vanish_at_ms {
+                if world.t[k].exists {
+                    next = next.min(v.max(now));
+                }
+            }
+        }
+        prop_assert!(
+            next != NEVER,
+            "the machine is stuck: nothing will ever happen"
+        );
+        now = now.max(next);
+        for (k, tp) in p.targets.iter().enumerate() {
+            if tp.vanish_at_ms.is_some_and(|v| v <= now) {
+                world.t[k].exists = false;
+            }
+        }
+        if cancel_due.is_some_and(|c| c <= now) {
+            cancelled_at = Some(now);
+            effects = m.handle(Duration::from_millis(now), Input::Cancel);
+            // Calls in flight that the driver races with the cancellation
+            // are abandoned now; a change may or may not have applied.
+            let mut kept = Vec::new();
+            for f in inflight.drain(..) {
+                if cancellable(&f.effect) {
+                    if f.call.is_multiple_of(2) {
+                        world.apply(&f.effect, now);
+                    }
+                    effects.extend(m.handle(
+                        Duration::from_millis(now),
+                        Input::Reply(f.call, abandoned(&f.effect)),
+                    ));
+                } else {
+                    kept.push(f);
+                }
+            }
+            inflight = kept;
+            continue;
+        }
+        if let Some(pos) = inflight.iter().position(|f| {
+            (f.at != NEVER && f.at <= now) || (f.at == NEVER && f.issued + CALL_LIMIT_MS <= now)
+        }) {
+            let f = inflight.remove(pos);
+            let reply = if f.at == NEVER {
+                // Timed out: a change may or may not have applied.
+                if f.call.is_multiple_of(2) {
+                    world.apply(&f.effect, now);
+                }
+                timed_out(&f.effect)
+            } else {
+                world.reply(&f.effect, f.fault, now)
+            };
+            match (&f.effect, &reply) {
+                (Effect::Execute(_, ts), Reply::Executed(res)) => {
+                    for (j, t) in ts.iter().enumerate() {
+                        let k = world.index[&t.id];
+                        let ok = res.as_ref().is_ok_and(|v| v[j].success);
+                        world.t[k].executed.push((now, ok));
+                    }
+                }
+                (Effect::Enable(_, ids), _) => {
+                    for i in ids {
+                        let k = world.index[i];
+                        if world.t[k].state == TargetState::InService {
+                            world.t[k].enable_done_at = Some(now);
+                            world.t[k].fresh_healthy_seen = false;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            effects = m.handle(Duration::from_millis(now), Input::Reply(f.call, reply));
+        } else {
+            effects = m.handle(Duration::from_millis(now), Input::Tick);
+        }
+    }
+    prop_assert!(finished, "the machine did not finish within the step bound");
+    let report = m.target_reports(|i| format!("enable {i}"));
+    let outcome = m.outcome();
+    let by_k = |k: usize| &report[k];
+
+    // Invariant 5: every target the run touched is in service, or reported
+    // kept out (or unknown) by name, or gone from the pool.
+    for (k, w) in world.t.iter().enumerate() {
+        let r = by_k(k);
+        if !w.exists {
+            continue;
+        }
+        if w.touched && w.state != TargetState::InService {
+            prop_assert!(
+                r.is_kept_out(),
+                "invariant 5: t{k} is {:?} but reported {:?} at {:?}",
+                w.state,
+                r.result,
+                r.location
+            );
+        }
+        if r.location == crate::phase::Location::InService {
+            prop_assert_eq!(
+                w.state,
+                TargetState::InService,
+                "t{} reported in service",
+                k
+            );
+        }
+        if matches!(r.result, TargetResult::Done) {
+            prop_assert!(
+                w.fresh_healthy_seen,
+                "t{k} done without a healthy status read after its enable"
+            );
+        }
+    }
+    // Invariant 2: at most batch_size in progress; targets finally kept
+    // out are bounded by max_failures instead.
+    for sample in &out_samples {
+        let working = sample
+            .iter()
+            .filter(|&&k| {
+                !by_k(k).is_kept_out() && !matches!(by_k(k).result, TargetResult::Vanished { .. })
+            })
+            .count();
+        prop_assert!(
+            working <= batch_len,
+            "invariant 2: {working} out at once, batch size {batch_len}"
+        );
+    }
+    // max_failures: "more than N" aborts.
+    let failed = report
+        .iter()
+        .filter(|r| matches!(r.result, TargetResult::Failed { .. }))
+        .count();
+    if outcome == Outcome::Completed {
+        prop_assert!(
+            failed <= p.max_failures,
+            "completed with {failed} failures, max_failures {}",
+            p.max_failures
+        );
+    }
+    if p.canary {
+        prop_assert!(
+            first_drain.is_none_or(|n| n == 1),
+            "canary drained {first_drain:?}"
+        );
+    }
+    prop_assert_eq!(
+        outcome == Outcome::Cancelled,
+        cancelled_at.is_some(),
+        "outcome {:?}",
+        outcome
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_machine_keeps_every_invariant_under_faults(p in plan()) {
+        simulate(&p)?;
+    }
+}
