@@ -106,6 +106,8 @@ async fn conformance_suite_on_moto() {
         a: id(&instances[0]),
         b: id(&instances[1]),
         unknown: id(&stranger),
+        // An ELBv2 target id is an instance id or an IP address.
+        invalid: Some(id(&format!("{}/80", instances[0]))),
         settle: Duration::from_secs(2),
     };
     check_all(&lb, &fx).await;

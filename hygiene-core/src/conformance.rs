@@ -1,14 +1,49 @@
 //! The conformance suite every [`LoadBalancer`] must pass (feature
 //! `conformance`). Each `check_*` panics with a message naming the broken
 //! rule; [`check_all`] runs them all, directly and through
-//! `Arc<dyn LoadBalancer>`.
+//! `Arc<dyn LoadBalancer>`. The rules are those of the trait's contract
+//! (see [`LoadBalancer`]).
+//!
+//! # Use from a backend's tests
+//!
+//! A backend's integration test builds its balancer against the real
+//! server (or a faithful fake), and gives the suite a [`Fixture`]: two
+//! targets in service, an id the balancer does not know, an id the backend
+//! must refuse when it has stricter naming rules than [`TargetId::new`]
+//! (HAProxy: `web/s1;shutdown`), and how long a change may take to show.
+//! The checks leave every target as they found it (in service).
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use hygiene_core::conformance::{check_all, Fixture};
+//! use hygiene_core::testing::InMemoryBalancer;
+//! use hygiene_core::TargetId;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> hygiene_core::Result<()> {
+//! let lb = InMemoryBalancer::with_targets(["web-1", "web-2", "web-3"])?;
+//! let fx = Fixture {
+//!     a: TargetId::new("web-1")?,
+//!     b: TargetId::new("web-2")?,
+//!     unknown: TargetId::new("web-9")?,
+//!     // The in-memory balancer takes every id `TargetId::new` accepts.
+//!     invalid: None,
+//!     // Changes show at once in memory; a few seconds for real balancers.
+//!     settle: Duration::ZERO,
+//! };
+//! check_all(&lb, &fx).await; // panics naming the broken rule
+//! assert!(lb.snapshot().iter().all(|(_, s)| s.is_serving_healthy()));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balancer::LoadBalancer;
-use crate::error::Error;
-use crate::target::{TargetId, TargetState, TargetStatus};
+use crate::error::{Error, Result};
+use crate::target::{Health, TargetId, TargetState, TargetStatus};
 
 /// What a backend's test gives the suite.
 #[derive(Debug, Clone)]
@@ -19,6 +54,10 @@ pub struct Fixture {
     pub b: TargetId,
     /// An id the balancer does not know (but a valid one for the backend).
     pub unknown: TargetId,
+    /// An id [`TargetId::new`] accepts but the backend must refuse with
+    /// [`Error::InvalidName`] (HAProxy: `web/s1;shutdown`, since its names
+    /// are `[A-Za-z0-9._:-]`). `None`: the backend has no stricter rule.
+    pub invalid: Option<TargetId>,
     /// How long a change may take to show (0 for in-memory; a few seconds
     /// for real balancers whose health checks must run).
     pub settle: Duration,
@@ -66,6 +105,69 @@ async fn restore(lb: &dyn LoadBalancer, fx: &Fixture, ids: &[TargetId]) {
         })
         .await;
     }
+}
+
+/// Drains `id` and waits until it is out of rotation.
+async fn drain_out(lb: &dyn LoadBalancer, fx: &Fixture, id: &TargetId) {
+    lb.drain(std::slice::from_ref(id))
+        .await
+        .unwrap_or_else(|e| panic!("drain of {id} failed: {e}"));
+    wait_for(lb, fx, id, "out of rotation", |s| {
+        s.state != TargetState::InService
+    })
+    .await;
+}
+
+/// Asserts `r` is a `NotFound` naming `unknown`.
+fn expect_not_found<T: std::fmt::Debug>(r: Result<T>, call: &str, unknown: &TargetId) {
+    let e = r.expect_err(&format!(
+        "all-or-nothing rule: {call} naming the unknown target {unknown} must fail"
+    ));
+    assert!(
+        matches!(e, Error::NotFound { .. }),
+        "all-or-nothing rule: {call} naming the unknown target {unknown}: expected NotFound, got {e:?}"
+    );
+    assert!(
+        e.to_string().contains(unknown.as_str()),
+        "all-or-nothing rule: the NotFound of {call} must name {unknown}: {e}"
+    );
+}
+
+/// Asserts `r` is an `InvalidName` naming `invalid`.
+fn expect_invalid<T: std::fmt::Debug>(r: Result<T>, call: &str, invalid: &TargetId) {
+    let e = r.expect_err(&format!(
+        "invalid-name rule: {call} naming the invalid id {invalid:?} must fail"
+    ));
+    assert!(
+        matches!(e, Error::InvalidName { .. }),
+        "invalid-name rule: {call} naming the invalid id {invalid:?}: expected InvalidName, got {e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains(invalid.as_str()) || text.contains(&format!("{:?}", invalid.as_str())),
+        "invalid-name rule: the InvalidName of {call} must name {invalid:?}: {e}"
+    );
+}
+
+/// Asserts `id` is (still) in service after a call that must not change it.
+async fn assert_in_service(lb: &dyn LoadBalancer, id: &TargetId, rule: &str, after: &str) {
+    let s = status_of(lb, id).await;
+    assert_eq!(
+        s.state,
+        TargetState::InService,
+        "{rule}: {after} changed {id}, which must stay in service: {s:?}"
+    );
+}
+
+/// Asserts `id` is (still) out of rotation after a call that must not
+/// change it.
+async fn assert_still_out(lb: &dyn LoadBalancer, id: &TargetId, rule: &str, after: &str) {
+    let s = status_of(lb, id).await;
+    assert_ne!(
+        s.state,
+        TargetState::InService,
+        "{rule}: {after} put {id} back in service: {s:?}"
+    );
 }
 
 /// The pool lists both fixture targets, in service.
@@ -243,14 +345,225 @@ pub async fn check_disable(lb: &dyn LoadBalancer, fx: &Fixture) {
     restore(lb, fx, std::slice::from_ref(&fx.a)).await;
 }
 
+/// Order rule: `status(&[b, a])` returns exactly two entries, b's then
+/// a's. To make the order observable, `a` is drained first (so the two
+/// differ in `state`); each entry is compared with `status(&[b])` and
+/// `status(&[a])` on `state`, which does not change between the calls.
+/// `a` is restored after.
+pub async fn check_status_order(lb: &dyn LoadBalancer, fx: &Fixture) {
+    drain_out(lb, fx, &fx.a).await;
+    let a = status_of(lb, &fx.a).await;
+    let b = status_of(lb, &fx.b).await;
+    assert_eq!(
+        b.state,
+        TargetState::InService,
+        "order rule: {} must stay in service while {} is drained (to tell them apart): {b:?}",
+        fx.b,
+        fx.a
+    );
+    let both = lb
+        .status(&[fx.b.clone(), fx.a.clone()])
+        .await
+        .unwrap_or_else(|e| panic!("status of [{}, {}] failed: {e}", fx.b, fx.a));
+    assert_eq!(
+        both.len(),
+        2,
+        "order rule: status(&[{}, {}]) must return exactly two entries: {both:?}",
+        fx.b,
+        fx.a
+    );
+    assert_eq!(
+        (both[0].state, both[1].state),
+        (b.state, a.state),
+        "order rule: status(&[{b_id}, {a_id}]) must give {b_id}'s status first, then {a_id}'s: got {both:?}, alone they are {b:?} and {a:?}",
+        b_id = fx.b,
+        a_id = fx.a
+    );
+    restore(lb, fx, std::slice::from_ref(&fx.a)).await;
+}
+
+/// All-or-nothing rule for `enable` and `disable` (the latter only with
+/// `capabilities().hard_disable`): a call naming `fx.a` together with
+/// `fx.unknown` gives [`Error::NotFound`] naming the unknown id, and leaves
+/// `a` as it was: in service after a failed `disable`, in service after a
+/// failed `enable` and, when `a` was drained before, still out after it.
+pub async fn check_enable_disable_unknown(lb: &dyn LoadBalancer, fx: &Fixture) {
+    const RULE: &str = "all-or-nothing rule";
+    let mixed = [fx.a.clone(), fx.unknown.clone()];
+    expect_not_found(lb.enable(&mixed).await, "enable", &fx.unknown);
+    assert_in_service(lb, &fx.a, RULE, "a failed enable naming an unknown target").await;
+    if lb.capabilities().hard_disable {
+        expect_not_found(lb.disable(&mixed).await, "disable", &fx.unknown);
+        assert_in_service(lb, &fx.a, RULE, "a failed disable naming an unknown target").await;
+    }
+    drain_out(lb, fx, &fx.a).await;
+    expect_not_found(lb.enable(&mixed).await, "enable", &fx.unknown);
+    assert_still_out(lb, &fx.a, RULE, "a failed enable naming an unknown target").await;
+    restore(lb, fx, std::slice::from_ref(&fx.a)).await;
+}
+
+/// Invalid-name rule, when the backend has one (`fx.invalid`): `status`,
+/// `drain`, `enable` (and `disable` with `capabilities().hard_disable`)
+/// naming the invalid id, alone or with `fx.a`, give
+/// [`Error::InvalidName`] naming it, and change nothing: `a` stays in
+/// service after a failed drain or disable, and out after a failed enable.
+pub async fn check_invalid_name(lb: &dyn LoadBalancer, fx: &Fixture) {
+    const RULE: &str = "invalid-name rule";
+    let Some(invalid) = &fx.invalid else {
+        return;
+    };
+    let alone = std::slice::from_ref(invalid);
+    let mixed = [fx.a.clone(), invalid.clone()];
+    expect_invalid(lb.status(alone).await, "status", invalid);
+    expect_invalid(lb.status(&mixed).await, "status", invalid);
+    expect_invalid(lb.drain(alone).await, "drain", invalid);
+    expect_invalid(lb.drain(&mixed).await, "drain", invalid);
+    assert_in_service(lb, &fx.a, RULE, "a failed drain naming an invalid id").await;
+    if lb.capabilities().hard_disable {
+        expect_invalid(lb.disable(&mixed).await, "disable", invalid);
+        assert_in_service(lb, &fx.a, RULE, "a failed disable naming an invalid id").await;
+    }
+    expect_invalid(lb.enable(alone).await, "enable", invalid);
+    drain_out(lb, fx, &fx.a).await;
+    expect_invalid(lb.enable(&mixed).await, "enable", invalid);
+    assert_still_out(lb, &fx.a, RULE, "a failed enable naming an invalid id").await;
+    restore(lb, fx, std::slice::from_ref(&fx.a)).await;
+}
+
+/// Drain-visibility rule: once `drain(a)` has returned, `status(a).state`
+/// is `Draining` or `OutOfService` within `fx.settle` (at once when it is
+/// zero), and from then on never `InService` again (read for the rest of
+/// `fx.settle`, at least three times) until `a` is enabled. `a` is
+/// restored after.
+pub async fn check_drain_visible(lb: &dyn LoadBalancer, fx: &Fixture) {
+    const RULE: &str = "drain-visibility rule";
+    lb.drain(std::slice::from_ref(&fx.a))
+        .await
+        .unwrap_or_else(|e| panic!("drain of {} failed: {e}", fx.a));
+    let start = tokio::time::Instant::now();
+    let deadline = start + fx.settle;
+    let mut first_out: Option<TargetStatus> = None;
+    let mut reads = 0u32;
+    loop {
+        let s = status_of(lb, &fx.a).await;
+        let now = tokio::time::Instant::now();
+        reads += 1;
+        match (&first_out, s.state) {
+            (Some(out), TargetState::InService) => panic!(
+                "{RULE}: drained {} read {s:?} after it had read {out:?}: a drained target must not come back in service until enabled",
+                fx.a
+            ),
+            (None, TargetState::InService) => assert!(
+                now < deadline,
+                "{RULE}: {} still in service {:?} after drain returned (settle {:?}): {s:?}",
+                fx.a,
+                now - start,
+                fx.settle
+            ),
+            (None, _) => first_out = Some(s),
+            (Some(_), _) => {}
+        }
+        if first_out.is_some() && now >= deadline && reads >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    restore(lb, fx, std::slice::from_ref(&fx.a)).await;
+}
+
+/// Fresh-health-after-enable rule (only with `capabilities().health_checks`),
+/// as far as a test can see it from outside.
+///
+/// `a` is taken out (disabled where the backend has a hard disable, else
+/// drained), and once out, enabled. From the first status read after
+/// `enable` returns, statuses are read until `a` is `InService` and
+/// `Healthy`:
+///
+/// - it must come back: `InService` and `Healthy` within `fx.settle` + 1 s;
+/// - a `Healthy` read is never followed by an `Unknown` one: a result from
+///   a check made after the enable does not turn back into "no fresh
+///   result", so a `Healthy` that does was the stale one the contract
+///   forbids (a backend that can see staleness reports `Unknown` until a
+///   check after the enable has run).
+///
+/// What it cannot check: that the first `Healthy` came from a check made
+/// after the enable. While the target is healthy, a backend that checks at
+/// once and one that shows the result from before look the same from
+/// outside; backends prove it in their own tests against a target that
+/// fails its checks once back.
+pub async fn check_fresh_health_after_enable(lb: &dyn LoadBalancer, fx: &Fixture) {
+    const RULE: &str = "fresh-health-after-enable rule";
+    if !lb.capabilities().health_checks {
+        return;
+    }
+    let a = std::slice::from_ref(&fx.a);
+    if lb.capabilities().hard_disable {
+        lb.disable(a)
+            .await
+            .unwrap_or_else(|e| panic!("disable of {} failed: {e}", fx.a));
+        wait_for(lb, fx, &fx.a, "out of service", |s| {
+            s.state == TargetState::OutOfService
+        })
+        .await;
+    } else {
+        drain_out(lb, fx, &fx.a).await;
+    }
+    lb.enable(a)
+        .await
+        .unwrap_or_else(|e| panic!("enable of {} failed: {e}", fx.a));
+    let start = tokio::time::Instant::now();
+    let deadline = start + fx.settle + Duration::from_secs(1);
+    let mut reads: Vec<TargetStatus> = Vec::new();
+    loop {
+        let s = status_of(lb, &fx.a).await;
+        let now = tokio::time::Instant::now();
+        if s.health == Health::Unknown {
+            if let Some(healthy) = reads.iter().find(|r| r.health == Health::Healthy) {
+                panic!(
+                    "{RULE}: {} read {healthy:?} after enable, then {s:?}: that Healthy was stale (reads since enable: {reads:?})",
+                    fx.a
+                );
+            }
+        }
+        let back = s.is_serving_healthy();
+        reads.push(s);
+        if back {
+            break;
+        }
+        assert!(
+            now < deadline,
+            "{RULE}: {} was not in service and Healthy within {:?} of enable (settle {:?}): {} reads, the first {:?}, the last {:?}",
+            fx.a,
+            now - start,
+            fx.settle,
+            reads.len(),
+            reads.first(),
+            reads.last()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One more read: a fresh Healthy does not fall back to Unknown.
+    let s = status_of(lb, &fx.a).await;
+    assert!(
+        s.state == TargetState::InService && s.health != Health::Unknown,
+        "{RULE}: {} read {s:?} right after it was in service and Healthy: that Healthy was stale (reads since enable: {reads:?})",
+        fx.a
+    );
+}
+
 async fn run_all(lb: &dyn LoadBalancer, fx: &Fixture) {
     check_list(lb, fx).await;
+    check_status_order(lb, fx).await;
     check_drain_enable_idempotent(lb, fx).await;
+    check_drain_visible(lb, fx).await;
     check_drain_is_isolated(lb, fx).await;
     check_unknown_target(lb, fx).await;
+    check_enable_disable_unknown(lb, fx).await;
+    check_invalid_name(lb, fx).await;
     check_connection_counts_honest(lb, fx).await;
     check_concurrent_drain(lb, fx).await;
     check_disable(lb, fx).await;
+    check_fresh_health_after_enable(lb, fx).await;
 }
 
 /// Every check, on `lb` and on the same balancer as `Arc<dyn LoadBalancer>`.

@@ -31,6 +31,9 @@ fn fixture() -> Fixture {
         a: id("web/s1"),
         b: id("web/s2"),
         unknown: id("web/nope"),
+        // HAProxy names are `[A-Za-z0-9._:-]`: a `;` would start a second
+        // runtime API command.
+        invalid: Some(id("web/s1;shutdown")),
         settle: Duration::from_secs(3),
     }
 }

@@ -11,17 +11,30 @@ use crate::{builder, id};
 use hygiene_nginx::testing::{FakeNginx, Kind, State};
 
 fn fixture(a: &str, b: &str, unknown: &str) -> Fixture {
+    // A target id needs a server after the upstream name.
+    let upstream = a.split_once('/').map_or(a, |(u, _)| u);
     Fixture {
         a: id(a),
         b: id(b),
         unknown: id(unknown),
+        invalid: Some(id(&format!("{upstream}/"))),
         settle: Duration::from_secs(1),
     }
 }
 
+/// A fake server whose active health checks run (a passing round before
+/// each read of an upstream, the fake's clockless model of nginx's periodic
+/// checks): without it no check ever follows an enable, and the balancer
+/// rightly keeps the server's health `Unknown`.
+async fn checking(state: State) -> FakeNginx {
+    let srv = FakeNginx::start(state).await;
+    srv.with(|s| s.auto_check = Some(true));
+    srv
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_upstream() {
-    let srv = FakeNginx::start(State::standard()).await;
+    let srv = checking(State::standard()).await;
     let lb = builder([&srv]).upstream("backend").build().expect("valid");
     assert!(
         lb.capabilities().graceful_drain
@@ -38,7 +51,7 @@ async fn http_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_upstream_by_address() {
-    let srv = FakeNginx::start(State::standard()).await;
+    let srv = checking(State::standard()).await;
     let lb = builder([&srv]).upstream("backend").build().expect("valid");
     // `list` gives numeric ids, so check_list does not apply; the rest does.
     let fx = fixture(
@@ -46,12 +59,17 @@ async fn http_upstream_by_address() {
         "backend/10.0.0.2:8080",
         "backend/10.9.9.9:8080",
     );
+    conformance::check_status_order(&lb, &fx).await;
     conformance::check_drain_enable_idempotent(&lb, &fx).await;
+    conformance::check_drain_visible(&lb, &fx).await;
     conformance::check_drain_is_isolated(&lb, &fx).await;
     conformance::check_unknown_target(&lb, &fx).await;
+    conformance::check_enable_disable_unknown(&lb, &fx).await;
+    conformance::check_invalid_name(&lb, &fx).await;
     conformance::check_connection_counts_honest(&lb, &fx).await;
     conformance::check_concurrent_drain(&lb, &fx).await;
     conformance::check_disable(&lb, &fx).await;
+    conformance::check_fresh_health_after_enable(&lb, &fx).await;
     assert!(
         srv.patches().iter().any(|l| l.path.ends_with("/servers/1")),
         "addresses resolve to server ids"
@@ -60,7 +78,7 @@ async fn http_upstream_by_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_upstream() {
-    let srv = FakeNginx::start(State::standard()).await;
+    let srv = checking(State::standard()).await;
     let lb = builder([&srv])
         .stream_upstream("tcp")
         .build()
@@ -80,7 +98,7 @@ async fn stream_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_pair_with_different_ids() {
-    let a = FakeNginx::start(State::standard()).await;
+    let a = checking(State::standard()).await;
     let mut second = State::standard();
     // The same servers, numbered differently on the second instance.
     for (i, p) in second
@@ -91,7 +109,7 @@ async fn ha_pair_with_different_ids() {
     {
         p.id = 10 + 2 - i as u64;
     }
-    let b = FakeNginx::start(second).await;
+    let b = checking(second).await;
     let lb = builder([&a, &b])
         .upstream("backend")
         .build()
