@@ -1,5 +1,7 @@
-//! The six invariants of the rolling engine (DESIGN §3), checked against the
-//! in-memory balancer's call log over random pools, settings and failures.
+//! The invariants of the rolling engine (DESIGN §3), checked through the
+//! whole engine (machine and driver) against the in-memory balancer's call
+//! log, over random pools, settings, pacings and failures. The machine alone
+//! is property-tested under injected faults in `src/engine/sim.rs`.
 
 mod common;
 
@@ -11,8 +13,8 @@ use hygiene_core::testing::{
     DrainProfile, HealthScript, InMemoryBalancer, Operation, Script, ScriptedExecutor,
 };
 use hygiene_core::{
-    Amount, Error, Health, OnDrainTimeout, OnFailure, Outcome, Report, Rollout, RolloutConfig,
-    TargetId, TargetResult, TargetState,
+    Amount, Error, Health, OnDrainTimeout, OnFailure, Outcome, Pacing, Report, Rollout,
+    RolloutConfig, TargetId, TargetResult, TargetState,
 };
 use proptest::prelude::*;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +40,7 @@ struct Plan {
     on_drain_timeout: OnDrainTimeout,
     drain_timeout_ms: u64,
     cancel_at_ms: Option<u64>,
+    pacing: Pacing,
 }
 
 fn amount(max_count: usize, max_pct: u8, min: usize) -> impl Strategy<Value = Amount> {
@@ -87,6 +90,7 @@ fn plan() -> impl Strategy<Value = Plan> {
             prop_oneof![Just(OnDrainTimeout::Fail), Just(OnDrainTimeout::Proceed)],
             1000u64..6000,
             prop::option::weighted(0.3, 0u64..60_000),
+            prop_oneof![Just(Pacing::Batches), Just(Pacing::Window)],
         )
             .prop_map(
                 |(
@@ -99,6 +103,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                     on_drain_timeout,
                     drain_timeout_ms,
                     cancel_at_ms,
+                    pacing,
                 )| Plan {
                     targets,
                     batch,
@@ -109,6 +114,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                     on_drain_timeout,
                     drain_timeout_ms,
                     cancel_at_ms,
+                    pacing,
                 },
             )
     })
@@ -167,6 +173,7 @@ fn config(p: &Plan) -> RolloutConfig {
         .health_timeout(Duration::from_secs(5))
         .capacity_timeout(Duration::from_secs(10))
         .poll_interval(Duration::from_millis(250))
+        .pacing(p.pacing)
         .build()
         .expect("valid config")
 }
@@ -233,8 +240,10 @@ fn check_invariants(
         }
     }
 
-    // 2. Never more than batch_size out of rotation because of the run
-    //    (targets that end kept out after a failure excepted).
+    // 2. Never more than batch_size targets in progress. Out of rotation
+    //    because of the run is a subset of in progress, except for targets
+    //    kept out after a failure: those are bounded by max_failures, and
+    //    min_healthy protects capacity against both.
     let mut out: BTreeSet<TargetId> = BTreeSet::new();
     for c in calls.iter().filter(|c| c.ok) {
         match c.op {
@@ -282,8 +291,11 @@ fn check_invariants(
                 && matches!(results.get(id), Some(TargetResult::Failed { .. }));
             let cancelled = report.outcome == Outcome::Cancelled
                 && matches!(results.get(id), Some(TargetResult::Restored { .. }));
+            // A target drained and put back without any maintenance (its
+            // drain could not be watched) is restored as it was found.
+            let never_executed = !records.iter().any(|r| &r.id == id);
             prop_assert!(
-                executed_ok || restored_failure || cancelled,
+                executed_ok || restored_failure || cancelled || never_executed,
                 "invariant 4: {id} enabled without a successful execute: {:?}",
                 results.get(id)
             );
@@ -310,6 +322,47 @@ fn check_invariants(
                 "invariant 5: {} lost out of rotation",
                 id
             );
+        }
+    }
+    // max_failures: "more than N" aborts; a completed run has at most N.
+    let failed = report.failed().count();
+    if report.outcome == Outcome::Completed {
+        prop_assert!(
+            failed <= cfg.failures_allowed(selected),
+            "completed with {failed} failures, {} allowed",
+            cfg.failures_allowed(selected)
+        );
+    }
+    // Canary: the first drain names one target.
+    if p.canary {
+        if let Some(first) = calls.iter().find(|c| c.op == Operation::Drain && c.ok) {
+            prop_assert_eq!(first.ids.len(), 1, "the canary batch is one target");
+        }
+    }
+    // Fresh health: a target done was seen healthy after its enable, so no
+    // sooner than its health check's delay.
+    for (t, tp) in report.targets.iter().zip(&p.targets) {
+        if t.result == TargetResult::Done {
+            let h = t.timings.health.expect("health timing");
+            prop_assert!(
+                h >= Duration::from_millis(tp.health_delay_ms),
+                "{} counted healthy {h:?} after its enable, before its first check at {} ms",
+                t.id,
+                tp.health_delay_ms
+            );
+        }
+    }
+    // Cancellation puts back what was drained and not maintained.
+    if report.outcome == Outcome::Cancelled {
+        for t in &report.targets {
+            if matches!(t.result, TargetResult::Restored { .. }) {
+                prop_assert_eq!(
+                    lb.status_of(&t.id).map(|s| s.state),
+                    Some(TargetState::InService),
+                    "{} restored but out",
+                    &t.id
+                );
+            }
         }
     }
     Ok(())
