@@ -203,6 +203,7 @@ pub(crate) struct Machine {
     pool: usize,
     batch_len: usize,
     allowed: usize,
+    failed: usize,
     groups: usize,
     canary_done: bool,
     plan: Option<PlanStep>,
@@ -265,6 +266,7 @@ impl Machine {
             queue: VecDeque::with_capacity(selected.len()),
             active: BTreeSet::new(),
             pool,
+            failed: 0,
             groups: 0,
             canary_done: !cfg.canary(),
             plan: None,
@@ -486,6 +488,9 @@ impl Machine {
 
     fn finish(&mut self, i: usize, end: End) {
         let s = &mut self.slots[i];
+        if matches!(end, End::Vanished(..)) && s.failure.is_some() {
+            self.failed -= 1;
+        }
         if s.location == Location::OutByRun {
             // Never lose a target: out because of the run and not coming
             // back is kept out, and reported so.
@@ -499,6 +504,7 @@ impl Machine {
         let s = &mut self.slots[i];
         if s.failure.is_none() {
             s.failure = Some((at, reason.into()));
+            self.failed += 1;
         } else {
             s.notes.push(reason.into());
         }
@@ -603,11 +609,9 @@ impl Machine {
         self.active.len()
     }
 
+    /// Targets failed so far; a target that vanished is not a failure.
     fn failures(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.failure.is_some() && !matches!(s.end, Some(End::Vanished(..))))
-            .count()
+        self.failed
     }
 
     // ---- replies ----------------------------------------------------------
@@ -695,9 +699,8 @@ impl Machine {
         if take > 0 {
             self.capacity_since = None;
             let chosen: Vec<usize> = fit[..take].to_vec();
-            for &i in &chosen {
-                self.queue.retain(|&q| q != i);
-            }
+            let set: BTreeSet<usize> = chosen.iter().copied().collect();
+            self.queue.retain(|q| !set.contains(q));
             self.start_preflight(chosen, out);
             return;
         }
@@ -1002,7 +1005,9 @@ impl Machine {
                             self.set(i, Step::Verify);
                         }
                         Purpose::Cancel => {
-                            self.slots[i].failure = None;
+                            if self.slots[i].failure.take().is_some() {
+                                self.failed -= 1;
+                            }
                             self.finish(
                                 i,
                                 End::Restored(
@@ -1660,16 +1665,12 @@ impl Machine {
         if want == 0 {
             return;
         }
-        let cands: Vec<usize> = self.queue.iter().take(want).copied().collect();
-        if matches!(
-            self.cfg.min_healthy(),
-            Amount::Count(0) | Amount::Percent(0)
-        ) {
-            for &i in &cands {
-                self.queue.retain(|&q| q != i);
-            }
+        let want = want.min(self.queue.len());
+        if matches!(self.cfg.min_healthy(), Amount::Count(0) | Amount::Percent(0)) {
+            let cands: Vec<usize> = self.queue.drain(..want).collect();
             self.start_preflight(cands, out);
         } else {
+            let cands: Vec<usize> = self.queue.iter().take(want).copied().collect();
             let c = self.call(Call::List(cands));
             out.push(Effect::List(c));
             self.plan = Some(PlanStep::Listing);
