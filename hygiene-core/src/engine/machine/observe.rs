@@ -1,0 +1,348 @@
+//! Status polls (drain and fresh health), the maintenance's outcome and
+//! the probe.
+
+use super::*;
+
+impl Machine {
+    pub(super) fn maybe_poll(&mut self, out: &mut Vec<Effect>) {
+        if self.poll_in_flight {
+            return;
+        }
+        let observed: Vec<usize> = self
+            .active
+            .iter()
+            .copied()
+            .filter(|&i| matches!(self.slots[i].step, Step::Draining | Step::Verify))
+            .collect();
+        if observed.is_empty() {
+            return;
+        }
+        let deadline = observed
+            .iter()
+            .map(|&i| {
+                let s = &self.slots[i];
+                s.since
+                    + if s.step == Step::Draining {
+                        self.rules.drain_timeout
+                    } else {
+                        self.rules.health_timeout
+                    }
+            })
+            .min()
+            .unwrap_or(self.poll_due);
+        if self.now < self.poll_due.min(deadline) {
+            return;
+        }
+        // Fixed rate: polls start one `poll` apart from the first, so the
+        // time a status call takes does not stretch the interval; missed
+        // ticks are skipped rather than polled back to back.
+        if self.poll_due <= self.now {
+            self.poll_due += self.poll;
+            if self.poll_due <= self.now {
+                self.poll_due = self.now + self.poll;
+            }
+        }
+        self.poll_in_flight = true;
+        let ids = self.ids(&observed);
+        let c = self.call(Call::Poll(observed));
+        out.push(Effect::Status(c, ids));
+    }
+
+    pub(super) fn on_poll(
+        &mut self,
+        idx: &[usize],
+        r: Result<Vec<TargetStatus>>,
+        out: &mut Vec<Effect>,
+    ) {
+        // Split polls: the regular poll resumes once every answer is in.
+        self.poll_in_flight = self.calls.values().any(|c| matches!(c, Call::Poll(_)));
+        let st = match r {
+            Ok(st) if st.len() == idx.len() => st,
+            Ok(st) => {
+                let e = Error::protocol(
+                    "balancer",
+                    format!(
+                        "status returned {} entries for {} targets",
+                        st.len(),
+                        idx.len()
+                    ),
+                );
+                return self.poll_failed(idx, &e);
+            }
+            Err(Error::NotFound { .. }) if idx.len() > 1 => {
+                // Which one vanished? Ask for each alone; the next regular
+                // poll waits for these answers.
+                self.poll_in_flight = true;
+                for &i in idx {
+                    let ids = self.ids(&[i]);
+                    let c = self.call(Call::Poll(vec![i]));
+                    out.push(Effect::Status(c, ids));
+                }
+                return;
+            }
+            Err(e @ Error::NotFound { .. }) => {
+                let i = idx[0];
+                if matches!(self.slots[i].step, Step::Draining | Step::Verify) {
+                    let at = self.visible(i);
+                    self.slots[i].location = Location::Gone;
+                    self.finish(i, End::Vanished(at, format!("removed from the pool: {e}")));
+                }
+                return;
+            }
+            Err(Error::Cancelled { .. }) => return,
+            Err(e) => return self.poll_failed(idx, &e),
+        };
+        for (&i, s) in idx.iter().zip(st) {
+            let waited = self.now.saturating_sub(self.slots[i].since);
+            match self.slots[i].step {
+                Step::Draining => match judge_drain(&s, waited, &self.rules) {
+                    DrainVerdict::Wait => {}
+                    DrainVerdict::Drained { forced } => {
+                        self.slots[i].timings.drain = Some(waited);
+                        self.slots[i].drain_cut_short = forced;
+                        self.set(i, Step::Drained);
+                    }
+                    DrainVerdict::Failed { reason, in_service } => {
+                        self.fail(i, Stage::Draining, reason);
+                        if in_service {
+                            self.slots[i].location = Location::InService;
+                            self.finish(i, End::Failed);
+                        } else {
+                            self.after_failure_out(i);
+                        }
+                    }
+                },
+                Step::Verify => match judge_health(&s, &self.caps, waited, &self.rules) {
+                    HealthVerdict::Wait => {}
+                    HealthVerdict::Healthy => self.on_healthy(i, waited),
+                    HealthVerdict::Failed(why) => self.on_unhealthy(i, why),
+                },
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn poll_failed(&mut self, idx: &[usize], e: &Error) {
+        for &i in idx {
+            match self.slots[i].step {
+                Step::Draining => {
+                    self.fail(
+                        i,
+                        Stage::Draining,
+                        format!("status while draining failed: {e}; not maintained"),
+                    );
+                    self.slots[i].purpose = Purpose::Undo;
+                    self.set(i, Step::AwaitEnable);
+                }
+                Step::Verify => {
+                    let why = format!("status after the enable failed: {e}");
+                    match self.slots[i].purpose {
+                        Purpose::Restore => {
+                            self.slots[i].put_back = Some(PutBack {
+                                healthy: false,
+                                detail: why,
+                            });
+                            self.finish(i, End::Failed);
+                        }
+                        _ => {
+                            self.fail(i, Stage::Enabling, why);
+                            self.keep_out_again(i);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.stop_balancer("status", e);
+    }
+
+    /// A failed target that is out of rotation: kept out, or put back under
+    /// `on_failure = restore` (after the probe, when there is one).
+    pub(super) fn after_failure_out(&mut self, i: usize) {
+        match self.cfg.on_failure() {
+            OnFailure::KeepOut => self.finish(i, End::Failed),
+            OnFailure::Restore => {
+                self.slots[i].purpose = Purpose::Restore;
+                // A maintenance was attempted (whatever its outcome): the probe
+                // says whether the target is fit to serve again.
+                if self.has_probe && self.slots[i].timings.execute.is_some() {
+                    self.slots[i].since = self.now;
+                    self.set(
+                        i,
+                        Step::Probe {
+                            in_flight: false,
+                            wake: self.now,
+                        },
+                    );
+                } else {
+                    self.set(i, Step::AwaitEnable);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_healthy(&mut self, i: usize, waited: Duration) {
+        match self.slots[i].purpose {
+            Purpose::Restore => {
+                self.slots[i].put_back = Some(PutBack {
+                    healthy: true,
+                    detail: format!("healthy {waited:?} after it was put back"),
+                });
+                self.finish(i, End::Failed);
+            }
+            _ => {
+                self.slots[i].timings.health = Some(waited);
+                self.canary_done = true;
+                self.slots[i].since = self.now;
+                let until = match self.cfg.pacing() {
+                    Pacing::Batches => None,
+                    Pacing::Window => Some(self.warm_until()),
+                };
+                self.set(i, Step::Warm { until });
+            }
+        }
+    }
+
+    pub(super) fn warm_until(&self) -> Duration {
+        if self.queue.is_empty() || self.cancelled || self.stop.is_some() {
+            self.now
+        } else {
+            self.now + self.cfg.warmup()
+        }
+    }
+
+    pub(super) fn on_unhealthy(&mut self, i: usize, why: String) {
+        match self.slots[i].purpose {
+            Purpose::Restore => {
+                self.slots[i].put_back = Some(PutBack {
+                    healthy: false,
+                    detail: why,
+                });
+                self.finish(i, End::Failed);
+            }
+            _ => {
+                self.fail(i, Stage::Enabling, why);
+                match self.cfg.on_failure() {
+                    OnFailure::KeepOut => self.keep_out_again(i),
+                    OnFailure::Restore => self.finish(i, End::Failed),
+                }
+            }
+        }
+    }
+
+    /// A target back in rotation that failed its health check: take it out
+    /// again (the effect is sent by `advance`, batched).
+    pub(super) fn keep_out_again(&mut self, i: usize) {
+        self.set(i, Step::TakeOut);
+    }
+
+    pub(super) fn on_execute(&mut self, idx: &[usize], r: Result<Vec<ExecOutcome>>) {
+        let outcomes: Vec<std::result::Result<ExecOutcome, String>> = match r {
+            Ok(v) if v.len() == idx.len() => v
+                .into_iter()
+                .zip(idx)
+                .map(|(o, &i)| {
+                    if o.id == self.slots[i].target.id {
+                        Ok(o)
+                    } else {
+                        Err(format!(
+                            "executor returned the outcome of {} in the place of {}: not trusted",
+                            o.id, self.slots[i].target.id
+                        ))
+                    }
+                })
+                .collect(),
+            Ok(v) => vec![
+                Err(format!(
+                    "executor returned {} outcomes for {} targets",
+                    v.len(),
+                    idx.len()
+                ));
+                idx.len()
+            ],
+            Err(e) => vec![Err(format!("executor failed: {e}")); idx.len()],
+        };
+        for (&i, o) in idx.iter().zip(outcomes) {
+            let ran = self.now.saturating_sub(self.slots[i].since);
+            self.slots[i].since = self.now;
+            let verdict = match o {
+                Ok(o) => {
+                    self.slots[i].timings.execute = Some(o.duration);
+                    let v = if o.success {
+                        Ok(())
+                    } else {
+                        Err(o.message.clone().unwrap_or_else(|| match o.exit_code {
+                            Some(c) => format!("maintenance exited with code {c}"),
+                            None => "maintenance failed".to_owned(),
+                        }))
+                    };
+                    self.slots[i].execution = Some(o);
+                    v
+                }
+                Err(e) => {
+                    self.slots[i].timings.execute = Some(ran);
+                    Err(e)
+                }
+            };
+            match verdict {
+                Ok(()) if self.has_probe => self.set(
+                    i,
+                    Step::Probe {
+                        in_flight: false,
+                        wake: self.now,
+                    },
+                ),
+                Ok(()) => self.set(i, Step::AwaitEnable),
+                Err(why) => {
+                    self.fail(i, Stage::Executing, why);
+                    self.after_failure_out(i);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_probe(&mut self, i: usize, r: Result<ProbeVerdict>) {
+        let why = match r {
+            Ok(ProbeVerdict::Pass) => {
+                let waited = self.now.saturating_sub(self.slots[i].since);
+                self.slots[i].timings.probe = Some(waited);
+                return self.set(i, Step::AwaitEnable);
+            }
+            Ok(ProbeVerdict::Fail(why)) => why,
+            Err(e @ Error::InvalidConfig { .. }) => {
+                return self.probe_failed(i, format!("probe cannot run: {e}"));
+            }
+            Err(e) => format!("probe error: {e}"),
+        };
+        let waited = self.now.saturating_sub(self.slots[i].since);
+        if waited < self.rules.health_timeout {
+            self.slots[i].last_probe = Some(why);
+            let wake = (self.now + self.poll).min(self.slots[i].since + self.rules.health_timeout);
+            self.set(
+                i,
+                Step::Probe {
+                    in_flight: false,
+                    wake,
+                },
+            );
+        } else {
+            self.probe_failed(
+                i,
+                format!(
+                    "probe did not pass within {:?} of the maintenance: {why}",
+                    self.rules.health_timeout
+                ),
+            );
+        }
+    }
+
+    pub(super) fn probe_failed(&mut self, i: usize, why: String) {
+        let why = format!("{why}; never put back in rotation");
+        if self.slots[i].purpose == Purpose::Restore {
+            self.note(i, why);
+        } else {
+            self.fail(i, Stage::Probing, why);
+        }
+        self.finish(i, End::Failed);
+    }
+}
