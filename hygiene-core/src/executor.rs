@@ -15,6 +15,7 @@ pub const OUTPUT_TAIL_BYTES: usize = 4096;
 
 /// Whether the executor can reach a target at all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Preflight {
     /// Reachable: go ahead.
     Ready,

@@ -29,7 +29,7 @@ pub use local::LocalCommand;
 pub use phase::{Location, Stage};
 pub use probe::{HttpProbe, Probe, ProbeVerdict, TcpProbe};
 pub use report::{
-    AbortReason, Event, EventKind, Outcome, PhaseTimings, PutBack, Report, TargetReport,
+    AbortReason, DrainLost, Event, EventKind, Outcome, PhaseTimings, PutBack, Report, TargetReport,
     TargetResult,
 };
 pub use retry::{with_retries, with_retries_when};

@@ -219,6 +219,34 @@ pub struct TargetReport {
     /// What else happened to it (a call that failed but was applied, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Each time the balancer put it back in rotation on its own while the
+    /// run had it out (a reload forgets runtime state), and when the run
+    /// took it out again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drain_lost: Vec<DrainLost>,
+}
+
+/// The balancer put a target back in rotation on its own while the run
+/// had it out of rotation (times since the start of the run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainLost {
+    /// The last status that still showed it out.
+    #[serde(with = "duration_ms", rename = "last_seen_out_ms")]
+    pub last_seen_out: Duration,
+    /// The status that showed it in service.
+    #[serde(with = "duration_ms", rename = "seen_in_service_ms")]
+    pub seen_in_service: Duration,
+    /// When the drain sent again was applied (`None`: it failed).
+    #[serde(with = "opt_duration_ms", rename = "back_out_ms")]
+    pub back_out: Option<Duration>,
+}
+
+impl DrainLost {
+    /// At most how long it was in rotation: from the last status that
+    /// showed it out to the drain sent again.
+    pub fn in_service_at_most(&self) -> Option<Duration> {
+        self.back_out.map(|b| b.saturating_sub(self.last_seen_out))
+    }
 }
 
 impl TargetReport {
@@ -344,6 +372,14 @@ pub enum EventKind {
         /// The delay before the next try.
         #[serde(with = "duration_ms", rename = "delay_ms")]
         delay: Duration,
+    },
+    /// The balancer put a target back in rotation on its own while the run
+    /// had it out (a reload forgets runtime state); it is drained again.
+    DrainLost {
+        /// The target.
+        id: TargetId,
+        /// Its phase then.
+        stage: Stage,
     },
     /// Waiting for capacity (`min_healthy`).
     WaitingForCapacity {

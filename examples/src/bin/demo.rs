@@ -170,6 +170,17 @@ async fn demo(args: Args) -> BoxResult<bool> {
             ms(t.timings.execute),
             ms(t.timings.health)
         );
+        for lost in &t.drain_lost {
+            println!(
+                "         drain lost: HAProxy put {} back in rotation during its maintenance (seen {}ms into the run); drained again, in rotation for at most {}",
+                t.id,
+                lost.seen_in_service.as_millis(),
+                ms(lost.in_service_at_most())
+            );
+        }
+        for note in &t.notes {
+            println!("         note: {note}");
+        }
     }
     println!(
         "rollout: {:?} in {:.1}s ({} balancer calls)",

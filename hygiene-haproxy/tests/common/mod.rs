@@ -318,6 +318,46 @@ impl Haproxy {
         self.child.id()
     }
 
+    /// Reloads HAProxy the usual way (`haproxy -f cfg -sf <old pid>`): a
+    /// new process takes over the sockets and the old one finishes. Runtime
+    /// changes (a server set to DRAIN or MAINT) are forgotten.
+    pub async fn reload(&mut self, bin: &Path) {
+        let old = self.child.id();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("haproxy.log"))
+            .expect("log file");
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(self.dir.path().join("haproxy.cfg"))
+            .arg("-sf")
+            .arg(old.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn haproxy for the reload");
+        let mut previous = std::mem::replace(&mut self.child, child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let new_pid = format!("Pid: {}", self.child.id());
+        loop {
+            if let Ok(info) = self.raw("show info").await {
+                if info.lines().any(|l| l.trim() == new_pid) {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reloaded haproxy did not answer: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The old process exits once its connections are done.
+        let _status = tokio::task::spawn_blocking(move || previous.wait()).await;
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
     }

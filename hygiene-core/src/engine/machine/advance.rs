@@ -33,8 +33,8 @@ impl Machine {
         for &i in &self.active {
             let s = &self.slots[i];
             match s.step {
-                Step::Drained if self.turn(i, Turn::Execute) => execute.push(i),
-                Step::AwaitEnable if self.turn(i, Turn::Enable) => enable.push(i),
+                Step::Drained if !s.redraining && self.turn(i, Turn::Execute) => execute.push(i),
+                Step::AwaitEnable if !s.redraining && self.turn(i, Turn::Enable) => enable.push(i),
                 Step::TakeOut => take_out.push(i),
                 Step::Probe {
                     in_flight: false,

@@ -20,6 +20,7 @@ impl Machine {
                 for &i in idx {
                     self.slots[i].location = Location::OutByRun;
                     self.slots[i].since = self.now;
+                    self.slots[i].seen_out = self.now;
                     self.set(i, Step::Draining);
                 }
                 self.poll_due = self.now;

@@ -33,6 +33,8 @@ use super::planner;
 mod advance;
 mod change;
 mod observe;
+
+use observe::Watch;
 mod plan;
 
 /// Identifies one effect, so its reply can come back in any order.
@@ -160,6 +162,8 @@ enum Call {
     Execute(Vec<usize>),
     Probe(usize),
     ReadBack(Vec<usize>, After),
+    /// A drain sent again to a target the balancer put back on its own.
+    Redrain(usize),
 }
 
 #[derive(Debug)]
@@ -179,6 +183,11 @@ struct Slot {
     put_back: Option<PutBack>,
     last_probe: Option<String>,
     notes: Vec<String>,
+    /// The last time a status showed it out of rotation.
+    seen_out: Duration,
+    /// A drain sent again (the guard) is in flight.
+    redraining: bool,
+    drain_lost: Vec<crate::report::DrainLost>,
     end: Option<End>,
     emitted: Stage,
 }
@@ -310,6 +319,9 @@ impl Machine {
                 put_back: None,
                 last_probe: None,
                 notes: Vec::new(),
+                seen_out: Duration::ZERO,
+                redraining: false,
+                drain_lost: Vec::new(),
                 end: None,
                 emitted: Stage::Pending,
             });
@@ -356,24 +368,19 @@ impl Machine {
         // the timeout is judged on time. None while one is in flight.
         let mut poll: Option<Duration> = None;
         for &i in &self.active {
-            let s = &self.slots[i];
-            let deadline = match s.step {
-                Step::Draining => s.since + self.rules.drain_timeout,
-                Step::Verify => s.since + self.rules.health_timeout,
-                Step::Probe {
-                    in_flight: false,
-                    wake,
-                } => {
-                    at(wake);
-                    continue;
-                }
-                Step::Warm { until: Some(u) } => {
-                    at(u);
-                    continue;
-                }
-                _ => continue,
-            };
-            poll = Some(poll.map_or(deadline, |p: Duration| p.min(deadline)));
+            match (self.slots[i].step, self.watch(i)) {
+                (
+                    Step::Probe {
+                        in_flight: false,
+                        wake,
+                    },
+                    _,
+                ) => at(wake),
+                (Step::Warm { until: Some(u) }, _) => at(u),
+                (_, Watch::Until(d)) => poll = Some(poll.map_or(d, |p: Duration| p.min(d))),
+                (_, Watch::Guard) => poll = Some(poll.unwrap_or(self.poll_due)),
+                _ => {}
+            }
         }
         if let Some(deadline) = poll {
             if !self.poll_in_flight {
@@ -464,6 +471,7 @@ impl Machine {
                     execution: s.execution.clone(),
                     drain_cut_short: s.drain_cut_short,
                     notes: s.notes.clone(),
+                    drain_lost: s.drain_lost.clone(),
                 }
             })
             .collect()
@@ -628,6 +636,7 @@ impl Machine {
             (Call::Poll(idx), Reply::Status(r)) => self.on_poll(&idx, r, out),
             (Call::Execute(idx), Reply::Executed(r)) => self.on_execute(&idx, r),
             (Call::Probe(i), Reply::Probed(r)) => self.on_probe(i, r),
+            (Call::Redrain(i), Reply::Changed(r)) => self.on_redrain(i, r),
             (Call::Enable(idx), Reply::Changed(r)) => self.on_enable(&idx, r, out),
             (Call::TakeOut(idx), Reply::Changed(r)) => self.on_take_out(&idx, r, out),
             (Call::ReadBack(idx, after), Reply::Status(r)) => {

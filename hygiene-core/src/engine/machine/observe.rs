@@ -2,35 +2,29 @@
 //! the probe.
 
 use super::*;
+use crate::report::DrainLost;
 
 impl Machine {
     pub(super) fn maybe_poll(&mut self, out: &mut Vec<Effect>) {
         if self.poll_in_flight {
             return;
         }
-        let observed: Vec<usize> = self
-            .active
-            .iter()
-            .copied()
-            .filter(|&i| matches!(self.slots[i].step, Step::Draining | Step::Verify))
-            .collect();
+        let mut observed = Vec::new();
+        let mut deadline = self.poll_due;
+        for &i in &self.active {
+            match self.watch(i) {
+                Watch::No => {}
+                Watch::Guard => observed.push(i),
+                Watch::Until(d) => {
+                    observed.push(i);
+                    deadline = deadline.min(d);
+                }
+            }
+        }
         if observed.is_empty() {
             return;
         }
-        let deadline = observed
-            .iter()
-            .map(|&i| {
-                let s = &self.slots[i];
-                s.since
-                    + if s.step == Step::Draining {
-                        self.rules.drain_timeout
-                    } else {
-                        self.rules.health_timeout
-                    }
-            })
-            .min()
-            .unwrap_or(self.poll_due);
-        if self.now < self.poll_due.min(deadline) {
+        if self.now < deadline {
             return;
         }
         // Fixed rate: polls start one `poll` apart from the first, so the
@@ -46,6 +40,25 @@ impl Machine {
         let ids = self.ids(&observed);
         let c = self.call(Call::Poll(observed));
         out.push(Effect::Status(c, ids));
+    }
+
+    /// Whether target `i` is in the next poll: draining and verifying
+    /// targets until their timeout; targets out of rotation because of the
+    /// run and waiting (for their batch, their maintenance, their probe,
+    /// their enable) to catch a balancer that put them back on its own (a
+    /// reload forgets runtime state).
+    pub(super) fn watch(&self, i: usize) -> Watch {
+        let s = &self.slots[i];
+        match s.step {
+            Step::Draining => Watch::Until(s.since + self.rules.drain_timeout),
+            Step::Verify => Watch::Until(s.since + self.rules.health_timeout),
+            Step::Drained | Step::Execute | Step::Probe { .. } | Step::AwaitEnable
+                if s.location == Location::OutByRun && !s.redraining =>
+            {
+                Watch::Guard
+            }
+            _ => Watch::No,
+        }
     }
 
     pub(super) fn on_poll(
@@ -96,8 +109,13 @@ impl Machine {
             let waited = self.now.saturating_sub(self.slots[i].since);
             match self.slots[i].step {
                 Step::Draining => match judge_drain(&s, waited, &self.rules) {
-                    DrainVerdict::Wait => {}
+                    DrainVerdict::Wait => {
+                        if s.state != TargetState::InService {
+                            self.slots[i].seen_out = self.now;
+                        }
+                    }
                     DrainVerdict::Drained { forced } => {
+                        self.slots[i].seen_out = self.now;
                         self.slots[i].timings.drain = Some(waited);
                         self.slots[i].drain_cut_short = forced;
                         self.set(i, Step::Drained);
@@ -117,8 +135,55 @@ impl Machine {
                     HealthVerdict::Healthy => self.on_healthy(i, waited),
                     HealthVerdict::Failed(why) => self.on_unhealthy(i, why),
                 },
+                _ if self.watch(i) == Watch::Guard => {
+                    if s.state == TargetState::InService {
+                        self.drain_lost(i, out);
+                    } else {
+                        self.slots[i].seen_out = self.now;
+                    }
+                }
                 _ => {}
             }
+        }
+    }
+
+    /// The balancer put back a target the run has out (a reload, another
+    /// tool): take it out again at once, and record it.
+    fn drain_lost(&mut self, i: usize, out: &mut Vec<Effect>) {
+        let s = &mut self.slots[i];
+        s.redraining = true;
+        s.drain_lost.push(DrainLost {
+            last_seen_out: s.seen_out,
+            seen_in_service: self.now,
+            back_out: None,
+        });
+        let id = s.target.id.clone();
+        self.events.push_back((
+            s.group,
+            EventKind::DrainLost {
+                id: id.clone(),
+                stage: s.emitted,
+            },
+        ));
+        let c = self.call(Call::Redrain(i));
+        out.push(Effect::Drain(c, vec![id]));
+    }
+
+    pub(super) fn on_redrain(&mut self, i: usize, r: Result<()>) {
+        let now = self.now;
+        let s = &mut self.slots[i];
+        s.redraining = false;
+        match r {
+            Ok(()) => {
+                s.seen_out = now;
+                if let Some(l) = s.drain_lost.last_mut() {
+                    l.back_out = Some(now);
+                }
+            }
+            // Seen again at the next poll, and drained again then.
+            Err(e) => s.notes.push(format!(
+                "the balancer put it back in rotation during the run, and draining it again failed: {e}"
+            )),
         }
     }
 
@@ -345,4 +410,14 @@ impl Machine {
         }
         self.finish(i, End::Failed);
     }
+}
+
+/// How a target takes part in polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watch {
+    No,
+    /// Judged by the poll, until this deadline.
+    Until(Duration),
+    /// Watched for a balancer that puts it back on its own.
+    Guard,
 }
