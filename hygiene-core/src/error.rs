@@ -149,6 +149,17 @@ pub enum Error {
         operation: String,
     },
 
+    /// The run's journal cannot be used: locked by another run, left
+    /// unfinished by a run that died, damaged, from another pool or from a
+    /// newer version. Nothing was changed.
+    #[error("journal {location} {message}")]
+    Journal {
+        /// The journal (a path).
+        location: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+
     /// Not enough healthy capacity to take even one target out.
     #[error("not enough healthy capacity: {message}")]
     Capacity {
@@ -216,6 +227,14 @@ impl Error {
             location: location.into(),
             message: message.into(),
             source: None,
+        }
+    }
+
+    /// Shorthand for [`Error::Journal`].
+    pub fn journal(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Journal {
+            location: location.into(),
+            message: message.into(),
         }
     }
 

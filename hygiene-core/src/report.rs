@@ -154,7 +154,8 @@ pub enum TargetResult {
         reason: String,
     },
     /// Removed from the pool by someone else during the run; it fails
-    /// alone (it does not count against `max_failures`) and the rest go on.
+    /// alone and the rest go on. It does not count against `max_failures`,
+    /// unless it had failed before it vanished (its notes say how).
     Vanished {
         /// The phase it was in.
         phase: Stage,

@@ -147,7 +147,7 @@ impl Parts {
         let lb = Arc::clone(&self.lb);
         match effect {
             Effect::List(_) => Reply::Listed(self.lb_call("list", || lb.list()).await),
-            Effect::Status(_, ids) => {
+            Effect::Status(_, ids) | Effect::ReadBack(_, ids) => {
                 Reply::Status(self.lb_call("status", || lb.status(&ids)).await)
             }
             Effect::Drain(_, ids) => Reply::Changed(self.lb_call("drain", || lb.drain(&ids)).await),
@@ -225,7 +225,7 @@ fn abandoned(effect: &Effect) -> Reply {
     };
     match effect {
         Effect::List(_) => Reply::Listed(Err(e("list"))),
-        Effect::Status(..) => Reply::Status(Err(e("status"))),
+        Effect::Status(..) | Effect::ReadBack(..) => Reply::Status(Err(e("status"))),
         Effect::Preflight(..) => Reply::Preflight(Err(e("preflight"))),
         Effect::Execute(..) => Reply::Executed(Err(e("execute"))),
         Effect::Probe(..) => Reply::Probed(Err(e("probe"))),

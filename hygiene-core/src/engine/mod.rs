@@ -6,6 +6,8 @@ mod driver;
 mod machine;
 mod planner;
 #[cfg(test)]
+mod regressions;
+#[cfg(test)]
 mod sim;
 
 use std::sync::atomic::AtomicU64;

@@ -268,7 +268,7 @@ impl World<'_> {
                     })
                     .collect()),
             }),
-            Effect::Status(_, ids) => Reply::Status(match fault {
+            Effect::Status(_, ids) | Effect::ReadBack(_, ids) => Reply::Status(match fault {
                 Fault::Error => Err(err()),
                 _ => self.find(ids).map(|ks| {
                     ks.into_iter()
@@ -394,7 +394,7 @@ fn abandoned(e: &Effect) -> Reply {
     };
     match e {
         Effect::List(_) => Reply::Listed(Err(c)),
-        Effect::Status(..) => Reply::Status(Err(c)),
+        Effect::Status(..) | Effect::ReadBack(..) => Reply::Status(Err(c)),
         Effect::Preflight(..) => Reply::Preflight(Err(c)),
         _ => Reply::Changed(Err(c)),
     }
@@ -407,7 +407,7 @@ fn timed_out(e: &Effect) -> Reply {
     };
     match e {
         Effect::List(_) => Reply::Listed(Err(t)),
-        Effect::Status(..) => Reply::Status(Err(t)),
+        Effect::Status(..) | Effect::ReadBack(..) => Reply::Status(Err(t)),
         Effect::Preflight(..) => Reply::Preflight(Err(t)),
         Effect::Execute(..) => Reply::Executed(Err(t)),
         Effect::Probe(..) => Reply::Probed(Err(t)),

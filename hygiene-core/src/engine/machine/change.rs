@@ -27,14 +27,19 @@ impl Machine {
             }
             // Bad input changes nothing (the trait's contract): one unknown
             // id must not hold the others back. Drain each alone.
+            // Nothing changed: once cancelled, none of them starts.
+            Err(Error::NotFound { .. } | Error::InvalidName { .. }) if self.cancelled => {
+                self.requeue(idx);
+            }
             Err(Error::NotFound { .. } | Error::InvalidName { .. }) if idx.len() > 1 => {
                 for &i in idx {
                     self.send_drain(vec![i], out);
                 }
             }
-            // One target alone: gone from the pool, or refused? Read it back.
+            // One target alone: gone from the pool, or refused? Read it back;
+            // it fails only if it is still there.
             Err(e @ (Error::NotFound { .. } | Error::InvalidName { .. })) => {
-                self.fail(idx[0], Stage::Draining, format!("drain refused: {e}"));
+                self.slots[idx[0]].last_error = Some(format!("drain refused: {e}"));
                 self.read_back(idx.to_vec(), After::Drain, out);
             }
             Err(Error::Cancelled { .. }) => {
@@ -61,7 +66,7 @@ impl Machine {
         }
         let ids = self.ids(&idx);
         let c = self.call(Call::ReadBack(idx, after));
-        out.push(Effect::Status(c, ids));
+        out.push(Effect::ReadBack(c, ids));
     }
 
     pub(super) fn on_read_back(
@@ -95,13 +100,18 @@ impl Machine {
             match (after, state) {
                 (After::Drain, Some(TargetState::InService)) => {
                     self.slots[i].location = Location::InService;
-                    self.note(
+                    let why = self.slots[i].last_error.take().unwrap_or_default();
+                    self.fail(
                         i,
-                        "the balancer shows it in service: the drain did not apply",
+                        Stage::Draining,
+                        format!("{why}; the balancer shows it in service: the drain did not apply"),
                     );
                     self.finish(i, End::Failed);
                 }
                 (After::Drain, other) => {
+                    if let Some(why) = self.slots[i].last_error.take() {
+                        self.fail(i, Stage::Draining, why);
+                    }
                     // Out, or unknown: undo the drain (no maintenance ran).
                     self.slots[i].location = if other.is_some() {
                         Location::OutByRun
@@ -115,15 +125,14 @@ impl Machine {
                     self.slots[i].location = Location::InService;
                     match self.slots[i].purpose {
                         Purpose::Maintained | Purpose::Restore => {
-                            self.note(i, "the enable call failed, but the balancer shows it in service: its health was verified as usual");
+                            let why = self.slots[i].last_error.take().unwrap_or_default();
+                            self.note(i, format!("{why}; but the balancer shows it in service: its health was verified as usual"));
                             self.slots[i].since = self.now;
                             self.poll_due = self.now;
                             self.set(i, Step::Verify);
                         }
                         Purpose::Cancel => {
-                            if self.slots[i].failure.take().is_some() {
-                                self.failed -= 1;
-                            }
+                            self.slots[i].last_error = None;
                             self.finish(
                                 i,
                                 End::Restored(
@@ -135,6 +144,7 @@ impl Machine {
                     }
                 }
                 (After::Enable, Some(s)) => {
+                    self.enable_failed(i);
                     self.slots[i].location = Location::KeptOut;
                     self.note(i, format!("the balancer shows it {s:?}: out of rotation"));
                     self.finish(i, End::Failed);
@@ -155,7 +165,13 @@ impl Machine {
                     );
                     self.finish(i, End::Failed);
                 }
-                (After::Enable | After::TakeOut, None) => {
+                (After::Enable, None) => {
+                    self.enable_failed(i);
+                    self.slots[i].location = Location::Unknown;
+                    self.note(i, "its state could not be read back: check it");
+                    self.finish(i, End::Failed);
+                }
+                (After::TakeOut, None) => {
                     self.slots[i].location = Location::Unknown;
                     self.note(i, "its state could not be read back: check it");
                     self.finish(i, End::Failed);
@@ -225,8 +241,10 @@ impl Machine {
                 }
             }
             Err(e) => {
+                // Whether it failed is for the status read back to say: an
+                // enable applied on one node of two is in service.
                 for &i in idx {
-                    let why = match self.slots[i].purpose {
+                    self.slots[i].last_error = Some(match self.slots[i].purpose {
                         Purpose::Maintained => {
                             format!("enable failed after a successful maintenance: {e}")
                         }
@@ -234,13 +252,7 @@ impl Machine {
                         Purpose::Restore | Purpose::Undo => {
                             format!("putting it back failed: {e}")
                         }
-                    };
-                    let at = if self.slots[i].purpose == Purpose::Cancel {
-                        Stage::Restored
-                    } else {
-                        Stage::Enabling
-                    };
-                    self.fail(i, at, why);
+                    });
                 }
                 self.read_back(idx.to_vec(), After::Enable, out);
                 if !matches!(
@@ -251,6 +263,21 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// The enable of `i` failed and it is not in service: that is its
+    /// failure (or a note on the failure it already had).
+    fn enable_failed(&mut self, i: usize) {
+        let why = self.slots[i]
+            .last_error
+            .take()
+            .unwrap_or_else(|| "enable failed".into());
+        let at = if self.slots[i].purpose == Purpose::Cancel {
+            Stage::Restored
+        } else {
+            Stage::Enabling
+        };
+        self.fail(i, at, why);
     }
 
     pub(super) fn send_enable(&mut self, idx: Vec<usize>, out: &mut Vec<Effect>) {

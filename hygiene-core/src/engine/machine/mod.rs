@@ -45,6 +45,9 @@ pub(crate) type CallId = u64;
 pub(crate) enum Effect {
     List(CallId),
     Status(CallId, Vec<TargetId>),
+    /// A status read after a failed change, to learn what is true; never
+    /// abandoned on cancellation.
+    ReadBack(CallId, Vec<TargetId>),
     Preflight(CallId, Vec<Target>),
     Drain(CallId, Vec<TargetId>),
     Disable(CallId, Vec<TargetId>),
@@ -58,6 +61,7 @@ impl Effect {
         match self {
             Self::List(c)
             | Self::Status(c, _)
+            | Self::ReadBack(c, _)
             | Self::Preflight(c, _)
             | Self::Drain(c, _)
             | Self::Disable(c, _)
@@ -187,6 +191,13 @@ struct Slot {
     seen_out: Duration,
     /// A drain sent again (the guard) is in flight.
     redraining: bool,
+    /// The guard no longer watches it (the pool no longer knows it).
+    unwatched: bool,
+    /// The call id from which a poll counts for its current step: a poll
+    /// sent before the step began says nothing about it.
+    epoch: CallId,
+    /// The error of a change whose effect is being read back.
+    last_error: Option<String>,
     drain_lost: Vec<crate::report::DrainLost>,
     end: Option<End>,
     emitted: Stage,
@@ -321,6 +332,9 @@ impl Machine {
                 notes: Vec::new(),
                 seen_out: Duration::ZERO,
                 redraining: false,
+                unwatched: false,
+                epoch: 0,
+                last_error: None,
                 drain_lost: Vec::new(),
                 end: None,
                 emitted: Stage::Pending,
@@ -351,7 +365,7 @@ impl Machine {
             Input::Cancel => self.cancelled = true,
             Input::Reply(call, reply) => {
                 if let Some(c) = self.calls.remove(&call) {
-                    self.on_reply(c, reply, &mut out);
+                    self.on_reply(call, c, reply, &mut out);
                 }
             }
         }
@@ -462,6 +476,10 @@ impl Machine {
                         }
                     }
                 };
+                let mut notes = s.notes.clone();
+                if let (Some(End::Vanished(..)), Some((at, why))) = (&s.end, &s.failure) {
+                    notes.insert(0, format!("failed at {at} before it vanished: {why}"));
+                }
                 TargetReport {
                     id: s.target.id.clone(),
                     result,
@@ -470,7 +488,7 @@ impl Machine {
                     timings: s.timings,
                     execution: s.execution.clone(),
                     drain_cut_short: s.drain_cut_short,
-                    notes: s.notes.clone(),
+                    notes,
                     drain_lost: s.drain_lost.clone(),
                 }
             })
@@ -488,6 +506,7 @@ impl Machine {
 
     fn set(&mut self, i: usize, step: Step) {
         self.slots[i].step = step;
+        self.slots[i].epoch = self.next_call;
         match step {
             Step::Queued | Step::Finished => {
                 self.active.remove(&i);
@@ -501,9 +520,6 @@ impl Machine {
 
     fn finish(&mut self, i: usize, end: End) {
         let s = &mut self.slots[i];
-        if matches!(end, End::Vanished(..)) && s.failure.is_some() {
-            self.failed -= 1;
-        }
         if s.location == Location::OutByRun {
             // Never lose a target: out because of the run and not coming
             // back is kept out, and reported so.
@@ -627,16 +643,16 @@ impl Machine {
         self.failed
     }
 
-    fn on_reply(&mut self, call: Call, reply: Reply, out: &mut Vec<Effect>) {
+    fn on_reply(&mut self, call_id: CallId, call: Call, reply: Reply, out: &mut Vec<Effect>) {
         match (call, reply) {
             (Call::List(cands), Reply::Listed(r)) => self.on_listed(&cands, r, out),
             (Call::Preflight(idx), Reply::Preflight(r)) => self.on_preflight(&idx, r, out),
             (Call::Recheck(idx), Reply::Status(r)) => self.on_recheck(&idx, r, out),
             (Call::Drain(idx), Reply::Changed(r)) => self.on_drain(&idx, r, out),
-            (Call::Poll(idx), Reply::Status(r)) => self.on_poll(&idx, r, out),
+            (Call::Poll(idx), Reply::Status(r)) => self.on_poll(call_id, &idx, r, out),
             (Call::Execute(idx), Reply::Executed(r)) => self.on_execute(&idx, r),
             (Call::Probe(i), Reply::Probed(r)) => self.on_probe(i, r),
-            (Call::Redrain(i), Reply::Changed(r)) => self.on_redrain(i, r),
+            (Call::Redrain(i), Reply::Changed(r)) => self.on_redrain(i, r, out),
             (Call::Enable(idx), Reply::Changed(r)) => self.on_enable(&idx, r, out),
             (Call::TakeOut(idx), Reply::Changed(r)) => self.on_take_out(&idx, r, out),
             (Call::ReadBack(idx, after), Reply::Status(r)) => {

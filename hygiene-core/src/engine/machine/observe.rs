@@ -53,7 +53,7 @@ impl Machine {
             Step::Draining => Watch::Until(s.since + self.rules.drain_timeout),
             Step::Verify => Watch::Until(s.since + self.rules.health_timeout),
             Step::Drained | Step::Execute | Step::Probe { .. } | Step::AwaitEnable
-                if s.location == Location::OutByRun && !s.redraining =>
+                if s.location == Location::OutByRun && !s.redraining && !s.unwatched =>
             {
                 Watch::Guard
             }
@@ -63,6 +63,7 @@ impl Machine {
 
     pub(super) fn on_poll(
         &mut self,
+        call: CallId,
         idx: &[usize],
         r: Result<Vec<TargetStatus>>,
         out: &mut Vec<Effect>,
@@ -95,10 +96,16 @@ impl Machine {
             }
             Err(e @ Error::NotFound { .. }) => {
                 let i = idx[0];
+                if call < self.slots[i].epoch {
+                    return;
+                }
                 if matches!(self.slots[i].step, Step::Draining | Step::Verify) {
                     let at = self.visible(i);
                     self.slots[i].location = Location::Gone;
                     self.finish(i, End::Vanished(at, format!("removed from the pool: {e}")));
+                } else {
+                    // Mid-maintenance: its enable will tell; stop watching.
+                    self.slots[i].unwatched = true;
                 }
                 return;
             }
@@ -106,6 +113,11 @@ impl Machine {
             Err(e) => return self.poll_failed(idx, &e),
         };
         for (&i, s) in idx.iter().zip(st) {
+            if call < self.slots[i].epoch {
+                // Sent before the target's current step began (a guard poll
+                // in flight across its enable): it says nothing about it.
+                continue;
+            }
             let waited = self.now.saturating_sub(self.slots[i].since);
             match self.slots[i].step {
                 Step::Draining => match judge_drain(&s, waited, &self.rules) {
@@ -133,7 +145,7 @@ impl Machine {
                 Step::Verify => match judge_health(&s, &self.caps, waited, &self.rules) {
                     HealthVerdict::Wait => {}
                     HealthVerdict::Healthy => self.on_healthy(i, waited),
-                    HealthVerdict::Failed(why) => self.on_unhealthy(i, why),
+                    HealthVerdict::Failed(why) => self.on_unhealthy(i, why, s.state),
                 },
                 _ if self.watch(i) == Watch::Guard => {
                     if s.state == TargetState::InService {
@@ -169,7 +181,7 @@ impl Machine {
         out.push(Effect::Drain(c, vec![id]));
     }
 
-    pub(super) fn on_redrain(&mut self, i: usize, r: Result<()>) {
+    pub(super) fn on_redrain(&mut self, i: usize, r: Result<()>, out: &mut Vec<Effect>) {
         let now = self.now;
         let s = &mut self.slots[i];
         s.redraining = false;
@@ -179,16 +191,29 @@ impl Machine {
                 if let Some(l) = s.drain_lost.last_mut() {
                     l.back_out = Some(now);
                 }
+                if s.step == Step::Drained {
+                    // Not yet maintained: wait for its work to end again.
+                    s.since = now;
+                    self.set(i, Step::Draining);
+                }
             }
-            // Seen again at the next poll, and drained again then.
-            Err(e) => s.notes.push(format!(
-                "the balancer put it back in rotation during the run, and draining it again failed: {e}"
-            )),
+            Err(e) => {
+                s.notes.push(format!(
+                    "the balancer put it back in rotation during the run, and draining it again failed: {e}"
+                ));
+                if s.step == Step::Finished {
+                    // Nothing will look at it again: read what is true.
+                    self.read_back(vec![i], After::TakeOut, out);
+                }
+                // Otherwise the next poll sees it and drains it again.
+            }
         }
     }
 
     pub(super) fn poll_failed(&mut self, idx: &[usize], e: &Error) {
+        let mut judged = false;
         for &i in idx {
+            judged |= matches!(self.slots[i].step, Step::Draining | Step::Verify);
             match self.slots[i].step {
                 Step::Draining => {
                     self.fail(
@@ -211,14 +236,25 @@ impl Machine {
                         }
                         _ => {
                             self.fail(i, Stage::Enabling, why);
-                            self.keep_out_again(i);
+                            match self.cfg.on_failure() {
+                                OnFailure::KeepOut => self.keep_out_again(i),
+                                OnFailure::Restore => {
+                                    self.note(
+                                        i,
+                                        "left in service unverified (on_failure = restore)",
+                                    );
+                                    self.finish(i, End::Failed);
+                                }
+                            }
                         }
                     }
                 }
                 _ => {}
             }
         }
-        self.stop_balancer("status", e);
+        if judged {
+            self.stop_balancer("status", e);
+        }
     }
 
     /// A failed target that is out of rotation: kept out, or put back under
@@ -276,20 +312,31 @@ impl Machine {
         }
     }
 
-    pub(super) fn on_unhealthy(&mut self, i: usize, why: String) {
+    pub(super) fn on_unhealthy(&mut self, i: usize, why: String, seen: TargetState) {
+        // Left as the last status shows it: in service, or out (the
+        // balancer took it out: an operator must look).
+        let location = if seen == TargetState::InService {
+            Location::InService
+        } else {
+            Location::KeptOut
+        };
         match self.slots[i].purpose {
             Purpose::Restore => {
                 self.slots[i].put_back = Some(PutBack {
                     healthy: false,
                     detail: why,
                 });
+                self.slots[i].location = location;
                 self.finish(i, End::Failed);
             }
             _ => {
                 self.fail(i, Stage::Enabling, why);
                 match self.cfg.on_failure() {
                     OnFailure::KeepOut => self.keep_out_again(i),
-                    OnFailure::Restore => self.finish(i, End::Failed),
+                    OnFailure::Restore => {
+                        self.slots[i].location = location;
+                        self.finish(i, End::Failed);
+                    }
                 }
             }
         }

@@ -1,0 +1,108 @@
+//! The records of a journal (one JSON object per line).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RolloutConfig;
+use crate::executor::ExecOutcome;
+use crate::phase::{Location, Stage};
+use crate::report::Outcome;
+use crate::target::{Target, TargetId};
+
+/// The journal format this version writes and reads (and every older one).
+pub const JOURNAL_FORMAT: u32 = 1;
+
+/// The first record: which run, on what, with what, over which targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Header {
+    /// Journal format ([`JOURNAL_FORMAT`] when written by this version).
+    pub format: u32,
+    /// The hygiene version that wrote it.
+    pub hygiene: String,
+    /// The run's id.
+    pub run_id: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// The balancer's name (a journal belongs to one pool).
+    pub balancer: String,
+    /// The executor's name.
+    pub executor: String,
+    /// The host the run ran on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The configuration.
+    pub config: RolloutConfig,
+    /// The selected targets in order, as listed at the start: what a
+    /// balancer needs to put each back exactly (ELBv2 port and zone).
+    pub plan: Vec<Target>,
+}
+
+/// A call that changes a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Out of rotation, gracefully.
+    Drain,
+    /// Out of rotation, hard.
+    Disable,
+    /// Back in rotation.
+    Enable,
+    /// The maintenance.
+    Execute,
+}
+
+/// One line of a journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Record {
+    /// The first record.
+    Header(Header),
+    /// Written before a call that changes targets.
+    Intent {
+        /// The call (unique in the run).
+        call: u64,
+        /// What it does.
+        op: Op,
+        /// The targets it names.
+        ids: Vec<TargetId>,
+        /// When (RFC 3339).
+        at: String,
+    },
+    /// Written after that call.
+    Result {
+        /// The call.
+        call: u64,
+        /// It succeeded (a maintenance call succeeds as a call even when a
+        /// target's maintenance failed: see `outcomes`).
+        ok: bool,
+        /// Its error, when it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// The maintenance's outcome per target, for `execute`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcomes: Option<Vec<ExecOutcome>>,
+        /// When (RFC 3339).
+        at: String,
+    },
+    /// A target finished (done, failed, skipped, vanished, restored).
+    Finished {
+        /// The target.
+        id: TargetId,
+        /// Its last stage.
+        stage: Stage,
+        /// Where it is.
+        location: Location,
+        /// Why, for a failure or a skip.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// The run ended.
+    End {
+        /// How.
+        outcome: Outcome,
+        /// When (RFC 3339).
+        at: String,
+    },
+}

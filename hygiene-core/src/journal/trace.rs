@@ -1,0 +1,126 @@
+//! What a journal says about each target of its run: the basis of resume
+//! and restore, which reconcile it with the balancer's live state.
+
+use std::collections::HashMap;
+
+use super::{Header, Op, Record};
+use crate::phase::{Location, Stage};
+use crate::target::{Target, TargetId};
+
+/// What became of a target's maintenance, as far as the journal knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Interrupted {
+    /// Never started.
+    NotStarted,
+    /// Started, and no result was recorded: the outcome is unknown.
+    Unknown,
+    /// Succeeded.
+    Succeeded,
+    /// Failed, with why.
+    Failed(String),
+}
+
+/// One target of a journal's run.
+#[derive(Debug, Clone)]
+pub(crate) struct Trace {
+    pub(crate) target: Target,
+    /// A drain or disable was sent (it may have applied) and no enable
+    /// succeeded after it: the run may have it out of rotation.
+    pub(crate) maybe_out: bool,
+    /// Its maintenance.
+    pub(crate) exec: Interrupted,
+    /// It finished: its stage, location and why.
+    pub(crate) finished: Option<(Stage, Location, Option<String>)>,
+}
+
+impl Trace {
+    /// The traces of the last run in `records` (after its header), in plan
+    /// order, with that header.
+    pub(crate) fn of(records: &[Record]) -> Option<(Header, Vec<Trace>)> {
+        let start = records
+            .iter()
+            .rposition(|r| matches!(r, Record::Header(_)))?;
+        let Record::Header(header) = &records[start] else {
+            return None;
+        };
+        let mut traces: Vec<Trace> = header
+            .plan
+            .iter()
+            .map(|t| Trace {
+                target: t.clone(),
+                maybe_out: false,
+                exec: Interrupted::NotStarted,
+                finished: None,
+            })
+            .collect();
+        let index: HashMap<TargetId, usize> = header
+            .plan
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (t.id.clone(), k))
+            .collect();
+        let mut intents: HashMap<u64, (Op, Vec<usize>)> = HashMap::new();
+        for r in &records[start + 1..] {
+            match r {
+                Record::Intent { call, op, ids, .. } => {
+                    let ks: Vec<usize> = ids.iter().filter_map(|i| index.get(i).copied()).collect();
+                    for &k in &ks {
+                        match op {
+                            Op::Drain | Op::Disable => traces[k].maybe_out = true,
+                            Op::Execute => traces[k].exec = Interrupted::Unknown,
+                            Op::Enable => {}
+                        }
+                    }
+                    intents.insert(*call, (*op, ks));
+                }
+                Record::Result {
+                    call,
+                    ok,
+                    error,
+                    outcomes,
+                    ..
+                } => {
+                    let Some((op, ks)) = intents.get(call) else {
+                        continue;
+                    };
+                    match op {
+                        Op::Enable if *ok => {
+                            for &k in ks {
+                                traces[k].maybe_out = false;
+                            }
+                        }
+                        Op::Execute => {
+                            for (j, &k) in ks.iter().enumerate() {
+                                traces[k].exec = match (outcomes, error) {
+                                    (Some(o), _) if o.get(j).is_some_and(|o| o.success) => {
+                                        Interrupted::Succeeded
+                                    }
+                                    (Some(o), _) => Interrupted::Failed(
+                                        o.get(j)
+                                            .and_then(|o| o.message.clone())
+                                            .unwrap_or_else(|| "maintenance failed".into()),
+                                    ),
+                                    (None, Some(e)) => Interrupted::Failed(e.clone()),
+                                    (None, None) => Interrupted::Failed("no outcome".into()),
+                                };
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Record::Finished {
+                    id,
+                    stage,
+                    location,
+                    detail,
+                } => {
+                    if let Some(&k) = index.get(id) {
+                        traces[k].finished = Some((*stage, *location, detail.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some((header.clone(), traces))
+    }
+}
