@@ -187,6 +187,19 @@ pub enum Pacing {
     Window,
 }
 
+/// On resume, what to do with a target whose maintenance started and whose
+/// outcome the journal does not know (the process died while it ran).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInterrupted {
+    /// Keep it out of rotation and report it by name, with the way to put
+    /// it back (the default: nobody knows what state it is in).
+    #[default]
+    Fail,
+    /// Run the maintenance again (for maintenances safe to repeat).
+    Rerun,
+}
+
 /// What to do when a target is still not drained at `drain_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -322,6 +335,7 @@ pub struct RolloutConfig {
     pub(crate) pacing: Pacing,
     pub(crate) call_timeout: Duration,
     pub(crate) execute_timeout: Duration,
+    pub(crate) on_interrupted: OnInterrupted,
 }
 
 /// The serde form of [`RolloutConfig`]: every key optional (the defaults
@@ -356,6 +370,7 @@ struct RolloutConfigSpec {
     call_timeout: Duration,
     #[serde(with = "duration_text")]
     execute_timeout: Duration,
+    on_interrupted: OnInterrupted,
 }
 
 impl Default for RolloutConfigSpec {
@@ -383,6 +398,7 @@ impl From<RolloutConfig> for RolloutConfigSpec {
             pacing: c.pacing,
             call_timeout: c.call_timeout,
             execute_timeout: c.execute_timeout,
+            on_interrupted: c.on_interrupted,
         }
     }
 }
@@ -408,6 +424,7 @@ impl TryFrom<RolloutConfigSpec> for RolloutConfig {
                 pacing: s.pacing,
                 call_timeout: s.call_timeout,
                 execute_timeout: s.execute_timeout,
+                on_interrupted: s.on_interrupted,
             },
         }
         .build()
@@ -443,6 +460,7 @@ impl RolloutConfig {
             pacing: Pacing::Batches,
             call_timeout: Duration::from_secs(30),
             execute_timeout: Duration::from_secs(3 * 3600),
+            on_interrupted: OnInterrupted::Fail,
         }
     }
 
@@ -509,6 +527,10 @@ impl RolloutConfig {
     /// Time limit of one maintenance call.
     pub fn execute_timeout(&self) -> Duration {
         self.execute_timeout
+    }
+    /// On resume, what happens to a maintenance of unknown outcome.
+    pub fn on_interrupted(&self) -> OnInterrupted {
+        self.on_interrupted
     }
 
     /// Batch size for `selected` targets: percent rounded down, at least 1.
@@ -612,6 +634,11 @@ impl RolloutConfigBuilder {
     /// Time limit of one maintenance call.
     pub fn execute_timeout(mut self, timeout: Duration) -> Self {
         self.config.execute_timeout = timeout;
+        self
+    }
+    /// On resume, what happens to a maintenance of unknown outcome.
+    pub fn on_interrupted(mut self, policy: OnInterrupted) -> Self {
+        self.config.on_interrupted = policy;
         self
     }
 

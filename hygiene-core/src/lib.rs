@@ -6,6 +6,7 @@ mod config;
 mod engine;
 mod error;
 mod executor;
+pub mod journal;
 mod local;
 pub mod phase;
 mod probe;
@@ -19,8 +20,8 @@ pub mod conformance;
 
 pub use balancer::{ListedTarget, LoadBalancer};
 pub use config::{
-    duration_text, Amount, OnDrainTimeout, OnFailure, Pacing, RetryPolicy, RolloutConfig,
-    RolloutConfigBuilder, Selection,
+    duration_text, Amount, OnDrainTimeout, OnFailure, OnInterrupted, Pacing, RetryPolicy,
+    RolloutConfig, RolloutConfigBuilder, Selection,
 };
 pub use engine::{Rollout, RolloutHandle};
 pub use error::{BoxError, Error, Result};

@@ -19,6 +19,7 @@ use crate::balancer::LoadBalancer;
 use crate::config::RolloutConfig;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
+use crate::journal::{Journal, Op, Record};
 use crate::probe::Probe;
 use crate::report::{Event, EventKind, Outcome, Report};
 use crate::retry::with_retries_when;
@@ -59,12 +60,25 @@ pub(crate) struct Parts {
     pub(crate) probe: Option<Arc<dyn Probe>>,
     pub(crate) config: RolloutConfig,
     pub(crate) hub: EventHub,
+    pub(crate) journal: Option<Arc<dyn Journal>>,
     pub(crate) started: Instant,
     pub(crate) balancer_calls: AtomicU64,
     pub(crate) executor_calls: AtomicU64,
 }
 
 impl Parts {
+    /// Appends a record when there is a journal. A record that cannot be
+    /// written is logged: the run goes on (the call it describes decides
+    /// whether it may, see `drive`).
+    pub(crate) fn journal(&self, record: &Record) -> Result<()> {
+        match &self.journal {
+            Some(j) => j.append(record).inspect_err(|e| {
+                error!(error = %e, "journal record not written");
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn event(&self, batch: Option<usize>, kind: EventKind) {
         self.hub.publish(Event {
             at: jiff::Timestamp::now().to_string(),
@@ -237,6 +251,36 @@ fn abandoned(effect: &Effect) -> Reply {
 
 type InFlight = Pin<Box<dyn Future<Output = (CallId, Reply)> + Send>>;
 
+/// What the journal records of an effect that changes targets.
+fn journaled(effect: &Effect) -> Option<(Op, Vec<crate::target::TargetId>)> {
+    match effect {
+        Effect::Drain(_, ids) => Some((Op::Drain, ids.clone())),
+        Effect::Disable(_, ids) => Some((Op::Disable, ids.clone())),
+        Effect::Enable(_, ids) => Some((Op::Enable, ids.clone())),
+        Effect::Execute(_, targets) => {
+            Some((Op::Execute, targets.iter().map(|t| t.id.clone()).collect()))
+        }
+        _ => None,
+    }
+}
+
+fn result_record(call: CallId, reply: &Reply) -> Record {
+    let at = jiff::Timestamp::now().to_string();
+    let (ok, error, outcomes) = match reply {
+        Reply::Changed(Ok(())) => (true, None, None),
+        Reply::Executed(Ok(o)) => (true, None, Some(o.clone())),
+        Reply::Changed(Err(e)) | Reply::Executed(Err(e)) => (false, Some(e.to_string()), None),
+        _ => (true, None, None),
+    };
+    Record::Result {
+        call,
+        ok,
+        error,
+        outcomes,
+        at,
+    }
+}
+
 fn launch(parts: &Arc<Parts>, cancel: &CancellationToken, effect: Effect) -> InFlight {
     let call = effect.call();
     // A call started after the cancellation is never raced with it: it is
@@ -274,9 +318,36 @@ pub(crate) async fn drive(
     } else {
         machine.handle(start.elapsed(), Input::Tick)
     };
+    let mut intents: std::collections::HashSet<CallId> = std::collections::HashSet::new();
     loop {
+        journal_finished(&parts, &mut machine);
         for e in effects.drain(..) {
             debug!(?e, "effect");
+            if let Some((op, ids)) = journaled(&e) {
+                // The intent is durable before the call is made. A run that
+                // cannot record a drain or a maintenance does not make it;
+                // putting targets back goes ahead regardless.
+                let intent = Record::Intent {
+                    call: e.call(),
+                    op,
+                    ids,
+                    at: jiff::Timestamp::now().to_string(),
+                };
+                if let Err(err) = parts.journal(&intent) {
+                    if matches!(op, Op::Drain | Op::Execute) {
+                        let call = e.call();
+                        let reply = match op {
+                            Op::Execute => Reply::Executed(Err(err)),
+                            _ => Reply::Changed(Err(err)),
+                        };
+                        inflight.push(Box::pin(async move { (call, reply) }));
+                        continue;
+                    }
+                }
+                if parts.journal.is_some() {
+                    intents.insert(e.call());
+                }
+            }
             inflight.push(launch(&parts, &cancel, e));
         }
         while let Some((batch, kind)) = machine.poll_event() {
@@ -300,12 +371,22 @@ pub(crate) async fn drive(
                 info!("cancelled: nothing new starts; drained targets go back");
                 Input::Cancel
             }
-            Some((call, reply)) = inflight.next() => Input::Reply(call, reply),
+            Some((call, reply)) = inflight.next() => {
+                if intents.remove(&call) {
+                    let _logged = parts.journal(&result_record(call, &reply));
+                }
+                Input::Reply(call, reply)
+            }
             () = sleep_until(wake) => Input::Tick,
         };
         effects = machine.handle(start.elapsed(), input);
     }
     let outcome = machine.outcome();
+    journal_finished(&parts, &mut machine);
+    let _logged = parts.journal(&Record::End {
+        outcome: outcome.clone(),
+        at: jiff::Timestamp::now().to_string(),
+    });
     match &outcome {
         Outcome::Aborted { reason } => error!(reason = %reason, "rollout aborted"),
         other => info!(outcome = ?other, "rollout finished"),
@@ -328,6 +409,20 @@ pub(crate) async fn drive(
         targets: machine.target_reports(|id| parts.lb.enable_hint(id)),
         balancer_calls: parts.balancer_calls.load(Ordering::Relaxed),
         executor_calls: parts.executor_calls.load(Ordering::Relaxed),
+    }
+}
+
+/// Records the targets that finished since the last look.
+fn journal_finished(parts: &Parts, machine: &mut Machine) {
+    for f in machine.take_finished() {
+        // Logged by `Parts::journal` when it fails; the run goes on.
+        let _logged = parts.journal(&Record::Finished {
+            id: f.id,
+            stage: f.stage,
+            failed_at: f.failed_at,
+            location: f.location,
+            detail: f.detail,
+        });
     }
 }
 

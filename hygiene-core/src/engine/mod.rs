@@ -23,11 +23,12 @@ use crate::balancer::LoadBalancer;
 use crate::config::RolloutConfig;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
+use crate::journal::{self, Header, Journal, Record, Trace, JOURNAL_FORMAT};
 use crate::probe::Probe;
 use crate::report::{Event, Report};
 
 use driver::{EventHub, Parts};
-use machine::Machine;
+use machine::{Machine, Recovery};
 
 /// A rollout: a balancer, an executor, an optional probe and a configuration.
 ///
@@ -61,6 +62,7 @@ pub struct Rollout {
     config: RolloutConfig,
     cancel: CancellationToken,
     hub: EventHub,
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl Rollout {
@@ -73,6 +75,7 @@ impl Rollout {
             config,
             cancel: CancellationToken::new(),
             hub: EventHub::default(),
+            journal: None,
         }
     }
 
@@ -114,7 +117,47 @@ impl Rollout {
     /// target either back in service or listed as kept out.
     pub async fn run(self) -> Result<Report> {
         let span = tracing::info_span!("rollout", balancer = %self.lb.name(), executor = %self.exec.name());
-        self.run_inner().instrument(span).await
+        self.run_inner(Mode::Run).instrument(span).await
+    }
+
+    /// Writes the run's journal to `journal` (see [`crate::journal`]): a
+    /// record before and after every change, so that a run whose process
+    /// died can be resumed or restored. A new run refuses to start over a
+    /// journal whose last run did not finish.
+    pub fn with_journal(mut self, journal: impl Journal) -> Self {
+        self.journal = Some(Arc::new(journal));
+        self
+    }
+
+    /// Finishes the run the journal (see [`with_journal`](Self::with_journal))
+    /// says did not finish, reconciling what it recorded with what the
+    /// balancer shows now, without replaying anything: a target whose
+    /// maintenance succeeded is enabled and verified; one only drained
+    /// continues its maintenance; one whose maintenance started with no
+    /// recorded outcome is kept out and reported (`on_interrupted = fail`)
+    /// or maintained again (`rerun`); a target the journal says is out but
+    /// the balancer shows in service (a reload) is handled and reported;
+    /// targets never started go on in their turn, and the failure budget
+    /// and canary carry over. The policies are this rollout's
+    /// configuration; the targets are the journal's plan.
+    ///
+    /// # Errors
+    /// [`Error::Journal`] when there is no journal, it holds no unfinished
+    /// run, or it cannot be read; as [`run`](Self::run) otherwise.
+    pub async fn resume(self) -> Result<Report> {
+        let span = tracing::info_span!("resume", balancer = %self.lb.name());
+        self.run_inner(Mode::Resume).instrument(span).await
+    }
+
+    /// Abandons the run the journal says did not finish and puts back every
+    /// target it took out (enable, then fresh health), reporting each; no
+    /// maintenance runs and nothing new starts.
+    ///
+    /// # Errors
+    /// As [`resume`](Self::resume).
+    pub async fn restore(self) -> Result<Report> {
+        let span = tracing::info_span!("restore", balancer = %self.lb.name());
+        self.run_inner(Mode::Restore).instrument(span).await
     }
 
     /// Runs the rollout on a tokio task and returns a handle to watch,
@@ -129,21 +172,32 @@ impl Rollout {
         }
     }
 
-    async fn run_inner(self) -> Result<Report> {
-        let run_id = uuid::Uuid::new_v4().to_string();
+    async fn run_inner(self, mode: Mode) -> Result<Report> {
         let started_at = jiff::Timestamp::now().to_string();
         let started = Instant::now();
+        let journal = self.journal.clone();
         let parts = Arc::new(Parts {
             lb: self.lb,
             exec: self.exec,
             probe: self.probe,
             config: self.config,
             hub: self.hub,
+            journal: self.journal,
             started,
             balancer_calls: AtomicU64::new(0),
             executor_calls: AtomicU64::new(0),
         });
         let lb = Arc::clone(&parts.lb);
+        let state = match &journal {
+            Some(j) => Some(journal::status(&**j, &lb.name())?),
+            None if mode == Mode::Run => None,
+            None => {
+                return Err(Error::invalid_config(
+                    "journal",
+                    "resume and restore read the run's journal: give it with with_journal",
+                ))
+            }
+        };
         let listed = tokio::select! {
             biased;
             r = parts.list_pool() => r?,
@@ -157,21 +211,117 @@ impl Rollout {
             .poll_interval()
             .unwrap_or_else(|| lb.default_poll_interval())
             .max(std::time::Duration::from_millis(1));
-        let machine = Machine::new(
-            parts.config.clone(),
-            lb.capabilities(),
-            poll,
-            parts.probe.is_some(),
-            &listed,
-            &lb.name(),
-        )?;
-        tracing::info!(
-            run_id = %run_id,
-            selected = listed.len(),
-            "rollout starts"
-        );
+        let caps = lb.capabilities();
+        let has_probe = parts.probe.is_some();
+        let (machine, run_id) = match (mode, state) {
+            (Mode::Run, state) => {
+                if let Some((journal::Status::Unfinished(h), _)) = &state {
+                    return Err(unfinished(&journal, h));
+                }
+                let machine = Machine::new(
+                    parts.config.clone(),
+                    caps,
+                    poll,
+                    has_probe,
+                    &listed,
+                    &lb.name(),
+                )?;
+                let run_id = uuid::Uuid::new_v4().to_string();
+                parts.journal(&Record::Header(Box::new(Header {
+                    format: JOURNAL_FORMAT,
+                    hygiene: env!("CARGO_PKG_VERSION").to_owned(),
+                    run_id: run_id.clone(),
+                    started_at: started_at.clone(),
+                    balancer: lb.name(),
+                    executor: parts.exec.name(),
+                    host: journal::host(),
+                    pid: std::process::id(),
+                    config: parts.config.clone(),
+                    plan: machine.plan_targets(),
+                })))?;
+                (machine, run_id)
+            }
+            (_, Some((journal::Status::Unfinished(h), records))) => {
+                let (_, traces) = Trace::of(&records)
+                    .ok_or_else(|| Error::journal(location(&journal), "holds no run to recover"))?;
+                let recovery = if mode == Mode::Restore {
+                    Recovery::Restore
+                } else {
+                    Recovery::Resume
+                };
+                let first_call = journal::last_call(&records).map_or(0, |c| c + 1);
+                let machine = Machine::recover(
+                    parts.config.clone(),
+                    caps,
+                    poll,
+                    has_probe,
+                    &listed,
+                    traces,
+                    first_call,
+                    recovery,
+                );
+                parts.journal(&Record::Resumed {
+                    mode: if mode == Mode::Restore {
+                        "restore"
+                    } else {
+                        "resume"
+                    }
+                    .into(),
+                    at: started_at.clone(),
+                    host: journal::host(),
+                    pid: std::process::id(),
+                })?;
+                (machine, h.run_id.clone())
+            }
+            (_, Some((journal::Status::Finished(h), _))) => {
+                return Err(Error::journal(
+                    location(&journal),
+                    format!(
+                    "holds no unfinished run: its last run ({}, started {}) ended; nothing to {}",
+                    h.run_id,
+                    h.started_at,
+                    if mode == Mode::Restore {
+                        "restore"
+                    } else {
+                        "resume"
+                    }
+                ),
+                ))
+            }
+            (_, _) => {
+                return Err(Error::journal(
+                    location(&journal),
+                    "is empty: there is no run to resume or restore",
+                ))
+            }
+        };
+        tracing::info!(run_id = %run_id, targets = machine.plan_targets().len(), ?mode, "rollout starts");
         Ok(driver::drive(parts, machine, self.cancel, run_id, started_at).await)
     }
+}
+
+/// What a [`Rollout`] does with its journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    Resume,
+    Restore,
+}
+
+fn location(journal: &Option<Arc<dyn Journal>>) -> String {
+    journal
+        .as_ref()
+        .map_or_else(|| "(none)".into(), |j| j.location())
+}
+
+fn unfinished(journal: &Option<Arc<dyn Journal>>, h: &Header) -> Error {
+    Error::journal(
+        location(journal),
+        format!(
+            "holds run {} (started {} on {}, pid {}), which did not finish: some targets may still be out of rotation. Resume it (Rollout::resume, `hygiene resume`) or put back what it took out (Rollout::restore, `hygiene restore`) before a new run",
+            h.run_id, h.started_at, h.host, h.pid
+        ),
+    )
 }
 
 /// A rollout running on its own task ([`Rollout::spawn`]).

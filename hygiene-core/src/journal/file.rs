@@ -118,7 +118,7 @@ pub(crate) fn parse(text: &str, location: &str) -> Result<Vec<Record>> {
             continue;
         }
         match serde_json::from_str::<Record>(line) {
-            Ok(r) if !(last && !complete) => records.push(r),
+            Ok(r) if !last || complete => records.push(r),
             Ok(_) => {} // a last line without its newline was cut short
             Err(_) if last => {}
             Err(e) => {

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 pub use file::FileJournal;
 pub use record::{Header, Op, Record, JOURNAL_FORMAT};
-pub(crate) use trace::{Interrupted, Trace};
+pub(crate) use trace::{Finish, Interrupted, Trace};
 
 use crate::error::{Error, Result};
 
@@ -114,7 +114,10 @@ impl Journal for MemoryJournal {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
         {
-            return Err(Error::journal(self.location(), "cannot write: injected failure"));
+            return Err(Error::journal(
+                self.location(),
+                "cannot write: injected failure",
+            ));
         }
         self.lock().push(record.clone());
         Ok(())
@@ -142,6 +145,27 @@ pub fn default_dir() -> PathBuf {
     PathBuf::from("/var/lib/hygiene")
 }
 
+/// The host this process runs on, for journal headers.
+pub(crate) fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown host".into())
+}
+
+/// The largest call id the journal's records use.
+pub(crate) fn last_call(records: &[Record]) -> Option<u64> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Intent { call, .. } => Some(*call),
+            _ => None,
+        })
+        .max()
+}
+
 /// The state of a journal: nothing in it, a run that ended, or a run that
 /// did not (its process died, or it is still running elsewhere).
 #[derive(Debug, Clone, PartialEq)]
@@ -158,7 +182,18 @@ pub(crate) fn status(journal: &dyn Journal, balancer: &str) -> Result<(Status, V
     let Some(first) = records.first() else {
         return Ok((Status::Empty, records));
     };
-    let Record::Header(h) = first else {
+    if !matches!(first, Record::Header(_)) {
+        return Err(Error::journal(
+            journal.location(),
+            "does not start with a header: it is not a hygiene journal, or it is damaged; move it away",
+        ));
+    }
+    // A journal may hold several runs one after the other: the last counts.
+    let last = records
+        .iter()
+        .rposition(|r| matches!(r, Record::Header(_)))
+        .unwrap_or(0);
+    let Record::Header(h) = &records[last] else {
         return Err(Error::journal(
             journal.location(),
             "does not start with a header: it is not a hygiene journal, or it is damaged; move it away",
@@ -182,8 +217,10 @@ pub(crate) fn status(journal: &dyn Journal, balancer: &str) -> Result<(Status, V
             ),
         ));
     }
-    let ended = records.iter().any(|r| matches!(r, Record::End { .. }));
-    let h = Box::new(h.clone());
+    let ended = records[last..]
+        .iter()
+        .any(|r| matches!(r, Record::End { .. }));
+    let h = h.clone();
     Ok((
         if ended {
             Status::Finished(h)

@@ -58,7 +58,7 @@ pub enum Op {
 #[non_exhaustive]
 pub enum Record {
     /// The first record.
-    Header(Header),
+    Header(Box<Header>),
     /// Written before a call that changes targets.
     Intent {
         /// The call (unique in the run).
@@ -92,11 +92,25 @@ pub enum Record {
         id: TargetId,
         /// Its last stage.
         stage: Stage,
+        /// The phase it failed in, when it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failed_at: Option<Stage>,
         /// Where it is.
         location: Location,
         /// Why, for a failure or a skip.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+    },
+    /// The run was taken up again by a later process (resume or restore).
+    Resumed {
+        /// `resume` or `restore`.
+        mode: String,
+        /// When (RFC 3339).
+        at: String,
+        /// The host.
+        host: String,
+        /// The process.
+        pid: u32,
     },
     /// The run ended.
     End {

@@ -29,8 +29,17 @@ pub(crate) struct Trace {
     pub(crate) maybe_out: bool,
     /// Its maintenance.
     pub(crate) exec: Interrupted,
-    /// It finished: its stage, location and why.
-    pub(crate) finished: Option<(Stage, Location, Option<String>)>,
+    /// It finished.
+    pub(crate) finished: Option<Finish>,
+}
+
+/// How a target finished, as journaled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finish {
+    pub(crate) stage: Stage,
+    pub(crate) failed_at: Option<Stage>,
+    pub(crate) location: Location,
+    pub(crate) detail: Option<String>,
 }
 
 impl Trace {
@@ -111,16 +120,22 @@ impl Trace {
                 Record::Finished {
                     id,
                     stage,
+                    failed_at,
                     location,
                     detail,
                 } => {
                     if let Some(&k) = index.get(id) {
-                        traces[k].finished = Some((*stage, *location, detail.clone()));
+                        traces[k].finished = Some(Finish {
+                            stage: *stage,
+                            failed_at: *failed_at,
+                            location: *location,
+                            detail: detail.clone(),
+                        });
                     }
                 }
                 _ => {}
             }
         }
-        Some((header.clone(), traces))
+        Some(((**header).clone(), traces))
     }
 }

@@ -36,6 +36,9 @@ mod observe;
 
 use observe::Watch;
 mod plan;
+mod resume;
+
+pub(crate) use resume::Recovery;
 
 /// Identifies one effect, so its reply can come back in any order.
 pub(crate) type CallId = u64;
@@ -241,7 +244,18 @@ pub(crate) struct Machine {
     cancelled: bool,
     stop: Option<AbortReason>,
     events: VecDeque<(Option<usize>, EventKind)>,
+    finished_log: Vec<Finished>,
     now: Duration,
+}
+
+/// A target that finished, as the journal records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finished {
+    pub(crate) id: TargetId,
+    pub(crate) stage: Stage,
+    pub(crate) failed_at: Option<Stage>,
+    pub(crate) location: Location,
+    pub(crate) detail: Option<String>,
 }
 
 impl Machine {
@@ -274,6 +288,39 @@ impl Machine {
                 format!("{min_h} of a pool of {pool} must stay healthy, so no target can ever be taken out; lower min_healthy"),
             ));
         }
+        let mut m = Self::empty(cfg, caps, poll, has_probe, &selected, pool);
+        m.events.push_back((
+            None,
+            EventKind::Started {
+                selected: selected.len(),
+                pool,
+            },
+        ));
+        for (i, l) in selected.iter().enumerate() {
+            if l.status.state != TargetState::InService {
+                m.queue.retain(|&q| q != i);
+                m.slots[i].location = Location::OutBefore;
+                m.finish(
+                    i,
+                    End::Skipped(format!(
+                        "{:?} when the run started; the run restores what it found, nothing more",
+                        l.status.state
+                    )),
+                );
+            }
+        }
+        Ok(m)
+    }
+
+    /// A machine with every target of `selected` queued, in service.
+    fn empty(
+        cfg: RolloutConfig,
+        caps: Capabilities,
+        poll: Duration,
+        has_probe: bool,
+        selected: &[ListedTarget],
+        pool: usize,
+    ) -> Self {
         let rules = Rules {
             drain_timeout: cfg.drain_timeout(),
             on_drain_timeout: cfg.on_drain_timeout(),
@@ -288,7 +335,7 @@ impl Machine {
             has_probe,
             slots: Vec::with_capacity(selected.len()),
             index: HashMap::with_capacity(selected.len()),
-            queue: VecDeque::with_capacity(selected.len()),
+            queue: (0..selected.len()).collect(),
             active: BTreeSet::new(),
             pool,
             failed: 0,
@@ -304,16 +351,10 @@ impl Machine {
             cancelled: false,
             stop: None,
             events: VecDeque::new(),
+            finished_log: Vec::new(),
             now: Duration::ZERO,
             cfg,
         };
-        m.events.push_back((
-            None,
-            EventKind::Started {
-                selected: selected.len(),
-                pool,
-            },
-        ));
         for (i, l) in selected.iter().enumerate() {
             m.index.insert(l.target.id.clone(), i);
             m.slots.push(Slot {
@@ -339,20 +380,19 @@ impl Machine {
                 end: None,
                 emitted: Stage::Pending,
             });
-            if l.status.state == TargetState::InService {
-                m.queue.push_back(i);
-            } else {
-                m.slots[i].location = Location::OutBefore;
-                m.finish(
-                    i,
-                    End::Skipped(format!(
-                        "{:?} when the run started; the run restores what it found, nothing more",
-                        l.status.state
-                    )),
-                );
-            }
         }
-        Ok(m)
+        m
+    }
+
+    /// The selected targets, in order (the journal's plan).
+    pub(crate) fn plan_targets(&self) -> Vec<Target> {
+        self.slots.iter().map(|s| s.target.clone()).collect()
+    }
+
+    /// Targets finished since the last call, for the journal: id, stage,
+    /// the phase it failed in, location, why.
+    pub(crate) fn take_finished(&mut self) -> Vec<Finished> {
+        std::mem::take(&mut self.finished_log)
     }
 
     /// Feeds one input at `now` (time since the run started) and returns
@@ -527,6 +567,18 @@ impl Machine {
         }
         s.end = Some(end);
         self.set(i, Step::Finished);
+        let s = &self.slots[i];
+        let detail = match &s.end {
+            Some(End::Skipped(r) | End::Restored(r) | End::Vanished(_, r)) => Some(r.clone()),
+            _ => s.failure.as_ref().map(|(_, r)| r.clone()),
+        };
+        self.finished_log.push(Finished {
+            id: s.target.id.clone(),
+            stage: s.emitted,
+            failed_at: s.failure.as_ref().map(|(at, _)| *at),
+            location: s.location,
+            detail,
+        });
     }
 
     fn fail(&mut self, i: usize, at: Stage, reason: impl Into<String>) {

@@ -284,6 +284,14 @@ impl Machine {
 
     pub(super) fn on_healthy(&mut self, i: usize, waited: Duration) {
         match self.slots[i].purpose {
+            Purpose::Restore if self.slots[i].failure.is_none() => {
+                // Put back by a restore, and healthy.
+                self.slots[i].timings.health = Some(waited);
+                self.finish(
+                    i,
+                    End::Restored(format!("put back by restore, healthy {waited:?} after")),
+                );
+            }
             Purpose::Restore => {
                 self.slots[i].put_back = Some(PutBack {
                     healthy: true,
@@ -321,6 +329,15 @@ impl Machine {
             Location::KeptOut
         };
         match self.slots[i].purpose {
+            Purpose::Restore if self.slots[i].failure.is_none() => {
+                self.fail(
+                    i,
+                    Stage::Enabling,
+                    format!("put back by restore, but {why}"),
+                );
+                self.slots[i].location = location;
+                self.finish(i, End::Failed);
+            }
             Purpose::Restore => {
                 self.slots[i].put_back = Some(PutBack {
                     healthy: false,

@@ -1,0 +1,258 @@
+//! A machine rebuilt from a journal and the balancer's live state: resume
+//! (finish what the dead run started, then go on) or restore (put back
+//! everything it took out, start nothing). Reconcile, never replay: what
+//! the journal says is checked against what the balancer shows now.
+
+use super::*;
+use crate::config::OnInterrupted;
+use crate::journal::{Finish, Interrupted, Trace};
+
+/// What to rebuild the machine for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// Finish the run: targets out because of it go on, the rest start.
+    Resume,
+    /// Put back everything the run took out, start nothing.
+    Restore,
+}
+
+impl Machine {
+    /// A machine for the run a journal describes, `listed` being the pool
+    /// now. `first_call` is past every call id the journal used.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn recover(
+        cfg: RolloutConfig,
+        caps: Capabilities,
+        poll: Duration,
+        has_probe: bool,
+        listed: &[ListedTarget],
+        traces: Vec<Trace>,
+        first_call: CallId,
+        mode: Recovery,
+    ) -> Self {
+        let plan: Vec<ListedTarget> = traces
+            .iter()
+            .map(|t| ListedTarget {
+                target: t.target.clone(),
+                // Placeholder; every target is placed below.
+                status: TargetStatus::new(
+                    TargetState::InService,
+                    crate::target::Health::Unknown,
+                    None,
+                ),
+            })
+            .collect();
+        let mut m = Self::empty(cfg, caps, poll, has_probe, &plan, listed.len());
+        m.next_call = first_call;
+        let live: HashMap<&TargetId, &TargetStatus> =
+            listed.iter().map(|l| (&l.target.id, &l.status)).collect();
+        let mut resumed = Vec::new();
+        for (i, t) in traces.into_iter().enumerate() {
+            let now = live.get(&t.target.id).map(|s| s.state);
+            if m.place(i, &t, now, mode) {
+                resumed.push(i);
+            }
+        }
+        if mode == Recovery::Restore {
+            // Nothing new starts; the queue is reported not started.
+            m.cancelled = true;
+        }
+        m.canary_done |= m.slots.iter().any(|s| s.end == Some(End::Done));
+        if !resumed.is_empty() {
+            let g = m.groups;
+            m.groups += 1;
+            for &i in &resumed {
+                m.slots[i].group = Some(g);
+            }
+            m.events.push_back((
+                Some(g),
+                EventKind::BatchStarted {
+                    index: g,
+                    targets: m.ids(&resumed),
+                },
+            ));
+        }
+        m
+    }
+
+    /// Places target `i` as the journal and the live state say; true when
+    /// it is in progress (part of the resumed batch).
+    fn place(&mut self, i: usize, t: &Trace, now: Option<TargetState>, mode: Recovery) -> bool {
+        let in_service = now == Some(TargetState::InService);
+        let Some(state) = now else {
+            if t.finished.is_some() && !t.maybe_out {
+                return self.place_finished(i, t);
+            }
+            self.slots[i].location = Location::Gone;
+            self.finish(
+                i,
+                End::Vanished(
+                    Stage::Pending,
+                    "no longer in the pool when the run was recovered".into(),
+                ),
+            );
+            return false;
+        };
+        let took_out = t.maybe_out
+            || matches!(
+                t.finished,
+                Some(Finish {
+                    location: Location::KeptOut | Location::Unknown | Location::OutByRun,
+                    ..
+                })
+            );
+        if mode == Recovery::Restore {
+            if !took_out {
+                return if t.finished.is_some() {
+                    self.place_finished(i, t)
+                } else {
+                    false // never started: stays queued, reported not started
+                };
+            }
+            self.note(i, "put back by restore");
+            self.slots[i].purpose = Purpose::Restore;
+            if in_service {
+                self.slots[i].location = Location::InService;
+                self.set(i, Step::Verify);
+            } else {
+                self.slots[i].location = Location::OutByRun;
+                self.set(i, Step::AwaitEnable);
+            }
+            return true;
+        }
+        if let Some(Finish { location, .. }) = &t.finished {
+            if !(t.maybe_out && matches!(location, Location::OutByRun)) {
+                self.place_finished(i, t);
+                if in_service && matches!(location, Location::KeptOut) {
+                    // Kept out by the run, and back in service: a reload.
+                    self.note(
+                        i,
+                        "found in service when the run was resumed (a reload?): taken out again",
+                    );
+                    self.slots[i].location = Location::InService;
+                    self.set(i, Step::TakeOut);
+                    return true;
+                }
+                return false;
+            }
+        }
+        if !t.maybe_out && t.exec == Interrupted::NotStarted {
+            if in_service {
+                return false; // never touched: it starts in its turn
+            }
+            self.queue.retain(|&q| q != i);
+            self.slots[i].location = Location::OutBefore;
+            self.finish(
+                i,
+                End::Skipped(format!(
+                    "{state:?} when the run was resumed, never touched by it; left as found"
+                )),
+            );
+            return false;
+        }
+        self.queue.retain(|&q| q != i);
+        self.slots[i].location = if in_service {
+            Location::InService
+        } else {
+            Location::OutByRun
+        };
+        if in_service && t.maybe_out {
+            self.note(
+                i,
+                "the journal says the run had it out, the balancer shows it in service (a reload?)",
+            );
+        }
+        match &t.exec {
+            Interrupted::NotStarted if in_service => {
+                // Only drained, and back: start it again from the queue.
+                self.slots[i].location = Location::InService;
+                self.queue.push_front(i);
+                self.set(i, Step::Queued);
+                return false;
+            }
+            Interrupted::NotStarted => {
+                // Only drained: continue its maintenance.
+                self.slots[i].since = self.now;
+                self.set(i, Step::Draining);
+            }
+            Interrupted::Succeeded if in_service => self.set(i, Step::Verify),
+            Interrupted::Succeeded if self.has_probe => self.set(
+                i,
+                Step::Probe {
+                    in_flight: false,
+                    wake: self.now,
+                },
+            ),
+            Interrupted::Succeeded => self.set(i, Step::AwaitEnable),
+            Interrupted::Failed(why) => {
+                self.slots[i].timings.execute = Some(Duration::ZERO);
+                self.fail(i, Stage::Executing, why.clone());
+                self.after_failure(i, in_service);
+            }
+            Interrupted::Unknown => match self.cfg.on_interrupted() {
+                OnInterrupted::Fail => {
+                    self.slots[i].timings.execute = Some(Duration::ZERO);
+                    self.fail(
+                        i,
+                        Stage::Executing,
+                        "its maintenance was interrupted and its outcome is unknown (on_interrupted = fail): check the target, then put it back",
+                    );
+                    self.after_failure(i, in_service);
+                }
+                OnInterrupted::Rerun if in_service => {
+                    self.note(
+                        i,
+                        "its interrupted maintenance runs again (on_interrupted = rerun)",
+                    );
+                    self.queue.push_front(i);
+                    self.set(i, Step::Queued);
+                    return false;
+                }
+                OnInterrupted::Rerun => {
+                    self.note(
+                        i,
+                        "its interrupted maintenance runs again (on_interrupted = rerun)",
+                    );
+                    self.set(i, Step::Drained);
+                }
+            },
+        }
+        true
+    }
+
+    /// A failed maintenance found on recovery: kept out (taken out again
+    /// if a reload put it back), or put back under `on_failure = restore`.
+    fn after_failure(&mut self, i: usize, in_service: bool) {
+        match (self.cfg.on_failure(), in_service) {
+            (OnFailure::KeepOut, true) => self.set(i, Step::TakeOut),
+            (OnFailure::KeepOut, false) => self.finish(i, End::Failed),
+            (OnFailure::Restore, true) => {
+                self.slots[i].purpose = Purpose::Restore;
+                self.set(i, Step::Verify);
+            }
+            (OnFailure::Restore, false) => self.after_failure_out(i),
+        }
+    }
+
+    /// A target the journal says finished: as it finished.
+    fn place_finished(&mut self, i: usize, t: &Trace) -> bool {
+        let Some(f) = &t.finished else {
+            return false;
+        };
+        self.queue.retain(|&q| q != i);
+        self.slots[i].location = f.location;
+        let why = f.detail.clone().unwrap_or_default();
+        let end = match f.stage {
+            Stage::Done => End::Done,
+            Stage::Skipped => End::Skipped(why),
+            Stage::Restored => End::Restored(why),
+            Stage::Vanished => End::Vanished(f.failed_at.unwrap_or(Stage::Pending), why),
+            _ => {
+                self.fail(i, f.failed_at.unwrap_or(Stage::Failed), why);
+                End::Failed
+            }
+        };
+        self.finish(i, end);
+        false
+    }
+}
