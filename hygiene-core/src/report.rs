@@ -282,6 +282,11 @@ pub struct Report {
     pub batches: usize,
     /// One line per target of the selection (and per skipped one).
     pub targets: Vec<TargetReport>,
+    /// Targets found out of rotation that this run did not take out (and
+    /// no journal says it did): left as found, never enabled. Someone else
+    /// took them out; check them.
+    #[serde(default)]
+    pub found_out: Vec<TargetId>,
     /// Balancer API calls made (retries included).
     pub balancer_calls: u64,
     /// Executor calls made (retries included).
@@ -381,6 +386,12 @@ pub enum EventKind {
         id: TargetId,
         /// Its phase then.
         stage: Stage,
+    },
+    /// A target is out of rotation and this run did not take it out: it is
+    /// left as found (see `Report::found_out`).
+    FoundOut {
+        /// The target.
+        id: TargetId,
     },
     /// Waiting for capacity (`min_healthy`).
     WaitingForCapacity {

@@ -374,6 +374,7 @@ async fn a_target_taken_out_during_preflight_is_skipped_and_never_enabled() {
     assert!(exec.inner.records().iter().all(|rec| rec.id != ids[1]));
     assert_eq!(state(&lb, &ids[1]), Some(TargetState::OutOfService));
     assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.found_out, vec![ids[1].clone()], "listed as found out");
 }
 
 // 6. min_healthy as a percent follows the pool as it is now.

@@ -407,6 +407,7 @@ pub(crate) async fn drive(
         duration: start.elapsed(),
         batches: machine.batches(),
         targets: machine.target_reports(|id| parts.lb.enable_hint(id)),
+        found_out: machine.found_out_ids(),
         balancer_calls: parts.balancer_calls.load(Ordering::Relaxed),
         executor_calls: parts.executor_calls.load(Ordering::Relaxed),
     }
@@ -445,6 +446,9 @@ fn log_event(kind: &EventKind) {
             info!(index, size = targets.len(), "batch starts");
         }
         EventKind::Stopping { reason } => warn!(reason = %reason, "no new targets start"),
+        EventKind::FoundOut { id } => {
+            warn!(target.id = %id, "found out of rotation, not by this run: left as found");
+        }
         _ => {}
     }
 }

@@ -299,7 +299,7 @@ impl Machine {
         for (i, l) in selected.iter().enumerate() {
             if l.status.state != TargetState::InService {
                 m.queue.retain(|&q| q != i);
-                m.slots[i].location = Location::OutBefore;
+                m.found_out(i);
                 m.finish(
                     i,
                     End::Skipped(format!(
@@ -590,6 +590,27 @@ impl Machine {
             s.notes.push(reason.into());
         }
         self.emit_stage(i);
+    }
+
+    /// Target `i` is out of rotation and the run did not take it out: it
+    /// is left as found, listed under `found_out`, and an event warns.
+    fn found_out(&mut self, i: usize) {
+        self.slots[i].location = Location::OutBefore;
+        self.events.push_back((
+            None,
+            EventKind::FoundOut {
+                id: self.slots[i].target.id.clone(),
+            },
+        ));
+    }
+
+    /// Targets found out of rotation that the run did not take out.
+    pub(crate) fn found_out_ids(&self) -> Vec<TargetId> {
+        self.slots
+            .iter()
+            .filter(|s| s.location == Location::OutBefore)
+            .map(|s| s.target.id.clone())
+            .collect()
     }
 
     fn note(&mut self, i: usize, note: impl Into<String>) {

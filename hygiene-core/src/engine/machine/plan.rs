@@ -86,7 +86,7 @@ impl Machine {
                 Some(st) if st.state != TargetState::InService => {
                     removed = true;
                     self.queue.retain(|&q| q != i);
-                    self.slots[i].location = Location::OutBefore;
+                    self.found_out(i);
                     self.finish(
                         i,
                         End::Skipped(format!(
@@ -275,7 +275,7 @@ impl Machine {
                     if s.state == TargetState::InService {
                         ok.push(i);
                     } else {
-                        self.slots[i].location = Location::OutBefore;
+                        self.found_out(i);
                         self.finish(
                             i,
                             End::Skipped(format!(

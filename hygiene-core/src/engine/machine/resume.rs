@@ -141,7 +141,7 @@ impl Machine {
                 return false; // never touched: it starts in its turn
             }
             self.queue.retain(|&q| q != i);
-            self.slots[i].location = Location::OutBefore;
+            self.found_out(i);
             self.finish(
                 i,
                 End::Skipped(format!(
