@@ -214,6 +214,29 @@ mod tests {
     }
 
     #[test]
+    fn stage_names_are_the_serde_names() {
+        for stage in [
+            Stage::Pending,
+            Stage::Preflight,
+            Stage::Draining,
+            Stage::Drained,
+            Stage::Executing,
+            Stage::Probing,
+            Stage::Enabling,
+            Stage::Healthy,
+            Stage::Warm,
+            Stage::Done,
+            Stage::Failed,
+            Stage::Skipped,
+            Stage::Restored,
+            Stage::Vanished,
+        ] {
+            let json = serde_json::to_string(&stage).expect("json");
+            assert_eq!(json.trim_matches('"'), stage.to_string());
+        }
+    }
+
+    #[test]
     fn drain_rules() {
         use TargetState::*;
         let s = |secs| Duration::from_secs(secs);
