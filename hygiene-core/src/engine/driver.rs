@@ -25,6 +25,7 @@ use crate::report::{Event, EventKind, Outcome, Report};
 use crate::retry::with_retries_when;
 
 use super::machine::{CallId, Effect, Input, Machine, Reply};
+use super::record::{finished_record, intent_record, result_record};
 
 /// Subscribers to a run's events; each gets every event from the moment
 /// it subscribed.
@@ -251,36 +252,6 @@ fn abandoned(effect: &Effect) -> Reply {
 
 type InFlight = Pin<Box<dyn Future<Output = (CallId, Reply)> + Send>>;
 
-/// What the journal records of an effect that changes targets.
-fn journaled(effect: &Effect) -> Option<(Op, Vec<crate::target::TargetId>)> {
-    match effect {
-        Effect::Drain(_, ids) => Some((Op::Drain, ids.clone())),
-        Effect::Disable(_, ids) => Some((Op::Disable, ids.clone())),
-        Effect::Enable(_, ids) => Some((Op::Enable, ids.clone())),
-        Effect::Execute(_, targets) => {
-            Some((Op::Execute, targets.iter().map(|t| t.id.clone()).collect()))
-        }
-        _ => None,
-    }
-}
-
-fn result_record(call: CallId, reply: &Reply) -> Record {
-    let at = jiff::Timestamp::now().to_string();
-    let (ok, error, outcomes) = match reply {
-        Reply::Changed(Ok(())) => (true, None, None),
-        Reply::Executed(Ok(o)) => (true, None, Some(o.clone())),
-        Reply::Changed(Err(e)) | Reply::Executed(Err(e)) => (false, Some(e.to_string()), None),
-        _ => (true, None, None),
-    };
-    Record::Result {
-        call,
-        ok,
-        error,
-        outcomes,
-        at,
-    }
-}
-
 fn launch(parts: &Arc<Parts>, cancel: &CancellationToken, effect: Effect) -> InFlight {
     let call = effect.call();
     // A call started after the cancellation is never raced with it: it is
@@ -323,16 +294,10 @@ pub(crate) async fn drive(
         journal_finished(&parts, &mut machine);
         for e in effects.drain(..) {
             debug!(?e, "effect");
-            if let Some((op, ids)) = journaled(&e) {
+            if let Some((op, intent)) = intent_record(&e) {
                 // The intent is durable before the call is made. A run that
                 // cannot record a drain or a maintenance does not make it;
                 // putting targets back goes ahead regardless.
-                let intent = Record::Intent {
-                    call: e.call(),
-                    op,
-                    ids,
-                    at: jiff::Timestamp::now().to_string(),
-                };
                 if let Err(err) = parts.journal(&intent) {
                     if matches!(op, Op::Drain | Op::Execute) {
                         let call = e.call();
@@ -417,13 +382,7 @@ pub(crate) async fn drive(
 fn journal_finished(parts: &Parts, machine: &mut Machine) {
     for f in machine.take_finished() {
         // Logged by `Parts::journal` when it fails; the run goes on.
-        let _logged = parts.journal(&Record::Finished {
-            id: f.id,
-            stage: f.stage,
-            failed_at: f.failed_at,
-            location: f.location,
-            detail: f.detail,
-        });
+        let _logged = parts.journal(&finished_record(f));
     }
 }
 

@@ -5,6 +5,7 @@
 mod driver;
 mod machine;
 mod planner;
+mod record;
 #[cfg(test)]
 mod regressions;
 #[cfg(test)]

@@ -18,7 +18,9 @@ use crate::probe::ProbeVerdict;
 use crate::report::{Outcome, TargetResult};
 use crate::target::{Capabilities, Health, Target, TargetId, TargetState, TargetStatus};
 
-use super::machine::{CallId, Effect, Input, Machine, Reply};
+use super::machine::{CallId, Effect, Input, Machine, Recovery, Reply};
+use super::record::{finished_record, intent_record, result_record};
+use crate::journal::{Header, Record, Trace, JOURNAL_FORMAT};
 
 const NEVER: u64 = u64::MAX;
 const CALL_LIMIT_MS: u64 = 30_000;
@@ -66,6 +68,9 @@ struct Plan {
     hard_disable: bool,
     probe: bool,
     cancel_at_ms: Option<u64>,
+    /// The process dies after this many effects, and a new one resumes
+    /// the run from its journal.
+    crash_after: Option<usize>,
     /// One fault per call, in call order (cycled).
     faults: Vec<(Fault, u64)>,
 }
@@ -138,6 +143,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                 any::<bool>(),
                 any::<bool>(),
                 prop::option::weighted(0.3, 0u64..30_000),
+                prop::option::weighted(0.5, 0usize..60),
             ),
             prop::collection::vec(fault(), 1..200),
         )
@@ -147,7 +153,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                     (batch, min_healthy, max_failures, canary),
                     (on_failure, on_drain_timeout, pacing),
                     (drain_timeout_ms, health_timeout_ms, warmup_ms, poll_ms),
-                    (hard_disable, probe, cancel_at_ms),
+                    (hard_disable, probe, cancel_at_ms, crash_after),
                     faults,
                 )| Plan {
                     targets,
@@ -165,6 +171,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                     hard_disable,
                     probe,
                     cancel_at_ms,
+                    crash_after,
                     faults,
                 },
             )
@@ -476,14 +483,37 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
     let mut now: u64 = 0;
     let mut cancelled_at: Option<u64> = None;
     let mut effects = m.handle(Duration::ZERO, Input::Tick);
+    // The journal, as the driver writes it.
+    let mut journal: Vec<Record> = vec![Record::Header(Box::new(Header {
+        format: JOURNAL_FORMAT,
+        hygiene: "sim".into(),
+        run_id: "sim".into(),
+        started_at: "sim".into(),
+        balancer: "sim".into(),
+        executor: "sim".into(),
+        host: "sim".into(),
+        pid: 0,
+        config: cfg.clone(),
+        plan: m.plan_targets(),
+    }))];
+    let mut journaled: BTreeSet<CallId> = BTreeSet::new();
+    let mut issued = 0usize;
+    let mut crashed = false;
+    let mut offset: u64 = 0;
     let mut first_drain: Option<usize> = None;
     let mut drained_once: BTreeSet<usize> = BTreeSet::new();
     // Targets out because of the run at each step, checked against the
     // final report once it is known.
     let mut out_samples: Vec<BTreeSet<usize>> = Vec::new();
     let mut finished = false;
-    for _ in 0..200_000 {
+    for _ in 0..20_000 {
+        journal.extend(m.take_finished().into_iter().map(finished_record));
         for e in effects.drain(..) {
+            issued += 1;
+            if let Some((_, intent)) = intent_record(&e) {
+                journal.push(intent);
+                journaled.insert(e.call());
+            }
             let (fault, delay) = p.faults[world.calls % p.faults.len()];
             world.calls += 1;
             let ks: Vec<usize> = match &e {
@@ -568,8 +598,50 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
             finished = true;
             break;
         }
+        if !crashed && cancelled_at.is_none() && p.crash_after.is_some_and(|c| issued >= c) {
+            // The process dies: calls in flight get no answer (a change may
+            // or may not have applied; a maintenance runs on by itself), and
+            // a new process resumes from the journal and the live pool.
+            crashed = true;
+            for f in inflight.drain(..) {
+                if f.call.is_multiple_of(2) {
+                    world.apply(&f.effect, now);
+                    if let Effect::Enable(_, ids) = &f.effect {
+                        for i in ids {
+                            let k = world.index[i];
+                            if world.t[k].state == TargetState::InService {
+                                world.t[k].enable_done_at = Some(now);
+                                world.t[k].fresh_healthy_seen = false;
+                            }
+                        }
+                    }
+                }
+            }
+            let (_, traces) = Trace::of(&journal).expect("the journal has a header");
+            let listed: Vec<ListedTarget> = (0..p.targets.len())
+                .filter(|&k| world.t[k].exists)
+                .map(|k| ListedTarget {
+                    target: Target::new(id(k)),
+                    status: world.status(k, now),
+                })
+                .collect();
+            let first = crate::journal::last_call(&journal).map_or(0, |c| c + 1);
+            m = Machine::recover(
+                cfg.clone(),
+                caps,
+                Duration::from_millis(p.poll_ms),
+                p.probe,
+                &listed,
+                traces,
+                first,
+                Recovery::Resume,
+            );
+            offset = now;
+            effects = m.handle(Duration::ZERO, Input::Tick);
+            continue;
+        }
         // The next thing to happen.
-        let mut next = m.poll_timeout().map_or(NEVER, ms);
+        let mut next = m.poll_timeout().map_or(NEVER, |d| ms(d) + offset);
         for f in &inflight {
             let due = if f.at == NEVER {
                 // A hung call: the driver's time limit ends the ones the
@@ -603,7 +675,7 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
         }
         if cancel_due.is_some_and(|c| c <= now) {
             cancelled_at = Some(now);
-            effects = m.handle(Duration::from_millis(now), Input::Cancel);
+            effects = m.handle(Duration::from_millis(now - offset), Input::Cancel);
             // Calls in flight that the driver races with the cancellation
             // are abandoned now; a change may or may not have applied.
             let mut kept = Vec::new();
@@ -612,9 +684,13 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
                     if f.call.is_multiple_of(2) {
                         world.apply(&f.effect, now);
                     }
+                    let reply = abandoned(&f.effect);
+                    if journaled.remove(&f.call) {
+                        journal.push(result_record(f.call, &reply));
+                    }
                     effects.extend(m.handle(
-                        Duration::from_millis(now),
-                        Input::Reply(f.call, abandoned(&f.effect)),
+                        Duration::from_millis(now - offset),
+                        Input::Reply(f.call, reply),
                     ));
                 } else {
                     kept.push(f);
@@ -636,6 +712,9 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
             } else {
                 world.reply(&f.effect, f.fault, now)
             };
+            if journaled.remove(&f.call) {
+                journal.push(result_record(f.call, &reply));
+            }
             match (&f.effect, &reply) {
                 (Effect::Execute(_, ts), Reply::Executed(res)) => {
                     for (j, t) in ts.iter().enumerate() {
@@ -655,10 +734,16 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
                 }
                 _ => {}
             }
-            effects = m.handle(Duration::from_millis(now), Input::Reply(f.call, reply));
+            effects = m.handle(
+                Duration::from_millis(now - offset),
+                Input::Reply(f.call, reply),
+            );
         } else {
-            effects = m.handle(Duration::from_millis(now), Input::Tick);
+            effects = m.handle(Duration::from_millis(now - offset), Input::Tick);
         }
+    }
+    if !finished && std::env::var("SIM_DEBUG").is_ok() {
+        eprintln!("STUCK at {now} (offset {offset}): {m:#?}");
     }
     prop_assert!(finished, "the machine did not finish within the step bound");
     let report = m.target_reports(|i| format!("enable {i}"));
@@ -744,4 +829,56 @@ proptest! {
     fn the_machine_keeps_every_invariant_under_faults(p in plan()) {
         simulate(&p)?;
     }
+}
+
+/// Found by this property test: a target that vanished while the run was
+/// dead stayed queued after the resume, and the planner listed the pool
+/// for it forever.
+#[test]
+fn a_target_gone_at_resume_never_holds_the_queue() {
+    let t = |probe_never: bool, vanish: Option<u64>| TPlan {
+        conns: 0,
+        drain_ms: 0,
+        exec_ms: 0,
+        exec_fails: false,
+        not_ready: false,
+        probe_fail_first: 0,
+        probe_never,
+        unhealthy_after_enable: false,
+        health_delay_ms: 0,
+        out_at_start: false,
+        vanish_at_ms: vanish,
+    };
+    let faults: Vec<(Fault, u64)> = [
+        0u64, 171, 99, 64, 334, 375, 311, 379, 314, 266, 249, 114, 397, 290, 4, 47, 229, 0, 164,
+    ]
+    .into_iter()
+    .chain(std::iter::repeat(0).take(27))
+    .map(|d| (Fault::None, d))
+    .collect();
+    let p = Plan {
+        targets: vec![
+            t(false, None),
+            t(true, None),
+            t(false, None),
+            t(false, Some(3295)),
+        ],
+        batch: 1,
+        min_healthy: 1,
+        max_failures: 1,
+        canary: false,
+        on_failure: OnFailure::KeepOut,
+        on_drain_timeout: OnDrainTimeout::Fail,
+        pacing: Pacing::Batches,
+        drain_timeout_ms: 1000,
+        health_timeout_ms: 2506,
+        warmup_ms: 0,
+        poll_ms: 178,
+        hard_disable: false,
+        probe: true,
+        cancel_at_ms: None,
+        crash_after: Some(21),
+        faults,
+    };
+    simulate(&p).expect("simulate");
 }

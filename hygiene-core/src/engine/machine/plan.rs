@@ -23,13 +23,21 @@ impl Machine {
         if want == 0 {
             return;
         }
-        let want = want.min(self.queue.len());
         if matches!(
             self.cfg.min_healthy(),
             Amount::Count(0) | Amount::Percent(0)
         ) {
-            let cands: Vec<usize> = self.queue.drain(..want).collect();
-            self.start_preflight(cands, out);
+            let mut cands = Vec::with_capacity(want);
+            while cands.len() < want {
+                match self.queue.pop_front() {
+                    Some(q) if self.slots[q].step == Step::Queued => cands.push(q),
+                    Some(_) => {} // finished meanwhile (recovered as done, vanished)
+                    None => break,
+                }
+            }
+            if !cands.is_empty() {
+                self.start_preflight(cands, out);
+            }
         } else {
             let cands: Vec<usize> = self.queue.iter().take(want).copied().collect();
             let c = self.call(Call::List(cands));
@@ -68,6 +76,9 @@ impl Machine {
         let mut fit = Vec::new();
         for &i in cands {
             if self.slots[i].step != Step::Queued {
+                // Not a candidate any more: never let it hold the queue.
+                removed = true;
+                self.queue.retain(|&q| q != i);
                 continue;
             }
             match by_id.get(&self.slots[i].target.id) {

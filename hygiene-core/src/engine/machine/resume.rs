@@ -83,6 +83,7 @@ impl Machine {
             if t.finished.is_some() && !t.maybe_out {
                 return self.place_finished(i, t);
             }
+            self.queue.retain(|&q| q != i);
             self.slots[i].location = Location::Gone;
             self.finish(
                 i,
