@@ -853,7 +853,7 @@ fn a_target_gone_at_resume_never_holds_the_queue() {
         0u64, 171, 99, 64, 334, 375, 311, 379, 314, 266, 249, 114, 397, 290, 4, 47, 229, 0, 164,
     ]
     .into_iter()
-    .chain(std::iter::repeat(0).take(27))
+    .chain(std::iter::repeat_n(0, 27))
     .map(|d| (Fault::None, d))
     .collect();
     let p = Plan {
