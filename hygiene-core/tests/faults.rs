@@ -651,3 +651,93 @@ async fn a_spawned_rollout_is_cancelled_and_joined_through_its_handle() {
     assert!(matches!(result(&r, &ids[0]), TargetResult::Restored { .. }));
     assert_eq!(state(&lb, &ids[0]), Some(TargetState::InService));
 }
+
+// Events carry the words of a skip and of a failure.
+#[tokio::test(start_paused = true)]
+async fn phase_events_carry_the_reason() {
+    let (lb, ids) = pool(3);
+    lb.set_status(&ids[2], TargetState::OutOfService, Health::Unknown)
+        .expect("set");
+    let exec = ScriptedExecutor::new();
+    exec.script(
+        &ids[0],
+        Script {
+            fail: Some("patch exploded".into()),
+            ..Script::default()
+        },
+    );
+    let rollout = Rollout::new(
+        lb,
+        exec,
+        base()
+            .max_failures(Amount::Count(1))
+            .build()
+            .expect("config"),
+    );
+    let mut events = rollout.subscribe();
+    rollout.run().await.expect("run");
+    let mut details = std::collections::HashMap::new();
+    while let Ok(e) = events.try_recv() {
+        if let EventKind::Phase {
+            id,
+            stage,
+            detail: Some(d),
+        } = e.kind
+        {
+            details.insert((id, stage), d);
+        }
+    }
+    assert!(
+        details
+            .get(&(ids[0].clone(), Stage::Failed))
+            .is_some_and(|d| d.contains("patch exploded")),
+        "{details:?}"
+    );
+    assert!(
+        details
+            .get(&(ids[2].clone(), Stage::Skipped))
+            .is_some_and(|d| d.contains("OutOfService")),
+        "{details:?}"
+    );
+}
+
+// With min_healthy, the pool listing before a batch already skips a target
+// someone took out, before its preflight.
+#[tokio::test(start_paused = true)]
+async fn a_target_out_when_its_batch_is_due_is_skipped_at_the_listing() {
+    let (lb, ids) = pool(3);
+    let exec = ScriptedExecutor::new();
+    exec.set_duration_all(&ids, Duration::from_secs(2));
+    let meddler = lb.clone();
+    let victim = ids[1].clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        meddler
+            .set_status(&victim, TargetState::OutOfService, Health::Unknown)
+            .expect("set");
+    });
+    let r = Rollout::new(
+        lb.clone(),
+        exec.clone(),
+        base()
+            .min_healthy(Amount::Count(1))
+            .build()
+            .expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
+    match result(&r, &ids[1]) {
+        TargetResult::Skipped { reason } => {
+            assert!(reason.contains("when its batch was due"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        exec.preflight_calls(),
+        2,
+        "no preflight for the skipped target"
+    );
+    assert_eq!(result(&r, &ids[2]), &TargetResult::Done);
+    assert_eq!(r.outcome, Outcome::Completed);
+}
