@@ -622,6 +622,44 @@ impl LoadBalancer for Elbv2Balancer {
         })
     }
 
+    /// Remembers each target's registrations as an earlier process listed
+    /// them (`meta["target_groups"]` = `name:port,…`, and the zone), unless
+    /// this process already knows the target: after a crash, a target the
+    /// dead run deregistered is registered again exactly as it was.
+    async fn adopt(&self, targets: &[Target]) -> Result<()> {
+        let groups = self.groups().await?;
+        let mut known = self.known()?;
+        for t in targets {
+            check_id(&t.id)?;
+            if known.contains_key(&t.id) {
+                continue;
+            }
+            let Some(list) = t.meta.get("target_groups") else {
+                continue;
+            };
+            let mut regs = Vec::new();
+            for entry in list.split(',').filter(|e| !e.is_empty()) {
+                let (name, port) = entry.rsplit_once(':').unwrap_or((entry, ""));
+                let Some(group) = groups.iter().position(|g| g.name == name) else {
+                    return Err(Error::invalid_config(
+                        "journal",
+                        format!("target {} was registered in target group {name:?}, which this balancer does not manage: resume with the same load balancer or target groups", t.id),
+                    ));
+                };
+                regs.push(Registration {
+                    group,
+                    port: port.parse().ok(),
+                    zone: t.zone.clone(),
+                });
+            }
+            if !regs.is_empty() {
+                debug!(target.id = %t.id, registrations = regs.len(), "adopted from the journal");
+                known.insert(t.id.clone(), regs);
+            }
+        }
+        Ok(())
+    }
+
     async fn enable(&self, ids: &[TargetId]) -> Result<()> {
         let regs = self.registrations(ids).await?;
         let groups = self.groups().await?;

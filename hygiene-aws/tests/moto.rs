@@ -397,3 +397,86 @@ async fn pool_from_a_load_balancer() {
         "a target group of another balancer is not in the pool"
     );
 }
+
+/// A maintenance that never ends: the process dies during it.
+#[derive(Debug)]
+struct Forever;
+
+#[async_trait::async_trait]
+impl hygiene_core::Executor for Forever {
+    fn name(&self) -> String {
+        "forever".into()
+    }
+    async fn preflight(
+        &self,
+        targets: &[hygiene_core::Target],
+    ) -> hygiene_core::Result<Vec<hygiene_core::Preflight>> {
+        Ok(vec![hygiene_core::Preflight::Ready; targets.len()])
+    }
+    async fn execute(
+        &self,
+        _targets: &[hygiene_core::Target],
+    ) -> hygiene_core::Result<Vec<hygiene_core::ExecOutcome>> {
+        std::future::pending().await
+    }
+}
+
+// A run dies with an instance deregistered (port 8081, not the group's
+// default); a new process, whose balancer never saw it registered, restores
+// it from the journal on exactly that port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_restores_exact_registrations_from_the_journal() {
+    let Some(m) = moto().await else { return };
+    let vpc = m.create_vpc().await.expect("vpc");
+    let instances = m.run_instances(2, None).await.expect("instances");
+    let tg = m.create_target_group("crash", &vpc, 80).await.expect("tg");
+    m.register(
+        &tg,
+        &[(instances[0].clone(), 8081), (instances[1].clone(), 8081)],
+    )
+    .await
+    .expect("register");
+    let journal = hygiene_core::journal::MemoryJournal::new();
+    let config = RolloutConfig::builder()
+        .poll_interval(Duration::from_millis(50))
+        .health_timeout(Duration::from_secs(10))
+        .build()
+        .expect("config");
+    let first = balancer(&m, &[&tg], None).await;
+    let run = Rollout::new(first, Forever, config.clone())
+        .with_journal(journal.clone())
+        .run();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), run)
+            .await
+            .is_err(),
+        "the maintenance never ends: the process dies during it"
+    );
+    let left = registered(&m, &tg).await;
+    assert_eq!(
+        left.len(),
+        1,
+        "the dead run left one deregistered: {left:?}"
+    );
+    let out = instances
+        .iter()
+        .find(|i| !left.iter().any(|(r, _)| r == *i))
+        .expect("one instance out")
+        .clone();
+    // A new process: a new balancer that never saw `out` registered.
+    let second = balancer(&m, &[&tg], None).await;
+    let report = Rollout::new(second, Forever, config)
+        .with_journal(journal)
+        .restore()
+        .await
+        .expect("restore");
+    let mut regs = registered(&m, &tg).await;
+    regs.sort();
+    assert_eq!(
+        regs,
+        vec![(instances[0].clone(), 8081), (instances[1].clone(), 8081)],
+        "{report:#?}"
+    );
+    let t = report.target(&id(&out)).expect("reported");
+    assert!(!t.is_kept_out(), "{t:?}");
+}

@@ -67,6 +67,20 @@ pub trait LoadBalancer: Send + Sync + Debug + 'static {
         format!("re-enable {id} on {} once it is fixed", self.name())
     }
 
+    /// Learns targets as an earlier process listed them (a journal's plan,
+    /// on resume or restore), so that one this process has never seen
+    /// registered — taken out by the dead run — can be put back exactly
+    /// (ELBv2: same target group, port and zone). Backends that need no
+    /// memory of their targets do nothing (the default). Never changes the
+    /// balancer.
+    ///
+    /// # Errors
+    /// A backend's own; the default never fails.
+    async fn adopt(&self, targets: &[Target]) -> Result<()> {
+        let _ = targets;
+        Ok(())
+    }
+
     /// Every target of the pool with its status.
     async fn list(&self) -> Result<Vec<ListedTarget>>;
 
@@ -91,6 +105,7 @@ macro_rules! forward_load_balancer {
             fn capabilities(&self) -> Capabilities { (**self).capabilities() }
             fn default_poll_interval(&self) -> Duration { (**self).default_poll_interval() }
             fn enable_hint(&self, id: &TargetId) -> String { (**self).enable_hint(id) }
+            async fn adopt(&self, targets: &[Target]) -> Result<()> { (**self).adopt(targets).await }
             async fn list(&self) -> Result<Vec<ListedTarget>> { (**self).list().await }
             async fn status(&self, ids: &[TargetId]) -> Result<Vec<TargetStatus>> { (**self).status(ids).await }
             async fn drain(&self, ids: &[TargetId]) -> Result<()> { (**self).drain(ids).await }

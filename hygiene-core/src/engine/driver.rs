@@ -157,6 +157,26 @@ impl Parts {
         self.lb_call("list", || lb.list()).await
     }
 
+    /// The status of targets the listing does not show (ELBv2 lists only
+    /// registered targets), with retries; `None` for one the balancer does
+    /// not know at all.
+    pub(crate) async fn status_of(
+        &self,
+        targets: &[crate::target::Target],
+    ) -> Result<Vec<Option<crate::target::TargetStatus>>> {
+        let lb = Arc::clone(&self.lb);
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let ids = [t.id.clone()];
+            match self.lb_call("status", || lb.status(&ids)).await {
+                Ok(mut st) if st.len() == 1 => out.push(st.pop()),
+                Ok(_) | Err(Error::NotFound { .. }) => out.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Performs one effect.
     async fn perform(self: Arc<Self>, effect: Effect) -> Reply {
         let lb = Arc::clone(&self.lb);

@@ -199,7 +199,7 @@ impl Rollout {
                 ))
             }
         };
-        let listed = tokio::select! {
+        let mut listed = tokio::select! {
             biased;
             r = parts.list_pool() => r?,
             () = self.cancel.cancelled() => {
@@ -243,8 +243,25 @@ impl Rollout {
                 (machine, run_id)
             }
             (_, Some((journal::Status::Unfinished(h), records))) => {
-                let (_, traces) = Trace::of(&records)
+                let (header, traces) = Trace::of(&records)
                     .ok_or_else(|| Error::journal(location(&journal), "holds no run to recover"))?;
+                // What the dead process knew of each target (ELBv2 ports),
+                // and where the targets it may have taken out are: a
+                // balancer may not list a target that is out (ELBv2).
+                lb.adopt(&header.plan).await?;
+                let unlisted: Vec<crate::target::Target> = traces
+                    .iter()
+                    .filter(|t| t.maybe_out && !listed.iter().any(|l| l.target.id == t.target.id))
+                    .map(|t| t.target.clone())
+                    .collect();
+                for (target, status) in unlisted.iter().zip(parts.status_of(&unlisted).await?) {
+                    if let Some(status) = status {
+                        listed.push(crate::balancer::ListedTarget {
+                            target: target.clone(),
+                            status,
+                        });
+                    }
+                }
                 let recovery = if mode == Mode::Restore {
                     Recovery::Restore
                 } else {
