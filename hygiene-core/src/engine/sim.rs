@@ -742,6 +742,7 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
             effects = m.handle(Duration::from_millis(now - offset), Input::Tick);
         }
     }
+    // SIM_DEBUG=1 prints the machine a livelocked case left behind.
     if !finished && std::env::var("SIM_DEBUG").is_ok() {
         eprintln!("STUCK at {now} (offset {offset}): {m:#?}");
     }
