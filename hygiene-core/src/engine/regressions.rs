@@ -439,3 +439,24 @@ fn restore_status_error_after_enable_takes_target_out() {
         "on_failure = restore, yet the target is taken out: {e:?}"
     );
 }
+
+// Never silent: a report taken while a target is mid-way (a driver that
+// stopped early) names it as failed where it is, never "not started".
+#[test]
+fn a_target_mid_way_is_never_reported_not_started() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine(cfg, 2, 100);
+    let d = to_drain(&mut m, 1);
+    let _ = reply(&mut m, 3, d, Reply::Changed(Ok(())));
+    let r = report(&m, 0);
+    match r.result {
+        TargetResult::Failed {
+            kept_out: true,
+            restore_hint: Some(_),
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.location, Location::KeptOut);
+    assert_eq!(report(&m, 1).result, TargetResult::NotStarted);
+}
