@@ -310,6 +310,7 @@ pub(crate) async fn drive(
         machine.handle(start.elapsed(), Input::Tick)
     };
     let mut intents: std::collections::HashSet<CallId> = std::collections::HashSet::new();
+    let mut stuck = false;
     loop {
         journal_finished(&parts, &mut machine);
         for e in effects.drain(..) {
@@ -347,6 +348,7 @@ pub(crate) async fn drive(
             // Nothing can move the machine any more: a bug. Report what is
             // known; the report names every target not finished.
             error!("the rollout machine is stuck; ending the run");
+            stuck = true;
             break;
         }
         let input = tokio::select! {
@@ -368,10 +370,14 @@ pub(crate) async fn drive(
     }
     let outcome = machine.outcome();
     journal_finished(&parts, &mut machine);
-    let _logged = parts.journal(&Record::End {
-        outcome: outcome.clone(),
-        at: jiff::Timestamp::now().to_string(),
-    });
+    if !stuck {
+        // A stuck run leaves its journal unfinished: resume or restore can
+        // still reconcile what it left.
+        let _logged = parts.journal(&Record::End {
+            outcome: outcome.clone(),
+            at: jiff::Timestamp::now().to_string(),
+        });
+    }
     match &outcome {
         Outcome::Aborted { reason } => error!(reason = %reason, "rollout aborted"),
         other => info!(outcome = ?other, "rollout finished"),
