@@ -360,3 +360,54 @@ async fn a_journal_that_cannot_be_written_stops_drains_not_put_backs() {
         r.outcome
     );
 }
+
+// The journal alone tells an auditor what became of each target, with why.
+#[tokio::test(start_paused = true)]
+async fn finished_records_say_what_became_of_each_target_and_why() {
+    let (lb, ids) = pool(3);
+    lb.set_status(
+        &ids[2],
+        TargetState::OutOfService,
+        hygiene_core::Health::Unknown,
+    )
+    .expect("set");
+    let journal = MemoryJournal::new();
+    Rollout::new(lb, executor(&ids, Some(&ids[1])), config(1))
+        .with_journal(journal.clone())
+        .run()
+        .await
+        .expect("run");
+    let finished: Vec<(TargetId, hygiene_core::Stage, Location, Option<String>)> = journal
+        .records()
+        .expect("records")
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Finished {
+                id,
+                stage,
+                location,
+                detail,
+                ..
+            } => Some((id, stage, location, detail)),
+            _ => None,
+        })
+        .collect();
+    let of = |id: &TargetId| {
+        finished
+            .iter()
+            .find(|f| &f.0 == id)
+            .unwrap_or_else(|| panic!("no record for {id}: {finished:?}"))
+            .clone()
+    };
+    assert_eq!(of(&ids[0]).1, hygiene_core::Stage::Done);
+    let failed = of(&ids[1]);
+    assert_eq!(failed.1, hygiene_core::Stage::Failed);
+    assert_eq!(failed.2, Location::KeptOut);
+    assert!(failed.3.is_some_and(|d| d.contains("patch failed")));
+    let skipped = of(&ids[2]);
+    assert_eq!(skipped.1, hygiene_core::Stage::Skipped);
+    assert!(
+        skipped.3.is_some_and(|d| d.contains("OutOfService")),
+        "{finished:?}"
+    );
+}
