@@ -648,6 +648,16 @@ async fn a_spawned_rollout_is_cancelled_and_joined_through_its_handle() {
     handle.cancel();
     let r = handle.join().await.expect("run");
     assert_eq!(r.outcome, Outcome::Cancelled);
+    // Put back without maintenance: it never shows as enabling.
+    let mut stages = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let EventKind::Phase { id, stage, .. } = e.kind {
+            if id == ids[0] {
+                stages.push(stage);
+            }
+        }
+    }
+    assert_eq!(stages, vec![Stage::Restored], "after draining: {stages:?}");
     assert!(matches!(result(&r, &ids[0]), TargetResult::Restored { .. }));
     assert_eq!(state(&lb, &ids[0]), Some(TargetState::InService));
 }
