@@ -751,3 +751,44 @@ async fn a_target_out_when_its_batch_is_due_is_skipped_at_the_listing() {
     assert_eq!(result(&r, &ids[2]), &TargetResult::Done);
     assert_eq!(r.outcome, Outcome::Completed);
 }
+
+// A window's place frees only after its target's warmup, whatever else
+// happens meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_window_place_frees_after_the_warmup() {
+    let (lb, ids) = pool(3);
+    let exec = ScriptedExecutor::new();
+    for (id, secs) in ids.iter().zip([1, 3, 1]) {
+        exec.script(
+            id,
+            Script {
+                duration: Duration::from_secs(secs),
+                ..Script::default()
+            },
+        );
+    }
+    let started = Instant::now();
+    let r = Rollout::new(
+        lb.clone(),
+        exec,
+        base()
+            .batch_size(Amount::Count(2))
+            .pacing(Pacing::Window)
+            .warmup(Duration::from_secs(5))
+            .build()
+            .expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
+    assert!(r.is_success(), "{r:#?}");
+    // t000 is healthy at ~1 s and warms up until ~6 s; t001's maintenance
+    // ends at ~3 s meanwhile. t002 takes t000's place only at ~6 s.
+    let t2_drained = lb
+        .calls()
+        .iter()
+        .find(|c| c.op == Operation::Drain && c.ids.contains(&ids[2]))
+        .map(|c| c.at - started)
+        .expect("t002 drained");
+    assert!(t2_drained >= Duration::from_secs(6), "{t2_drained:?}");
+}
