@@ -247,14 +247,14 @@ impl Parts {
 /// preflight and the drain. Enable, disable, probe and the maintenance
 /// itself always finish (each within its time limit): they are how
 /// targets get back into rotation.
-fn cancellable(effect: &Effect) -> bool {
+pub(crate) fn cancellable(effect: &Effect) -> bool {
     matches!(
         effect,
         Effect::List(_) | Effect::Status(..) | Effect::Preflight(..) | Effect::Drain(..)
     )
 }
 
-fn abandoned(effect: &Effect) -> Reply {
+pub(crate) fn abandoned(effect: &Effect) -> Reply {
     let e = |op: &str| Error::Cancelled {
         operation: op.to_owned(),
     };

@@ -18,6 +18,7 @@ use crate::probe::ProbeVerdict;
 use crate::report::{Outcome, TargetResult};
 use crate::target::{Capabilities, Health, Target, TargetId, TargetState, TargetStatus};
 
+use super::driver::{abandoned, cancellable};
 use super::machine::{CallId, Effect, Input, Machine, Recovery, Reply};
 use super::record::{finished_record, intent_record, result_record};
 use crate::journal::{Header, Record, Trace, JOURNAL_FORMAT};
@@ -386,25 +387,6 @@ struct InFlight {
     effect: Effect,
     fault: Fault,
     issued: u64,
-}
-
-fn cancellable(e: &Effect) -> bool {
-    matches!(
-        e,
-        Effect::List(_) | Effect::Status(..) | Effect::Preflight(..) | Effect::Drain(..)
-    )
-}
-
-fn abandoned(e: &Effect) -> Reply {
-    let c = Error::Cancelled {
-        operation: "sim".into(),
-    };
-    match e {
-        Effect::List(_) => Reply::Listed(Err(c)),
-        Effect::Status(..) | Effect::ReadBack(..) => Reply::Status(Err(c)),
-        Effect::Preflight(..) => Reply::Preflight(Err(c)),
-        _ => Reply::Changed(Err(c)),
-    }
 }
 
 fn timed_out(e: &Effect) -> Reply {
