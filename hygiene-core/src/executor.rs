@@ -83,6 +83,61 @@ pub fn tail(s: &str, max: usize) -> String {
     s[start..].to_owned()
 }
 
+/// What an executor keeps of a maintenance it started, so that another
+/// process can find it again after a crash: executor-defined JSON (a local
+/// child's pid, start time and status file; an SSM CommandId). The engine
+/// journals it as soon as the executor reports it, and hands it back to
+/// [`Executor::recover`] when the run is resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ExecHandle(pub serde_json::Value);
+
+/// Where an executor reports each maintenance's [`ExecHandle`] as soon as
+/// the maintenance has started (before it finishes).
+pub struct HandleSink {
+    report: Option<Box<dyn Fn(&TargetId, ExecHandle) + Send + Sync>>,
+}
+
+impl HandleSink {
+    /// A sink that keeps nothing (no journal).
+    pub fn none() -> Self {
+        Self { report: None }
+    }
+
+    /// A sink that calls `report` for each handle.
+    pub fn new(report: impl Fn(&TargetId, ExecHandle) + Send + Sync + 'static) -> Self {
+        Self {
+            report: Some(Box::new(report)),
+        }
+    }
+
+    /// Reports that the maintenance of `id` started, with its handle.
+    pub fn started(&self, id: &TargetId, handle: ExecHandle) {
+        if let Some(f) = &self.report {
+            f(id, handle);
+        }
+    }
+}
+
+impl Debug for HandleSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleSink")
+            .field("reports", &self.report.is_some())
+            .finish()
+    }
+}
+
+/// What became of a maintenance that a process which died had started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Recovered {
+    /// It finished (or was still running and has now finished): its outcome.
+    Finished(ExecOutcome),
+    /// Its outcome cannot be learned; the reason says why. The rollout's
+    /// `on_interrupted` setting decides what happens to the target.
+    Unknown(String),
+}
+
 /// Runs the maintenance (patch, reboot, deploy) on targets.
 ///
 /// # Contract
@@ -93,6 +148,13 @@ pub fn tail(s: &str, max: usize) -> String {
 ///   `Err` means the executor itself failed (and a retryable one may be
 ///   retried by the engine, so `execute` must be safe to call again).
 /// - Batching belongs to the executor (SSM takes at most 50 instances a call).
+/// - Crash safety (optional): an executor whose maintenance outlives the
+///   process that started it (a child in its own process group, an SSM
+///   command) implements [`execute_tracked`](Executor::execute_tracked) to
+///   report an [`ExecHandle`] per target as soon as it has one, and
+///   [`recover`](Executor::recover) to wait for that maintenance from a new
+///   process and read its outcome. The defaults keep no handle and recover
+///   nothing, and a resumed run then applies `on_interrupted`.
 #[async_trait]
 pub trait Executor: Send + Sync + Debug + 'static {
     /// A short human name (for messages and reports).
@@ -103,6 +165,32 @@ pub trait Executor: Send + Sync + Debug + 'static {
 
     /// Runs the maintenance on each target.
     async fn execute(&self, targets: &[Target]) -> Result<Vec<ExecOutcome>>;
+
+    /// [`execute`](Executor::execute), reporting each target's
+    /// [`ExecHandle`] to `sink` as soon as its maintenance has started. The
+    /// engine calls this one; the default keeps no handle.
+    async fn execute_tracked(
+        &self,
+        targets: &[Target],
+        sink: &HandleSink,
+    ) -> Result<Vec<ExecOutcome>> {
+        let _unused = sink;
+        self.execute(targets).await
+    }
+
+    /// Finds a maintenance a dead process started on `target` from its
+    /// `handle`: waits while it still runs, then reads its outcome. `Err`
+    /// is for an executor that cannot ask right now (network, API); a
+    /// maintenance whose outcome is gone for good is
+    /// [`Recovered::Unknown`]. The default knows nothing.
+    async fn recover(&self, target: &Target, handle: &ExecHandle) -> Result<Recovered> {
+        let _unused = handle;
+        Ok(Recovered::Unknown(format!(
+            "{} cannot find a maintenance started by another process (on {})",
+            self.name(),
+            target.id
+        )))
+    }
 }
 
 macro_rules! forward_executor {
@@ -112,6 +200,8 @@ macro_rules! forward_executor {
             fn name(&self) -> String { (**self).name() }
             async fn preflight(&self, targets: &[Target]) -> Result<Vec<Preflight>> { (**self).preflight(targets).await }
             async fn execute(&self, targets: &[Target]) -> Result<Vec<ExecOutcome>> { (**self).execute(targets).await }
+            async fn execute_tracked(&self, targets: &[Target], sink: &HandleSink) -> Result<Vec<ExecOutcome>> { (**self).execute_tracked(targets, sink).await }
+            async fn recover(&self, target: &Target, handle: &ExecHandle) -> Result<Recovered> { (**self).recover(target, handle).await }
         }
     )*};
 }

@@ -25,7 +25,9 @@ pub use config::{
 };
 pub use engine::{Rollout, RolloutHandle};
 pub use error::{BoxError, Error, Result};
-pub use executor::{tail, ExecOutcome, Executor, Preflight, OUTPUT_TAIL_BYTES};
+pub use executor::{
+    tail, ExecHandle, ExecOutcome, Executor, HandleSink, Preflight, Recovered, OUTPUT_TAIL_BYTES,
+};
 pub use local::LocalCommand;
 pub use phase::{Location, Stage};
 pub use probe::{HttpProbe, Probe, ProbeVerdict, TcpProbe};
