@@ -95,8 +95,10 @@ pub struct ExecHandle(pub serde_json::Value);
 /// Where an executor reports each maintenance's [`ExecHandle`] as soon as
 /// the maintenance has started (before it finishes).
 pub struct HandleSink {
-    report: Option<Box<dyn Fn(&TargetId, ExecHandle) + Send + Sync>>,
+    report: Option<Box<ReportFn>>,
 }
+
+type ReportFn = dyn Fn(&TargetId, ExecHandle) + Send + Sync;
 
 impl HandleSink {
     /// A sink that keeps nothing (no journal).
