@@ -443,7 +443,9 @@ mod tests {
     }
 
     /// A sink keeping the handles it is told.
-    fn keeper() -> (HandleSink, Arc<Mutex<Vec<(TargetId, ExecHandle)>>>) {
+    type Kept = Arc<Mutex<Vec<(TargetId, ExecHandle)>>>;
+
+    fn keeper() -> (HandleSink, Kept) {
         let kept = Arc::new(Mutex::new(Vec::new()));
         let k = Arc::clone(&kept);
         let sink = HandleSink::new(move |id, h| k.lock().expect("lock").push((id.clone(), h)));
