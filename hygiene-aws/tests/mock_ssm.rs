@@ -774,19 +774,6 @@ async fn send_command_is_never_resent_by_the_sdk_after_a_cut_reply() {
     server.abort();
 }
 
-/// The handles `execute_tracked` reports, by target.
-fn keep_handles() -> (
-    hygiene_core::HandleSink,
-    Arc<Mutex<Vec<(TargetId, hygiene_core::ExecHandle)>>>,
-) {
-    let kept: Arc<Mutex<Vec<(TargetId, hygiene_core::ExecHandle)>>> = Arc::default();
-    let k = Arc::clone(&kept);
-    let sink = hygiene_core::HandleSink::new(move |id, h| {
-        k.lock().expect("kept").push((id.clone(), h));
-    });
-    (sink, kept)
-}
-
 // Crash safety: the command id is journaled as soon as SendCommand
 // answers, and a new process finds the command and waits for its end.
 #[tokio::test(start_paused = true)]
@@ -797,14 +784,15 @@ async fn a_new_process_finds_a_running_command_and_reads_its_outcome() {
     ] {
         let fake = Fake::new(vec![RUNNING]);
         let targets = [target("i-0001"), target("i-0002")];
-        let (sink, kept) = keep_handles();
+        let kept = hygiene_core::testing::KeptHandles::new();
+        let sink = kept.sink();
         let exec = builder(&fake).with_status_api(api).build().expect("builds");
         // The process dies while both commands run.
         let run = exec.execute_tracked(&targets, &sink);
         assert!(tokio::time::timeout(Duration::from_secs(5), run)
             .await
             .is_err());
-        let kept = kept.lock().expect("kept").clone();
+        let kept = kept.handles();
         assert_eq!(kept.len(), 2, "{kept:?}");
         assert_eq!(kept[0].0, targets[0].id);
         assert_eq!(

@@ -508,19 +508,15 @@ async fn a_new_process_reads_the_outcome_of_a_command_a_dead_run_sent() {
         .iter()
         .map(|i| Target::new(TargetId::new(i.clone()).expect("id")).with_instance_id(i.clone()))
         .collect();
-    let kept: std::sync::Arc<std::sync::Mutex<Vec<(TargetId, hygiene_core::ExecHandle)>>> =
-        Default::default();
-    let k = kept.clone();
-    let sink = hygiene_core::HandleSink::new(move |id, h| {
-        k.lock().expect("kept").push((id.clone(), h));
-    });
+    let kept = hygiene_core::testing::KeptHandles::new();
+    let sink = kept.sink();
     let out = exec(&counter)
         .await
         .execute_tracked(&targets, &sink)
         .await
         .expect("execute");
     assert!(out.iter().all(|o| o.success), "{out:?}");
-    let kept = kept.lock().expect("kept").clone();
+    let kept = kept.handles();
     assert_eq!(kept.len(), 2);
     let sent = counter.count("SendCommand");
     let fresh = exec(&counter).await;
