@@ -24,6 +24,9 @@ use crate::target::Target;
 /// enough not to leave connections open for long.
 const CONTROL_PERSIST: &str = "60";
 
+/// How long the host's `timeout` waits after its TERM before it kills.
+const REMOTE_KILL_AFTER: u32 = 10;
+
 /// Unix socket paths are limited (104 bytes on the BSDs and macOS, 108 on
 /// Linux, with the final NUL).
 const MAX_SOCKET_PATH: usize = 103;
@@ -88,8 +91,10 @@ const RESERVED_OPTIONS: &[&str] = &[
 ///   in its own process group, outlives a dead rollout (see
 ///   [`Executor::recover`]) and is killed at the time limit. Killing the
 ///   local client closes the connection, but sshd does not stop a remote
-///   command that has no terminal: bound it on the host too, e.g. with
-///   `timeout 9m sudo /usr/local/bin/patch`.
+///   command that has no terminal, so the host enforces the same limit: the
+///   command runs as `timeout -k 10 <limit> "$SHELL" -c '<command>'` when
+///   the host has `timeout` (coreutils, or a recent busybox), and as
+///   `"$SHELL" -c '<command>'` (unbounded there) when it has not.
 /// - **Preflight** runs `true` on each host (a key restricted by
 ///   `command=` in `authorized_keys` runs its forced command instead).
 #[derive(Debug, Clone)]
@@ -338,9 +343,10 @@ impl SshCommand {
             // ssh expands %-tokens in this option.
             opt(format!("UserKnownHostsFile={}", path.replace('%', "%%")));
         }
-        let secs =
-            self.connect_timeout.as_secs() + u64::from(self.connect_timeout.subsec_nanos() > 0);
-        opt(format!("ConnectTimeout={secs}"));
+        opt(format!(
+            "ConnectTimeout={}",
+            ceil_secs(self.connect_timeout)
+        ));
         // A host that died mid-maintenance is noticed in about a minute.
         opt("ServerAliveInterval=15".into());
         opt("ServerAliveCountMax=4".into());
@@ -393,8 +399,16 @@ impl SshCommand {
             })?;
             line.push_str(&format!(" {k}={q}"));
         }
-        line.push_str("; ");
-        line.push_str(&self.remote_command);
+        let command = shlex::try_quote(&self.remote_command)
+            .map_err(|e| format!("the remote command cannot be quoted ({e}); fix it"))?;
+        // The same time limit on the host: killing the local ssh does not
+        // stop a remote command that has no terminal.
+        let secs = ceil_secs(self.timeout);
+        line.push_str(&format!(
+            "; if command -v timeout >/dev/null 2>&1; \
+             then exec timeout -k {REMOTE_KILL_AFTER} {secs} \"${{SHELL:-/bin/sh}}\" -c {command}; \
+             else exec \"${{SHELL:-/bin/sh}}\" -c {command}; fi"
+        ));
         Ok(line)
     }
 
@@ -418,10 +432,14 @@ impl SshCommand {
                 "on {host} (target {id}): exit code {c}: the remote command (or the local ssh) was killed by signal {}",
                 c - 128
             ),
+            Some(124) => format!(
+                "on {host} (target {id}): exit code 124: the time limit of {:?} ran out on the host (`timeout` stopped the remote command)",
+                self.timeout
+            ),
             Some(c) => format!("on {host} (target {id}): the remote command exited with code {c}"),
             None if o.duration >= self.timeout => format!(
-                "on {host} (target {id}): ran past its time limit of {:?}; the local ssh was killed, but the remote command may still run on {host} \
-                 (sshd does not stop a command without a terminal): check the host, and bound the command there (e.g. `timeout`)",
+                "on {host} (target {id}): ran past its time limit of {:?}; the local ssh was killed, and the host's `timeout` stops \
+                 the remote command (if {host} has no `timeout`, it may still run there: check)",
                 self.timeout
             ),
             None => format!(
@@ -575,6 +593,11 @@ impl Executor for SshCommand {
     }
 }
 
+/// Whole seconds, rounded up.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// The host to ssh to: the target's address, when it is a host name or an
 /// IP literal (IPv6 without its brackets).
 fn ssh_host(target: &Target) -> std::result::Result<String, String> {
@@ -714,7 +737,8 @@ mod tests {
             .with_address("h")
             .with_port(80);
         let line = c.remote_line(&t).expect("line");
-        assert!(line.ends_with("; patch --now"), "{line}");
+        assert!(line.contains("-c 'patch --now'"), "{line}");
+        assert!(line.contains("timeout -k 10 600 "), "{line}");
         assert!(line.contains("HYGIENE_TARGET_PORT=80"), "{line}");
         assert!(!line.contains("'a'b"), "{line}");
     }
