@@ -82,8 +82,11 @@ const RESERVED_OPTIONS: &[&str] = &[
 ///   POSIX shell; `sudo` drops these variables unless its `env_keep` keeps
 ///   them.
 /// - **Connection reuse:** `ControlMaster=auto` with a socket under the
-///   state directory and `ControlPersist` of a minute, so the maintenance
-///   reuses the connection its preflight opened. When the state directory's
+///   state directory and `ControlPersist` of a minute, so ssh runs to one
+///   host within a minute of each other (a preflight and a short drain,
+///   then the maintenance) share one connection. The master detaches into
+///   its own session: neither a Ctrl-C nor a time limit's kill reaches it.
+///   When the state directory's
 ///   path is too long for a unix socket (or has characters ssh would
 ///   split), each ssh connects on its own.
 /// - **Time limit and output:** as [`LocalCommand`](crate::LocalCommand):
@@ -423,7 +426,7 @@ impl SshCommand {
         }
         let id = o.id.clone();
         o.message = Some(match o.exit_code {
-            Some(255) => self.connect_failure(host, &id.to_string(), &o.stderr_tail),
+            Some(255) => self.connect_failure(host, id.as_str(), &o.stderr_tail),
             Some(127) => format!(
                 "on {host} (target {id}): exit code 127, a command was not found: the remote command on {host}, or {:?} here; see its stderr",
                 self.ssh_name()

@@ -4,6 +4,7 @@
 #![cfg(feature = "ssh")]
 
 use std::net::TcpStream;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -130,6 +131,9 @@ impl Sshd {
             .with_known_hosts_file(self.path("known_hosts"))
             .with_state_dir(self.path("state"))
             .with_connect_timeout(Duration::from_secs(5))
+            // Connection masters outlive the test only briefly.
+            .with_option("ControlPersist", "3")
+            .expect("option")
     }
 }
 
@@ -276,6 +280,12 @@ async fn preflight_is_ready_for_the_host_and_not_for_a_closed_port() {
     let t = [target("web-1", "127.0.0.1")];
     let ok = sshd.command("true").preflight(&t).await.expect("preflight");
     assert_eq!(ok, vec![Preflight::Ready], "sshd: {}", sshd.log());
+    // The connection stays open for the maintenance to reuse.
+    let socket = std::fs::read_dir(sshd.path("state"))
+        .expect("state dir")
+        .filter_map(std::result::Result::ok)
+        .any(|e| e.file_type().is_ok_and(|t| t.is_socket()));
+    assert!(socket, "no control socket in the state dir after preflight");
     let closed = sshd
         .command("true")
         .with_port(free_port())
