@@ -188,3 +188,24 @@ async fn a_rollout_of_one_backend_loses_no_request_on_the_other() {
         assert_eq!(h.server(backend, server).await, ("UP".to_owned(), 0));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_a_shared_host_is_drained_from_both_pools() {
+    let Some(bin) = haproxy_bin() else { return };
+    let (_b, h) = start(&bin).await;
+    let lb = balancer(&h, HostScope::AllBackends);
+    let api = HaproxyBalancer::builder()
+        .node(h.node("lb-a"))
+        .backend("api")
+        .scope(HostScope::PoolBackendsOnly)
+        .retry(quick_retry())
+        .build()
+        .expect("valid");
+    let shared = hygiene_core::conformance::SharedHost {
+        id: id("web/s1"),
+        other: Arc::new(api),
+        other_id: id("api/api-s1"),
+        settle: Duration::from_secs(3),
+    };
+    hygiene_core::conformance::check_shared_host(&lb, &shared).await;
+}
