@@ -262,3 +262,28 @@ async fn replies_are_capped() {
     assert!(matches!(e, Error::Protocol { .. }), "{e:?}");
     assert!(e.to_string().contains("max_reply_size"), "{e}");
 }
+
+/// After a crash, a new process adopts the dead run's targets: it catches a
+/// renumbering since the listing, and keeps ending the drains in `down`.
+#[tokio::test]
+async fn adopted_targets_keep_their_address_and_drain_to_down() {
+    let srv = FakeNginx::start(State::standard()).await;
+    let first = builder([&srv]).upstream("backend").build().expect("valid");
+    let listed = first.list().await.expect("list");
+    first.drain(&[id("backend/1")]).await.expect("drain");
+    drop(first);
+
+    let lb = builder([&srv]).upstream("backend").build().expect("valid");
+    let targets: Vec<_> = listed.into_iter().map(|l| l.target).collect();
+    lb.adopt(&targets).await.expect("adopt");
+    let st = lb.status(&[id("backend/1")]).await.expect("status")[0].clone();
+    assert_eq!(st.state, TargetState::OutOfService, "{st:?}");
+    assert!(srv.peer(Kind::Http, "backend", 1).down);
+
+    srv.with(|s| s.reload(true));
+    let e = lb
+        .status(&[id("backend/0")])
+        .await
+        .expect_err("renumbered since the listing");
+    assert!(matches!(e, Error::Rejected { .. }), "{e:?}");
+}
