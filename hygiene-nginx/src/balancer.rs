@@ -1,7 +1,7 @@
 //! [`NginxBalancer`]: the [`LoadBalancer`] over one or several NGINX Plus
 //! instances.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -13,39 +13,72 @@ use hygiene_core::{
 };
 use serde_json::{json, Value};
 
-use crate::client::{Instance, Peer, UpstreamKind, UpstreamLive};
-use crate::config::{HealthChecks, NginxBuilder, UpstreamRef};
+use crate::client::{Instance, Peer, UpstreamKind};
+use crate::config::{HealthChecks, Scope, UpstreamRef};
 use crate::error::{Ctx, NginxError};
+use crate::pool::{entries_of, host_of, named, Entry, EntryKey, ServerKey, Snapshot, Upstreams};
 use crate::status::{combine, peer_status};
 
-/// Servers of NGINX Plus upstreams as one pool, over the REST API.
+/// Hosts behind NGINX Plus upstreams as one pool, over the REST API.
 ///
-/// # Targets
+/// # Targets are hosts
 /// A target id is `<upstream>/<server id>` (`backend/3`), the id nginx gives
-/// the server; [`LoadBalancer::list`] returns that form. A server can also be
-/// named by address, `backend/10.0.0.5:8080` (its resolved `name` or its
-/// configured `server`); every server of the upstream with that address is
-/// then concerned.
+/// the server on the first instance; [`LoadBalancer::list`] returns that
+/// form. A server can also be named by address, `backend/10.0.0.5:8080`
+/// (its `server`), or by host, `backend/10.0.0.5`.
+///
+/// The target is the **host** of that server: with [`Scope::AllUpstreams`]
+/// (the default) every entry of every upstream, http or stream, whose
+/// `server` is on the same host is drained, disabled and enabled with it,
+/// and its status combines them all: drained only when drained
+/// everywhere, in service and healthy only when so everywhere. `list`
+/// gives each host once (its first entry in the configured upstreams) and
+/// names all its entries in the `entries` meta. Entries are matched by the
+/// peers' `server` address, never by `name`.
 ///
 /// # Several instances
 /// Every instance (an HA pair) holds the same upstreams. Server ids are read
-/// on the first instance; on the others the server with the same address is
-/// used, since their ids may differ. Mutations go to every instance; status
-/// is in service only where in service on all, with connections summed (see
-/// the rules in the crate docs). A server missing on one instance is
-/// [`Error::NotFound`] naming that instance, and nothing is changed.
+/// on the first instance; on the others the same host is used, since their
+/// ids may differ. Mutations go to every instance; status combines them
+/// (see the crate docs). A host missing from the named upstream on one
+/// instance is [`Error::NotFound`] naming that instance, and nothing is
+/// changed.
 ///
 /// # Operations
 /// | | http upstream | stream upstream |
 /// |---|---|---|
-/// | drain | `PATCH {"drain": true}` | `PATCH {"down": true}`: open connections run on; drained at `active == 0` |
+/// | drain | `PATCH {"drain": true}`, then `{"down": true}` at `active == 0` | `PATCH {"down": true}`: open connections run on; drained at `active == 0` |
 /// | disable | `PATCH {"down": true}` | `PATCH {"down": true}` |
 /// | enable | `PATCH {"drain": false, "down": false}` | `PATCH {"down": false}` |
+///
+/// **Why an http drain ends in `down`.** nginx keeps a `draining` server
+/// draining forever and still sends it the requests that session
+/// persistence (`sticky`) binds to it, so `active == 0` on a draining
+/// server may be an idle sticky client, not the end of its work. The engine
+/// drains, polls `status` until drained, then runs the maintenance; so the
+/// second step lives in `status`: for a server this balancer drained, the
+/// read that sees it `draining` with `active == 0` on an instance PATCHes
+/// `{"down": true}` there first, and reports it out of service only once
+/// nginx has accepted that. A `draining` server with no connection that
+/// this balancer did not drain (an operator's, or one a crashed run
+/// drained: see [`LoadBalancer::adopt`]) reads as draining with an
+/// **unknown** connection count, never as drained. What this cannot cover:
+/// a drain cut short by the engine's drain timeout with
+/// `OnDrainTimeout::Proceed` runs the maintenance while the server is only
+/// draining; that needs the engine to disable after a forced drain.
 ///
 /// Drain leaves a server that is already `down` alone (setting `drain` on it
 /// would let sticky sessions back in). Every call first reads the upstreams
 /// and resolves every id on every instance, so an unknown id fails the call
 /// before any change.
+///
+/// # Reloads
+/// A reload forgets API changes and renumbers server ids. The balancer
+/// remembers the address each `<upstream>/<id>` named when first seen (or
+/// adopted): when the id now names another address, the call fails with
+/// [`Error::Rejected`] naming both, and nothing is sent. Every PATCH reply
+/// is checked to be the server meant; a mismatch (a reload between the read
+/// and the PATCH) fails the call naming the server that was changed.
 ///
 /// # Health
 /// See [`HealthChecks`]: with active checks (the default), `Healthy` needs a
@@ -60,8 +93,22 @@ struct Inner {
     upstreams: Vec<UpstreamRef>,
     health: HealthChecks,
     poll: Duration,
-    /// `(instance, upstream, peer id)` → `health_checks.checks` at enable.
-    baselines: Mutex<HashMap<(usize, usize, u64), u64>>,
+    scope: Scope,
+    /// Entry → `health_checks.checks` at enable.
+    baselines: Mutex<HashMap<EntryKey, u64>>,
+    /// http entries this balancer drained: set `down` once at `active == 0`.
+    sealing: Mutex<HashSet<EntryKey>>,
+    /// `(configured upstream, id)` → the address it named when first seen.
+    known: Mutex<HashMap<(usize, u64), String>>,
+    /// Target id → the entries it resolved to last, for the enable hint.
+    last_entries: Mutex<HashMap<TargetId, Vec<HintEntry>>>,
+}
+
+/// `(instance, kind, upstream, server id)` of an entry, for hints.
+type HintEntry = (usize, UpstreamKind, String, u64);
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl fmt::Debug for NginxBalancer {
@@ -71,14 +118,9 @@ impl fmt::Debug for NginxBalancer {
             .field("upstreams", &self.inner.upstreams)
             .field("health", &self.inner.health)
             .field("poll", &self.inner.poll)
+            .field("scope", &self.inner.scope)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ServerKey {
-    Id(u64),
-    Address(String),
 }
 
 #[derive(Debug, Clone)]
@@ -88,14 +130,13 @@ struct Wanted {
     key: ServerKey,
 }
 
-/// Per instance: the live upstreams read for this call.
-type Snapshot = Vec<HashMap<usize, UpstreamLive>>;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Drain,
     Disable,
     Enable,
+    /// The second step of an http drain (see the type docs).
+    Seal,
 }
 
 impl Op {
@@ -104,6 +145,7 @@ impl Op {
             Self::Drain => "drain",
             Self::Disable => "disable",
             Self::Enable => "enable",
+            Self::Seal => "set down after drain",
         }
     }
 
@@ -112,17 +154,29 @@ impl Op {
         match (self, kind) {
             (Self::Drain, _) if state == "down" => None,
             (Self::Drain, UpstreamKind::Http) => Some(json!({ "drain": true })),
-            (Self::Drain | Self::Disable, _) => Some(json!({ "down": true })),
+            (Self::Drain | Self::Disable | Self::Seal, _) => Some(json!({ "down": true })),
             (Self::Enable, UpstreamKind::Http) => Some(json!({ "drain": false, "down": false })),
             (Self::Enable, UpstreamKind::Stream) => Some(json!({ "down": false })),
         }
     }
 }
 
+/// One PATCH to send: instance, kind, upstream, peer id, its address, body,
+/// label for messages.
+struct Patch {
+    inst: usize,
+    kind: UpstreamKind,
+    upstream: String,
+    id: u64,
+    server: String,
+    body: Value,
+    label: String,
+}
+
 impl NginxBalancer {
     /// A builder: `NginxBalancer::builder().instance(url).upstream("backend").build()`.
-    pub fn builder() -> NginxBuilder {
-        NginxBuilder::new()
+    pub fn builder() -> crate::NginxBuilder {
+        crate::NginxBuilder::new()
     }
 
     pub(crate) fn from_parts(
@@ -130,6 +184,7 @@ impl NginxBalancer {
         upstreams: Vec<UpstreamRef>,
         health: HealthChecks,
         poll: Duration,
+        scope: Scope,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -137,7 +192,11 @@ impl NginxBalancer {
                 upstreams,
                 health,
                 poll,
+                scope,
                 baselines: Mutex::new(HashMap::new()),
+                sealing: Mutex::new(HashSet::new()),
+                known: Mutex::new(HashMap::new()),
+                last_entries: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -198,103 +257,220 @@ impl NginxBalancer {
             .collect()
     }
 
-    /// Reads the given upstreams on every instance (instances in parallel).
-    async fn snapshot(&self, ups: &BTreeSet<usize>) -> Result<Snapshot, NginxError> {
+    fn label(&self, i: usize) -> &str {
+        self.inner
+            .instances
+            .get(i)
+            .map(Instance::label)
+            .unwrap_or_default()
+    }
+
+    /// Reads the upstreams on every instance (instances in parallel): with
+    /// `all`, every upstream of every kind (one call per kind), else only
+    /// the configured ones (one call per configured kind). A configured
+    /// upstream missing from the list is asked for by name, for nginx's own
+    /// error (`UpstreamNotFound`, `UpstreamStatic`).
+    async fn snapshot(&self, all: bool) -> Result<Snapshot, NginxError> {
         let inner = &self.inner;
-        try_join_all(inner.instances.iter().map(|inst| async move {
-            let mut m = HashMap::new();
-            for &u in ups {
-                let r = &inner.upstreams[u];
-                m.insert(u, inst.upstream(r.kind, &r.name).await?);
+        let kinds: BTreeSet<UpstreamKind> = if all {
+            [UpstreamKind::Http, UpstreamKind::Stream].into()
+        } else {
+            inner.upstreams.iter().map(|u| u.kind).collect()
+        };
+        try_join_all(inner.instances.iter().map(|inst| {
+            let kinds = kinds.clone();
+            async move {
+                let mut m = Upstreams::new();
+                for kind in kinds {
+                    let wanted: Vec<&str> = inner
+                        .upstreams
+                        .iter()
+                        .filter(|u| u.kind == kind)
+                        .map(|u| u.name.as_str())
+                        .collect();
+                    let configured = !wanted.is_empty();
+                    let listed = match inst.upstreams(kind, &wanted.join(", ")).await {
+                        Ok(l) => l,
+                        // An nginx without a `stream` block has no stream
+                        // upstreams to drain from.
+                        Err(NginxError::Api { status: 404, .. }) if !configured => HashMap::new(),
+                        Err(e) => return Err(e),
+                    };
+                    for (name, live) in listed {
+                        if all
+                            || inner
+                                .upstreams
+                                .iter()
+                                .any(|u| u.kind == kind && u.name == name)
+                        {
+                            m.insert((kind, name), live);
+                        }
+                    }
+                }
+                for r in &inner.upstreams {
+                    if let std::collections::btree_map::Entry::Vacant(v) =
+                        m.entry((r.kind, r.name.clone()))
+                    {
+                        v.insert(inst.upstream(r.kind, &r.name).await?);
+                    }
+                }
+                Ok::<_, NginxError>(m)
             }
-            Ok::<_, NginxError>(m)
         }))
         .await
     }
 
-    fn live<'a>(&self, snap: &'a Snapshot, i: usize, up: usize) -> &'a [Peer] {
-        snap.get(i)
-            .and_then(|m| m.get(&up))
-            .map(|l| l.peers.as_slice())
-            .unwrap_or_default()
+    fn scope_all(&self) -> bool {
+        self.inner.scope == Scope::AllUpstreams
     }
 
-    /// The peers a target names, per instance (each non-empty).
-    fn resolve<'a>(
-        &self,
-        snap: &'a Snapshot,
-        w: &Wanted,
-    ) -> Result<Vec<Vec<&'a Peer>>, NginxError> {
-        let upstream = &self.inner.upstreams[w.up].name;
-        let label = |i: usize| {
-            self.inner
-                .instances
-                .get(i)
-                .map(Instance::label)
-                .unwrap_or_default()
-        };
-        let first: Vec<&Peer> = self
-            .live(snap, 0, w.up)
-            .iter()
-            .filter(|p| match &w.key {
-                ServerKey::Id(n) => p.id == *n,
-                ServerKey::Address(a) => p.address() == a || p.server == *a,
-            })
-            .collect();
+    /// The entries of a target's host on every instance.
+    fn resolve<'a>(&self, snap: &'a Snapshot, w: &Wanted) -> Result<Vec<Entry<'a>>, NginxError> {
+        let r = &self.inner.upstreams[w.up];
+        let first = snap
+            .first()
+            .map(|u| named(u, r.kind, &r.name, &w.key))
+            .unwrap_or_default();
         if first.is_empty() {
             return Err(NginxError::UnknownTarget {
                 id: w.id.to_string(),
-                location: format!("nginx {} (upstream {upstream:?})", label(0)),
+                location: format!("nginx {} (upstream {:?})", self.label(0), r.name),
             });
         }
-        let addrs: BTreeSet<&str> = first.iter().map(|p| p.address()).collect();
-        let mut out = vec![first];
-        for i in 1..self.inner.instances.len() {
-            let peers: Vec<&Peer> = self
-                .live(snap, i, w.up)
+        if let ServerKey::Id(n) = w.key {
+            let now = &first[0].server;
+            let mut known = locked(&self.inner.known);
+            match known.get(&(w.up, n)) {
+                Some(was) if was != now => {
+                    return Err(NginxError::Renumbered {
+                        id: w.id.to_string(),
+                        instance: self.label(0).to_owned(),
+                        was: was.clone(),
+                        now: now.clone(),
+                        upstream: r.name.clone(),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    known.insert((w.up, n), now.clone());
+                }
+            }
+        }
+        let hosts: BTreeSet<&str> = first.iter().map(|p| host_of(&p.server)).collect();
+        let mut out = Vec::new();
+        for i in 0..self.inner.instances.len() {
+            let found = entries_of(snap, i, &hosts);
+            if !found
                 .iter()
-                .filter(|p| addrs.contains(p.address()))
-                .collect();
-            if peers.is_empty() {
+                .any(|e| e.kind == r.kind && e.upstream == r.name)
+            {
                 return Err(NginxError::UnknownTarget {
                     id: w.id.to_string(),
                     location: format!(
-                        "nginx {} (upstream {upstream:?}; it is {addrs:?} on {}: the instances disagree)",
-                        label(i),
-                        label(0)
+                        "nginx {} (upstream {:?}; it is host {hosts:?} on {}: the instances disagree)",
+                        self.label(i),
+                        r.name,
+                        self.label(0)
                     ),
                 });
             }
-            out.push(peers);
+            out.extend(found);
         }
+        locked(&self.inner.last_entries).insert(
+            w.id.clone(),
+            out.iter()
+                .map(|e| (e.inst, e.kind, e.upstream.to_owned(), e.peer.id))
+                .collect(),
+        );
         Ok(out)
     }
 
     fn status_of(&self, snap: &Snapshot, w: &Wanted) -> Result<TargetStatus> {
-        let per_instance = self.resolve(snap, w)?;
+        let entries = self.resolve(snap, w)?;
         let mut views = Vec::new();
-        let mut baselines = self
-            .inner
-            .baselines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (i, peers) in per_instance.iter().enumerate() {
-            for p in peers {
-                let key = (i, w.up, p.id);
-                let v = peer_status(p, self.inner.health, baselines.get(&key).copied()).map_err(
-                    |m| {
-                        let ctx = Ctx::new(self.inner.instances[i].label(), "read peer state")
-                            .upstream(&self.inner.upstreams[w.up].name);
-                        Error::from(NginxError::Malformed { ctx, message: m })
-                    },
-                )?;
-                if v.fresh {
-                    baselines.remove(&key);
-                }
-                views.push(v.status);
+        let mut baselines = locked(&self.inner.baselines);
+        for e in &entries {
+            let key = e.key();
+            let v = peer_status(e.peer, self.inner.health, baselines.get(&key).copied()).map_err(
+                |m| {
+                    let ctx = Ctx::new(self.label(e.inst), "read peer state").upstream(e.upstream);
+                    Error::from(NginxError::Malformed { ctx, message: m })
+                },
+            )?;
+            if v.fresh {
+                baselines.remove(&key);
             }
+            let mut st = v.status;
+            if e.kind == UpstreamKind::Http
+                && e.peer.state == "draining"
+                && st.connections == Some(0)
+            {
+                // Only draining: sticky clients can still bring requests,
+                // so no connection now does not mean drained (type docs).
+                st.connections = None;
+            }
+            views.push(st);
         }
         Ok(combine(&views))
+    }
+
+    /// The http entries of these targets that this balancer drained and
+    /// that are now `draining` with no connection: to be set `down`.
+    fn to_seal(&self, snap: &Snapshot, wanted: &[Wanted]) -> Result<Vec<Patch>> {
+        let sealing = locked(&self.inner.sealing).clone();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for w in wanted {
+            for e in self.resolve(snap, w)? {
+                let ready = e.kind == UpstreamKind::Http
+                    && e.peer.state == "draining"
+                    && e.peer.active == Some(0)
+                    && sealing.contains(&e.key());
+                if ready && seen.insert(e.key()) {
+                    out.push(self.patch_of(&e, Op::Seal, &w.id));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn patch_of(&self, e: &Entry<'_>, op: Op, asked: &TargetId) -> Patch {
+        Patch {
+            inst: e.inst,
+            kind: e.kind,
+            upstream: e.upstream.to_owned(),
+            id: e.peer.id,
+            server: e.peer.server.clone(),
+            body: op.body(e.kind, "").unwrap_or(Value::Null),
+            label: format!("{}, asked as {asked}", e.label()),
+        }
+    }
+
+    /// Sends the PATCHes (instances in parallel, each one's in order) and
+    /// checks every reply names the server meant.
+    async fn send(&self, patches: &[Patch], op: Op) -> Result<(), NginxError> {
+        let inner = &self.inner;
+        try_join_all((0..inner.instances.len()).map(|i| async move {
+            let inst = &inner.instances[i];
+            for p in patches.iter().filter(|p| p.inst == i) {
+                let ctx = Ctx::new(inst.label(), op.name())
+                    .upstream(&p.upstream)
+                    .server(p.label.clone());
+                let conf = inst.patch_server(p.kind, &p.upstream, p.id, &p.body, &ctx).await?;
+                if conf.server != p.server || conf.id != p.id {
+                    return Err(NginxError::WrongServer {
+                        ctx: Box::new(ctx),
+                        body: p.body.to_string(),
+                        meant: p.server.clone(),
+                        changed: conf.server,
+                    });
+                }
+                tracing::debug!(nginx.instance = inst.label(), upstream = %p.upstream, server.id = p.id, server.address = %p.server, op = op.name(), "patched");
+            }
+            Ok::<_, NginxError>(())
+        }))
+        .await?;
+        Ok(())
     }
 
     async fn mutate(&self, ids: &[TargetId], op: Op) -> Result<()> {
@@ -305,72 +481,67 @@ impl NginxBalancer {
             .iter()
             .map(|id| self.parse(id))
             .collect::<Result<Vec<_>>>()?;
-        let ups = wanted.iter().map(|w| w.up).collect();
-        let snap = self.snapshot(&ups).await?;
+        let snap = self.snapshot(self.scope_all()).await?;
         let resolved = wanted
             .iter()
             .map(|w| self.resolve(&snap, w))
             .collect::<Result<Vec<_>, _>>()?;
 
-        // Per instance: (upstream, peer id, body, target label), each peer once.
-        let n = self.inner.instances.len();
-        let mut plans: Vec<Vec<(usize, u64, Value, String)>> = vec![Vec::new(); n];
-        let mut seen = BTreeSet::new();
-        for (w, per_instance) in wanted.iter().zip(&resolved) {
-            let kind = self.inner.upstreams[w.up].kind;
-            for (i, peers) in per_instance.iter().enumerate() {
-                for p in peers {
-                    if !seen.insert((i, w.up, p.id)) {
-                        continue;
+        let mut patches = Vec::new();
+        let mut seen = HashSet::new();
+        for (w, entries) in wanted.iter().zip(&resolved) {
+            for e in entries {
+                let key = e.key();
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                match op {
+                    Op::Drain if e.kind == UpstreamKind::Http => {
+                        locked(&self.inner.sealing).insert(key.clone());
                     }
-                    let Some(body) = op.body(kind, &p.state) else {
-                        tracing::debug!(target.id = %w.id, nginx.instance = self.inner.instances[i].label(), state = %p.state, "already out, left alone");
-                        continue;
-                    };
-                    if op == Op::Enable
-                        && self.inner.health == HealthChecks::Active
-                        && p.state != "up"
-                    {
-                        // Recorded before the PATCH: no check counted so far may vouch for the server.
-                        let checks = p.health_checks.map(|h| h.checks).unwrap_or(0);
-                        self.inner
-                            .baselines
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert((i, w.up, p.id), checks);
+                    Op::Disable | Op::Enable => {
+                        locked(&self.inner.sealing).remove(&key);
                     }
-                    let label = format!(
-                        "{}/{} ({}), asked as {}",
-                        self.inner.upstreams[w.up].name,
-                        p.id,
-                        p.address(),
-                        w.id
-                    );
-                    plans[i].push((w.up, p.id, body, label));
+                    _ => {}
+                }
+                let Some(body) = op.body(e.kind, &e.peer.state) else {
+                    tracing::debug!(target.id = %w.id, nginx.instance = self.label(e.inst), state = %e.peer.state, "already out, left alone");
+                    continue;
+                };
+                if op == Op::Enable
+                    && self.inner.health == HealthChecks::Active
+                    && e.peer.state != "up"
+                {
+                    // Recorded before the PATCH: no check counted so far may vouch for the server.
+                    let checks = e.peer.health_checks.map(|h| h.checks).unwrap_or(0);
+                    locked(&self.inner.baselines).insert(key, checks);
+                }
+                let mut p = self.patch_of(e, op, &w.id);
+                p.body = body;
+                patches.push(p);
+            }
+        }
+        self.send(&patches, op).await?;
+        Ok(())
+    }
+
+    /// Targets named by `list`: each host once, at its first entry in the
+    /// configured upstreams of the first instance.
+    fn hosts_listed(&self, snap: &Snapshot) -> Vec<(usize, u64)> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (u, r) in self.inner.upstreams.iter().enumerate() {
+            let Some(live) = snap.first().and_then(|m| m.get(&(r.kind, r.name.clone()))) else {
+                continue;
+            };
+            for p in &live.peers {
+                if seen.insert(host_of(&p.server).to_owned()) {
+                    out.push((u, p.id));
                 }
             }
         }
-        let inner = &self.inner;
-        try_join_all(plans.iter().enumerate().map(|(i, plan)| async move {
-            let inst = &inner.instances[i];
-            for (up, peer, body, label) in plan {
-                let r = &inner.upstreams[*up];
-                let ctx = Ctx::new(inst.label(), op.name()).upstream(&r.name).server(label.clone());
-                inst.patch_server(r.kind, &r.name, *peer, body, &ctx).await?;
-                tracing::debug!(nginx.instance = inst.label(), upstream = %r.name, server.id = peer, op = op.name(), "patched");
-            }
-            Ok::<_, NginxError>(())
-        }))
-        .await?;
-        Ok(())
+        out
     }
-}
-
-fn split_address(addr: &str) -> Option<(String, u16)> {
-    let (host, port) = addr.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty() && !host.starts_with("unix")).then(|| (host.to_owned(), port))
 }
 
 #[async_trait]
@@ -405,57 +576,173 @@ impl LoadBalancer for NginxBalancer {
         let Ok(w) = self.parse(id) else {
             return format!("re-enable {id} on {} once it is fixed", self.name());
         };
-        let r = &self.inner.upstreams[w.up];
-        let body = match r.kind {
-            UpstreamKind::Http => r#"{"drain":false,"down":false}"#,
-            UpstreamKind::Stream => r#"{"down":false}"#,
-        };
-        let server = match &w.key {
-            ServerKey::Id(n) => n.to_string(),
-            ServerKey::Address(a) => format!("<id of {a}>"),
-        };
-        let urls: Vec<String> = self
-            .inner
-            .instances
+        let entries = locked(&self.inner.last_entries)
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| {
+                // Never resolved here: the named upstream only, by its id.
+                let r = &self.inner.upstreams[w.up];
+                match &w.key {
+                    ServerKey::Id(n) => (0..self.inner.instances.len())
+                        .map(|i| (i, r.kind, r.name.clone(), *n))
+                        .collect(),
+                    ServerKey::Address(_) => Vec::new(),
+                }
+            });
+        if entries.is_empty() {
+            return format!(
+                "re-enable every server of {id} on {} once it is fixed",
+                self.name()
+            );
+        }
+        let urls: Vec<String> = entries
             .iter()
-            .map(|i| {
-                let v = i.known_version().unwrap_or(crate::client::MAX_API_VERSION);
+            .map(|(i, kind, upstream, peer)| {
+                let inst = &self.inner.instances[*i];
+                let v = inst
+                    .known_version()
+                    .unwrap_or(crate::client::MAX_API_VERSION);
+                let body = match kind {
+                    UpstreamKind::Http => r#"{"drain":false,"down":false}"#,
+                    UpstreamKind::Stream => r#"{"down":false}"#,
+                };
                 format!(
-                    "{}/{v}/{}/upstreams/{}/servers/{server}",
-                    i.label(),
-                    r.kind,
-                    r.name
+                    "{body} to {}/{v}/{kind}/upstreams/{upstream}/servers/{peer}",
+                    inst.label()
                 )
             })
             .collect();
-        format!("once it is fixed, PATCH {body} (curl -X PATCH -H 'Content-Type: application/json' -d '{body}' URL) to each of: {}", urls.join(" "))
+        format!(
+            "once it is fixed, PATCH (curl -X PATCH -H 'Content-Type: application/json' -d BODY URL) each of: {} (check first that each id still names the host: a reload renumbers servers)",
+            urls.join(", ")
+        )
+    }
+
+    /// Learns the address each `<upstream>/<id>` named when an earlier
+    /// process listed it (the `server` meta), so a reload that renumbered
+    /// the servers since is caught, and keeps sealing (setting `down` at
+    /// `active == 0`) the http servers of those targets that are draining.
+    async fn adopt(&self, targets: &[Target]) -> Result<()> {
+        for t in targets {
+            let Ok(w) = self.parse(&t.id) else { continue };
+            if let (ServerKey::Id(n), Some(server)) = (&w.key, t.meta.get("server")) {
+                locked(&self.inner.known)
+                    .entry((w.up, *n))
+                    .or_insert_with(|| server.clone());
+            }
+            if let Some(entries) = t.meta.get("entries") {
+                let mut sealing = locked(&self.inner.sealing);
+                for e in entries.split(' ') {
+                    // `<instance>|<kind>|<upstream>|<server>`
+                    let parts: Vec<&str> = e.split('|').collect();
+                    if let [i, "http", u, server] = parts[..] {
+                        if let Ok(i) = i.parse() {
+                            sealing.insert((
+                                i,
+                                UpstreamKind::Http,
+                                u.to_owned(),
+                                server.to_owned(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<ListedTarget>> {
-        let ups: BTreeSet<usize> = (0..self.inner.upstreams.len()).collect();
-        let snap = self.snapshot(&ups).await?;
+        // Every upstream, whatever the scope: the warnings need them.
+        let snap = self.snapshot(true).await?;
         let mut out = Vec::new();
-        for (u, r) in self.inner.upstreams.iter().enumerate() {
-            for p in self.live(&snap, 0, u) {
-                let id = TargetId::new(format!("{}/{}", r.name, p.id))?;
-                let w = Wanted {
-                    id: id.clone(),
-                    up: u,
-                    key: ServerKey::Id(p.id),
-                };
-                let status = self.status_of(&snap, &w)?;
-                let mut target = Target::new(id)
-                    .with_meta("upstream", r.name.clone())
-                    .with_meta("protocol", r.kind.to_string())
-                    .with_meta("server", p.server.clone());
-                if let Some((host, port)) = split_address(p.address()) {
-                    target = target.with_address(host).with_port(port);
+        for (u, n) in self.hosts_listed(&snap) {
+            let r = &self.inner.upstreams[u];
+            let id = TargetId::new(format!("{}/{}", r.name, n))?;
+            let w = Wanted {
+                id: id.clone(),
+                up: u,
+                key: ServerKey::Id(n),
+            };
+            let entries = self.resolve(&snap, &w)?;
+            let peer: &Peer = entries
+                .iter()
+                .find(|e| e.inst == 0 && e.kind == r.kind && e.upstream == r.name && e.peer.id == n)
+                .map(|e| e.peer)
+                .ok_or_else(|| Error::target_not_found(id.to_string(), None))?;
+            let outside: BTreeSet<String> = entries
+                .iter()
+                .filter(|e| {
+                    !self
+                        .inner
+                        .upstreams
+                        .iter()
+                        .any(|c| c.kind == e.kind && c.name == e.upstream)
+                })
+                .map(|e| format!("{} {}", e.kind, e.upstream))
+                .collect();
+            if !outside.is_empty() {
+                match self.inner.scope {
+                    Scope::AllUpstreams => {
+                        tracing::info!(target.id = %id, upstreams = ?outside, "host also serves upstreams outside the configured ones; they are drained too")
+                    }
+                    Scope::ListedOnly => {
+                        tracing::warn!(target.id = %id, upstreams = ?outside, "host also serves upstreams outside the configured ones; with Scope::ListedOnly they keep sending it work during its maintenance")
+                    }
                 }
-                if p.backup {
-                    target = target.with_meta("backup", "true");
-                }
-                out.push(ListedTarget { target, status });
             }
+            let mut target = Target::new(id)
+                .with_meta("upstream", r.name.clone())
+                .with_meta("protocol", r.kind.to_string())
+                .with_meta("server", peer.server.clone());
+            if let Some(name) = &peer.name {
+                target = target.with_meta("name", name.clone());
+            }
+            let in_scope = |e: &&Entry<'_>| {
+                self.scope_all()
+                    || self
+                        .inner
+                        .upstreams
+                        .iter()
+                        .any(|c| c.kind == e.kind && c.name == e.upstream)
+            };
+            let list: Vec<String> = entries
+                .iter()
+                .filter(in_scope)
+                .map(|e| format!("{}|{}|{}|{}", e.inst, e.kind, e.upstream, e.peer.server))
+                .collect();
+            target = target.with_meta("entries", list.join(" "));
+            if !outside.is_empty() {
+                target = target.with_meta(
+                    "other_upstreams",
+                    outside.into_iter().collect::<Vec<_>>().join(", "),
+                );
+            }
+            if let Some((host, port)) = split_address(&peer.server) {
+                target = target.with_address(host).with_port(port);
+            }
+            if peer.backup {
+                target = target.with_meta("backup", "true");
+            }
+            let status = if self.scope_all() {
+                self.status_of(&snap, &w)?
+            } else {
+                let scoped: Snapshot = snap
+                    .iter()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|((k, n), _)| {
+                                self.inner
+                                    .upstreams
+                                    .iter()
+                                    .any(|c| c.kind == *k && &c.name == n)
+                            })
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .collect();
+                self.status_of(&scoped, &w)?
+            };
+            out.push(ListedTarget { target, status });
         }
         Ok(out)
     }
@@ -468,8 +755,26 @@ impl LoadBalancer for NginxBalancer {
             .iter()
             .map(|id| self.parse(id))
             .collect::<Result<Vec<_>>>()?;
-        let ups = wanted.iter().map(|w| w.up).collect();
-        let snap = self.snapshot(&ups).await?;
+        let mut snap = self.snapshot(self.scope_all()).await?;
+        let seal = self.to_seal(&snap, &wanted)?;
+        if !seal.is_empty() {
+            self.send(&seal, Op::Seal).await?;
+            for p in &seal {
+                locked(&self.inner.sealing).remove(&(
+                    p.inst,
+                    p.kind,
+                    p.upstream.clone(),
+                    p.server.clone(),
+                ));
+                if let Some(peer) = snap[p.inst]
+                    .get_mut(&(p.kind, p.upstream.clone()))
+                    .and_then(|l| l.peers.iter_mut().find(|x| x.id == p.id))
+                {
+                    // What nginx now has: down, no connection.
+                    peer.state = "down".into();
+                }
+            }
+        }
         wanted.iter().map(|w| self.status_of(&snap, w)).collect()
     }
 
@@ -484,6 +789,13 @@ impl LoadBalancer for NginxBalancer {
     async fn enable(&self, ids: &[TargetId]) -> Result<()> {
         self.mutate(ids, Op::Enable).await
     }
+}
+
+fn split_address(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && !host.starts_with("unix")).then(|| (host.to_owned(), port))
 }
 
 #[cfg(test)]

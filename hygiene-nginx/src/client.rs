@@ -2,6 +2,7 @@
 //! server PATCH. Paths are built segment by segment (percent-encoded), never
 //! by string concatenation.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -13,14 +14,17 @@ use url::Url;
 
 use crate::error::{Ctx, NginxError};
 
-/// Oldest API version this client speaks (NGINX Plus R13): the upstream
-/// endpoints it uses are the same from 4 to 9.
-pub const MIN_API_VERSION: u32 = 4;
+/// Oldest API version this client speaks. The upstream endpoints it uses
+/// (`GET …/upstreams/`, `PATCH …/servers/{id}`) exist from version 1 (NGINX
+/// Plus R13, nginx 1.13.3, the first release of `ngx_http_api_module`), but
+/// the `drain` field of an http server arrived with version 2: a drain on
+/// version 1 would be refused, so 2 is the minimum.
+pub const MIN_API_VERSION: u32 = 2;
 /// Newest API version this client knows (the spec it was written from).
 pub const MAX_API_VERSION: u32 = 9;
 
 /// An upstream's protocol: the API has one tree for each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum UpstreamKind {
     /// `http { upstream … }`: servers have `drain`.
     Http,
@@ -58,6 +62,10 @@ pub(crate) struct PeerHealthChecks {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub(crate) struct Peer {
     pub(crate) id: u64,
+    /// The server's address: what identifies it across instances and
+    /// upstreams. The spec: `server` is the address, `name` what the
+    /// `server` directive says, so with a hostname that resolves to several
+    /// addresses several peers share one `name`.
     pub(crate) server: String,
     #[serde(default)]
     pub(crate) name: Option<String>,
@@ -70,12 +78,16 @@ pub(crate) struct Peer {
     pub(crate) health_checks: Option<PeerHealthChecks>,
 }
 
-impl Peer {
-    /// The address that identifies this server across instances: the
-    /// resolved `name` when given, else the configured `server`.
-    pub(crate) fn address(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.server)
-    }
+/// The reply of a server PATCH: the server's configuration now (only the
+/// fields used).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub(crate) struct ServerConf {
+    pub(crate) id: u64,
+    pub(crate) server: String,
+    #[serde(default)]
+    pub(crate) down: bool,
+    #[serde(default)]
+    pub(crate) drain: bool,
 }
 
 /// `GET …/upstreams/{u}/`.
@@ -110,6 +122,7 @@ pub(crate) struct Instance {
     pinned: Option<u32>,
     version: OnceCell<u32>,
     timeout: Duration,
+    max_reply: usize,
 }
 
 impl fmt::Debug for Instance {
@@ -121,6 +134,7 @@ impl fmt::Debug for Instance {
             .field("pinned", &self.pinned)
             .field("version", &self.version.get())
             .field("timeout", &self.timeout)
+            .field("max_reply", &self.max_reply)
             .finish()
     }
 }
@@ -134,6 +148,7 @@ impl Instance {
         auth: Option<(String, String)>,
         pinned: Option<u32>,
         timeout: Duration,
+        max_reply: usize,
     ) -> Self {
         let label = base.as_str().trim_end_matches('/').to_owned();
         Self {
@@ -144,6 +159,7 @@ impl Instance {
             pinned,
             version: OnceCell::new(),
             timeout,
+            max_reply,
         }
     }
 
@@ -213,7 +229,7 @@ impl Instance {
         &self,
         version: u32,
         kind: UpstreamKind,
-        upstream: &str,
+        upstream: Option<&str>,
         server: Option<u64>,
         ctx: &Ctx,
     ) -> Result<Url, NginxError> {
@@ -228,8 +244,10 @@ impl Instance {
             seg.pop_if_empty()
                 .push(&version.to_string())
                 .push(kind.segment())
-                .push("upstreams")
-                .push(upstream);
+                .push("upstreams");
+            if let Some(u) = upstream {
+                seg.push(u);
+            }
             match server {
                 Some(id) => {
                     seg.push("servers").push(&id.to_string());
@@ -250,11 +268,29 @@ impl Instance {
     ) -> Result<UpstreamLive, NginxError> {
         let ctx = Ctx::new(&self.label, "get upstream").upstream(name);
         let v = self.version().await?;
-        let url = self.url(v, kind, name, None, &ctx)?;
+        let url = self.url(v, kind, Some(name), None, &ctx)?;
         self.request(Method::GET, url, None, &ctx).await
     }
 
-    /// PATCHes one server's configuration.
+    /// Every upstream of a kind (those with a `zone`: the API shows no
+    /// other), by name: one call for all of them.
+    /// `wanted` names the upstreams looked for, for messages.
+    pub(crate) async fn upstreams(
+        &self,
+        kind: UpstreamKind,
+        wanted: &str,
+    ) -> Result<HashMap<String, UpstreamLive>, NginxError> {
+        let mut ctx = Ctx::new(&self.label, "list upstreams");
+        if !wanted.is_empty() {
+            ctx = ctx.upstream(wanted);
+        }
+        let v = self.version().await?;
+        let url = self.url(v, kind, None, None, &ctx)?;
+        self.request(Method::GET, url, None, &ctx).await
+    }
+
+    /// PATCHes one server's configuration; returns its configuration as
+    /// the reply gives it (the caller checks it is the server it meant).
     pub(crate) async fn patch_server(
         &self,
         kind: UpstreamKind,
@@ -262,11 +298,10 @@ impl Instance {
         id: u64,
         body: &Value,
         ctx: &Ctx,
-    ) -> Result<(), NginxError> {
+    ) -> Result<ServerConf, NginxError> {
         let v = self.version().await?;
-        let url = self.url(v, kind, upstream, Some(id), ctx)?;
-        let _conf: Value = self.request(Method::PATCH, url, Some(body), ctx).await?;
-        Ok(())
+        let url = self.url(v, kind, Some(upstream), Some(id), ctx)?;
+        self.request(Method::PATCH, url, Some(body), ctx).await
     }
 
     async fn request<T: serde::de::DeserializeOwned>(
@@ -292,9 +327,32 @@ impl Instance {
             source,
             timeout: self.timeout,
         };
-        let resp = req.send().await.map_err(transport)?;
+        let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(transport)?;
+        // Read at most `max_reply` bytes: a reply is a few kB per upstream;
+        // a server (or something posing as one) sending without end must
+        // not exhaust memory.
+        let too_big = |n: u64| {
+            NginxError::Malformed {
+            ctx: ctx.clone(),
+            message: format!(
+                "the reply is larger than {} bytes ({n} bytes or more); if the API is right and the upstreams are that large, raise max_reply_size",
+                self.max_reply
+            ),
+        }
+        };
+        if let Some(n) = resp.content_length() {
+            if n > self.max_reply as u64 {
+                return Err(too_big(n));
+            }
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if bytes.len() + chunk.len() > self.max_reply {
+                return Err(too_big((bytes.len() + chunk.len()) as u64));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(api_error(ctx, status, &bytes));
         }
@@ -349,6 +407,7 @@ mod tests {
             Some(("u".into(), "pw-secret".into())),
             None,
             Duration::from_secs(1),
+            1 << 20,
         )
     }
 
@@ -357,14 +416,14 @@ mod tests {
         let i = instance();
         let ctx = Ctx::new(i.label(), "test");
         let u = i
-            .url(9, UpstreamKind::Http, "backend", Some(3), &ctx)
+            .url(9, UpstreamKind::Http, Some("backend"), Some(3), &ctx)
             .expect("url");
         assert_eq!(
             u.as_str(),
             "https://lb1.example:8443/api/9/http/upstreams/backend/servers/3"
         );
         let u = i
-            .url(9, UpstreamKind::Stream, "tcp", None, &ctx)
+            .url(9, UpstreamKind::Stream, Some("tcp"), None, &ctx)
             .expect("url");
         assert_eq!(
             u.as_str(),
@@ -372,7 +431,7 @@ mod tests {
         );
         // Defence in depth: even a name the builder would refuse stays one segment.
         let u = i
-            .url(9, UpstreamKind::Http, "../../x/y?z#w", Some(1), &ctx)
+            .url(9, UpstreamKind::Http, Some("../../x/y?z#w"), Some(1), &ctx)
             .expect("url");
         assert_eq!(
             u.path(),

@@ -53,6 +53,25 @@ pub struct NginxBuilder {
     health: HealthChecks,
     api_version: Option<u32>,
     poll_interval: Option<Duration>,
+    max_reply: Option<usize>,
+    proxy: Option<String>,
+    auth_over_http: bool,
+    scope: Scope,
+}
+
+/// Which upstreams a host is drained from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every upstream (http and stream) of the instance that lists the
+    /// host: the configured upstreams name the hosts to maintain, not the
+    /// upstreams to drain (the default). A maintenance takes the whole host
+    /// down, so every upstream that sends it work must stop first.
+    #[default]
+    AllUpstreams,
+    /// Only the configured upstreams. Other upstreams listing a managed
+    /// host keep sending it work during its maintenance; `list` warns,
+    /// naming them.
+    ListedOnly,
 }
 
 impl fmt::Debug for NginxBuilder {
@@ -72,6 +91,10 @@ impl fmt::Debug for NginxBuilder {
             .field("health", &self.health)
             .field("api_version", &self.api_version)
             .field("poll_interval", &self.poll_interval)
+            .field("max_reply", &self.max_reply)
+            .field("proxy", &self.proxy.as_ref().map(|_| "<set>"))
+            .field("auth_over_http", &self.auth_over_http)
+            .field("scope", &self.scope)
             .finish()
     }
 }
@@ -82,6 +105,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default status poll interval: the API is local and cheap.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Default cap on the size of one API reply (8 MiB: a peer is under 1 kB).
+pub const DEFAULT_MAX_REPLY_SIZE: usize = 8 << 20;
 
 impl NginxBuilder {
     /// An empty builder.
@@ -177,12 +202,47 @@ impl NginxBuilder {
         self
     }
 
+    /// Caps the size of one API reply (default [`DEFAULT_MAX_REPLY_SIZE`]);
+    /// a larger reply is an error, never read whole.
+    pub fn max_reply_size(mut self, bytes: usize) -> Self {
+        self.max_reply = Some(bytes);
+        self
+    }
+
+    /// Reaches the API through this proxy (`http://proxy:3128`). Without
+    /// it the API is reached directly: `HTTP_PROXY`, `HTTPS_PROXY` and
+    /// `ALL_PROXY` in the environment are ignored, since an API holding
+    /// credentials and write access is rarely meant to go through the
+    /// proxy set for outbound web traffic.
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(url.into());
+        self
+    }
+
+    /// Allows [`basic_auth`](Self::basic_auth) over plain `http` to a host
+    /// that is not loopback. Refused by default: the password would cross
+    /// the network in clear.
+    pub fn allow_basic_auth_over_http(mut self, allow: bool) -> Self {
+        self.auth_over_http = allow;
+        self
+    }
+
+    /// Which upstreams a host is drained from (default
+    /// [`Scope::AllUpstreams`]).
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
     /// Validates every setting and builds the balancer. Nothing is sent yet:
     /// the API version is negotiated on the first call.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a missing or malformed setting,
-    /// [`Error::InvalidName`] for an upstream name that is not acceptable.
+    /// [`Error::InvalidName`] for an upstream name that is not acceptable;
+    /// [`Error::InvalidConfig`] (`basic_auth`) for credentials over plain
+    /// http to a host that is not loopback, unless
+    /// [`allow_basic_auth_over_http`](Self::allow_basic_auth_over_http).
     pub fn build(self) -> Result<NginxBalancer> {
         if self.instances.is_empty() {
             return Err(Error::invalid_config(
@@ -238,6 +298,13 @@ impl NginxBuilder {
             ));
         }
 
+        let max_reply = self.max_reply.unwrap_or(DEFAULT_MAX_REPLY_SIZE);
+        if max_reply == 0 {
+            return Err(Error::invalid_config(
+                "max_reply_size",
+                "the reply size cap must be greater than zero",
+            ));
+        }
         let mut http = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(timeout)
@@ -245,6 +312,14 @@ impl NginxBuilder {
             // A redirect could carry the credentials elsewhere; the API never redirects.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("hygiene-nginx/", env!("CARGO_PKG_VERSION")));
+        // reqwest reads HTTP(S)_PROXY from the environment by default: only
+        // an explicitly configured proxy is used.
+        http = match &self.proxy {
+            None => http.no_proxy(),
+            Some(p) => http.proxy(reqwest::Proxy::all(p.as_str()).map_err(|e| {
+                Error::invalid_config("proxy", format!("{p:?} is not a proxy URL: {e}"))
+            })?),
+        };
         for pem in &self.ca_certs {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
                 Error::invalid_config("ca_cert_pem", format!("not a PEM certificate bundle: {e}"))
@@ -283,6 +358,12 @@ impl NginxBuilder {
                 ));
             }
             if self.basic_auth.is_some() && base.scheme() == "http" && !is_loopback(&base) {
+                if !self.auth_over_http {
+                    return Err(Error::invalid_config(
+                        "basic_auth",
+                        format!("{raw}: basic auth over plain http would send the password in clear; use an https API URL, or allow it explicitly with allow_basic_auth_over_http(true)"),
+                    ));
+                }
                 tracing::warn!(nginx.instance = %base, "basic auth over plain http: the password crosses the network in clear; use https");
             }
             instances.push(Instance::new(
@@ -291,6 +372,7 @@ impl NginxBuilder {
                 self.basic_auth.clone(),
                 self.api_version,
                 timeout,
+                max_reply,
             ));
         }
         Ok(NginxBalancer::from_parts(
@@ -298,6 +380,7 @@ impl NginxBuilder {
             self.upstreams,
             self.health,
             poll,
+            self.scope,
         ))
     }
 }
@@ -424,7 +507,14 @@ mod tests {
             b().stream_upstream("backend").build().is_err(),
             "same name in http and stream"
         );
-        assert!(b().api_version(3).build().is_err());
+        assert!(
+            b().api_version(1).build().is_err(),
+            "version 1 has no drain"
+        );
+        assert!(b().api_version(2).build().is_ok());
+        assert!(b().max_reply_size(0).build().is_err());
+        assert!(b().proxy("not a url").build().is_err());
+        assert!(b().proxy("http://127.0.0.1:3128").build().is_ok());
         assert!(b().api_version(10).build().is_err());
         assert!(b().timeout(Duration::ZERO).build().is_err());
         assert!(b().ca_cert_pem("not pem").build().is_err());
@@ -437,6 +527,39 @@ mod tests {
             b().upstream("a/../b").build(),
             Err(Error::InvalidName { .. })
         ));
+    }
+
+    /// Issue 12, NGINX 8: credentials over plain http leave the host only
+    /// when explicitly allowed.
+    #[test]
+    fn basic_auth_over_plain_http_is_refused() {
+        let b = |url: &str| {
+            NginxBalancer::builder()
+                .instance(url)
+                .upstream("backend")
+                .basic_auth("admin", "pw")
+        };
+        let e = b("http://lb1.example/api").build().expect_err("plain http");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "basic_auth",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("allow_basic_auth_over_http"), "{e}");
+        assert!(b("http://lb1.example/api")
+            .allow_basic_auth_over_http(true)
+            .build()
+            .is_ok());
+        assert!(b("https://lb1.example/api").build().is_ok());
+        assert!(
+            b("http://127.0.0.1:8080/api").build().is_ok(),
+            "loopback never leaves the host"
+        );
     }
 
     #[test]

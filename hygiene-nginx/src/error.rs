@@ -85,6 +85,25 @@ pub(crate) enum NginxError {
     /// An id that the upstream does not hold on this instance.
     #[error("target {id} not found on {location}")]
     UnknownTarget { id: String, location: String },
+    /// The id names another server than when this balancer first saw it: a
+    /// reload renumbered the servers.
+    #[error("target {id}: on nginx {instance}, upstream {upstream:?}, the id now names {now}, not {was} as before (a reload renumbered the servers and forgot API changes); nothing was changed. Find {was} again (list, or the address form {upstream}/{was}) and check its state by hand")]
+    Renumbered {
+        id: String,
+        instance: String,
+        upstream: String,
+        was: String,
+        now: String,
+    },
+    /// A PATCH reply names another server than the one meant: the ids
+    /// changed between the read and the PATCH.
+    #[error("{ctx}: nginx applied {body} to {changed}, not to {meant} (a reload renumbered the servers between the read and the change): check {changed} and undo the change by hand if it was not meant")]
+    WrongServer {
+        ctx: Box<Ctx>,
+        body: String,
+        meant: String,
+        changed: String,
+    },
     /// The instance and this client share no API version.
     #[error("nginx {instance} offers API versions {offered:?}; this client speaks {min}..={max}")]
     NoCommonVersion {
@@ -114,11 +133,19 @@ impl From<NginxError> for Error {
                 Error::protocol(ctx.instance.clone(), format!("{ctx}: {message}"))
             }
             NginxError::UnknownTarget { id, location } => Error::target_not_found(id, Some(location)),
+            e @ NginxError::Renumbered { .. } => {
+                let location = match &e { NginxError::Renumbered { instance, .. } => instance.clone(), _ => String::new() };
+                Error::Rejected { location, message: e.to_string(), source: None }
+            }
+            e @ NginxError::WrongServer { .. } => {
+                let location = match &e { NginxError::WrongServer { ctx, .. } => ctx.instance.clone(), _ => String::new() };
+                Error::Rejected { location, message: e.to_string(), source: None }
+            }
             NginxError::NoCommonVersion { instance, offered, min, max } => Error::NotSupported {
                 operation: "the NGINX Plus API",
                 backend: format!("nginx {instance}"),
                 hint: format!(
-                    "the instance offers API versions {offered:?}, this client speaks {min} to {max}; upgrade NGINX Plus (R13 or later has version 4)"
+                    "the instance offers API versions {offered:?}, this client speaks {min} to {max}; the `drain` of an http server needs API version 2 or later (version 1, NGINX Plus R13, has none): upgrade NGINX Plus"
                 ),
             },
         }

@@ -5,6 +5,7 @@ mod balancer;
 mod client;
 mod config;
 mod error;
+mod pool;
 mod status;
 #[cfg(feature = "test-support")]
 pub mod testing;
@@ -12,5 +13,6 @@ pub mod testing;
 pub use balancer::NginxBalancer;
 pub use client::{UpstreamKind, MAX_API_VERSION, MIN_API_VERSION};
 pub use config::{
-    HealthChecks, NginxBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT,
+    HealthChecks, NginxBuilder, Scope, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE,
+    DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT,
 };

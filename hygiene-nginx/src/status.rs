@@ -16,8 +16,19 @@ pub(crate) struct PeerView {
 
 /// Maps one peer.
 ///
-/// - `up`, `checking`, `unhealthy`, `unavail` are in service (the admin
-///   flags are off; health says the rest); `draining` is draining.
+/// - `up` is in service. Its health is its last check: nginx keeps a
+///   server `up` until `fails=` checks in a row have failed, so `up` with
+///   `last_passed: false` is in service and `Unhealthy` (the core's
+///   `Unhealthy` is "the last check failed"), never `Healthy`.
+/// - `checking`, `unhealthy` and `unavail` get no new requests
+///   (ngx_http_upstream_hc_module: "Client requests are not passed to
+///   unhealthy servers and servers in the “checking” state"; `unavail`:
+///   `max_fails` reached): they are `Draining`, with their `active`
+///   connections running on, so they never count in service for
+///   `min_healthy`. `unhealthy` stays `Unhealthy` even when its last check
+///   passed (it needs `passes=` in a row).
+/// - `draining` is draining (http): the balancer decides when it is
+///   drained (see `NginxBalancer`).
 /// - `down` with `active > 0` is `Draining` (nginx lets open connections
 ///   and requests run on): for stream upstreams this *is* the drain. `down`
 ///   with no connection left is `OutOfService`.
@@ -34,8 +45,8 @@ pub(crate) fn peer_status(
     let st = peer.state.as_str();
     let connections = peer.active;
     let state = match st {
-        "up" | "checking" | "unhealthy" | "unavail" => TargetState::InService,
-        "draining" => TargetState::Draining,
+        "up" => TargetState::InService,
+        "draining" | "checking" | "unhealthy" | "unavail" => TargetState::Draining,
         "down" if connections.unwrap_or(0) > 0 => TargetState::Draining,
         "down" => TargetState::OutOfService,
         other => {
@@ -46,6 +57,7 @@ pub(crate) fn peer_status(
         }
     };
     let checks = peer.health_checks.map(|h| h.checks);
+    let last_passed = peer.health_checks.and_then(|h| h.last_passed);
     let (stale, fresh) = match (mode, baseline) {
         (HealthChecks::Active, Some(b)) => {
             let moved = checks.is_some_and(|c| c > b);
@@ -53,27 +65,44 @@ pub(crate) fn peer_status(
         }
         _ => (false, false),
     };
+    let mut reason = None;
     let health = if stale {
         Health::Unknown
     } else {
         match (mode, st) {
             (_, "down" | "checking") => Health::Unknown,
-            (_, "unhealthy" | "unavail") => Health::Unhealthy,
+            (_, "unhealthy" | "unavail") => {
+                if st == "unhealthy" && last_passed == Some(true) {
+                    reason = Some(
+                        "nginx: unhealthy, its last check passed (it needs passes= checks in a row)"
+                            .to_owned(),
+                    );
+                } else {
+                    reason = Some(format!("nginx: {st}, it gets no new requests"));
+                }
+                Health::Unhealthy
+            }
             // No check ran, so none vouches for the peer (in particular
             // not right after an enable): the engine accepts in service +
             // Unknown from a balancer without health checks.
             (HealthChecks::Passive, _) => Health::Unknown,
-            (HealthChecks::Active, _) => match peer.health_checks.and_then(|h| h.last_passed) {
+            (HealthChecks::Active, _) => match last_passed {
                 Some(true) => Health::Healthy,
-                Some(false) => Health::Unhealthy,
+                Some(false) => {
+                    reason = Some(format!(
+                        "nginx: {st}, but its last health check failed (not yet fails= in a row)"
+                    ));
+                    Health::Unhealthy
+                }
                 None => Health::Unknown,
             },
         }
     };
-    Ok(PeerView {
-        status: TargetStatus::new(state, health, connections),
-        fresh,
-    })
+    let mut status = TargetStatus::new(state, health, connections);
+    if let Some(r) = reason {
+        status = status.with_reason(r);
+    }
+    Ok(PeerView { status, fresh })
 }
 
 /// One status for a server seen on several instances (or several peers).
@@ -104,7 +133,12 @@ pub(crate) fn combine(views: &[TargetStatus]) -> TargetStatus {
     } else {
         Health::Unknown
     };
-    TargetStatus::new(state, health, connections)
+    let mut out = TargetStatus::new(state, health, connections);
+    let reasons: Vec<&str> = views.iter().filter_map(|v| v.reason.as_deref()).collect();
+    if !reasons.is_empty() {
+        out = out.with_reason(reasons.join("; "));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -153,10 +187,6 @@ mod tests {
             TargetStatus::new(OutOfService, Unknown, Some(0))
         );
         assert_eq!(
-            st(&peer("checking", 0, hc), HealthChecks::Active, None),
-            TargetStatus::new(InService, Unknown, Some(0))
-        );
-        assert_eq!(
             st(&peer("unhealthy", 0, hc), HealthChecks::Active, None).health,
             Unhealthy
         );
@@ -165,6 +195,53 @@ mod tests {
             Unhealthy
         );
         assert!(peer_status(&peer("sleeping", 0, None), HealthChecks::Active, None).is_err());
+    }
+
+    /// Issue 12, NGINX 6: peers nginx sends no new requests to never read
+    /// as in service (so `min_healthy` does not count them), in either
+    /// health mode; their connections still run on.
+    #[test]
+    fn checking_unhealthy_unavail_take_no_new_requests() {
+        for mode in [HealthChecks::Active, HealthChecks::Passive] {
+            for state in ["checking", "unhealthy", "unavail"] {
+                let s = st(&peer(state, 2, Some((5, Some(true)))), mode, None);
+                assert_eq!((s.state, s.connections), (Draining, Some(2)), "{state}");
+                assert!(!s.is_serving_healthy() && !s.is_drained(), "{state}: {s:?}");
+                let caps = hygiene_core::Capabilities::none();
+                assert!(!s.is_serving_healthy_with(&caps), "{state} {mode:?}");
+            }
+        }
+        assert_eq!(
+            st(&peer("checking", 0, None), HealthChecks::Active, None),
+            TargetStatus::new(Draining, Unknown, Some(0))
+        );
+    }
+
+    /// Issue 12, NGINX 3: between `fails=`/`passes=` thresholds nginx keeps
+    /// the state, so `up` can carry a failed last check (in service, not
+    /// healthy) and `unhealthy` a passed one (still not serving).
+    #[test]
+    fn state_between_thresholds() {
+        let s = st(
+            &peer("up", 1, Some((4, Some(false)))),
+            HealthChecks::Active,
+            None,
+        );
+        assert_eq!((s.state, s.health), (InService, Unhealthy));
+        assert!(
+            s.reason.as_deref().is_some_and(|r| r.contains("fails=")),
+            "{s:?}"
+        );
+        let s = st(
+            &peer("unhealthy", 0, Some((4, Some(true)))),
+            HealthChecks::Active,
+            None,
+        );
+        assert_eq!((s.state, s.health), (Draining, Unhealthy));
+        assert!(
+            s.reason.as_deref().is_some_and(|r| r.contains("passes=")),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -225,7 +302,7 @@ mod tests {
         let p = peer("up", 0, Some((8, Some(true))));
         let v = peer_status(&p, HealthChecks::Active, Some(7)).expect("known");
         assert_eq!((v.status.health, v.fresh), (Healthy, true));
-        let p = peer("unhealthy", 0, Some((7, Some(false))));
+        let p = peer("up", 0, Some((7, Some(false))));
         assert_eq!(
             st(&p, HealthChecks::Active, Some(7)).health,
             Unknown,

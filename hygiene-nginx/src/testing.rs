@@ -44,7 +44,9 @@ use serde_json::{json, Map, Value};
 pub enum Hs {
     /// Passing its checks (`up`).
     Up,
-    /// Re-enabled under `health_check … mandatory`, not checked yet (`checking`).
+    /// Under `health_check … mandatory`, not checked yet (`checking`): at
+    /// start, after a reload (unless `persistent` and healthy before), and
+    /// for servers added through the API or DNS.
     Checking,
     /// Failing its checks (`unhealthy`).
     Unhealthy,
@@ -53,8 +55,14 @@ pub enum Hs {
 }
 
 /// The `health_checks` counters of a peer (a peer of an upstream with an
-/// active `health_check`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// active `health_check`), and the parameters of that `health_check`.
+///
+/// The model follows ngx_http_upstream_hc_module: `fails=` consecutive
+/// failed checks make an `up` server `unhealthy`, `passes=` consecutive
+/// passed checks make an `unhealthy` one `up` (both 1 by default). In
+/// between the state stays, so a server can read `up` with
+/// `last_passed: false`, or `unhealthy` with `last_passed: true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hc {
     /// Checks made.
     pub checks: u64,
@@ -64,9 +72,38 @@ pub struct Hc {
     pub unhealthy: u64,
     /// Whether the last check passed (`None`: no check yet).
     pub last_passed: Option<bool>,
-    /// `health_check … mandatory`: a re-enabled peer is `checking` until its
-    /// first check passes.
+    /// `health_check … mandatory`: after a reload ([`State::reload`]) a peer
+    /// is `checking` until its first check completes. Turning `down` off
+    /// through the API does **not** make it `checking`.
     pub mandatory: bool,
+    /// `health_check … mandatory persistent`: a peer healthy before a
+    /// reload stays `up` after it.
+    pub persistent: bool,
+    /// `fails=`: consecutive failed checks that make a server unhealthy.
+    pub fails_needed: u32,
+    /// `passes=`: consecutive passed checks that make a server healthy.
+    pub passes_needed: u32,
+    /// Consecutive failed checks so far.
+    pub fail_run: u32,
+    /// Consecutive passed checks so far.
+    pub pass_run: u32,
+}
+
+impl Default for Hc {
+    fn default() -> Self {
+        Self {
+            checks: 0,
+            fails: 0,
+            unhealthy: 0,
+            last_passed: None,
+            mandatory: false,
+            persistent: false,
+            fails_needed: 1,
+            passes_needed: 1,
+            fail_run: 0,
+            pass_run: 0,
+        }
+    }
 }
 
 /// One server of an upstream, as nginx numbers and configures it.
@@ -74,8 +111,12 @@ pub struct Hc {
 pub struct Peer {
     /// The server id (`…/servers/{id}`).
     pub id: u64,
-    /// Its address (`10.0.0.1:8080`).
+    /// Its address (`10.0.0.1:8080`): the API's `server`.
     pub server: String,
+    /// What the `server` directive says, when it differs from the address
+    /// (a hostname resolving to several addresses gives several peers of
+    /// the same `name`); the API's `name` (`server` when `None`).
+    pub name: Option<String>,
     /// A backup server.
     pub backup: bool,
     /// `weight`.
@@ -110,6 +151,7 @@ impl Peer {
         Self {
             id,
             server: server.into(),
+            name: None,
             backup: false,
             weight: 1,
             max_conns: 0,
@@ -150,7 +192,7 @@ impl Peer {
         let mut v = json!({
             "id": self.id,
             "server": self.server,
-            "name": self.server,
+            "name": self.name.as_deref().unwrap_or(&self.server),
             "backup": self.backup,
             "weight": self.weight,
             "state": self.state(kind),
@@ -280,6 +322,9 @@ pub struct State {
     pub sick: Vec<String>,
     /// Counter behind the `request_id` of error replies.
     pub next_request: u64,
+    /// Reload (with renumbering, see [`State::reload`]) right before the
+    /// next PATCH is applied: a reload racing a change.
+    pub reload_before_patch: bool,
 }
 
 impl State {
@@ -335,6 +380,7 @@ impl State {
             auto_check: None,
             sick: Vec::new(),
             next_request: 0,
+            reload_before_patch: false,
         }
     }
 
@@ -354,7 +400,8 @@ impl State {
             .expect("known peer")
     }
 
-    /// One health check of every peer that is not down.
+    /// One health check of every peer that is not down, with the
+    /// `fails=` / `passes=` rules of [`Hc`].
     pub fn check_round(&mut self, kind: Kind, upstream: &str, pass: bool) {
         let sick = self.sick.clone();
         for p in &mut self.upstream_mut(kind, upstream).peers {
@@ -366,13 +413,58 @@ impl State {
             h.checks += 1;
             h.last_passed = Some(pass);
             if pass {
-                p.health = Hs::Up;
+                h.pass_run += 1;
+                h.fail_run = 0;
+                let healthy = match p.health {
+                    // The first completed check ends `checking`.
+                    Hs::Checking => true,
+                    Hs::Up => true,
+                    Hs::Unhealthy | Hs::Unavail => h.pass_run >= h.passes_needed,
+                };
+                if healthy {
+                    p.health = Hs::Up;
+                }
             } else {
                 h.fails += 1;
-                if p.health != Hs::Unhealthy {
+                h.fail_run += 1;
+                h.pass_run = 0;
+                let sick = match p.health {
+                    Hs::Checking | Hs::Unavail => true,
+                    Hs::Up => h.fail_run >= h.fails_needed,
+                    Hs::Unhealthy => false,
+                };
+                if sick {
                     h.unhealthy += 1;
+                    p.health = Hs::Unhealthy;
                 }
-                p.health = Hs::Unhealthy;
+            }
+        }
+    }
+
+    /// A configuration reload: API changes are forgotten (`drain` and
+    /// `down` go back to the configuration, here off), health restarts
+    /// (`checking` under `mandatory`, unless `persistent` and `up` before;
+    /// else `up`), and with `renumber` the server ids change (reversed, so
+    /// an old id names another server).
+    pub fn reload(&mut self, renumber: bool) {
+        for u in self.upstreams.values_mut() {
+            let n = u.peers.len() as u64;
+            for (i, p) in u.peers.iter_mut().enumerate() {
+                p.down = false;
+                p.drain = false;
+                p.active_script.clear();
+                if renumber {
+                    p.id = n - 1 - i as u64;
+                }
+                let keep_up = p.hc.is_some_and(|h| h.persistent) && p.health == Hs::Up;
+                p.health = match p.hc.as_mut() {
+                    Some(h) if h.mandatory && !keep_up => {
+                        h.fail_run = 0;
+                        h.pass_run = 0;
+                        Hs::Checking
+                    }
+                    _ => Hs::Up,
+                };
             }
         }
     }
@@ -622,7 +714,23 @@ fn server_op(st: &Shared, v: &str, k: &str, u: &str, id: &str, patch: Option<&[u
             return err(st, StatusCode::BAD_REQUEST, code, text);
         }
         let mut s = lock(st);
-        let p = s.peer_mut(kind, u, id);
+        if std::mem::take(&mut s.reload_before_patch) {
+            s.reload(true);
+        }
+        let Some(p) = s
+            .upstream_mut(kind, u)
+            .peers
+            .iter_mut()
+            .find(|p| p.id == id)
+        else {
+            drop(s);
+            return err(
+                st,
+                StatusCode::NOT_FOUND,
+                "UpstreamServerNotFound",
+                format!("server with ID \"{id}\" does not exist"),
+            );
+        };
         apply_patch(p, &fields);
     }
     let conf = lock(st).peer_mut(kind, u, id).conf_json(kind);
@@ -657,13 +765,10 @@ fn validate_patch(kind: Kind, fields: &Map<String, Value>) -> Result<(), (&'stat
 fn apply_patch(p: &mut Peer, fields: &Map<String, Value>) {
     for (k, v) in fields {
         match k.as_str() {
-            "down" => {
-                let down = v.as_bool().unwrap_or(p.down);
-                if p.down && !down && p.hc.is_some_and(|h| h.mandatory) {
-                    p.health = Hs::Checking;
-                }
-                p.down = down;
-            }
+            // No `checking` here: the docs give that state to servers at
+            // start, after a reload and when added through the API or DNS,
+            // not to a server whose `down` is turned off.
+            "down" => p.down = v.as_bool().unwrap_or(p.down),
             "drain" => p.drain = v.as_bool().unwrap_or(p.drain),
             "weight" => p.weight = v.as_i64().unwrap_or(p.weight),
             "max_conns" => p.max_conns = v.as_i64().unwrap_or(p.max_conns),

@@ -29,10 +29,7 @@ async fn negotiates_the_highest_common_version_once() {
     lb.status(&[id("backend/1")]).await.expect("status");
     assert_eq!(lb.api_versions(), vec![Some(9)]);
     assert_eq!(version_calls(&srv), 1, "negotiated once");
-    assert!(srv.with(|s| s
-        .log
-        .iter()
-        .any(|l| l.path == "/api/9/http/upstreams/backend/")));
+    assert!(srv.with(|s| s.log.iter().any(|l| l.path == "/api/9/http/upstreams/")));
 
     let older = FakeNginx::start(State {
         versions: vec![1, 2, 3, 4, 5, 6],
@@ -54,8 +51,23 @@ async fn negotiates_the_highest_common_version_once() {
         older.patches()
     );
 
-    let ancient = FakeNginx::start(State {
+    // Issue 12, NGINX 5: `drain` arrived with API version 2, so 2 and 3
+    // are spoken; version 1 (NGINX Plus R13) alone is not.
+    let early = FakeNginx::start(State {
         versions: vec![1, 2, 3],
+        ..State::standard()
+    })
+    .await;
+    let lb = builder([&early])
+        .upstream("backend")
+        .build()
+        .expect("valid");
+    lb.drain(&[id("backend/0")])
+        .await
+        .expect("drain on version 3");
+    assert_eq!(lb.api_versions(), vec![Some(3)]);
+    let ancient = FakeNginx::start(State {
+        versions: vec![1],
         ..State::standard()
     })
     .await;
@@ -65,7 +77,12 @@ async fn negotiates_the_highest_common_version_once() {
         .expect("valid");
     let e = lb.list().await.expect_err("no common version");
     assert!(matches!(e, Error::NotSupported { .. }), "{e:?}");
-    assert!(e.to_string().contains(&ancient.url()), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&ancient.url()), "{msg}");
+    assert!(
+        msg.contains("version 2") && msg.contains("R13") && !msg.contains("version 4"),
+        "{msg}"
+    );
 
     let pinned = FakeNginx::start(State::standard()).await;
     let lb = builder([&pinned])
@@ -82,8 +99,10 @@ async fn negotiates_the_highest_common_version_once() {
     assert!(pinned.with(|s| s.log.iter().all(|l| l.path.starts_with("/api/7/"))));
 }
 
+/// Issue 12, NGINX 1: an http drain ends in `down` before it counts as
+/// drained: `draining` alone still takes sticky requests.
 #[tokio::test]
-async fn http_drain_waits_for_active_to_decay() {
+async fn http_drain_waits_for_active_to_decay_then_sets_down() {
     let srv = FakeNginx::start(State::standard()).await;
     let lb = builder([&srv]).upstream("backend").build().expect("valid");
     srv.with(|s| s.peer_mut(Kind::Http, "backend", 0).active = 5);
@@ -103,18 +122,47 @@ async fn http_drain_waits_for_active_to_decay() {
     );
     srv.with(|s| s.peer_mut(Kind::Http, "backend", 0).active_script = [3, 1, 0].into());
     let mut seen = Vec::new();
-    loop {
+    let last = loop {
         let st = one(&lb, "backend/0").await;
+        if st.is_drained() {
+            break st;
+        }
         assert_eq!(st.state, TargetState::Draining, "{st:?}");
         seen.push(st.connections);
-        if st.is_drained() {
-            break;
-        }
-    }
-    assert_eq!(seen, vec![Some(3), Some(1), Some(0)]);
-    // Draining twice sends the same PATCH: idempotent.
+        let peer = srv.peer(Kind::Http, "backend", 0);
+        assert!(!peer.down, "down only once no connection is left: {peer:?}");
+    };
+    assert_eq!(seen, vec![Some(3), Some(1)]);
+    assert_eq!(last.state, TargetState::OutOfService, "{last:?}");
+    let peer = srv.peer(Kind::Http, "backend", 0);
+    assert!(peer.down && peer.drain, "{peer:?}");
+    let p = srv.patches();
+    assert_eq!(
+        (p.len(), p[1].body.as_str()),
+        (2, r#"{"down":true}"#),
+        "{p:?}"
+    );
+    // Draining again leaves the down server alone: idempotent.
     lb.drain(&[id("backend/0")]).await.expect("drain again");
-    assert!(srv.peer(Kind::Http, "backend", 0).drain);
+    assert_eq!(srv.patches().len(), 2);
+    assert!(srv.peer(Kind::Http, "backend", 0).down);
+}
+
+/// A server only `draining` with no connection that this balancer did not
+/// drain (an operator's, sticky clients idle) is not drained: its count is
+/// unknown, and nothing is changed by reading it.
+#[tokio::test]
+async fn a_draining_server_this_balancer_did_not_drain_is_never_drained() {
+    let srv = FakeNginx::start(State::standard()).await;
+    srv.with(|s| s.peer_mut(Kind::Http, "backend", 1).drain = true);
+    let lb = builder([&srv]).upstream("backend").build().expect("valid");
+    let st = one(&lb, "backend/1").await;
+    assert_eq!((st.state, st.connections), (TargetState::Draining, None));
+    assert!(!st.is_drained());
+    assert!(
+        srv.patches().is_empty(),
+        "status of a foreign drain changes nothing"
+    );
 }
 
 #[tokio::test]
@@ -181,8 +229,11 @@ async fn no_stale_healthy_after_enable() {
     assert_eq!(one(&lb, "backend/2").await.health, Health::Unhealthy);
 }
 
+/// Issue 12, NGINX 4: `mandatory` gives `checking` at start and after a
+/// reload (not after `down: false`, as the docs say); either way the client
+/// never counts a server healthy or in service on a check from before.
 #[tokio::test]
-async fn mandatory_checks_show_checking_until_the_first_check() {
+async fn mandatory_checks_give_checking_after_reload_not_after_enable() {
     let srv = FakeNginx::start(State::standard()).await;
     srv.with(|s| {
         for p in &mut s.upstream_mut(Kind::Http, "backend").peers {
@@ -198,16 +249,89 @@ async fn mandatory_checks_show_checking_until_the_first_check() {
     lb.disable(&[id("backend/0")]).await.expect("disable");
     assert_eq!(one(&lb, "backend/0").await.state, TargetState::OutOfService);
     lb.enable(&[id("backend/0")]).await.expect("enable");
-    assert_eq!(
-        srv.peer(Kind::Http, "backend", 0).state(Kind::Http),
-        "checking"
-    );
+    // Real nginx: `up` at once, with the check from before the disable.
+    assert_eq!(srv.peer(Kind::Http, "backend", 0).state(Kind::Http), "up");
     assert_eq!(
         one(&lb, "backend/0").await,
-        TargetStatus::new(TargetState::InService, Health::Unknown, Some(0))
+        TargetStatus::new(TargetState::InService, Health::Unknown, Some(0)),
+        "a check from before the enable vouches for nothing"
     );
-    srv.with(|s| s.auto_check = Some(true));
+    srv.with(|s| s.check_round(Kind::Http, "backend", true));
     assert_eq!(one(&lb, "backend/0").await.health, Health::Healthy);
+
+    // A reload: `checking` until the first check; no new requests then.
+    srv.with(|s| s.reload(false));
+    assert_eq!(
+        srv.peer(Kind::Http, "backend", 1).state(Kind::Http),
+        "checking"
+    );
+    let st = one(&lb, "backend/1").await;
+    assert_eq!(
+        (st.state, st.health),
+        (TargetState::Draining, Health::Unknown)
+    );
+    assert!(!st.is_serving_healthy());
+    srv.with(|s| s.check_round(Kind::Http, "backend", true));
+    assert!(one(&lb, "backend/1").await.is_serving_healthy());
+
+    // `mandatory persistent`: healthy before the reload, `up` after it.
+    srv.with(|s| {
+        s.upstream_mut(Kind::Http, "backend").peers[2]
+            .hc
+            .as_mut()
+            .expect("hc")
+            .persistent = true;
+        s.reload(false);
+    });
+    assert_eq!(srv.peer(Kind::Http, "backend", 2).state(Kind::Http), "up");
+}
+
+/// Issue 12, NGINX 3: nginx changes a server's health only after `fails=`
+/// (`passes=`) checks in a row; in between `up` carries a failed check and
+/// `unhealthy` a passed one, and the client maps both as not healthy.
+#[tokio::test]
+async fn health_needs_consecutive_checks() {
+    let srv = FakeNginx::start(State::standard()).await;
+    srv.with(|s| {
+        let h = s
+            .peer_mut(Kind::Http, "backend", 0)
+            .hc
+            .as_mut()
+            .expect("hc");
+        h.fails_needed = 2;
+        h.passes_needed = 2;
+        s.sick.push("10.0.0.1:8080".into());
+        s.check_round(Kind::Http, "backend", true);
+    });
+    let lb = builder([&srv]).upstream("backend").build().expect("valid");
+    assert_eq!(srv.peer(Kind::Http, "backend", 0).state(Kind::Http), "up");
+    let st = one(&lb, "backend/0").await;
+    assert_eq!(
+        (st.state, st.health),
+        (TargetState::InService, Health::Unhealthy),
+        "up with last_passed false: {st:?}"
+    );
+    srv.with(|s| s.check_round(Kind::Http, "backend", true));
+    assert_eq!(
+        srv.peer(Kind::Http, "backend", 0).state(Kind::Http),
+        "unhealthy"
+    );
+    srv.with(|s| {
+        s.sick.clear();
+        s.check_round(Kind::Http, "backend", true);
+    });
+    let p = srv.peer(Kind::Http, "backend", 0);
+    assert_eq!(
+        (p.state(Kind::Http), p.hc.and_then(|h| h.last_passed)),
+        ("unhealthy", Some(true))
+    );
+    let st = one(&lb, "backend/0").await;
+    assert_eq!(
+        (st.state, st.health),
+        (TargetState::Draining, Health::Unhealthy)
+    );
+    srv.with(|s| s.check_round(Kind::Http, "backend", true));
+    assert!(one(&lb, "backend/0").await.is_serving_healthy());
 }
 
 #[tokio::test]
@@ -360,10 +484,9 @@ async fn names_never_reach_other_paths() {
     assert!(matches!(e, Error::InvalidName { .. }), "{e:?}");
     assert!(srv.patches().is_empty());
     assert!(
-        srv.with(|s| s
-            .log
-            .iter()
-            .all(|l| l.path == "/api/" || l.path == "/api/9/http/upstreams/backend/")),
+        srv.with(|s| s.log.iter().all(|l| l.path == "/api/"
+            || l.path == "/api/9/http/upstreams/"
+            || l.path == "/api/9/stream/upstreams/")),
         "{:?}",
         srv.with(|s| s.log.clone())
     );
@@ -378,9 +501,9 @@ async fn address_ids_cover_every_peer_with_that_address() {
         .expect("drain");
     assert!(srv.peer(Kind::Http, "backend", 1).drain);
     assert!(!srv.peer(Kind::Http, "backend", 0).drain);
-    assert_eq!(
+    assert_ne!(
         one(&lb, "backend/10.0.0.2:8080").await.state,
-        TargetState::Draining
+        TargetState::InService
     );
     let hint = lb.enable_hint(&id("backend/1"));
     assert!(
@@ -414,9 +537,9 @@ async fn status_is_one_call_per_instance_and_upstream() {
     for srv in [&a, &b] {
         let log = srv.with(|s| s.log.clone());
         assert_eq!(
-            log.len(),
-            1,
-            "one GET of the upstream per instance: {log:?}"
+            log.iter().map(|l| l.path.as_str()).collect::<Vec<_>>(),
+            ["/api/9/http/upstreams/", "/api/9/stream/upstreams/"],
+            "one GET per instance and upstream kind: {log:?}"
         );
     }
     assert!(lb.status(&[]).await.expect("empty").is_empty());

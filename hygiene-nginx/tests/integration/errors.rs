@@ -245,7 +245,7 @@ async fn non_json_and_malformed_replies() {
         Some("GET"),
         200,
         "application/json",
-        r#"{"peers":[{"server":"10.0.0.1:8080","state":"up"}]}"#,
+        r#"{"backend":{"peers":[{"server":"10.0.0.1:8080","state":"up"}]}}"#,
     );
     let e = lb
         .status(&[id("backend/0")])
@@ -257,7 +257,7 @@ async fn non_json_and_malformed_replies() {
         Some("GET"),
         200,
         "application/json",
-        r#"{"peers":[{"id":0,"server":"10.0.0.1:8080","state":"sleeping","active":0}]}"#,
+        r#"{"backend":{"peers":[{"id":0,"server":"10.0.0.1:8080","state":"sleeping","active":0}]}}"#,
     );
     let e = lb
         .status(&[id("backend/0")])

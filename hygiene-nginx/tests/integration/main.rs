@@ -6,6 +6,7 @@
 mod behaviour;
 mod conformance;
 mod errors;
+mod hosts;
 mod rollout;
 mod schema;
 mod tls;

@@ -49,7 +49,9 @@ impl Executor for CheckingExecutor {
                 .find(|p| p.server == server)
                 .expect("target known to the server")
                 .clone();
-            let ok = (p.drain || p.down) && p.active == 0;
+            // Issue 12, NGINX 1: `draining` alone still takes sticky
+            // requests; the maintenance needs the server down.
+            let ok = p.down && p.active == 0;
             if self.breaks == Some(server.as_str()) {
                 s.sick.push(server.clone());
             }
@@ -125,6 +127,7 @@ async fn full_rollout_over_an_http_upstream() {
     for i in 0..3 {
         let path = format!("/api/9/http/upstreams/backend/servers/{i}");
         want.push((path.clone(), r#"{"drain":true}"#.to_owned()));
+        want.push((path.clone(), r#"{"down":true}"#.to_owned()));
         want.push((path, r#"{"down":false,"drain":false}"#.to_owned()));
     }
     assert_eq!(bodies, want);
