@@ -90,6 +90,14 @@ impl Haproxy {
             checks.fall,
             checks.rise
         )?;
+        // `X-Server: <name>` sends a request to that server while it is in
+        // service (a benchmark's long request in flight on a chosen server).
+        for (name, _) in servers {
+            writeln!(
+                cfg,
+                "    use-server {name} if {{ req.hdr(x-server) -m str {name} }}"
+            )?;
+        }
         for (name, addr) in servers {
             writeln!(cfg, "    server {name} {addr}")?;
         }

@@ -155,6 +155,15 @@ async fn answer(
         return Response::new(Full::new(Bytes::from_static(b"ok\n")));
     }
     c.in_flight.fetch_add(1, Ordering::SeqCst);
+    // `/slow?ms=N`: a long request (N ms), for requests in flight when a
+    // drain starts.
+    let work = match (req.uri().path(), req.uri().query()) {
+        ("/slow", Some(q)) => q
+            .strip_prefix("ms=")
+            .and_then(|n| n.parse().ok())
+            .map_or(work, Duration::from_millis),
+        _ => work,
+    };
     if !work.is_zero() {
         tokio::time::sleep(work).await;
     }

@@ -6,6 +6,7 @@ pub mod control;
 pub mod haproxy;
 pub mod hello;
 pub mod load;
+pub mod monitor;
 pub mod scenario;
 
 /// Errors of the scenario plumbing, as text: these are programs, not a library.

@@ -423,8 +423,9 @@ fn timed_out(e: &Effect) -> Reply {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// Whole milliseconds, rounded up: a driver never wakes before a deadline.
+fn ms_ceil(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 fn simulate(p: &Plan) -> Result<(), TestCaseError> {
@@ -654,7 +655,11 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
             continue;
         }
         // The next thing to happen.
-        let mut next = m.poll_timeout().map_or(NEVER, |d| ms(d) + offset);
+        // Woken no earlier than asked (a driver on whole milliseconds
+        // rounds a deadline up, or it would wake before it, forever).
+        let mut next = m
+            .poll_timeout()
+            .map_or(NEVER, |d| ms_ceil(d) + offset);
         for f in &inflight {
             let due = if f.at == NEVER {
                 // A hung call: the driver's time limit ends the ones the

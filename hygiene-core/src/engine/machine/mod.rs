@@ -245,6 +245,8 @@ pub(crate) struct Machine {
     calls: HashMap<CallId, Call>,
     next_call: CallId,
     poll_due: Duration,
+    /// When the last poll was sent.
+    last_poll: Duration,
     poll_in_flight: bool,
     cancelled: bool,
     stop: Option<AbortReason>,
@@ -354,6 +356,7 @@ impl Machine {
             calls: HashMap::new(),
             next_call: 0,
             poll_due: Duration::ZERO,
+            last_poll: Duration::ZERO,
             poll_in_flight: false,
             cancelled: false,
             stop: None,

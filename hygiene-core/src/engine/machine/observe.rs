@@ -37,6 +37,7 @@ impl Machine {
             }
         }
         self.poll_in_flight = true;
+        self.last_poll = self.now;
         let ids = self.ids(&observed);
         let c = self.call(Call::Poll(observed));
         out.push(Effect::Status(c, ids));
@@ -50,8 +51,12 @@ impl Machine {
     pub(super) fn watch(&self, i: usize) -> Watch {
         let s = &self.slots[i];
         match s.step {
-            Step::Draining => Watch::Until(s.since + self.rules.drain_timeout),
-            Step::Verify => Watch::Until(s.since + self.rules.health_timeout),
+            Step::Draining => {
+                Watch::Until((s.since + self.rules.drain_timeout).min(self.ramp(s.since)))
+            }
+            Step::Verify => {
+                Watch::Until((s.since + self.rules.health_timeout).min(self.ramp(s.since)))
+            }
             Step::Drained | Step::Execute | Step::Probe { .. } | Step::AwaitEnable
                 if s.location == Location::OutByRun && !s.redraining && !s.unwatched =>
             {
@@ -59,6 +64,18 @@ impl Machine {
             }
             _ => Watch::No,
         }
+    }
+
+    /// Quick looks right after a change: a short drain ends in a few
+    /// milliseconds, and waiting a whole poll interval to see it would be
+    /// most of its cost. Polls at `since` + 1/10, 1/4 and 1/2 of the poll
+    /// interval (the one not yet made), then on the fixed-rate grid.
+    fn ramp(&self, since: Duration) -> Duration {
+        [self.poll / 10, self.poll / 4, self.poll / 2]
+            .into_iter()
+            .map(|d| since + d)
+            .find(|&t| t > self.last_poll)
+            .unwrap_or(Duration::MAX)
     }
 
     pub(super) fn on_poll(
