@@ -1,2 +1,4 @@
-//! x
+//! The operator's command.
+#![allow(dead_code)]
+mod config;
 fn main() {}
