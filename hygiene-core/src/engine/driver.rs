@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::balancer::LoadBalancer;
 use crate::config::RolloutConfig;
 use crate::error::{Error, Result};
-use crate::executor::Executor;
+use crate::executor::{Executor, HandleSink};
 use crate::journal::{Journal, Op, Record};
 use crate::probe::Probe;
 use crate::report::{Event, EventKind, Outcome, Report};
@@ -177,8 +177,30 @@ impl Parts {
         Ok(out)
     }
 
+    /// Where the executor reports its handles on the maintenance of call
+    /// `call`: the journal, when there is one.
+    fn handle_sink(&self, call: CallId) -> HandleSink {
+        let Some(journal) = self.journal.clone() else {
+            return HandleSink::none();
+        };
+        HandleSink::new(move |id, handle| {
+            let record = Record::Started {
+                call,
+                id: id.clone(),
+                handle,
+                at: jiff::Timestamp::now().to_string(),
+            };
+            if let Err(e) = journal.append(&record) {
+                // The maintenance runs on; a resume then applies
+                // `on_interrupted` instead of waiting for it.
+                error!(error = %e, target.id = %id, "the maintenance's handle was not journaled");
+            }
+        })
+    }
+
     /// Performs one effect.
     async fn perform(self: Arc<Self>, effect: Effect) -> Reply {
+        let call = effect.call();
         let lb = Arc::clone(&self.lb);
         match effect {
             Effect::List(_) => Reply::Listed(self.lb_call("list", || lb.list()).await),
@@ -210,13 +232,28 @@ impl Parts {
                 // Maintenance (a reboot, a patch) is not safe to run twice:
                 // only a throttled call, which the executor refused, is
                 // tried again; a call past its limit is not.
+                let sink = self.handle_sink(call);
                 Reply::Executed(
                     self.call(
                         "execute",
                         &self.executor_calls,
                         self.config.execute_timeout(),
                         |e| matches!(e, Error::Throttled { .. }),
-                        || exec.execute(&targets),
+                        || exec.execute_tracked(&targets, &sink),
+                    )
+                    .await,
+                )
+            }
+            Effect::Recover(_, target, handle) => {
+                let exec = Arc::clone(&self.exec);
+                // Waits for the maintenance to end: bounded like one.
+                Reply::Recovered(
+                    self.call(
+                        "recover",
+                        &self.executor_calls,
+                        self.config.execute_timeout(),
+                        Error::is_retryable,
+                        || exec.recover(&target, &handle),
                     )
                     .await,
                 )
@@ -263,6 +300,7 @@ pub(crate) fn abandoned(effect: &Effect) -> Reply {
         Effect::Status(..) | Effect::ReadBack(..) => Reply::Status(Err(e("status"))),
         Effect::Preflight(..) => Reply::Preflight(Err(e("preflight"))),
         Effect::Execute(..) => Reply::Executed(Err(e("execute"))),
+        Effect::Recover(..) => Reply::Recovered(Err(e("recover"))),
         Effect::Probe(..) => Reply::Probed(Err(e("probe"))),
         Effect::Drain(..) => Reply::Changed(Err(e("drain"))),
         Effect::Disable(..) => Reply::Changed(Err(e("disable"))),

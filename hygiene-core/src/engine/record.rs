@@ -1,6 +1,7 @@
 //! What the journal records of the machine's effects and replies: one
 //! place, used by the driver and by the crash simulation.
 
+use crate::executor::Recovered;
 use crate::journal::{Op, Record};
 use crate::target::TargetId;
 
@@ -15,6 +16,7 @@ pub(crate) fn journaled(effect: &Effect) -> Option<(Op, Vec<TargetId>)> {
         Effect::Execute(_, targets) => {
             Some((Op::Execute, targets.iter().map(|t| t.id.clone()).collect()))
         }
+        Effect::Recover(_, target, _) => Some((Op::Recover, vec![target.id.clone()])),
         _ => None,
     }
 }
@@ -40,7 +42,13 @@ pub(crate) fn result_record(call: CallId, reply: &Reply) -> Record {
     let (ok, error, outcomes) = match reply {
         Reply::Changed(Ok(())) => (true, None, None),
         Reply::Executed(Ok(o)) => (true, None, Some(o.clone())),
-        Reply::Changed(Err(e)) | Reply::Executed(Err(e)) => (false, Some(e.to_string()), None),
+        Reply::Changed(Err(e)) | Reply::Executed(Err(e)) | Reply::Recovered(Err(e)) => {
+            (false, Some(e.to_string()), None)
+        }
+        Reply::Recovered(Ok(Recovered::Finished(o))) => (true, None, Some(vec![o.clone()])),
+        Reply::Recovered(Ok(Recovered::Unknown(why))) => {
+            (false, Some(format!("outcome unknown: {why}")), None)
+        }
         _ => (true, None, None),
     };
     Record::Result {

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use crate::balancer::ListedTarget;
 use crate::config::{Amount, OnDrainTimeout, OnFailure, Pacing, RolloutConfig};
 use crate::error::Error;
-use crate::executor::{ExecOutcome, Preflight};
+use crate::executor::{ExecHandle, ExecOutcome, Preflight, Recovered};
 use crate::probe::ProbeVerdict;
 use crate::report::{Outcome, TargetResult};
 use crate::target::{Capabilities, Health, Target, TargetId, TargetState, TargetStatus};
@@ -348,6 +348,24 @@ impl World<'_> {
                     })
                     .collect()),
             }),
+            Effect::Recover(_, t, _) => Reply::Recovered(match fault {
+                Fault::Error => Err(Error::Executor {
+                    executor: "sim".into(),
+                    message: "injected".into(),
+                    source: None,
+                }),
+                // The maintenance left no status behind.
+                Fault::AppliedThenError => Ok(Recovered::Unknown("no status left".into())),
+                _ => {
+                    let plan = &self.p.targets[self.index[&t.id]];
+                    let d = Duration::from_millis(plan.exec_ms);
+                    Ok(Recovered::Finished(if plan.exec_fails {
+                        ExecOutcome::failure(t.id.clone(), d, "patch failed")
+                    } else {
+                        ExecOutcome::success(t.id.clone(), d)
+                    }))
+                }
+            }),
             Effect::Probe(_, target) => {
                 let k = self.index[&target.id];
                 let plan = &self.p.targets[k];
@@ -399,6 +417,7 @@ fn timed_out(e: &Effect) -> Reply {
         Effect::Status(..) | Effect::ReadBack(..) => Reply::Status(Err(t)),
         Effect::Preflight(..) => Reply::Preflight(Err(t)),
         Effect::Execute(..) => Reply::Executed(Err(t)),
+        Effect::Recover(..) => Reply::Recovered(Err(t)),
         Effect::Probe(..) => Reply::Probed(Err(t)),
         _ => Reply::Changed(Err(t)),
     }
@@ -495,6 +514,18 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
             if let Some((_, intent)) = intent_record(&e) {
                 journal.push(intent);
                 journaled.insert(e.call());
+            }
+            if let Effect::Execute(c, ts) = &e {
+                // Most executors report a handle on each maintenance; some
+                // do not (a resume then applies on_interrupted).
+                if c % 3 != 0 {
+                    journal.extend(ts.iter().map(|t| Record::Started {
+                        call: *c,
+                        id: t.id.clone(),
+                        handle: ExecHandle(serde_json::json!({ "sim": t.id.as_str() })),
+                        at: "sim".into(),
+                    }));
+                }
             }
             let (fault, delay) = p.faults[world.calls % p.faults.len()];
             world.calls += 1;
@@ -704,6 +735,10 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
                         let ok = res.as_ref().is_ok_and(|v| v[j].success);
                         world.t[k].executed.push((now, ok));
                     }
+                }
+                (Effect::Recover(_, t, _), Reply::Recovered(Ok(Recovered::Finished(o)))) => {
+                    let k = world.index[&t.id];
+                    world.t[k].executed.push((now, o.success));
                 }
                 (Effect::Enable(_, ids), _) => {
                     for i in ids {

@@ -21,6 +21,7 @@
 
 mod file;
 mod record;
+mod summary;
 mod trace;
 
 use std::fmt::Debug;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex};
 
 pub use file::FileJournal;
 pub use record::{Header, Op, Record, JOURNAL_FORMAT};
+pub use summary::{summarize, JournaledState, Summary, TargetSummary};
 pub(crate) use trace::{Finish, Interrupted, Trace};
 
 use crate::error::{Error, Result};

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::RolloutConfig;
-use crate::executor::ExecOutcome;
+use crate::executor::{ExecHandle, ExecOutcome};
 use crate::phase::{Location, Stage};
 use crate::report::Outcome;
 use crate::target::{Target, TargetId};
@@ -50,6 +50,9 @@ pub enum Op {
     Enable,
     /// The maintenance.
     Execute,
+    /// Waiting, from a resumed run, for a maintenance a dead run started,
+    /// and reading its outcome.
+    Recover,
 }
 
 /// One line of a journal.
@@ -67,6 +70,18 @@ pub enum Record {
         op: Op,
         /// The targets it names.
         ids: Vec<TargetId>,
+        /// When (RFC 3339).
+        at: String,
+    },
+    /// A maintenance started, and the executor's handle on it (written
+    /// while the maintenance runs, between its intent and its result).
+    Started {
+        /// The execute call.
+        call: u64,
+        /// The target.
+        id: TargetId,
+        /// What finds the maintenance again ([`crate::Executor::recover`]).
+        handle: ExecHandle,
         /// When (RFC 3339).
         at: String,
     },

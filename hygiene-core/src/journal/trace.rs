@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::{Header, Op, Record};
+use crate::executor::ExecHandle;
 use crate::phase::{Location, Stage};
 use crate::target::{Target, TargetId};
 
@@ -29,6 +30,9 @@ pub(crate) struct Trace {
     pub(crate) maybe_out: bool,
     /// Its maintenance.
     pub(crate) exec: Interrupted,
+    /// The executor's handle on a maintenance whose outcome is unknown,
+    /// when it reported one: a resumed run waits for it and reads it.
+    pub(crate) handle: Option<ExecHandle>,
     /// It finished.
     pub(crate) finished: Option<Finish>,
 }
@@ -59,6 +63,7 @@ impl Trace {
                 target: t.clone(),
                 maybe_out: false,
                 exec: Interrupted::NotStarted,
+                handle: None,
                 finished: None,
             })
             .collect();
@@ -76,8 +81,11 @@ impl Trace {
                     for &k in &ks {
                         match op {
                             Op::Drain | Op::Disable => traces[k].maybe_out = true,
-                            Op::Execute => traces[k].exec = Interrupted::Unknown,
-                            Op::Enable => {}
+                            Op::Execute => {
+                                traces[k].exec = Interrupted::Unknown;
+                                traces[k].handle = None;
+                            }
+                            Op::Enable | Op::Recover => {}
                         }
                     }
                     intents.insert(*call, (*op, ks));
@@ -98,8 +106,16 @@ impl Trace {
                                 traces[k].maybe_out = false;
                             }
                         }
-                        Op::Execute => {
+                        Op::Recover if outcomes.is_none() => {
+                            // Could not be learned: nothing left to wait for;
+                            // `on_interrupted` decides.
+                            for &k in ks {
+                                traces[k].handle = None;
+                            }
+                        }
+                        Op::Execute | Op::Recover => {
                             for (j, &k) in ks.iter().enumerate() {
+                                traces[k].handle = None;
                                 traces[k].exec = match (outcomes, error) {
                                     (Some(o), _) if o.get(j).is_some_and(|o| o.success) => {
                                         Interrupted::Succeeded
@@ -115,6 +131,17 @@ impl Trace {
                             }
                         }
                         _ => {}
+                    }
+                }
+                Record::Started {
+                    call, id, handle, ..
+                } => {
+                    let Some(&k) = index.get(id) else { continue };
+                    let ours = intents
+                        .get(call)
+                        .is_some_and(|(op, ks)| *op == Op::Execute && ks.contains(&k));
+                    if ours && traces[k].exec == Interrupted::Unknown {
+                        traces[k].handle = Some(handle.clone());
                     }
                 }
                 Record::Finished {

@@ -84,6 +84,12 @@ impl Machine {
         if !take_out.is_empty() {
             self.send_take_out(take_out, out);
         }
+        for (i, handle) in std::mem::take(&mut self.to_recover) {
+            if self.slots[i].step == Step::Execute {
+                let c = self.call(Call::Recover(i));
+                out.push(Effect::Recover(c, self.slots[i].target.clone(), handle));
+            }
+        }
         for i in probes {
             self.set(
                 i,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::balancer::ListedTarget;
 use crate::config::{Amount, OnFailure, Pacing, RolloutConfig, Selection};
 use crate::error::{Error, Result};
-use crate::executor::{ExecOutcome, Preflight};
+use crate::executor::{ExecHandle, ExecOutcome, Preflight, Recovered};
 use crate::phase::{
     judge_drain, judge_health, DrainVerdict, HealthVerdict, Location, Rules, Stage,
 };
@@ -56,6 +56,8 @@ pub(crate) enum Effect {
     Disable(CallId, Vec<TargetId>),
     Enable(CallId, Vec<TargetId>),
     Execute(CallId, Vec<Target>),
+    /// Wait for a maintenance a dead run started, and read its outcome.
+    Recover(CallId, Target, ExecHandle),
     Probe(CallId, Target),
 }
 
@@ -70,6 +72,7 @@ impl Effect {
             | Self::Disable(c, _)
             | Self::Enable(c, _)
             | Self::Execute(c, _)
+            | Self::Recover(c, _, _)
             | Self::Probe(c, _) => *c,
         }
     }
@@ -84,6 +87,7 @@ pub(crate) enum Reply {
     /// Drain, disable or enable.
     Changed(Result<()>),
     Executed(Result<Vec<ExecOutcome>>),
+    Recovered(Result<Recovered>),
     Probed(Result<ProbeVerdict>),
 }
 
@@ -167,6 +171,7 @@ enum Call {
     Enable(Vec<usize>),
     TakeOut(Vec<usize>),
     Execute(Vec<usize>),
+    Recover(usize),
     Probe(usize),
     ReadBack(Vec<usize>, After),
     /// A drain sent again to a target the balancer put back on its own.
@@ -245,6 +250,8 @@ pub(crate) struct Machine {
     stop: Option<AbortReason>,
     events: VecDeque<(Option<usize>, EventKind)>,
     finished_log: Vec<Finished>,
+    /// Maintenances of a dead run to wait for (sent by the next `advance`).
+    to_recover: Vec<(usize, ExecHandle)>,
     now: Duration,
 }
 
@@ -352,6 +359,7 @@ impl Machine {
             stop: None,
             events: VecDeque::new(),
             finished_log: Vec::new(),
+            to_recover: Vec::new(),
             now: Duration::ZERO,
             cfg,
         };
@@ -724,6 +732,7 @@ impl Machine {
             (Call::Drain(idx), Reply::Changed(r)) => self.on_drain(&idx, r, out),
             (Call::Poll(idx), Reply::Status(r)) => self.on_poll(call_id, &idx, r, out),
             (Call::Execute(idx), Reply::Executed(r)) => self.on_execute(&idx, r),
+            (Call::Recover(i), Reply::Recovered(r)) => self.on_recovered(i, r),
             (Call::Probe(i), Reply::Probed(r)) => self.on_probe(i, r),
             (Call::Redrain(i), Reply::Changed(r)) => self.on_redrain(i, r, out),
             (Call::Enable(idx), Reply::Changed(r)) => self.on_enable(&idx, r, out),

@@ -392,40 +392,92 @@ impl Machine {
             Err(e) => vec![Err(format!("executor failed: {e}")); idx.len()],
         };
         for (&i, o) in idx.iter().zip(outcomes) {
-            let ran = self.now.saturating_sub(self.slots[i].since);
-            self.slots[i].since = self.now;
-            let verdict = match o {
-                Ok(o) => {
-                    self.slots[i].timings.execute = Some(o.duration);
-                    let v = if o.success {
-                        Ok(())
-                    } else {
-                        Err(o.message.clone().unwrap_or_else(|| match o.exit_code {
-                            Some(c) => format!("maintenance exited with code {c}"),
-                            None => "maintenance failed".to_owned(),
-                        }))
-                    };
-                    self.slots[i].execution = Some(o);
-                    v
-                }
-                Err(e) => {
-                    self.slots[i].timings.execute = Some(ran);
-                    Err(e)
-                }
-            };
-            match verdict {
-                Ok(()) if self.has_probe => self.set(
-                    i,
-                    Step::Probe {
-                        in_flight: false,
-                        wake: self.now,
-                    },
+            self.executed(i, o);
+        }
+    }
+
+    /// Target `i`'s maintenance ended with `o` (an outcome, or why none).
+    fn executed(&mut self, i: usize, o: std::result::Result<ExecOutcome, String>) {
+        let ran = self.now.saturating_sub(self.slots[i].since);
+        self.slots[i].since = self.now;
+        let verdict = match o {
+            Ok(o) => {
+                self.slots[i].timings.execute = Some(o.duration);
+                let v = if o.success {
+                    Ok(())
+                } else {
+                    Err(o.message.clone().unwrap_or_else(|| match o.exit_code {
+                        Some(c) => format!("maintenance exited with code {c}"),
+                        None => "maintenance failed".to_owned(),
+                    }))
+                };
+                self.slots[i].execution = Some(o);
+                v
+            }
+            Err(e) => {
+                self.slots[i].timings.execute = Some(ran);
+                Err(e)
+            }
+        };
+        match verdict {
+            Ok(()) if self.has_probe => self.set(
+                i,
+                Step::Probe {
+                    in_flight: false,
+                    wake: self.now,
+                },
+            ),
+            Ok(()) => self.set(i, Step::AwaitEnable),
+            Err(why) => {
+                self.fail(i, Stage::Executing, why);
+                self.after_failure_out(i);
+            }
+        }
+    }
+
+    /// The answer about a maintenance a dead run started.
+    pub(super) fn on_recovered(&mut self, i: usize, r: Result<Recovered>) {
+        if self.slots[i].step != Step::Execute {
+            return; // finished meanwhile (vanished)
+        }
+        if self.slots[i].purpose == Purpose::Restore {
+            // Restore puts back whatever the maintenance's outcome.
+            let said = match &r {
+                Ok(Recovered::Finished(o)) if o.success => "its maintenance ended and succeeded".to_owned(),
+                Ok(Recovered::Finished(o)) => format!(
+                    "its maintenance ended and failed ({}); put back all the same",
+                    o.message.as_deref().unwrap_or("no message")
                 ),
-                Ok(()) => self.set(i, Step::AwaitEnable),
-                Err(why) => {
-                    self.fail(i, Stage::Executing, why);
-                    self.after_failure_out(i);
-                }
+                Ok(Recovered::Unknown(why)) => format!("its maintenance's outcome is unknown ({why}); put back all the same"),
+                Err(e) => format!("the executor could not say how its maintenance ended ({e}); put back all the same"),
+            };
+            if let Ok(Recovered::Finished(o)) = r {
+                self.slots[i].timings.execute = Some(o.duration);
+                self.slots[i].execution = Some(o);
+            }
+            self.note(i, said);
+            return self.set(i, Step::AwaitEnable);
+        }
+        match r {
+            Ok(Recovered::Finished(o)) if o.id == self.slots[i].target.id => {
+                self.note(
+                    i,
+                    "its interrupted maintenance was found and its outcome read",
+                );
+                self.executed(i, Ok(o));
+            }
+            Ok(Recovered::Finished(o)) => self.executed(
+                i,
+                Err(format!(
+                    "executor recovered the outcome of {} in the place of {}: not trusted",
+                    o.id, self.slots[i].target.id
+                )),
+            ),
+            Ok(Recovered::Unknown(why)) => {
+                self.outcome_unknown(i, &why);
+            }
+            Err(e) => {
+                self.outcome_unknown(i, &format!("asking the executor failed: {e}"));
             }
         }
     }

@@ -112,7 +112,18 @@ impl Machine {
             }
             self.note(i, "put back by restore");
             self.slots[i].purpose = Purpose::Restore;
-            if in_service {
+            if let (Interrupted::Unknown, Some(h)) = (&t.exec, &t.handle) {
+                // Never put back under a maintenance still running: wait
+                // for it first (watched by the guard meanwhile).
+                self.slots[i].location = Location::OutByRun;
+                self.slots[i].since = self.now;
+                self.note(
+                    i,
+                    "its maintenance had started: waiting for it to end first",
+                );
+                self.set(i, Step::Execute);
+                self.to_recover.push((i, h.clone()));
+            } else if in_service {
                 self.slots[i].location = Location::InService;
                 self.set(i, Step::Verify);
             } else {
@@ -190,35 +201,63 @@ impl Machine {
                 self.fail(i, Stage::Executing, why.clone());
                 self.after_failure(i, in_service);
             }
-            Interrupted::Unknown => match self.cfg.on_interrupted() {
-                OnInterrupted::Fail => {
-                    self.slots[i].timings.execute = Some(Duration::ZERO);
-                    self.fail(
-                        i,
-                        Stage::Executing,
-                        "its maintenance was interrupted and its outcome is unknown (on_interrupted = fail): check the target, then put it back",
-                    );
-                    self.after_failure(i, in_service);
-                }
-                OnInterrupted::Rerun if in_service => {
+            Interrupted::Unknown => match &t.handle {
+                Some(h) => {
+                    // Still running, or finished with a status to read:
+                    // wait for it, watched (a target a reload put back is
+                    // taken out again by the guard, and reported).
+                    self.slots[i].location = Location::OutByRun;
+                    self.slots[i].since = self.now;
                     self.note(
                         i,
-                        "its interrupted maintenance runs again (on_interrupted = rerun)",
+                        "its maintenance had started when the run stopped: waiting for it and reading its outcome",
                     );
-                    self.queue.push_front(i);
-                    self.set(i, Step::Queued);
-                    return false;
+                    self.set(i, Step::Execute);
+                    self.to_recover.push((i, h.clone()));
                 }
-                OnInterrupted::Rerun => {
-                    self.note(
+                None => {
+                    return self.outcome_unknown(
                         i,
-                        "its interrupted maintenance runs again (on_interrupted = rerun)",
-                    );
-                    self.set(i, Step::Drained);
+                        "the executor kept no handle on it that a new process could follow",
+                    )
                 }
             },
         }
         true
+    }
+
+    /// A maintenance whose outcome cannot be learned (`why`):
+    /// `on_interrupted` decides. True when the target stays in progress.
+    pub(super) fn outcome_unknown(&mut self, i: usize, why: &str) -> bool {
+        let in_service = self.slots[i].location == Location::InService;
+        match self.cfg.on_interrupted() {
+            OnInterrupted::Fail => {
+                self.slots[i].timings.execute.get_or_insert(Duration::ZERO);
+                self.fail(
+                    i,
+                    Stage::Executing,
+                    format!("its maintenance was interrupted and its outcome is unknown ({why}; on_interrupted = fail): check the target, then put it back"),
+                );
+                self.after_failure(i, in_service);
+                true
+            }
+            OnInterrupted::Rerun => {
+                self.note(
+                    i,
+                    format!(
+                        "its interrupted maintenance runs again ({why}; on_interrupted = rerun)"
+                    ),
+                );
+                if in_service {
+                    self.queue.push_front(i);
+                    self.set(i, Step::Queued);
+                    false
+                } else {
+                    self.set(i, Step::Drained);
+                    true
+                }
+            }
+        }
     }
 
     /// A failed maintenance found on recovery: kept out (taken out again
