@@ -418,6 +418,9 @@ pub(crate) struct LocalSection {
 }
 
 /// `[executor.ssh]`
+// Parsed and checked now; its fields are read once hygiene-core's ssh
+// executor is in the build.
+#[allow(dead_code)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SshSection {

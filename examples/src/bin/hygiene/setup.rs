@@ -26,8 +26,6 @@ pub(crate) struct Setup {
     pub(crate) config_path: PathBuf,
     /// The pool's name (names the journal).
     pub(crate) pool: String,
-    /// Where journals and maintenance output live.
-    pub(crate) state_dir: PathBuf,
     /// The pool's journal.
     pub(crate) journal: PathBuf,
     /// The engine's settings, overrides applied.
@@ -101,7 +99,6 @@ pub(crate) async fn build(
     Ok(Setup {
         config_path: loaded.path.clone(),
         pool,
-        state_dir,
         journal,
         rollout,
         balancer,

@@ -1,10 +1,9 @@
 //! `status`: what the last run in the journal left, from the journal alone
 //! (its process may be dead), and with `--live` what the balancer says.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use hygiene_core::journal::{FileJournal, Header, Op, Record};
+use hygiene_core::journal::{summarize, FileJournal, JournaledState};
 use hygiene_core::{CancellationToken, Location, TargetId};
 use serde::Serialize;
 
@@ -46,79 +45,6 @@ struct Status {
     next: Vec<String>,
 }
 
-#[derive(Debug, Default)]
-struct Trace {
-    maybe_out: bool,
-    exec: Option<Option<bool>>,
-    finished: Option<(String, Location, Option<String>)>,
-}
-
-fn traces(header: &Header, records: &[Record]) -> Vec<(TargetId, Trace)> {
-    let mut out: Vec<(TargetId, Trace)> = header
-        .plan
-        .iter()
-        .map(|t| (t.id.clone(), Trace::default()))
-        .collect();
-    let index: HashMap<TargetId, usize> = out
-        .iter()
-        .enumerate()
-        .map(|(k, (id, _))| (id.clone(), k))
-        .collect();
-    let mut intents: HashMap<u64, (Op, Vec<usize>)> = HashMap::new();
-    for r in records {
-        match r {
-            Record::Intent { call, op, ids, .. } => {
-                let ks: Vec<usize> = ids.iter().filter_map(|i| index.get(i).copied()).collect();
-                for &k in &ks {
-                    match op {
-                        Op::Drain | Op::Disable => out[k].1.maybe_out = true,
-                        Op::Execute => out[k].1.exec = Some(None),
-                        _ => {}
-                    }
-                }
-                intents.insert(*call, (*op, ks));
-            }
-            Record::Result {
-                call, ok, outcomes, ..
-            } => {
-                let Some((op, ks)) = intents.get(call) else {
-                    continue;
-                };
-                match op {
-                    Op::Enable if *ok => {
-                        for &k in ks {
-                            out[k].1.maybe_out = false;
-                        }
-                    }
-                    Op::Execute => {
-                        for (j, &k) in ks.iter().enumerate() {
-                            let success = outcomes
-                                .as_ref()
-                                .and_then(|o| o.get(j))
-                                .is_some_and(|o| o.success);
-                            out[k].1.exec = Some(Some(success));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Record::Finished {
-                id,
-                stage,
-                location,
-                detail,
-                ..
-            } => {
-                if let Some(&k) = index.get(id) {
-                    out[k].1.finished = Some((stage.to_string(), *location, detail.clone()));
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 fn location_text(l: Location) -> String {
     serde_json::to_value(l)
         .ok()
@@ -126,36 +52,40 @@ fn location_text(l: Location) -> String {
         .unwrap_or_else(|| format!("{l:?}"))
 }
 
-fn describe(t: &Trace) -> (bool, String) {
-    if let Some((stage, location, detail)) = &t.finished {
-        let out = matches!(
-            location,
-            Location::KeptOut | Location::Unknown | Location::OutByRun
-        );
-        let mut s = match location {
-            Location::KeptOut => format!("KEPT OUT OF ROTATION ({stage})"),
-            Location::Unknown => format!("STATE UNKNOWN, check it ({stage})"),
-            Location::OutByRun => format!("OUT OF ROTATION ({stage})"),
-            other => format!("{stage}, {}", location_text(*other)),
-        };
-        if let Some(d) = detail {
-            s.push_str(&format!(": {d}"));
+/// (out of rotation because of the run, what the journal says).
+fn describe(s: &JournaledState) -> (bool, String) {
+    let out = s.maybe_out();
+    let text = match s {
+        JournaledState::NotStarted => "not started".into(),
+        JournaledState::Out => "OUT OF ROTATION: taken out by the run, maintenance not started".into(),
+        JournaledState::MaintenanceRunning => {
+            "OUT OF ROTATION: maintenance started, its end not recorded (it may still run)".into()
         }
-        return (out, s);
-    }
-    let exec = match t.exec {
-        None => "",
-        Some(None) => "; maintenance started, outcome not recorded",
-        Some(Some(true)) => "; maintenance succeeded",
-        Some(Some(false)) => "; maintenance FAILED",
+        JournaledState::MaintenanceSucceeded => {
+            "OUT OF ROTATION: maintenance succeeded, not yet put back".into()
+        }
+        JournaledState::MaintenanceFailed { reason } => {
+            format!("OUT OF ROTATION: maintenance FAILED: {reason}")
+        }
+        JournaledState::Finished {
+            stage,
+            location,
+            detail,
+        } => {
+            let mut t = match location {
+                Location::KeptOut => format!("KEPT OUT OF ROTATION ({stage})"),
+                Location::Unknown => format!("STATE UNKNOWN, check it ({stage})"),
+                Location::OutByRun => format!("OUT OF ROTATION ({stage})"),
+                other => format!("{stage}, {}", location_text(*other)),
+            };
+            if let Some(d) = detail {
+                t.push_str(&format!(": {d}"));
+            }
+            t
+        }
+        other => format!("{other:?}"),
     };
-    if t.maybe_out {
-        (true, format!("OUT OF ROTATION (taken out by the run){exec}"))
-    } else if t.exec.is_some() {
-        (false, format!("in progress{exec}"))
-    } else {
-        (false, "not started".into())
-    }
+    (out, text)
 }
 
 /// Whether a process holds the journal's lock now (without changing it).
@@ -171,9 +101,6 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
     let pool = loaded.pool_name();
     let journal = setup::state_dir(&loaded, g.state_dir.as_ref()).join(format!("{pool}.jsonl"));
     let records = FileJournal::read(&journal)?;
-    let last = records
-        .iter()
-        .rposition(|r| matches!(r, Record::Header(_)));
     let mut status = Status {
         pool: pool.clone(),
         journal: journal.display().to_string(),
@@ -186,20 +113,16 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
         targets: Vec::new(),
         next: Vec::new(),
     };
-    let code = match last.map(|k| (k, &records[k])) {
+    let code = match summarize(&records) {
         None => exit::OK,
-        Some((k, Record::Header(h))) => {
-            let rest = &records[k + 1..];
-            let ended = rest.iter().find_map(|r| match r {
-                Record::End { outcome, .. } => Some(outcome.clone()),
-                _ => None,
-            });
+        Some(sum) => {
+            let h = &sum.header;
             status.run_id = Some(h.run_id.clone());
             status.started_at = Some(h.started_at.clone());
             status.host = Some(h.host.clone());
             status.pid = Some(h.pid);
-            status.outcome = ended.as_ref().and_then(|o| serde_json::to_value(o).ok());
-            status.state = match (&ended, held(&journal)) {
+            status.outcome = sum.outcome.as_ref().and_then(|o| serde_json::to_value(o).ok());
+            status.state = match (&sum.outcome, held(&journal)) {
                 (Some(_), _) => "finished",
                 (None, true) => "running",
                 (None, false) => "unfinished",
@@ -209,8 +132,9 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
             let cancel = CancellationToken::new();
             let built = setup::build(&loaded, g.state_dir.as_ref(), &RolloutFlags::default(), &cancel).await;
             let lb = built.as_ref().ok().map(|s| std::sync::Arc::clone(&s.balancer));
-            for (id, t) in traces(h, rest) {
-                let (out, state) = describe(&t);
+            for t in &sum.targets {
+                let id = t.id.clone();
+                let (out, state) = describe(&t.state);
                 status.targets.push(TargetLine {
                     hint: out.then(|| lb.as_ref().map(|lb| lb.enable_hint(&id))).flatten(),
                     id,
@@ -263,7 +187,6 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
                 _ => exit::OK,
             }
         }
-        Some(_) => exit::OTHER,
     };
     if g.json {
         output::json_line("status", &status);
