@@ -119,12 +119,18 @@ fn bad_duration_and_percent() {
         "[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n{GOOD_TAIL}[rollout]\ndrain_timeout = \"soon\"\n"
     ));
     assert_eq!(code, CONFIG, "{err}");
-    assert!(err.contains(":7:") && err.contains("rollout.drain_timeout") && err.contains("\"90s\""), "{err}");
+    assert!(
+        err.contains(":7:") && err.contains("rollout.drain_timeout") && err.contains("\"90s\""),
+        "{err}"
+    );
     let (code, err, _) = config_error(&format!(
         "[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n{GOOD_TAIL}[rollout]\nbatch_size = \"150%\"\n"
     ));
     assert_eq!(code, CONFIG, "{err}");
-    assert!(err.contains(":7:") && err.contains("rollout.batch_size") && err.contains("100%"), "{err}");
+    assert!(
+        err.contains(":7:") && err.contains("rollout.batch_size") && err.contains("100%"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -142,7 +148,10 @@ fn missing_executor() {
         config_error("[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n");
     assert_eq!(code, CONFIG, "{err}");
     assert!(err.contains(&format!("{}:1:1", path.display())), "{err}");
-    assert!(err.contains("executor") && err.contains("[executor.local]"), "{err}");
+    assert!(
+        err.contains("executor") && err.contains("[executor.local]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -152,7 +161,9 @@ fn missing_secret_is_named() {
     ));
     assert_eq!(code, CONFIG, "{err}");
     assert!(
-        err.contains(":5:") && err.contains("balancer.nginx.password_env") && err.contains("HYGIENE_TEST_UNSET_PASSWORD_VAR"),
+        err.contains(":5:")
+            && err.contains("balancer.nginx.password_env")
+            && err.contains("HYGIENE_TEST_UNSET_PASSWORD_VAR"),
         "{err}"
     );
 }
@@ -167,10 +178,14 @@ fn a_flag_override_is_validated_and_named() {
     )
     .expect("write");
     let mut c = hygiene(&path, &dir.path().join("state"));
-    c.args(["validate", "--offline"]).env("HYGIENE_BATCH_SIZE", "0");
+    c.args(["validate", "--offline"])
+        .env("HYGIENE_BATCH_SIZE", "0");
     let (code, _, err) = out(c);
     assert_eq!(code, CONFIG, "{err}");
-    assert!(err.contains("--batch-size") && err.contains("batch_size"), "{err}");
+    assert!(
+        err.contains("--batch-size") && err.contains("batch_size"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -200,21 +215,35 @@ fn completions_and_man() {
     c.args(["completions", "bash"]);
     let (code, stdout, err) = out(c);
     assert_eq!(code, 0, "{err}");
-    assert!(stdout.contains("_hygiene") && stdout.contains("resume"), "{stdout}");
+    assert!(
+        stdout.contains("_hygiene") && stdout.contains("resume"),
+        "{stdout}"
+    );
     let mut c = hygiene(&dir.path().join("none.toml"), dir.path());
     c.arg("man");
     let (code, stdout, err) = out(c);
     assert_eq!(code, 0, "{err}");
-    assert!(stdout.contains(".TH") && stdout.contains("Exit codes"), "{stdout}");
+    assert!(
+        stdout.contains(".TH") && stdout.contains("Exit codes"),
+        "{stdout}"
+    );
     let mut c = hygiene(&dir.path().join("none.toml"), dir.path());
     c.arg("--help");
     let (_, stdout, _) = out(c);
-    assert!(stdout.contains("Exit codes") && stdout.contains("130"), "{stdout}");
+    assert!(
+        stdout.contains("Exit codes") && stdout.contains("130"),
+        "{stdout}"
+    );
 }
 
 // ------------------------------------------------------------- HAProxy
 
 fn haproxy_config(dir: &Path, scn: &Scenario, patch_ms: u64) -> PathBuf {
+    haproxy_config_with(dir, scn, patch_ms, "")
+}
+
+/// `extra_args` go after the patch's own (`, "--fail-on", "s2"`).
+fn haproxy_config_with(dir: &Path, scn: &Scenario, patch_ms: u64, extra_args: &str) -> PathBuf {
     let path = dir.join("hygiene.toml");
     let text = format!(
         r#"# what the operator writes
@@ -226,7 +255,7 @@ backends = ["web"]
 
 [executor.local]
 program = {exe:?}
-args = ["patch", "--control", "{control}", "--patch-ms", "{patch_ms}"]
+args = ["patch", "--control", "{control}", "--patch-ms", "{patch_ms}"{extra_args}]
 timeout = "30s"
 
 [rollout]
@@ -274,8 +303,14 @@ async fn validate_plan_run_status_on_haproxy() {
     c.args(["plan", "--batch-size", "2", "--maintenance-time", "1s"]);
     let (code, stdout, err) = out(c);
     assert_eq!(code, 0, "{stdout}{err}");
-    assert!(stdout.contains("1. web/s1, web/s2") && stdout.contains("2. web/s3"), "{stdout}");
-    assert!(stdout.contains("max_failures = 0") && stdout.contains("at most"), "{stdout}");
+    assert!(
+        stdout.contains("1. web/s1, web/s2") && stdout.contains("2. web/s3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("max_failures = 0") && stdout.contains("at most"),
+        "{stdout}"
+    );
 
     let mut c = hygiene(&cfg, &state);
     c.args(["plan", "--json", "--min-healthy", "2", "--batch-size", "2"]);
@@ -301,18 +336,29 @@ async fn validate_plan_run_status_on_haproxy() {
     assert!(lines.len() > 5, "{stdout}");
     let (last, events) = lines.split_last().expect("lines");
     assert!(events.iter().all(|l| l["type"] == "event"), "{stdout}");
-    assert!(events.iter().any(|l| l["event"] == "phase" && l["stage"] == "draining"), "{stdout}");
+    assert!(
+        events
+            .iter()
+            .any(|l| l["event"] == "phase" && l["stage"] == "draining"),
+        "{stdout}"
+    );
     assert_eq!(last["type"], "report", "{stdout}");
     assert_eq!(last["outcome"]["kind"], "completed", "{last}");
     assert_eq!(last["targets"].as_array().map(Vec::len), Some(3));
     all_in_service(&scn).await;
-    assert!(state.join("web.jsonl").exists(), "the journal is in the state dir");
+    assert!(
+        state.join("web.jsonl").exists(),
+        "the journal is in the state dir"
+    );
 
     let mut c = hygiene(&cfg, &state);
     c.arg("status");
     let (code, stdout, err) = out(c);
     assert_eq!(code, 0, "{stdout}{err}");
-    assert!(stdout.contains("finished") && stdout.contains("nothing is out of rotation"), "{stdout}");
+    assert!(
+        stdout.contains("finished") && stdout.contains("nothing is out of rotation"),
+        "{stdout}"
+    );
     scn.stop().await;
 }
 
@@ -326,7 +372,10 @@ fn wait_for(journal: &Path, op: Op, child: &mut std::process::Child) {
         {
             return;
         }
-        assert!(child.try_wait().expect("wait").is_none(), "the run ended early");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the run ended early"
+        );
         assert!(Instant::now() < deadline, "{op:?} never journaled");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -378,7 +427,10 @@ async fn killed_run_locked_status_resume_on_haproxy() {
         stdout.contains("out of rotation because of this run: web/s1"),
         "{stdout}"
     );
-    assert!(stdout.contains("hygiene resume -c") && stdout.contains("set server web/s1 state ready"), "{stdout}");
+    assert!(
+        stdout.contains("hygiene resume -c") && stdout.contains("set server web/s1 state ready"),
+        "{stdout}"
+    );
     let mut c = hygiene(&cfg, &state);
     c.args(["status", "--json"]);
     let (_, stdout, _) = out(c);
@@ -407,5 +459,68 @@ async fn killed_run_locked_status_resume_on_haproxy() {
     c.arg("status");
     let (code, stdout, _) = out(c);
     assert_eq!(code, 0, "{stdout}");
+    scn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_target_is_kept_out_or_fails_the_run_on_haproxy() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = Scenario::start(ScenarioConfig::default())
+        .await
+        .expect("scenario");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = haproxy_config_with(dir.path(), &scn, 100, r#", "--fail-on", "s2""#);
+
+    // Default on_failure = keep_out: s2 stays out, named, exit 11.
+    let mut c = hygiene(&cfg, &state);
+    c.arg("run");
+    let (code, stdout, err) = out(c);
+    eprintln!("{stdout}{err}");
+    assert_eq!(code, 11, "{stdout}{err}");
+    assert!(
+        stdout.contains("web/s2") && stdout.contains("KEPT OUT OF ROTATION"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("set server web/s2 state ready"),
+        "the way back: {stdout}"
+    );
+    assert!(stdout.contains("ABORTED"), "max_failures = 0: {stdout}");
+    let mut c = hygiene(&cfg, &state);
+    c.arg("status");
+    let (code, stdout, _) = out(c);
+    eprintln!("{stdout}");
+    assert_eq!(code, 11, "{stdout}");
+    assert!(
+        stdout.contains("out of rotation because of this run: web/s2"),
+        "{stdout}"
+    );
+    let out_now = scn.out_of_rotation().await.expect("haproxy");
+    assert_eq!(out_now.len(), 1, "{out_now:?}");
+
+    // Put it back by hand as an operator would, then a run that puts failed
+    // targets back: the run failed, nothing kept out: exit 10.
+    scn.services[1].resume().expect("service back");
+    scn.balancer.enable(&out_now).await.expect("enable by hand");
+    scn.wait_all_healthy(Duration::from_secs(15))
+        .await
+        .expect("healthy");
+    let mut c = hygiene(&cfg, &state);
+    c.args([
+        "run",
+        "--on-failure",
+        "restore",
+        "--only",
+        "web/s2",
+        "--health-timeout",
+        "1s",
+    ]);
+    let (code, stdout, err) = out(c);
+    eprintln!("{stdout}{err}");
+    assert_eq!(code, 10, "{stdout}{err}");
+    assert!(scn.out_of_rotation().await.expect("haproxy").is_empty());
     scn.stop().await;
 }

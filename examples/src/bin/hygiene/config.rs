@@ -77,10 +77,13 @@ impl Loaded {
     /// Parses `text` as the file `path`.
     pub(crate) fn parse(path: &Path, text: String) -> Result<Self, ConfigError> {
         let file = {
-            let de = toml::Deserializer::parse(&text).map_err(|e| toml_error(path, &text, &e, None))?;
+            let de =
+                toml::Deserializer::parse(&text).map_err(|e| toml_error(path, &text, &e, None))?;
             serde_path_to_error::deserialize::<_, File>(de).map_err(|e| {
                 let key = key_path(e.path(), e.inner().message());
-                toml_error(path, &text, e.inner(), key)
+                let mut err = toml_error(path, &text, e.inner(), key);
+                refine_section_error(path, &text, e.inner().span(), &mut err);
+                err
             })?
         };
         let loaded = Self {
@@ -200,13 +203,24 @@ impl Loaded {
             h.get_ref().backends.get_ref().join("+")
         } else if let Some(n) = &b.nginx {
             let n = n.get_ref();
-            n.upstreams.iter().chain(&n.stream_upstreams).cloned().collect::<Vec<_>>().join("+")
+            n.upstreams
+                .iter()
+                .chain(&n.stream_upstreams)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("+")
         } else {
             "elbv2".into()
         };
         let clean: String = raw
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         if clean.is_empty() {
             "pool".into()
@@ -221,7 +235,9 @@ pub(crate) fn check_pool_name(p: &str) -> Result<(), String> {
     if p.is_empty()
         || p.len() > 100
         || p.starts_with('.')
-        || !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+        || !p
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
     {
         return Err(format!(
             "{p:?} is not a usable pool name: 1 to 100 characters of [A-Za-z0-9._+-], not starting with '.' (it names the journal file)"
@@ -236,7 +252,8 @@ fn key_path(path: &serde_path_to_error::Path, message: &str) -> Option<String> {
     let mut parts: Vec<String> = path
         .iter()
         .filter_map(|s| match s {
-            serde_path_to_error::Segment::Map { key } | serde_path_to_error::Segment::Enum { variant: key } => {
+            serde_path_to_error::Segment::Map { key }
+            | serde_path_to_error::Segment::Enum { variant: key } => {
                 (!key.starts_with("$__")).then(|| key.clone())
             }
             serde_path_to_error::Segment::Seq { index } => Some(format!("[{index}]")),
@@ -258,6 +275,55 @@ fn key_path(path: &serde_path_to_error::Path, message: &str) -> Option<String> {
         out.push_str(&p);
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// A section's own validation (`[rollout]`: "invalid configuration:
+/// min_healthy: …") names the field only in its message and points at the
+/// section: point at the field's line instead, and name its key.
+fn refine_section_error(
+    path: &Path,
+    text: &str,
+    span: Option<Range<usize>>,
+    err: &mut ConfigError,
+) {
+    let Some(rest) = err.message.strip_prefix("invalid configuration: ") else {
+        return;
+    };
+    let Some((field, message)) = rest.split_once(": ") else {
+        return;
+    };
+    if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return;
+    }
+    let section = err.key.clone().unwrap_or_default();
+    err.key = Some(if section.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{section}.{field}")
+    });
+    let message = message.to_owned();
+    // The field's line within the section: the first line from the
+    // section's start that sets it.
+    let from = span.map_or(0, |s| s.start).min(text.len());
+    let mut offset = from;
+    for line in text[from..].split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if offset > from && trimmed.starts_with('[') {
+            break;
+        }
+        if trimmed
+            .strip_prefix(field)
+            .is_some_and(|r| r.trim_start().starts_with('='))
+        {
+            let start = offset + (line.len() - trimmed.len());
+            let (place, snippet) = locate(path, text, Some(start..start + field.len()));
+            err.place = place;
+            err.snippet = snippet;
+            break;
+        }
+        offset += line.len();
+    }
+    err.message = message;
 }
 
 fn toml_error(path: &Path, text: &str, e: &toml::de::Error, key: Option<String>) -> ConfigError {
@@ -532,11 +598,18 @@ mod tests {
         let e = err(&format!("{BASE}\n[rollout]\ndrain_timeout = \"soon\"\n"));
         assert!(e.place.starts_with("h.toml:"), "{e}");
         assert!(e.message.contains("not a duration"), "{e}");
-        let e = err(&format!("{BASE}\n[balancer.nginx]\napi_urls = [\"http://x/api\"]\n"));
+        let e = err(&format!(
+            "{BASE}\n[balancer.nginx]\napi_urls = [\"http://x/api\"]\n"
+        ));
         assert_eq!(e.key.as_deref(), Some("balancer.nginx"), "{e}");
         let e = err("[balancer.haproxy]\nnodes = [\"/x\"]\nbackends = \"web\"\n[executor.local]\nprogram = \"/bin/true\"\n");
         assert_eq!(e.place, "h.toml:3:12", "{e}");
         assert_eq!(e.key.as_deref(), Some("balancer.haproxy.backends"), "{e}");
+        let e = err(&format!(
+            "{BASE}\n[rollout]\nbatch_size = 2\nmin_healthy = \"100%\"\n"
+        ));
+        assert_eq!(e.place, "h.toml:10:1", "{e}");
+        assert_eq!(e.key.as_deref(), Some("rollout.min_healthy"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod setup;
 mod status;
 mod validate;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -59,17 +60,22 @@ impl Failure {
 
 /// The command that continues this configuration's run, for messages.
 pub(crate) fn command_for(global: &Global, verb: &str) -> String {
-    let mut s = format!("hygiene {verb} -c {}", shell_word(&global.config.display().to_string()));
+    let mut s = format!(
+        "hygiene {verb} -c {}",
+        shell_word(&global.config.display().to_string())
+    );
     if let Some(d) = &global.state_dir {
-        s.push_str(&format!(" --state-dir {}", shell_word(&d.display().to_string())));
+        s.push_str(&format!(
+            " --state-dir {}",
+            shell_word(&d.display().to_string())
+        ));
     }
     s
 }
 
 fn shell_word(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c))
     {
         s.to_owned()
@@ -91,7 +97,12 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Restore { rollout } => run::main(g, &rollout, run::Mode::Restore).await,
         Command::Status { live } => status::main(g, live).await,
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "hygiene", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "hygiene",
+                &mut std::io::stdout(),
+            );
             Ok(exit::OK)
         }
         Command::Man => {
@@ -107,15 +118,20 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.global.json;
+    // On a terminal the progress view says what the warnings would; in a
+    // log (not a terminal) the warnings are the progress.
+    let terminal = std::io::stderr().is_terminal();
+    let default_level = if terminal && !json { "error" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
+        .with_ansi(terminal)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let json = cli.global.json;
     let code = match dispatch(cli).await {
         Ok(code) => code,
         Err(f) => {

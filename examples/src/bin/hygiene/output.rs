@@ -129,8 +129,10 @@ impl Follower {
                         let bar = v.bars.entry(id.clone()).or_insert_with(|| {
                             let b = v.multi.add(ProgressBar::new_spinner());
                             b.set_style(
-                                ProgressStyle::with_template("  {spinner} {prefix:<24} {msg} ({elapsed})")
-                                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                                ProgressStyle::with_template(
+                                    "  {spinner} {prefix:<24} {msg} ({elapsed})",
+                                )
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                             );
                             b.set_prefix(id.to_string());
                             b.enable_steady_tick(Duration::from_millis(120));
@@ -218,7 +220,9 @@ pub(crate) fn summary(r: &Report) -> String {
     for t in &r.targets {
         let what = match &t.result {
             TargetResult::Done => {
-                let ms = |d: Option<Duration>| d.map_or_else(|| "-".into(), |d| format!("{:.1}s", d.as_secs_f64()));
+                let ms = |d: Option<Duration>| {
+                    d.map_or_else(|| "-".into(), |d| format!("{:.1}s", d.as_secs_f64()))
+                };
                 format!(
                     "done (drain {}, maintenance {}, health {})",
                     ms(t.timings.drain),
@@ -233,7 +237,11 @@ pub(crate) fn summary(r: &Report) -> String {
                 ..
             } => format!(
                 "FAILED in {phase}: {reason}{}",
-                if *kept_out { " — KEPT OUT OF ROTATION" } else { "" }
+                if *kept_out {
+                    " — KEPT OUT OF ROTATION"
+                } else {
+                    ""
+                }
             ),
             TargetResult::Skipped { reason } => format!("skipped: {reason}"),
             TargetResult::Restored { reason } => format!("put back without maintenance: {reason}"),
@@ -264,7 +272,10 @@ pub(crate) fn summary(r: &Report) -> String {
             } else {
                 ""
             };
-            s.push_str(&format!("  {}{state}\n    put it back by hand: {hint}\n", t.id));
+            s.push_str(&format!(
+                "  {}{state}\n    put it back by hand: {hint}\n",
+                t.id
+            ));
         }
     }
     s

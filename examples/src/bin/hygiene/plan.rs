@@ -164,7 +164,9 @@ pub(crate) fn compute(
             unhealthy.join(", ")
         ));
     }
-    let poll = c.poll_interval().unwrap_or_else(|| lb.default_poll_interval());
+    let poll = c
+        .poll_interval()
+        .unwrap_or_else(|| lb.default_poll_interval());
     let n = u32::try_from(batches.len()).unwrap_or(u32::MAX);
     let warmups = c.warmup() * n.saturating_sub(1);
     let floor = poll * 3;
@@ -210,7 +212,11 @@ pub(crate) fn human(p: &Plan) -> String {
         p.batch_size,
         p.width,
         p.selected,
-        if p.canary { "; canary: the first batch is 1 target" } else { "" }
+        if p.canary {
+            "; canary: the first batch is 1 target"
+        } else {
+            ""
+        }
     ));
     o.push_str(&format!(
         "  min_healthy = {} → {} of {} must stay healthy in service (a percent rounds up); {} healthy now, so up to {} may be out at once\n",
@@ -239,7 +245,10 @@ pub(crate) fn human(p: &Plan) -> String {
         o.push_str(&format!(
             "  {:>3}. {}\n",
             k + 1,
-            b.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            b.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if p.batches.is_empty() {

@@ -474,7 +474,11 @@ async fn ssm(
     for (k, v) in &s.parameters {
         b = b.with_parameter(k, v.values());
     }
-    b = b.with_comment(s.comment.as_deref().unwrap_or("hygiene rolling maintenance"));
+    b = b.with_comment(
+        s.comment
+            .as_deref()
+            .unwrap_or("hygiene rolling maintenance"),
+    );
     if let Some(t) = s.delivery_timeout {
         b = b.with_delivery_timeout(t);
     }

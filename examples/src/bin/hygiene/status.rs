@@ -57,7 +57,9 @@ fn describe(s: &JournaledState) -> (bool, String) {
     let out = s.maybe_out();
     let text = match s {
         JournaledState::NotStarted => "not started".into(),
-        JournaledState::Out => "OUT OF ROTATION: taken out by the run, maintenance not started".into(),
+        JournaledState::Out => {
+            "OUT OF ROTATION: taken out by the run, maintenance not started".into()
+        }
         JournaledState::MaintenanceRunning => {
             "OUT OF ROTATION: maintenance started, its end not recorded (it may still run)".into()
         }
@@ -93,7 +95,10 @@ fn held(path: &Path) -> bool {
     if !path.exists() {
         return false;
     }
-    matches!(FileJournal::open(path), Err(hygiene_core::Error::Journal { .. }))
+    matches!(
+        FileJournal::open(path),
+        Err(hygiene_core::Error::Journal { .. })
+    )
 }
 
 pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
@@ -121,7 +126,10 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
             status.started_at = Some(h.started_at.clone());
             status.host = Some(h.host.clone());
             status.pid = Some(h.pid);
-            status.outcome = sum.outcome.as_ref().and_then(|o| serde_json::to_value(o).ok());
+            status.outcome = sum
+                .outcome
+                .as_ref()
+                .and_then(|o| serde_json::to_value(o).ok());
             status.state = match (&sum.outcome, held(&journal)) {
                 (Some(_), _) => "finished",
                 (None, true) => "running",
@@ -130,13 +138,24 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
             // Hints need the balancer object, not a connection; a
             // configuration that cannot build one still gets its status.
             let cancel = CancellationToken::new();
-            let built = setup::build(&loaded, g.state_dir.as_ref(), &RolloutFlags::default(), &cancel).await;
-            let lb = built.as_ref().ok().map(|s| std::sync::Arc::clone(&s.balancer));
+            let built = setup::build(
+                &loaded,
+                g.state_dir.as_ref(),
+                &RolloutFlags::default(),
+                &cancel,
+            )
+            .await;
+            let lb = built
+                .as_ref()
+                .ok()
+                .map(|s| std::sync::Arc::clone(&s.balancer));
             for t in &sum.targets {
                 let id = t.id.clone();
                 let (out, state) = describe(&t.state);
                 status.targets.push(TargetLine {
-                    hint: out.then(|| lb.as_ref().map(|lb| lb.enable_hint(&id))).flatten(),
+                    hint: out
+                        .then(|| lb.as_ref().map(|lb| lb.enable_hint(&id)))
+                        .flatten(),
                     id,
                     out,
                     state,
@@ -147,7 +166,10 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
                 let Some(lb) = &lb else {
                     return Err(match built {
                         Err(e) => Failure::Config(e),
-                        Ok(_) => Failure::Lib(hygiene_core::Error::invalid_config("balancer", "cannot be built")),
+                        Ok(_) => Failure::Lib(hygiene_core::Error::invalid_config(
+                            "balancer",
+                            "cannot be built",
+                        )),
                     });
                 };
                 let ids: Vec<TargetId> = status.targets.iter().map(|t| t.id.clone()).collect();
@@ -157,14 +179,18 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
                         "{} {}{}",
                         location_text_state(s.state),
                         health_text(s.health),
-                        s.connections.map(|c| format!(", {c} in flight")).unwrap_or_default()
+                        s.connections
+                            .map(|c| format!(", {c} in flight"))
+                            .unwrap_or_default()
                     ));
                 }
             }
             let out = status.targets.iter().filter(|t| t.out).count();
             match status.state {
                 "unfinished" => {
-                    status.next.push(format!("finish the run: {}", command_for(g, "resume")));
+                    status
+                        .next
+                        .push(format!("finish the run: {}", command_for(g, "resume")));
                     status.next.push(format!(
                         "or put back everything it took out: {}",
                         command_for(g, "restore")
@@ -180,7 +206,8 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
                 }
                 _ if out > 0 => {
                     status.next.push(
-                        "fix each target named above, then put it back with the command shown".into(),
+                        "fix each target named above, then put it back with the command shown"
+                            .into(),
                     );
                     exit::KEPT_OUT
                 }
@@ -248,7 +275,10 @@ fn human(s: &Status) -> String {
     } else {
         o.push_str(&format!(
             "out of rotation because of this run: {}\n",
-            out.iter().map(|t| t.id.to_string()).collect::<Vec<_>>().join(", ")
+            out.iter()
+                .map(|t| t.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         for t in &out {
             if let Some(h) = &t.hint {

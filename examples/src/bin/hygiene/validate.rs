@@ -46,7 +46,10 @@ fn journal_state(path: &std::path::Path) -> String {
         Err(e) => format!("unreadable: {e}"),
         Ok(r) if r.is_empty() => "no run yet".into(),
         Ok(r) => {
-            let last = r.iter().rposition(|x| matches!(x, Record::Header(_))).unwrap_or(0);
+            let last = r
+                .iter()
+                .rposition(|x| matches!(x, Record::Header(_)))
+                .unwrap_or(0);
             if r[last..].iter().any(|x| matches!(x, Record::End { .. })) {
                 "last run finished".into()
             } else {
@@ -99,7 +102,8 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         let preflight = match setup.executor.preflight(&targets).await {
             Ok(p) => p,
             Err(e) => {
-                v.problems.push(format!("the executor's preflight failed: {e}"));
+                v.problems
+                    .push(format!("the executor's preflight failed: {e}"));
                 code = exit::UNREACHABLE;
                 Vec::new()
             }
@@ -114,7 +118,10 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 other => format!("{other:?}"),
             });
             if let Some(p) = pf.as_ref().filter(|p| p.starts_with("NOT READY")) {
-                v.problems.push(format!("{}: the executor cannot reach it ({p}); it would be skipped", l.target.id));
+                v.problems.push(format!(
+                    "{}: the executor cannot reach it ({p}); it would be skipped",
+                    l.target.id
+                ));
             }
             let backends = l.target.meta.get("backends").cloned();
             if let Some(b) = backends.as_ref().filter(|b| b.contains(',')) {
@@ -140,7 +147,8 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         }
         v.problems.extend(p.problems);
         if listed.is_empty() {
-            v.problems.push("the pool is empty: nothing to maintain".into());
+            v.problems
+                .push("the pool is empty: nothing to maintain".into());
         }
     }
     if g.json {
@@ -178,7 +186,10 @@ fn local_program_problem(loaded: &Loaded, problems: &mut Vec<String>) {
 fn human(v: &Validation) -> String {
     let mut o = format!("configuration {}: valid\n", v.config);
     o.push_str(&format!("  pool       {}\n", v.pool));
-    o.push_str(&format!("  journal    {} ({})\n", v.journal, v.journal_state));
+    o.push_str(&format!(
+        "  journal    {} ({})\n",
+        v.journal, v.journal_state
+    ));
     o.push_str(&format!("  balancer   {}\n", v.balancer));
     o.push_str(&format!("  executor   {}\n", v.executor));
     o.push_str(&format!(
@@ -221,8 +232,14 @@ fn human(v: &Validation) -> String {
                 t.state,
                 t.health,
                 t.connections.map_or_else(|| "?".into(), |c| c.to_string()),
-                t.backends.as_ref().map(|b| format!("  backends {b}")).unwrap_or_default(),
-                t.preflight.as_ref().map(|p| format!("  executor {p}")).unwrap_or_default(),
+                t.backends
+                    .as_ref()
+                    .map(|b| format!("  backends {b}"))
+                    .unwrap_or_default(),
+                t.preflight
+                    .as_ref()
+                    .map(|p| format!("  executor {p}"))
+                    .unwrap_or_default(),
             ));
         }
     }
