@@ -55,6 +55,7 @@ pub(crate) enum Command {
     /// Check the configuration, then connect to the balancer and the
     /// executor and say what they hold (pools, targets, states,
     /// capabilities, problems). Changes nothing.
+    #[command(after_help = exit::HELP)]
     Validate {
         /// Only check the file; connect to nothing.
         #[arg(long)]
@@ -65,6 +66,7 @@ pub(crate) enum Command {
     /// Show what a run would do: batches in order, the min_healthy and
     /// max_failures arithmetic, skipped targets, the duration range.
     /// Reads the balancer; changes nothing.
+    #[command(after_help = exit::HELP)]
     Plan {
         #[command(flatten)]
         rollout: RolloutFlags,
@@ -74,16 +76,19 @@ pub(crate) enum Command {
         maintenance_time: Option<Duration>,
     },
     /// Run the rollout, with a journal. Refused over an unfinished journal.
+    #[command(after_help = exit::HELP)]
     Run {
         #[command(flatten)]
         rollout: RolloutFlags,
     },
     /// Finish the run the journal says did not finish (its process died).
+    #[command(after_help = exit::HELP)]
     Resume {
         #[command(flatten)]
         rollout: RolloutFlags,
     },
     /// Abandon the unfinished run and put back every target it took out.
+    #[command(after_help = exit::HELP)]
     Restore {
         #[command(flatten)]
         rollout: RolloutFlags,
@@ -91,6 +96,7 @@ pub(crate) enum Command {
     /// Show what the last run left: targets out of rotation, by name, and
     /// the commands to put them back. Reads only the journal (the run's
     /// process may be dead) unless --live.
+    #[command(after_help = exit::HELP)]
     Status {
         /// Also read the balancer and compare.
         #[arg(long)]

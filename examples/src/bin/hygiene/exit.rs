@@ -36,11 +36,12 @@ Exit codes:
     3    configuration error (file, flag or HYGIENE_ variable); nothing changed
     4    balancer or executor unreachable, or it refused access; nothing changed
     5    journal locked by another run, or left unfinished by a run that died
-         (run `hygiene resume` or `hygiene restore`), or unusable; nothing changed
+         (run `hygiene resume` or `hygiene restore`), or unusable; nothing changed;
+         `status` too while a run is unfinished
     10   run failed: aborted (failure budget exceeded, capacity, balancer) or
          targets failed; none left out of rotation
     11   targets kept out of rotation: `hygiene status` names them and how to
-         put them back
+         put them back (`status` too)
     130  cancelled (Ctrl-C); every target back in service
 
 Environment: every flag has a HYGIENE_ variable (HYGIENE_CONFIG,

@@ -198,13 +198,17 @@ fn human(v: &Validation) -> String {
     ));
     let r = &v.rollout;
     o.push_str(&format!(
-        "  rollout    batch_size {}, min_healthy {}, max_failures {}, drain_timeout {}, health_timeout {}, pacing {:?}{}\n",
+        "  rollout    batch_size {}, min_healthy {}, max_failures {}, drain_timeout {}, health_timeout {}, pacing {}{}\n",
         r.batch_size(),
         r.min_healthy(),
         r.max_failures(),
         hygiene_core::duration_text::format(r.drain_timeout()),
         hygiene_core::duration_text::format(r.health_timeout()),
-        r.pacing(),
+        if r.pacing() == hygiene_core::Pacing::Window {
+            "window"
+        } else {
+            "batches"
+        },
         if r.canary() { ", canary" } else { "" }
     ));
     if !v.online {
