@@ -543,3 +543,45 @@ fn the_example_configs_are_valid() {
         assert!(stdout.contains("valid"), "{name}: {stdout}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_puts_everything_back_on_haproxy() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = Scenario::start(ScenarioConfig::default())
+        .await
+        .expect("scenario");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = haproxy_config(dir.path(), &scn, 1000);
+    let mut c = hygiene(&cfg, &state);
+    c.args(["run", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn run");
+    wait_for(&state.join("web.jsonl"), Op::Execute, &mut child);
+    let sent = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let o = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("interrupted: nothing new starts"),
+        "{stderr}"
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a line")).expect("report");
+    assert_eq!(last["outcome"]["kind"], "cancelled", "{last}");
+    assert_eq!(
+        last["targets"][0]["result"]["kind"], "done",
+        "the running maintenance finished: {last}"
+    );
+    all_in_service(&scn).await;
+    scn.stop().await;
+}
