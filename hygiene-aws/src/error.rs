@@ -209,6 +209,9 @@ impl From<AwsError> for Error {
                     "InvalidInstanceId" | "InvalidInstanceIdException" => {
                         Error::NotFound { kind: "instance", name: or_text(subject.targets, &text), location: Some(location) }
                     }
+                    "InvalidCommandId" | "InvalidCommandIdException" | "InvocationDoesNotExist" => {
+                        Error::NotFound { kind: "SSM command", name: text, location: Some(location) }
+                    }
                     "InvalidDocument" | "InvalidDocumentException" => {
                         Error::NotFound { kind: "SSM document", name: or_text(subject.document, &text), location: Some(location) }
                     }

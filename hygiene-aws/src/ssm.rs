@@ -12,9 +12,10 @@ use aws_sdk_ssm::types::{
 };
 use aws_sdk_ssm::Client;
 use hygiene_core::{
-    tail, CancellationToken, Error, ExecOutcome, Executor, Preflight, Result, Target, TargetId,
-    OUTPUT_TAIL_BYTES,
+    tail, CancellationToken, Error, ExecHandle, ExecOutcome, Executor, HandleSink, Preflight,
+    Recovered, Result, Target, TargetId, OUTPUT_TAIL_BYTES,
 };
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -175,6 +176,12 @@ impl SsmSettings {
 ///   short on Ctrl-C, or leave it out to let running commands finish (the
 ///   engine's default cancellation semantics). The same happens when the
 ///   wait limit passes.
+/// - **Crash safety.** Each instance's CommandId is reported to the
+///   engine (and so to the journal) as soon as SendCommand answers; a
+///   resumed run calls [`recover`](Executor::recover), which polls that
+///   command until it ends (within the wait limit, then cancels it) and
+///   reads its outcome, never sending it again. A command SSM no longer
+///   knows is `Recovered::Unknown`, and `on_interrupted` decides.
 /// - **preflight** uses `DescribeInstanceInformation`: an instance whose
 ///   agent is not `Online` (or not registered with SSM at all) is NotReady
 ///   with the reason, and is never drained.
@@ -215,6 +222,17 @@ struct Sent {
 /// targets are reported failed (the command may still be running).
 const MAX_READ_ERRORS: u32 = 10;
 
+/// What a resumed run needs to find a command again: the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CommandHandle {
+    command_id: String,
+    instance_id: String,
+}
+
+/// Polls without an answer after which a recovered command is taken as
+/// gone (SSM keeps a command's history for 30 days).
+const MAX_EMPTY_READS: u32 = 3;
+
 /// A SendCommand that failed.
 #[derive(Debug)]
 struct SendFailure {
@@ -251,6 +269,17 @@ fn instance_refusal<E: ProvideErrorMetadata>(
         .map(|m| format!(": {m}"))
         .unwrap_or_default();
     Some(format!("{code}{said} ({hint})"))
+}
+
+/// SSM says the command or its invocation does not exist.
+fn is_gone(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::NotFound {
+            kind: "SSM command",
+            ..
+        }
+    )
 }
 
 /// What a terminal status means for the operator.
@@ -613,6 +642,92 @@ impl Executor for SsmExecutor {
     }
 
     async fn execute(&self, targets: &[Target]) -> Result<Vec<ExecOutcome>> {
+        self.execute_tracked(targets, &HandleSink::none()).await
+    }
+
+    /// Finds a command a dead run sent (its CommandId and instance in the
+    /// journal): polls it until it ends, within the executor's wait limit
+    /// (then cancels it), and reads its outcome. A command SSM no longer
+    /// knows is [`Recovered::Unknown`].
+    async fn recover(&self, target: &Target, handle: &ExecHandle) -> Result<Recovered> {
+        let h: CommandHandle = match serde_json::from_value(handle.0.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                return Ok(Recovered::Unknown(format!(
+                    "the journal's handle on the maintenance of {} is not an ssm command's ({e})",
+                    target.id
+                )))
+            }
+        };
+        let s = self.settings();
+        let started = Instant::now();
+        let deadline = started + s.wait_limit();
+        let mut sent = Sent {
+            command_id: h.command_id.clone(),
+            members: vec![(0, h.instance_id.clone())],
+            read_errors: 0,
+        };
+        let mut empty = 0u32;
+        let mut delay = Duration::ZERO;
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).clamp(Duration::from_secs(1).min(s.poll_interval), s.poll_interval);
+            if Instant::now() >= deadline {
+                self.cancel_command(&sent).await;
+                return Ok(Recovered::Finished(ExecOutcome::failure(
+                    target.id.clone(),
+                    started.elapsed(),
+                    format!(
+                        "ssm command {} on {}: not finished within {:?} of the resumed run; cancel requested",
+                        h.command_id,
+                        h.instance_id,
+                        s.wait_limit()
+                    ),
+                )));
+            }
+            match self.read(&sent).await {
+                Ok(readings) => {
+                    sent.read_errors = 0;
+                    let Some(r) = readings.get(&h.instance_id) else {
+                        empty += 1;
+                        if empty >= MAX_EMPTY_READS {
+                            return Ok(Recovered::Unknown(format!(
+                                "ssm knows no invocation of command {} on {} any more",
+                                h.command_id, h.instance_id
+                            )));
+                        }
+                        continue;
+                    };
+                    if let Some(o) = Self::outcome(
+                        &target.id,
+                        &h.instance_id,
+                        &h.command_id,
+                        r,
+                        started.elapsed(),
+                    ) {
+                        return Ok(Recovered::Finished(o));
+                    }
+                }
+                Err(e) if is_gone(&e) => {
+                    return Ok(Recovered::Unknown(format!(
+                        "ssm no longer knows command {} on {}: {e}",
+                        h.command_id, h.instance_id
+                    )))
+                }
+                Err(e) if e.is_retryable() && sent.read_errors + 1 < MAX_READ_ERRORS => {
+                    sent.read_errors += 1;
+                    warn!(command_id = %h.command_id, error = %e, "reading a recovered command's status failed; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn execute_tracked(
+        &self,
+        targets: &[Target],
+        sink: &HandleSink,
+    ) -> Result<Vec<ExecOutcome>> {
         let started = Instant::now();
         let s = self.settings();
         let mut outcomes: Vec<Option<ExecOutcome>> = vec![None; targets.len()];
@@ -648,6 +763,15 @@ impl Executor for SsmExecutor {
             match self.send(&instances).await {
                 Ok(command_id) => {
                     info!(command_id = %command_id, document = %s.document, instances = chunk.len(), "command sent");
+                    for (i, inst) in &chunk {
+                        let handle = CommandHandle {
+                            command_id: command_id.clone(),
+                            instance_id: inst.clone(),
+                        };
+                        if let Ok(v) = serde_json::to_value(handle) {
+                            sink.started(&targets[*i].id, ExecHandle(v));
+                        }
+                    }
                     sent.push(Sent {
                         command_id,
                         members: chunk,

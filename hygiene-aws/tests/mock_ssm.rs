@@ -773,3 +773,133 @@ async fn send_command_is_never_resent_by_the_sdk_after_a_cut_reply() {
     );
     server.abort();
 }
+
+// Crash safety: the command id is journaled as soon as SendCommand
+// answers, and a new process finds the command and waits for its end.
+#[tokio::test(start_paused = true)]
+async fn a_new_process_finds_a_running_command_and_reads_its_outcome() {
+    for api in [
+        StatusApi::ListCommandInvocations,
+        StatusApi::GetCommandInvocation,
+    ] {
+        let fake = Fake::new(vec![RUNNING]);
+        let targets = [target("i-0001"), target("i-0002")];
+        let kept = hygiene_core::testing::KeptHandles::new();
+        let sink = kept.sink();
+        let exec = builder(&fake).with_status_api(api).build().expect("builds");
+        // The process dies while both commands run.
+        let run = exec.execute_tracked(&targets, &sink);
+        assert!(tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .is_err());
+        let kept = kept.handles();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!(kept[0].0, targets[0].id);
+        assert_eq!(
+            kept[0].1 .0,
+            serde_json::json!({"command_id": "cmd-0", "instance_id": "i-0001"})
+        );
+        {
+            let mut f = fake.lock().expect("fake");
+            f.scripts.insert(
+                "i-0001".into(),
+                [RUNNING, RUNNING, ("Success", "Success", 0, "patched", "")]
+                    .into_iter()
+                    .collect(),
+            );
+            f.scripts.insert(
+                "i-0002".into(),
+                [RUNNING, ("Failed", "Failed", 2, "yum: error", "disk full")]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        let fresh = builder(&fake).with_status_api(api).build().expect("builds");
+        let got = fresh
+            .recover(&targets[0], &kept[0].1)
+            .await
+            .expect("recover");
+        let hygiene_core::Recovered::Finished(o) = got else {
+            panic!("{api:?}: {got:?}");
+        };
+        assert!(o.success, "{o:?}");
+        assert_eq!(o.stdout_tail, "patched");
+        let got = fresh
+            .recover(&targets[1], &kept[1].1)
+            .await
+            .expect("recover");
+        let hygiene_core::Recovered::Finished(o) = got else {
+            panic!("{api:?}: {got:?}");
+        };
+        assert!(!o.success);
+        assert_eq!(o.exit_code, Some(2));
+        assert!(
+            o.message.as_deref().unwrap_or("").contains("cmd-0"),
+            "{o:?}"
+        );
+        assert_eq!(
+            fake.lock().expect("fake").commands.len(),
+            1,
+            "{api:?}: recovery never sends the command again"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_ssm_no_longer_knows_is_unknown_not_guessed() {
+    let fake = Fake::new(vec![RUNNING]);
+    let exec = builder(&fake).build().expect("builds");
+    let gone = hygiene_core::ExecHandle(
+        serde_json::json!({"command_id": "cmd-404", "instance_id": "i-0001"}),
+    );
+    let got = exec
+        .recover(&target("i-0001"), &gone)
+        .await
+        .expect("recover");
+    assert!(
+        matches!(&got, hygiene_core::Recovered::Unknown(why) if why.contains("cmd-404")),
+        "{got:?}"
+    );
+    let foreign = hygiene_core::ExecHandle(serde_json::json!({"pid": 42}));
+    let got = exec
+        .recover(&target("i-0001"), &foreign)
+        .await
+        .expect("recover");
+    assert!(
+        matches!(&got, hygiene_core::Recovered::Unknown(why) if why.contains("not an ssm command")),
+        "{got:?}"
+    );
+    assert!(fake.lock().expect("fake").commands.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recovered_command_past_the_wait_limit_is_cancelled_and_failed() {
+    let fake = Fake::new(vec![RUNNING]);
+    let exec = builder(&fake)
+        .with_wait_timeout(Duration::from_secs(30))
+        .build()
+        .expect("builds");
+    let handle = hygiene_core::ExecHandle(
+        serde_json::json!({"command_id": "cmd-7", "instance_id": "i-0001"}),
+    );
+    fake.lock()
+        .expect("fake")
+        .commands
+        .push(("cmd-7".into(), vec!["i-0001".into()]));
+    let got = exec
+        .recover(&target("i-0001"), &handle)
+        .await
+        .expect("recover");
+    let hygiene_core::Recovered::Finished(o) = got else {
+        panic!("{got:?}");
+    };
+    assert!(!o.success);
+    assert!(
+        o.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("cancel requested"),
+        "{o:?}"
+    );
+    assert_eq!(fake.lock().expect("fake").cancelled.len(), 1);
+}

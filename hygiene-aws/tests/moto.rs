@@ -7,7 +7,9 @@ use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthState
 use hygiene_aws::moto::{find_moto_server, MotoServer};
 use hygiene_aws::{ApiCallCounter, Elbv2Balancer, PreflightCheck, SsmExecutor, StatusApi};
 use hygiene_core::conformance::{check_all, integration_available, Fixture};
-use hygiene_core::{Amount, Error, LoadBalancer, Rollout, RolloutConfig, TargetId, TargetState};
+use hygiene_core::{
+    Amount, Error, Executor, LoadBalancer, Rollout, RolloutConfig, Target, TargetId, TargetState,
+};
 
 async fn moto() -> Option<MotoServer> {
     if !integration_available(
@@ -477,4 +479,63 @@ async fn a_new_process_restores_exact_registrations_from_the_journal() {
     assert_eq!(regs, want, "{report:#?}");
     let t = report.target(&id(&out)).expect("reported");
     assert!(!t.is_kept_out(), "{t:?}");
+}
+
+// Crash safety against a real SSM endpoint: the command id a run reports
+// is enough for a new process to read the command's outcome, without
+// sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_reads_the_outcome_of_a_command_a_dead_run_sent() {
+    let Some(m) = moto().await else { return };
+    let instances = m.run_instances(2, None).await.expect("instances");
+    let counter = ApiCallCounter::new();
+    let exec = |counter: &ApiCallCounter| {
+        let cfg = m.sdk_config();
+        let counter = counter.clone();
+        async move {
+            SsmExecutor::builder("AWS-RunShellScript")
+                .with_sdk_config(cfg.await)
+                .with_call_counter(counter)
+                .with_parameter("commands", ["uptime"])
+                .with_preflight(PreflightCheck::Skip)
+                .with_status_api(StatusApi::GetCommandInvocation)
+                .with_poll_interval(Duration::from_millis(50))
+                .build()
+                .expect("executor builds")
+        }
+    };
+    let targets: Vec<Target> = instances
+        .iter()
+        .map(|i| Target::new(TargetId::new(i.clone()).expect("id")).with_instance_id(i.clone()))
+        .collect();
+    let kept = hygiene_core::testing::KeptHandles::new();
+    let sink = kept.sink();
+    let out = exec(&counter)
+        .await
+        .execute_tracked(&targets, &sink)
+        .await
+        .expect("execute");
+    assert!(out.iter().all(|o| o.success), "{out:?}");
+    let kept = kept.handles();
+    assert_eq!(kept.len(), 2);
+    let sent = counter.count("SendCommand");
+    let fresh = exec(&counter).await;
+    for (t, (id, handle)) in targets.iter().zip(&kept) {
+        assert_eq!(&t.id, id);
+        let got = fresh.recover(t, handle).await.expect("recover");
+        assert!(
+            matches!(&got, hygiene_core::Recovered::Finished(o) if o.success && o.id == t.id),
+            "{got:?}"
+        );
+    }
+    assert_eq!(counter.count("SendCommand"), sent, "never sent again");
+    let bogus = hygiene_core::ExecHandle(serde_json::json!({
+        "command_id": "00000000-0000-0000-0000-000000000000",
+        "instance_id": instances[0],
+    }));
+    let got = fresh.recover(&targets[0], &bogus).await.expect("recover");
+    assert!(
+        matches!(&got, hygiene_core::Recovered::Unknown(_)),
+        "{got:?}"
+    );
 }

@@ -12,6 +12,8 @@ pub mod phase;
 mod probe;
 pub mod report;
 mod retry;
+#[cfg(feature = "ssh")]
+mod ssh;
 mod target;
 pub mod testing;
 
@@ -36,6 +38,8 @@ pub use report::{
     TargetResult,
 };
 pub use retry::{with_retries, with_retries_when};
+#[cfg(feature = "ssh")]
+pub use ssh::SshCommand;
 pub use target::{
     Capabilities, Health, Target, TargetId, TargetState, TargetStatus, MAX_TARGET_ID_LEN,
 };

@@ -430,7 +430,7 @@ async fn kill_group(pid: u32) {
 mod tests {
     use super::*;
     use crate::target::TargetId;
-    use std::sync::{Arc, Mutex};
+    use crate::testing::KeptHandles;
 
     fn target(id: &str) -> Target {
         Target::new(TargetId::new(id).expect("id")).with_address("10.0.0.1")
@@ -443,13 +443,9 @@ mod tests {
     }
 
     /// A sink keeping the handles it is told.
-    type Kept = Arc<Mutex<Vec<(TargetId, ExecHandle)>>>;
-
-    fn keeper() -> (HandleSink, Kept) {
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let k = Arc::clone(&kept);
-        let sink = HandleSink::new(move |id, h| k.lock().expect("lock").push((id.clone(), h)));
-        (sink, kept)
+    fn keeper() -> (HandleSink, KeptHandles) {
+        let kept = KeptHandles::new();
+        (kept.sink(), kept)
     }
 
     fn empty(dir: &tempfile::TempDir) -> bool {
@@ -530,7 +526,7 @@ mod tests {
             .execute_tracked(&[target("a")], &sink)
             .await
             .expect("execute");
-        let kept = kept.lock().expect("lock").clone();
+        let kept = kept.handles();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].0.as_str(), "a");
         let h: ChildHandle = serde_json::from_value(kept[0].1 .0.clone()).expect("handle");
@@ -571,11 +567,11 @@ mod tests {
             let t = t.clone();
             tokio::spawn(async move { c.execute_tracked(&[t], &sink).await })
         };
-        while kept.lock().expect("lock").is_empty() {
+        while kept.handles().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         run.abort();
-        let handle = kept.lock().expect("lock")[0].1.clone();
+        let handle = kept.handles()[0].1.clone();
         let started = std::time::Instant::now();
         let got = cmd(&dir, "true", &[])
             .recover(&t, &handle)
@@ -629,11 +625,11 @@ mod tests {
             let (c, t) = (c.clone(), t.clone());
             tokio::spawn(async move { c.execute_tracked(&[t], &sink).await })
         };
-        while kept.lock().expect("lock").is_empty() {
+        while kept.handles().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         run.abort();
-        let handle = kept.lock().expect("lock")[0].1.clone();
+        let handle = kept.handles()[0].1.clone();
         let h: ChildHandle = serde_json::from_value(handle.0.clone()).expect("handle");
         let got = c
             .with_timeout(Duration::from_millis(300))
