@@ -1,5 +1,8 @@
 //! The configuration file (`hygiene.toml`): its schema, and errors that name
 //! the file, the line and the key, and say what is expected.
+// Built without a backend's feature, its section is still parsed (and
+// refused with a clear error) but not read.
+#![cfg_attr(not(all(feature = "nginx", feature = "aws")), allow(dead_code))]
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -484,9 +487,6 @@ pub(crate) struct LocalSection {
 }
 
 /// `[executor.ssh]`
-// Parsed and checked now; its fields are read once hygiene-core's ssh
-// executor is in the build.
-#[allow(dead_code)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SshSection {
@@ -502,6 +502,10 @@ pub(crate) struct SshSection {
     pub(crate) connect_timeout: Option<Duration>,
     /// The OpenSSH client (default `ssh` on the PATH).
     pub(crate) ssh_program: Option<PathBuf>,
+    /// More `-o key=value` options (`ProxyJump = "bastion"`); never the
+    /// ones that turn off host key checking or batch mode.
+    #[serde(default)]
+    pub(crate) options: BTreeMap<String, String>,
 }
 
 /// A document parameter: one value or several.

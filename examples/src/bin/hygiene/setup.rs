@@ -66,6 +66,13 @@ fn at<T>(
     r.map_err(|e| {
         let (key, message) = match &e {
             hygiene_core::Error::InvalidConfig { field, message } => {
+                // A builder names its own fields (`ssh.user`): under this
+                // section that is `executor.ssh.user`.
+                let last = section.rsplit('.').next().unwrap_or(section);
+                let field = field
+                    .strip_prefix(last)
+                    .and_then(|f| f.strip_prefix('.'))
+                    .unwrap_or(field);
                 (format!("{section}.{field}"), message.clone())
             }
             other => (section.to_owned(), other.to_string()),
@@ -423,21 +430,42 @@ async fn executor(
 fn ssh(
     loaded: &Loaded,
     s: &Spanned<crate::config::SshSection>,
-    _state_dir: &std::path::Path,
+    state_dir: &std::path::Path,
 ) -> Result<BuiltExecutor, ConfigError> {
+    let span = s.span();
     let sec = s.get_ref();
-    if sec.command.get_ref().trim().is_empty() {
-        return Err(loaded.error_at(
-            Some(sec.command.span()),
-            "executor.ssh.command",
-            "the remote command is empty",
-        ));
-    }
-    Err(loaded.error_at(
-        Some(s.span()),
+    let mut x = at(
+        loaded,
+        sec.command.span(),
         "executor.ssh",
-        "this hygiene was built without ssh support (hygiene-core's `ssh` executor is not in this build); use [executor.local] with your own ssh wrapper for now",
-    ))
+        hygiene_core::SshCommand::new(sec.command.get_ref()),
+    )?
+    .with_state_dir(state_dir.join("exec"));
+    if let Some(u) = &sec.user {
+        x = x.with_user(u);
+    }
+    if let Some(p) = sec.port {
+        x = x.with_port(p);
+    }
+    if let Some(p) = &sec.identity_file {
+        x = x.with_identity_file(p);
+    }
+    if let Some(p) = &sec.known_hosts_file {
+        x = x.with_known_hosts_file(p);
+    }
+    let timeout = sec.timeout.unwrap_or(Duration::from_secs(600));
+    x = x.with_timeout(timeout);
+    if let Some(t) = sec.connect_timeout {
+        x = x.with_connect_timeout(t);
+    }
+    if let Some(p) = &sec.ssh_program {
+        x = x.with_ssh_program(p);
+    }
+    for (k, v) in &sec.options {
+        x = at(loaded, span.clone(), "executor.ssh", x.with_option(k, v))?;
+    }
+    at(loaded, span, "executor.ssh", x.validate())?;
+    Ok((Arc::new(x), Some(timeout), "ssh"))
 }
 
 #[cfg(feature = "aws")]
