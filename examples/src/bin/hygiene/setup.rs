@@ -214,6 +214,7 @@ fn node(loaded: &Loaded, nodes: &Spanned<Vec<String>>, n: &str) -> Result<Node, 
     Ok(Node::tcp(addr).named(n))
 }
 
+#[cfg(feature = "nginx")]
 fn read_secret_file(
     loaded: &Loaded,
     p: &Spanned<PathBuf>,
