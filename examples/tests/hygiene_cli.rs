@@ -432,6 +432,14 @@ async fn killed_run_locked_status_resume_on_haproxy() {
         "{stdout}"
     );
     let mut c = hygiene(&cfg, &state);
+    c.args(["status", "--live"]);
+    let (_, stdout, _) = out(c);
+    assert!(
+        stdout.contains("balancer now: draining")
+            || stdout.contains("balancer now: out of service"),
+        "--live reads the balancer: {stdout}"
+    );
+    let mut c = hygiene(&cfg, &state);
     c.args(["status", "--json"]);
     let (_, stdout, _) = out(c);
     let st: serde_json::Value = serde_json::from_str(stdout.trim()).expect("status json");
