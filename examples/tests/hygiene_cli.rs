@@ -272,6 +272,23 @@ health_timeout = "20s"
     path
 }
 
+/// `Scenario::start`, tried again when a port it probed was taken before
+/// it bound it again (HelloService picks a free port, then binds it: with
+/// tests in parallel another socket may get it first).
+async fn start_scenario(cfg: ScenarioConfig) -> Scenario {
+    let mut tries = 0;
+    loop {
+        match Scenario::start(cfg).await {
+            Ok(s) => return s,
+            Err(e) if tries < 3 && e.to_string().contains("in use") => {
+                eprintln!("scenario start: {e}; trying again");
+                tries += 1;
+            }
+            Err(e) => panic!("scenario: {e}"),
+        }
+    }
+}
+
 async fn all_in_service(scn: &Scenario) {
     let listed = scn.balancer.list().await.expect("list");
     for l in &listed {
@@ -284,9 +301,7 @@ async fn validate_plan_run_status_on_haproxy() {
     if !have_haproxy() {
         return;
     }
-    let scn = Scenario::start(ScenarioConfig::default())
-        .await
-        .expect("scenario");
+    let scn = start_scenario(ScenarioConfig::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let cfg = haproxy_config(dir.path(), &scn, 200);
@@ -386,12 +401,11 @@ async fn killed_run_locked_status_resume_on_haproxy() {
     if !have_haproxy() {
         return;
     }
-    let scn = Scenario::start(ScenarioConfig {
+    let scn = start_scenario(ScenarioConfig {
         servers: 2,
         ..ScenarioConfig::default()
     })
-    .await
-    .expect("scenario");
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let cfg = haproxy_config(dir.path(), &scn, 1500);
@@ -475,9 +489,7 @@ async fn a_failed_target_is_kept_out_or_fails_the_run_on_haproxy() {
     if !have_haproxy() {
         return;
     }
-    let scn = Scenario::start(ScenarioConfig::default())
-        .await
-        .expect("scenario");
+    let scn = start_scenario(ScenarioConfig::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let cfg = haproxy_config_with(dir.path(), &scn, 100, r#", "--fail-on", "s2""#);
@@ -552,9 +564,7 @@ async fn ctrl_c_puts_everything_back_on_haproxy() {
     if !have_haproxy() {
         return;
     }
-    let scn = Scenario::start(ScenarioConfig::default())
-        .await
-        .expect("scenario");
+    let scn = start_scenario(ScenarioConfig::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let cfg = haproxy_config(dir.path(), &scn, 1000);
@@ -603,12 +613,11 @@ async fn run_over_ssh_on_haproxy() {
         return;
     }
     let sshd = examples::sshd::Sshd::start(&bin.expect("sshd")).expect("sshd");
-    let scn = Scenario::start(ScenarioConfig {
+    let scn = start_scenario(ScenarioConfig {
         servers: 2,
         ..ScenarioConfig::default()
     })
-    .await
-    .expect("scenario");
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let cfg = dir.path().join("hygiene.toml");
