@@ -566,6 +566,80 @@ async fn run_all(lb: &dyn LoadBalancer, fx: &Fixture) {
     check_fresh_health_after_enable(lb, fx).await;
 }
 
+/// A host that serves two pools, for [`check_shared_host`]: `id` in the
+/// pool of the balancer under test, and the same host seen through
+/// `other`, a balancer over the second pool only (HAProxy: the other
+/// backend, built with `HostScope::PoolBackendsOnly`), as `other_id`.
+#[derive(Debug, Clone)]
+pub struct SharedHost {
+    /// The host in the tested balancer's pool.
+    pub id: TargetId,
+    /// A balancer over the other pool only.
+    pub other: Arc<dyn LoadBalancer>,
+    /// The host there.
+    pub other_id: TargetId,
+    /// How long a change may take to show.
+    pub settle: Duration,
+}
+
+/// A host shared by two pools is one target: once `drain` of it reports
+/// it drained (status `Draining` with 0 connections, or out of service),
+/// the other pool no longer sends it new requests either; `enable` puts it
+/// back in both. Run it for backends that drain a host from every pool
+/// holding it (HAProxy by default; NGINX across upstreams; ELBv2 with the
+/// option to drain other target groups).
+pub async fn check_shared_host(lb: &dyn LoadBalancer, sh: &SharedHost) {
+    const RULE: &str = "a host in two pools is drained from both";
+    let fx = Fixture {
+        a: sh.id.clone(),
+        b: sh.id.clone(),
+        unknown: sh.id.clone(),
+        invalid: None,
+        settle: sh.settle,
+    };
+    let before = status_of(&*sh.other, &sh.other_id).await;
+    assert_eq!(
+        before.state,
+        TargetState::InService,
+        "{RULE}: {} must start in service in the other pool",
+        sh.other_id
+    );
+    lb.drain(std::slice::from_ref(&sh.id))
+        .await
+        .unwrap_or_else(|e| panic!("{RULE}: drain of {} failed: {e}", sh.id));
+    wait_for(lb, &fx, &sh.id, "drained", |s| {
+        s.state == TargetState::OutOfService
+            || (s.state == TargetState::Draining && s.connections == Some(0))
+    })
+    .await;
+    let other = status_of(&*sh.other, &sh.other_id).await;
+    assert_ne!(
+        other.state,
+        TargetState::InService,
+        "{RULE}: {} reported drained while the other pool still sends {} requests",
+        sh.id,
+        sh.other_id
+    );
+    lb.enable(std::slice::from_ref(&sh.id))
+        .await
+        .unwrap_or_else(|e| panic!("{RULE}: enable of {} failed: {e}", sh.id));
+    let fx_other = Fixture {
+        a: sh.other_id.clone(),
+        b: sh.other_id.clone(),
+        unknown: sh.other_id.clone(),
+        invalid: None,
+        settle: sh.settle,
+    };
+    wait_for(
+        &*sh.other,
+        &fx_other,
+        &sh.other_id,
+        "back in the other pool",
+        |s| s.state == TargetState::InService,
+    )
+    .await;
+}
+
 /// Every check, on `lb` and on the same balancer as `Arc<dyn LoadBalancer>`.
 pub async fn check_all<L: LoadBalancer + Clone>(lb: &L, fx: &Fixture) {
     run_all(lb, fx).await;

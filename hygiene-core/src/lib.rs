@@ -19,6 +19,8 @@ pub mod testing;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "mock")]
+pub mod mock;
 
 pub use balancer::{ListedTarget, LoadBalancer};
 pub use config::{

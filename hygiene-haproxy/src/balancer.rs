@@ -1,9 +1,9 @@
 //! [`HaproxyBalancer`]: the [`LoadBalancer`] over one or more HAProxy nodes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +14,7 @@ use hygiene_core::{
 use tracing::{debug, warn};
 
 use crate::client::{Client, SendFailure};
-use crate::config::{check_name, HaproxyBalancerBuilder};
+use crate::config::{check_name, HaproxyBalancerBuilder, HostMatch, HostScope};
 use crate::error::HaproxyError;
 use crate::parse::{self, ParseError, ReplyError, ServerState, StatRow, ADMF_FORCED};
 
@@ -45,6 +45,11 @@ pub(crate) struct Inner {
     pub(crate) backends: Vec<String>,
     pub(crate) poll_interval: Duration,
     pub(crate) retry: RetryPolicy,
+    pub(crate) scope: HostScope,
+    pub(crate) host_match: HostMatch,
+    /// Per pool server name, every `backend/server` the last snapshot
+    /// found for it (for the way back in a report).
+    pub(crate) seen: Mutex<HashMap<String, Vec<String>>>,
     /// What [`LoadBalancer::capabilities`] says about health checks: false
     /// once a snapshot saw a pool server that neither runs a check nor
     /// tracks a checked server (true until the first snapshot).
@@ -92,17 +97,42 @@ impl Entry {
     }
 }
 
-/// What one node says about the pool's backends, in pool order.
+/// What one node says about its backends: the pool's first (in pool
+/// order), then every other backend holding servers.
 #[derive(Debug)]
 struct Snapshot {
     node: String,
     backends: Vec<(String, Vec<Entry>)>,
+    /// How many of `backends` are the pool's (the first ones).
+    pool: usize,
+    scope: HostScope,
+    host_match: HostMatch,
 }
 
+/// A host: an address, and a port unless any port matches.
+type Host = (String, Option<u16>);
+
 impl Snapshot {
-    /// The server `name` in every pool backend that has it, pool order.
+    /// The host a server points to; `None` for a server without a usable
+    /// address (unresolved, `0.0.0.0`), which only matches by name.
+    fn host(&self, e: &Entry) -> Option<Host> {
+        let a = e.state.addr.trim();
+        if a.is_empty() || a == "-" || a == "0.0.0.0" || a == "::" {
+            return None;
+        }
+        let port = match self.host_match {
+            HostMatch::AddressAndPort => e.state.port,
+            HostMatch::Address => None,
+        };
+        Some((a.to_owned(), port))
+    }
+
+    /// The pool server `name`: its entries in every pool backend that has
+    /// the name, plus every server with the same host in the backends the
+    /// scope reaches (every backend by default). Pool order first.
     fn server(&self, name: &str) -> Vec<(&str, &Entry)> {
-        self.backends
+        let pool = &self.backends[..self.pool];
+        let mut out: Vec<(&str, &Entry)> = pool
             .iter()
             .filter_map(|(b, entries)| {
                 entries
@@ -110,11 +140,49 @@ impl Snapshot {
                     .find(|e| e.state.server == name)
                     .map(|e| (b.as_str(), e))
             })
+            .collect();
+        let hosts: Vec<Host> = out.iter().filter_map(|(_, e)| self.host(e)).collect();
+        if hosts.is_empty() {
+            return out;
+        }
+        let reach = match self.scope {
+            HostScope::AllBackends => &self.backends[..],
+            HostScope::PoolBackendsOnly => pool,
+        };
+        for (b, entries) in reach {
+            for e in entries {
+                let known = out
+                    .iter()
+                    .any(|(ob, oe)| *ob == b.as_str() && oe.state.server == e.state.server);
+                if !known && self.host(e).is_some_and(|h| hosts.contains(&h)) {
+                    out.push((b.as_str(), e));
+                }
+            }
+        }
+        out
+    }
+
+    /// `backend/server` of every server outside the pool's backends with
+    /// the same host as pool server `name`, whatever the scope.
+    fn others(&self, name: &str) -> Vec<String> {
+        let hosts: Vec<Host> = self.backends[..self.pool]
+            .iter()
+            .flat_map(|(_, entries)| entries.iter().filter(|e| e.state.server == name))
+            .filter_map(|e| self.host(e))
+            .collect();
+        self.backends[self.pool..]
+            .iter()
+            .flat_map(|(b, entries)| entries.iter().map(move |e| (b, e)))
+            .filter(|(_, e)| self.host(e).is_some_and(|h| hosts.contains(&h)))
+            .map(|(b, e)| format!("{b}/{}", e.state.server))
             .collect()
     }
 
+    /// Pool backend `backend` holds server `server`.
     fn has(&self, backend: &str, server: &str) -> bool {
-        self.server(server).iter().any(|(b, _)| *b == backend)
+        self.backends[..self.pool]
+            .iter()
+            .any(|(b, entries)| b == backend && entries.iter().any(|e| e.state.server == server))
     }
 }
 
@@ -212,68 +280,69 @@ impl HaproxyBalancer {
         .await
     }
 
-    /// One connection: `show servers state <b>; show stat <b> 4 -1` for
-    /// every backend of the pool.
+    /// One connection: `show backend; show servers state; show stat -1 4
+    /// -1`: every backend of the node, so a host the pool shares with
+    /// other backends is found in all of them.
     async fn snapshot_once(&self, client: &Client) -> Result<Snapshot, HaproxyError> {
         let node = client.name().to_owned();
-        let commands: Vec<String> = self
+        let commands = ["show backend", "show servers state", "show stat -1 4 -1"];
+        let line = commands.join("; ");
+        let raw = client.send(&line).await?;
+        let bodies = split(&node, &line, &raw, commands.len())?;
+        let err = |cmd: &str, e: ParseError| reply_error(&node, cmd, None, e);
+        let names = parse::parse_backends(bodies[0]).map_err(|e| err(commands[0], e))?;
+        let states = parse::parse_servers_state(bodies[1]).map_err(|e| err(commands[1], e))?;
+        let stats = parse::parse_stat(bodies[2]).map_err(|e| err(commands[2], e))?;
+        for b in &self.inner.backends {
+            if !names.contains(b) {
+                return Err(HaproxyError::NoSuchBackend {
+                    node: node.clone(),
+                    backend: b.clone(),
+                });
+            }
+        }
+        let mut stat_of: HashMap<(&str, &str), &parse::StatRow> = HashMap::new();
+        for st in &stats {
+            stat_of.insert((st.backend.as_str(), st.server.as_str()), st);
+        }
+        let mut by_backend: HashMap<&str, Vec<Entry>> = HashMap::new();
+        for state in &states {
+            let Some(stat) = stat_of.get(&(state.backend.as_str(), state.server.as_str())) else {
+                return Err(HaproxyError::Protocol {
+                    node: node.clone(),
+                    message: format!(
+                        "server {}/{} is in `show servers state` but not in `show stat` (reloading?)",
+                        state.backend, state.server
+                    ),
+                });
+            };
+            by_backend
+                .entry(state.backend.as_str())
+                .or_default()
+                .push(Entry {
+                    stat: (*stat).clone(),
+                    state: state.clone(),
+                });
+        }
+        let pool: BTreeSet<&str> = self.inner.backends.iter().map(String::as_str).collect();
+        let mut backends: Vec<(String, Vec<Entry>)> = self
             .inner
             .backends
             .iter()
-            .flat_map(|b| {
-                [
-                    format!("show servers state {b}"),
-                    format!("show stat {b} 4 -1"),
-                ]
-            })
+            .map(|b| (b.clone(), by_backend.remove(b.as_str()).unwrap_or_default()))
             .collect();
-        let raw = client.send(&commands.join("; ")).await?;
-        let bodies = split(&node, &commands.join("; "), &raw, commands.len())?;
-        let mut backends = Vec::new();
-        for (i, backend) in self.inner.backends.iter().enumerate() {
-            let map_err = |cmd: &str, e: ParseError| match e {
-                ParseError::Reply(ReplyError::NoSuchBackend) => HaproxyError::NoSuchBackend {
-                    node: node.clone(),
-                    backend: backend.clone(),
-                },
-                other => reply_error(&node, cmd, None, other),
-            };
-            let states = parse::parse_servers_state(bodies[2 * i])
-                .map_err(|e| map_err(&commands[2 * i], e))?;
-            let stats = parse::parse_stat(bodies[2 * i + 1])
-                .map_err(|e| map_err(&commands[2 * i + 1], e))?;
-            let mut entries = Vec::with_capacity(states.len());
-            for state in states {
-                if &state.backend != backend {
-                    return Err(HaproxyError::Protocol {
-                        node: node.clone(),
-                        message: format!(
-                            "`{}` listed backend {:?}",
-                            commands[2 * i],
-                            state.backend
-                        ),
-                    });
-                }
-                let Some(stat) = stats
-                    .iter()
-                    .find(|s| s.backend == state.backend && s.server == state.server)
-                else {
-                    return Err(HaproxyError::Protocol {
-                        node: node.clone(),
-                        message: format!(
-                            "server {backend}/{} is in `show servers state` but not in `show stat` (reloading?)",
-                            state.server
-                        ),
-                    });
-                };
-                entries.push(Entry {
-                    stat: stat.clone(),
-                    state,
-                });
+        for name in names.iter().filter(|n| !pool.contains(n.as_str())) {
+            if let Some(entries) = by_backend.remove(name.as_str()) {
+                backends.push((name.clone(), entries));
             }
-            backends.push((backend.clone(), entries));
         }
-        Ok(Snapshot { node, backends })
+        Ok(Snapshot {
+            node,
+            backends,
+            pool: self.inner.backends.len(),
+            scope: self.inner.scope,
+            host_match: self.inner.host_match,
+        })
     }
 
     async fn snapshots(&self) -> hygiene_core::Result<Vec<Snapshot>> {
@@ -283,7 +352,7 @@ impl HaproxyBalancer {
         }
         let all_checked = out
             .iter()
-            .flat_map(|s| s.backends.iter().flat_map(|(_, entries)| entries))
+            .flat_map(|s| s.backends[..s.pool].iter().flat_map(|(_, entries)| entries))
             .all(Entry::checked);
         self.inner
             .health_checks
@@ -554,11 +623,24 @@ impl LoadBalancer for HaproxyBalancer {
         if !crate::config::is_valid_name(server) {
             return format!("{id} is not a valid HAProxy target id");
         }
-        let cmd = self
+        // Every backend the last listing found the host in, else the pool's.
+        let known = self
             .inner
-            .backends
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(server)
+            .cloned();
+        let servers = known.unwrap_or_else(|| {
+            self.inner
+                .backends
+                .iter()
+                .map(|b| format!("{b}/{server}"))
+                .collect()
+        });
+        let cmd = servers
             .iter()
-            .map(|b| format!("set server {b}/{server} state ready"))
+            .map(|s| format!("set server {s} state ready"))
             .collect::<Vec<_>>()
             .join("; ");
         self.inner
@@ -574,26 +656,52 @@ impl LoadBalancer for HaproxyBalancer {
         let Some(first) = snapshots.first() else {
             return Ok(Vec::new());
         };
-        // Each server name once, under the first pool backend that has it.
-        let mut seen: BTreeMap<&str, ()> = BTreeMap::new();
+        // Each host once, under the first pool backend that has it: the
+        // servers of the pool sharing its name or its host are one target.
+        let mut covered: BTreeSet<(&str, &str)> = BTreeSet::new();
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
         let mut out = Vec::new();
-        for (backend, entries) in &first.backends {
+        for (backend, entries) in &first.backends[..first.pool] {
             for e in entries {
                 let name = e.state.server.as_str();
-                if seen.insert(name, ()).is_some() {
+                if covered.contains(&(backend.as_str(), name)) {
                     continue;
                 }
+                let all = first.server(name);
+                covered.extend(all.iter().map(|(b, x)| (*b, x.state.server.as_str())));
                 let key = Key {
                     backend: backend.clone(),
                     server: name.to_owned(),
                 };
                 Self::check_present(&snapshots, std::slice::from_ref(&key))?;
                 let id = TargetId::new(format!("{backend}/{name}"))?;
-                let backends: Vec<&str> = first.server(name).into_iter().map(|(b, _)| b).collect();
+                let mut backends: Vec<&str> = Vec::new();
+                for (b, _) in &all {
+                    if !backends.contains(b) {
+                        backends.push(b);
+                    }
+                }
                 let mut target = Target::new(id)
                     .with_address(e.state.addr.clone())
                     .with_meta("backends", backends.join(","))
                     .with_meta("nodes", self.node_names().join(","));
+                let others = first.others(name);
+                if !others.is_empty() {
+                    target = target.with_meta("other_backends", others.join(","));
+                    if self.inner.scope == HostScope::PoolBackendsOnly {
+                        warn!(
+                            target.id = %target.id,
+                            others = %others.join(", "),
+                            "the same host also serves backends outside the pool; they keep sending it requests during its maintenance (scope: pool backends only)"
+                        );
+                    }
+                }
+                seen.insert(
+                    name.to_owned(),
+                    all.iter()
+                        .map(|(b, x)| format!("{b}/{}", x.state.server))
+                        .collect(),
+                );
                 if let Some(port) = e.state.port {
                     target = target.with_port(port);
                 }
@@ -603,6 +711,11 @@ impl LoadBalancer for HaproxyBalancer {
                 });
             }
         }
+        *self
+            .inner
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = seen;
         Ok(out)
     }
 
@@ -872,5 +985,64 @@ mod tests {
         assert!(lb.name().contains("web, api") && lb.name().contains("lb-a"));
         assert!(lb.capabilities().counts_connections && lb.capabilities().hard_disable);
         assert!(lb.default_poll_interval() <= Duration::from_millis(250));
+    }
+
+    fn at(backend: &str, server: &str, addr: &str, port: u16) -> Entry {
+        let mut e = entry(0, 2, 0, "");
+        e.state.backend = backend.into();
+        e.state.server = server.into();
+        e.state.addr = addr.into();
+        e.state.port = Some(port);
+        e.stat.backend = backend.into();
+        e.stat.server = server.into();
+        e
+    }
+
+    fn snap(scope: HostScope, host_match: HostMatch) -> Snapshot {
+        Snapshot {
+            node: "lb-a".into(),
+            backends: vec![
+                (
+                    "web".into(),
+                    vec![
+                        at("web", "s1", "10.0.0.1", 80),
+                        at("web", "s2", "10.0.0.2", 80),
+                    ],
+                ),
+                (
+                    "api".into(),
+                    vec![
+                        at("api", "a1", "10.0.0.1", 80),
+                        at("api", "a1-admin", "10.0.0.1", 8080),
+                        at("api", "nowhere", "0.0.0.0", 80),
+                    ],
+                ),
+            ],
+            pool: 1,
+            scope,
+            host_match,
+        }
+    }
+
+    fn names(v: &[(&str, &Entry)]) -> Vec<String> {
+        v.iter()
+            .map(|(b, e)| format!("{b}/{}", e.state.server))
+            .collect()
+    }
+
+    #[test]
+    fn a_host_is_matched_by_address_and_port_or_address_across_backends() {
+        let s = snap(HostScope::AllBackends, HostMatch::AddressAndPort);
+        assert_eq!(names(&s.server("s1")), ["web/s1", "api/a1"]);
+        assert_eq!(names(&s.server("s2")), ["web/s2"]);
+        let s = snap(HostScope::AllBackends, HostMatch::Address);
+        assert_eq!(names(&s.server("s1")), ["web/s1", "api/a1", "api/a1-admin"]);
+        let s = snap(HostScope::PoolBackendsOnly, HostMatch::AddressAndPort);
+        assert_eq!(names(&s.server("s1")), ["web/s1"]);
+        assert_eq!(s.others("s1"), ["api/a1"], "named even when not drained");
+        // An unusable address never matches another server.
+        let mut s = snap(HostScope::AllBackends, HostMatch::Address);
+        s.backends[0].1[0].state.addr = "0.0.0.0".into();
+        assert_eq!(names(&s.server("s1")), ["web/s1"]);
     }
 }

@@ -110,11 +110,40 @@ pub(crate) fn check_name(name: &str, what: &str) -> Result<(), HaproxyError> {
     }
 }
 
+/// Which backends a target is drained from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HostScope {
+    /// Every backend on the node that holds the same host (see
+    /// [`HostMatch`]), whether the pool names it or not: the maintenance
+    /// takes the whole host down, so every backend sending it traffic must
+    /// stop first (the default).
+    #[default]
+    AllBackends,
+    /// Only the pool's backends. Other backends holding the same host keep
+    /// sending it requests during its maintenance; `list` names them in
+    /// `meta["other_backends"]` and logs a warning.
+    PoolBackendsOnly,
+}
+
+/// What makes two servers the same host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HostMatch {
+    /// The same address and port (`srv_addr:srv_port`; the default).
+    #[default]
+    AddressAndPort,
+    /// The same address, any port (one machine serving several ports).
+    Address,
+}
+
 /// Builds a [`HaproxyBalancer`]; every field is validated by [`build`](Self::build).
 #[derive(Debug, Clone)]
 pub struct HaproxyBalancerBuilder {
     nodes: Vec<Node>,
     backends: Vec<String>,
+    scope: HostScope,
+    host_match: HostMatch,
     connect_timeout: Duration,
     read_timeout: Duration,
     poll_interval: Duration,
@@ -126,6 +155,8 @@ impl Default for HaproxyBalancerBuilder {
         Self {
             nodes: Vec::new(),
             backends: Vec::new(),
+            scope: HostScope::default(),
+            host_match: HostMatch::default(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(100),
@@ -152,6 +183,19 @@ impl HaproxyBalancerBuilder {
     /// drained from all of them (see the crate docs for the id format).
     pub fn backend(mut self, backend: impl Into<String>) -> Self {
         self.backends.push(backend.into());
+        self
+    }
+
+    /// Which backends a target is drained from (default: every backend
+    /// holding the same host).
+    pub fn scope(mut self, scope: HostScope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// What makes two servers the same host (default: address and port).
+    pub fn host_match(mut self, host_match: HostMatch) -> Self {
+        self.host_match = host_match;
         self
     }
 
@@ -246,7 +290,10 @@ impl HaproxyBalancerBuilder {
                 backends,
                 poll_interval: self.poll_interval,
                 retry: self.retry,
+                scope: self.scope,
+                host_match: self.host_match,
                 health_checks: std::sync::atomic::AtomicBool::new(true),
+                seen: std::sync::Mutex::default(),
             },
         )))
     }

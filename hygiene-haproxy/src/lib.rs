@@ -8,4 +8,4 @@ mod error;
 mod parse;
 
 pub use balancer::HaproxyBalancer;
-pub use config::{is_valid_name, HaproxyBalancerBuilder, Node};
+pub use config::{is_valid_name, HaproxyBalancerBuilder, HostMatch, HostScope, Node};

@@ -243,6 +243,20 @@ pub(crate) fn parse_servers_state(body: &str) -> Result<Vec<ServerState>, ParseE
     Ok(out)
 }
 
+/// Parses the body of `show backend`: a `# name` header, one backend a line.
+pub(crate) fn parse_backends(body: &str) -> Result<Vec<String>, ParseError> {
+    let mut lines = body.lines();
+    match lines.next().map(str::trim) {
+        Some(h) if h.starts_with("# name") => {}
+        _ => return Err(not_expected("`show backend` header `# name`", body)),
+    }
+    Ok(lines
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 /// One server row of `show stat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StatRow {

@@ -200,8 +200,9 @@ async fn enable_from_maint_with_fall_1_waits_for_fresh_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_server_enables_without_error() {
     let Some(bin) = haproxy_bin() else { return };
-    let b = backends(2).await;
-    let layout = Layout::web(&[&b[0], &b[1]]).line(&format!("server t {} track web/s1", b[0].addr));
+    let b = backends(3).await;
+    // Its own host (a server at s1's address would be s1: one host).
+    let layout = Layout::web(&[&b[0], &b[1]]).line(&format!("server t {} track web/s1", b[2].addr));
     let h = Haproxy::start(&bin, &layout).await;
     let lb = h.balancer(&["web"]);
     let (s1, t) = (id("web/s1"), id("web/t"));

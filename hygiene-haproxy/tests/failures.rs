@@ -333,7 +333,7 @@ async fn broken_replies_are_typed_errors() {
         let sent = fake.received.lock().expect("lock").clone();
         assert!(
             sent.iter()
-                .all(|s| s == "show servers state web; show stat web 4 -1\n"),
+                .all(|s| s == "show backend; show servers state; show stat -1 4 -1\n"),
             "{sent:?}"
         );
     }
@@ -374,7 +374,7 @@ async fn a_set_that_timed_out_is_not_sent_again() {
     let b = backends(2).await;
     let h = Haproxy::start(&bin, &Layout::web(&[&b[0], &b[1]])).await;
     let snapshot = h
-        .raw("show servers state web; show stat web 4 -1")
+        .raw("show backend; show servers state; show stat -1 4 -1")
         .await
         .expect("show");
     let fake = FakeSocket::start(FakeReply::ShowThenHang(snapshot.into_bytes()));

@@ -199,6 +199,8 @@ pub struct Layout {
     /// Raw lines added to the first backend (servers with their own
     /// options, e.g. `server t 127.0.0.1:80 track web/s1`).
     pub extra: Vec<String>,
+    /// Backends that also get a frontend of their own.
+    pub fronted: Vec<String>,
 }
 
 impl Layout {
@@ -212,7 +214,21 @@ impl Layout {
             )],
             server_opts: "check inter 100ms rise 2 fall 2".into(),
             extra: Vec::new(),
+            fronted: Vec::new(),
         }
+    }
+
+    /// Adds a backend holding the same hosts under other server names
+    /// (`<prefix><name>`), with a frontend of its own.
+    pub fn renamed(mut self, backend: &str, prefix: &str) -> Self {
+        let servers = self.backends[0]
+            .1
+            .iter()
+            .map(|(s, a)| (format!("{prefix}{s}"), *a))
+            .collect();
+        self.backends.push((backend.into(), servers));
+        self.fronted.push(backend.into());
+        self
     }
 
     /// Other `server` options for every server (e.g. `""`: no check).
@@ -243,6 +259,8 @@ pub struct Haproxy {
     pub user_sock: PathBuf,
     pub tcp_admin: SocketAddr,
     pub frontend: SocketAddr,
+    /// The frontends of [`Layout::fronted`] backends.
+    pub frontends: Vec<(String, SocketAddr)>,
 }
 
 impl Haproxy {
@@ -260,6 +278,14 @@ impl Haproxy {
             user_sock.display(),
             layout.backends[0].0
         );
+        let mut frontends = Vec::new();
+        for b in &layout.fronted {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            cfg.push_str(&format!(
+                "frontend fe-{b}\n  bind {addr}\n  default_backend {b}\n"
+            ));
+            frontends.push((b.clone(), addr));
+        }
         for (i, (name, servers)) in layout.backends.iter().enumerate() {
             cfg.push_str(&format!("backend {name}\n  balance roundrobin\n"));
             for (s, addr) in servers {
@@ -290,6 +316,7 @@ impl Haproxy {
             user_sock,
             tcp_admin,
             frontend,
+            frontends,
         };
         // Ready when the socket answers and every checked server is UP
         // (servers without a check show `no check`).

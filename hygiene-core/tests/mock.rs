@@ -1,0 +1,144 @@
+//! Exact call sequences the real parts cannot be made to produce on cue,
+//! scripted with the `mock` feature's mockall mocks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hygiene_core::mock::{MockExecutor, MockLoadBalancer};
+use hygiene_core::{
+    Capabilities, Error, ExecOutcome, Health, ListedTarget, Preflight, Rollout, RolloutConfig,
+    Target, TargetId, TargetResult, TargetState, TargetStatus,
+};
+use mockall::Sequence;
+
+fn throttled(op: &str) -> Error {
+    Error::Throttled {
+        location: format!("mock {op}"),
+        message: "Rate exceeded".into(),
+        source: None,
+    }
+}
+
+fn config() -> RolloutConfig {
+    RolloutConfig::builder()
+        .poll_interval(Duration::from_millis(100))
+        .health_timeout(Duration::from_secs(5))
+        .build()
+        .expect("config")
+}
+
+/// One target whose state follows the calls made on it.
+fn balancer(state: Arc<Mutex<TargetState>>) -> MockLoadBalancer {
+    let mut lb = MockLoadBalancer::new();
+    lb.expect_name().return_const("mock".to_owned());
+    lb.expect_capabilities().returning(|| {
+        Capabilities::none()
+            .with_counts_connections(true)
+            .with_graceful_drain(true)
+            .with_health_checks(true)
+    });
+    lb.expect_default_poll_interval()
+        .return_const(Duration::from_millis(100));
+    lb.expect_enable_hint()
+        .returning(|id| format!("enable {id}"));
+    lb.expect_adopt().returning(|_| Ok(()));
+    let st = Arc::clone(&state);
+    lb.expect_list().returning(move || {
+        Ok(vec![ListedTarget {
+            target: Target::new(TargetId::new("web-1").expect("id")),
+            status: TargetStatus::new(*st.lock().expect("state"), Health::Healthy, Some(0)),
+        }])
+    });
+    let st = Arc::clone(&state);
+    lb.expect_status().returning(move |ids| {
+        Ok(ids
+            .iter()
+            .map(|_| TargetStatus::new(*st.lock().expect("state"), Health::Healthy, Some(0)))
+            .collect())
+    });
+    lb
+}
+
+// A throttled drain is retried; a throttled maintenance (refused by the
+// executor, so never run) is retried; the target is enabled once, after
+// the one maintenance that ran.
+#[tokio::test(start_paused = true)]
+async fn throttled_calls_are_retried_in_order_and_the_maintenance_runs_once() {
+    let state = Arc::new(Mutex::new(TargetState::InService));
+    let mut lb = balancer(Arc::clone(&state));
+    let mut seq = Sequence::new();
+    lb.expect_drain()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Err(throttled("drain")));
+    let st = Arc::clone(&state);
+    lb.expect_drain()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_| {
+            *st.lock().expect("state") = TargetState::Draining;
+            Ok(())
+        });
+    let st = Arc::clone(&state);
+    lb.expect_enable()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_| {
+            *st.lock().expect("state") = TargetState::InService;
+            Ok(())
+        });
+    lb.expect_disable().never();
+
+    let mut exec = MockExecutor::new();
+    exec.expect_name().return_const("mock executor".to_owned());
+    exec.expect_preflight()
+        .returning(|t| Ok(vec![Preflight::Ready; t.len()]));
+    let mut eseq = Sequence::new();
+    exec.expect_execute_tracked()
+        .times(1)
+        .in_sequence(&mut eseq)
+        .returning(|_, _| Err(throttled("execute")));
+    exec.expect_execute_tracked()
+        .times(1)
+        .in_sequence(&mut eseq)
+        .returning(|t, _| {
+            Ok(t.iter()
+                .map(|t| ExecOutcome::success(t.id.clone(), Duration::from_secs(1)))
+                .collect())
+        });
+    exec.expect_execute().never();
+
+    let report = Rollout::new(lb, exec, config()).run().await.expect("run");
+    assert!(report.is_success(), "{report:#?}");
+    assert_eq!(report.targets[0].result, TargetResult::Done);
+    assert_eq!(*state.lock().expect("state"), TargetState::InService);
+}
+
+// A maintenance call that fails in a way that is not a refusal (it may have
+// started) is never sent again: the target is kept out, named.
+#[tokio::test(start_paused = true)]
+async fn a_maintenance_that_may_have_run_is_never_sent_twice() {
+    let state = Arc::new(Mutex::new(TargetState::InService));
+    let mut lb = balancer(Arc::clone(&state));
+    let st = Arc::clone(&state);
+    lb.expect_drain().times(1).returning(move |_| {
+        *st.lock().expect("state") = TargetState::Draining;
+        Ok(())
+    });
+    lb.expect_enable().never();
+    lb.expect_disable().returning(|_| Ok(()));
+    let mut exec = MockExecutor::new();
+    exec.expect_name().return_const("mock executor".to_owned());
+    exec.expect_preflight()
+        .returning(|t| Ok(vec![Preflight::Ready; t.len()]));
+    exec.expect_execute_tracked()
+        .times(1)
+        .returning(|_, _| Err(Error::unavailable("mock executor", "connection reset")));
+    let report = Rollout::new(lb, exec, config()).run().await.expect("run");
+    let t = &report.targets[0];
+    assert!(t.is_kept_out(), "{t:?}");
+    assert!(
+        matches!(&t.result, TargetResult::Failed { reason, .. } if reason.contains("connection reset")),
+        "{t:?}"
+    );
+}
