@@ -8,6 +8,7 @@ pub mod hello;
 pub mod load;
 pub mod monitor;
 pub mod scenario;
+pub mod sshd;
 
 /// Errors of the scenario plumbing, as text: these are programs, not a library.
 pub type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -1,0 +1,282 @@
+//! What the operator sees: JSON lines (`--json`), the live progress view
+//! on a terminal, and the human summary of a report.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hygiene_core::{Event, EventKind, Location, Outcome, Report, Stage, TargetId, TargetResult};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+/// Prints one JSON line on stdout: `value`'s fields with `"type": kind`
+/// first (objects), or `{"type": kind, "value": …}`.
+pub(crate) fn json_line(kind: &str, value: &impl Serialize) {
+    let mut out = serde_json::Map::new();
+    out.insert("type".into(), kind.into());
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(m)) => out.extend(m),
+        Ok(other) => {
+            out.insert("value".into(), other);
+        }
+        Err(e) => {
+            out.insert("serialization_error".into(), e.to_string().into());
+        }
+    }
+    let line = serde_json::Value::Object(out).to_string();
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout (`| head`) is no reason to stop a rollout.
+    let _ignored = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+/// Targets in progress, shared with the Ctrl-C handler.
+pub(crate) type InProgress = Arc<Mutex<BTreeMap<TargetId, Stage>>>;
+
+/// Follows a run's events: JSON lines, a progress view, or nothing, and
+/// keeps the set of targets in progress.
+#[derive(Debug)]
+pub(crate) struct Follower {
+    json: bool,
+    view: Option<View>,
+    in_progress: InProgress,
+    selected: usize,
+    done: usize,
+    failed: usize,
+    other: usize,
+}
+
+#[derive(Debug)]
+struct View {
+    multi: MultiProgress,
+    header: ProgressBar,
+    bars: BTreeMap<TargetId, ProgressBar>,
+    batch: Option<usize>,
+}
+
+fn is_final(stage: Stage) -> bool {
+    matches!(
+        stage,
+        Stage::Done | Stage::Failed | Stage::Skipped | Stage::Restored | Stage::Vanished
+    )
+}
+
+impl Follower {
+    /// A follower; the progress view only when not `json` and stderr is a
+    /// terminal.
+    pub(crate) fn new(json: bool, in_progress: InProgress) -> Self {
+        let view = (!json && std::io::stderr().is_terminal()).then(|| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let header = multi.add(ProgressBar::new_spinner());
+            header.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            header.enable_steady_tick(Duration::from_millis(120));
+            header.set_message("starting");
+            View {
+                multi,
+                header,
+                bars: BTreeMap::new(),
+                batch: None,
+            }
+        });
+        Self {
+            json,
+            view,
+            in_progress,
+            selected: 0,
+            done: 0,
+            failed: 0,
+            other: 0,
+        }
+    }
+
+    /// Takes one event.
+    pub(crate) fn event(&mut self, e: &Event) {
+        if self.json {
+            json_line("event", e);
+        }
+        match &e.kind {
+            EventKind::Started { selected, .. } => self.selected = *selected,
+            EventKind::Phase { id, stage, detail } => {
+                let mut ip = self
+                    .in_progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if is_final(*stage) {
+                    ip.remove(id);
+                    match stage {
+                        Stage::Done => self.done += 1,
+                        Stage::Failed => self.failed += 1,
+                        _ => self.other += 1,
+                    }
+                    if let Some(v) = &mut self.view {
+                        if let Some(b) = v.bars.remove(id) {
+                            b.finish_and_clear();
+                            v.multi.remove(&b);
+                        }
+                        if *stage == Stage::Failed {
+                            let _ignored = v.multi.println(format!(
+                                "FAILED {id}: {}",
+                                detail.as_deref().unwrap_or("")
+                            ));
+                        }
+                    }
+                } else if *stage != Stage::Pending {
+                    ip.insert(id.clone(), *stage);
+                    if let Some(v) = &mut self.view {
+                        let bar = v.bars.entry(id.clone()).or_insert_with(|| {
+                            let b = v.multi.add(ProgressBar::new_spinner());
+                            b.set_style(
+                                ProgressStyle::with_template(
+                                    "  {spinner} {prefix:<24} {msg} ({elapsed})",
+                                )
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                            );
+                            b.set_prefix(id.to_string());
+                            b.enable_steady_tick(Duration::from_millis(120));
+                            b
+                        });
+                        bar.set_message(stage.to_string());
+                    }
+                }
+            }
+            EventKind::Stopping { reason } => {
+                self.note(&format!("stopping: {reason}"));
+            }
+            EventKind::DrainLost { id, stage } => {
+                self.note(&format!(
+                    "{id} was put back in rotation by the balancer itself while {stage} (a reload?): taken out again"
+                ));
+            }
+            EventKind::FoundOut { id } => {
+                self.note(&format!(
+                    "{id} is out of rotation and this run did not take it out: left as found"
+                ));
+            }
+            EventKind::WaitingForCapacity { healthy, required } => {
+                self.note(&format!(
+                    "waiting for capacity: {healthy} healthy, min_healthy requires {required}"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(batch) = e.batch {
+            if let Some(v) = &mut self.view {
+                v.batch = Some(batch);
+            }
+        }
+        self.header();
+    }
+
+    fn note(&self, text: &str) {
+        if let Some(v) = &self.view {
+            let _ignored = v.multi.println(text);
+        }
+    }
+
+    fn header(&self) {
+        if let Some(v) = &self.view {
+            let finished = self.done + self.failed + self.other;
+            v.header.set_message(format!(
+                "batch {} · done {} · failed {} · left {}",
+                v.batch.map_or_else(|| "-".into(), |b| (b + 1).to_string()),
+                self.done,
+                self.failed,
+                self.selected.saturating_sub(finished)
+            ));
+        }
+    }
+
+    /// Clears the view.
+    pub(crate) fn finish(&mut self) {
+        if let Some(v) = self.view.take() {
+            for b in v.bars.values() {
+                b.finish_and_clear();
+            }
+            v.header.finish_and_clear();
+            let _ignored = v.multi.clear();
+        }
+    }
+}
+
+/// The report for a human, on stdout.
+pub(crate) fn summary(r: &Report) -> String {
+    let mut s = String::new();
+    let outcome = match &r.outcome {
+        Outcome::Completed => "completed".to_owned(),
+        Outcome::Aborted { reason } => format!("ABORTED: {reason}"),
+        Outcome::Cancelled => "cancelled".to_owned(),
+        other => format!("{other:?}"),
+    };
+    s.push_str(&format!(
+        "run {} on {}: {outcome} in {:.1}s, {} batch(es)\n",
+        r.run_id,
+        r.balancer,
+        r.duration.as_secs_f64(),
+        r.batches
+    ));
+    for t in &r.targets {
+        let what = match &t.result {
+            TargetResult::Done => {
+                let ms = |d: Option<Duration>| {
+                    d.map_or_else(|| "-".into(), |d| format!("{:.1}s", d.as_secs_f64()))
+                };
+                format!(
+                    "done (drain {}, maintenance {}, health {})",
+                    ms(t.timings.drain),
+                    ms(t.timings.execute),
+                    ms(t.timings.health)
+                )
+            }
+            TargetResult::Failed {
+                phase,
+                reason,
+                kept_out,
+                ..
+            } => format!(
+                "FAILED in {phase}: {reason}{}",
+                if *kept_out {
+                    " — KEPT OUT OF ROTATION"
+                } else {
+                    ""
+                }
+            ),
+            TargetResult::Skipped { reason } => format!("skipped: {reason}"),
+            TargetResult::Restored { reason } => format!("put back without maintenance: {reason}"),
+            TargetResult::Vanished { reason, .. } => format!("vanished: {reason}"),
+            TargetResult::NotStarted => "not started".into(),
+            other => format!("{other:?}"),
+        };
+        s.push_str(&format!("  {:<24} {what}\n", t.id.to_string()));
+    }
+    for id in &r.found_out {
+        s.push_str(&format!(
+            "  {id:<24} out of rotation before the run: left as found\n"
+        ));
+    }
+    let kept: Vec<_> = r.kept_out().collect();
+    if !kept.is_empty() {
+        s.push_str("\nOut of rotation because of this run:\n");
+        for t in kept {
+            let hint = match &t.result {
+                TargetResult::Failed {
+                    restore_hint: Some(h),
+                    ..
+                } => h.clone(),
+                _ => String::new(),
+            };
+            let state = if t.location == Location::Unknown {
+                " (state unknown: check it)"
+            } else {
+                ""
+            };
+            s.push_str(&format!(
+                "  {}{state}\n    put it back by hand: {hint}\n",
+                t.id
+            ));
+        }
+    }
+    s
+}

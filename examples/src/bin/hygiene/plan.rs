@@ -1,0 +1,293 @@
+//! `plan`: what a run would do, computed from the configuration and the
+//! pool as the balancer lists it now. Changes nothing.
+//!
+//! The batches follow the engine's documented rules (`RolloutConfig`):
+//! `batch_size` of the selected targets (percent rounded down, at least 1),
+//! a canary first when asked, each batch shrunk so that `min_healthy` of the
+//! whole pool (percent rounded up) stays healthy in service, targets not in
+//! service skipped. It assumes every target succeeds; a real run may stop
+//! earlier (`max_failures`) or wait for capacity.
+
+use std::time::Duration;
+
+use hygiene_core::{
+    duration_text, CancellationToken, ListedTarget, LoadBalancer, Pacing, Selection, TargetId,
+    TargetState,
+};
+use serde::Serialize;
+
+use crate::cli::{Global, RolloutFlags};
+use crate::config::Loaded;
+use crate::setup::{self, Setup};
+use crate::{exit, output, Failure};
+
+/// A skipped target and why.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Skipped {
+    pub(crate) id: TargetId,
+    pub(crate) reason: String,
+}
+
+/// The estimated duration range.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Estimate {
+    /// Drains, maintenances and health checks instant: polls and warmups only.
+    pub(crate) min: String,
+    /// With `--maintenance-time`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) typical: Option<String>,
+    /// Every timeout reached in every batch.
+    pub(crate) max: String,
+}
+
+/// What a run would do.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Plan {
+    pub(crate) balancer: String,
+    pub(crate) pool: usize,
+    pub(crate) selected: usize,
+    pub(crate) to_maintain: usize,
+    pub(crate) pacing: Pacing,
+    pub(crate) batch_size: String,
+    pub(crate) width: usize,
+    pub(crate) min_healthy: String,
+    pub(crate) required_healthy: usize,
+    pub(crate) healthy_now: usize,
+    pub(crate) max_failures: String,
+    pub(crate) failures_allowed: usize,
+    pub(crate) canary: bool,
+    pub(crate) batches: Vec<Vec<TargetId>>,
+    pub(crate) skipped: Vec<Skipped>,
+    /// Reasons the run would refuse or stall.
+    pub(crate) problems: Vec<String>,
+    pub(crate) poll_interval: String,
+    pub(crate) duration: Estimate,
+}
+
+fn fmt(d: Duration) -> String {
+    duration_text::format(d)
+}
+
+/// Computes the plan over `listed`.
+pub(crate) fn compute(
+    setup: &Setup,
+    listed: &[ListedTarget],
+    maintenance: Option<Duration>,
+) -> Plan {
+    let c = &setup.rollout;
+    let lb: &dyn LoadBalancer = &*setup.balancer;
+    let caps = lb.capabilities();
+    let mut problems = Vec::new();
+    let selected: Vec<&ListedTarget> = match c.selection() {
+        Selection::Named(ids) => ids
+            .iter()
+            .filter_map(|id| {
+                let found = listed.iter().find(|l| &l.target.id == id);
+                if found.is_none() {
+                    problems.push(format!(
+                        "{id} is selected but not in the pool: the run refuses to start (NotFound); the pool holds {}",
+                        listed.iter().map(|l| l.target.id.to_string()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                found
+            })
+            .collect(),
+        _ => listed.iter().collect(),
+    };
+    let mut skipped = Vec::new();
+    let mut todo: Vec<&ListedTarget> = Vec::new();
+    for l in &selected {
+        if l.status.state == TargetState::InService {
+            todo.push(l);
+        } else {
+            skipped.push(Skipped {
+                id: l.target.id.clone(),
+                reason: format!(
+                    "{} now: out of rotation before the run, left as found and never enabled",
+                    match l.status.state {
+                        TargetState::Draining => "draining",
+                        _ => "out of service",
+                    }
+                ),
+            });
+        }
+    }
+    let healthy = |l: &ListedTarget| l.status.is_serving_healthy_with(&caps);
+    let healthy_now = listed.iter().filter(|l| healthy(l)).count();
+    let required = c.min_healthy_of(listed.len());
+    let width = c.batch_len(selected.len());
+    let mut batches: Vec<Vec<TargetId>> = Vec::new();
+    let mut k = 0;
+    while k < todo.len() {
+        let want = if c.canary() && batches.is_empty() {
+            1
+        } else {
+            width
+        };
+        let mut budget = healthy_now.saturating_sub(required);
+        let mut batch = Vec::new();
+        for l in todo.iter().skip(k).take(want) {
+            let cost = usize::from(healthy(l));
+            if cost > budget {
+                break;
+            }
+            budget -= cost;
+            batch.push(l.target.id.clone());
+        }
+        if batch.is_empty() {
+            problems.push(format!(
+                "not even one target can be taken out: {healthy_now} healthy now, min_healthy = {} requires {required}: the run would wait capacity_timeout ({}) and abort",
+                c.min_healthy(),
+                fmt(c.capacity_timeout())
+            ));
+            break;
+        }
+        if batch.len() < want.min(todo.len() - k) {
+            problems.push(format!(
+                "batch {} shrunk to {} (of {want}) so that {required} stay healthy (min_healthy = {})",
+                batches.len() + 1,
+                batch.len(),
+                c.min_healthy()
+            ));
+        }
+        k += batch.len();
+        batches.push(batch);
+    }
+    let unhealthy: Vec<String> = todo
+        .iter()
+        .filter(|l| !healthy(l))
+        .map(|l| l.target.id.to_string())
+        .collect();
+    if !unhealthy.is_empty() {
+        problems.push(format!(
+            "not healthy now (they cost nothing against min_healthy, and must be healthy after their maintenance to pass): {}",
+            unhealthy.join(", ")
+        ));
+    }
+    let poll = c
+        .poll_interval()
+        .unwrap_or_else(|| lb.default_poll_interval());
+    let n = u32::try_from(batches.len()).unwrap_or(u32::MAX);
+    let warmups = c.warmup() * n.saturating_sub(1);
+    let floor = poll * 3;
+    let execute = setup
+        .executor_timeout
+        .map_or(c.execute_timeout(), |t| t.min(c.execute_timeout()));
+    let worst = c.call_timeout() + c.drain_timeout() + execute + c.health_timeout() + poll * 3;
+    let duration = Estimate {
+        min: fmt(floor * n + warmups),
+        typical: maintenance.map(|m| fmt((m + floor) * n + warmups)),
+        max: fmt(worst * n + warmups),
+    };
+    Plan {
+        balancer: lb.name(),
+        pool: listed.len(),
+        selected: selected.len(),
+        to_maintain: todo.len(),
+        pacing: c.pacing(),
+        batch_size: c.batch_size().to_string(),
+        width,
+        min_healthy: c.min_healthy().to_string(),
+        required_healthy: required,
+        healthy_now,
+        max_failures: c.max_failures().to_string(),
+        failures_allowed: c.failures_allowed(selected.len()),
+        canary: c.canary(),
+        batches,
+        skipped,
+        problems,
+        poll_interval: fmt(poll),
+        duration,
+    }
+}
+
+/// The plan for a human.
+pub(crate) fn human(p: &Plan) -> String {
+    let mut o = format!(
+        "plan on {}: {} target(s) in the pool, {} selected, {} to maintain\n",
+        p.balancer, p.pool, p.selected, p.to_maintain
+    );
+    o.push_str(&format!(
+        "  batch_size = {} → {} at a time (of {} selected; a percent rounds down, at least 1){}\n",
+        p.batch_size,
+        p.width,
+        p.selected,
+        if p.canary {
+            "; canary: the first batch is 1 target"
+        } else {
+            ""
+        }
+    ));
+    o.push_str(&format!(
+        "  min_healthy = {} → {} of {} must stay healthy in service (a percent rounds up); {} healthy now, so up to {} may be out at once\n",
+        p.min_healthy,
+        p.required_healthy,
+        p.pool,
+        p.healthy_now,
+        p.healthy_now.saturating_sub(p.required_healthy)
+    ));
+    o.push_str(&format!(
+        "  max_failures = {} → {} of {} may fail; the run stops starting targets when more than {} fail{}\n",
+        p.max_failures,
+        p.failures_allowed,
+        p.selected,
+        p.failures_allowed,
+        if p.failures_allowed == 0 { " (the first failure)" } else { "" }
+    ));
+    o.push_str(&match p.pacing {
+        Pacing::Window => format!(
+            "batches (rolling window: up to {} in progress, the next starts as soon as one ends), in order:\n",
+            p.width
+        ),
+        _ => "batches (each starts when the one before is back and healthy), in order:\n".into(),
+    });
+    for (k, b) in p.batches.iter().enumerate() {
+        o.push_str(&format!(
+            "  {:>3}. {}\n",
+            k + 1,
+            b.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if p.batches.is_empty() {
+        o.push_str("  (none)\n");
+    }
+    for s in &p.skipped {
+        o.push_str(&format!("  skipped {}: {}\n", s.id, s.reason));
+    }
+    o.push_str(&format!(
+        "duration: at least {} (polls every {}, instant drains and maintenances){}, at most {} (every timeout reached in every batch)\n",
+        p.duration.min,
+        p.poll_interval,
+        p.duration
+            .typical
+            .as_ref()
+            .map(|t| format!(", about {t} with that maintenance time"))
+            .unwrap_or_default(),
+        p.duration.max
+    ));
+    for pr in &p.problems {
+        o.push_str(&format!("problem: {pr}\n"));
+    }
+    o
+}
+
+pub(crate) async fn main(
+    g: &Global,
+    flags: &RolloutFlags,
+    maintenance: Option<Duration>,
+) -> Result<u8, Failure> {
+    let loaded = Loaded::read(&g.config)?;
+    let cancel = CancellationToken::new();
+    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let listed = setup.balancer.list().await?;
+    let plan = compute(&setup, &listed, maintenance);
+    if g.json {
+        output::json_line("plan", &plan);
+    } else {
+        print!("{}", human(&plan));
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,600 @@
+//! From a loaded configuration (and the command line's overrides) to the
+//! library's objects: balancer, executor, probe, rollout configuration and
+//! journal path. Nothing here connects to anything.
+
+use std::net::ToSocketAddrs;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hygiene_core::{
+    Executor, HttpProbe, LoadBalancer, LocalCommand, Probe, ProbeVerdict, RolloutConfig, Target,
+    TcpProbe,
+};
+use hygiene_haproxy::{HaproxyBalancer, Node};
+use toml::Spanned;
+
+use crate::cli::RolloutFlags;
+use crate::config::{ConfigError, Loaded, ProbeKind};
+
+/// Everything a command needs, built and validated.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    /// The configuration file.
+    pub(crate) config_path: PathBuf,
+    /// The pool's name (names the journal).
+    pub(crate) pool: String,
+    /// The pool's journal.
+    pub(crate) journal: PathBuf,
+    /// The engine's settings, overrides applied.
+    pub(crate) rollout: RolloutConfig,
+    pub(crate) balancer: Arc<dyn LoadBalancer>,
+    pub(crate) executor: Arc<dyn Executor>,
+    pub(crate) probe: Option<AnyProbe>,
+    /// The executor's own time limit, when it has one (for the plan).
+    pub(crate) executor_timeout: Option<Duration>,
+    /// Which balancer and executor sections (for messages).
+    pub(crate) kinds: (&'static str, &'static str),
+}
+
+/// The probe the file configures.
+#[derive(Debug, Clone)]
+pub(crate) enum AnyProbe {
+    Http(HttpProbe),
+    Tcp(TcpProbe),
+}
+
+#[async_trait]
+impl Probe for AnyProbe {
+    async fn check(&self, target: &Target) -> hygiene_core::Result<ProbeVerdict> {
+        match self {
+            Self::Http(p) => p.check(target).await,
+            Self::Tcp(p) => p.check(target).await,
+        }
+    }
+}
+
+/// A library error from building one section, placed at that section.
+fn at<T>(
+    loaded: &Loaded,
+    span: Range<usize>,
+    section: &str,
+    r: hygiene_core::Result<T>,
+) -> Result<T, ConfigError> {
+    r.map_err(|e| {
+        let (key, message) = match &e {
+            hygiene_core::Error::InvalidConfig { field, message } => {
+                // A builder names its own fields (`ssh.user`): under this
+                // section that is `executor.ssh.user`.
+                let last = section.rsplit('.').next().unwrap_or(section);
+                let field = field
+                    .strip_prefix(last)
+                    .and_then(|f| f.strip_prefix('.'))
+                    .unwrap_or(field);
+                (format!("{section}.{field}"), message.clone())
+            }
+            other => (section.to_owned(), other.to_string()),
+        };
+        loaded.error_at(Some(span), &key, message)
+    })
+}
+
+/// The state directory: flag / `HYGIENE_STATE_DIR`, else the file's
+/// `state_dir`, else the library's default.
+pub(crate) fn state_dir(loaded: &Loaded, flag: Option<&PathBuf>) -> PathBuf {
+    flag.cloned()
+        .or_else(|| loaded.file.state_dir.clone())
+        .unwrap_or_else(hygiene_core::journal::default_dir)
+}
+
+/// Builds everything from the file and the flags.
+pub(crate) async fn build(
+    loaded: &Loaded,
+    state_dir_flag: Option<&PathBuf>,
+    flags: &RolloutFlags,
+    cancel: &hygiene_core::CancellationToken,
+) -> Result<Setup, ConfigError> {
+    let pool = loaded.pool_name();
+    let state_dir = state_dir(loaded, state_dir_flag);
+    let journal = state_dir.join(format!("{pool}.jsonl"));
+    let rollout = rollout_config(loaded, flags)?;
+    let (balancer, bkind) = balancer(loaded, rollout.poll_interval()).await?;
+    let (executor, executor_timeout, xkind) = executor(loaded, &state_dir, cancel).await?;
+    let probe = probe(loaded)?;
+    Ok(Setup {
+        config_path: loaded.path.clone(),
+        pool,
+        journal,
+        rollout,
+        balancer,
+        executor,
+        probe,
+        executor_timeout,
+        kinds: (bkind, xkind),
+    })
+}
+
+/// The `[rollout]` section with the command line's overrides on top; an
+/// override goes through the same validation as the file.
+pub(crate) fn rollout_config(
+    loaded: &Loaded,
+    flags: &RolloutFlags,
+) -> Result<RolloutConfig, ConfigError> {
+    let base = match &loaded.file.rollout {
+        Some(r) => r.get_ref().clone(),
+        None => RolloutConfig::builder()
+            .build()
+            .map_err(|e| ConfigError::flag("rollout", e.to_string()))?,
+    };
+    let overrides = flags.overrides();
+    if overrides.is_empty() {
+        return Ok(base);
+    }
+    let mut value = serde_json::to_value(&base)
+        .map_err(|e| ConfigError::flag("rollout", format!("cannot apply overrides: {e}")))?;
+    let Some(map) = value.as_object_mut() else {
+        return Err(ConfigError::flag("rollout", "cannot apply overrides"));
+    };
+    for (_, key, v) in &overrides {
+        map.insert((*key).to_owned(), v.clone());
+    }
+    serde_json::from_value::<RolloutConfig>(value).map_err(|e| {
+        let flags: Vec<&str> = overrides.iter().map(|(f, _, _)| *f).collect();
+        ConfigError::flag(
+            &flags.join(", "),
+            format!("{e} (from the command line or a HYGIENE_ variable)"),
+        )
+    })
+}
+
+async fn balancer(
+    loaded: &Loaded,
+    poll: Option<Duration>,
+) -> Result<(Arc<dyn LoadBalancer>, &'static str), ConfigError> {
+    let Some(b) = &loaded.file.balancer else {
+        return Err(loaded.error_at(None, "balancer", "no balancer is configured"));
+    };
+    let b = b.get_ref();
+    if let Some(h) = &b.haproxy {
+        let span = h.span();
+        let h = h.get_ref();
+        let mut builder = HaproxyBalancer::builder();
+        if h.nodes.get_ref().is_empty() {
+            return Err(loaded.error_at(
+                Some(h.nodes.span()),
+                "balancer.haproxy.nodes",
+                "no node: give each HAProxy's admin socket, a Unix path (\"/run/haproxy/admin.sock\") or \"host:port\"",
+            ));
+        }
+        for n in h.nodes.get_ref() {
+            builder = builder.node(node(loaded, &h.nodes, n)?);
+        }
+        for b in h.backends.get_ref() {
+            builder = builder.backend(b.as_str());
+        }
+        if let Some(t) = h.connect_timeout {
+            builder = builder.connect_timeout(t);
+        }
+        if let Some(t) = h.read_timeout {
+            builder = builder.read_timeout(t);
+        }
+        if let Some(p) = poll {
+            builder = builder.poll_interval(p);
+        }
+        let lb = at(loaded, span, "balancer.haproxy", builder.build())?;
+        return Ok((Arc::new(lb), "haproxy"));
+    }
+    if let Some(n) = &b.nginx {
+        return nginx(loaded, n, poll).map(|lb| (lb, "nginx"));
+    }
+    if let Some(e) = &b.elbv2 {
+        return elbv2(loaded, e, poll).await.map(|lb| (lb, "elbv2"));
+    }
+    Err(loaded.error_at(None, "balancer", "no balancer is configured"))
+}
+
+/// `/path` → Unix socket; `host:port` → TCP (resolved now).
+fn node(loaded: &Loaded, nodes: &Spanned<Vec<String>>, n: &str) -> Result<Node, ConfigError> {
+    if n.contains('/') {
+        return Ok(Node::unix(n));
+    }
+    let addr = n
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            loaded.error_at(
+                Some(nodes.span()),
+                "balancer.haproxy.nodes",
+                format!("{n:?} is neither a Unix socket path (with a '/') nor a resolvable \"host:port\""),
+            )
+        })?;
+    Ok(Node::tcp(addr).named(n))
+}
+
+#[cfg(feature = "nginx")]
+fn read_secret_file(
+    loaded: &Loaded,
+    p: &Spanned<PathBuf>,
+    key: &str,
+) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(p.get_ref()).map_err(|e| {
+        loaded.error_at(
+            Some(p.span()),
+            key,
+            format!("cannot read {}: {e}", p.get_ref().display()),
+        )
+    })
+}
+
+#[cfg(feature = "nginx")]
+fn nginx(
+    loaded: &Loaded,
+    n: &Spanned<crate::config::NginxSection>,
+    poll: Option<Duration>,
+) -> Result<Arc<dyn LoadBalancer>, ConfigError> {
+    use crate::config::NginxHealth;
+    use hygiene_nginx::{HealthChecks, NginxBalancer};
+    let span = n.span();
+    let n = n.get_ref();
+    let mut b = NginxBalancer::builder().instances(n.api_urls.get_ref().iter().cloned());
+    for u in &n.upstreams {
+        b = b.upstream(u.as_str());
+    }
+    for u in &n.stream_upstreams {
+        b = b.stream_upstream(u.as_str());
+    }
+    let password = match (&n.password_env, &n.password_file) {
+        (Some(_), Some(f)) => {
+            return Err(loaded.error_at(
+                Some(f.span()),
+                "balancer.nginx.password_file",
+                "give the password either in an environment variable (password_env) or in a file (password_file), not both",
+            ))
+        }
+        (Some(var), None) => Some(std::env::var(var.get_ref()).map_err(|_| {
+            loaded.error_at(
+                Some(var.span()),
+                "balancer.nginx.password_env",
+                format!("the environment variable {} is not set: export the API password in it", var.get_ref()),
+            )
+        })?),
+        (None, Some(f)) => {
+            let bytes = read_secret_file(loaded, f, "balancer.nginx.password_file")?;
+            Some(
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        }
+        (None, None) => None,
+    };
+    match (&n.user, password) {
+        (Some(u), Some(p)) => b = b.basic_auth(u.as_str(), p),
+        (Some(_), None) => {
+            return Err(loaded.error_at(
+                Some(span),
+                "balancer.nginx.user",
+                "a user without a password: set password_env (a variable's name) or password_file; never the password itself",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(loaded.error_at(
+                Some(span),
+                "balancer.nginx.user",
+                "a password without a user: set user",
+            ))
+        }
+        (None, None) => {}
+    }
+    if let Some(ca) = &n.ca_file {
+        b = b.ca_cert_pem(read_secret_file(loaded, ca, "balancer.nginx.ca_file")?);
+    }
+    if let Some(id) = &n.client_identity_file {
+        b = b.client_identity_pem(read_secret_file(
+            loaded,
+            id,
+            "balancer.nginx.client_identity_file",
+        )?);
+    }
+    if let Some(h) = n.health_checks {
+        b = b.health_checks(match h {
+            NginxHealth::Active => HealthChecks::Active,
+            NginxHealth::Passive => HealthChecks::Passive,
+        });
+    }
+    if let Some(v) = n.api_version {
+        b = b.api_version(v);
+    }
+    if let Some(t) = n.timeout {
+        b = b.timeout(t);
+    }
+    if let Some(t) = n.connect_timeout {
+        b = b.connect_timeout(t);
+    }
+    if let Some(p) = poll {
+        b = b.poll_interval(p);
+    }
+    let lb = at(loaded, span, "balancer.nginx", b.build())?;
+    Ok(Arc::new(lb))
+}
+
+#[cfg(not(feature = "nginx"))]
+fn nginx(
+    loaded: &Loaded,
+    n: &Spanned<crate::config::NginxSection>,
+    _poll: Option<Duration>,
+) -> Result<Arc<dyn LoadBalancer>, ConfigError> {
+    Err(loaded.error_at(
+        Some(n.span()),
+        "balancer.nginx",
+        "this hygiene was built without nginx support: build it with the `nginx` feature",
+    ))
+}
+
+#[cfg(feature = "aws")]
+async fn sdk_config(region: Option<&str>, profile: Option<&str>) -> hygiene_aws::SdkConfig {
+    let mut l = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = region {
+        l = l.region(aws_config::Region::new(r.to_owned()));
+    }
+    if let Some(p) = profile {
+        l = l.profile_name(p);
+    }
+    l.load().await
+}
+
+#[cfg(feature = "aws")]
+async fn elbv2(
+    loaded: &Loaded,
+    e: &Spanned<crate::config::Elbv2Section>,
+    poll: Option<Duration>,
+) -> Result<Arc<dyn LoadBalancer>, ConfigError> {
+    let span = e.span();
+    let e = e.get_ref();
+    let mut b = hygiene_aws::Elbv2Balancer::builder()
+        .with_sdk_config(sdk_config(e.region.as_deref(), e.profile.as_deref()).await);
+    if let Some(u) = &e.endpoint_url {
+        b = b.with_endpoint_url(u);
+    }
+    for tg in &e.target_groups {
+        b = b.with_target_group(tg);
+    }
+    if let Some(lb) = &e.load_balancer {
+        b = b.with_load_balancer(lb);
+    }
+    if let Some(p) = poll {
+        b = b.with_poll_interval(p);
+    }
+    let lb = at(loaded, span, "balancer.elbv2", b.build())?;
+    Ok(Arc::new(lb))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn elbv2(
+    loaded: &Loaded,
+    e: &Spanned<crate::config::Elbv2Section>,
+    _poll: Option<Duration>,
+) -> Result<Arc<dyn LoadBalancer>, ConfigError> {
+    Err(loaded.error_at(
+        Some(e.span()),
+        "balancer.elbv2",
+        "this hygiene was built without AWS support: build it with the `aws` feature",
+    ))
+}
+
+type BuiltExecutor = (Arc<dyn Executor>, Option<Duration>, &'static str);
+
+async fn executor(
+    loaded: &Loaded,
+    state_dir: &std::path::Path,
+    cancel: &hygiene_core::CancellationToken,
+) -> Result<BuiltExecutor, ConfigError> {
+    let Some(x) = &loaded.file.executor else {
+        return Err(loaded.error_at(None, "executor", "no executor is configured"));
+    };
+    let x = x.get_ref();
+    if let Some(l) = &x.local {
+        let span = l.span();
+        let l = l.get_ref();
+        let timeout = l.timeout.unwrap_or(Duration::from_secs(600));
+        if timeout.is_zero() {
+            return Err(loaded.error_at(
+                Some(span),
+                "executor.local.timeout",
+                "must be greater than zero",
+            ));
+        }
+        let cmd = at(
+            loaded,
+            l.program.span(),
+            "executor.local",
+            LocalCommand::new(l.program.get_ref(), &l.args),
+        )?
+        .with_timeout(timeout)
+        .with_state_dir(state_dir.join("exec"));
+        return Ok((Arc::new(cmd), Some(timeout), "local"));
+    }
+    if let Some(s) = &x.ssh {
+        return ssh(loaded, s, state_dir);
+    }
+    if let Some(s) = &x.ssm {
+        return ssm(loaded, s, cancel).await;
+    }
+    Err(loaded.error_at(None, "executor", "no executor is configured"))
+}
+
+fn ssh(
+    loaded: &Loaded,
+    s: &Spanned<crate::config::SshSection>,
+    state_dir: &std::path::Path,
+) -> Result<BuiltExecutor, ConfigError> {
+    let span = s.span();
+    let sec = s.get_ref();
+    let mut x = at(
+        loaded,
+        sec.command.span(),
+        "executor.ssh",
+        hygiene_core::SshCommand::new(sec.command.get_ref()),
+    )?
+    .with_state_dir(state_dir.join("exec"));
+    if let Some(u) = &sec.user {
+        x = x.with_user(u);
+    }
+    if let Some(p) = sec.port {
+        x = x.with_port(p);
+    }
+    if let Some(p) = &sec.identity_file {
+        x = x.with_identity_file(p);
+    }
+    if let Some(p) = &sec.known_hosts_file {
+        x = x.with_known_hosts_file(p);
+    }
+    let timeout = sec.timeout.unwrap_or(Duration::from_secs(600));
+    x = x.with_timeout(timeout);
+    if let Some(t) = sec.connect_timeout {
+        x = x.with_connect_timeout(t);
+    }
+    if let Some(p) = &sec.ssh_program {
+        x = x.with_ssh_program(p);
+    }
+    for (k, v) in &sec.options {
+        x = at(loaded, span.clone(), "executor.ssh", x.with_option(k, v))?;
+    }
+    at(loaded, span, "executor.ssh", x.validate())?;
+    Ok((Arc::new(x), Some(timeout), "ssh"))
+}
+
+#[cfg(feature = "aws")]
+async fn ssm(
+    loaded: &Loaded,
+    s: &Spanned<crate::config::SsmSection>,
+    cancel: &hygiene_core::CancellationToken,
+) -> Result<BuiltExecutor, ConfigError> {
+    use crate::config::SsmStatusApi;
+    use hygiene_aws::{PreflightCheck, SsmExecutor, StatusApi};
+    let span = s.span();
+    let s = s.get_ref();
+    let (region, profile, endpoint) = match loaded
+        .file
+        .balancer
+        .as_ref()
+        .and_then(|b| b.get_ref().elbv2.as_ref())
+    {
+        Some(e) => (
+            e.get_ref().region.clone(),
+            e.get_ref().profile.clone(),
+            e.get_ref().endpoint_url.clone(),
+        ),
+        None => (None, None, None),
+    };
+    let mut b = SsmExecutor::builder(&s.document)
+        .with_sdk_config(sdk_config(region.as_deref(), profile.as_deref()).await);
+    if let Some(u) = &endpoint {
+        b = b.with_endpoint_url(u);
+    }
+    if let Some(v) = &s.document_version {
+        b = b.with_document_version(v);
+    }
+    for (k, v) in &s.parameters {
+        b = b.with_parameter(k, v.values());
+    }
+    b = b.with_comment(
+        s.comment
+            .as_deref()
+            .unwrap_or("hygiene rolling maintenance"),
+    );
+    if let Some(t) = s.delivery_timeout {
+        b = b.with_delivery_timeout(t);
+    }
+    if let Some(t) = s.execution_timeout {
+        b = b.with_execution_timeout(t);
+    }
+    if let Some(t) = s.wait_timeout {
+        b = b.with_wait_timeout(t);
+    }
+    if let Some(t) = s.poll_interval {
+        b = b.with_poll_interval(t);
+    }
+    if let Some(bucket) = &s.output_s3_bucket {
+        b = b.with_output_s3(bucket, s.output_s3_key_prefix.clone());
+    }
+    if let Some(g) = &s.cloudwatch_log_group {
+        b = b.with_cloudwatch_output(g);
+    }
+    b = b.with_preflight(if s.preflight.unwrap_or(true) {
+        PreflightCheck::DescribeInstanceInformation
+    } else {
+        PreflightCheck::Skip
+    });
+    b = b.with_status_api(match s.status_api.unwrap_or(SsmStatusApi::List) {
+        SsmStatusApi::List => StatusApi::ListCommandInvocations,
+        SsmStatusApi::Get => StatusApi::GetCommandInvocation,
+    });
+    if s.cancel_on_interrupt.unwrap_or(true) {
+        b = b.with_cancellation(cancel.clone());
+    }
+    let x = at(loaded, span, "executor.ssm", b.build())?;
+    let timeout = s.wait_timeout.or(s.execution_timeout);
+    Ok((Arc::new(x), timeout, "ssm"))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn ssm(
+    loaded: &Loaded,
+    s: &Spanned<crate::config::SsmSection>,
+    _cancel: &hygiene_core::CancellationToken,
+) -> Result<BuiltExecutor, ConfigError> {
+    Err(loaded.error_at(
+        Some(s.span()),
+        "executor.ssm",
+        "this hygiene was built without AWS support: build it with the `aws` feature",
+    ))
+}
+
+fn probe(loaded: &Loaded) -> Result<Option<AnyProbe>, ConfigError> {
+    let Some(p) = &loaded.file.probe else {
+        return Ok(None);
+    };
+    let span = p.span();
+    let p = p.get_ref();
+    let probe = match p.kind {
+        ProbeKind::Http => {
+            let mut h = at(
+                loaded,
+                span.clone(),
+                "probe",
+                HttpProbe::new(p.path.clone().unwrap_or_else(|| "/".into())),
+            )?;
+            if let Some(port) = p.port {
+                h = h.with_port(port);
+            }
+            if let Some(t) = p.timeout {
+                h = h.with_timeout(t);
+            }
+            AnyProbe::Http(h)
+        }
+        ProbeKind::Tcp => {
+            if p.path.is_some() {
+                return Err(loaded.error_at(
+                    Some(span),
+                    "probe.path",
+                    "a tcp probe has no path: remove it, or use kind = \"http\"",
+                ));
+            }
+            let mut t = TcpProbe::new();
+            if let Some(port) = p.port {
+                t = t.with_port(port);
+            }
+            if let Some(d) = p.timeout {
+                t = t.with_timeout(d);
+            }
+            AnyProbe::Tcp(t)
+        }
+    };
+    Ok(Some(probe))
+}

@@ -1,0 +1,293 @@
+//! `status`: what the last run in the journal left, from the journal alone
+//! (its process may be dead), and with `--live` what the balancer says.
+
+use std::path::Path;
+
+use hygiene_core::journal::{summarize, FileJournal, JournaledState};
+use hygiene_core::{CancellationToken, Location, TargetId};
+use serde::Serialize;
+
+use crate::cli::{Global, RolloutFlags};
+use crate::config::Loaded;
+use crate::{command_for, exit, output, setup, Failure};
+
+/// One target of the last run, as the journal tells it.
+#[derive(Debug, Clone, Serialize)]
+struct TargetLine {
+    id: TargetId,
+    /// Out of rotation because of the run (or in a state it could not read).
+    out: bool,
+    /// What the journal says.
+    state: String,
+    /// How to put it back by hand, when out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+    /// What the balancer says now (`--live`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    live: Option<String>,
+}
+
+/// The status of the pool's journal.
+#[derive(Debug, Serialize)]
+struct Status {
+    pool: String,
+    journal: String,
+    run_id: Option<String>,
+    started_at: Option<String>,
+    host: Option<String>,
+    pid: Option<u32>,
+    /// `none`, `finished`, `running` (another process holds the journal)
+    /// or `unfinished` (its process is gone).
+    state: &'static str,
+    outcome: Option<serde_json::Value>,
+    targets: Vec<TargetLine>,
+    /// What to do next.
+    next: Vec<String>,
+}
+
+fn location_text(l: Location) -> String {
+    serde_json::to_value(l)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{l:?}"))
+}
+
+/// (out of rotation because of the run, what the journal says).
+fn describe(s: &JournaledState) -> (bool, String) {
+    let out = s.maybe_out();
+    let text = match s {
+        JournaledState::NotStarted => "not started".into(),
+        JournaledState::Out => {
+            "OUT OF ROTATION: taken out by the run, maintenance not started".into()
+        }
+        JournaledState::MaintenanceRunning => {
+            "OUT OF ROTATION: maintenance started, its end not recorded (it may still run)".into()
+        }
+        JournaledState::MaintenanceSucceeded => {
+            "OUT OF ROTATION: maintenance succeeded, not yet put back".into()
+        }
+        JournaledState::MaintenanceFailed { reason } => {
+            format!("OUT OF ROTATION: maintenance FAILED: {reason}")
+        }
+        JournaledState::Finished {
+            stage,
+            location,
+            detail,
+        } => {
+            let mut t = match location {
+                Location::KeptOut => format!("KEPT OUT OF ROTATION ({stage})"),
+                Location::Unknown => format!("STATE UNKNOWN, check it ({stage})"),
+                Location::OutByRun => format!("OUT OF ROTATION ({stage})"),
+                other => format!("{stage}, {}", location_text(*other)),
+            };
+            if let Some(d) = detail {
+                t.push_str(&format!(": {d}"));
+            }
+            t
+        }
+        other => format!("{other:?}"),
+    };
+    (out, text)
+}
+
+/// Whether a process holds the journal's lock now (without changing it).
+fn held(path: &Path) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    matches!(
+        FileJournal::open(path),
+        Err(hygiene_core::Error::Journal { .. })
+    )
+}
+
+pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
+    let loaded = Loaded::read(&g.config)?;
+    let pool = loaded.pool_name();
+    let journal = setup::state_dir(&loaded, g.state_dir.as_ref()).join(format!("{pool}.jsonl"));
+    let records = FileJournal::read(&journal)?;
+    let mut status = Status {
+        pool: pool.clone(),
+        journal: journal.display().to_string(),
+        run_id: None,
+        started_at: None,
+        host: None,
+        pid: None,
+        state: "none",
+        outcome: None,
+        targets: Vec::new(),
+        next: Vec::new(),
+    };
+    let code = match summarize(&records) {
+        None => exit::OK,
+        Some(sum) => {
+            let h = &sum.header;
+            status.run_id = Some(h.run_id.clone());
+            status.started_at = Some(h.started_at.clone());
+            status.host = Some(h.host.clone());
+            status.pid = Some(h.pid);
+            status.outcome = sum
+                .outcome
+                .as_ref()
+                .and_then(|o| serde_json::to_value(o).ok());
+            status.state = match (&sum.outcome, held(&journal)) {
+                (Some(_), _) => "finished",
+                (None, true) => "running",
+                (None, false) => "unfinished",
+            };
+            // Hints need the balancer object, not a connection; a
+            // configuration that cannot build one still gets its status.
+            let cancel = CancellationToken::new();
+            let built = setup::build(
+                &loaded,
+                g.state_dir.as_ref(),
+                &RolloutFlags::default(),
+                &cancel,
+            )
+            .await;
+            let lb = built
+                .as_ref()
+                .ok()
+                .map(|s| std::sync::Arc::clone(&s.balancer));
+            for t in &sum.targets {
+                let id = t.id.clone();
+                let (out, state) = describe(&t.state);
+                status.targets.push(TargetLine {
+                    hint: out
+                        .then(|| lb.as_ref().map(|lb| lb.enable_hint(&id)))
+                        .flatten(),
+                    id,
+                    out,
+                    state,
+                    live: None,
+                });
+            }
+            if live {
+                let Some(lb) = &lb else {
+                    return Err(match built {
+                        Err(e) => Failure::Config(e),
+                        Ok(_) => Failure::Lib(hygiene_core::Error::invalid_config(
+                            "balancer",
+                            "cannot be built",
+                        )),
+                    });
+                };
+                let ids: Vec<TargetId> = status.targets.iter().map(|t| t.id.clone()).collect();
+                let now = lb.status(&ids).await?;
+                for (t, s) in status.targets.iter_mut().zip(now) {
+                    t.live = Some(format!(
+                        "{} {}{}",
+                        location_text_state(s.state),
+                        health_text(s.health),
+                        s.connections
+                            .map(|c| format!(", {c} in flight"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            let out = status.targets.iter().filter(|t| t.out).count();
+            match status.state {
+                "unfinished" => {
+                    status
+                        .next
+                        .push(format!("finish the run: {}", command_for(g, "resume")));
+                    status.next.push(format!(
+                        "or put back everything it took out: {}",
+                        command_for(g, "restore")
+                    ));
+                    exit::JOURNAL
+                }
+                "running" => {
+                    status.next.push(format!(
+                        "a process (pid {} on {}) holds the journal: the run is still going; wait for it, or stop it with Ctrl-C",
+                        h.pid, h.host
+                    ));
+                    exit::JOURNAL
+                }
+                _ if out > 0 => {
+                    status.next.push(
+                        "fix each target named above, then put it back with the command shown"
+                            .into(),
+                    );
+                    exit::KEPT_OUT
+                }
+                _ => exit::OK,
+            }
+        }
+    };
+    if g.json {
+        output::json_line("status", &status);
+    } else {
+        print!("{}", human(&status));
+    }
+    Ok(code)
+}
+
+fn location_text_state(s: hygiene_core::TargetState) -> &'static str {
+    match s {
+        hygiene_core::TargetState::InService => "in service",
+        hygiene_core::TargetState::Draining => "draining",
+        hygiene_core::TargetState::OutOfService => "out of service",
+    }
+}
+
+pub(crate) fn health_text(h: hygiene_core::Health) -> &'static str {
+    match h {
+        hygiene_core::Health::Healthy => "healthy",
+        hygiene_core::Health::Unhealthy => "UNHEALTHY",
+        hygiene_core::Health::Unknown => "health unknown",
+    }
+}
+
+fn human(s: &Status) -> String {
+    let mut o = format!("pool {} — journal {}\n", s.pool, s.journal);
+    let Some(run) = &s.run_id else {
+        o.push_str("no run recorded: nothing is out of rotation because of hygiene\n");
+        return o;
+    };
+    let state = match s.state {
+        "finished" => format!(
+            "finished ({})",
+            s.outcome
+                .as_ref()
+                .and_then(|v| v.get("kind"))
+                .and_then(|k| k.as_str())
+                .unwrap_or("?")
+        ),
+        "running" => "RUNNING (another process holds the journal)".into(),
+        _ => "UNFINISHED: its process is gone".into(),
+    };
+    o.push_str(&format!(
+        "last run {run}, started {} on {} (pid {}): {state}\n",
+        s.started_at.as_deref().unwrap_or("?"),
+        s.host.as_deref().unwrap_or("?"),
+        s.pid.unwrap_or(0)
+    ));
+    for t in &s.targets {
+        o.push_str(&format!("  {:<24} {}\n", t.id.to_string(), t.state));
+        if let Some(l) = &t.live {
+            o.push_str(&format!("  {:<24} balancer now: {l}\n", ""));
+        }
+    }
+    let out: Vec<&TargetLine> = s.targets.iter().filter(|t| t.out).collect();
+    if out.is_empty() {
+        o.push_str("nothing is out of rotation because of this run\n");
+    } else {
+        o.push_str(&format!(
+            "out of rotation because of this run: {}\n",
+            out.iter()
+                .map(|t| t.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for t in &out {
+            if let Some(h) = &t.hint {
+                o.push_str(&format!("  put {} back by hand: {h}\n", t.id));
+            }
+        }
+    }
+    for n in &s.next {
+        o.push_str(&format!("{n}\n"));
+    }
+    o
+}

@@ -1,0 +1,265 @@
+//! `validate`: check the configuration; then (unless `--offline`) connect
+//! to the balancer and the executor and say what they hold. Changes nothing.
+
+use hygiene_core::journal::{FileJournal, Record};
+use hygiene_core::{CancellationToken, Capabilities, Preflight};
+use serde::Serialize;
+
+use crate::cli::{Global, RolloutFlags};
+use crate::config::Loaded;
+use crate::status::health_text;
+use crate::{exit, output, plan, setup, Failure};
+
+#[derive(Debug, Serialize)]
+struct Found {
+    id: String,
+    address: Option<String>,
+    port: Option<u16>,
+    state: String,
+    health: &'static str,
+    connections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backends: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preflight: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Validation {
+    config: String,
+    pool: String,
+    journal: String,
+    journal_state: String,
+    balancer: String,
+    executor: String,
+    probe: Option<String>,
+    rollout: hygiene_core::RolloutConfig,
+    online: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capabilities: Option<Capabilities>,
+    targets: Vec<Found>,
+    problems: Vec<String>,
+}
+
+fn journal_state(path: &std::path::Path) -> String {
+    match FileJournal::read(path) {
+        Err(e) => format!("unreadable: {e}"),
+        Ok(r) if r.is_empty() => "no run yet".into(),
+        Ok(r) => {
+            let last = r
+                .iter()
+                .rposition(|x| matches!(x, Record::Header(_)))
+                .unwrap_or(0);
+            if r[last..].iter().any(|x| matches!(x, Record::End { .. })) {
+                "last run finished".into()
+            } else {
+                "LAST RUN UNFINISHED: run `hygiene status`, then resume or restore it".into()
+            }
+        }
+    }
+}
+
+pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Result<u8, Failure> {
+    let loaded = Loaded::read(&g.config)?;
+    let cancel = CancellationToken::new();
+    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut v = Validation {
+        config: setup.config_path.display().to_string(),
+        pool: setup.pool.clone(),
+        journal: setup.journal.display().to_string(),
+        journal_state: journal_state(&setup.journal),
+        balancer: setup.balancer.name(),
+        executor: setup.executor.name(),
+        probe: setup.probe.as_ref().map(|p| format!("{p:?}")),
+        rollout: setup.rollout.clone(),
+        online: !offline,
+        capabilities: None,
+        targets: Vec::new(),
+        problems: Vec::new(),
+    };
+    if v.journal_state.starts_with("LAST RUN UNFINISHED") {
+        v.problems.push(format!(
+            "the journal {} holds an unfinished run: a new run is refused until it is resumed or restored",
+            v.journal
+        ));
+    }
+    let mut code = exit::OK;
+    if !offline {
+        let listed = setup.balancer.list().await?;
+        let caps = setup.balancer.capabilities();
+        v.capabilities = Some(caps);
+        if !caps.health_checks && setup.probe.is_none() {
+            v.problems.push(
+                "the balancer runs no health check on some targets: \"in service\" will count as healthy; add a [probe] so a broken target is never put back".into(),
+            );
+        }
+        if !caps.counts_connections {
+            v.problems.push(
+                "the balancer does not count in-flight work: a drain ends only when the balancer says the target is out of service".into(),
+            );
+        }
+        let targets: Vec<hygiene_core::Target> = listed.iter().map(|l| l.target.clone()).collect();
+        let preflight = match setup.executor.preflight(&targets).await {
+            Ok(p) => p,
+            Err(e) => {
+                v.problems
+                    .push(format!("the executor's preflight failed: {e}"));
+                code = exit::UNREACHABLE;
+                Vec::new()
+            }
+        };
+        if setup.kinds.1 == "local" {
+            local_program_problem(&loaded, &mut v.problems);
+        }
+        for (k, l) in listed.iter().enumerate() {
+            let pf = preflight.get(k).map(|p| match p {
+                Preflight::Ready => "ready".to_owned(),
+                Preflight::NotReady(why) => format!("NOT READY: {why}"),
+                other => format!("{other:?}"),
+            });
+            if let Some(p) = pf.as_ref().filter(|p| p.starts_with("NOT READY")) {
+                v.problems.push(format!(
+                    "{}: the executor cannot reach it ({p}); it would be skipped",
+                    l.target.id
+                ));
+            }
+            let backends = l.target.meta.get("backends").cloned();
+            if let Some(b) = backends.as_ref().filter(|b| b.contains(',')) {
+                v.problems.push(format!(
+                    "{} serves several backends of the pool ({b}): it is drained from all of them together",
+                    l.target.id
+                ));
+            }
+            v.targets.push(Found {
+                id: l.target.id.to_string(),
+                address: l.target.address.clone(),
+                port: l.target.port,
+                state: format!("{:?}", l.status.state),
+                health: health_text(l.status.health),
+                connections: l.status.connections,
+                backends,
+                preflight: pf,
+            });
+        }
+        let p = plan::compute(&setup, &listed, None);
+        for s in &p.skipped {
+            v.problems.push(format!("{}: {}", s.id, s.reason));
+        }
+        v.problems.extend(p.problems);
+        if listed.is_empty() {
+            v.problems
+                .push("the pool is empty: nothing to maintain".into());
+        }
+    }
+    if g.json {
+        output::json_line("validate", &v);
+    } else {
+        print!("{}", human(&v));
+    }
+    Ok(code)
+}
+
+/// `[executor.local] program` that cannot be run.
+fn local_program_problem(loaded: &Loaded, problems: &mut Vec<String>) {
+    let Some(l) = loaded
+        .file
+        .executor
+        .as_ref()
+        .and_then(|x| x.get_ref().local.as_ref())
+    else {
+        return;
+    };
+    let program = l.get_ref().program.get_ref();
+    let found = if program.contains('/') {
+        std::path::Path::new(program).is_file()
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .any(|d| d.join(program).is_file())
+    };
+    if !found {
+        problems.push(format!(
+            "executor.local.program {program:?} is not an existing file (nor on the PATH): every maintenance would fail"
+        ));
+    }
+}
+
+fn human(v: &Validation) -> String {
+    let mut o = format!("configuration {}: valid\n", v.config);
+    o.push_str(&format!("  pool       {}\n", v.pool));
+    o.push_str(&format!(
+        "  journal    {} ({})\n",
+        v.journal, v.journal_state
+    ));
+    o.push_str(&format!("  balancer   {}\n", v.balancer));
+    o.push_str(&format!("  executor   {}\n", v.executor));
+    o.push_str(&format!(
+        "  probe      {}\n",
+        v.probe.as_deref().unwrap_or("none")
+    ));
+    let r = &v.rollout;
+    o.push_str(&format!(
+        "  rollout    batch_size {}, min_healthy {}, max_failures {}, drain_timeout {}, health_timeout {}, pacing {}{}\n",
+        r.batch_size(),
+        r.min_healthy(),
+        r.max_failures(),
+        hygiene_core::duration_text::format(r.drain_timeout()),
+        hygiene_core::duration_text::format(r.health_timeout()),
+        if r.pacing() == hygiene_core::Pacing::Window {
+            "window"
+        } else {
+            "batches"
+        },
+        if r.canary() { ", canary" } else { "" }
+    ));
+    if !v.online {
+        o.push_str("offline: nothing was contacted\n");
+    }
+    if let Some(c) = &v.capabilities {
+        o.push_str(&format!(
+            "balancer reached: counts connections {}, graceful drain {}, hard disable {}, health checks {}\n",
+            yes(c.counts_connections),
+            yes(c.graceful_drain),
+            yes(c.hard_disable),
+            yes(c.health_checks)
+        ));
+        o.push_str(&format!("{} target(s):\n", v.targets.len()));
+        for t in &v.targets {
+            let addr = match (&t.address, t.port) {
+                (Some(a), Some(p)) => format!("{a}:{p}"),
+                (Some(a), None) => a.clone(),
+                _ => "-".into(),
+            };
+            o.push_str(&format!(
+                "  {:<24} {:<22} {:<12} {:<15} {:>3} in flight{}{}\n",
+                t.id,
+                addr,
+                t.state,
+                t.health,
+                t.connections.map_or_else(|| "?".into(), |c| c.to_string()),
+                t.backends
+                    .as_ref()
+                    .map(|b| format!("  backends {b}"))
+                    .unwrap_or_default(),
+                t.preflight
+                    .as_ref()
+                    .map(|p| format!("  executor {p}"))
+                    .unwrap_or_default(),
+            ));
+        }
+    }
+    if v.problems.is_empty() {
+        o.push_str("no problem found\n");
+    }
+    for p in &v.problems {
+        o.push_str(&format!("problem: {p}\n"));
+    }
+    o
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}

@@ -1,0 +1,680 @@
+//! The `hygiene` binary end to end: configuration errors (each one exit
+//! code 3, naming file:line and the key, changing nothing), and against a
+//! real HAProxy: validate, plan, run --json, status after a killed run,
+//! resume, a locked journal; completions and the man page.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use examples::haproxy::haproxy_bin;
+use examples::scenario::{Scenario, ScenarioConfig};
+use hygiene_core::conformance::integration_available;
+use hygiene_core::journal::{FileJournal, Op, Record};
+use hygiene_core::{LoadBalancer as _, TargetState};
+
+const CONFIG: i32 = 3;
+const UNREACHABLE: i32 = 4;
+const JOURNAL: i32 = 5;
+
+fn have_haproxy() -> bool {
+    integration_available(
+        "haproxy",
+        haproxy_bin().is_some(),
+        "run ./scripts/test, which installs it (apt-get install -y haproxy)",
+    )
+}
+
+/// The binary, with no `HYGIENE_…` variable of the caller's leaking in.
+fn hygiene(config: &Path, state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hygiene"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HYGIENE_") {
+            c.env_remove(k);
+        }
+    }
+    c.arg("-c")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state)
+        .stdin(Stdio::null());
+    c
+}
+
+fn out(mut c: Command) -> (i32, String, String) {
+    let o: Output = c.output().expect("run hygiene");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+const GOOD_TAIL: &str = "[executor.local]\nprogram = \"/bin/true\"\n";
+
+/// Writes `text` as `hygiene.toml` and runs `validate --offline` on it.
+fn config_error(text: &str) -> (i32, String, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hygiene.toml");
+    std::fs::write(&path, text).expect("write");
+    let state = dir.path().join("state");
+    let mut results = Vec::new();
+    for cmd in [&["validate", "--offline"][..], &["run"][..], &["plan"][..]] {
+        let mut c = hygiene(&path, &state);
+        c.args(cmd);
+        let (code, _, err) = out(c);
+        results.push((code, err));
+    }
+    assert!(
+        !state.exists(),
+        "a bad configuration changed something: {state:?} was created"
+    );
+    let (code, err) = results.remove(0);
+    for (c, e) in results {
+        assert_eq!(c, code, "run / plan agree with validate: {e}");
+    }
+    // Keep the directory's name for messages only.
+    (code, err, path)
+}
+
+fn assert_config_error(text: &str, line: usize, key: &str) {
+    let (code, err, path) = config_error(text);
+    assert_eq!(code, CONFIG, "exit code of a configuration error: {err}");
+    let place = format!("{}:{line}:", path.display());
+    assert!(err.contains(&place), "names {place}: {err}");
+    assert!(err.contains(key), "names the key {key}: {err}");
+}
+
+#[test]
+fn unknown_key() {
+    assert_config_error(
+        &format!("[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n{GOOD_TAIL}[rollout]\nbacth_size = 2\n"),
+        7,
+        "rollout.bacth_size",
+    );
+    assert_config_error(
+        &format!("[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackend = [\"web\"]\n{GOOD_TAIL}"),
+        3,
+        "balancer.haproxy.backend",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_config_error(
+        &format!("[balancer.haproxy]\nnodes = \"/x.sock\"\nbackends = [\"web\"]\n{GOOD_TAIL}"),
+        2,
+        "balancer.haproxy.nodes",
+    );
+    assert_config_error(
+        &format!("[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n{GOOD_TAIL}[rollout]\ncanary = \"yes\"\n"),
+        7,
+        "rollout.canary",
+    );
+}
+
+#[test]
+fn bad_duration_and_percent() {
+    let (code, err, _) = config_error(&format!(
+        "[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n{GOOD_TAIL}[rollout]\ndrain_timeout = \"soon\"\n"
+    ));
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(
+        err.contains(":7:") && err.contains("rollout.drain_timeout") && err.contains("\"90s\""),
+        "{err}"
+    );
+    let (code, err, _) = config_error(&format!(
+        "[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n{GOOD_TAIL}[rollout]\nbatch_size = \"150%\"\n"
+    ));
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(
+        err.contains(":7:") && err.contains("rollout.batch_size") && err.contains("100%"),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_balancers() {
+    assert_config_error(
+        &format!("[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n\n[balancer.nginx]\napi_urls = [\"http://127.0.0.1:1/api\"]\nupstreams = [\"web\"]\n{GOOD_TAIL}"),
+        5,
+        "balancer.nginx",
+    );
+}
+
+#[test]
+fn missing_executor() {
+    let (code, err, path) =
+        config_error("[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n");
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(err.contains(&format!("{}:1:1", path.display())), "{err}");
+    assert!(
+        err.contains("executor") && err.contains("[executor.local]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_secret_is_named() {
+    let (code, err, _) = config_error(&format!(
+        "[balancer.nginx]\napi_urls = [\"http://127.0.0.1:1/api\"]\nupstreams = [\"web\"]\nuser = \"ops\"\npassword_env = \"HYGIENE_TEST_UNSET_PASSWORD_VAR\"\n{GOOD_TAIL}"
+    ));
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(
+        err.contains(":5:")
+            && err.contains("balancer.nginx.password_env")
+            && err.contains("HYGIENE_TEST_UNSET_PASSWORD_VAR"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_flag_override_is_validated_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hygiene.toml");
+    std::fs::write(
+        &path,
+        format!("[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n{GOOD_TAIL}"),
+    )
+    .expect("write");
+    let mut c = hygiene(&path, &dir.path().join("state"));
+    c.args(["validate", "--offline"])
+        .env("HYGIENE_BATCH_SIZE", "0");
+    let (code, _, err) = out(c);
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(
+        err.contains("--batch-size") && err.contains("batch_size"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_socket_that_is_not_there_is_unreachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hygiene.toml");
+    let sock = dir.path().join("nothing.sock");
+    std::fs::write(
+        &path,
+        format!(
+            "[balancer.haproxy]\nnodes = [{:?}]\nbackends = [\"web\"]\n{GOOD_TAIL}",
+            sock.display().to_string()
+        ),
+    )
+    .expect("write");
+    let mut c = hygiene(&path, &dir.path().join("state"));
+    c.args(["validate"]);
+    let (code, _, err) = out(c);
+    assert_eq!(code, UNREACHABLE, "{err}");
+    assert!(err.contains("nothing.sock"), "names the socket: {err}");
+}
+
+#[test]
+fn completions_and_man() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = hygiene(&dir.path().join("none.toml"), dir.path());
+    c.args(["completions", "bash"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("_hygiene") && stdout.contains("resume"),
+        "{stdout}"
+    );
+    let mut c = hygiene(&dir.path().join("none.toml"), dir.path());
+    c.arg("man");
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains(".TH") && stdout.contains("Exit codes"),
+        "{stdout}"
+    );
+    let mut c = hygiene(&dir.path().join("none.toml"), dir.path());
+    c.arg("--help");
+    let (_, stdout, _) = out(c);
+    assert!(
+        stdout.contains("Exit codes") && stdout.contains("130"),
+        "{stdout}"
+    );
+}
+
+// ------------------------------------------------------------- HAProxy
+
+fn haproxy_config(dir: &Path, scn: &Scenario, patch_ms: u64) -> PathBuf {
+    haproxy_config_with(dir, scn, patch_ms, "")
+}
+
+/// `extra_args` go after the patch's own (`, "--fail-on", "s2"`).
+fn haproxy_config_with(dir: &Path, scn: &Scenario, patch_ms: u64, extra_args: &str) -> PathBuf {
+    let path = dir.join("hygiene.toml");
+    let text = format!(
+        r#"# what the operator writes
+pool = "web"
+
+[balancer.haproxy]
+nodes = [{sock:?}]
+backends = ["web"]
+
+[executor.local]
+program = {exe:?}
+args = ["patch", "--control", "{control}", "--patch-ms", "{patch_ms}"{extra_args}]
+timeout = "30s"
+
+[rollout]
+batch_size = 1
+poll_interval = "50ms"
+drain_timeout = "20s"
+health_timeout = "20s"
+"#,
+        sock = scn.haproxy.socket().display().to_string(),
+        exe = env!("CARGO_BIN_EXE_demo"),
+        control = scn.control.addr(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// `Scenario::start`, tried again when a port it probed was taken before
+/// it bound it again (HelloService picks a free port, then binds it: with
+/// tests in parallel another socket may get it first).
+async fn start_scenario(cfg: ScenarioConfig) -> Scenario {
+    let mut tries = 0;
+    loop {
+        match Scenario::start(cfg).await {
+            Ok(s) => return s,
+            Err(e) if tries < 3 && e.to_string().contains("in use") => {
+                eprintln!("scenario start: {e}; trying again");
+                tries += 1;
+            }
+            Err(e) => panic!("scenario: {e}"),
+        }
+    }
+}
+
+async fn all_in_service(scn: &Scenario) {
+    let listed = scn.balancer.list().await.expect("list");
+    for l in &listed {
+        assert_eq!(l.status.state, TargetState::InService, "{}", l.target.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_plan_run_status_on_haproxy() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(ScenarioConfig::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = haproxy_config(dir.path(), &scn, 200);
+
+    let mut c = hygiene(&cfg, &state);
+    c.arg("validate");
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}");
+    for s in ["web/s1", "web/s2", "web/s3", "counts connections yes"] {
+        assert!(stdout.contains(s), "validate lists {s}: {stdout}");
+    }
+
+    let mut c = hygiene(&cfg, &state);
+    c.args(["plan", "--batch-size", "2", "--maintenance-time", "1s"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("1. web/s1, web/s2") && stdout.contains("2. web/s3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("max_failures = 0") && stdout.contains("at most"),
+        "{stdout}"
+    );
+
+    let mut c = hygiene(&cfg, &state);
+    c.args(["plan", "--json", "--min-healthy", "2", "--batch-size", "2"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(stdout.trim()).expect("plan json");
+    assert_eq!(plan["type"], "plan");
+    assert_eq!(plan["required_healthy"], 2);
+    assert_eq!(
+        plan["batches"].as_array().map(Vec::len),
+        Some(3),
+        "min_healthy 2 of 3 shrinks batches of 2 to 1: {plan}"
+    );
+
+    let mut c = hygiene(&cfg, &state);
+    c.args(["run", "--json"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 5, "{stdout}");
+    let (last, events) = lines.split_last().expect("lines");
+    assert!(events.iter().all(|l| l["type"] == "event"), "{stdout}");
+    assert!(
+        events
+            .iter()
+            .any(|l| l["event"] == "phase" && l["stage"] == "draining"),
+        "{stdout}"
+    );
+    assert_eq!(last["type"], "report", "{stdout}");
+    assert_eq!(last["outcome"]["kind"], "completed", "{last}");
+    assert_eq!(last["targets"].as_array().map(Vec::len), Some(3));
+    all_in_service(&scn).await;
+    assert!(
+        state.join("web.jsonl").exists(),
+        "the journal is in the state dir"
+    );
+
+    let mut c = hygiene(&cfg, &state);
+    c.arg("status");
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("finished") && stdout.contains("nothing is out of rotation"),
+        "{stdout}"
+    );
+    scn.stop().await;
+}
+
+fn wait_for(journal: &Path, op: Op, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let records = FileJournal::read(journal).unwrap_or_default();
+        if records
+            .iter()
+            .any(|r| matches!(r, Record::Intent { op: o, .. } if *o == op))
+        {
+            return;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the run ended early"
+        );
+        assert!(Instant::now() < deadline, "{op:?} never journaled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_run_locked_status_resume_on_haproxy() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(ScenarioConfig {
+        servers: 2,
+        ..ScenarioConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = haproxy_config(dir.path(), &scn, 1500);
+    let journal = state.join("web.jsonl");
+
+    let mut c = hygiene(&cfg, &state);
+    c.arg("run").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().expect("spawn run");
+    wait_for(&journal, Op::Execute, &mut child);
+
+    // While it runs: a second run is refused (locked), status says running.
+    let mut c = hygiene(&cfg, &state);
+    c.arg("run");
+    let (code, _, err) = out(c);
+    assert_eq!(code, JOURNAL, "{err}");
+    assert!(err.contains("in use by run"), "names the holder: {err}");
+    let mut c = hygiene(&cfg, &state);
+    c.arg("status");
+    let (code, stdout, _) = out(c);
+    assert_eq!(code, JOURNAL, "{stdout}");
+    assert!(stdout.contains("RUNNING"), "{stdout}");
+
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    // Dead: status names the server it took out, and the way back.
+    let mut c = hygiene(&cfg, &state);
+    c.arg("status");
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, JOURNAL, "{stdout}{err}");
+    assert!(stdout.contains("UNFINISHED"), "{stdout}");
+    assert!(
+        stdout.contains("out of rotation because of this run: web/s1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("hygiene resume -c") && stdout.contains("set server web/s1 state ready"),
+        "{stdout}"
+    );
+    let mut c = hygiene(&cfg, &state);
+    c.args(["status", "--live"]);
+    let (_, stdout, _) = out(c);
+    assert!(
+        stdout.contains("balancer now: draining")
+            || stdout.contains("balancer now: out of service"),
+        "--live reads the balancer: {stdout}"
+    );
+    let mut c = hygiene(&cfg, &state);
+    c.args(["status", "--json"]);
+    let (_, stdout, _) = out(c);
+    let st: serde_json::Value = serde_json::from_str(stdout.trim()).expect("status json");
+    assert_eq!(st["state"], "unfinished");
+    assert_eq!(st["targets"][0]["out"], true, "{st}");
+    assert_eq!(st["targets"][1]["out"], false, "{st}");
+
+    // A new run is refused over the unfinished journal.
+    let mut c = hygiene(&cfg, &state);
+    c.arg("run");
+    let (code, _, err) = out(c);
+    assert_eq!(code, JOURNAL, "{err}");
+    assert!(err.contains("resume"), "{err}");
+
+    // Resume finishes it: every server back in service.
+    let mut c = hygiene(&cfg, &state);
+    c.args(["resume", "--json"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a line")).expect("report");
+    assert_eq!(last["type"], "report");
+    all_in_service(&scn).await;
+    let mut c = hygiene(&cfg, &state);
+    c.arg("status");
+    let (code, stdout, _) = out(c);
+    assert_eq!(code, 0, "{stdout}");
+    scn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_target_is_kept_out_or_fails_the_run_on_haproxy() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(ScenarioConfig::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = haproxy_config_with(dir.path(), &scn, 100, r#", "--fail-on", "s2""#);
+
+    // Default on_failure = keep_out: s2 stays out, named, exit 11.
+    let mut c = hygiene(&cfg, &state);
+    c.arg("run");
+    let (code, stdout, err) = out(c);
+    eprintln!("{stdout}{err}");
+    assert_eq!(code, 11, "{stdout}{err}");
+    assert!(
+        stdout.contains("web/s2") && stdout.contains("KEPT OUT OF ROTATION"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("set server web/s2 state ready"),
+        "the way back: {stdout}"
+    );
+    assert!(stdout.contains("ABORTED"), "max_failures = 0: {stdout}");
+    let mut c = hygiene(&cfg, &state);
+    c.arg("status");
+    let (code, stdout, _) = out(c);
+    eprintln!("{stdout}");
+    assert_eq!(code, 11, "{stdout}");
+    assert!(
+        stdout.contains("out of rotation because of this run: web/s2"),
+        "{stdout}"
+    );
+    let out_now = scn.out_of_rotation().await.expect("haproxy");
+    assert_eq!(out_now.len(), 1, "{out_now:?}");
+
+    // Put it back by hand as an operator would, then a run that puts failed
+    // targets back: the run failed, nothing kept out: exit 10.
+    scn.services[1].resume().expect("service back");
+    scn.balancer.enable(&out_now).await.expect("enable by hand");
+    scn.wait_all_healthy(Duration::from_secs(15))
+        .await
+        .expect("healthy");
+    let mut c = hygiene(&cfg, &state);
+    c.args([
+        "run",
+        "--on-failure",
+        "restore",
+        "--only",
+        "web/s2",
+        "--health-timeout",
+        "1s",
+    ]);
+    let (code, stdout, err) = out(c);
+    eprintln!("{stdout}{err}");
+    assert_eq!(code, 10, "{stdout}{err}");
+    assert!(scn.out_of_rotation().await.expect("haproxy").is_empty());
+    scn.stop().await;
+}
+
+#[test]
+fn the_example_configs_are_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for name in ["haproxy.toml", "nginx.toml", "elbv2.toml"] {
+        let mut c = hygiene(&configs.join(name), &dir.path().join("state"));
+        c.args(["validate", "--offline"])
+            .env("HYGIENE_NGINX_PASSWORD", "not-a-real-one");
+        let (code, stdout, err) = out(c);
+        assert_eq!(code, 0, "{name}: {stdout}{err}");
+        assert!(stdout.contains("valid"), "{name}: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_puts_everything_back_on_haproxy() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(ScenarioConfig::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = haproxy_config(dir.path(), &scn, 1000);
+    let mut c = hygiene(&cfg, &state);
+    c.args(["run", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn run");
+    wait_for(&state.join("web.jsonl"), Op::Execute, &mut child);
+    let sent = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let o = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("interrupted: nothing new starts"),
+        "{stderr}"
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a line")).expect("report");
+    assert_eq!(last["outcome"]["kind"], "cancelled", "{last}");
+    assert_eq!(
+        last["targets"][0]["result"]["kind"], "done",
+        "the running maintenance finished: {last}"
+    );
+    all_in_service(&scn).await;
+    scn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_over_ssh_on_haproxy() {
+    if !have_haproxy() {
+        return;
+    }
+    let bin = examples::sshd::sshd_bin();
+    if !integration_available(
+        "sshd",
+        bin.is_some(),
+        "apt-get install -y openssh-server, or set HYGIENE_SSHD_BIN",
+    ) {
+        return;
+    }
+    let sshd = examples::sshd::Sshd::start(&bin.expect("sshd")).expect("sshd");
+    let scn = start_scenario(ScenarioConfig {
+        servers: 2,
+        ..ScenarioConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = dir.path().join("hygiene.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"pool = "web"
+
+[balancer.haproxy]
+nodes = [{sock:?}]
+backends = ["web"]
+
+[executor.ssh]
+# Each target's address is 127.0.0.1: the remote command reaches the
+# demo's control channel from there.
+command = "{exe} patch --control {control} --patch-ms 200"
+port = {port}
+identity_file = {key:?}
+known_hosts_file = {known:?}
+timeout = "30s"
+connect_timeout = "5s"
+options = {{ ControlPersist = "3" }}
+
+[rollout]
+poll_interval = "50ms"
+health_timeout = "20s"
+"#,
+            sock = scn.haproxy.socket().display().to_string(),
+            exe = env!("CARGO_BIN_EXE_demo"),
+            control = scn.control.addr(),
+            port = sshd.port(),
+            key = sshd.client_key().display().to_string(),
+            known = sshd.known_hosts().display().to_string(),
+        ),
+    )
+    .expect("config");
+    let mut c = hygiene(&cfg, &state);
+    c.arg("validate");
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}{}", sshd.log());
+    assert!(
+        stdout.contains("executor ready"),
+        "ssh preflight reached the host: {stdout}"
+    );
+    let mut c = hygiene(&cfg, &state);
+    c.args(["run", "--json"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}{}", sshd.log());
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a line")).expect("report");
+    assert_eq!(last["outcome"]["kind"], "completed", "{last}");
+    assert!(
+        last["targets"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2 && t.iter().all(|t| t["result"]["kind"] == "done")),
+        "{last}"
+    );
+    all_in_service(&scn).await;
+    scn.stop().await;
+}
