@@ -99,9 +99,10 @@ async fn max_failures_zero_aborts_on_first_failure_and_keeps_it_out() {
     for id in &ids[2..] {
         assert_eq!(result(&r, id), &TargetResult::NotStarted);
     }
+    // Drained, then disabled before its maintenance (the seal): it stays so.
     assert_eq!(
         lb.status_of(&ids[1]).map(|s| s.state),
-        Some(TargetState::Draining)
+        Some(TargetState::OutOfService)
     );
     assert_eq!(r.kept_out().count(), 1);
     assert!(
@@ -367,7 +368,11 @@ async fn unhealthy_after_enable_is_taken_out_again() {
         lb.status_of(&ids[0]).map(|s| s.state),
         Some(TargetState::OutOfService)
     );
-    assert_eq!(ids_of(&lb, Operation::Disable), vec![ids[0].clone()]);
+    // Sealed after its drain, then taken out again after its failed health.
+    assert_eq!(
+        ids_of(&lb, Operation::Disable),
+        vec![ids[0].clone(), ids[0].clone()]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1042,6 +1047,9 @@ async fn a_failed_take_out_again_is_reported_as_in_service() {
         },
     )
     .expect("set");
+    // The first disable seals t000 after its drain; the second, taking it
+    // out again after its failed health, is refused.
+    lb.pass_next(Operation::Disable);
     lb.fail_next(Operation::Disable, Error::rejected("lb", "refused"));
     let cfg = base()
         .health_timeout(Duration::from_secs(2))
@@ -1237,7 +1245,7 @@ async fn one_unknown_id_at_enable_does_not_keep_the_whole_batch_out() {
     ));
     assert_eq!(
         lb.status_of(&ids[0]).map(|s| s.state),
-        Some(TargetState::Draining)
+        Some(TargetState::OutOfService)
     );
     assert_eq!(result(&r, &ids[1]), &TargetResult::Done);
     assert_eq!(

@@ -792,3 +792,50 @@ async fn a_window_place_frees_after_the_warmup() {
         .expect("t002 drained");
     assert!(t2_drained >= Duration::from_secs(6), "{t2_drained:?}");
 }
+
+// A drained target may still take sticky sessions (HAProxy `DRAIN` with
+// persistence, NGINX `drain`): where the balancer can, it is disabled hard
+// before its maintenance starts; where the disable fails, the maintenance
+// goes ahead on the drain alone, with a note.
+#[tokio::test(start_paused = true)]
+async fn a_drained_target_is_disabled_before_its_maintenance() {
+    let (lb, ids) = common::pool(2);
+    let exec = hygiene_core::testing::ScriptedExecutor::new().observe(&lb);
+    lb.pass_next(hygiene_core::testing::Operation::Disable);
+    lb.fail_next(
+        hygiene_core::testing::Operation::Disable,
+        hygiene_core::Error::rejected("lb", "refused"),
+    );
+    let r = hygiene_core::Rollout::new(
+        lb.clone(),
+        exec.clone(),
+        hygiene_core::RolloutConfig::builder()
+            .poll_interval(Duration::from_millis(100))
+            .build()
+            .expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
+    assert!(r.is_success(), "{r:#?}");
+    let at_start: Vec<_> = exec
+        .records()
+        .iter()
+        .map(|x| (x.id.clone(), x.status_at_start.as_ref().map(|s| s.state)))
+        .collect();
+    assert_eq!(
+        at_start,
+        vec![
+            (
+                ids[0].clone(),
+                Some(hygiene_core::TargetState::OutOfService)
+            ),
+            (ids[1].clone(), Some(hygiene_core::TargetState::Draining)),
+        ]
+    );
+    let t1 = r.target(&ids[1]).expect("t001");
+    assert!(
+        t1.notes.iter().any(|n| n.contains("on the drain alone")),
+        "{t1:?}"
+    );
+}

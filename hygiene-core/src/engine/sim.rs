@@ -657,9 +657,7 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
         // The next thing to happen.
         // Woken no earlier than asked (a driver on whole milliseconds
         // rounds a deadline up, or it would wake before it, forever).
-        let mut next = m
-            .poll_timeout()
-            .map_or(NEVER, |d| ms_ceil(d) + offset);
+        let mut next = m.poll_timeout().map_or(NEVER, |d| ms_ceil(d) + offset);
         for f in &inflight {
             let due = if f.at == NEVER {
                 // A hung call: the driver's time limit ends the ones the

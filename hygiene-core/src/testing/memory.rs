@@ -114,7 +114,7 @@ impl Entry {
 struct State {
     entries: Vec<Entry>,
     index: HashMap<TargetId, usize>,
-    faults: HashMap<Operation, VecDeque<Error>>,
+    faults: HashMap<Operation, VecDeque<Option<Error>>>,
     log: Vec<CallRecord>,
 }
 
@@ -153,7 +153,10 @@ impl State {
     }
 
     fn fault(&mut self, op: Operation) -> Option<Error> {
-        self.faults.get_mut(&op).and_then(VecDeque::pop_front)
+        self.faults
+            .get_mut(&op)
+            .and_then(VecDeque::pop_front)
+            .flatten()
     }
 }
 
@@ -284,7 +287,17 @@ impl InMemoryBalancer {
     /// The next call of `op` fails with `error` (queued: several calls fail
     /// in turn when called several times).
     pub fn fail_next(&self, op: Operation, error: Error) {
-        self.lock().faults.entry(op).or_default().push_back(error);
+        self.lock()
+            .faults
+            .entry(op)
+            .or_default()
+            .push_back(Some(error));
+    }
+
+    /// The next call of `op` succeeds (queued with [`fail_next`](Self::fail_next):
+    /// `pass_next` then `fail_next` fails the second call).
+    pub fn pass_next(&self, op: Operation) {
+        self.lock().faults.entry(op).or_default().push_back(None);
     }
 
     /// Every call made so far.

@@ -25,6 +25,7 @@ impl Machine {
         }
         let now = self.now;
         let mut execute: Vec<usize> = Vec::new();
+        let mut seal: Vec<usize> = Vec::new();
         let mut enable: Vec<usize> = Vec::new();
         let mut take_out: Vec<usize> = Vec::new();
         let mut probes: Vec<usize> = Vec::new();
@@ -33,6 +34,9 @@ impl Machine {
         for &i in &self.active {
             let s = &self.slots[i];
             match s.step {
+                Step::Drained if !s.redraining && self.caps.hard_disable && !s.sealed => {
+                    seal.push(i);
+                }
                 Step::Drained if !s.redraining && self.turn(i, Turn::Execute) => execute.push(i),
                 Step::AwaitEnable if !s.redraining && self.turn(i, Turn::Enable) => enable.push(i),
                 Step::TakeOut => take_out.push(i),
@@ -58,6 +62,14 @@ impl Machine {
         }
         for i in warm_done {
             self.finish_warm(i);
+        }
+        if !seal.is_empty() {
+            for &i in &seal {
+                self.set(i, Step::Seal);
+            }
+            let ids = self.ids(&seal);
+            let c = self.call(Call::Seal(seal));
+            out.push(Effect::Disable(c, ids));
         }
         match self.cfg.pacing() {
             Pacing::Batches => {
@@ -145,12 +157,13 @@ impl Machine {
             return true;
         }
         let blocking = |step: Step| match turn {
-            Turn::Execute => matches!(step, Step::DrainCall | Step::Draining),
+            Turn::Execute => matches!(step, Step::DrainCall | Step::Draining | Step::Seal),
             Turn::Enable => matches!(
                 step,
                 Step::DrainCall
                     | Step::Draining
                     | Step::Drained
+                    | Step::Seal
                     | Step::Execute
                     | Step::Probe { .. }
             ),

@@ -14,6 +14,32 @@ impl Machine {
         out.push(Effect::Drain(c, ids));
     }
 
+    /// Drained targets disabled before their maintenance. A disable that
+    /// failed leaves them drained (no connection, no new one but sticky
+    /// sessions): the maintenance goes ahead, with a note.
+    pub(super) fn on_seal(&mut self, idx: &[usize], r: Result<()>) {
+        for &i in idx {
+            if self.slots[i].step != Step::Seal {
+                continue;
+            }
+            self.slots[i].sealed = true;
+            if let Err(e) = &r {
+                self.note(
+                    i,
+                    format!(
+                        "disabling it after its drain failed ({e}); maintained on the drain alone"
+                    ),
+                );
+            }
+            if self.cancelled {
+                self.slots[i].purpose = Purpose::Cancel;
+                self.set(i, Step::AwaitEnable);
+            } else {
+                self.set(i, Step::Drained);
+            }
+        }
+    }
+
     pub(super) fn on_drain(&mut self, idx: &[usize], r: Result<()>, out: &mut Vec<Effect>) {
         match r {
             Ok(()) => {
@@ -21,6 +47,7 @@ impl Machine {
                     self.slots[i].location = Location::OutByRun;
                     self.slots[i].since = self.now;
                     self.slots[i].seen_out = self.now;
+                    self.slots[i].sealed = false;
                     self.set(i, Step::Draining);
                 }
                 self.poll_due = self.now;

@@ -124,6 +124,10 @@ enum Step {
     DrainCall,
     Draining,
     Drained,
+    /// Drained, and being disabled (hard) before its maintenance, where the
+    /// balancer can: a drained server may still take sticky sessions
+    /// (HAProxy `DRAIN` with persistence; NGINX `drain`).
+    Seal,
     Execute,
     /// Probing while out of rotation; `wake` is the next attempt when no
     /// probe is in flight.
@@ -176,6 +180,8 @@ enum Call {
     ReadBack(Vec<usize>, After),
     /// A drain sent again to a target the balancer put back on its own.
     Redrain(usize),
+    /// Drained targets disabled before their maintenance.
+    Seal(Vec<usize>),
 }
 
 #[derive(Debug)]
@@ -201,6 +207,8 @@ struct Slot {
     redraining: bool,
     /// The guard no longer watches it (the pool no longer knows it).
     unwatched: bool,
+    /// Disabled (hard) after its drain, before its maintenance.
+    sealed: bool,
     /// The call id from which a poll counts for its current step: a poll
     /// sent before the step began says nothing about it.
     epoch: CallId,
@@ -385,6 +393,7 @@ impl Machine {
                 seen_out: Duration::ZERO,
                 redraining: false,
                 unwatched: false,
+                sealed: false,
                 epoch: 0,
                 last_error: None,
                 drain_lost: Vec::new(),
@@ -679,7 +688,7 @@ impl Machine {
             Step::Queued => Stage::Pending,
             Step::Preflight | Step::Recheck => Stage::Preflight,
             Step::DrainCall | Step::Draining => Stage::Draining,
-            Step::Drained => Stage::Drained,
+            Step::Drained | Step::Seal => Stage::Drained,
             Step::Execute => Stage::Executing,
             Step::Probe { .. } => Stage::Probing,
             Step::AwaitEnable | Step::EnableCall | Step::Verify => match s.purpose {
@@ -738,6 +747,7 @@ impl Machine {
             (Call::Recover(i), Reply::Recovered(r)) => self.on_recovered(i, r),
             (Call::Probe(i), Reply::Probed(r)) => self.on_probe(i, r),
             (Call::Redrain(i), Reply::Changed(r)) => self.on_redrain(i, r, out),
+            (Call::Seal(idx), Reply::Changed(r)) => self.on_seal(&idx, r),
             (Call::Enable(idx), Reply::Changed(r)) => self.on_enable(&idx, r, out),
             (Call::TakeOut(idx), Reply::Changed(r)) => self.on_take_out(&idx, r, out),
             (Call::ReadBack(idx, after), Reply::Status(r)) => {

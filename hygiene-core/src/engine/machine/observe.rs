@@ -194,8 +194,14 @@ impl Machine {
                 stage: s.emitted,
             },
         ));
+        let sealed = s.sealed;
         let c = self.call(Call::Redrain(i));
-        out.push(Effect::Drain(c, vec![id]));
+        // Sealed before its maintenance: out hard again, not just drained.
+        if sealed && self.caps.hard_disable {
+            out.push(Effect::Disable(c, vec![id]));
+        } else {
+            out.push(Effect::Drain(c, vec![id]));
+        }
     }
 
     pub(super) fn on_redrain(&mut self, i: usize, r: Result<()>, out: &mut Vec<Effect>) {
@@ -211,6 +217,7 @@ impl Machine {
                 if s.step == Step::Drained {
                     // Not yet maintained: wait for its work to end again.
                     s.since = now;
+                    s.sealed = false;
                     self.set(i, Step::Draining);
                 }
             }
