@@ -101,10 +101,11 @@ async fn pool_backends_only_leaves_other_backends_and_names_them() {
 }
 
 /// Stops the host's service during its maintenance, then starts it again
-/// on the same address.
+/// on the same address. The test keeps the services (the rollout drops
+/// its executor when it ends, and a dropped service stops serving).
 #[derive(Debug)]
 struct StopAndStart {
-    servers: Mutex<Vec<Arc<Backend>>>,
+    servers: Arc<Mutex<Vec<Arc<Backend>>>>,
 }
 
 #[async_trait]
@@ -161,8 +162,9 @@ async fn a_rollout_of_one_backend_loses_no_request_on_the_other() {
             }
         })
     };
+    let servers = Arc::new(Mutex::new(b));
     let exec = StopAndStart {
-        servers: Mutex::new(b),
+        servers: Arc::clone(&servers),
     };
     let config = RolloutConfig::builder()
         .poll_interval(Duration::from_millis(50))
@@ -187,6 +189,7 @@ async fn a_rollout_of_one_backend_loses_no_request_on_the_other() {
     ] {
         assert_eq!(h.server(backend, server).await, ("UP".to_owned(), 0));
     }
+    drop(servers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
