@@ -479,6 +479,30 @@ impl SsmExecutorBuilder {
         self
     }
 
+    /// How a throttled SendCommand is sent again (default: 5 retries,
+    /// jittered backoff from 100 ms to 5 s, at most 30 s in all). Only
+    /// throttling is retried: SSM refused the call, so nothing ran.
+    pub fn with_send_retry(mut self, policy: hygiene_core::RetryPolicy) -> Self {
+        self.ssm.send_retry = policy;
+        self
+    }
+
+    /// The least time between two SendCommand calls of one `execute`
+    /// (default 200 ms): paces the one-by-one sends after SSM refused an
+    /// instance of a call.
+    pub fn with_send_gap(mut self, gap: std::time::Duration) -> Self {
+        self.ssm.send_gap = gap;
+        self
+    }
+
+    /// Whether preflight reads the document (`DescribeDocument`) and checks
+    /// that every parameter given exists and that its platform fits the
+    /// instances (default: yes).
+    pub fn with_document_check(mut self, check: bool) -> Self {
+        self.ssm.check_document = check;
+        self
+    }
+
     /// Runs the command for `target` (an IP target, say) on this instance.
     pub fn with_instance_id(
         mut self,

@@ -12,8 +12,8 @@ use aws_sdk_ssm::types::{
 };
 use aws_sdk_ssm::Client;
 use hygiene_core::{
-    tail, CancellationToken, Error, ExecHandle, ExecOutcome, Executor, HandleSink, Preflight,
-    Recovered, Result, Target, TargetId, OUTPUT_TAIL_BYTES,
+    tail, with_retries_when, CancellationToken, Error, ExecHandle, ExecOutcome, Executor,
+    HandleSink, Preflight, Recovered, Result, RetryPolicy, Target, TargetId, OUTPUT_TAIL_BYTES,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -23,6 +23,12 @@ use crate::error::{call, code_of, map_sdk, Subject};
 
 /// SSM takes at most this many instance ids in one SendCommand.
 pub const MAX_INSTANCES_PER_COMMAND: usize = 50;
+
+/// The least time between two SendCommand calls of one `execute`: after a
+/// refused instance the others are sent one by one, up to 50 calls, and
+/// SendCommand has a small per-account rate (its throttling is
+/// `ThrottlingException`).
+const DEFAULT_SEND_GAP: Duration = Duration::from_millis(200);
 
 /// How [`SsmExecutor::preflight`](Executor::preflight) checks instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +77,9 @@ pub(crate) struct SsmSettings {
     pub(crate) cancel: Option<CancellationToken>,
     pub(crate) preflight: PreflightCheck,
     pub(crate) status_api: StatusApi,
+    pub(crate) send_retry: RetryPolicy,
+    pub(crate) send_gap: Duration,
+    pub(crate) check_document: bool,
     pub(crate) instance_ids: HashMap<TargetId, String>,
 }
 
@@ -91,6 +100,9 @@ impl fmt::Debug for SsmSettings {
             .field("cancel", &self.cancel)
             .field("preflight", &self.preflight)
             .field("status_api", &self.status_api)
+            .field("send_retry", &self.send_retry)
+            .field("send_gap", &self.send_gap)
+            .field("check_document", &self.check_document)
             .field("instance_ids", &self.instance_ids)
             .finish()
     }
@@ -120,6 +132,9 @@ impl SsmSettings {
             cancel: None,
             preflight: PreflightCheck::default(),
             status_api: StatusApi::default(),
+            send_retry: RetryPolicy::default(),
+            send_gap: DEFAULT_SEND_GAP,
+            check_document: true,
             instance_ids: HashMap::new(),
         }
     }
@@ -425,6 +440,37 @@ impl SsmExecutor {
                 error: Error::protocol("ssm SendCommand", "reply without a command id"),
                 instance_reason: None,
             })
+    }
+
+    /// [`send`](Self::send), again with jittered backoff (through `backon`,
+    /// bounded by the send retry policy) while SSM throttles it: a throttled
+    /// call was refused, so nothing ran and sending it again is safe.
+    /// Any other failure is not retried (the command may have run).
+    async fn send_retrying(
+        &self,
+        instances: &[String],
+    ) -> std::result::Result<String, SendFailure> {
+        let r = with_retries_when(
+            &self.settings().send_retry,
+            || async {
+                match self.send(instances).await {
+                    Err(f) if matches!(f.error, Error::Throttled { .. }) => Err(f.error),
+                    other => Ok(other),
+                }
+            },
+            |e| matches!(e, Error::Throttled { .. }),
+            |e, delay| {
+                warn!(error = %e, delay_ms = delay.as_millis() as u64, instances = instances.len(), "SendCommand throttled; retrying");
+            },
+        )
+        .await;
+        match r {
+            Ok(sent) => sent,
+            Err(error) => Err(SendFailure {
+                error,
+                instance_reason: None,
+            }),
+        }
     }
 
     async fn cancel_command(&self, sent: &Sent) {
@@ -758,9 +804,14 @@ impl Executor for SsmExecutor {
             .chunks(MAX_INSTANCES_PER_COMMAND)
             .map(<[_]>::to_vec)
             .collect();
+        let mut last_send: Option<Instant> = None;
         while let Some(chunk) = work.pop_front() {
             let instances: Vec<String> = chunk.iter().map(|(_, i)| i.clone()).collect();
-            match self.send(&instances).await {
+            if let Some(at) = last_send {
+                tokio::time::sleep_until(at + s.send_gap).await;
+            }
+            last_send = Some(Instant::now());
+            match self.send_retrying(&instances).await {
                 Ok(command_id) => {
                     info!(command_id = %command_id, document = %s.document, instances = chunk.len(), "command sent");
                     for (i, inst) in &chunk {

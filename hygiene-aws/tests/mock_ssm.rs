@@ -594,9 +594,10 @@ async fn an_instance_gone_fails_the_same_way_in_a_later_send_command() {
 
 #[tokio::test(start_paused = true)]
 async fn send_command_refusals_before_anything_was_sent_are_errors() {
-    // Throttled before SSM accepted anything: retryable, and nothing ran.
+    // Throttled before SSM accepted anything, past the executor's own
+    // retries: retryable, and nothing ran.
     let fake = Fake::new(vec![RUNNING, OK]);
-    fake.lock().expect("fake").send_errors = [Some("ThrottlingException")].into();
+    fake.lock().expect("fake").send_errors = [Some("ThrottlingException"); 6].into();
     let exec = builder(&fake).build().expect("builds");
     let e = exec
         .execute(&[target("i-0a"), target("i-0b")])
@@ -621,9 +622,12 @@ async fn send_command_refusals_before_anything_was_sent_are_errors() {
     );
     assert!(!e.is_retryable());
 
-    // Once a command runs, a later refusal fails that call's targets.
+    // Once a command runs, a later refusal (past the retries) fails that
+    // call's targets.
     let fake = Fake::new(vec![RUNNING, OK]);
-    fake.lock().expect("fake").send_errors = [None, Some("ThrottlingException")].into();
+    fake.lock().expect("fake").send_errors = std::iter::once(None)
+        .chain([Some("ThrottlingException"); 6])
+        .collect();
     let targets: Vec<Target> = (0..60).map(|i| target(&format!("i-{i:04x}"))).collect();
     let exec = builder(&fake).build().expect("builds");
     let out = exec.execute(&targets).await.expect("execute");
@@ -635,6 +639,50 @@ async fn send_command_refusals_before_anything_was_sent_are_errors() {
             "{msg}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_send_command_after_the_first_chunk_is_retried() {
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").send_errors = [
+        None,
+        Some("ThrottlingException"),
+        Some("ThrottlingException"),
+    ]
+    .into();
+    let targets: Vec<Target> = (0..60).map(|i| target(&format!("i-{i:04x}"))).collect();
+    let exec = builder(&fake).build().expect("builds");
+    let out = exec.execute(&targets).await.expect("execute");
+    assert!(
+        out.iter().all(|o| o.success),
+        "{:?}",
+        out.iter().find(|o| !o.success)
+    );
+    let f = fake.lock().expect("fake");
+    assert_eq!(f.send_attempts.len(), 4, "one retry per throttle");
+    assert_eq!(f.commands.len(), 2, "each instance got the command once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_one_by_one_sends_after_a_refusal_are_paced() {
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").gone = vec!["i-gone".into()];
+    let mut targets: Vec<Target> = (0..9).map(|i| target(&format!("i-{i:04x}"))).collect();
+    targets.push(target("i-gone"));
+    let exec = builder(&fake)
+        .with_send_gap(Duration::from_millis(500))
+        .build()
+        .expect("builds");
+    let started = tokio::time::Instant::now();
+    let out = exec.execute(&targets).await.expect("execute");
+    assert_eq!(out.iter().filter(|o| o.success).count(), 9);
+    assert_eq!(fake.lock().expect("fake").send_attempts.len(), 11);
+    // Ten single sends after the refused call, 500 ms apart at least.
+    assert!(
+        started.elapsed() >= Duration::from_millis(5000),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
