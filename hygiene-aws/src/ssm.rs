@@ -208,6 +208,10 @@ pub struct SsmExecutor {
 struct SsmInner {
     client: Client,
     settings: SsmSettings,
+    /// Set once GetCommandInvocation without a plugin name was refused
+    /// (`InvalidPluginName`: a document of several steps): status is then
+    /// read with ListCommandInvocations.
+    multi_step: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for SsmExecutor {
@@ -329,6 +333,19 @@ fn explain(status: &str, details: Option<&str>) -> Option<(bool, String)> {
     }
 }
 
+/// `text` as SSM returned it, with a last line saying where the rest is
+/// when SSM cut it at `limit` characters.
+fn with_cut_note(text: &str, limit: usize, url: Option<&str>) -> String {
+    if text.chars().count() < limit {
+        return text.to_owned();
+    }
+    let where_ = url.filter(|u| !u.is_empty()).map_or_else(
+        || "configure S3 or CloudWatch output to keep it".to_owned(),
+        |u| format!("full output: {u}"),
+    );
+    format!("{text}\n[ssm returns only the first {limit} characters; {where_}]")
+}
+
 /// One instance's latest status as read from SSM.
 #[derive(Debug)]
 struct Reading {
@@ -342,7 +359,11 @@ struct Reading {
 impl SsmExecutor {
     pub(crate) fn new(client: Client, settings: SsmSettings) -> Self {
         Self {
-            inner: Arc::new(SsmInner { client, settings }),
+            inner: Arc::new(SsmInner {
+                client,
+                settings,
+                multi_step: std::sync::atomic::AtomicBool::new(false),
+            }),
         }
     }
 
@@ -492,107 +513,210 @@ impl SsmExecutor {
     }
 
     /// The statuses of `sent`'s pending instances (those SSM reports).
+    ///
+    /// `GetCommandInvocation` without a plugin name only works for a
+    /// document of one step; for more (`AWS-RunPatchBaseline` has a Linux
+    /// and a Windows step) SSM answers `InvalidPluginName` (boto3#1811,
+    /// amazon-eks-ami#541), and the status is read with
+    /// `ListCommandInvocations` from then on.
     async fn read(&self, sent: &Sent) -> Result<HashMap<String, Reading>> {
-        let mut out = HashMap::new();
-        match self.settings().status_api {
-            StatusApi::ListCommandInvocations => {
-                let mut token = None;
-                loop {
-                    let page = call(
-                        "ssm",
-                        "ListCommandInvocations",
-                        Subject::default,
-                        self.client()
-                            .list_command_invocations()
-                            .command_id(&sent.command_id)
-                            .details(true)
-                            .set_next_token(token)
-                            .send(),
-                    )
-                    .await?;
-                    for inv in page.command_invocations() {
-                        let Some(instance) = inv.instance_id() else {
-                            continue;
-                        };
-                        let plugins = inv.command_plugins();
-                        let stdout = plugins
-                            .iter()
-                            .filter_map(|p| p.output())
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                        let exit_code = plugins
-                            .iter()
-                            .map(|p| p.response_code())
-                            .find(|c| *c != 0)
-                            .or(plugins.last().map(|p| p.response_code()));
-                        out.insert(
-                            instance.to_owned(),
-                            Reading {
-                                status: inv
-                                    .status()
-                                    .map_or("Pending", CommandInvocationStatus::as_str)
-                                    .to_owned(),
-                                details: inv.status_details().map(str::to_owned),
-                                exit_code,
-                                stdout,
-                                stderr: String::new(),
-                            },
-                        );
-                    }
-                    token = page.next_token().map(str::to_owned);
-                    if token.is_none() {
-                        break;
-                    }
+        use std::sync::atomic::Ordering;
+        let by_list = self.settings().status_api == StatusApi::ListCommandInvocations
+            || self.inner.multi_step.load(Ordering::Relaxed);
+        if !by_list {
+            match self.read_each(sent).await {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {
+                    info!(command_id = %sent.command_id, document = %self.settings().document, "a document of several steps: reading status with ListCommandInvocations");
+                    self.inner.multi_step.store(true, Ordering::Relaxed);
                 }
+                Err(e) => return Err(e),
             }
-            StatusApi::GetCommandInvocation => {
-                for (_, instance) in &sent.members {
-                    let started = Instant::now();
-                    let r = self
-                        .client()
-                        .get_command_invocation()
-                        .command_id(&sent.command_id)
-                        .instance_id(instance)
-                        .send()
-                        .await;
-                    match r {
-                        Ok(inv) => {
-                            out.insert(
-                                instance.clone(),
-                                Reading {
-                                    status: inv
-                                        .status()
-                                        .map_or("Pending", CommandInvocationStatus::as_str)
-                                        .to_owned(),
-                                    details: inv.status_details().map(str::to_owned),
-                                    exit_code: Some(inv.response_code()).filter(|c| *c >= 0),
-                                    stdout: inv
-                                        .standard_output_content()
-                                        .unwrap_or_default()
-                                        .to_owned(),
-                                    stderr: inv
-                                        .standard_error_content()
-                                        .unwrap_or_default()
-                                        .to_owned(),
-                                },
-                            );
-                        }
-                        // Right after SendCommand the invocation may not exist yet.
-                        Err(e) if code_of(&e) == Some("InvocationDoesNotExist") => {}
-                        Err(e) => {
-                            return Err(map_sdk(
-                                "ssm",
-                                "GetCommandInvocation",
-                                Subject::targets(instance.clone()),
-                                started.elapsed(),
-                                e,
-                            ))
-                        }
-                    }
+        }
+        self.read_list(sent).await
+    }
+
+    /// One `ListCommandInvocations` (with details) for the whole command;
+    /// the output of a finished invocation is then read in full per step.
+    async fn read_list(&self, sent: &Sent) -> Result<HashMap<String, Reading>> {
+        let mut out = HashMap::new();
+        let mut token = None;
+        loop {
+            let page = call(
+                "ssm",
+                "ListCommandInvocations",
+                Subject::default,
+                self.client()
+                    .list_command_invocations()
+                    .command_id(&sent.command_id)
+                    .details(true)
+                    .set_next_token(token)
+                    .send(),
+            )
+            .await?;
+            for inv in page.command_invocations() {
+                let Some(instance) = inv.instance_id() else {
+                    continue;
+                };
+                if !sent.members.iter().any(|(_, i)| i == instance) {
+                    continue;
                 }
+                let plugins = inv.command_plugins();
+                let exit_code = plugins
+                    .iter()
+                    .map(|p| p.response_code())
+                    .find(|c| *c != 0)
+                    .or(plugins.last().map(|p| p.response_code()));
+                let status = inv
+                    .status()
+                    .map_or("Pending", CommandInvocationStatus::as_str)
+                    .to_owned();
+                let details = inv.status_details().map(str::to_owned);
+                let (stdout, stderr) = if explain(&status, details.as_deref()).is_some() {
+                    self.full_output(&sent.command_id, instance, plugins).await
+                } else {
+                    (String::new(), String::new())
+                };
+                out.insert(
+                    instance.to_owned(),
+                    Reading {
+                        status,
+                        details,
+                        exit_code,
+                        stdout,
+                        stderr,
+                    },
+                );
+            }
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() {
+                break;
             }
         }
         Ok(out)
+    }
+
+    /// The output of each step of a finished invocation, joined: the
+    /// plugin's `Output` in ListCommandInvocations holds only its first
+    /// 2,500 characters, GetCommandInvocation with the step's name gives
+    /// `StandardOutputContent` (first 24,000) and `StandardErrorContent`
+    /// (first 8,000). Longer output is cut there by SSM: the tail then
+    /// says so and names the full output's URL (S3) when there is one.
+    async fn full_output(
+        &self,
+        command_id: &str,
+        instance: &str,
+        plugins: &[aws_sdk_ssm::types::CommandPlugin],
+    ) -> (String, String) {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        for p in plugins {
+            let Some(name) = p.name() else { continue };
+            let started = Instant::now();
+            match self
+                .client()
+                .get_command_invocation()
+                .command_id(command_id)
+                .instance_id(instance)
+                .plugin_name(name)
+                .send()
+                .await
+            {
+                Ok(inv) => {
+                    let out = inv.standard_output_content().unwrap_or_default();
+                    let err = inv.standard_error_content().unwrap_or_default();
+                    stdout.push(with_cut_note(
+                        out,
+                        24_000,
+                        inv.standard_output_url().or(p.standard_output_url()),
+                    ));
+                    stderr.push(with_cut_note(
+                        err,
+                        8_000,
+                        inv.standard_error_url().or(p.standard_error_url()),
+                    ));
+                }
+                Err(e) => {
+                    let e = map_sdk(
+                        "ssm",
+                        "GetCommandInvocation",
+                        Subject::targets(instance),
+                        started.elapsed(),
+                        e,
+                    );
+                    debug!(command_id, instance, plugin = name, error = %e, "full output unavailable; keeping the first 2,500 characters");
+                    stdout.push(p.output().unwrap_or_default().to_owned());
+                }
+            }
+        }
+        let join = |v: Vec<String>| {
+            v.into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        (join(stdout), join(stderr))
+    }
+
+    /// One `GetCommandInvocation` per pending instance; `None` when SSM
+    /// wants a plugin name (a document of several steps).
+    async fn read_each(&self, sent: &Sent) -> Result<Option<HashMap<String, Reading>>> {
+        let mut out = HashMap::new();
+        for (_, instance) in &sent.members {
+            let started = Instant::now();
+            let r = self
+                .client()
+                .get_command_invocation()
+                .command_id(&sent.command_id)
+                .instance_id(instance)
+                .send()
+                .await;
+            match r {
+                Ok(inv) => {
+                    out.insert(
+                        instance.clone(),
+                        Reading {
+                            status: inv
+                                .status()
+                                .map_or("Pending", CommandInvocationStatus::as_str)
+                                .to_owned(),
+                            details: inv.status_details().map(str::to_owned),
+                            exit_code: Some(inv.response_code()).filter(|c| *c >= 0),
+                            stdout: with_cut_note(
+                                inv.standard_output_content().unwrap_or_default(),
+                                24_000,
+                                inv.standard_output_url(),
+                            ),
+                            stderr: with_cut_note(
+                                inv.standard_error_content().unwrap_or_default(),
+                                8_000,
+                                inv.standard_error_url(),
+                            ),
+                        },
+                    );
+                }
+                // Right after SendCommand the invocation may not exist yet.
+                Err(e) if code_of(&e) == Some("InvocationDoesNotExist") => {}
+                Err(e)
+                    if matches!(
+                        code_of(&e),
+                        Some("InvalidPluginName" | "InvalidPluginNameException")
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => {
+                    return Err(map_sdk(
+                        "ssm",
+                        "GetCommandInvocation",
+                        Subject::targets(instance.clone()),
+                        started.elapsed(),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(Some(out))
     }
 
     fn outcome(

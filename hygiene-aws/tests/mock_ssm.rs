@@ -9,7 +9,9 @@ use aws_sdk_ssm::config::retry::RetryConfig;
 use aws_sdk_ssm::error::ErrorMetadata;
 use aws_sdk_ssm::operation::cancel_command::CancelCommandOutput;
 use aws_sdk_ssm::operation::describe_instance_information::DescribeInstanceInformationOutput;
-use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
+use aws_sdk_ssm::operation::get_command_invocation::{
+    GetCommandInvocationError, GetCommandInvocationOutput,
+};
 use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsOutput;
 use aws_sdk_ssm::operation::send_command::{SendCommandError, SendCommandOutput};
 use aws_sdk_ssm::types::{
@@ -48,6 +50,12 @@ struct Fake {
     send_errors: VecDeque<Option<&'static str>>,
     /// The instances of every SendCommand, accepted or not.
     send_attempts: Vec<Vec<String>>,
+    /// Instances whose document has two steps: GetCommandInvocation
+    /// without a plugin name is `InvalidPluginName` for them.
+    multi_step: Vec<String>,
+    /// Per instance, stdout longer than the 2,500 characters a plugin's
+    /// `Output` holds (GetCommandInvocation with the plugin name gives it).
+    long_output: HashMap<String, String>,
 }
 
 impl Fake {
@@ -56,6 +64,17 @@ impl Fake {
             default_script,
             ..Default::default()
         }))
+    }
+
+    /// The current step without moving on.
+    fn peek(&mut self, instance: &str) -> Step {
+        let default = self.default_script.clone();
+        self.scripts
+            .entry(instance.to_owned())
+            .or_insert_with(|| default.into_iter().collect())
+            .front()
+            .copied()
+            .unwrap_or(PENDING)
     }
 
     fn step(&mut self, instance: &str) -> Step {
@@ -119,38 +138,65 @@ fn client(fake: &Arc<Mutex<Fake>>) -> Client {
         let mut out = ListCommandInvocationsOutput::builder();
         for i in instances {
             let (status, details, code, stdout, _) = f.step(&i);
-            out = out.command_invocations(
-                CommandInvocation::builder()
-                    .command_id(&cmd)
-                    .instance_id(&i)
-                    .status(CommandInvocationStatus::from(status))
-                    .status_details(details)
-                    .command_plugins(
-                        CommandPlugin::builder()
-                            .name("aws:runShellScript")
-                            .response_code(code)
-                            .output(stdout)
-                            .build(),
-                    )
-                    .build(),
-            );
+            let head: String = f
+                .long_output
+                .get(&i)
+                .map_or(stdout.to_owned(), |l| l.chars().take(2500).collect());
+            let mut inv = CommandInvocation::builder()
+                .command_id(&cmd)
+                .instance_id(&i)
+                .status(CommandInvocationStatus::from(status))
+                .status_details(details);
+            let names: &[&str] = if f.multi_step.contains(&i) {
+                &["PatchLinux", "PatchWindows"]
+            } else {
+                &["aws:runShellScript"]
+            };
+            for name in names {
+                inv = inv.command_plugins(
+                    CommandPlugin::builder()
+                        .name(*name)
+                        .response_code(code)
+                        .output(head.clone())
+                        .build(),
+                );
+            }
+            out = out.command_invocations(inv.build());
         }
         out.build()
     });
     let f = Arc::clone(fake);
-    let get = mock!(Client::get_command_invocation).then_compute_output(move |req| {
+    let get = mock!(Client::get_command_invocation).then_compute_response(move |req| {
         let mut f = f.lock().expect("fake");
         let i = req.instance_id().unwrap_or_default().to_owned();
-        let (status, details, code, stdout, stderr) = f.step(&i);
-        GetCommandInvocationOutput::builder()
-            .command_id(req.command_id().unwrap_or_default())
-            .instance_id(i)
-            .status(CommandInvocationStatus::from(status))
-            .status_details(details)
-            .response_code(code)
-            .standard_output_content(stdout)
-            .standard_error_content(stderr)
-            .build()
+        let plugin = req.plugin_name().map(str::to_owned);
+        if plugin.is_none() && f.multi_step.contains(&i) {
+            return MockResponse::Error(GetCommandInvocationError::generic(
+                ErrorMetadata::builder().code("InvalidPluginName").build(),
+            ));
+        }
+        // Naming a plugin reads its output; it does not move the script on.
+        let (status, details, code, stdout, stderr) = if plugin.is_some() {
+            f.peek(&i)
+        } else {
+            f.step(&i)
+        };
+        let stdout = match (&plugin, f.long_output.get(&i)) {
+            (Some(_), Some(long)) => long.clone(),
+            (Some(p), None) if f.multi_step.contains(&i) => format!("{p}: {stdout}"),
+            _ => stdout.to_owned(),
+        };
+        MockResponse::Output(
+            GetCommandInvocationOutput::builder()
+                .command_id(req.command_id().unwrap_or_default())
+                .instance_id(i)
+                .status(CommandInvocationStatus::from(status))
+                .status_details(details)
+                .response_code(code)
+                .standard_output_content(stdout)
+                .standard_error_content(stderr)
+                .build(),
+        )
     });
     let f = Arc::clone(fake);
     let cancel = mock!(Client::cancel_command).then_compute_output(move |req| {
@@ -682,6 +728,52 @@ async fn the_one_by_one_sends_after_a_refusal_are_paced() {
         started.elapsed() >= Duration::from_millis(5000),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_document_of_several_steps_is_read_without_guessing_a_plugin() {
+    // AWS-RunPatchBaseline has a Linux and a Windows step: GetCommandInvocation
+    // without a plugin name is InvalidPluginName for it.
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").multi_step = vec!["i-0a".into(), "i-0b".into()];
+    let exec = builder(&fake)
+        .with_status_api(StatusApi::GetCommandInvocation)
+        .build()
+        .expect("builds");
+    let out = exec
+        .execute(&[target("i-0a"), target("i-0b")])
+        .await
+        .expect("execute");
+    for o in &out {
+        assert!(o.success, "{o:?}");
+        assert!(
+            o.stdout_tail.contains("PatchLinux: ok") && o.stdout_tail.contains("PatchWindows: ok"),
+            "every step's output: {:?}",
+            o.stdout_tail
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_output_tail_is_the_real_end_not_the_first_2500_characters() {
+    let fake = Fake::new(vec![RUNNING, OK]);
+    let long: String = (0..400)
+        .map(|i| format!("line {i:04} of the patch log\n"))
+        .collect::<String>()
+        + "Complete! THE END";
+    assert!(long.len() > 10_000);
+    fake.lock()
+        .expect("fake")
+        .long_output
+        .insert("i-0a".into(), long);
+    let exec = builder(&fake).build().expect("builds");
+    let out = exec.execute(&[target("i-0a")]).await.expect("execute");
+    assert!(out[0].success);
+    assert!(
+        out[0].stdout_tail.ends_with("Complete! THE END"),
+        "{:?}",
+        &out[0].stdout_tail
     );
 }
 
