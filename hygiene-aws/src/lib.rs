@@ -4,6 +4,7 @@
 mod attributes;
 mod balancer;
 mod config;
+mod document;
 mod error;
 mod health;
 mod pacing;

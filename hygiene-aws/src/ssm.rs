@@ -38,6 +38,10 @@ pub enum PreflightCheck {
     /// `Online` are ready (the default).
     #[default]
     DescribeInstanceInformation,
+    /// The document check only (`DescribeDocument`: parameters, platform
+    /// list), no agent check: for endpoints without
+    /// `DescribeInstanceInformation` (moto).
+    DocumentOnly,
     /// No check: every target with an instance id is ready. For endpoints
     /// without `DescribeInstanceInformation` (moto); a real rollout should
     /// not skip it, since an instance SSM cannot reach would be drained
@@ -212,6 +216,8 @@ struct SsmInner {
     /// (`InvalidPluginName`: a document of several steps): status is then
     /// read with ListCommandInvocations.
     multi_step: std::sync::atomic::AtomicBool,
+    /// The document as DescribeDocument described it (once).
+    document: tokio::sync::OnceCell<crate::document::DocumentInfo>,
 }
 
 impl fmt::Debug for SsmExecutor {
@@ -363,6 +369,7 @@ impl SsmExecutor {
                 client,
                 settings,
                 multi_step: std::sync::atomic::AtomicBool::new(false),
+                document: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -748,7 +755,22 @@ impl Executor for SsmExecutor {
     async fn preflight(&self, targets: &[Target]) -> Result<Vec<Preflight>> {
         let instances: Vec<std::result::Result<String, String>> =
             targets.iter().map(|t| self.instance_of(t)).collect();
-        if self.settings().preflight == PreflightCheck::Skip {
+        let s = self.settings();
+        let doc = if s.check_document && s.preflight != PreflightCheck::Skip {
+            let doc = self
+                .inner
+                .document
+                .get_or_try_init(|| crate::document::describe(self.client(), s))
+                .await?;
+            crate::document::check_parameters(s, doc)?;
+            Some(doc)
+        } else {
+            None
+        };
+        if matches!(
+            s.preflight,
+            PreflightCheck::Skip | PreflightCheck::DocumentOnly
+        ) {
             return Ok(instances
                 .into_iter()
                 .map(|i| i.map_or_else(Preflight::NotReady, |_| Preflight::Ready))
@@ -758,7 +780,8 @@ impl Executor for SsmExecutor {
             .iter()
             .filter_map(|i| i.as_ref().ok().cloned())
             .collect();
-        let mut info: HashMap<String, (Option<PingStatus>, String)> = HashMap::new();
+        let mut info: HashMap<String, (Option<PingStatus>, String, Option<String>)> =
+            HashMap::new();
         for chunk in ids.chunks(MAX_INSTANCES_PER_COMMAND) {
             let filter = InstanceInformationStringFilter::builder()
                 .key("InstanceIds")
@@ -784,7 +807,14 @@ impl Executor for SsmExecutor {
                             .last_ping_date_time()
                             .map(|t| format!(", last ping {t}"))
                             .unwrap_or_default();
-                        info.insert(id.to_owned(), (i.ping_status().cloned(), last));
+                        info.insert(
+                            id.to_owned(),
+                            (
+                                i.ping_status().cloned(),
+                                last,
+                                i.platform_type().map(|p| p.as_str().to_owned()),
+                            ),
+                        );
                     }
                 }
                 token = page.next_token().map(str::to_owned);
@@ -798,8 +828,20 @@ impl Executor for SsmExecutor {
             .map(|i| match i {
                 Err(why) => Preflight::NotReady(why),
                 Ok(id) => match info.get(&id) {
-                    Some((Some(PingStatus::Online), _)) => Preflight::Ready,
-                    Some((ping, last)) => Preflight::NotReady(format!(
+                    Some((Some(PingStatus::Online), _, platform)) => {
+                        match doc.and_then(|d| {
+                            crate::document::platform_mismatch(
+                                &s.document,
+                                d,
+                                &id,
+                                platform.as_deref(),
+                            )
+                        }) {
+                            Some(why) => Preflight::NotReady(why),
+                            None => Preflight::Ready,
+                        }
+                    }
+                    Some((ping, last, _)) => Preflight::NotReady(format!(
                         "the SSM agent on {id} is {}{last}: SSM cannot run commands there; check the agent and the instance's network",
                         ping.as_ref().map_or("in an unknown state", PingStatus::as_str)
                     )),

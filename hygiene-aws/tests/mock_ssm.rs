@@ -8,6 +8,7 @@ use std::time::Duration;
 use aws_sdk_ssm::config::retry::RetryConfig;
 use aws_sdk_ssm::error::ErrorMetadata;
 use aws_sdk_ssm::operation::cancel_command::CancelCommandOutput;
+use aws_sdk_ssm::operation::describe_document::DescribeDocumentOutput;
 use aws_sdk_ssm::operation::describe_instance_information::DescribeInstanceInformationOutput;
 use aws_sdk_ssm::operation::get_command_invocation::{
     GetCommandInvocationError, GetCommandInvocationOutput,
@@ -15,8 +16,8 @@ use aws_sdk_ssm::operation::get_command_invocation::{
 use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsOutput;
 use aws_sdk_ssm::operation::send_command::{SendCommandError, SendCommandOutput};
 use aws_sdk_ssm::types::{
-    Command, CommandInvocation, CommandInvocationStatus, CommandPlugin, InstanceInformation,
-    PingStatus,
+    Command, CommandInvocation, CommandInvocationStatus, CommandPlugin, DocumentDescription,
+    DocumentParameter, InstanceInformation, PingStatus, PlatformType,
 };
 use aws_sdk_ssm::Client;
 use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
@@ -56,6 +57,10 @@ struct Fake {
     /// Per instance, stdout longer than the 2,500 characters a plugin's
     /// `Output` holds (GetCommandInvocation with the plugin name gives it).
     long_output: HashMap<String, String>,
+    /// Per instance, its platform (`Linux` when not given).
+    platform: HashMap<String, PlatformType>,
+    /// DescribeDocument calls.
+    describe_document_calls: usize,
 }
 
 impl Fake {
@@ -232,18 +237,44 @@ fn client(fake: &Arc<Mutex<Fake>>) -> Client {
             if let Some(p) = f.ping.get(&i) {
                 out = out.instance_information_list(
                     InstanceInformation::builder()
-                        .instance_id(i)
+                        .instance_id(&i)
                         .ping_status(p.clone())
+                        .platform_type(f.platform.get(&i).cloned().unwrap_or(PlatformType::Linux))
                         .build(),
                 );
             }
         }
         out.build()
     });
+    let f = Arc::clone(fake);
+    // AWS-RunShellScript as SSM describes it: `commands` (required),
+    // `workingDirectory` and `executionTimeout` (with defaults), Linux and
+    // macOS only.
+    let document = mock!(Client::describe_document).then_compute_output(move |req| {
+        f.lock().expect("fake").describe_document_calls += 1;
+        let p = |name: &str, default: Option<&str>| {
+            DocumentParameter::builder()
+                .name(name)
+                .set_default_value(default.map(str::to_owned))
+                .build()
+        };
+        DescribeDocumentOutput::builder()
+            .document(
+                DocumentDescription::builder()
+                    .name(req.name().unwrap_or_default())
+                    .parameters(p("commands", None))
+                    .parameters(p("workingDirectory", Some("")))
+                    .parameters(p("executionTimeout", Some("3600")))
+                    .platform_types(PlatformType::Linux)
+                    .platform_types(PlatformType::Macos)
+                    .build(),
+            )
+            .build()
+    });
     mock_client!(
         aws_sdk_ssm,
         RuleMode::MatchAny,
-        &[&send, &list, &get, &cancel, &describe],
+        &[&send, &list, &get, &cancel, &describe, &document],
         |c| c.retry_config(RetryConfig::disabled())
     )
 }
@@ -774,6 +805,83 @@ async fn the_output_tail_is_the_real_end_not_the_first_2500_characters() {
         out[0].stdout_tail.ends_with("Complete! THE END"),
         "{:?}",
         &out[0].stdout_tail
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_document_is_checked_before_any_drain() {
+    let fake = Fake::new(vec![RUNNING, OK]);
+    {
+        let mut f = fake.lock().expect("fake");
+        f.ping.insert("i-0a".into(), PingStatus::Online);
+        f.ping.insert("i-win".into(), PingStatus::Online);
+        f.platform.insert("i-win".into(), PlatformType::Windows);
+    }
+    // A misspelt parameter: preflight fails, naming it and what the document takes.
+    let exec = builder(&fake)
+        .with_parameter("workingDirectroy", ["/srv"])
+        .build()
+        .expect("builds");
+    let e = exec
+        .preflight(&[target("i-0a")])
+        .await
+        .expect_err("no such parameter");
+    let text = e.to_string();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "parameters",
+                ..
+            }
+        ) && text.contains("workingDirectroy")
+            && text.contains("workingDirectory"),
+        "{text}"
+    );
+    // A required parameter left out.
+    let exec = SsmExecutor::builder("AWS-RunShellScript")
+        .with_client(client(&fake))
+        .build()
+        .expect("builds");
+    let e = exec
+        .preflight(&[target("i-0a")])
+        .await
+        .expect_err("commands");
+    assert!(e.to_string().contains("commands"), "{e}");
+    // Through the engine: nothing is drained.
+    let lb = InMemoryBalancer::with_targets(["i-0a", "i-0b"]).expect("lb");
+    let exec = builder(&fake)
+        .with_parameter("workingDirectroy", ["/srv"])
+        .build()
+        .expect("builds");
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(0))
+        .build()
+        .expect("config");
+    let _ = Rollout::new(lb.clone(), exec, config).run().await;
+    assert!(
+        !lb.calls().iter().any(|c| c.op == Operation::Drain),
+        "nothing drained"
+    );
+    // A document for Linux on a Windows instance: that one is not ready.
+    let exec = builder(&fake).build().expect("builds");
+    let before = fake.lock().expect("fake").describe_document_calls;
+    let pf = exec
+        .preflight(&[target("i-0a"), target("i-win")])
+        .await
+        .expect("preflight");
+    assert_eq!(pf[0], Preflight::Ready);
+    assert!(
+        matches!(&pf[1], Preflight::NotReady(why) if why.contains("Windows") && why.contains("i-win")),
+        "{:?}",
+        pf[1]
+    );
+    exec.preflight(&[target("i-0a")]).await.expect("again");
+    assert_eq!(
+        fake.lock().expect("fake").describe_document_calls - before,
+        1,
+        "the document is read once"
     );
 }
 
