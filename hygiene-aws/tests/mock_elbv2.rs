@@ -801,3 +801,206 @@ fn builder_validates() {
         "{d:?}"
     );
 }
+
+/// Two target groups, `web` (the pool) and `api` (outside it), holding the
+/// same hosts on port 8080: per (group ARN, id), registered or not, and
+/// the ids the last DeregisterTargets / RegisterTargets named, per group.
+#[derive(Default)]
+struct TwoGroups {
+    registered: HashMap<(String, String), bool>,
+    deregistered: Vec<(String, String)>,
+    registered_calls: Vec<(String, String)>,
+}
+
+const API: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/api/0123456789abcdef";
+
+fn two_groups_client(fake: &Arc<Mutex<TwoGroups>>) -> Client {
+    let group = |arn: &str, name: &str| {
+        TargetGroup::builder()
+            .target_group_arn(arn)
+            .target_group_name(name)
+            .target_type(TargetTypeEnum::Instance)
+            .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Tcp)
+            .build()
+    };
+    // By ARN: the pool; with no filter: every group of the account.
+    let groups = mock!(Client::describe_target_groups).then_compute_output(move |req| {
+        let mut out = DescribeTargetGroupsOutput::builder().target_groups(group(TG, "web"));
+        if req.target_group_arns().is_empty() {
+            out = out.target_groups(group(API, "api"));
+        }
+        out.build()
+    });
+    let f = Arc::clone(fake);
+    let health = mock!(Client::describe_target_health).then_compute_output(move |req| {
+        let f = f.lock().expect("fake");
+        let tg = req.target_group_arn().unwrap_or_default().to_owned();
+        let mut out = DescribeTargetHealthOutput::builder();
+        let ids: Vec<String> = if req.targets().is_empty() {
+            f.registered
+                .iter()
+                .filter(|((g, _), on)| *g == tg && **on)
+                .map(|((_, id), _)| id.clone())
+                .collect()
+        } else {
+            req.targets()
+                .iter()
+                .filter_map(|t| t.id().map(str::to_owned))
+                .collect()
+        };
+        for id in ids {
+            let on = f.registered.get(&(tg.clone(), id.clone())) == Some(&true);
+            let obs = if on {
+                (State::Healthy, None)
+            } else {
+                (State::Unused, Some(Reason::NotRegistered))
+            };
+            out = out.target_health_descriptions(desc(&id, 8080, &obs));
+        }
+        out.build()
+    });
+    let f = Arc::clone(fake);
+    let dereg = mock!(Client::deregister_targets).then_compute_output(move |req| {
+        let mut f = f.lock().expect("fake");
+        let tg = req.target_group_arn().unwrap_or_default().to_owned();
+        for t in req.targets() {
+            let id = t.id().unwrap_or_default().to_owned();
+            f.registered.insert((tg.clone(), id.clone()), false);
+            f.deregistered.push((tg.clone(), id));
+        }
+        DeregisterTargetsOutput::builder().build()
+    });
+    let f = Arc::clone(fake);
+    let reg = mock!(Client::register_targets).then_compute_output(move |req| {
+        let mut f = f.lock().expect("fake");
+        let tg = req.target_group_arn().unwrap_or_default().to_owned();
+        for t in req.targets() {
+            let id = t.id().unwrap_or_default().to_owned();
+            f.registered.insert((tg.clone(), id.clone()), true);
+            f.registered_calls.push((tg.clone(), id));
+        }
+        RegisterTargetsOutput::builder().build()
+    });
+    let attrs = mock!(Client::describe_target_group_attributes).then_compute_output(|_| {
+        let a = |k: &str, v: &str| {
+            aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute::builder()
+                .key(k)
+                .value(v)
+                .build()
+        };
+        aws_sdk_elasticloadbalancingv2::operation::describe_target_group_attributes::DescribeTargetGroupAttributesOutput::builder()
+            .attributes(a("deregistration_delay.timeout_seconds", "120"))
+            .attributes(a("deregistration_delay.connection_termination.enabled", "false"))
+            .build()
+    });
+    mock_client!(
+        aws_sdk_elasticloadbalancingv2,
+        RuleMode::MatchAny,
+        &[&groups, &health, &dereg, &reg, &attrs],
+        |c| c.retry_config(RetryConfig::disabled())
+    )
+}
+
+fn two_groups() -> Arc<Mutex<TwoGroups>> {
+    let mut f = TwoGroups::default();
+    for g in [TG, API] {
+        for id in ["i-0a", "i-0b"] {
+            f.registered.insert((g.to_owned(), id.to_owned()), true);
+        }
+    }
+    Arc::new(Mutex::new(f))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_in_a_target_group_outside_the_pool_is_named() {
+    let fake = two_groups();
+    let lb = Elbv2Balancer::builder()
+        .with_client(two_groups_client(&fake))
+        .with_target_group(TG)
+        .build()
+        .expect("builds");
+    let listed = lb.list().await.expect("list");
+    assert_eq!(listed.len(), 2);
+    for l in &listed {
+        assert_eq!(
+            l.target.meta.get("other_target_groups").map(String::as_str),
+            Some("api:8080"),
+            "{:?}",
+            l.target.meta
+        );
+        assert_eq!(l.target.meta["target_groups"], "web:8080");
+    }
+    // Reported, not drained from there (the default).
+    lb.drain(&[id("i-0a")]).await.expect("drain");
+    assert_eq!(
+        fake.lock().expect("fake").deregistered,
+        vec![(TG.to_owned(), "i-0a".to_owned())]
+    );
+    assert_eq!(
+        lb.target_group_arns().await.expect("arns"),
+        vec![TG.to_owned()]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_drain_a_host_is_one_target_in_every_target_group() {
+    let fake = two_groups();
+    let lb = Elbv2Balancer::builder()
+        .with_client(two_groups_client(&fake))
+        .with_target_group(TG)
+        .with_other_target_groups(hygiene_aws::OtherTargetGroups::Drain)
+        .build()
+        .expect("builds");
+    let listed = lb.list().await.expect("list");
+    assert_eq!(listed[0].target.meta["target_groups"], "web:8080,api:8080");
+    lb.drain(&[id("i-0a")]).await.expect("drain");
+    let st = lb.status(&[id("i-0a")]).await.expect("status");
+    assert!(st[0].is_drained(), "{st:?}");
+    {
+        let f = fake.lock().expect("fake");
+        let mut d = f.deregistered.clone();
+        d.sort();
+        let mut want = vec![
+            (TG.to_owned(), "i-0a".to_owned()),
+            (API.to_owned(), "i-0a".to_owned()),
+        ];
+        want.sort();
+        assert_eq!(d, want, "drained from both");
+    }
+    lb.enable(&[id("i-0a")]).await.expect("enable");
+    let mut r = fake.lock().expect("fake").registered_calls.clone();
+    r.sort();
+    let mut want = vec![
+        (TG.to_owned(), "i-0a".to_owned()),
+        (API.to_owned(), "i-0a".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(r, want, "registered again exactly where it was");
+    assert!(lb.status(&[id("i-0a")]).await.expect("status")[0].is_serving_healthy());
+
+    // The deregistration delays of both groups, and what they mean for drain_timeout.
+    assert_eq!(
+        lb.deregistration_delay().await.expect("delay"),
+        Duration::from_secs(120)
+    );
+    let w = lb
+        .check_drain_timeout(Duration::from_secs(120))
+        .await
+        .expect("check");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("drain_timeout") && w.contains("web")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|w| w.contains("connection_termination")),
+        "{w:?}"
+    );
+    assert!(lb
+        .check_drain_timeout(Duration::from_secs(150))
+        .await
+        .expect("check")
+        .iter()
+        .all(|w| !w.contains("drain_timeout")));
+}
