@@ -3,21 +3,23 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetGroup, TargetTypeEnum};
 use aws_sdk_elasticloadbalancingv2::Client;
 use hygiene_core::{
-    Capabilities, Error, ListedTarget, LoadBalancer, Result, Target, TargetId, TargetState,
+    Capabilities, Error, Health, ListedTarget, LoadBalancer, Result, Target, TargetId, TargetState,
     TargetStatus,
 };
 use tokio::sync::OnceCell;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::error::{call, Subject};
+use crate::attributes::DeregistrationDelay;
+use crate::error::{call, code_of, map_sdk, Subject};
 use crate::health::{combine, observe, Observation};
+use crate::pacing::TokenBucket;
 
 /// What the pool is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,12 +39,38 @@ impl fmt::Display for Pool {
     }
 }
 
-/// A target group of the pool.
+/// What to do about target groups outside the pool that hold one of the
+/// pool's hosts (the same instance, or the same IP address).
+///
+/// The maintenance takes the whole host down: a host still registered in
+/// a target group outside the pool keeps getting requests there while it
+/// is patched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OtherTargetGroups {
+    /// Do not look for them (no account-wide `DescribeTargetGroups`, no
+    /// `DescribeTargetHealth` of groups outside the pool).
+    Ignore,
+    /// Find them when listing: `list` names them in the target's
+    /// `meta["other_target_groups"]` (`name:port,…`) and logs a warning.
+    /// They are not drained (the default).
+    #[default]
+    Report,
+    /// Find them and treat them as part of the host: the host is drained
+    /// from every target group that holds it, registered again exactly as
+    /// it was, and healthy only once healthy in all of them.
+    Drain,
+}
+
+/// A target group the balancer knows: one of the pool, or (when looking
+/// for other registrations of the pool's hosts) one outside it.
 #[derive(Debug, Clone)]
-struct Group {
-    arn: String,
-    name: String,
+pub(crate) struct Group {
+    pub(crate) arn: String,
+    pub(crate) name: String,
     ip: bool,
+    /// Part of the configured pool (not found outside it).
+    pub(crate) in_pool: bool,
 }
 
 /// One registration of a target: in which group, on which port, in which
@@ -65,6 +93,30 @@ impl Registration {
     }
 }
 
+/// One row of a DescribeTargetHealth answer.
+struct Row {
+    id: TargetId,
+    port: Option<i32>,
+    zone: Option<String>,
+    obs: Observation,
+}
+
+/// What the balancer remembers between calls (in this process).
+#[derive(Debug, Default)]
+struct Memory {
+    /// Registrations per target as of the latest full listing of each
+    /// group, plus those this process took out.
+    known: HashMap<TargetId, Vec<Registration>>,
+    /// Registrations this process deregistered and has not registered
+    /// again: the only ones `enable` registers.
+    taken_out: HashMap<TargetId, Vec<Registration>>,
+    /// Registrations `enable` found still `draining`: registered once
+    /// ELBv2 says `unused` (see `status`).
+    deferred: HashMap<TargetId, Vec<Registration>>,
+    /// The last reason ELBv2 gave per target.
+    reasons: HashMap<TargetId, String>,
+}
+
 /// An ELBv2 pool (target groups, or all target groups of a load balancer)
 /// as a [`LoadBalancer`].
 ///
@@ -74,6 +126,10 @@ impl Registration {
 ///   several ports of one) is one target: it is drained from every
 ///   registration and is in service only when in service in all of them,
 ///   healthy only when healthy in all of them.
+/// - **Hosts outside the pool.** By default `list` also looks for the
+///   pool's hosts in the account's other target groups and names them
+///   ([`OtherTargetGroups`]); with [`OtherTargetGroups::Drain`] those
+///   registrations are part of the target too.
 /// - **drain** verifies with one `DescribeTargetHealth` per group that each
 ///   target really is registered (ELBv2's `DeregisterTargets` succeeds
 ///   silently for a wrong id or port), then deregisters each registration
@@ -81,15 +137,28 @@ impl Registration {
 ///   once more per group that none of them is still in service.
 ///   Deregistered targets are drained once `unused` in every group, i.e.
 ///   after the target group's deregistration delay.
-/// - **enable** registers the same registrations again (same port, same
-///   zone). ELBv2 starts a re-registered target in `initial`, so a
-///   `Healthy` after enable always comes from a new health check.
+/// - **enable** registers again exactly the registrations this process
+///   deregistered (same port, same zone), nothing it merely saw. A
+///   registration still `draining` is not registered at once: ELBv2 would
+///   put it back to `healthy` without a new health check (seen in the
+///   field: ansible/ansible#44149). It is registered by the first `status`
+///   that sees it `unused`, and reads `Draining` / `Unknown` until then,
+///   so a `Healthy` after enable always comes from a new health check.
+/// - **A terminated instance** in a batch fails alone: ELBv2 refuses a
+///   whole `DescribeTargetHealth` or `RegisterTargets` for it
+///   (`InvalidTarget`); the others are asked again without it. In a
+///   status it reads out of service and unhealthy with ELBv2's words; an
+///   enable returns `NotFound` naming only it, after registering the rest.
 /// - **Memory.** After deregistration ELBv2 only shows a target when asked
-///   for it by id and port, so the balancer remembers every registration it
-///   has seen (in this process). A target drained by another process is
-///   `NotFound` here unless it is still registered somewhere in the pool.
+///   for it by id and port, so the balancer remembers the registrations it
+///   saw at the latest listing and those it took out (in this process;
+///   [`adopt`](LoadBalancer::adopt) restores them after a crash).
 /// - **status** makes one `DescribeTargetHealth` per target group that holds
 ///   any of the ids, whatever their number.
+/// - **Pacing.** Every `Describe*` call takes a token from a client-side
+///   bucket shaped like ELB's own (burst 20, 5 a second by default: half of
+///   the account's `Describe*` bucket), so a pool of many target groups
+///   slows down instead of being throttled.
 /// - `connections` is always `None` (ELBv2 does not count in-flight
 ///   requests): a target is drained only once ELBv2 says `unused`.
 /// - `disable` is [`Error::NotSupported`]: ELBv2 has no hard disable.
@@ -100,19 +169,22 @@ pub struct Elbv2Balancer {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     client: Client,
     pool: Pool,
     poll_interval: Option<Duration>,
+    others: OtherTargetGroups,
+    bucket: TokenBucket,
     groups: OnceCell<Vec<Group>>,
-    known: Mutex<HashMap<TargetId, Vec<Registration>>>,
-    reasons: Mutex<HashMap<TargetId, String>>,
+    pub(crate) delays: OnceCell<Vec<DeregistrationDelay>>,
+    memory: Mutex<Memory>,
 }
 
 impl fmt::Debug for Elbv2Balancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Elbv2Balancer")
             .field("pool", &self.inner.pool)
+            .field("other_target_groups", &self.inner.others)
             .finish_non_exhaustive()
     }
 }
@@ -133,18 +205,49 @@ fn check_id(id: &TargetId) -> Result<()> {
     }
 }
 
+/// The settings [`Elbv2Balancer::new`] takes.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) pool: Pool,
+    pub(crate) poll_interval: Option<Duration>,
+    pub(crate) others: OtherTargetGroups,
+    pub(crate) describe_rate: (u32, u32),
+}
+
+/// The ids among `asked` that an `InvalidTarget` message names (ELBv2
+/// quotes them: "… cannot be registered: 'i-0b'").
+fn named_in(message: &str, asked: &[TargetDescription]) -> Vec<String> {
+    asked
+        .iter()
+        .filter_map(TargetDescription::id)
+        .filter(|id| message.contains(&format!("'{id}'")) || message.contains(&format!("\"{id}\"")))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_invalid_target(code: Option<&str>) -> bool {
+    matches!(code, Some("InvalidTarget" | "InvalidTargetException"))
+}
+
 impl Elbv2Balancer {
-    pub(crate) fn new(client: Client, pool: Pool, poll_interval: Option<Duration>) -> Self {
+    pub(crate) fn new(client: Client, settings: Settings) -> Self {
+        let (burst, per_second) = settings.describe_rate;
         Self {
             inner: Arc::new(Inner {
                 client,
-                pool,
-                poll_interval,
+                pool: settings.pool,
+                poll_interval: settings.poll_interval,
+                others: settings.others,
+                bucket: TokenBucket::new(burst, per_second),
                 groups: OnceCell::new(),
-                known: Mutex::new(HashMap::new()),
-                reasons: Mutex::new(HashMap::new()),
+                delays: OnceCell::new(),
+                memory: Mutex::new(Memory::default()),
             }),
         }
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// The last reason ELBv2 gave for a target not being healthy (reason
@@ -152,10 +255,10 @@ impl Elbv2Balancer {
     /// `None` once the target is healthy everywhere.
     pub fn health_reason(&self, id: &TargetId) -> Option<String> {
         self.inner
-            .reasons
+            .memory
             .lock()
             .ok()
-            .and_then(|m| m.get(id).cloned())
+            .and_then(|m| m.reasons.get(id).cloned())
     }
 
     /// The target group ARNs of the pool (resolved from the load balancer
@@ -164,23 +267,48 @@ impl Elbv2Balancer {
     /// # Errors
     /// As [`LoadBalancer::list`].
     pub async fn target_group_arns(&self) -> Result<Vec<String>> {
-        Ok(self.groups().await?.iter().map(|g| g.arn.clone()).collect())
+        Ok(self
+            .groups()
+            .await?
+            .iter()
+            .filter(|g| g.in_pool)
+            .map(|g| g.arn.clone())
+            .collect())
     }
 
-    fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.inner.client
     }
 
-    async fn groups(&self) -> Result<&Vec<Group>> {
+    /// Waits for a `Describe*` token.
+    pub(crate) async fn paced(&self) {
+        self.inner.bucket.take().await;
+    }
+
+    pub(crate) async fn groups(&self) -> Result<&Vec<Group>> {
         self.inner.groups.get_or_try_init(|| self.resolve()).await
     }
 
-    /// DescribeTargetGroups, by ARN or by load balancer.
+    /// Whether the registrations in `g` are part of a target.
+    pub(crate) fn managed(&self, g: &Group) -> bool {
+        g.in_pool || self.inner.others == OtherTargetGroups::Drain
+    }
+
+    fn memory(&self) -> Result<MutexGuard<'_, Memory>> {
+        self.inner
+            .memory
+            .lock()
+            .map_err(|_| Error::protocol(self.name(), "registration memory poisoned"))
+    }
+
+    /// DescribeTargetGroups, by ARN or by load balancer; then, unless
+    /// other groups are ignored, every other target group of the account.
     async fn resolve(&self) -> Result<Vec<Group>> {
         let mut found: Vec<TargetGroup> = Vec::new();
         match &self.inner.pool {
             Pool::TargetGroups(arns) => {
                 for chunk in arns.chunks(20) {
+                    self.paced().await;
                     let out = call(
                         "elbv2",
                         "DescribeTargetGroups",
@@ -197,6 +325,7 @@ impl Elbv2Balancer {
             Pool::LoadBalancer(arn) => {
                 let mut marker = None;
                 loop {
+                    self.paced().await;
                     let out = call(
                         "elbv2",
                         "DescribeTargetGroups",
@@ -225,6 +354,9 @@ impl Elbv2Balancer {
         let mut groups = Vec::new();
         for tg in found {
             let arn = tg.target_group_arn().unwrap_or_default().to_owned();
+            if groups.iter().any(|g: &Group| g.arn == arn) {
+                continue;
+            }
             let name = tg.target_group_name().unwrap_or(&arn).to_owned();
             let ip = match tg.target_type() {
                 None | Some(TargetTypeEnum::Instance) => false,
@@ -237,72 +369,244 @@ impl Elbv2Balancer {
                     })
                 }
             };
-            groups.push(Group { arn, name, ip });
+            groups.push(Group {
+                arn,
+                name,
+                ip,
+                in_pool: true,
+            });
+        }
+        if self.inner.others != OtherTargetGroups::Ignore {
+            self.discover_others(&mut groups).await?;
         }
         debug!(groups = groups.len(), pool = %self.inner.pool, "resolved target groups");
         Ok(groups)
     }
 
-    /// One DescribeTargetHealth of `group`: all registered targets when
-    /// `targets` is `None`, else exactly those.
-    async fn describe(
+    /// Appends the account's instance and IP target groups that are not in
+    /// the pool. Without the permission to list them, warns and goes on.
+    async fn discover_others(&self, groups: &mut Vec<Group>) -> Result<()> {
+        let mut marker = None;
+        loop {
+            self.paced().await;
+            let r = call(
+                "elbv2",
+                "DescribeTargetGroups",
+                || Subject::groups("every target group of the account"),
+                self.client()
+                    .describe_target_groups()
+                    .set_marker(marker)
+                    .send(),
+            )
+            .await;
+            let out = match r {
+                Ok(out) => out,
+                Err(e @ Error::PermissionDenied { .. }) => {
+                    warn!(error = %e, "cannot list the account's other target groups: hosts registered outside the pool go unnoticed; grant elasticloadbalancing:DescribeTargetGroups, or build with OtherTargetGroups::Ignore");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            for tg in out.target_groups() {
+                let Some(arn) = tg.target_group_arn() else {
+                    continue;
+                };
+                let ip = match tg.target_type() {
+                    None | Some(TargetTypeEnum::Instance) => false,
+                    Some(TargetTypeEnum::Ip) => true,
+                    Some(_) => continue,
+                };
+                if groups.iter().any(|g| g.arn == arn) {
+                    continue;
+                }
+                groups.push(Group {
+                    arn: arn.to_owned(),
+                    name: tg.target_group_name().unwrap_or(arn).to_owned(),
+                    ip,
+                    in_pool: false,
+                });
+            }
+            marker = out.next_marker().map(str::to_owned);
+            if marker.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One DescribeTargetHealth of `group`, paced: `Ok(Err(message))` when
+    /// ELBv2 refuses it for an invalid target.
+    async fn describe_once(
         &self,
         group: &Group,
         targets: Option<Vec<TargetDescription>>,
-    ) -> Result<Vec<(TargetId, Option<i32>, Option<String>, Observation)>> {
-        // The targets asked about, to name them in a NotFound (InvalidTarget:
-        // a terminated instance, say).
+    ) -> Result<std::result::Result<Vec<Row>, String>> {
+        self.paced().await;
+        let started = tokio::time::Instant::now();
         let asked = targets
             .iter()
             .flatten()
             .filter_map(TargetDescription::id)
             .collect::<Vec<_>>()
             .join(", ");
-        let out = call(
-            "elbv2",
-            "DescribeTargetHealth",
-            || Subject::groups(group.arn.clone()).with_targets(asked),
-            self.client()
-                .describe_target_health()
-                .target_group_arn(&group.arn)
-                .set_targets(targets)
-                .send(),
-        )
-        .await?;
+        let out = match self
+            .client()
+            .describe_target_health()
+            .target_group_arn(&group.arn)
+            .set_targets(targets.clone())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if targets.is_some() && is_invalid_target(code_of(&e)) => {
+                let message = e
+                    .as_service_error()
+                    .and_then(aws_sdk_ssm::error::ProvideErrorMetadata::message)
+                    .unwrap_or("not a valid target")
+                    .to_owned();
+                return Ok(Err(message));
+            }
+            Err(e) => {
+                return Err(map_sdk(
+                    "elbv2",
+                    "DescribeTargetHealth",
+                    Subject::groups(group.arn.clone()).with_targets(asked),
+                    started.elapsed(),
+                    e,
+                ))
+            }
+        };
         let mut rows = Vec::new();
         for d in out.target_health_descriptions() {
             let Some(t) = d.target() else { continue };
             let Some(id) = t.id() else { continue };
-            let id = TargetId::new(id)?;
-            rows.push((
-                id,
-                t.port(),
-                t.availability_zone().map(str::to_owned),
-                observe(d.target_health()),
-            ));
+            rows.push(Row {
+                id: TargetId::new(id)?,
+                port: t.port(),
+                zone: t.availability_zone().map(str::to_owned),
+                obs: observe(d.target_health()),
+            });
+        }
+        Ok(Ok(rows))
+    }
+
+    /// DescribeTargetHealth of `group`: all registered targets when
+    /// `targets` is `None`, else exactly those. A target ELBv2 refuses
+    /// (`InvalidTarget`: terminated) fails alone when others were asked
+    /// with it: it gets an [`Observation::invalid`] row and the others are
+    /// asked again without it. Asked alone, it is `NotFound`.
+    async fn describe(
+        &self,
+        group: &Group,
+        targets: Option<Vec<TargetDescription>>,
+    ) -> Result<Vec<Row>> {
+        let mut todo = vec![targets];
+        let mut rows = Vec::new();
+        while let Some(batch) = todo.pop() {
+            let message = match self.describe_once(group, batch.clone()).await? {
+                Ok(r) => {
+                    rows.extend(r);
+                    continue;
+                }
+                Err(message) => message,
+            };
+            let batch = batch.unwrap_or_default();
+            if batch.len() <= 1 {
+                let id = batch.first().and_then(TargetDescription::id).unwrap_or("?");
+                return Err(Error::NotFound {
+                    kind: "target",
+                    name: format!("{id} ({message})"),
+                    location: Some(format!("elbv2 DescribeTargetHealth on {}", group.name)),
+                });
+            }
+            let bad = named_in(&message, &batch);
+            if bad.is_empty() {
+                // Not told which one: ask each alone.
+                warn!(target_group = %group.name, %message, "DescribeTargetHealth refused the batch; asking for each target alone");
+                for t in batch {
+                    match self.describe_once(group, Some(vec![t.clone()])).await? {
+                        Ok(r) => rows.extend(r),
+                        Err(m) => rows.push(self.invalid_row(group, &t, &m)?),
+                    }
+                }
+                continue;
+            }
+            let (gone, rest): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .partition(|t| t.id().is_some_and(|id| bad.iter().any(|b| b == id)));
+            for t in &gone {
+                warn!(target_group = %group.name, target.id = t.id().unwrap_or_default(), %message, "target refused by ELBv2");
+                rows.push(self.invalid_row(group, t, &message)?);
+            }
+            if !rest.is_empty() {
+                todo.push(Some(rest));
+            }
         }
         Ok(rows)
     }
 
-    /// Lists every group in full (one call each), learns the registrations,
-    /// and returns what each group says per registration.
-    async fn refresh(&self) -> Result<HashMap<TargetId, Vec<(Registration, Observation)>>> {
+    fn invalid_row(&self, group: &Group, t: &TargetDescription, message: &str) -> Result<Row> {
+        Ok(Row {
+            id: TargetId::new(t.id().unwrap_or_default())?,
+            port: t.port(),
+            zone: if group.ip {
+                t.availability_zone().map(str::to_owned)
+            } else {
+                None
+            },
+            obs: Observation::invalid(message),
+        })
+    }
+
+    /// Lists groups in full (one call each) and learns the registrations;
+    /// returns what each listed group says per registration. `everywhere`
+    /// lists every group found outside the pool too (for `list`);
+    /// otherwise only those that are part of targets and hold a known
+    /// registration.
+    async fn refresh(
+        &self,
+        everywhere: bool,
+    ) -> Result<HashMap<TargetId, Vec<(Registration, Observation)>>> {
         let groups = self.groups().await?;
+        let holding: Vec<usize> = {
+            let m = self.memory()?;
+            m.known.values().flatten().map(|r| r.group).collect()
+        };
         let mut seen: HashMap<TargetId, Vec<(Registration, Observation)>> = HashMap::new();
+        let mut listed = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
-            for (id, port, zone, obs) in self.describe(g, None).await? {
-                let zone = if g.ip { zone } else { None };
-                seen.entry(id).or_default().push((
+            let wanted = g.in_pool || everywhere || (self.managed(g) && holding.contains(&gi));
+            if !wanted {
+                continue;
+            }
+            listed.push(gi);
+            for row in self.describe(g, None).await? {
+                let zone = if g.ip { row.zone } else { None };
+                seen.entry(row.id).or_default().push((
                     Registration {
                         group: gi,
-                        port,
+                        port: row.port,
                         zone,
                     },
-                    obs,
+                    row.obs,
                 ));
             }
         }
-        let mut known = self.known()?;
+        let mut m = self.memory()?;
+        let Memory {
+            known, taken_out, ..
+        } = &mut *m;
+        // A full listing is the truth for its group: forget registrations
+        // it no longer shows, unless this process took them out.
+        for (id, regs) in known.iter_mut() {
+            let out = taken_out.get(id);
+            regs.retain(|r| {
+                !listed.contains(&r.group)
+                    || out.is_some_and(|o| o.contains(r))
+                    || seen
+                        .get(id)
+                        .is_some_and(|s| s.iter().any(|(sr, _)| sr == r))
+            });
+        }
         for (id, regs) in &seen {
             let entry = known.entry(id.clone()).or_default();
             for (r, _) in regs {
@@ -312,35 +616,37 @@ impl Elbv2Balancer {
             }
             entry.sort();
         }
+        known.retain(|_, regs| !regs.is_empty());
         Ok(seen)
     }
 
-    fn known(&self) -> Result<std::sync::MutexGuard<'_, HashMap<TargetId, Vec<Registration>>>> {
-        self.inner
-            .known
-            .lock()
-            .map_err(|_| Error::protocol(self.name(), "registration memory poisoned"))
-    }
-
-    /// The remembered registrations of each id, refreshing once if any is
-    /// unknown; `NotFound` (naming the id) for one still unknown.
+    /// The known registrations of each id that are part of the target,
+    /// refreshing once if any is unknown; `NotFound` (naming the id) for
+    /// one still unknown.
     async fn registrations(&self, ids: &[TargetId]) -> Result<Vec<Vec<Registration>>> {
         for id in ids {
             check_id(id)?;
         }
+        let groups = self.groups().await?;
+        let part = |r: &Registration| groups.get(r.group).is_some_and(|g| self.managed(g));
+        let pooled = |regs: &Vec<Registration>| {
+            regs.iter()
+                .any(|r| groups.get(r.group).is_some_and(|g| g.in_pool))
+        };
         let missing = {
-            let known = self.known()?;
-            ids.iter().any(|id| !known.contains_key(id))
+            let m = self.memory()?;
+            ids.iter().any(|id| !m.known.get(id).is_some_and(&pooled))
         };
         if missing {
-            self.refresh().await?;
+            self.refresh(false).await?;
         }
-        let known = self.known()?;
+        let m = self.memory()?;
         ids.iter()
             .map(|id| {
-                known
+                m.known
                     .get(id)
-                    .cloned()
+                    .filter(|r| pooled(r))
+                    .map(|r| r.iter().filter(|r| part(r)).cloned().collect())
                     .ok_or_else(|| Error::target_not_found(id.as_str(), Some(self.name())))
             })
             .collect()
@@ -378,20 +684,25 @@ impl Elbv2Balancer {
         } else {
             t = t.with_instance_id(id.as_str());
         }
-        let where_ = regs
-            .iter()
-            .filter_map(|r| {
-                groups.get(r.group).map(|g| {
-                    format!(
+        let names = |keep: &dyn Fn(&Group) -> bool| {
+            regs.iter()
+                .filter_map(|r| {
+                    let g = groups.get(r.group).filter(|g| keep(g))?;
+                    Some(format!(
                         "{}:{}",
                         g.name,
                         r.port.map(|p| p.to_string()).unwrap_or_default()
-                    )
+                    ))
                 })
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        t.with_meta("target_groups", where_)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        t = t.with_meta("target_groups", names(&|g| self.managed(g)));
+        let others = names(&|g| !g.in_pool);
+        if !others.is_empty() {
+            t = t.with_meta("other_target_groups", others);
+        }
+        t
     }
 
     fn remember_reasons(
@@ -404,7 +715,7 @@ impl Elbv2Balancer {
         let why: Vec<String> = regs
             .iter()
             .zip(obs)
-            .filter(|(_, o)| o.health != hygiene_core::Health::Healthy)
+            .filter(|(_, o)| o.health != Health::Healthy)
             .filter_map(|(r, o)| {
                 let g = groups.get(r.group)?;
                 o.reason.as_ref().map(|reason| {
@@ -413,18 +724,108 @@ impl Elbv2Balancer {
             })
             .collect();
         let text = (!why.is_empty()).then(|| why.join("; "));
-        if let Ok(mut m) = self.inner.reasons.lock() {
+        if let Ok(mut m) = self.inner.memory.lock() {
             match &text {
                 None => {
-                    m.remove(id);
+                    m.reasons.remove(id);
                 }
                 Some(text) => {
                     debug!(target.id = %id, reason = %text, "elbv2 health reason");
-                    m.insert(id.clone(), text.clone());
+                    m.reasons.insert(id.clone(), text.clone());
                 }
             }
         }
         text
+    }
+
+    /// RegisterTargets of `members` in `g`. A target ELBv2 refuses
+    /// (`InvalidTarget`) does not keep the others out: they are registered
+    /// without it, and its id (with ELBv2's words) is returned.
+    async fn register(
+        &self,
+        g: &Group,
+        members: &[(TargetId, Registration)],
+    ) -> Result<Vec<String>> {
+        let mut refused = Vec::new();
+        let mut todo = vec![members.to_vec()];
+        while let Some(batch) = todo.pop() {
+            if batch.is_empty() {
+                continue;
+            }
+            let descs: Vec<TargetDescription> =
+                batch.iter().map(|(id, r)| r.describe(id)).collect();
+            info!(target_group = %g.name, targets = descs.len(), "registering targets");
+            let started = tokio::time::Instant::now();
+            match self
+                .client()
+                .register_targets()
+                .target_group_arn(&g.arn)
+                .set_targets(Some(descs.clone()))
+                .send()
+                .await
+            {
+                Ok(_) => self.registered(&batch)?,
+                Err(e) if is_invalid_target(code_of(&e)) => {
+                    let message = e
+                        .as_service_error()
+                        .and_then(aws_sdk_ssm::error::ProvideErrorMetadata::message)
+                        .unwrap_or("not a valid target")
+                        .to_owned();
+                    if batch.len() == 1 {
+                        let id = &batch[0].0;
+                        warn!(target_group = %g.name, target.id = %id, %message, "RegisterTargets refused the target");
+                        refused.push(format!("{id} in {} ({message})", g.name));
+                        continue;
+                    }
+                    let bad = named_in(&message, &descs);
+                    if bad.is_empty() {
+                        for m in batch {
+                            todo.push(vec![m]);
+                        }
+                    } else {
+                        let (gone, rest): (Vec<_>, Vec<_>) = batch
+                            .into_iter()
+                            .partition(|(id, _)| bad.iter().any(|b| b == id.as_str()));
+                        for (id, _) in gone {
+                            warn!(target_group = %g.name, target.id = %id, %message, "RegisterTargets refused the target");
+                            refused.push(format!("{id} in {} ({message})", g.name));
+                        }
+                        todo.push(rest);
+                    }
+                }
+                Err(e) => {
+                    return Err(map_sdk(
+                        "elbv2",
+                        "RegisterTargets",
+                        Subject::groups(g.arn.clone()).with_targets(member_names(&batch)),
+                        started.elapsed(),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Forgets registrations that are registered again.
+    fn registered(&self, members: &[(TargetId, Registration)]) -> Result<()> {
+        let mut m = self.memory()?;
+        let Memory {
+            taken_out,
+            deferred,
+            ..
+        } = &mut *m;
+        for (id, r) in members {
+            for map in [&mut *taken_out, &mut *deferred] {
+                if let Some(v) = map.get_mut(id) {
+                    v.retain(|x| x != r);
+                    if v.is_empty() {
+                        map.remove(id);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -448,6 +849,9 @@ fn with_reason(status: TargetStatus, why: Option<String>) -> TargetStatus {
     }
 }
 
+/// The reason a deferred registration gives while it waits.
+const DEFERRED: &str = "deregistration still in progress (draining): registered again once ELBv2 says unused, since a registration re-added while draining comes back healthy without a new health check";
+
 #[async_trait]
 impl LoadBalancer for Elbv2Balancer {
     fn name(&self) -> String {
@@ -470,15 +874,17 @@ impl LoadBalancer for Elbv2Balancer {
 
     fn enable_hint(&self, id: &TargetId) -> String {
         let regs = self
-            .known()
+            .inner
+            .memory
+            .lock()
             .ok()
-            .and_then(|k| k.get(id).cloned())
+            .and_then(|m| m.taken_out.get(id).or_else(|| m.known.get(id)).cloned())
             .unwrap_or_default();
         let groups = self.inner.groups.get().cloned().unwrap_or_default();
         let cmds: Vec<String> = regs
             .iter()
             .filter_map(|r| {
-                let g = groups.get(r.group)?;
+                let g = groups.get(r.group).filter(|g| self.managed(g))?;
                 let mut t = format!("Id={id}");
                 if let Some(p) = r.port {
                     t.push_str(&format!(",Port={p}"));
@@ -500,14 +906,30 @@ impl LoadBalancer for Elbv2Balancer {
     }
 
     async fn list(&self) -> Result<Vec<ListedTarget>> {
-        let seen = self.refresh().await?;
+        let seen = self.refresh(true).await?;
         let groups = self.groups().await?;
-        let known = self.known()?.clone();
+        let known = self.memory()?.known.clone();
         let mut out = Vec::new();
-        let mut ids: Vec<&TargetId> = known.keys().collect();
+        let mut ids: Vec<&TargetId> = known
+            .iter()
+            .filter(|(_, regs)| {
+                regs.iter()
+                    .any(|r| groups.get(r.group).is_some_and(|g| g.in_pool))
+            })
+            .map(|(id, _)| id)
+            .collect();
         ids.sort();
         for id in ids {
-            let regs = &known[id];
+            let all = &known[id];
+            let target = self.listed_target(id, all, groups);
+            if let Some(others) = target.meta.get("other_target_groups") {
+                warn!(target.id = %id, other_target_groups = %others, drained_there = self.inner.others == OtherTargetGroups::Drain, "host also registered in target groups outside the pool");
+            }
+            let regs: Vec<Registration> = all
+                .iter()
+                .filter(|r| groups.get(r.group).is_some_and(|g| self.managed(g)))
+                .cloned()
+                .collect();
             let current = seen.get(id);
             // Absent from a full listing means not registered (draining
             // targets are still listed).
@@ -519,9 +941,9 @@ impl LoadBalancer for Elbv2Balancer {
                         .unwrap_or_else(Observation::not_registered)
                 })
                 .collect();
-            let why = self.remember_reasons(id, regs, &obs, groups);
+            let why = self.remember_reasons(id, &regs, &obs, groups);
             out.push(ListedTarget {
-                target: self.listed_target(id, regs, groups),
+                target,
                 status: with_reason(combine(&obs), why),
             });
         }
@@ -535,11 +957,60 @@ impl LoadBalancer for Elbv2Balancer {
         for (gi, members) in Self::by_group(ids, &regs) {
             let Some(g) = groups.get(gi) else { continue };
             let descs = members.iter().map(|(id, r)| r.describe(id)).collect();
-            for (id, port, _zone, o) in self.describe(g, Some(descs)).await? {
-                if let Some((mid, r)) = members.iter().find(|(mid, r)| *mid == id && r.port == port)
+            for row in self.describe(g, Some(descs)).await? {
+                if let Some((mid, r)) = members
+                    .iter()
+                    .find(|(mid, r)| *mid == row.id && r.port == row.port)
                 {
-                    obs.insert((mid.clone(), r.clone()), o);
+                    obs.insert((mid.clone(), r.clone()), row.obs);
                 }
+            }
+        }
+        // Registrations enable found still draining: register those now
+        // unused; the others keep waiting.
+        let deferred: Vec<(TargetId, Registration)> = {
+            let m = self.memory()?;
+            ids.iter()
+                .flat_map(|id| {
+                    m.deferred
+                        .get(id)
+                        .into_iter()
+                        .flatten()
+                        .map(move |r| (id.clone(), r.clone()))
+                })
+                .collect()
+        };
+        let mut ready: BTreeMap<usize, Vec<(TargetId, Registration)>> = BTreeMap::new();
+        for (id, r) in deferred {
+            let key = (id, r);
+            match obs.get_mut(&key) {
+                Some(o) if o.state == TargetState::Draining => {
+                    o.reason = Some(DEFERRED.to_owned());
+                }
+                Some(o) if o.registered => {
+                    // Registered by someone else meanwhile: nothing to do.
+                    self.registered(std::slice::from_ref(&key))?;
+                }
+                _ => ready.entry(key.1.group).or_default().push(key),
+            }
+        }
+        for (gi, members) in ready {
+            let Some(g) = groups.get(gi) else { continue };
+            let refused = self.register(g, &members).await?;
+            for (id, r) in members {
+                let o = if refused.iter().any(|x| x.starts_with(&format!("{id} "))) {
+                    Observation::invalid("RegisterTargets refused it")
+                } else {
+                    Observation {
+                        registered: true,
+                        state: TargetState::InService,
+                        health: Health::Unknown,
+                        reason: Some(
+                            "registered again now that its deregistration ended".to_owned(),
+                        ),
+                    }
+                };
+                obs.insert((id, r), o);
             }
         }
         let mut out = Vec::with_capacity(ids.len());
@@ -564,42 +1035,63 @@ impl LoadBalancer for Elbv2Balancer {
         }
         // Verify registration first: DeregisterTargets does not complain
         // about a wrong id or port.
-        let current = self.refresh().await?;
+        let current = self.refresh(false).await?;
         let regs = self.registrations(ids).await?;
         let groups = self.groups().await?;
+        {
+            // Out again: nothing waits to be registered.
+            let mut m = self.memory()?;
+            for id in ids {
+                m.deferred.remove(id);
+            }
+        }
         for (gi, members) in Self::by_group(ids, &regs) {
             let Some(g) = groups.get(gi) else { continue };
-            let still: Vec<TargetDescription> = members
+            let still: Vec<(TargetId, Registration)> = members
                 .iter()
                 .filter(|(id, r)| {
                     current
                         .get(id)
                         .is_some_and(|c| c.iter().any(|(cr, o)| cr == r && o.registered))
                 })
-                .map(|(id, r)| r.describe(id))
+                .cloned()
                 .collect();
             if still.is_empty() {
                 continue;
             }
-            info!(target_group = %g.name, targets = still.len(), "deregistering targets");
+            // Remembered before the call: a deregistration whose reply is
+            // lost may still have happened.
+            {
+                let mut m = self.memory()?;
+                for (id, r) in &still {
+                    let v = m.taken_out.entry(id.clone()).or_default();
+                    if !v.contains(r) {
+                        v.push(r.clone());
+                        v.sort();
+                    }
+                }
+            }
+            let descs: Vec<TargetDescription> =
+                still.iter().map(|(id, r)| r.describe(id)).collect();
+            info!(target_group = %g.name, targets = descs.len(), "deregistering targets");
             call(
                 "elbv2",
                 "DeregisterTargets",
-                || Subject::groups(g.arn.clone()).with_targets(member_names(&members)),
+                || Subject::groups(g.arn.clone()).with_targets(member_names(&still)),
                 self.client()
                     .deregister_targets()
                     .target_group_arn(&g.arn)
-                    .set_targets(Some(still.clone()))
+                    .set_targets(Some(descs.clone()))
                     .send(),
             )
             .await?;
             // Verify after: a registration still in service means the call
             // silently did nothing for it.
-            let after = self.describe(g, Some(still)).await?;
+            let after = self.describe(g, Some(descs)).await?;
             let ignored: Vec<String> = after
                 .iter()
-                .filter(|(_, _, _, o)| o.registered && o.state == TargetState::InService)
-                .map(|(id, port, _, _)| format!("{id}:{}", port.unwrap_or_default()))
+                .filter(|row| row.obs.registered && row.obs.state == TargetState::InService)
+                .map(|row| format!("{}:{}", row.id, row.port.unwrap_or_default()))
                 .collect();
             if !ignored.is_empty() {
                 return Err(Error::rejected(
@@ -623,15 +1115,16 @@ impl LoadBalancer for Elbv2Balancer {
     }
 
     /// Remembers each target's registrations as an earlier process listed
-    /// them (`meta["target_groups"]` = `name:port,…`, and the zone), unless
-    /// this process already knows the target: after a crash, a target the
-    /// dead run deregistered is registered again exactly as it was.
+    /// them (`meta["target_groups"]` = `name:port,…`, and the zone), as
+    /// registrations to put back unless this process took the target out
+    /// itself: after a crash, a target the dead run deregistered is
+    /// registered again exactly as it was.
     async fn adopt(&self, targets: &[Target]) -> Result<()> {
         let groups = self.groups().await?;
-        let mut known = self.known()?;
+        let mut m = self.memory()?;
         for t in targets {
             check_id(&t.id)?;
-            if known.contains_key(&t.id) {
+            if m.taken_out.contains_key(&t.id) {
                 continue;
             }
             let Some(list) = t.meta.get("target_groups") else {
@@ -643,44 +1136,96 @@ impl LoadBalancer for Elbv2Balancer {
                 let Some(group) = groups.iter().position(|g| g.name == name) else {
                     return Err(Error::invalid_config(
                         "journal",
-                        format!("target {} was registered in target group {name:?}, which this balancer does not manage: resume with the same load balancer or target groups", t.id),
+                        format!("target {} was registered in target group {name:?}, which this balancer does not manage: resume with the same load balancer or target groups (and the same OtherTargetGroups setting)", t.id),
                     ));
                 };
                 regs.push(Registration {
                     group,
                     port: port.parse().ok(),
-                    zone: t.zone.clone(),
+                    zone: if groups[group].ip {
+                        t.zone.clone()
+                    } else {
+                        None
+                    },
                 });
             }
             if !regs.is_empty() {
                 debug!(target.id = %t.id, registrations = regs.len(), "adopted from the journal");
-                known.insert(t.id.clone(), regs);
+                let known = m.known.entry(t.id.clone()).or_default();
+                for r in &regs {
+                    if !known.contains(r) {
+                        known.push(r.clone());
+                    }
+                }
+                known.sort();
+                m.taken_out.insert(t.id.clone(), regs);
             }
         }
         Ok(())
     }
 
     async fn enable(&self, ids: &[TargetId]) -> Result<()> {
-        let regs = self.registrations(ids).await?;
+        // NotFound for a target the pool does not know.
+        self.registrations(ids).await?;
         let groups = self.groups().await?;
-        for (gi, members) in Self::by_group(ids, &regs) {
+        let wanted: Vec<Vec<Registration>> = {
+            let m = self.memory()?;
+            ids.iter()
+                .map(|id| {
+                    m.taken_out
+                        .get(id)
+                        .into_iter()
+                        .flatten()
+                        .filter(|r| groups.get(r.group).is_some_and(|g| self.managed(g)))
+                        .cloned()
+                        .collect()
+                })
+                .collect()
+        };
+        let mut refused = Vec::new();
+        for (gi, members) in Self::by_group(ids, &wanted) {
             let Some(g) = groups.get(gi) else { continue };
-            let descs: Vec<TargetDescription> =
-                members.iter().map(|(id, r)| r.describe(id)).collect();
-            info!(target_group = %g.name, targets = descs.len(), "registering targets");
-            call(
-                "elbv2",
-                "RegisterTargets",
-                || Subject::groups(g.arn.clone()).with_targets(member_names(&members)),
-                self.client()
-                    .register_targets()
-                    .target_group_arn(&g.arn)
-                    .set_targets(Some(descs))
-                    .send(),
-            )
-            .await?;
+            // Look first: a registration still draining would come back
+            // healthy at once, on a health check made before the
+            // maintenance (ansible/ansible#44149). Register it later.
+            let descs = members.iter().map(|(id, r)| r.describe(id)).collect();
+            let rows = match self.describe(g, Some(descs)).await {
+                Ok(rows) => rows,
+                Err(e @ Error::NotFound { .. }) => {
+                    refused.push(e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (later, now): (Vec<_>, Vec<_>) = members.into_iter().partition(|(id, r)| {
+                rows.iter().any(|row| {
+                    row.id == *id && row.port == r.port && row.obs.state == TargetState::Draining
+                })
+            });
+            if !later.is_empty() {
+                info!(target_group = %g.name, targets = %member_names(&later), "still draining: registering again once unused");
+                let mut m = self.memory()?;
+                for (id, r) in later {
+                    let v = m.deferred.entry(id).or_default();
+                    if !v.contains(&r) {
+                        v.push(r);
+                    }
+                }
+            }
+            refused.extend(self.register(g, &now).await?);
         }
-        Ok(())
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::NotFound {
+                kind: "target",
+                name: refused.join("; "),
+                location: Some(format!(
+                    "elbv2 RegisterTargets ({}): the other targets were registered",
+                    self.name()
+                )),
+            })
+        }
     }
 }
 
@@ -715,5 +1260,21 @@ mod tests {
         assert!(check_id(&TargetId::new("10.0.0.1").expect("id")).is_ok());
         assert!(check_id(&TargetId::new("fe80::1").expect("id")).is_ok());
         assert!(check_id(&TargetId::new("web/s1").expect("id")).is_err());
+    }
+
+    #[test]
+    fn invalid_target_messages_name_the_ids() {
+        let asked = vec![
+            TargetDescription::builder().id("i-0a").port(80).build(),
+            TargetDescription::builder().id("i-0b").port(80).build(),
+        ];
+        assert_eq!(
+            named_in(
+                "The following targets are not in a running state and cannot be registered: 'i-0b'",
+                &asked
+            ),
+            vec!["i-0b".to_owned()]
+        );
+        assert!(named_in("Invalid target", &asked).is_empty());
     }
 }

@@ -156,13 +156,32 @@ fn check_arn(arn: &str, kind: &str, field: &'static str) -> Result<()> {
 ///     .build()?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Elbv2BalancerBuilder {
     settings: ClientSettings,
     client: Option<aws_sdk_elasticloadbalancingv2::Client>,
     target_groups: Vec<String>,
     load_balancer: Option<String>,
     poll_interval: Option<std::time::Duration>,
+    other_target_groups: crate::OtherTargetGroups,
+    describe_rate: (u32, u32),
+}
+
+impl Default for Elbv2BalancerBuilder {
+    fn default() -> Self {
+        Self {
+            settings: ClientSettings::default(),
+            client: None,
+            target_groups: Vec::new(),
+            load_balancer: None,
+            poll_interval: None,
+            other_target_groups: crate::OtherTargetGroups::default(),
+            describe_rate: (
+                crate::pacing::DEFAULT_BURST,
+                crate::pacing::DEFAULT_PER_SECOND,
+            ),
+        }
+    }
 }
 
 impl Elbv2BalancerBuilder {
@@ -222,13 +241,29 @@ impl Elbv2BalancerBuilder {
         self
     }
 
+    /// What to do about target groups outside the pool that hold one of
+    /// its hosts (default [`OtherTargetGroups::Report`](crate::OtherTargetGroups::Report)).
+    pub fn with_other_target_groups(mut self, others: crate::OtherTargetGroups) -> Self {
+        self.other_target_groups = others;
+        self
+    }
+
+    /// Paces `Describe*` calls with a token bucket of `burst` tokens
+    /// refilled at `per_second` (default 20 and 5: half of ELB's own
+    /// `Describe*` bucket of 40 refilled at 10/s per account and Region,
+    /// leaving the rest to the console and other tools).
+    pub fn with_describe_rate(mut self, burst: u32, per_second: u32) -> Self {
+        self.describe_rate = (burst, per_second);
+        self
+    }
+
     /// Validates every setting and builds the balancer. Nothing is sent to
     /// AWS until the first call.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for no pool or both kinds of pool, a
-    /// malformed ARN, a zero poll interval, a bad endpoint URL, or no AWS
-    /// configuration.
+    /// malformed ARN, a zero poll interval or describe rate, a bad
+    /// endpoint URL, or no AWS configuration.
     pub fn build(self) -> Result<crate::Elbv2Balancer> {
         let pool = match (self.target_groups.is_empty(), self.load_balancer) {
             (false, None) => {
@@ -260,11 +295,25 @@ impl Elbv2BalancerBuilder {
                 "must be greater than zero",
             ));
         }
+        if self.describe_rate.0 == 0 || self.describe_rate.1 == 0 {
+            return Err(Error::invalid_config(
+                "describe_rate",
+                "burst and calls per second must both be at least 1",
+            ));
+        }
         let client = match self.client {
             Some(c) => c,
             None => self.settings.elbv2()?,
         };
-        Ok(crate::Elbv2Balancer::new(client, pool, self.poll_interval))
+        Ok(crate::Elbv2Balancer::new(
+            client,
+            crate::balancer::Settings {
+                pool,
+                poll_interval: self.poll_interval,
+                others: self.other_target_groups,
+                describe_rate: self.describe_rate,
+            },
+        ))
     }
 }
 
@@ -427,6 +476,30 @@ impl SsmExecutorBuilder {
     /// Which API reads command status.
     pub fn with_status_api(mut self, api: crate::StatusApi) -> Self {
         self.ssm.status_api = api;
+        self
+    }
+
+    /// How a throttled SendCommand is sent again (default: 5 retries,
+    /// jittered backoff from 100 ms to 5 s, at most 30 s in all). Only
+    /// throttling is retried: SSM refused the call, so nothing ran.
+    pub fn with_send_retry(mut self, policy: hygiene_core::RetryPolicy) -> Self {
+        self.ssm.send_retry = policy;
+        self
+    }
+
+    /// The least time between two SendCommand calls of one `execute`
+    /// (default 200 ms): paces the one-by-one sends after SSM refused an
+    /// instance of a call.
+    pub fn with_send_gap(mut self, gap: std::time::Duration) -> Self {
+        self.ssm.send_gap = gap;
+        self
+    }
+
+    /// Whether preflight reads the document (`DescribeDocument`) and checks
+    /// that every parameter given exists and that its platform fits the
+    /// instances (default: yes).
+    pub fn with_document_check(mut self, check: bool) -> Self {
+        self.ssm.check_document = check;
         self
     }
 

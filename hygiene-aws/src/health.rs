@@ -19,6 +19,19 @@ pub(crate) struct Observation {
 }
 
 impl Observation {
+    /// A target ELBv2 refuses to describe (`InvalidTarget`: a terminated or
+    /// stopped instance): out of service and unhealthy, with ELBv2's words.
+    pub(crate) fn invalid(message: &str) -> Self {
+        Self {
+            registered: false,
+            state: TargetState::OutOfService,
+            health: Health::Unhealthy,
+            reason: Some(format!(
+                "InvalidTarget: {message} (a terminated or stopped instance: ELBv2 will not register it again until it runs)"
+            )),
+        }
+    }
+
     /// A registration this group does not have (absent from a full listing).
     pub(crate) fn not_registered() -> Self {
         Self {
@@ -38,7 +51,8 @@ impl Observation {
 /// | `initial` | in service | unknown (the first checks have not passed yet) |
 /// | `unhealthy` | in service | unhealthy |
 /// | `unavailable` | in service | unknown (health checks disabled) |
-/// | `draining`, `unhealthy.draining` | draining | unknown |
+/// | `unhealthy.draining` (NLB) | in service, still registered | unhealthy |
+/// | `draining` | draining | unknown |
 /// | `unused` with `Target.NotRegistered` | out of service, not registered | unknown |
 /// | `unused` otherwise (`Target.NotInUse`, `Target.InvalidState`, …) | out of service, still registered | unknown |
 pub(crate) fn observe(health: Option<&TargetHealth>) -> Observation {
@@ -57,10 +71,16 @@ pub(crate) fn observe(health: Option<&TargetHealth>) -> Observation {
         Some(TargetHealthStateEnum::Initial | TargetHealthStateEnum::Unavailable) => {
             (true, TargetState::InService, Health::Unknown)
         }
-        Some(TargetHealthStateEnum::Unhealthy) => (true, TargetState::InService, Health::Unhealthy),
-        Some(TargetHealthStateEnum::Draining | TargetHealthStateEnum::UnhealthyDraining) => {
-            (false, TargetState::Draining, Health::Unknown)
+        // NLB's `unhealthy.draining` is a *registered* target failing its
+        // checks, kept for its open connections until the unhealthy
+        // draining interval ends (and back to `healthy` if it recovers):
+        // not a deregistration. A drain still has to deregister it. (AWS
+        // "NLB introduces a new target health status while draining
+        // connections", 2024; NLB guide, "Unhealthy draining interval".)
+        Some(TargetHealthStateEnum::Unhealthy | TargetHealthStateEnum::UnhealthyDraining) => {
+            (true, TargetState::InService, Health::Unhealthy)
         }
+        Some(TargetHealthStateEnum::Draining) => (false, TargetState::Draining, Health::Unknown),
         Some(TargetHealthStateEnum::Unused) => {
             let not_registered = reason
                 .as_deref()
@@ -157,7 +177,11 @@ mod tests {
         )));
         assert_eq!((o.registered, o.state), (false, TargetState::Draining));
         let o = observe(Some(&th(S::UnhealthyDraining, None)));
-        assert_eq!(o.state, TargetState::Draining);
+        assert_eq!(
+            (o.registered, o.state, o.health),
+            (true, TargetState::InService, Health::Unhealthy),
+            "unhealthy.draining is a registered, unhealthy target"
+        );
         let o = observe(Some(&th(
             S::Unused,
             Some(TargetHealthReasonEnum::NotRegistered),

@@ -1,16 +1,20 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod attributes;
 mod balancer;
 mod config;
+mod document;
 mod error;
 mod health;
+mod pacing;
 mod ssm;
 
 #[cfg(feature = "test-support")]
 pub mod moto;
 
-pub use balancer::Elbv2Balancer;
+pub use attributes::DeregistrationDelay;
+pub use balancer::{Elbv2Balancer, OtherTargetGroups};
 pub use config::{ApiCallCounter, Elbv2BalancerBuilder, SsmExecutorBuilder};
 pub use ssm::{PreflightCheck, SsmExecutor, StatusApi, MAX_INSTANCES_PER_COMMAND};
 

@@ -12,8 +12,8 @@ use aws_sdk_ssm::types::{
 };
 use aws_sdk_ssm::Client;
 use hygiene_core::{
-    tail, CancellationToken, Error, ExecHandle, ExecOutcome, Executor, HandleSink, Preflight,
-    Recovered, Result, Target, TargetId, OUTPUT_TAIL_BYTES,
+    tail, with_retries_when, CancellationToken, Error, ExecHandle, ExecOutcome, Executor,
+    HandleSink, Preflight, Recovered, Result, RetryPolicy, Target, TargetId, OUTPUT_TAIL_BYTES,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -24,6 +24,12 @@ use crate::error::{call, code_of, map_sdk, Subject};
 /// SSM takes at most this many instance ids in one SendCommand.
 pub const MAX_INSTANCES_PER_COMMAND: usize = 50;
 
+/// The least time between two SendCommand calls of one `execute`: after a
+/// refused instance the others are sent one by one, up to 50 calls, and
+/// SendCommand has a small per-account rate (its throttling is
+/// `ThrottlingException`).
+const DEFAULT_SEND_GAP: Duration = Duration::from_millis(200);
+
 /// How [`SsmExecutor::preflight`](Executor::preflight) checks instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -32,6 +38,10 @@ pub enum PreflightCheck {
     /// `Online` are ready (the default).
     #[default]
     DescribeInstanceInformation,
+    /// The document check only (`DescribeDocument`: parameters, platform
+    /// list), no agent check: for endpoints without
+    /// `DescribeInstanceInformation` (moto).
+    DocumentOnly,
     /// No check: every target with an instance id is ready. For endpoints
     /// without `DescribeInstanceInformation` (moto); a real rollout should
     /// not skip it, since an instance SSM cannot reach would be drained
@@ -71,6 +81,9 @@ pub(crate) struct SsmSettings {
     pub(crate) cancel: Option<CancellationToken>,
     pub(crate) preflight: PreflightCheck,
     pub(crate) status_api: StatusApi,
+    pub(crate) send_retry: RetryPolicy,
+    pub(crate) send_gap: Duration,
+    pub(crate) check_document: bool,
     pub(crate) instance_ids: HashMap<TargetId, String>,
 }
 
@@ -91,6 +104,9 @@ impl fmt::Debug for SsmSettings {
             .field("cancel", &self.cancel)
             .field("preflight", &self.preflight)
             .field("status_api", &self.status_api)
+            .field("send_retry", &self.send_retry)
+            .field("send_gap", &self.send_gap)
+            .field("check_document", &self.check_document)
             .field("instance_ids", &self.instance_ids)
             .finish()
     }
@@ -120,6 +136,9 @@ impl SsmSettings {
             cancel: None,
             preflight: PreflightCheck::default(),
             status_api: StatusApi::default(),
+            send_retry: RetryPolicy::default(),
+            send_gap: DEFAULT_SEND_GAP,
+            check_document: true,
             instance_ids: HashMap::new(),
         }
     }
@@ -193,6 +212,12 @@ pub struct SsmExecutor {
 struct SsmInner {
     client: Client,
     settings: SsmSettings,
+    /// Set once GetCommandInvocation without a plugin name was refused
+    /// (`InvalidPluginName`: a document of several steps): status is then
+    /// read with ListCommandInvocations.
+    multi_step: std::sync::atomic::AtomicBool,
+    /// The document as DescribeDocument described it (once).
+    document: tokio::sync::OnceCell<crate::document::DocumentInfo>,
 }
 
 impl fmt::Debug for SsmExecutor {
@@ -314,6 +339,19 @@ fn explain(status: &str, details: Option<&str>) -> Option<(bool, String)> {
     }
 }
 
+/// `text` as SSM returned it, with a last line saying where the rest is
+/// when SSM cut it at `limit` characters.
+fn with_cut_note(text: &str, limit: usize, url: Option<&str>) -> String {
+    if text.chars().count() < limit {
+        return text.to_owned();
+    }
+    let where_ = url.filter(|u| !u.is_empty()).map_or_else(
+        || "configure S3 or CloudWatch output to keep it".to_owned(),
+        |u| format!("full output: {u}"),
+    );
+    format!("{text}\n[ssm returns only the first {limit} characters; {where_}]")
+}
+
 /// One instance's latest status as read from SSM.
 #[derive(Debug)]
 struct Reading {
@@ -327,7 +365,12 @@ struct Reading {
 impl SsmExecutor {
     pub(crate) fn new(client: Client, settings: SsmSettings) -> Self {
         Self {
-            inner: Arc::new(SsmInner { client, settings }),
+            inner: Arc::new(SsmInner {
+                client,
+                settings,
+                multi_step: std::sync::atomic::AtomicBool::new(false),
+                document: tokio::sync::OnceCell::new(),
+            }),
         }
     }
 
@@ -427,6 +470,37 @@ impl SsmExecutor {
             })
     }
 
+    /// [`send`](Self::send), again with jittered backoff (through `backon`,
+    /// bounded by the send retry policy) while SSM throttles it: a throttled
+    /// call was refused, so nothing ran and sending it again is safe.
+    /// Any other failure is not retried (the command may have run).
+    async fn send_retrying(
+        &self,
+        instances: &[String],
+    ) -> std::result::Result<String, SendFailure> {
+        let r = with_retries_when(
+            &self.settings().send_retry,
+            || async {
+                match self.send(instances).await {
+                    Err(f) if matches!(f.error, Error::Throttled { .. }) => Err(f.error),
+                    other => Ok(other),
+                }
+            },
+            |e| matches!(e, Error::Throttled { .. }),
+            |e, delay| {
+                warn!(error = %e, delay_ms = delay.as_millis() as u64, instances = instances.len(), "SendCommand throttled; retrying");
+            },
+        )
+        .await;
+        match r {
+            Ok(sent) => sent,
+            Err(error) => Err(SendFailure {
+                error,
+                instance_reason: None,
+            }),
+        }
+    }
+
     async fn cancel_command(&self, sent: &Sent) {
         let pending: Vec<String> = sent.members.iter().map(|(_, i)| i.clone()).collect();
         let started = Instant::now();
@@ -446,107 +520,210 @@ impl SsmExecutor {
     }
 
     /// The statuses of `sent`'s pending instances (those SSM reports).
+    ///
+    /// `GetCommandInvocation` without a plugin name only works for a
+    /// document of one step; for more (`AWS-RunPatchBaseline` has a Linux
+    /// and a Windows step) SSM answers `InvalidPluginName` (boto3#1811,
+    /// amazon-eks-ami#541), and the status is read with
+    /// `ListCommandInvocations` from then on.
     async fn read(&self, sent: &Sent) -> Result<HashMap<String, Reading>> {
-        let mut out = HashMap::new();
-        match self.settings().status_api {
-            StatusApi::ListCommandInvocations => {
-                let mut token = None;
-                loop {
-                    let page = call(
-                        "ssm",
-                        "ListCommandInvocations",
-                        Subject::default,
-                        self.client()
-                            .list_command_invocations()
-                            .command_id(&sent.command_id)
-                            .details(true)
-                            .set_next_token(token)
-                            .send(),
-                    )
-                    .await?;
-                    for inv in page.command_invocations() {
-                        let Some(instance) = inv.instance_id() else {
-                            continue;
-                        };
-                        let plugins = inv.command_plugins();
-                        let stdout = plugins
-                            .iter()
-                            .filter_map(|p| p.output())
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                        let exit_code = plugins
-                            .iter()
-                            .map(|p| p.response_code())
-                            .find(|c| *c != 0)
-                            .or(plugins.last().map(|p| p.response_code()));
-                        out.insert(
-                            instance.to_owned(),
-                            Reading {
-                                status: inv
-                                    .status()
-                                    .map_or("Pending", CommandInvocationStatus::as_str)
-                                    .to_owned(),
-                                details: inv.status_details().map(str::to_owned),
-                                exit_code,
-                                stdout,
-                                stderr: String::new(),
-                            },
-                        );
-                    }
-                    token = page.next_token().map(str::to_owned);
-                    if token.is_none() {
-                        break;
-                    }
+        use std::sync::atomic::Ordering;
+        let by_list = self.settings().status_api == StatusApi::ListCommandInvocations
+            || self.inner.multi_step.load(Ordering::Relaxed);
+        if !by_list {
+            match self.read_each(sent).await {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {
+                    info!(command_id = %sent.command_id, document = %self.settings().document, "a document of several steps: reading status with ListCommandInvocations");
+                    self.inner.multi_step.store(true, Ordering::Relaxed);
                 }
+                Err(e) => return Err(e),
             }
-            StatusApi::GetCommandInvocation => {
-                for (_, instance) in &sent.members {
-                    let started = Instant::now();
-                    let r = self
-                        .client()
-                        .get_command_invocation()
-                        .command_id(&sent.command_id)
-                        .instance_id(instance)
-                        .send()
-                        .await;
-                    match r {
-                        Ok(inv) => {
-                            out.insert(
-                                instance.clone(),
-                                Reading {
-                                    status: inv
-                                        .status()
-                                        .map_or("Pending", CommandInvocationStatus::as_str)
-                                        .to_owned(),
-                                    details: inv.status_details().map(str::to_owned),
-                                    exit_code: Some(inv.response_code()).filter(|c| *c >= 0),
-                                    stdout: inv
-                                        .standard_output_content()
-                                        .unwrap_or_default()
-                                        .to_owned(),
-                                    stderr: inv
-                                        .standard_error_content()
-                                        .unwrap_or_default()
-                                        .to_owned(),
-                                },
-                            );
-                        }
-                        // Right after SendCommand the invocation may not exist yet.
-                        Err(e) if code_of(&e) == Some("InvocationDoesNotExist") => {}
-                        Err(e) => {
-                            return Err(map_sdk(
-                                "ssm",
-                                "GetCommandInvocation",
-                                Subject::targets(instance.clone()),
-                                started.elapsed(),
-                                e,
-                            ))
-                        }
-                    }
+        }
+        self.read_list(sent).await
+    }
+
+    /// One `ListCommandInvocations` (with details) for the whole command;
+    /// the output of a finished invocation is then read in full per step.
+    async fn read_list(&self, sent: &Sent) -> Result<HashMap<String, Reading>> {
+        let mut out = HashMap::new();
+        let mut token = None;
+        loop {
+            let page = call(
+                "ssm",
+                "ListCommandInvocations",
+                Subject::default,
+                self.client()
+                    .list_command_invocations()
+                    .command_id(&sent.command_id)
+                    .details(true)
+                    .set_next_token(token)
+                    .send(),
+            )
+            .await?;
+            for inv in page.command_invocations() {
+                let Some(instance) = inv.instance_id() else {
+                    continue;
+                };
+                if !sent.members.iter().any(|(_, i)| i == instance) {
+                    continue;
                 }
+                let plugins = inv.command_plugins();
+                let exit_code = plugins
+                    .iter()
+                    .map(|p| p.response_code())
+                    .find(|c| *c != 0)
+                    .or(plugins.last().map(|p| p.response_code()));
+                let status = inv
+                    .status()
+                    .map_or("Pending", CommandInvocationStatus::as_str)
+                    .to_owned();
+                let details = inv.status_details().map(str::to_owned);
+                let (stdout, stderr) = if explain(&status, details.as_deref()).is_some() {
+                    self.full_output(&sent.command_id, instance, plugins).await
+                } else {
+                    (String::new(), String::new())
+                };
+                out.insert(
+                    instance.to_owned(),
+                    Reading {
+                        status,
+                        details,
+                        exit_code,
+                        stdout,
+                        stderr,
+                    },
+                );
+            }
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() {
+                break;
             }
         }
         Ok(out)
+    }
+
+    /// The output of each step of a finished invocation, joined: the
+    /// plugin's `Output` in ListCommandInvocations holds only its first
+    /// 2,500 characters, GetCommandInvocation with the step's name gives
+    /// `StandardOutputContent` (first 24,000) and `StandardErrorContent`
+    /// (first 8,000). Longer output is cut there by SSM: the tail then
+    /// says so and names the full output's URL (S3) when there is one.
+    async fn full_output(
+        &self,
+        command_id: &str,
+        instance: &str,
+        plugins: &[aws_sdk_ssm::types::CommandPlugin],
+    ) -> (String, String) {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        for p in plugins {
+            let Some(name) = p.name() else { continue };
+            let started = Instant::now();
+            match self
+                .client()
+                .get_command_invocation()
+                .command_id(command_id)
+                .instance_id(instance)
+                .plugin_name(name)
+                .send()
+                .await
+            {
+                Ok(inv) => {
+                    let out = inv.standard_output_content().unwrap_or_default();
+                    let err = inv.standard_error_content().unwrap_or_default();
+                    stdout.push(with_cut_note(
+                        out,
+                        24_000,
+                        inv.standard_output_url().or(p.standard_output_url()),
+                    ));
+                    stderr.push(with_cut_note(
+                        err,
+                        8_000,
+                        inv.standard_error_url().or(p.standard_error_url()),
+                    ));
+                }
+                Err(e) => {
+                    let e = map_sdk(
+                        "ssm",
+                        "GetCommandInvocation",
+                        Subject::targets(instance),
+                        started.elapsed(),
+                        e,
+                    );
+                    debug!(command_id, instance, plugin = name, error = %e, "full output unavailable; keeping the first 2,500 characters");
+                    stdout.push(p.output().unwrap_or_default().to_owned());
+                }
+            }
+        }
+        let join = |v: Vec<String>| {
+            v.into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        (join(stdout), join(stderr))
+    }
+
+    /// One `GetCommandInvocation` per pending instance; `None` when SSM
+    /// wants a plugin name (a document of several steps).
+    async fn read_each(&self, sent: &Sent) -> Result<Option<HashMap<String, Reading>>> {
+        let mut out = HashMap::new();
+        for (_, instance) in &sent.members {
+            let started = Instant::now();
+            let r = self
+                .client()
+                .get_command_invocation()
+                .command_id(&sent.command_id)
+                .instance_id(instance)
+                .send()
+                .await;
+            match r {
+                Ok(inv) => {
+                    out.insert(
+                        instance.clone(),
+                        Reading {
+                            status: inv
+                                .status()
+                                .map_or("Pending", CommandInvocationStatus::as_str)
+                                .to_owned(),
+                            details: inv.status_details().map(str::to_owned),
+                            exit_code: Some(inv.response_code()).filter(|c| *c >= 0),
+                            stdout: with_cut_note(
+                                inv.standard_output_content().unwrap_or_default(),
+                                24_000,
+                                inv.standard_output_url(),
+                            ),
+                            stderr: with_cut_note(
+                                inv.standard_error_content().unwrap_or_default(),
+                                8_000,
+                                inv.standard_error_url(),
+                            ),
+                        },
+                    );
+                }
+                // Right after SendCommand the invocation may not exist yet.
+                Err(e) if code_of(&e) == Some("InvocationDoesNotExist") => {}
+                Err(e)
+                    if matches!(
+                        code_of(&e),
+                        Some("InvalidPluginName" | "InvalidPluginNameException")
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => {
+                    return Err(map_sdk(
+                        "ssm",
+                        "GetCommandInvocation",
+                        Subject::targets(instance.clone()),
+                        started.elapsed(),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(Some(out))
     }
 
     fn outcome(
@@ -578,7 +755,22 @@ impl Executor for SsmExecutor {
     async fn preflight(&self, targets: &[Target]) -> Result<Vec<Preflight>> {
         let instances: Vec<std::result::Result<String, String>> =
             targets.iter().map(|t| self.instance_of(t)).collect();
-        if self.settings().preflight == PreflightCheck::Skip {
+        let s = self.settings();
+        let doc = if s.check_document && s.preflight != PreflightCheck::Skip {
+            let doc = self
+                .inner
+                .document
+                .get_or_try_init(|| crate::document::describe(self.client(), s))
+                .await?;
+            crate::document::check_parameters(s, doc)?;
+            Some(doc)
+        } else {
+            None
+        };
+        if matches!(
+            s.preflight,
+            PreflightCheck::Skip | PreflightCheck::DocumentOnly
+        ) {
             return Ok(instances
                 .into_iter()
                 .map(|i| i.map_or_else(Preflight::NotReady, |_| Preflight::Ready))
@@ -588,7 +780,8 @@ impl Executor for SsmExecutor {
             .iter()
             .filter_map(|i| i.as_ref().ok().cloned())
             .collect();
-        let mut info: HashMap<String, (Option<PingStatus>, String)> = HashMap::new();
+        let mut info: HashMap<String, (Option<PingStatus>, String, Option<String>)> =
+            HashMap::new();
         for chunk in ids.chunks(MAX_INSTANCES_PER_COMMAND) {
             let filter = InstanceInformationStringFilter::builder()
                 .key("InstanceIds")
@@ -614,7 +807,14 @@ impl Executor for SsmExecutor {
                             .last_ping_date_time()
                             .map(|t| format!(", last ping {t}"))
                             .unwrap_or_default();
-                        info.insert(id.to_owned(), (i.ping_status().cloned(), last));
+                        info.insert(
+                            id.to_owned(),
+                            (
+                                i.ping_status().cloned(),
+                                last,
+                                i.platform_type().map(|p| p.as_str().to_owned()),
+                            ),
+                        );
                     }
                 }
                 token = page.next_token().map(str::to_owned);
@@ -628,8 +828,20 @@ impl Executor for SsmExecutor {
             .map(|i| match i {
                 Err(why) => Preflight::NotReady(why),
                 Ok(id) => match info.get(&id) {
-                    Some((Some(PingStatus::Online), _)) => Preflight::Ready,
-                    Some((ping, last)) => Preflight::NotReady(format!(
+                    Some((Some(PingStatus::Online), _, platform)) => {
+                        match doc.and_then(|d| {
+                            crate::document::platform_mismatch(
+                                &s.document,
+                                d,
+                                &id,
+                                platform.as_deref(),
+                            )
+                        }) {
+                            Some(why) => Preflight::NotReady(why),
+                            None => Preflight::Ready,
+                        }
+                    }
+                    Some((ping, last, _)) => Preflight::NotReady(format!(
                         "the SSM agent on {id} is {}{last}: SSM cannot run commands there; check the agent and the instance's network",
                         ping.as_ref().map_or("in an unknown state", PingStatus::as_str)
                     )),
@@ -758,9 +970,14 @@ impl Executor for SsmExecutor {
             .chunks(MAX_INSTANCES_PER_COMMAND)
             .map(<[_]>::to_vec)
             .collect();
+        let mut last_send: Option<Instant> = None;
         while let Some(chunk) = work.pop_front() {
             let instances: Vec<String> = chunk.iter().map(|(_, i)| i.clone()).collect();
-            match self.send(&instances).await {
+            if let Some(at) = last_send {
+                tokio::time::sleep_until(at + s.send_gap).await;
+            }
+            last_send = Some(Instant::now());
+            match self.send_retrying(&instances).await {
                 Ok(command_id) => {
                     info!(command_id = %command_id, document = %s.document, instances = chunk.len(), "command sent");
                     for (i, inst) in &chunk {

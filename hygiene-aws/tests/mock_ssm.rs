@@ -8,13 +8,16 @@ use std::time::Duration;
 use aws_sdk_ssm::config::retry::RetryConfig;
 use aws_sdk_ssm::error::ErrorMetadata;
 use aws_sdk_ssm::operation::cancel_command::CancelCommandOutput;
+use aws_sdk_ssm::operation::describe_document::DescribeDocumentOutput;
 use aws_sdk_ssm::operation::describe_instance_information::DescribeInstanceInformationOutput;
-use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
+use aws_sdk_ssm::operation::get_command_invocation::{
+    GetCommandInvocationError, GetCommandInvocationOutput,
+};
 use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsOutput;
 use aws_sdk_ssm::operation::send_command::{SendCommandError, SendCommandOutput};
 use aws_sdk_ssm::types::{
-    Command, CommandInvocation, CommandInvocationStatus, CommandPlugin, InstanceInformation,
-    PingStatus,
+    Command, CommandInvocation, CommandInvocationStatus, CommandPlugin, DocumentDescription,
+    DocumentParameter, InstanceInformation, PingStatus, PlatformType,
 };
 use aws_sdk_ssm::Client;
 use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
@@ -48,6 +51,16 @@ struct Fake {
     send_errors: VecDeque<Option<&'static str>>,
     /// The instances of every SendCommand, accepted or not.
     send_attempts: Vec<Vec<String>>,
+    /// Instances whose document has two steps: GetCommandInvocation
+    /// without a plugin name is `InvalidPluginName` for them.
+    multi_step: Vec<String>,
+    /// Per instance, stdout longer than the 2,500 characters a plugin's
+    /// `Output` holds (GetCommandInvocation with the plugin name gives it).
+    long_output: HashMap<String, String>,
+    /// Per instance, its platform (`Linux` when not given).
+    platform: HashMap<String, PlatformType>,
+    /// DescribeDocument calls.
+    describe_document_calls: usize,
 }
 
 impl Fake {
@@ -56,6 +69,17 @@ impl Fake {
             default_script,
             ..Default::default()
         }))
+    }
+
+    /// The current step without moving on.
+    fn peek(&mut self, instance: &str) -> Step {
+        let default = self.default_script.clone();
+        self.scripts
+            .entry(instance.to_owned())
+            .or_insert_with(|| default.into_iter().collect())
+            .front()
+            .copied()
+            .unwrap_or(PENDING)
     }
 
     fn step(&mut self, instance: &str) -> Step {
@@ -119,38 +143,65 @@ fn client(fake: &Arc<Mutex<Fake>>) -> Client {
         let mut out = ListCommandInvocationsOutput::builder();
         for i in instances {
             let (status, details, code, stdout, _) = f.step(&i);
-            out = out.command_invocations(
-                CommandInvocation::builder()
-                    .command_id(&cmd)
-                    .instance_id(&i)
-                    .status(CommandInvocationStatus::from(status))
-                    .status_details(details)
-                    .command_plugins(
-                        CommandPlugin::builder()
-                            .name("aws:runShellScript")
-                            .response_code(code)
-                            .output(stdout)
-                            .build(),
-                    )
-                    .build(),
-            );
+            let head: String = f
+                .long_output
+                .get(&i)
+                .map_or(stdout.to_owned(), |l| l.chars().take(2500).collect());
+            let mut inv = CommandInvocation::builder()
+                .command_id(&cmd)
+                .instance_id(&i)
+                .status(CommandInvocationStatus::from(status))
+                .status_details(details);
+            let names: &[&str] = if f.multi_step.contains(&i) {
+                &["PatchLinux", "PatchWindows"]
+            } else {
+                &["aws:runShellScript"]
+            };
+            for name in names {
+                inv = inv.command_plugins(
+                    CommandPlugin::builder()
+                        .name(*name)
+                        .response_code(code)
+                        .output(head.clone())
+                        .build(),
+                );
+            }
+            out = out.command_invocations(inv.build());
         }
         out.build()
     });
     let f = Arc::clone(fake);
-    let get = mock!(Client::get_command_invocation).then_compute_output(move |req| {
+    let get = mock!(Client::get_command_invocation).then_compute_response(move |req| {
         let mut f = f.lock().expect("fake");
         let i = req.instance_id().unwrap_or_default().to_owned();
-        let (status, details, code, stdout, stderr) = f.step(&i);
-        GetCommandInvocationOutput::builder()
-            .command_id(req.command_id().unwrap_or_default())
-            .instance_id(i)
-            .status(CommandInvocationStatus::from(status))
-            .status_details(details)
-            .response_code(code)
-            .standard_output_content(stdout)
-            .standard_error_content(stderr)
-            .build()
+        let plugin = req.plugin_name().map(str::to_owned);
+        if plugin.is_none() && f.multi_step.contains(&i) {
+            return MockResponse::Error(GetCommandInvocationError::generic(
+                ErrorMetadata::builder().code("InvalidPluginName").build(),
+            ));
+        }
+        // Naming a plugin reads its output; it does not move the script on.
+        let (status, details, code, stdout, stderr) = if plugin.is_some() {
+            f.peek(&i)
+        } else {
+            f.step(&i)
+        };
+        let stdout = match (&plugin, f.long_output.get(&i)) {
+            (Some(_), Some(long)) => long.clone(),
+            (Some(p), None) if f.multi_step.contains(&i) => format!("{p}: {stdout}"),
+            _ => stdout.to_owned(),
+        };
+        MockResponse::Output(
+            GetCommandInvocationOutput::builder()
+                .command_id(req.command_id().unwrap_or_default())
+                .instance_id(i)
+                .status(CommandInvocationStatus::from(status))
+                .status_details(details)
+                .response_code(code)
+                .standard_output_content(stdout)
+                .standard_error_content(stderr)
+                .build(),
+        )
     });
     let f = Arc::clone(fake);
     let cancel = mock!(Client::cancel_command).then_compute_output(move |req| {
@@ -186,18 +237,44 @@ fn client(fake: &Arc<Mutex<Fake>>) -> Client {
             if let Some(p) = f.ping.get(&i) {
                 out = out.instance_information_list(
                     InstanceInformation::builder()
-                        .instance_id(i)
+                        .instance_id(&i)
                         .ping_status(p.clone())
+                        .platform_type(f.platform.get(&i).cloned().unwrap_or(PlatformType::Linux))
                         .build(),
                 );
             }
         }
         out.build()
     });
+    let f = Arc::clone(fake);
+    // AWS-RunShellScript as SSM describes it: `commands` (required),
+    // `workingDirectory` and `executionTimeout` (with defaults), Linux and
+    // macOS only.
+    let document = mock!(Client::describe_document).then_compute_output(move |req| {
+        f.lock().expect("fake").describe_document_calls += 1;
+        let p = |name: &str, default: Option<&str>| {
+            DocumentParameter::builder()
+                .name(name)
+                .set_default_value(default.map(str::to_owned))
+                .build()
+        };
+        DescribeDocumentOutput::builder()
+            .document(
+                DocumentDescription::builder()
+                    .name(req.name().unwrap_or_default())
+                    .parameters(p("commands", None))
+                    .parameters(p("workingDirectory", Some("")))
+                    .parameters(p("executionTimeout", Some("3600")))
+                    .platform_types(PlatformType::Linux)
+                    .platform_types(PlatformType::Macos)
+                    .build(),
+            )
+            .build()
+    });
     mock_client!(
         aws_sdk_ssm,
         RuleMode::MatchAny,
-        &[&send, &list, &get, &cancel, &describe],
+        &[&send, &list, &get, &cancel, &describe, &document],
         |c| c.retry_config(RetryConfig::disabled())
     )
 }
@@ -594,9 +671,10 @@ async fn an_instance_gone_fails_the_same_way_in_a_later_send_command() {
 
 #[tokio::test(start_paused = true)]
 async fn send_command_refusals_before_anything_was_sent_are_errors() {
-    // Throttled before SSM accepted anything: retryable, and nothing ran.
+    // Throttled before SSM accepted anything, past the executor's own
+    // retries: retryable, and nothing ran.
     let fake = Fake::new(vec![RUNNING, OK]);
-    fake.lock().expect("fake").send_errors = [Some("ThrottlingException")].into();
+    fake.lock().expect("fake").send_errors = [Some("ThrottlingException"); 6].into();
     let exec = builder(&fake).build().expect("builds");
     let e = exec
         .execute(&[target("i-0a"), target("i-0b")])
@@ -621,9 +699,12 @@ async fn send_command_refusals_before_anything_was_sent_are_errors() {
     );
     assert!(!e.is_retryable());
 
-    // Once a command runs, a later refusal fails that call's targets.
+    // Once a command runs, a later refusal (past the retries) fails that
+    // call's targets.
     let fake = Fake::new(vec![RUNNING, OK]);
-    fake.lock().expect("fake").send_errors = [None, Some("ThrottlingException")].into();
+    fake.lock().expect("fake").send_errors = std::iter::once(None)
+        .chain([Some("ThrottlingException"); 6])
+        .collect();
     let targets: Vec<Target> = (0..60).map(|i| target(&format!("i-{i:04x}"))).collect();
     let exec = builder(&fake).build().expect("builds");
     let out = exec.execute(&targets).await.expect("execute");
@@ -635,6 +716,173 @@ async fn send_command_refusals_before_anything_was_sent_are_errors() {
             "{msg}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_send_command_after_the_first_chunk_is_retried() {
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").send_errors = [
+        None,
+        Some("ThrottlingException"),
+        Some("ThrottlingException"),
+    ]
+    .into();
+    let targets: Vec<Target> = (0..60).map(|i| target(&format!("i-{i:04x}"))).collect();
+    let exec = builder(&fake).build().expect("builds");
+    let out = exec.execute(&targets).await.expect("execute");
+    assert!(
+        out.iter().all(|o| o.success),
+        "{:?}",
+        out.iter().find(|o| !o.success)
+    );
+    let f = fake.lock().expect("fake");
+    assert_eq!(f.send_attempts.len(), 4, "one retry per throttle");
+    assert_eq!(f.commands.len(), 2, "each instance got the command once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_one_by_one_sends_after_a_refusal_are_paced() {
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").gone = vec!["i-gone".into()];
+    let mut targets: Vec<Target> = (0..9).map(|i| target(&format!("i-{i:04x}"))).collect();
+    targets.push(target("i-gone"));
+    let exec = builder(&fake)
+        .with_send_gap(Duration::from_millis(500))
+        .build()
+        .expect("builds");
+    let started = tokio::time::Instant::now();
+    let out = exec.execute(&targets).await.expect("execute");
+    assert_eq!(out.iter().filter(|o| o.success).count(), 9);
+    assert_eq!(fake.lock().expect("fake").send_attempts.len(), 11);
+    // Ten single sends after the refused call, 500 ms apart at least.
+    assert!(
+        started.elapsed() >= Duration::from_millis(5000),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_document_of_several_steps_is_read_without_guessing_a_plugin() {
+    // AWS-RunPatchBaseline has a Linux and a Windows step: GetCommandInvocation
+    // without a plugin name is InvalidPluginName for it.
+    let fake = Fake::new(vec![RUNNING, OK]);
+    fake.lock().expect("fake").multi_step = vec!["i-0a".into(), "i-0b".into()];
+    let exec = builder(&fake)
+        .with_status_api(StatusApi::GetCommandInvocation)
+        .build()
+        .expect("builds");
+    let out = exec
+        .execute(&[target("i-0a"), target("i-0b")])
+        .await
+        .expect("execute");
+    for o in &out {
+        assert!(o.success, "{o:?}");
+        assert!(
+            o.stdout_tail.contains("PatchLinux: ok") && o.stdout_tail.contains("PatchWindows: ok"),
+            "every step's output: {:?}",
+            o.stdout_tail
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_output_tail_is_the_real_end_not_the_first_2500_characters() {
+    let fake = Fake::new(vec![RUNNING, OK]);
+    let long: String = (0..400)
+        .map(|i| format!("line {i:04} of the patch log\n"))
+        .collect::<String>()
+        + "Complete! THE END";
+    assert!(long.len() > 10_000);
+    fake.lock()
+        .expect("fake")
+        .long_output
+        .insert("i-0a".into(), long);
+    let exec = builder(&fake).build().expect("builds");
+    let out = exec.execute(&[target("i-0a")]).await.expect("execute");
+    assert!(out[0].success);
+    assert!(
+        out[0].stdout_tail.ends_with("Complete! THE END"),
+        "{:?}",
+        &out[0].stdout_tail
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_document_is_checked_before_any_drain() {
+    let fake = Fake::new(vec![RUNNING, OK]);
+    {
+        let mut f = fake.lock().expect("fake");
+        f.ping.insert("i-0a".into(), PingStatus::Online);
+        f.ping.insert("i-win".into(), PingStatus::Online);
+        f.platform.insert("i-win".into(), PlatformType::Windows);
+    }
+    // A misspelt parameter: preflight fails, naming it and what the document takes.
+    let exec = builder(&fake)
+        .with_parameter("workingDirectroy", ["/srv"])
+        .build()
+        .expect("builds");
+    let e = exec
+        .preflight(&[target("i-0a")])
+        .await
+        .expect_err("no such parameter");
+    let text = e.to_string();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "parameters",
+                ..
+            }
+        ) && text.contains("workingDirectroy")
+            && text.contains("workingDirectory"),
+        "{text}"
+    );
+    // A required parameter left out.
+    let exec = SsmExecutor::builder("AWS-RunShellScript")
+        .with_client(client(&fake))
+        .build()
+        .expect("builds");
+    let e = exec
+        .preflight(&[target("i-0a")])
+        .await
+        .expect_err("commands");
+    assert!(e.to_string().contains("commands"), "{e}");
+    // Through the engine: nothing is drained.
+    let lb = InMemoryBalancer::with_targets(["i-0a", "i-0b"]).expect("lb");
+    let exec = builder(&fake)
+        .with_parameter("workingDirectroy", ["/srv"])
+        .build()
+        .expect("builds");
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(0))
+        .build()
+        .expect("config");
+    let _ = Rollout::new(lb.clone(), exec, config).run().await;
+    assert!(
+        !lb.calls().iter().any(|c| c.op == Operation::Drain),
+        "nothing drained"
+    );
+    // A document for Linux on a Windows instance: that one is not ready.
+    let exec = builder(&fake).build().expect("builds");
+    let before = fake.lock().expect("fake").describe_document_calls;
+    let pf = exec
+        .preflight(&[target("i-0a"), target("i-win")])
+        .await
+        .expect("preflight");
+    assert_eq!(pf[0], Preflight::Ready);
+    assert!(
+        matches!(&pf[1], Preflight::NotReady(why) if why.contains("Windows") && why.contains("i-win")),
+        "{:?}",
+        pf[1]
+    );
+    exec.preflight(&[target("i-0a")]).await.expect("again");
+    assert_eq!(
+        fake.lock().expect("fake").describe_document_calls - before,
+        1,
+        "the document is read once"
+    );
 }
 
 #[test]
