@@ -153,8 +153,10 @@ async fn a_failed_patch_is_kept_out_by_name_and_no_request_fails() {
         .await
         .expect("list");
     for l in listed {
+        // Kept out as it was when its maintenance failed: drained, then
+        // disabled (MAINT) before the maintenance.
         let want = if l.target.id.as_str() == "web/s2" {
-            TargetState::Draining
+            TargetState::OutOfService
         } else {
             TargetState::InService
         };

@@ -77,14 +77,18 @@ async fn a_reload_during_maintenance_is_caught_and_the_server_drained_again() {
         .await
         .expect("the maintenance asks for a reload");
     let (before, _) = h.server("web", "s1").await;
-    assert_eq!(before, "DRAIN", "drained before the maintenance");
+    assert_eq!(
+        before, "MAINT",
+        "drained, then disabled (sealed) before the maintenance"
+    );
     h.reload(&bin).await;
     done.send(()).expect("maintenance waits");
-    // Within the maintenance (2 s), the guard drains it again.
+    // Within the maintenance (2 s), the guard takes it out again, hard as
+    // it was.
     let mut again = false;
     for _ in 0..150 {
         let (status, _) = h.server("web", "s1").await;
-        if status == "DRAIN" {
+        if status == "MAINT" {
             again = true;
             break;
         }

@@ -152,7 +152,9 @@ impl Op {
     /// The PATCH body for a peer in `state`, or `None` to leave it alone.
     fn body(self, kind: UpstreamKind, state: &str) -> Option<Value> {
         match (self, kind) {
-            (Self::Drain, _) if state == "down" => None,
+            // Already down (the drain set it, or an earlier disable):
+            // nothing to send.
+            (Self::Drain | Self::Disable, _) if state == "down" => None,
             (Self::Drain, UpstreamKind::Http) => Some(json!({ "drain": true })),
             (Self::Drain | Self::Disable | Self::Seal, _) => Some(json!({ "down": true })),
             (Self::Enable, UpstreamKind::Http) => Some(json!({ "drain": false, "down": false })),
