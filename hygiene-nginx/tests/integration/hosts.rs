@@ -287,3 +287,23 @@ async fn adopted_targets_keep_their_address_and_drain_to_down() {
         .expect_err("renumbered since the listing");
     assert!(matches!(e, Error::Rejected { .. }), "{e:?}");
 }
+
+/// The conformance check: a host in two upstreams is drained from both
+/// before `drain` reports it drained, and back in both after `enable`.
+#[tokio::test]
+async fn conformance_a_shared_host_is_drained_from_both_upstreams() {
+    let srv = FakeNginx::start(shared()).await;
+    let lb = builder([&srv]).upstream("backend").build().expect("valid");
+    let api = builder([&srv])
+        .upstream("api")
+        .scope(Scope::ListedOnly)
+        .build()
+        .expect("valid");
+    let shared = hygiene_core::conformance::SharedHost {
+        id: id("backend/0"),
+        other: std::sync::Arc::new(api),
+        other_id: id("api/0"),
+        settle: std::time::Duration::from_secs(3),
+    };
+    hygiene_core::conformance::check_shared_host(&lb, &shared).await;
+}
