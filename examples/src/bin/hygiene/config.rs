@@ -543,8 +543,9 @@ pub(crate) struct SsmSection {
     pub(crate) wait_timeout: Option<Duration>,
     #[serde(default, with = "duration_text::option")]
     pub(crate) poll_interval: Option<Duration>,
-    /// Check SSM agents with DescribeInstanceInformation first (default true).
-    pub(crate) preflight: Option<bool>,
+    /// What is checked before a target is drained (default
+    /// `instance_information`).
+    pub(crate) preflight: Option<SsmPreflight>,
     /// `list` (ListCommandInvocations, default) or `get` (GetCommandInvocation).
     pub(crate) status_api: Option<SsmStatusApi>,
     pub(crate) output_s3_bucket: Option<String>,
@@ -552,6 +553,21 @@ pub(crate) struct SsmSection {
     pub(crate) cloudwatch_log_group: Option<String>,
     /// On Ctrl-C, cancel running commands (default true).
     pub(crate) cancel_on_interrupt: Option<bool>,
+}
+
+/// What the SSM executor checks before a target is drained.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SsmPreflight {
+    /// DescribeDocument (parameters, platforms) and DescribeInstanceInformation
+    /// (the agent is online): an instance SSM cannot reach is never drained.
+    InstanceInformation,
+    /// The document check only, for endpoints without
+    /// DescribeInstanceInformation (moto).
+    DocumentOnly,
+    /// No check (endpoints without either, such as moto with an AWS-managed
+    /// document).
+    Skip,
 }
 
 /// Which API reads SSM command status.

@@ -475,7 +475,7 @@ async fn ssm(
     s: &Spanned<crate::config::SsmSection>,
     cancel: &hygiene_core::CancellationToken,
 ) -> Result<BuiltExecutor, ConfigError> {
-    use crate::config::SsmStatusApi;
+    use crate::config::{SsmPreflight, SsmStatusApi};
     use hygiene_aws::{PreflightCheck, SsmExecutor, StatusApi};
     let span = s.span();
     let s = s.get_ref();
@@ -526,11 +526,13 @@ async fn ssm(
     if let Some(g) = &s.cloudwatch_log_group {
         b = b.with_cloudwatch_output(g);
     }
-    b = b.with_preflight(if s.preflight.unwrap_or(true) {
-        PreflightCheck::DescribeInstanceInformation
-    } else {
-        PreflightCheck::Skip
-    });
+    b = b.with_preflight(
+        match s.preflight.unwrap_or(SsmPreflight::InstanceInformation) {
+            SsmPreflight::InstanceInformation => PreflightCheck::DescribeInstanceInformation,
+            SsmPreflight::DocumentOnly => PreflightCheck::DocumentOnly,
+            SsmPreflight::Skip => PreflightCheck::Skip,
+        },
+    );
     b = b.with_status_api(match s.status_api.unwrap_or(SsmStatusApi::List) {
         SsmStatusApi::List => StatusApi::ListCommandInvocations,
         SsmStatusApi::Get => StatusApi::GetCommandInvocation,
