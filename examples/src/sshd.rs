@@ -87,7 +87,10 @@ impl Sshd {
             .spawn()?;
         let mut sshd = Self { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while hosts.iter().any(|h| TcpStream::connect((*h, port)).is_err()) {
+        while hosts
+            .iter()
+            .any(|h| TcpStream::connect((*h, port)).is_err())
+        {
             if let Some(status) = sshd.child.try_wait()? {
                 return Err(format!("sshd exited with {status}: {}", sshd.log()).into());
             }

@@ -90,15 +90,18 @@ async fn run_on_elbv2_with_ssm_on_moto() {
     let plan: serde_json::Value = serde_json::from_str(stdout.trim()).expect("plan json");
     assert_eq!(plan["required_healthy"], 4, "{plan}");
     let overrides = ["--batch-size", "50%", "--min-healthy", "2"];
-    let (code, stdout, err) = tokio::task::block_in_place(|| {
-        run(&[&["plan", "--json"][..], &overrides[..]].concat())
-    });
+    let (code, stdout, err) =
+        tokio::task::block_in_place(|| run(&[&["plan", "--json"][..], &overrides[..]].concat()));
     assert_eq!(code, 0, "{stdout}{err}");
     let plan: serde_json::Value = serde_json::from_str(stdout.trim()).expect("plan json");
     assert_eq!(plan["batches"].as_array().map(Vec::len), Some(2), "{plan}");
 
     let (code, stdout, err) = tokio::task::block_in_place(|| {
-        run(&[&["run", "--json", "--poll-interval", "200ms"][..], &overrides[..]].concat())
+        run(&[
+            &["run", "--json", "--poll-interval", "200ms"][..],
+            &overrides[..],
+        ]
+        .concat())
     });
     assert_eq!(code, 0, "{stdout}{err}");
     let lines = json_lines(&stdout);

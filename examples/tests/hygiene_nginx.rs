@@ -189,7 +189,10 @@ async fn run_on_nginx_plus_with_the_local_executor() {
         ],
         "once per target: {maintained}"
     );
-    assert!(state.join("shop.jsonl").exists(), "the file's pool names the journal");
+    assert!(
+        state.join("shop.jsonl").exists(),
+        "the file's pool names the journal"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
