@@ -73,7 +73,9 @@ fn at<T>(
                     .strip_prefix(last)
                     .and_then(|f| f.strip_prefix('.'))
                     .unwrap_or(field);
-                (format!("{section}.{field}"), message.clone())
+                // Point at the field's line when the section sets it.
+                let span = loaded.field_span(span.clone(), field);
+                return loaded.error_at(Some(span), &format!("{section}.{field}"), message.clone());
             }
             other => (section.to_owned(), other.to_string()),
         };
