@@ -43,8 +43,15 @@ fn keygen(path: &Path) -> BoxResult<()> {
 }
 
 impl Sshd {
-    /// Starts `bin` on a free loopback port and waits until it listens.
+    /// Starts `bin` on a free port of 127.0.0.1 and waits until it listens.
     pub fn start(bin: &Path) -> BoxResult<Self> {
+        Self::start_on(bin, &["127.0.0.1"])
+    }
+
+    /// Starts `bin` on one port of each of these loopback addresses
+    /// (`127.0.0.2`: several hosts on one machine), with a known-hosts file
+    /// naming each, and waits until it listens.
+    pub fn start_on(bin: &Path, hosts: &[&str]) -> BoxResult<Self> {
         // sshd's privilege separation directory.
         std::fs::create_dir_all("/run/sshd")?;
         let dir = tempfile::tempdir()?;
@@ -55,16 +62,21 @@ impl Sshd {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let listen: String = hosts
+            .iter()
+            .map(|h| format!("ListenAddress {h}:{port}\n"))
+            .collect();
         let config = format!(
-            "ListenAddress 127.0.0.1:{port}\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+            "{listen}HostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config)?;
         let host_pub = std::fs::read_to_string(d.join("host_key.pub"))?;
-        std::fs::write(
-            d.join("known_hosts"),
-            format!("[127.0.0.1]:{port} {host_pub}"),
-        )?;
+        let known: String = hosts
+            .iter()
+            .map(|h| format!("[{h}]:{port} {host_pub}"))
+            .collect();
+        std::fs::write(d.join("known_hosts"), known)?;
         let log = std::fs::File::create(d.join("sshd.log"))?;
         let child = Command::new(bin)
             .args(["-D", "-e", "-f"])
@@ -75,7 +87,10 @@ impl Sshd {
             .spawn()?;
         let mut sshd = Self { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while hosts
+            .iter()
+            .any(|h| TcpStream::connect((*h, port)).is_err())
+        {
             if let Some(status) = sshd.child.try_wait()? {
                 return Err(format!("sshd exited with {status}: {}", sshd.log()).into());
             }

@@ -168,6 +168,59 @@ fn missing_secret_is_named() {
     );
 }
 
+/// "Two pools with one name": a file configures one balancer, so a pool
+/// cannot be named twice in it; what can be is one of its members: the
+/// same backend twice, two nodes on one socket, an upstream name in both
+/// http and stream (target ids are `<upstream>/…`).
+#[test]
+fn a_backend_node_or_upstream_named_twice() {
+    assert_config_error(
+        &format!("[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\", \"api\", \"web\"]\n{GOOD_TAIL}"),
+        3,
+        "balancer.haproxy.backends",
+    );
+    let (_, err, _) = config_error(&format!(
+        "[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\", \"web\"]\n{GOOD_TAIL}"
+    ));
+    assert!(err.contains("\"web\" is listed twice"), "names it: {err}");
+    assert_config_error(
+        &format!("[balancer.haproxy]\nnodes = [\"/x.sock\", \"/x.sock\"]\nbackends = [\"web\"]\n{GOOD_TAIL}"),
+        2,
+        "balancer.haproxy.nodes",
+    );
+    let (code, err, _) = config_error(&format!(
+        "[balancer.nginx]\napi_urls = [\"http://127.0.0.1:1/api\"]\nupstreams = [\"web\"]\nstream_upstreams = [\"web\"]\n{GOOD_TAIL}"
+    ));
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(
+        err.contains("balancer.nginx") && err.contains("\"web\" is given twice"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_secret_file_is_named() {
+    let (code, err, _) = config_error(&format!(
+        "[balancer.nginx]\napi_urls = [\"http://127.0.0.1:1/api\"]\nupstreams = [\"web\"]\nuser = \"ops\"\npassword_file = \"/nonexistent/hygiene-test.password\"\n{GOOD_TAIL}"
+    ));
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(
+        err.contains(":5:")
+            && err.contains("balancer.nginx.password_file")
+            && err.contains("/nonexistent/hygiene-test.password"),
+        "{err}"
+    );
+    // A user with neither: the error says where a password may come from.
+    let (code, err, _) = config_error(&format!(
+        "[balancer.nginx]\napi_urls = [\"http://127.0.0.1:1/api\"]\nupstreams = [\"web\"]\nuser = \"ops\"\n{GOOD_TAIL}"
+    ));
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(
+        err.contains("password_env") && err.contains("password_file"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_flag_override_is_validated_and_named() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -206,6 +259,28 @@ fn a_socket_that_is_not_there_is_unreachable() {
     let (code, _, err) = out(c);
     assert_eq!(code, UNREACHABLE, "{err}");
     assert!(err.contains("nothing.sock"), "names the socket: {err}");
+    for cmd in ["run", "plan"] {
+        let mut c = hygiene(&path, &dir.path().join("state"));
+        c.arg(cmd);
+        let (code, _, err) = out(c);
+        assert_eq!(code, UNREACHABLE, "{cmd}: {err}");
+        assert!(
+            err.contains("nothing.sock"),
+            "{cmd} names the socket: {err}"
+        );
+    }
+    // The run took the journal's lock, then found nothing to reach: no run
+    // is recorded, so nothing blocks the next one.
+    let journal = dir.path().join("state").join("web.jsonl");
+    assert!(
+        FileJournal::read(&journal).unwrap_or_default().is_empty(),
+        "an unreachable balancer records no run"
+    );
+    let mut c = hygiene(&path, &dir.path().join("state"));
+    c.arg("status");
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(stdout.contains("no run recorded"), "{stdout}");
 }
 
 #[test]

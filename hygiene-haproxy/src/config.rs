@@ -258,17 +258,26 @@ impl HaproxyBalancerBuilder {
         for b in &self.backends {
             check_name(b, "backend")?;
         }
-        if has_duplicates(&self.backends) {
-            return Err(invalid("backends", "a backend is listed twice"));
+        if let Some(b) = duplicate(&self.backends) {
+            return Err(invalid(
+                "backends",
+                &format!("backend {b:?} is listed twice"),
+            ));
         }
         let backends = self.backends;
         let endpoints: Vec<String> = self.nodes.iter().map(|n| n.endpoint.to_string()).collect();
-        if has_duplicates(&endpoints) {
-            return Err(invalid("nodes", "a node socket is listed twice"));
+        if let Some(e) = duplicate(&endpoints) {
+            return Err(invalid(
+                "nodes",
+                &format!("node socket {e} is listed twice"),
+            ));
         }
         let names: Vec<String> = self.nodes.iter().map(Node::display_name).collect();
-        if has_duplicates(&names) {
-            return Err(invalid("nodes", "two nodes have the same name"));
+        if let Some(n) = duplicate(&names) {
+            return Err(invalid(
+                "nodes",
+                &format!("two nodes have the same name {n:?}"),
+            ));
         }
         if self.connect_timeout.is_zero() {
             return Err(invalid("connect_timeout", "must be more than zero"));
@@ -299,10 +308,11 @@ impl HaproxyBalancerBuilder {
     }
 }
 
-fn has_duplicates(items: &[String]) -> bool {
+/// An item listed more than once, if any.
+fn duplicate(items: &[String]) -> Option<&String> {
     let mut sorted: Vec<&String> = items.iter().collect();
     sorted.sort();
-    sorted.windows(2).any(|w| w[0] == w[1])
+    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 #[cfg(test)]

@@ -114,6 +114,12 @@ impl Loaded {
         }
     }
 
+    /// The span of `field = …` in the section at `section`, else the
+    /// section's own.
+    pub(crate) fn field_span(&self, section: Range<usize>, field: &str) -> Range<usize> {
+        field_in_section(&self.text, section.start, field).unwrap_or(section)
+    }
+
     /// Exactly one balancer and one executor; pool name well formed.
     fn check(&self) -> Result<(), ConfigError> {
         let f = &self.file;
@@ -305,28 +311,34 @@ fn refine_section_error(
         format!("{section}.{field}")
     });
     let message = message.to_owned();
-    // The field's line within the section: the first line from the
-    // section's start that sets it.
-    let from = span.map_or(0, |s| s.start).min(text.len());
+    if let Some(at) = field_in_section(text, span.map_or(0, |s| s.start), field) {
+        let (place, snippet) = locate(path, text, Some(at));
+        err.place = place;
+        err.snippet = snippet;
+    }
+    err.message = message;
+}
+
+/// Where `field = …` is set in the section starting at byte `from`: the
+/// first line from there that sets it, before the next section.
+fn field_in_section(text: &str, from: usize, field: &str) -> Option<Range<usize>> {
+    let from = from.min(text.len());
     let mut offset = from;
     for line in text[from..].split_inclusive('\n') {
         let trimmed = line.trim_start();
         if offset > from && trimmed.starts_with('[') {
-            break;
+            return None;
         }
         if trimmed
             .strip_prefix(field)
             .is_some_and(|r| r.trim_start().starts_with('='))
         {
             let start = offset + (line.len() - trimmed.len());
-            let (place, snippet) = locate(path, text, Some(start..start + field.len()));
-            err.place = place;
-            err.snippet = snippet;
-            break;
+            return Some(start..start + field.len());
         }
         offset += line.len();
     }
-    err.message = message;
+    None
 }
 
 fn toml_error(path: &Path, text: &str, e: &toml::de::Error, key: Option<String>) -> ConfigError {
@@ -543,8 +555,9 @@ pub(crate) struct SsmSection {
     pub(crate) wait_timeout: Option<Duration>,
     #[serde(default, with = "duration_text::option")]
     pub(crate) poll_interval: Option<Duration>,
-    /// Check SSM agents with DescribeInstanceInformation first (default true).
-    pub(crate) preflight: Option<bool>,
+    /// What is checked before a target is drained (default
+    /// `instance_information`).
+    pub(crate) preflight: Option<SsmPreflight>,
     /// `list` (ListCommandInvocations, default) or `get` (GetCommandInvocation).
     pub(crate) status_api: Option<SsmStatusApi>,
     pub(crate) output_s3_bucket: Option<String>,
@@ -552,6 +565,21 @@ pub(crate) struct SsmSection {
     pub(crate) cloudwatch_log_group: Option<String>,
     /// On Ctrl-C, cancel running commands (default true).
     pub(crate) cancel_on_interrupt: Option<bool>,
+}
+
+/// What the SSM executor checks before a target is drained.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SsmPreflight {
+    /// DescribeDocument (parameters, platforms) and DescribeInstanceInformation
+    /// (the agent is online): an instance SSM cannot reach is never drained.
+    InstanceInformation,
+    /// The document check only, for endpoints without
+    /// DescribeInstanceInformation (moto).
+    DocumentOnly,
+    /// No check (endpoints without either, such as moto with an AWS-managed
+    /// document).
+    Skip,
 }
 
 /// Which API reads SSM command status.
@@ -614,6 +642,30 @@ mod tests {
         ));
         assert_eq!(e.place, "h.toml:10:1", "{e}");
         assert_eq!(e.key.as_deref(), Some("rollout.min_healthy"), "{e}");
+    }
+
+    #[test]
+    fn ssm_preflight_and_status_api() {
+        let ssm =
+            "[balancer.elbv2]\ntarget_groups = [\"arn:tg\"]\n\n[executor.ssm]\ndocument = \"d\"\n";
+        for (v, want) in [
+            ("instance_information", "InstanceInformation"),
+            ("document_only", "DocumentOnly"),
+            ("skip", "Skip"),
+        ] {
+            let l = Loaded::parse(
+                Path::new("h.toml"),
+                format!("{ssm}preflight = \"{v}\"\nstatus_api = \"get\"\n"),
+            )
+            .expect(v);
+            let x = l.file.executor.expect("executor").into_inner();
+            let s = x.ssm.expect("ssm").into_inner();
+            assert_eq!(format!("{:?}", s.preflight.expect("set")), want);
+            assert!(matches!(s.status_api, Some(SsmStatusApi::Get)));
+        }
+        let e = err(&format!("{ssm}preflight = true\n"));
+        assert_eq!(e.place, "h.toml:6:13", "{e}");
+        assert_eq!(e.key.as_deref(), Some("executor.ssm.preflight"), "{e}");
     }
 
     #[test]

@@ -73,7 +73,9 @@ fn at<T>(
                     .strip_prefix(last)
                     .and_then(|f| f.strip_prefix('.'))
                     .unwrap_or(field);
-                (format!("{section}.{field}"), message.clone())
+                // Point at the field's line when the section sets it.
+                let span = loaded.field_span(span.clone(), field);
+                return loaded.error_at(Some(span), &format!("{section}.{field}"), message.clone());
             }
             other => (section.to_owned(), other.to_string()),
         };
@@ -475,7 +477,7 @@ async fn ssm(
     s: &Spanned<crate::config::SsmSection>,
     cancel: &hygiene_core::CancellationToken,
 ) -> Result<BuiltExecutor, ConfigError> {
-    use crate::config::SsmStatusApi;
+    use crate::config::{SsmPreflight, SsmStatusApi};
     use hygiene_aws::{PreflightCheck, SsmExecutor, StatusApi};
     let span = s.span();
     let s = s.get_ref();
@@ -526,11 +528,13 @@ async fn ssm(
     if let Some(g) = &s.cloudwatch_log_group {
         b = b.with_cloudwatch_output(g);
     }
-    b = b.with_preflight(if s.preflight.unwrap_or(true) {
-        PreflightCheck::DescribeInstanceInformation
-    } else {
-        PreflightCheck::Skip
-    });
+    b = b.with_preflight(
+        match s.preflight.unwrap_or(SsmPreflight::InstanceInformation) {
+            SsmPreflight::InstanceInformation => PreflightCheck::DescribeInstanceInformation,
+            SsmPreflight::DocumentOnly => PreflightCheck::DocumentOnly,
+            SsmPreflight::Skip => PreflightCheck::Skip,
+        },
+    );
     b = b.with_status_api(match s.status_api.unwrap_or(SsmStatusApi::List) {
         SsmStatusApi::List => StatusApi::ListCommandInvocations,
         SsmStatusApi::Get => StatusApi::GetCommandInvocation,

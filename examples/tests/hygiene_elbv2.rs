@@ -1,0 +1,148 @@
+//! `hygiene run` end to end against a real moto server (started by the
+//! test on a loopback port), driven by `examples/config/elbv2.toml` with
+//! the load balancer moto made, moto's region and endpoint filled in, and
+//! the SSM settings moto needs (`preflight = "skip"`, `status_api = "get"`).
+#![cfg(feature = "aws")]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{example_config, hygiene, json_lines, out, replace, set, write};
+use hygiene_aws::moto::{find_moto_server, MotoServer, REGION};
+use hygiene_core::conformance::integration_available;
+
+/// moto's dummy credentials, and nothing of the caller's AWS setup.
+fn aws_env(c: &mut Command, home: &Path) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", home.join("no-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_elbv2_with_ssm_on_moto() {
+    if !integration_available(
+        "moto",
+        find_moto_server().is_some(),
+        "run ./scripts/test, which installs moto[server] into .venv, or set HYGIENE_MOTO_SERVER",
+    ) {
+        return;
+    }
+    let m = MotoServer::start().await.expect("moto starts");
+    let vpc = m.create_vpc().await.expect("vpc");
+    let subnets = vec![
+        m.create_subnet(&vpc, "10.0.1.0/24", "us-east-1a")
+            .await
+            .expect("subnet"),
+        m.create_subnet(&vpc, "10.0.2.0/24", "us-east-1b")
+            .await
+            .expect("subnet"),
+    ];
+    let instances = m
+        .run_instances(4, Some(&subnets[0]))
+        .await
+        .expect("instances");
+    let tg = m.create_target_group("web", &vpc, 8080).await.expect("tg");
+    let regs: Vec<(String, u16)> = instances.iter().map(|i| (i.clone(), 8080)).collect();
+    m.register(&tg, &regs).await.expect("register");
+    let alb = m
+        .create_load_balancer("front", &subnets, std::slice::from_ref(&tg))
+        .await
+        .expect("load balancer");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut t = example_config("elbv2.toml");
+    replace(&mut t, "balancer.elbv2", "load_balancer", alb.clone());
+    replace(&mut t, "balancer.elbv2", "region", REGION);
+    set(&mut t, "balancer.elbv2", "endpoint_url", m.endpoint_url());
+    // moto has neither DescribeInstanceInformation, ListCommandInvocations
+    // nor AWS-managed documents to describe.
+    replace(&mut t, "executor.ssm", "preflight", "skip");
+    replace(&mut t, "executor.ssm", "status_api", "get");
+    set(&mut t, "executor.ssm", "poll_interval", "200ms");
+    let cfg = write(dir.path(), &t);
+    let state = dir.path().join("state");
+    let run = |args: &[&str]| {
+        let mut c = hygiene(&cfg, &state);
+        c.args(args);
+        aws_env(&mut c, dir.path());
+        out(c)
+    };
+
+    let (code, stdout, err) = tokio::task::block_in_place(|| run(&["validate"]));
+    assert_eq!(code, 0, "{stdout}{err}");
+    for i in &instances {
+        assert!(stdout.contains(i.as_str()), "validate lists {i}: {stdout}");
+    }
+
+    // The file's 10% / 80% of 4 leaves no room (80% of 4 is all of them):
+    // the plan says so, and flags override it.
+    let (code, stdout, err) = tokio::task::block_in_place(|| run(&["plan", "--json"]));
+    assert_eq!(code, 0, "{stdout}{err}");
+    let plan: serde_json::Value = serde_json::from_str(stdout.trim()).expect("plan json");
+    assert_eq!(plan["required_healthy"], 4, "{plan}");
+    let overrides = ["--batch-size", "50%", "--min-healthy", "2"];
+    let (code, stdout, err) =
+        tokio::task::block_in_place(|| run(&[&["plan", "--json"][..], &overrides[..]].concat()));
+    assert_eq!(code, 0, "{stdout}{err}");
+    let plan: serde_json::Value = serde_json::from_str(stdout.trim()).expect("plan json");
+    assert_eq!(plan["batches"].as_array().map(Vec::len), Some(2), "{plan}");
+
+    let (code, stdout, err) = tokio::task::block_in_place(|| {
+        run(&[
+            &["run", "--json", "--poll-interval", "200ms"][..],
+            &overrides[..],
+        ]
+        .concat())
+    });
+    assert_eq!(code, 0, "{stdout}{err}");
+    let lines = json_lines(&stdout);
+    let report = lines.last().expect("report");
+    assert_eq!(report["type"], "report", "{stdout}");
+    assert_eq!(report["outcome"]["kind"], "completed", "{report}");
+    assert_eq!(report["batches"], 2, "batch 50% of 4: {report}");
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 4, "{report}");
+    for t in targets {
+        assert_eq!(t["result"]["kind"], "done", "{report}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "phase" && l["stage"] == "draining"),
+        "{stdout}"
+    );
+
+    // Every instance is registered again, on its port.
+    let health = m
+        .elbv2()
+        .await
+        .describe_target_health()
+        .target_group_arn(&tg)
+        .send()
+        .await
+        .expect("describe target health");
+    let mut back: Vec<(String, i32)> = health
+        .target_health_descriptions()
+        .iter()
+        .filter_map(|d| d.target())
+        .map(|t| (t.id().unwrap_or_default().to_owned(), t.port().unwrap_or(0)))
+        .collect();
+    back.sort();
+    let mut want: Vec<(String, i32)> = instances.iter().map(|i| (i.clone(), 8080)).collect();
+    want.sort();
+    assert_eq!(back, want);
+
+    let (code, stdout, err) = tokio::task::block_in_place(|| run(&["status"]));
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(stdout.contains("nothing is out of rotation"), "{stdout}");
+    assert!(state.join("web-prod.jsonl").exists());
+}
