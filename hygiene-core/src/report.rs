@@ -225,6 +225,10 @@ pub struct TargetReport {
     /// took it out again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drain_lost: Vec<DrainLost>,
+    /// What the balancer said of it when listed (`backends`,
+    /// `other_backends`, `other_target_groups`, …): where it serves.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub meta: std::collections::BTreeMap<String, String>,
 }
 
 /// The balancer put a target back in rotation on its own while the run

@@ -178,6 +178,14 @@ async fn a_rollout_of_one_backend_loses_no_request_on_the_other() {
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load");
     assert!(report.is_success(), "{}", report.to_json_pretty());
+    // The report says where each host serves.
+    assert_eq!(
+        report.targets[0]
+            .meta
+            .get("other_backends")
+            .map(String::as_str),
+        Some("api/api-s1")
+    );
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(ok > 100, "the load ran: {ok}");
     assert_eq!(failed, 0, "requests failed on the other backend's frontend");

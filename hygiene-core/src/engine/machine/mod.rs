@@ -550,6 +550,7 @@ impl Machine {
                     drain_cut_short: s.drain_cut_short,
                     notes,
                     drain_lost: s.drain_lost.clone(),
+                    meta: s.target.meta.clone(),
                 }
             })
             .collect()
