@@ -7,6 +7,7 @@ pub mod haproxy;
 pub mod hello;
 pub mod load;
 pub mod scenario;
+pub mod soak;
 
 /// Errors of the scenario plumbing, as text: these are programs, not a library.
 pub type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -58,6 +58,10 @@ struct Args {
     /// Batch size: a count ("1") or a percent ("50%").
     #[arg(long, default_value = "1")]
     batch: Amount,
+    /// Failed targets tolerated before the run stops starting new ones: a
+    /// count or a percent of the selected targets.
+    #[arg(long, default_value = "0")]
+    max_failures: Amount,
     /// Status poll interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     poll_ms: u64,
@@ -114,6 +118,7 @@ async fn run(args: Args) -> Result<bool, Error> {
     let exec = LocalCommand::new(program, rest)?.with_timeout(execute_timeout);
     let config = RolloutConfig::builder()
         .batch_size(args.batch)
+        .max_failures(args.max_failures)
         .poll_interval(Duration::from_millis(args.poll_ms))
         .health_timeout(Duration::from_secs(args.health_timeout_s))
         // The command's own limit kills it; the engine's is a backstop.
