@@ -138,6 +138,9 @@ pub struct KindFigures {
     pub reaction_ms_max: u64,
     /// Node kills that landed while the target was still draining.
     pub killed_during_drain: u64,
+    /// Milliseconds a stopped or broken service was in rotation and `UP`
+    /// on a node, seen by the soak's own 10 ms watch.
+    pub dead_in_rotation_ms: u64,
 }
 
 /// The soak's result, printed as one JSON line.
@@ -165,6 +168,9 @@ pub struct SoakReport {
     pub haproxy_outside_reload: HaCounters,
     /// `drain_lost` re-drains reported.
     pub drain_lost: u64,
+    /// Milliseconds a stopped or broken service was in rotation and `UP`
+    /// on a node, outside reload windows (watched every 10 ms).
+    pub dead_in_rotation_outside_reload_ms: u64,
     /// Longest reload reaction measured (see [`KindFigures::reaction_ms_max`]).
     pub reaction_ms_max: u64,
     /// Its bound: poll interval + `inter × fall`.
@@ -196,6 +202,9 @@ pub(crate) struct World {
     pub(crate) nodes: Vec<Arc<tokio::sync::Mutex<Node>>>,
     pub(crate) frontends: Vec<SocketAddr>,
     pub(crate) sockets: Vec<PathBuf>,
+    /// Dead services seen in rotation: (milliseconds, times).
+    pub(crate) exposure: std::sync::Mutex<(u64, u64)>,
+    pub(crate) started: Instant,
     pub(crate) clients: Clients,
     pub(crate) balancer: HaproxyBalancer,
     pub(crate) dir: PathBuf,
@@ -221,7 +230,27 @@ impl World {
         for n in &self.nodes {
             s.haproxy.add(&n.lock().await.counters().await);
         }
+        let (ms, times) = *self
+            .exposure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.dead_in_rotation_ms = ms;
+        s.dead_in_rotation = times;
         s
+    }
+
+    /// A line in `soak.log` (the soak's own timeline of faults).
+    pub(crate) fn note(&self, msg: &str) {
+        use std::io::Write as _;
+        let line = format!("{:>9.3} {msg}\n", self.started.elapsed().as_secs_f64());
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("soak.log"))
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("soak: cannot write soak.log: {e}");
+        }
     }
 
     /// Waits until every server is in rotation and plainly `UP` on every
@@ -263,6 +292,51 @@ impl World {
                 return Err(format!("not every server serving within {within:?}: {bad:?}").into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Every 10 ms, each node's view of each server whose service is stopped
+/// or broken: in rotation and `UP` there means requests can fail.
+async fn watch_dead_in_rotation(world: Arc<World>) {
+    let mut exposed: BTreeMap<(usize, String), Instant> = BTreeMap::new();
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let dt = ms(last.elapsed());
+        last = Instant::now();
+        for (i, node) in world.nodes.iter().enumerate() {
+            let views = match node.try_lock() {
+                Ok(n) if n.is_up() => n.servers().await.ok().map(|v| (n.name().to_owned(), v)),
+                _ => None,
+            };
+            let Some((node_name, views)) = views else {
+                continue;
+            };
+            for v in views {
+                let dead = world
+                    .service(&v.name)
+                    .is_some_and(|s| !s.is_running() || s.is_broken());
+                let key = (i, v.name.clone());
+                if dead && !v.is_out() && v.status.starts_with("UP") {
+                    let mut e = world
+                        .exposure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    e.0 += dt;
+                    if !exposed.contains_key(&key) {
+                        e.1 += 1;
+                        exposed.insert(key, Instant::now());
+                        drop(e);
+                        world.note(&format!(
+                            "dead service {} in rotation on {} ({})",
+                            v.name, node_name, v.status
+                        ));
+                    }
+                } else {
+                    exposed.remove(&key);
+                }
+            }
         }
     }
 }
@@ -311,9 +385,13 @@ pub async fn run(cfg: SoakConfig) -> BoxResult<SoakReport> {
         nodes,
         frontends,
         sockets,
+        exposure: std::sync::Mutex::new((0, 0)),
+        started: Instant::now(),
         dir,
     });
+    let monitor = tokio::spawn(watch_dead_in_rotation(Arc::clone(&world)));
     let result = soak(&world).await;
+    monitor.abort();
     if result.is_err() || cfg_keep(&world) {
         eprintln!("soak: journals and logs in {}", world.dir.display());
         let _kept = tmp.keep();

@@ -112,6 +112,7 @@ pub(crate) struct RoundResult {
     /// The soak cannot go on (repair failed, a process would not end).
     pub(crate) fatal: Option<String>,
     planned: Vec<FaultKind>,
+    index: usize,
 }
 
 impl RoundResult {
@@ -125,6 +126,7 @@ impl RoundResult {
                 *f.failed_by_cause.entry(k.clone()).or_default() += v;
             }
             f.haproxy.add(&this.outside.haproxy);
+            f.dead_in_rotation_ms += this.outside.dead_in_rotation_ms;
             f.drain_lost += this.drain_lost;
             f.drain_lost_in_service_ms_max =
                 f.drain_lost_in_service_ms_max.max(this.drain_lost_ms_max);
@@ -148,6 +150,7 @@ impl RoundResult {
                         *f.failed_by_cause.entry(c.clone()).or_default() += v;
                     }
                     f.haproxy.add(&self.in_reload.haproxy);
+                    f.dead_in_rotation_ms += self.in_reload.dead_in_rotation_ms;
                     let m = self.reactions.iter().copied().max().unwrap_or(0);
                     f.reaction_ms_max = f.reaction_ms_max.max(m);
                 }
@@ -158,6 +161,7 @@ impl RoundResult {
         r.targets_lost += self.lost.len() as u64;
         r.failed_outside_reload += self.outside.failed;
         r.haproxy_outside_reload.add(&self.outside.haproxy);
+        r.dead_in_rotation_outside_reload_ms += self.outside.dead_in_rotation_ms;
         r.drain_lost += self.drain_lost;
         r.resumes_completed += self.resumes_completed;
         let m = self.reactions.iter().copied().max().unwrap_or(0);
@@ -167,11 +171,13 @@ impl RoundResult {
         }
         if self.outside.failed > 0 || self.outside.haproxy.total() > 0 {
             r.violations_push(format!(
-                "faults {:?}: {} failed requests outside reload windows {:?}, haproxy {:?}",
+                "rollout {}, faults {:?}: {} failed requests outside reload windows {:?}, haproxy {:?}, dead service in rotation {} ms",
+                self.index,
                 self.injected,
                 self.outside.failed,
                 self.outside.failed_by_cause,
-                self.outside.haproxy
+                self.outside.haproxy,
+                self.outside.dead_in_rotation_ms
             ));
         }
         for v in &self.violations {
@@ -297,7 +303,9 @@ fn server_of(id: &TargetId) -> String {
 pub(crate) async fn run(world: &Arc<World>, i: usize, plan: &Plan) -> BoxResult<RoundResult> {
     let journal = world.dir.join(format!("rollout-{i}.jsonl"));
     let log = world.dir.join(format!("rollout-{i}.log"));
+    world.note(&format!("rollout {i}: faults {:?} {plan:?}", plan.kinds));
     let mut res = RoundResult {
+        index: i,
         planned: plan.kinds.clone(),
         ..RoundResult::default()
     };
@@ -331,6 +339,7 @@ pub(crate) async fn run(world: &Arc<World>, i: usize, plan: &Plan) -> BoxResult<
             signalled = true;
             tokio::time::sleep(plan.signal_delay).await;
             if proc.child.try_wait()?.is_none() {
+                world.note(&format!("rollout {i}: {sig} at record {}", records.len()));
                 res.injected.push(sig);
                 if sig == FaultKind::Sigkill {
                     let _sent = proc.child.start_kill();
@@ -473,6 +482,10 @@ pub(crate) async fn run(world: &Arc<World>, i: usize, plan: &Plan) -> BoxResult<
         check_and_repair(world, i, final_report.as_ref(), removed_server, &mut res).await;
     }
     let after = world.sample().await;
+    world.note(&format!(
+        "rollout {i}: end, report {:?}",
+        final_report.as_ref().map(|r| &r.outcome)
+    ));
     res.in_reload = windows.clone();
     res.outside = after.since(&before).since(&windows);
     Ok(res)
@@ -595,6 +608,10 @@ async fn reload(
                 continue;
             }
             n.reload().await?;
+            world.note(&format!(
+                "reload of {} during the maintenance of {target}",
+                n.name()
+            ));
         }
         out.injected = Some(FaultKind::Reload);
         let t0 = Instant::now();
@@ -612,6 +629,11 @@ async fn reload(
                 .service(&target)
                 .is_some_and(|s| s.is_running() && !s.is_broken());
             if gone || back {
+                world.note(&format!(
+                    "reload reaction {} ms ({})",
+                    ms(t0.elapsed()),
+                    if gone { "out or down" } else { "service back" }
+                ));
                 out.reactions.push(ms(t0.elapsed()));
                 break;
             }
@@ -645,6 +667,7 @@ async fn remove(world: Arc<World>, target: String) -> BoxResult<FaultOut> {
         if n.is_up() {
             n.reload().await?;
         }
+        world.note(&format!("{target} removed from {} by a reload", n.name()));
     }
     Ok(FaultOut {
         injected: Some(FaultKind::ServerRemoved),
@@ -667,6 +690,7 @@ async fn restart(
     };
     world.clients.pause(i).await;
     node.lock().await.kill().await;
+    world.note(&format!("node {i} killed at the drain of {target}"));
     let executing = intents(
         &FileJournal::read(&journal).unwrap_or_default(),
         Op::Execute,
@@ -681,6 +705,7 @@ async fn restart(
         n.frontend()
     };
     world.clients.resume(i, frontend).await;
+    world.note(&format!("node {i} restarted, load back on it"));
     Ok(FaultOut {
         injected: Some(FaultKind::NodeRestart),
         killed_during_drain: !executing,

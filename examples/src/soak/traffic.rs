@@ -31,6 +31,11 @@ pub struct Sample {
     pub failed_by_cause: BTreeMap<String, u64>,
     /// HAProxy's error counters, summed over both nodes.
     pub haproxy: HaCounters,
+    /// Milliseconds a stopped or broken service was in rotation and `UP`
+    /// on a node (sampled every 10 ms, summed over nodes).
+    pub dead_in_rotation_ms: u64,
+    /// Times that began.
+    pub dead_in_rotation: u64,
 }
 
 impl Sample {
@@ -48,6 +53,12 @@ impl Sample {
             failed: self.failed.saturating_sub(earlier.failed),
             failed_by_cause: by,
             haproxy: self.haproxy.since(&earlier.haproxy),
+            dead_in_rotation_ms: self
+                .dead_in_rotation_ms
+                .saturating_sub(earlier.dead_in_rotation_ms),
+            dead_in_rotation: self
+                .dead_in_rotation
+                .saturating_sub(earlier.dead_in_rotation),
         }
     }
 
@@ -59,6 +70,8 @@ impl Sample {
             *self.failed_by_cause.entry(k.clone()).or_default() += v;
         }
         self.haproxy.add(&other.haproxy);
+        self.dead_in_rotation_ms += other.dead_in_rotation_ms;
+        self.dead_in_rotation += other.dead_in_rotation;
     }
 }
 
@@ -77,6 +90,10 @@ pub struct Clients {
     loads: Vec<tokio::sync::Mutex<Option<Load>>>,
     banked: Mutex<Sample>,
     long: Arc<LongTally>,
+    /// Per frontend: the virtual IP points to it (long requests go there).
+    vip: Arc<Vec<std::sync::atomic::AtomicBool>>,
+    /// Per frontend: long requests in flight.
+    long_in_flight: Arc<Vec<AtomicU64>>,
 }
 
 impl Clients {
@@ -90,6 +107,13 @@ impl Clients {
                 .collect(),
             banked: Mutex::new(Sample::default()),
             long: Arc::default(),
+            vip: Arc::new(
+                frontends
+                    .iter()
+                    .map(|_| std::sync::atomic::AtomicBool::new(true))
+                    .collect(),
+            ),
+            long_in_flight: Arc::new(frontends.iter().map(|_| AtomicU64::new(0)).collect()),
         }
     }
 
@@ -117,6 +141,9 @@ impl Clients {
             if slot.is_none() {
                 *slot = Some(Load::start(frontend, self.cfg));
             }
+        }
+        if let Some(v) = self.vip.get(i) {
+            v.store(true, Ordering::SeqCst);
         }
     }
 
@@ -157,17 +184,26 @@ impl Clients {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut n = 0;
-        for f in frontends {
+        for (idx, f) in frontends.iter().enumerate() {
             for _ in 0..per_frontend {
                 n += 1;
                 let mut rng = Rng::new(seed ^ (n * 0x1000_0001));
                 let (stop, tally, f) = (stop.clone(), Arc::clone(&self.long), *f);
+                let (vip, in_flight) = (Arc::clone(&self.vip), Arc::clone(&self.long_in_flight));
                 tasks.spawn(async move {
                     let mut b = Client::builder(TokioExecutor::new());
                     b.pool_max_idle_per_host(0);
                     let client: Client<_, Empty<Bytes>> = b.build_http();
                     while !stop.is_cancelled() {
                         let ms = rng.range(ms.0, ms.1);
+                        let here = vip.get(idx).is_some_and(|v| v.load(Ordering::SeqCst));
+                        if !here {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        let Some(flight) = in_flight.get(idx) else {
+                            return;
+                        };
                         let uri: hyper::Uri = match format!("http://{f}/slow/{ms}").parse() {
                             Ok(u) => u,
                             Err(_) => return,
@@ -185,16 +221,16 @@ impl Clients {
                             resp.into_body().collect().await.map_err(|_| "long_body")?;
                             if ok {
                                 Ok(())
-                            } else if code == 503 {
-                                Err("long_status_503")
                             } else {
-                                Err("long_status_other")
+                                Err(format!("long_status_{code}"))
                             }
                         };
+                        flight.fetch_add(1, Ordering::SeqCst);
                         let r = tokio::time::timeout(Duration::from_secs(30), call)
                             .await
-                            .unwrap_or(Err("long_timeout"));
-                        tally.count(r.err());
+                            .unwrap_or_else(|_| Err("long_timeout".to_owned()));
+                        flight.fetch_sub(1, Ordering::SeqCst);
+                        tally.count(r.err().as_deref());
                     }
                 });
             }
