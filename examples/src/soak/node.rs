@@ -158,7 +158,7 @@ impl Node {
         )?;
         writeln!(
             cfg,
-            "defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    timeout http-keep-alive 10s\n    retries 0\n"
+            "defaults\n    mode http\n    log stdout format raw local0\n    option httplog\n    option dontlog-normal\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    timeout http-keep-alive 10s\n    retries 0\n"
         )?;
         writeln!(
             cfg,

@@ -704,6 +704,12 @@ async fn restart(
         n.restart().await?;
         n.frontend()
     };
+    // A virtual IP moves back once the node's frontend answers (its
+    // health check), not when its admin socket does.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(frontend).await.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     world.clients.resume(i, frontend).await;
     world.note(&format!("node {i} restarted, load back on it"));
     Ok(FaultOut {

@@ -196,14 +196,18 @@ impl Clients {
                     let client: Client<_, Empty<Bytes>> = b.build_http();
                     while !stop.is_cancelled() {
                         let ms = rng.range(ms.0, ms.1);
-                        let here = vip.get(idx).is_some_and(|v| v.load(Ordering::SeqCst));
-                        if !here {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
                         let Some(flight) = in_flight.get(idx) else {
                             return;
                         };
+                        // In flight before looking at the virtual IP, so
+                        // that a pause waiting for none in flight cannot
+                        // miss a request about to start.
+                        flight.fetch_add(1, Ordering::SeqCst);
+                        if !vip.get(idx).is_some_and(|v| v.load(Ordering::SeqCst)) {
+                            flight.fetch_sub(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
                         let uri: hyper::Uri = match format!("http://{f}/slow/{ms}").parse() {
                             Ok(u) => u,
                             Err(_) => return,
@@ -225,11 +229,14 @@ impl Clients {
                                 Err(format!("long_status_{code}"))
                             }
                         };
-                        flight.fetch_add(1, Ordering::SeqCst);
                         let r = tokio::time::timeout(Duration::from_secs(30), call)
                             .await
                             .unwrap_or_else(|_| Err("long_timeout".to_owned()));
                         flight.fetch_sub(1, Ordering::SeqCst);
+                        if r.is_err() {
+                            // Counted once, not once per spin of a tight loop.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                         tally.count(r.err().as_deref());
                     }
                 });
