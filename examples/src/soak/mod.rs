@@ -299,7 +299,7 @@ impl World {
 /// Every 10 ms, each node's view of each server whose service is stopped
 /// or broken: in rotation and `UP` there means requests can fail.
 async fn watch_dead_in_rotation(world: Arc<World>) {
-    let mut exposed: BTreeMap<(usize, String), Instant> = BTreeMap::new();
+    let mut exposed: std::collections::BTreeSet<(usize, String)> = Default::default();
     let mut last = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -324,9 +324,8 @@ async fn watch_dead_in_rotation(world: Arc<World>) {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     e.0 += dt;
-                    if !exposed.contains_key(&key) {
+                    if exposed.insert(key) {
                         e.1 += 1;
-                        exposed.insert(key, Instant::now());
                         drop(e);
                         world.note(&format!(
                             "dead service {} in rotation on {} ({})",
