@@ -160,6 +160,15 @@ impl RoundResult {
         r.faults += self.injected.len() as u64;
         r.targets_lost += self.lost.len() as u64;
         r.failed_outside_reload += self.outside.failed;
+        if self
+            .injected
+            .iter()
+            .any(|k| matches!(k, FaultKind::NodeRestart | FaultKind::ServerRemoved))
+        {
+            r.failed_known_bugs += self.outside.failed;
+        } else {
+            r.failed_unexplained += self.outside.failed;
+        }
         r.haproxy_outside_reload.add(&self.outside.haproxy);
         r.dead_in_rotation_outside_reload_ms += self.outside.dead_in_rotation_ms;
         r.drain_lost += self.drain_lost;
