@@ -68,8 +68,10 @@ impl Plan {
             fail_on,
             break_on,
             hang_on,
-            // About nine records per target: drain, maintenance, enable.
-            signal_at_record: rng.range(2, 9 * n as u64) as usize,
+            // A run writes about eight records per target (drain, maintenance
+            // and enable intents and results, finish): stay below that so the
+            // signal nearly always lands.
+            signal_at_record: rng.range(2, 6 * n as u64) as usize,
             signal_delay: Duration::from_millis(rng.range(0, 150)),
             reload_exec: rng.range(1, n as u64) as usize,
             reload_delay: Duration::from_millis(rng.range(0, half_patch)),
