@@ -75,7 +75,16 @@ async fn main() -> ExitCode {
     cfg.dir = args.dir;
     cfg.verbose = args.verbose;
     eprintln!("soak: seed {seed} (replay with --seed {seed})");
-    match soak::run(cfg).await {
+    // Ctrl-C drops the soak: every HAProxy, service and rollout it
+    // started is killed with it (kill on drop).
+    let result = tokio::select! {
+        r = soak::run(cfg) => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("soak: interrupted");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
         Ok(report) => {
             match serde_json::to_string(&report) {
                 Ok(line) => println!("{line}"),

@@ -243,8 +243,11 @@ impl Proc {
             .arg(cfg.health_timeout_s.to_string())
             .arg("--execute-timeout-ms")
             .arg(ms(cfg.execute_timeout).to_string())
+            // Keep rolling after failures, but stop before the kept-out
+            // targets and the one in maintenance leave nothing serving
+            // (min_healthy is 0: the failure budget protects capacity).
             .arg("--max-failures")
-            .arg("100%")
+            .arg(world.services.len().saturating_sub(2).to_string())
             .arg("--on-interrupted")
             .arg("fail")
             .arg("--")
