@@ -62,6 +62,14 @@ struct Args {
     /// count or a percent of the selected targets.
     #[arg(long, default_value = "0")]
     max_failures: Amount,
+    /// Targets that must stay healthy and in service: a count or a percent
+    /// of the pool.
+    #[arg(long, default_value = "0")]
+    min_healthy: Amount,
+    /// Seconds to wait for capacity before aborting, when `min_healthy`
+    /// lets no target out.
+    #[arg(long, default_value_t = 300)]
+    capacity_timeout_s: u64,
     /// Status poll interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     poll_ms: u64,
@@ -119,6 +127,8 @@ async fn run(args: Args) -> Result<bool, Error> {
     let config = RolloutConfig::builder()
         .batch_size(args.batch)
         .max_failures(args.max_failures)
+        .min_healthy(args.min_healthy)
+        .capacity_timeout(Duration::from_secs(args.capacity_timeout_s))
         .poll_interval(Duration::from_millis(args.poll_ms))
         .health_timeout(Duration::from_secs(args.health_timeout_s))
         // The command's own limit kills it; the engine's is a backstop.

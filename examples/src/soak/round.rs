@@ -243,11 +243,15 @@ impl Proc {
             .arg(cfg.health_timeout_s.to_string())
             .arg("--execute-timeout-ms")
             .arg(ms(cfg.execute_timeout).to_string())
-            // Keep rolling after failures, but stop before the kept-out
-            // targets and the one in maintenance leave nothing serving
-            // (min_healthy is 0: the failure budget protects capacity).
+            // Keep rolling after failures, but never leave nothing serving
+            // (kept-out targets, a removed server and the one in
+            // maintenance): one server stays healthy, or the run aborts.
             .arg("--max-failures")
-            .arg(world.services.len().saturating_sub(2).to_string())
+            .arg("100%")
+            .arg("--min-healthy")
+            .arg("1")
+            .arg("--capacity-timeout-s")
+            .arg("2")
             .arg("--on-interrupted")
             .arg("fail")
             .arg("--")
