@@ -484,8 +484,8 @@ pub(crate) async fn run(world: &Arc<World>, i: usize, plan: &Plan) -> BoxResult<
     if let Some(r) = &final_report {
         reports.push(r.clone());
     } else if res.fatal.is_none() {
-        res.violations
-            .push(format!("rollout {i}: no report; log {}", log.display()));
+        // Nothing to check the balancer against: stop here, loudly.
+        res.fatal = Some(format!("no report from the rollout; log {}", log.display()));
     }
     for r in &reports {
         for t in &r.targets {
