@@ -1,5 +1,6 @@
 //! The control channel of the simulated patch: a loopback line protocol
-//! (`stop <name>` / `start <name>`) through which the patch program, a
+//! (`stop <name>` / `start <name>` / `break <name>`: started, answering 500
+//! to everything) through which the patch program, a
 //! separate process run by `LocalCommand`, stops and starts a service.
 
 use std::collections::HashMap;
@@ -44,6 +45,13 @@ impl Control {
                                 .map(|s| s.stop())
                                 .map(|()| "ok".to_owned()),
                             Some(("start", name)) => by_name.get(name).map(|s| {
+                                s.set_broken(false);
+                                s.resume()
+                                    .map(|()| "ok".to_owned())
+                                    .unwrap_or_else(|e| format!("error {e}"))
+                            }),
+                            Some(("break", name)) => by_name.get(name).map(|s| {
+                                s.set_broken(true);
                                 s.resume()
                                     .map(|()| "ok".to_owned())
                                     .unwrap_or_else(|e| format!("error {e}"))

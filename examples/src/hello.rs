@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ struct Counters {
     in_flight: AtomicU64,
     served: AtomicU64,
     last_end: Mutex<Option<Instant>>,
+    /// Answers 500 to everything, health included (a patch that broke it).
+    broken: AtomicBool,
 }
 
 /// One service.
@@ -92,6 +94,17 @@ impl HelloService {
             .is_some()
     }
 
+    /// Makes it answer `500` to every request, `/health` included (a patch
+    /// that left it broken), or heals it.
+    pub fn set_broken(&self, broken: bool) {
+        self.counters.broken.store(broken, Ordering::SeqCst);
+    }
+
+    /// Whether it answers `500` to everything.
+    pub fn is_broken(&self) -> bool {
+        self.counters.broken.load(Ordering::SeqCst)
+    }
+
     /// Starts serving again on the same port (no-op when running).
     pub fn resume(&self) -> BoxResult<()> {
         let mut running = self
@@ -151,19 +164,23 @@ async fn answer(
     work: Duration,
     c: &Counters,
 ) -> Response<Full<Bytes>> {
+    if c.broken.load(Ordering::SeqCst) {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"broken\n")));
+        *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        return r;
+    }
     if req.uri().path() == "/health" {
         return Response::new(Full::new(Bytes::from_static(b"ok\n")));
     }
+    // `/slow/<ms>`: a long request (several seconds in flight when a drain
+    // starts).
+    let work = req
+        .uri()
+        .path()
+        .strip_prefix("/slow/")
+        .and_then(|ms| ms.parse().ok())
+        .map_or(work, Duration::from_millis);
     c.in_flight.fetch_add(1, Ordering::SeqCst);
-    // `/slow?ms=N`: a long request (N ms), for requests in flight when a
-    // drain starts.
-    let work = match (req.uri().path(), req.uri().query()) {
-        ("/slow", Some(q)) => q
-            .strip_prefix("ms=")
-            .and_then(|n| n.parse().ok())
-            .map_or(work, Duration::from_millis),
-        _ => work,
-    };
     if !work.is_zero() {
         tokio::time::sleep(work).await;
     }

@@ -8,6 +8,7 @@ pub mod hello;
 pub mod load;
 pub mod monitor;
 pub mod scenario;
+pub mod soak;
 pub mod sshd;
 
 /// Errors of the scenario plumbing, as text: these are programs, not a library.

@@ -178,14 +178,54 @@ pub async fn patch_main(
     patch: Duration,
     fail_on: &[String],
 ) -> BoxResult<()> {
+    let faults = PatchFaults {
+        fail_on: fail_on.to_vec(),
+        ..PatchFaults::default()
+    };
+    patch_main_with(control_addr, patch, &faults).await
+}
+
+/// What the simulated patch does wrong, per target (a service name `s2` or
+/// a target id `web/s2`); the first that names the target wins, in this
+/// order: hang, fail, break.
+#[derive(Debug, Clone, Default)]
+pub struct PatchFaults {
+    /// Exit non-zero, leaving the service stopped.
+    pub fail_on: Vec<String>,
+    /// Exit zero, leaving the service answering 500 to everything (its
+    /// health never returns).
+    pub break_on: Vec<String>,
+    /// Never end (until the executor's time limit kills it), leaving the
+    /// service stopped.
+    pub hang_on: Vec<String>,
+}
+
+/// The `patch` subcommand with faults: stops the target's service, waits
+/// `patch`, then starts it again, or does what `faults` says.
+pub async fn patch_main_with(
+    control_addr: SocketAddr,
+    patch: Duration,
+    faults: &PatchFaults,
+) -> BoxResult<()> {
     let id = std::env::var("HYGIENE_TARGET_ID").map_err(|_| {
         "HYGIENE_TARGET_ID is not set: this command is run by hygiene's LocalCommand"
     })?;
     let name = id.rsplit('/').next().unwrap_or(&id).to_owned();
+    let named = |list: &[String]| list.iter().any(|f| f == &name || f == &id);
     control::send(control_addr, &format!("stop {name}")).await?;
     tokio::time::sleep(patch).await;
-    if fail_on.iter().any(|f| f == &name || f == &id) {
+    if named(&faults.hang_on) {
+        // Until killed: the executor's time limit is the fault under test.
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+    if named(&faults.fail_on) {
         return Err(format!("simulated patch failure on {id}: the service stays stopped").into());
+    }
+    if named(&faults.break_on) {
+        control::send(control_addr, &format!("break {name}")).await?;
+        return Ok(());
     }
     control::send(control_addr, &format!("start {name}")).await?;
     Ok(())

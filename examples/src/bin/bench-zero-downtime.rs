@@ -314,7 +314,7 @@ impl LoadBalancer for WithLongRequest {
     }
 }
 
-/// `GET /slow?ms=N` on `server` through HAProxy; Ok when it answered 200.
+/// `GET /slow/<ms>` on `server` through HAProxy; Ok when it answered 200.
 async fn long_request(
     frontend: std::net::SocketAddr,
     server: &str,
@@ -322,7 +322,7 @@ async fn long_request(
 ) -> BoxResult<()> {
     let mut s = tokio::net::TcpStream::connect(frontend).await?;
     let req = format!(
-        "GET /slow?ms={} HTTP/1.1\r\nHost: bench\r\nX-Server: {server}\r\nConnection: close\r\n\r\n",
+        "GET /slow/{} HTTP/1.1\r\nHost: bench\r\nX-Server: {server}\r\nConnection: close\r\n\r\n",
         hold.as_millis()
     );
     s.write_all(req.as_bytes()).await?;

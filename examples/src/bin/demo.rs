@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use examples::load::{Load, LoadConfig};
-use examples::scenario::{patch_main, run_rollout, Scenario, ScenarioConfig};
+use examples::scenario::{patch_main_with, run_rollout, PatchFaults, Scenario, ScenarioConfig};
 use examples::BoxResult;
 use hygiene_core::{
     Amount, Event, EventKind, Outcome, Rollout, RolloutConfig, Stage, TargetResult,
@@ -61,6 +61,12 @@ enum Command {
         /// Fail on these services.
         #[arg(long)]
         fail_on: Vec<String>,
+        /// Leave these services broken (500 to everything) and exit 0.
+        #[arg(long)]
+        break_on: Vec<String>,
+        /// Hang on these services until killed.
+        #[arg(long)]
+        hang_on: Vec<String>,
     },
 }
 
@@ -71,9 +77,16 @@ async fn main() -> ExitCode {
         control,
         patch_ms,
         fail_on,
+        break_on,
+        hang_on,
     }) = &args.command
     {
-        return match patch_main(*control, Duration::from_millis(*patch_ms), fail_on).await {
+        let faults = PatchFaults {
+            fail_on: fail_on.clone(),
+            break_on: break_on.clone(),
+            hang_on: hang_on.clone(),
+        };
+        return match patch_main_with(*control, Duration::from_millis(*patch_ms), &faults).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("patch: {e}");

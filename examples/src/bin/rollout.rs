@@ -5,8 +5,12 @@
 //! `rollout run --socket /run/haproxy/admin.sock --backend web --journal
 //! /var/lib/hygiene/web.jsonl -- /usr/local/bin/patch-and-restart`
 //!
+//! `--socket` may be given once per HAProxy node (an HA pair: every change
+//! goes to every node). Ctrl-C (SIGINT) cancels: nothing new starts,
+//! drained targets go back, running maintenances finish and are verified.
+//!
 //! The crash tests kill it with SIGKILL at every kind of journal record and
-//! resume it. (The `hygiene` command will grow out of it.)
+//! resume it; the soak kills it, interrupts it and reloads HAProxy under it. (The `hygiene` command will grow out of it.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +20,7 @@ use clap::{Parser, ValueEnum};
 use hygiene_core::journal::FileJournal;
 use hygiene_core::{Amount, Error, LocalCommand, OnInterrupted, Rollout, RolloutConfig};
 use hygiene_haproxy::{HaproxyBalancer, Node};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -41,9 +46,9 @@ struct Args {
     /// What to do.
     #[arg(value_enum)]
     mode: Mode,
-    /// HAProxy's admin socket (a Unix path).
-    #[arg(long)]
-    socket: PathBuf,
+    /// HAProxy's admin socket (a Unix path); repeat it for each node.
+    #[arg(long, required = true)]
+    socket: Vec<PathBuf>,
     /// The backend to roll.
     #[arg(long, default_value = "web")]
     backend: String,
@@ -53,12 +58,28 @@ struct Args {
     /// Batch size: a count ("1") or a percent ("50%").
     #[arg(long, default_value = "1")]
     batch: Amount,
+    /// Failed targets tolerated before the run stops starting new ones: a
+    /// count or a percent of the selected targets.
+    #[arg(long, default_value = "0")]
+    max_failures: Amount,
+    /// Targets that must stay healthy and in service: a count or a percent
+    /// of the pool.
+    #[arg(long, default_value = "0")]
+    min_healthy: Amount,
+    /// Seconds to wait for capacity before aborting, when `min_healthy`
+    /// lets no target out.
+    #[arg(long, default_value_t = 300)]
+    capacity_timeout_s: u64,
     /// Status poll interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     poll_ms: u64,
     /// Seconds a target has to be healthy after its enable.
     #[arg(long, default_value_t = 30)]
     health_timeout_s: u64,
+    /// Time limit of one target's maintenance, in milliseconds (the
+    /// program's process group is killed past it).
+    #[arg(long, default_value_t = 600_000)]
+    execute_timeout_ms: u64,
     /// On resume, a maintenance whose outcome is unknown.
     #[arg(long, value_enum, default_value = "fail")]
     on_interrupted: Interrupted,
@@ -86,10 +107,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<bool, Error> {
-    let lb = HaproxyBalancer::builder()
-        .node(Node::unix(&args.socket))
-        .backend(args.backend.as_str())
-        .build()?;
+    let mut lb = HaproxyBalancer::builder();
+    for socket in &args.socket {
+        lb = lb.node(Node::unix(socket));
+    }
+    let lb = lb.backend(args.backend.as_str()).build()?;
     let (program, rest) = match args.command.split_first() {
         Some((p, r)) => (p.clone(), r.to_vec()),
         None if args.mode == Mode::Restore => ("true".to_owned(), Vec::new()),
@@ -100,17 +122,36 @@ async fn run(args: Args) -> Result<bool, Error> {
             ))
         }
     };
-    let exec = LocalCommand::new(program, rest)?;
+    let execute_timeout = Duration::from_millis(args.execute_timeout_ms);
+    let exec = LocalCommand::new(program, rest)?.with_timeout(execute_timeout);
     let config = RolloutConfig::builder()
         .batch_size(args.batch)
+        .max_failures(args.max_failures)
+        .min_healthy(args.min_healthy)
+        .capacity_timeout(Duration::from_secs(args.capacity_timeout_s))
         .poll_interval(Duration::from_millis(args.poll_ms))
         .health_timeout(Duration::from_secs(args.health_timeout_s))
+        // The command's own limit kills it; the engine's is a backstop.
+        .execute_timeout(execute_timeout + Duration::from_secs(10))
         .on_interrupted(match args.on_interrupted {
             Interrupted::Fail => OnInterrupted::Fail,
             Interrupted::Rerun => OnInterrupted::Rerun,
         })
         .build()?;
-    let rollout = Rollout::new(lb, exec, config).with_journal(FileJournal::open(&args.journal)?);
+    // Ctrl-C: start nothing new, put drained targets back, let running
+    // maintenances finish (their children are in their own process groups
+    // and do not get the terminal's SIGINT).
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: finishing what runs, putting drained targets back");
+            on_signal.cancel();
+        }
+    });
+    let rollout = Rollout::new(lb, exec, config)
+        .with_journal(FileJournal::open(&args.journal)?)
+        .with_cancellation(cancel);
     let report = match args.mode {
         Mode::Run => rollout.run().await?,
         Mode::Resume => rollout.resume().await?,
