@@ -60,3 +60,56 @@ async fn a_target_put_back_during_its_maintenance_is_drained_again_at_once() {
     assert!(seen, "a DrainLost event");
     assert!(r.target(&ids[1]).expect("t001").drain_lost.is_empty());
 }
+
+// A node restarted (or reloaded) while its target drains has it back in
+// rotation: seen draining, then in service, it is drained again at once —
+// never maintained on the strength of the other node's empty count.
+#[tokio::test(start_paused = true)]
+async fn a_target_put_back_while_it_drains_is_drained_again() {
+    let (lb, ids) = pool(2);
+    lb.set_drain_profile(
+        &ids[0],
+        hygiene_core::testing::DrainProfile {
+            initial: 3,
+            duration: Duration::from_secs(4),
+        },
+    )
+    .expect("profile");
+    let exec = ScriptedExecutor::new().observe(&lb);
+    let reloader = lb.clone();
+    let victim = ids[0].clone();
+    tokio::spawn(async move {
+        // 1 s into t000's drain, a restarted node has it back.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        reloader
+            .set_status(&victim, TargetState::InService, Health::Healthy)
+            .expect("set");
+    });
+    let r = Rollout::new(
+        lb.clone(),
+        exec.clone(),
+        RolloutConfig::builder()
+            .poll_interval(Duration::from_millis(200))
+            .build()
+            .expect("config"),
+    )
+    .run()
+    .await
+    .expect("run");
+    assert!(r.is_success(), "{r:#?}");
+    let t = r.target(&ids[0]).expect("t000");
+    assert_eq!(t.drain_lost.len(), 1, "{t:#?}");
+    let count = |op| ids_of(&lb, op).iter().filter(|id| **id == ids[0]).count();
+    assert_eq!(count(Operation::Drain), 2, "drained again");
+    let started = exec.records();
+    let at = started
+        .iter()
+        .find(|x| x.id == ids[0])
+        .and_then(|x| x.status_at_start.clone())
+        .expect("t000 maintained");
+    assert_ne!(
+        at.state,
+        TargetState::InService,
+        "maintained while in service"
+    );
+}

@@ -564,21 +564,29 @@ fn reply_error(
     }
 }
 
-/// Status of one target from its entries on every node and backend: in
-/// service only where in service everywhere (otherwise the worst state),
-/// healthy only where healthy everywhere, connections summed.
+/// Status of one target from its entries on every node and backend:
+/// in service as soon as one entry is (a node or backend that sends it new
+/// requests is what matters: a node restarted during a drain has it back
+/// in rotation, and the engine must see that and drain it again), else
+/// the most out state; healthy only where every entry is in service and
+/// healthy (entries that disagree are `Unknown`); connections summed.
 fn aggregate(parts: &[(TargetState, Health, u64)]) -> TargetStatus {
     let rank = |s: TargetState| match s {
         TargetState::InService => 0,
         TargetState::Draining => 1,
         TargetState::OutOfService => 2,
     };
-    let state = parts
-        .iter()
-        .map(|p| p.0)
-        .max_by_key(|s| rank(*s))
-        .unwrap_or(TargetState::OutOfService);
-    let health = if parts.is_empty() {
+    let state = if parts.iter().any(|p| p.0 == TargetState::InService) {
+        TargetState::InService
+    } else {
+        parts
+            .iter()
+            .map(|p| p.0)
+            .max_by_key(|s| rank(*s))
+            .unwrap_or(TargetState::OutOfService)
+    };
+    let mixed = parts.iter().any(|p| p.0 != state);
+    let health = if parts.is_empty() || mixed {
         Health::Unknown
     } else if parts.iter().any(|p| p.1 == Health::Unhealthy) {
         Health::Unhealthy
@@ -832,7 +840,11 @@ mod tests {
         use TargetState::*;
         let s = aggregate(&[(InService, Healthy, 1), (InService, Healthy, 2)]);
         assert_eq!(s, TargetStatus::new(InService, Healthy, Some(3)));
+        // One node still (or again: restarted) sends it new requests: in
+        // service, and not healthy-in-service until every entry agrees.
         let s = aggregate(&[(InService, Healthy, 0), (Draining, Healthy, 4)]);
+        assert_eq!(s, TargetStatus::new(InService, Unknown, Some(4)));
+        let s = aggregate(&[(Draining, Healthy, 0), (Draining, Healthy, 4)]);
         assert_eq!(s, TargetStatus::new(Draining, Healthy, Some(4)));
         let s = aggregate(&[(Draining, Healthy, 0), (OutOfService, Unknown, 0)]);
         assert_eq!(s.state, OutOfService);

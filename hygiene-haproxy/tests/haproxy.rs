@@ -65,7 +65,8 @@ async fn conformance_two_nodes_unix_and_tcp() {
         .expect("valid");
     check_all(&lb, &fixture()).await;
 
-    // Drain reaches both nodes; status is out of service while either is.
+    // Drain reaches both nodes; status is in service while either node
+    // sends it new requests (a node restarted mid-drain must be seen).
     lb.drain(&[id("web/s2")]).await.expect("drain");
     assert_eq!(ha.server("web", "s2").await.1, 8, "forced drain on lb-a");
     assert_eq!(hb.server("web", "s2").await.1, 8, "forced drain on lb-b");
@@ -75,9 +76,16 @@ async fn conformance_two_nodes_unix_and_tcp() {
         .expect("raw maint on lb-b only");
     let st = lb.status(&[id("web/s2")]).await.expect("status")[0].clone();
     assert_eq!(
+        (st.state, st.health),
+        (TargetState::InService, hygiene_core::Health::Unknown),
+        "in service on one node is in service, not healthy-in-service: {st:?}"
+    );
+    lb.drain(&[id("web/s2")]).await.expect("drain");
+    let st = lb.status(&[id("web/s2")]).await.expect("status")[0].clone();
+    assert_eq!(
         st.state,
         TargetState::OutOfService,
-        "out of service on one node is out of service: {st:?}"
+        "out everywhere: the most out state wins: {st:?}"
     );
     lb.enable(&[id("web/s2")]).await.expect("enable");
     assert_eq!(
@@ -316,8 +324,8 @@ async fn several_backends_share_servers() {
     let st = lb.status(&[id("web/s1")]).await.expect("status")[0].clone();
     assert_eq!(
         st.state,
-        TargetState::Draining,
-        "still draining in web: {st:?}"
+        TargetState::InService,
+        "api sends it requests again: in service, so a drain is never judged done: {st:?}"
     );
     lb.enable(&[id("web/s1")]).await.expect("enable");
     assert_eq!(h.server("web", "s1").await.1, 0);

@@ -138,6 +138,15 @@ impl Machine {
             let waited = self.now.saturating_sub(self.slots[i].since);
             match self.slots[i].step {
                 Step::Draining => match judge_drain(&s, waited, &self.rules) {
+                    DrainVerdict::Wait
+                        if s.state == TargetState::InService
+                            && self.slots[i].seen_out > self.slots[i].since
+                            && !self.slots[i].redraining =>
+                    {
+                        // Seen draining, now back in service: the balancer
+                        // (a node restarted or reloaded) lost the drain.
+                        self.drain_lost(i, out);
+                    }
                     DrainVerdict::Wait => {
                         if s.state != TargetState::InService {
                             self.slots[i].seen_out = self.now;
