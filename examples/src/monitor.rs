@@ -177,36 +177,47 @@ pub fn phases(samples: &[Sample], server: &str) -> Phases {
     p
 }
 
-/// One `show stat <backend> 4 -1`, by server.
-async fn read(socket: &Path, backend: &str) -> BoxResult<BTreeMap<String, Seen>> {
+/// The rows of a `show stat` command, each as column name → value.
+pub async fn show_stat(socket: &Path, command: &str) -> BoxResult<Vec<BTreeMap<String, String>>> {
     let mut s = UnixStream::connect(socket).await?;
-    s.write_all(format!("show stat {backend} 4 -1\n").as_bytes())
-        .await?;
+    s.write_all(format!("{command}\n").as_bytes()).await?;
     let mut text = String::new();
     s.read_to_string(&mut text).await?;
     let (header, rows) = text.split_once('\n').ok_or("empty `show stat` reply")?;
-    let header = header.trim_start_matches("# ");
-    let csv_text = format!("{header}\n{rows}");
+    let csv_text = format!("{}\n{rows}", header.trim_start_matches("# "));
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .from_reader(csv_text.as_bytes());
     let cols = rdr.headers()?.clone();
-    let col = |name: &str| {
-        cols.iter()
-            .position(|h| h == name)
-            .ok_or_else(|| format!("`show stat` has no {name} column"))
-    };
-    let (sv, qcur, scur, status) = (col("svname")?, col("qcur")?, col("scur")?, col("status")?);
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     for row in rdr.records() {
         let row = row?;
-        let n = |i: usize| row.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.push(
+            cols.iter()
+                .zip(row.iter())
+                .map(|(c, v)| (c.to_owned(), v.to_owned()))
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// A number column of a `show stat` row (0 when empty).
+pub fn number(row: &BTreeMap<String, String>, column: &str) -> u64 {
+    row.get(column).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// One `show stat <backend> 4 -1`, by server.
+async fn read(socket: &Path, backend: &str) -> BoxResult<BTreeMap<String, Seen>> {
+    let mut out = BTreeMap::new();
+    for row in show_stat(socket, &format!("show stat {backend} 4 -1")).await? {
+        let text = |c: &str| row.get(c).cloned().unwrap_or_default();
         out.insert(
-            row.get(sv).unwrap_or_default().to_owned(),
+            text("svname"),
             Seen {
-                status: row.get(status).unwrap_or_default().to_owned(),
-                conns: n(qcur) + n(scur),
+                status: text("status"),
+                conns: number(&row, "qcur") + number(&row, "scur"),
                 running: true,
             },
         );

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use clap::Parser;
 use examples::load::{Load, LoadConfig, LoadStats};
-use examples::monitor::{phases, Monitor};
+use examples::monitor::{number, phases, show_stat, Monitor};
 use examples::scenario::{Scenario, ScenarioConfig};
 use examples::BoxResult;
 use hygiene_core::{
@@ -364,41 +364,18 @@ impl Counters {
 /// Reads the counters of the `web` backend's frontend and servers (`show
 /// stat -1 7 -1`: the frontend counts the 503s HAProxy answers itself).
 async fn counters(scn: &Scenario) -> BoxResult<Counters> {
-    let mut s = tokio::net::UnixStream::connect(scn.haproxy.socket()).await?;
-    s.write_all(b"show stat -1 7 -1\n").await?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await?;
-    let (header, rows) = text.split_once('\n').ok_or("empty `show stat` reply")?;
-    let csv_text = format!("{}\n{rows}", header.trim_start_matches("# "));
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(csv_text.as_bytes());
-    let cols = rdr.headers()?.clone();
-    let col = |name: &str| {
-        cols.iter()
-            .position(|h| h == name)
-            .ok_or(format!("no {name} column"))
-    };
-    let (sv, h5, econ, eresp, abrt) = (
-        col("svname")?,
-        col("hrsp_5xx")?,
-        col("econ")?,
-        col("eresp")?,
-        col("srv_abrt")?,
-    );
     let mut c = Counters::default();
-    for row in rdr.records() {
-        let row = row?;
-        let n = |i: usize| row.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        match row.get(sv).unwrap_or_default() {
+    for row in show_stat(scn.haproxy.socket(), "show stat -1 7 -1").await? {
+        let n = |col: &str| number(&row, col);
+        match row.get("svname").map(String::as_str).unwrap_or_default() {
             // HAProxy's own 503s (no server available) count on the frontend.
-            "FRONTEND" => c.hrsp_5xx += n(h5),
+            "FRONTEND" => c.hrsp_5xx += n("hrsp_5xx"),
             "BACKEND" => {}
             _ => {
-                c.hrsp_5xx += n(h5);
-                c.econ += n(econ);
-                c.eresp += n(eresp);
-                c.srv_abrt += n(abrt);
+                c.hrsp_5xx += n("hrsp_5xx");
+                c.econ += n("econ");
+                c.eresp += n("eresp");
+                c.srv_abrt += n("srv_abrt");
             }
         }
     }
