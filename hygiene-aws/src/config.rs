@@ -121,6 +121,32 @@ impl ClientSettings {
         Ok(aws_sdk_elasticloadbalancingv2::Client::from_conf(b.build()))
     }
 
+    /// An EC2 client from these settings.
+    pub(crate) fn ec2(&self) -> Result<aws_sdk_ec2::Client> {
+        self.check_endpoint()?;
+        let mut b = aws_sdk_ec2::config::Builder::from(self.sdk("ec2 client")?);
+        if let Some(url) = &self.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        if let Some(c) = &self.counter {
+            b = b.interceptor(c.clone());
+        }
+        Ok(aws_sdk_ec2::Client::from_conf(b.build()))
+    }
+
+    /// An Auto Scaling client from these settings.
+    pub(crate) fn autoscaling(&self) -> Result<aws_sdk_autoscaling::Client> {
+        self.check_endpoint()?;
+        let mut b = aws_sdk_autoscaling::config::Builder::from(self.sdk("autoscaling client")?);
+        if let Some(url) = &self.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        if let Some(c) = &self.counter {
+            b = b.interceptor(c.clone());
+        }
+        Ok(aws_sdk_autoscaling::Client::from_conf(b.build()))
+    }
+
     /// An SSM client from these settings.
     pub(crate) fn ssm(&self) -> Result<aws_sdk_ssm::Client> {
         self.check_endpoint()?;
@@ -162,6 +188,9 @@ pub struct Elbv2BalancerBuilder {
     client: Option<aws_sdk_elasticloadbalancingv2::Client>,
     target_groups: Vec<String>,
     load_balancer: Option<String>,
+    instances: Option<crate::InstanceSelector>,
+    ec2: Option<aws_sdk_ec2::Client>,
+    autoscaling: Option<aws_sdk_autoscaling::Client>,
     poll_interval: Option<std::time::Duration>,
     other_target_groups: crate::OtherTargetGroups,
     describe_rate: (u32, u32),
@@ -174,6 +203,9 @@ impl Default for Elbv2BalancerBuilder {
             client: None,
             target_groups: Vec::new(),
             load_balancer: None,
+            instances: None,
+            ec2: None,
+            autoscaling: None,
             poll_interval: None,
             other_target_groups: crate::OtherTargetGroups::default(),
             describe_rate: (
@@ -235,6 +267,59 @@ impl Elbv2BalancerBuilder {
         self
     }
 
+    /// Makes the pool these instances (by id), in every target group of
+    /// the Region that holds them: no load balancer ARN needed. See
+    /// [`InstanceSelector`](crate::InstanceSelector).
+    pub fn with_instances<I, S>(self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.with_instance_selector(crate::InstanceSelector::Ids(
+            ids.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    /// Makes the pool the running instances carrying this tag (with any of
+    /// `values`); called again, an instance must carry every tag given.
+    pub fn with_instance_tag<I, S>(mut self, key: impl Into<String>, values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut tags = match self.instances.take() {
+            Some(crate::InstanceSelector::Tags(t)) => t,
+            _ => std::collections::BTreeMap::new(),
+        };
+        tags.insert(key.into(), values.into_iter().map(Into::into).collect());
+        self.instances = Some(crate::InstanceSelector::Tags(tags));
+        self
+    }
+
+    /// Makes the pool the `InService` instances of this Auto Scaling group.
+    pub fn with_auto_scaling_group(self, name: impl Into<String>) -> Self {
+        self.with_instance_selector(crate::InstanceSelector::AutoScalingGroup(name.into()))
+    }
+
+    /// Makes the pool the instances `selector` names (replacing an earlier
+    /// selector).
+    pub fn with_instance_selector(mut self, selector: crate::InstanceSelector) -> Self {
+        self.instances = Some(selector);
+        self
+    }
+
+    /// Uses this ready-made EC2 client to select instances (tests).
+    pub fn with_ec2_client(mut self, client: aws_sdk_ec2::Client) -> Self {
+        self.ec2 = Some(client);
+        self
+    }
+
+    /// Uses this ready-made Auto Scaling client to select instances (tests).
+    pub fn with_autoscaling_client(mut self, client: aws_sdk_autoscaling::Client) -> Self {
+        self.autoscaling = Some(client);
+        self
+    }
+
     /// Polls status this often by default instead of every 5 s ± 20 %.
     pub fn with_poll_interval(mut self, interval: std::time::Duration) -> Self {
         self.poll_interval = Some(interval);
@@ -265,7 +350,29 @@ impl Elbv2BalancerBuilder {
     /// malformed ARN, a zero poll interval or describe rate, a bad
     /// endpoint URL, or no AWS configuration.
     pub fn build(self) -> Result<crate::Elbv2Balancer> {
+        let kinds = usize::from(!self.target_groups.is_empty())
+            + usize::from(self.load_balancer.is_some())
+            + usize::from(self.instances.is_some());
+        if kinds > 1 {
+            return Err(Error::invalid_config(
+                "pool",
+                "give one of: target groups, a load balancer, or instances (ids, tags, Auto Scaling group)",
+            ));
+        }
+        let (mut ec2, mut autoscaling) = (self.ec2, self.autoscaling);
         let pool = match (self.target_groups.is_empty(), self.load_balancer) {
+            (true, None) if self.instances.is_some() => {
+                let selector = self.instances.unwrap_or(crate::InstanceSelector::Ids(Vec::new()));
+                selector.validate()?;
+                if matches!(selector, crate::InstanceSelector::AutoScalingGroup(_)) {
+                    if autoscaling.is_none() {
+                        autoscaling = Some(self.settings.autoscaling()?);
+                    }
+                } else if ec2.is_none() {
+                    ec2 = Some(self.settings.ec2()?);
+                }
+                crate::balancer::Pool::Instances(selector)
+            }
             (false, None) => {
                 for arn in &self.target_groups {
                     check_arn(arn, "targetgroup", "target_group")?;
@@ -280,7 +387,7 @@ impl Elbv2BalancerBuilder {
             }
             (true, None) => return Err(Error::invalid_config(
                 "pool",
-                "give target groups (with_target_group) or a load balancer (with_load_balancer)",
+                "give target groups (with_target_group), a load balancer (with_load_balancer), or instances (with_instances, with_instance_tag, with_auto_scaling_group)",
             )),
             (false, Some(_)) => {
                 return Err(Error::invalid_config(
@@ -312,6 +419,8 @@ impl Elbv2BalancerBuilder {
                 poll_interval: self.poll_interval,
                 others: self.other_target_groups,
                 describe_rate: self.describe_rate,
+                ec2,
+                autoscaling,
             },
         ))
     }
