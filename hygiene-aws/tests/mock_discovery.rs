@@ -40,7 +40,8 @@ fn throttled() -> ErrorMetadata {
 }
 
 /// `groups` instance target groups (plus one lambda group), 3 to a page;
-/// group n holds instance `i-{n % 4}` on port 8000 + n. The first
+/// group n holds instance `i-{n % 4}` on port 8000 + n (and group 0
+/// holds i-0 on port 9000 too). The first
 /// DescribeTargetGroups page and the first DescribeTargetHealth are
 /// throttled once. Records when each Describe call came.
 struct Elb {
@@ -107,11 +108,17 @@ fn elb(state: &Arc<Mutex<Elb>>) -> aws_sdk_elasticloadbalancingv2::Client {
                 )
                 .target_health(TargetHealth::builder().state(State::Healthy).build())
                 .build();
-            MockResponse::Output(
-                DescribeTargetHealthOutput::builder()
-                    .target_health_descriptions(d)
-                    .build(),
-            )
+            let mut out = DescribeTargetHealthOutput::builder().target_health_descriptions(d);
+            if n == 0 {
+                // i-0 on a second port of the same group.
+                out = out.target_health_descriptions(
+                    TargetHealthDescription::builder()
+                        .target(TargetDescription::builder().id("i-0").port(9000).build())
+                        .target_health(TargetHealth::builder().state(State::Healthy).build())
+                        .build(),
+                );
+            }
+            MockResponse::Output(out.build())
         });
     mock_client!(
         aws_sdk_elasticloadbalancingv2,
@@ -223,7 +230,7 @@ async fn discovery_pages_through_everything_and_survives_throttling() {
         .expect("i-0 listed");
     assert_eq!(
         i0.target.meta.get("target_groups").map(String::as_str),
-        Some("tg0:8000,tg4:8004")
+        Some("tg0:8000,tg0:9000,tg4:8004")
     );
     assert_eq!(
         i0.target.meta.get("load_balancers").map(String::as_str),
