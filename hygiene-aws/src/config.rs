@@ -26,7 +26,13 @@ pub(crate) async fn load_env() -> SdkConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ApiCallCounter {
     calls: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// When each ELBv2 `Describe*` request was sent (the latest
+    /// [`MAX_TIMES`] of them), for [`ApiCallCounter::describe_times`].
+    describe_times: Arc<Mutex<std::collections::VecDeque<tokio::time::Instant>>>,
 }
+
+/// How many `Describe*` send times a counter keeps.
+const MAX_TIMES: usize = 100_000;
 
 impl ApiCallCounter {
     /// A counter at zero.
@@ -53,9 +59,28 @@ impl ApiCallCounter {
         self.calls.lock().map(|m| m.values().sum()).unwrap_or(0)
     }
 
-    fn record(&self, operation: &str) {
+    /// When the ELBv2 `Describe*` requests were sent (`tokio::time`),
+    /// oldest first: the latest 100,000 of them. Benchmarks check them
+    /// against ELB's own throttling bucket (EC2, Auto Scaling and SSM
+    /// calls have buckets of their own and are not included).
+    pub fn describe_times(&self) -> Vec<tokio::time::Instant> {
+        self.describe_times
+            .lock()
+            .map(|t| t.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, service: &str, operation: &str) {
         if let Ok(mut m) = self.calls.lock() {
             *m.entry(operation.to_owned()).or_insert(0) += 1;
+        }
+        if operation.starts_with("Describe") && service.starts_with("Elastic Load Balancing") {
+            if let Ok(mut t) = self.describe_times.lock() {
+                if t.len() == MAX_TIMES {
+                    t.pop_front();
+                }
+                t.push_back(tokio::time::Instant::now());
+            }
         }
     }
 }
@@ -71,8 +96,10 @@ impl Intercept for ApiCallCounter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> std::result::Result<(), BoxError> {
-        let name = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
-        self.record(name);
+        let (service, name) = cfg
+            .load::<Metadata>()
+            .map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
+        self.record(service, name);
         Ok(())
     }
 }
@@ -189,6 +216,8 @@ pub struct Elbv2BalancerBuilder {
     target_groups: Vec<String>,
     load_balancer: Option<String>,
     instances: Option<crate::InstanceSelector>,
+    /// Two kinds of instance selection were given (ids and tags, …).
+    selector_conflict: bool,
     ec2: Option<aws_sdk_ec2::Client>,
     autoscaling: Option<aws_sdk_autoscaling::Client>,
     poll_interval: Option<std::time::Duration>,
@@ -204,6 +233,7 @@ impl Default for Elbv2BalancerBuilder {
             target_groups: Vec::new(),
             load_balancer: None,
             instances: None,
+            selector_conflict: false,
             ec2: None,
             autoscaling: None,
             poll_interval: None,
@@ -289,7 +319,11 @@ impl Elbv2BalancerBuilder {
     {
         let mut tags = match self.instances.take() {
             Some(crate::InstanceSelector::Tags(t)) => t,
-            _ => std::collections::BTreeMap::new(),
+            Some(_) => {
+                self.selector_conflict = true;
+                std::collections::BTreeMap::new()
+            }
+            None => std::collections::BTreeMap::new(),
         };
         tags.insert(key.into(), values.into_iter().map(Into::into).collect());
         self.instances = Some(crate::InstanceSelector::Tags(tags));
@@ -301,9 +335,13 @@ impl Elbv2BalancerBuilder {
         self.with_instance_selector(crate::InstanceSelector::AutoScalingGroup(name.into()))
     }
 
-    /// Makes the pool the instances `selector` names (replacing an earlier
-    /// selector).
+    /// Makes the pool the instances `selector` names. Instances are
+    /// selected one way: ids, tags or an Auto Scaling group (`build`
+    /// refuses two).
     pub fn with_instance_selector(mut self, selector: crate::InstanceSelector) -> Self {
+        if self.instances.is_some() {
+            self.selector_conflict = true;
+        }
         self.instances = Some(selector);
         self
     }
@@ -346,14 +384,16 @@ impl Elbv2BalancerBuilder {
     /// AWS until the first call.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for no pool or both kinds of pool, a
+    /// [`Error::InvalidConfig`] for no pool or two kinds of pool (target
+    /// groups, a load balancer, instances by ids, tags or Auto Scaling
+    /// group), an empty instance selection or a malformed instance id, a
     /// malformed ARN, a zero poll interval or describe rate, a bad
     /// endpoint URL, or no AWS configuration.
     pub fn build(self) -> Result<crate::Elbv2Balancer> {
         let kinds = usize::from(!self.target_groups.is_empty())
             + usize::from(self.load_balancer.is_some())
             + usize::from(self.instances.is_some());
-        if kinds > 1 {
+        if kinds > 1 || self.selector_conflict {
             return Err(Error::invalid_config(
                 "pool",
                 "give one of: target groups, a load balancer, or instances (ids, tags, Auto Scaling group)",

@@ -336,3 +336,53 @@ async fn auto_scaling_groups_page_through_their_instances() {
     let st = lb.status(&[id("i-0"), id("i-1")]).await.expect("status");
     assert_eq!(st.len(), 2);
 }
+
+#[test]
+fn one_kind_of_pool_and_instance_selection() {
+    let state = Arc::new(Mutex::new(Elb {
+        groups: 1,
+        throttled_pages: 0,
+        throttled_health: 0,
+        calls: Vec::new(),
+    }));
+    let base = || {
+        Elbv2Balancer::builder()
+            .with_client(elb(&state))
+            .with_ec2_client(ec2(Arc::new(Mutex::new(0))))
+    };
+    let refused = |b: hygiene_aws::Elbv2BalancerBuilder, why: &str| {
+        let e = b.build().expect_err(why);
+        assert!(
+            matches!(e, hygiene_core::Error::InvalidConfig { .. }),
+            "{why}: {e}"
+        );
+    };
+    refused(
+        base()
+            .with_instances(["i-0a"])
+            .with_instance_tag("Role", ["web"]),
+        "ids and tags",
+    );
+    refused(
+        base()
+            .with_auto_scaling_group("web")
+            .with_instances(["i-0a"]),
+        "group and ids",
+    );
+    refused(
+        base()
+            .with_instances(["i-0a"])
+            .with_load_balancer(format!("{ACCOUNT}:loadbalancer/app/shop/0abc")),
+        "instances and a load balancer",
+    );
+    refused(base().with_instances(["web-1"]), "not an instance id");
+    refused(
+        base().with_instance_tag("Role", Vec::<String>::new()),
+        "a tag without values",
+    );
+    assert!(base()
+        .with_instance_tag("Role", ["web"])
+        .with_instance_tag("Env", ["prod", "staging"])
+        .build()
+        .is_ok());
+}
