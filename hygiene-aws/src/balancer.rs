@@ -1083,7 +1083,12 @@ impl LoadBalancer for Elbv2Balancer {
                 ))
             })
             .collect();
-        if cmds.is_empty() {
+        let bare = self.selected().is_some_and(|s| s.contains(id)) && regs.is_empty();
+        if bare {
+            format!(
+                "nothing to register: {id} is in no target group (no balancer sends it traffic)"
+            )
+        } else if cmds.is_empty() {
             format!("aws elbv2 register-targets --target-group-arn <target group of {id}> --targets Id={id},Port=<its port>")
         } else {
             cmds.join(" && ")

@@ -199,6 +199,15 @@ async fn instances_by_tag_are_found_in_every_target_group() {
         .reason
         .as_deref()
         .is_some_and(|r| r.contains("no target group")));
+    assert!(
+        lb.enable_hint(&id(&f.instances[4]))
+            .starts_with("nothing to register"),
+        "{}",
+        lb.enable_hint(&id(&f.instances[4]))
+    );
+    assert!(lb
+        .enable_hint(&id(&f.instances[0]))
+        .contains("--targets Id="));
     m.stop().await.expect("moto stops");
 }
 
