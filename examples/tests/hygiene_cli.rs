@@ -753,3 +753,51 @@ health_timeout = "20s"
     all_in_service(&scn).await;
     scn.stop().await;
 }
+
+#[test]
+fn elbv2_pools_from_instances_are_configured_without_an_arn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/elbv2.toml"))
+            .expect("example config");
+    let arn_line = example
+        .lines()
+        .find(|l| l.starts_with("load_balancer = "))
+        .expect("the example names a load balancer");
+    let cases = [
+        (r#"tags = { "Patch Group" = "web" }"#, 0),
+        (
+            r#"tags = { "Patch Group" = ["web", "api"], Env = "prod" }"#,
+            0,
+        ),
+        (r#"instances = ["i-0abc1234def567890"]"#, 0),
+        (r#"auto_scaling_group = "web-asg""#, 0),
+        // Two ways of naming the pool, or a malformed id: refused.
+        (
+            &format!("{arn_line}\ninstances = [\"i-0abc1234def567890\"]"),
+            2,
+        ),
+        (
+            r#"instances = ["i-0abc"]
+auto_scaling_group = "web-asg""#,
+            2,
+        ),
+        (r#"instances = ["web-1"]"#, 2),
+    ];
+    for (k, (pool, want)) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("elbv2-{k}.toml"));
+        std::fs::write(&cfg, example.replace(arn_line, pool)).expect("write config");
+        let mut c = hygiene(&cfg, &dir.path().join("state"));
+        c.args(["validate", "--offline"]);
+        let (code, stdout, err) = out(c);
+        if *want == 0 {
+            assert_eq!(code, 0, "{pool}: {stdout}{err}");
+        } else {
+            assert_ne!(code, 0, "{pool}: {stdout}{err}");
+            assert!(
+                format!("{stdout}{err}").contains("balancer.elbv2"),
+                "{pool}: the error names the section: {stdout}{err}"
+            );
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! [`Elbv2Balancer`]: a pool of ELBv2 target groups as a [`LoadBalancer`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
 use crate::attributes::DeregistrationDelay;
+use crate::discovery::{self, Discovery, InstanceSelector};
 use crate::error::{call, code_of, map_sdk, Subject};
 use crate::health::{combine, observe, Observation};
 use crate::pacing::TokenBucket;
@@ -28,6 +29,9 @@ pub(crate) enum Pool {
     TargetGroups(Vec<String>),
     /// Every target group of this load balancer.
     LoadBalancer(String),
+    /// These instances, in every target group of the Region that holds
+    /// any of them.
+    Instances(InstanceSelector),
 }
 
 impl fmt::Display for Pool {
@@ -35,6 +39,7 @@ impl fmt::Display for Pool {
         match self {
             Self::TargetGroups(arns) => write!(f, "target groups {}", arns.join(", ")),
             Self::LoadBalancer(arn) => write!(f, "load balancer {arn}"),
+            Self::Instances(sel) => write!(f, "{sel}"),
         }
     }
 }
@@ -71,6 +76,8 @@ pub(crate) struct Group {
     ip: bool,
     /// Part of the configured pool (not found outside it).
     pub(crate) in_pool: bool,
+    /// Names of the load balancers the group is attached to.
+    pub(crate) load_balancers: Vec<String>,
 }
 
 /// One registration of a target: in which group, on which port, in which
@@ -115,6 +122,9 @@ struct Memory {
     deferred: HashMap<TargetId, Vec<Registration>>,
     /// The last reason ELBv2 gave per target.
     reasons: HashMap<TargetId, String>,
+    /// Selected instances in no target group that a drain took "out":
+    /// nothing was deregistered, they read out of service until enabled.
+    bare_out: HashSet<TargetId>,
 }
 
 /// An ELBv2 pool (target groups, or all target groups of a load balancer)
@@ -176,6 +186,10 @@ pub(crate) struct Inner {
     others: OtherTargetGroups,
     bucket: TokenBucket,
     groups: OnceCell<Vec<Group>>,
+    ec2: Option<aws_sdk_ec2::Client>,
+    autoscaling: Option<aws_sdk_autoscaling::Client>,
+    /// What discovery from instances found (instance pools only).
+    discovery: std::sync::OnceLock<Discovery>,
     pub(crate) delays: OnceCell<Vec<DeregistrationDelay>>,
     memory: Mutex<Memory>,
 }
@@ -212,6 +226,8 @@ pub(crate) struct Settings {
     pub(crate) poll_interval: Option<Duration>,
     pub(crate) others: OtherTargetGroups,
     pub(crate) describe_rate: (u32, u32),
+    pub(crate) ec2: Option<aws_sdk_ec2::Client>,
+    pub(crate) autoscaling: Option<aws_sdk_autoscaling::Client>,
 }
 
 /// The ids among `asked` that an `InvalidTarget` message names (ELBv2
@@ -240,6 +256,9 @@ impl Elbv2Balancer {
                 others: settings.others,
                 bucket: TokenBucket::new(burst, per_second),
                 groups: OnceCell::new(),
+                ec2: settings.ec2,
+                autoscaling: settings.autoscaling,
+                discovery: std::sync::OnceLock::new(),
                 delays: OnceCell::new(),
                 memory: Mutex::new(Memory::default()),
             }),
@@ -306,6 +325,7 @@ impl Elbv2Balancer {
     async fn resolve(&self) -> Result<Vec<Group>> {
         let mut found: Vec<TargetGroup> = Vec::new();
         match &self.inner.pool {
+            Pool::Instances(selector) => return self.resolve_instances(selector).await,
             Pool::TargetGroups(arns) => {
                 for chunk in arns.chunks(20) {
                     self.paced().await;
@@ -374,6 +394,7 @@ impl Elbv2Balancer {
                 name,
                 ip,
                 in_pool: true,
+                load_balancers: lb_names(&tg),
             });
         }
         if self.inner.others != OtherTargetGroups::Ignore {
@@ -381,6 +402,144 @@ impl Elbv2Balancer {
         }
         debug!(groups = groups.len(), pool = %self.inner.pool, "resolved target groups");
         Ok(groups)
+    }
+
+    /// Discovery from instances: selects them (EC2 or Auto Scaling), lists
+    /// every target group of the Region (paginated), and lists each
+    /// instance target group once (`DescribeTargetHealth`, paced) to keep
+    /// those holding a selected instance, on any port. What it learns is
+    /// remembered, so the rollout's first calls need no new listing.
+    /// Throttled calls are retried with jittered backoff.
+    async fn resolve_instances(&self, selector: &InstanceSelector) -> Result<Vec<Group>> {
+        let mut calls = 0u64;
+        let instances = discovery::select(
+            self.inner.ec2.as_ref(),
+            self.inner.autoscaling.as_ref(),
+            selector,
+            &mut calls,
+        )
+        .await?;
+        let wanted: HashSet<&TargetId> = instances.iter().collect();
+        let mut all: Vec<TargetGroup> = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let out = discovery::retried(&mut calls, "DescribeTargetGroups", || async {
+                self.paced().await;
+                call(
+                    "elbv2",
+                    "DescribeTargetGroups",
+                    || Subject::groups("every target group of the Region"),
+                    self.client()
+                        .describe_target_groups()
+                        .set_marker(marker.clone())
+                        .send(),
+                )
+                .await
+            })
+            .await?;
+            all.extend(out.target_groups().iter().cloned());
+            marker = out.next_marker().map(str::to_owned);
+            if marker.is_none() {
+                break;
+            }
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        let mut skipped = Vec::new();
+        let mut found: HashMap<TargetId, Vec<Registration>> = HashMap::new();
+        for tg in all {
+            let Some(arn) = tg.target_group_arn() else {
+                continue;
+            };
+            if groups.iter().any(|g| g.arn == arn) {
+                continue;
+            }
+            if let Err(why) = discovery::searchable(&tg) {
+                skipped.push(why);
+                continue;
+            }
+            let g = Group {
+                arn: arn.to_owned(),
+                name: tg.target_group_name().unwrap_or(arn).to_owned(),
+                ip: false,
+                in_pool: true,
+                load_balancers: lb_names(&tg),
+            };
+            let rows = discovery::retried(&mut calls, "DescribeTargetHealth", || {
+                self.describe(&g, None)
+            })
+            .await?;
+            let gi = groups.len();
+            let mut holds = false;
+            for row in rows.into_iter().filter(|r| wanted.contains(&r.id)) {
+                holds = true;
+                found.entry(row.id).or_default().push(Registration {
+                    group: gi,
+                    port: row.port,
+                    zone: None,
+                });
+            }
+            if holds {
+                groups.push(g);
+            }
+        }
+        let d = Discovery {
+            unregistered: instances
+                .iter()
+                .filter(|i| !found.contains_key(*i))
+                .cloned()
+                .collect(),
+            target_groups: groups.iter().map(|g| g.name.clone()).collect(),
+            instances,
+            skipped,
+            api_calls: calls,
+        };
+        discovery::log(&d);
+        {
+            let mut m = self.memory()?;
+            for (id, mut regs) in found {
+                regs.sort();
+                m.known.insert(id, regs);
+            }
+        }
+        // The OnceCell of the groups runs this once; a lost race only
+        // drops an identical result.
+        let _ = self.inner.discovery.set(d);
+        Ok(groups)
+    }
+
+    /// What discovery from instances found and cost (running it first if
+    /// needed); `None` for a pool given by target group or load balancer
+    /// ARN.
+    ///
+    /// # Errors
+    /// As [`LoadBalancer::list`].
+    pub async fn discovery(&self) -> Result<Option<Discovery>> {
+        self.groups().await?;
+        Ok(self.inner.discovery.get().cloned())
+    }
+
+    /// The selected instances of an instance pool (after discovery).
+    fn selected(&self) -> Option<&[TargetId]> {
+        self.inner.discovery.get().map(|d| d.instances.as_slice())
+    }
+
+    /// The status of a selected instance in no target group: in service
+    /// and healthy as far as a balancer can tell (none sends it traffic),
+    /// out of service between a drain and an enable.
+    fn bare_status(&self, id: &TargetId) -> TargetStatus {
+        let out = self
+            .inner
+            .memory
+            .lock()
+            .is_ok_and(|m| m.bare_out.contains(id));
+        let state = if out {
+            TargetState::OutOfService
+        } else {
+            TargetState::InService
+        };
+        TargetStatus::new(state, Health::Healthy, None).with_reason(
+            "in no target group: nothing to drain, and no balancer health check (use a probe to check it after the maintenance)",
+        )
     }
 
     /// Appends the account's instance and IP target groups that are not in
@@ -424,6 +583,7 @@ impl Elbv2Balancer {
                     name: tg.target_group_name().unwrap_or(arn).to_owned(),
                     ip,
                     in_pool: false,
+                    load_balancers: lb_names(tg),
                 });
             }
             marker = out.next_marker().map(str::to_owned);
@@ -633,6 +793,23 @@ impl Elbv2Balancer {
             regs.iter()
                 .any(|r| groups.get(r.group).is_some_and(|g| g.in_pool))
         };
+        if let Some(selected) = self.selected() {
+            // An instance pool: the selection is the pool; an instance in
+            // no target group has no registration.
+            let m = self.memory()?;
+            return ids
+                .iter()
+                .map(|id| {
+                    if !selected.contains(id) {
+                        return Err(Error::target_not_found(id.as_str(), Some(self.name())));
+                    }
+                    Ok(m.known
+                        .get(id)
+                        .map(|r| r.iter().filter(|r| part(r)).cloned().collect())
+                        .unwrap_or_default())
+                })
+                .collect();
+        }
         let missing = {
             let m = self.memory()?;
             ids.iter().any(|id| !m.known.get(id).is_some_and(&pooled))
@@ -698,6 +875,14 @@ impl Elbv2Balancer {
                 .join(",")
         };
         t = t.with_meta("target_groups", names(&|g| self.managed(g)));
+        let mut lbs: Vec<&str> = regs
+            .iter()
+            .filter_map(|r| groups.get(r.group).filter(|g| self.managed(g)))
+            .flat_map(|g| g.load_balancers.iter().map(String::as_str))
+            .collect();
+        lbs.sort_unstable();
+        lbs.dedup();
+        t = t.with_meta("load_balancers", lbs.join(","));
         let others = names(&|g| !g.in_pool);
         if !others.is_empty() {
             t = t.with_meta("other_target_groups", others);
@@ -898,7 +1083,12 @@ impl LoadBalancer for Elbv2Balancer {
                 ))
             })
             .collect();
-        if cmds.is_empty() {
+        let bare = self.selected().is_some_and(|s| s.contains(id)) && regs.is_empty();
+        if bare {
+            format!(
+                "nothing to register: {id} is in no target group (no balancer sends it traffic)"
+            )
+        } else if cmds.is_empty() {
             format!("aws elbv2 register-targets --target-group-arn <target group of {id}> --targets Id={id},Port=<its port>")
         } else {
             cmds.join(" && ")
@@ -910,17 +1100,28 @@ impl LoadBalancer for Elbv2Balancer {
         let groups = self.groups().await?;
         let known = self.memory()?.known.clone();
         let mut out = Vec::new();
-        let mut ids: Vec<&TargetId> = known
-            .iter()
-            .filter(|(_, regs)| {
-                regs.iter()
-                    .any(|r| groups.get(r.group).is_some_and(|g| g.in_pool))
-            })
-            .map(|(id, _)| id)
-            .collect();
+        let mut ids: Vec<&TargetId> = match self.selected() {
+            Some(selected) => selected.iter().collect(),
+            None => known
+                .iter()
+                .filter(|(_, regs)| {
+                    regs.iter()
+                        .any(|r| groups.get(r.group).is_some_and(|g| g.in_pool))
+                })
+                .map(|(id, _)| id)
+                .collect(),
+        };
         ids.sort();
         for id in ids {
-            let all = &known[id];
+            let all = known.get(id).map(Vec::as_slice).unwrap_or_default();
+            if all.is_empty() {
+                warn!(target.id = %id, "instance in no target group: patched with nothing to drain");
+                out.push(ListedTarget {
+                    target: self.listed_target(id, all, groups),
+                    status: self.bare_status(id),
+                });
+                continue;
+            }
             let target = self.listed_target(id, all, groups);
             if let Some(others) = target.meta.get("other_target_groups") {
                 warn!(target.id = %id, other_target_groups = %others, drained_there = self.inner.others == OtherTargetGroups::Drain, "host also registered in target groups outside the pool");
@@ -1015,6 +1216,10 @@ impl LoadBalancer for Elbv2Balancer {
         }
         let mut out = Vec::with_capacity(ids.len());
         for (id, rs) in ids.iter().zip(&regs) {
+            if rs.is_empty() {
+                out.push(self.bare_status(id));
+                continue;
+            }
             let o: Vec<Observation> = rs
                 .iter()
                 .map(|r| {
@@ -1041,8 +1246,12 @@ impl LoadBalancer for Elbv2Balancer {
         {
             // Out again: nothing waits to be registered.
             let mut m = self.memory()?;
-            for id in ids {
+            for (id, rs) in ids.iter().zip(&regs) {
                 m.deferred.remove(id);
+                if rs.is_empty() {
+                    info!(target.id = %id, "in no target group: nothing to deregister");
+                    m.bare_out.insert(id.clone());
+                }
             }
         }
         for (gi, members) in Self::by_group(ids, &regs) {
@@ -1166,7 +1375,15 @@ impl LoadBalancer for Elbv2Balancer {
 
     async fn enable(&self, ids: &[TargetId]) -> Result<()> {
         // NotFound for a target the pool does not know.
-        self.registrations(ids).await?;
+        let regs = self.registrations(ids).await?;
+        {
+            let mut m = self.memory()?;
+            for (id, rs) in ids.iter().zip(&regs) {
+                if rs.is_empty() {
+                    m.bare_out.remove(id);
+                }
+            }
+        }
         let groups = self.groups().await?;
         let wanted: Vec<Vec<Registration>> = {
             let m = self.memory()?;
@@ -1227,6 +1444,14 @@ impl LoadBalancer for Elbv2Balancer {
             })
         }
     }
+}
+
+/// Names of the load balancers a target group is attached to.
+fn lb_names(tg: &TargetGroup) -> Vec<String> {
+    tg.load_balancer_arns()
+        .iter()
+        .map(|a| discovery::load_balancer_name(a))
+        .collect()
 }
 
 /// The ids of a group's members, for error messages.

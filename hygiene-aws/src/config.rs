@@ -26,7 +26,13 @@ pub(crate) async fn load_env() -> SdkConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ApiCallCounter {
     calls: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// When each ELBv2 `Describe*` request was sent (the latest
+    /// [`MAX_TIMES`] of them), for [`ApiCallCounter::describe_times`].
+    describe_times: Arc<Mutex<std::collections::VecDeque<tokio::time::Instant>>>,
 }
+
+/// How many `Describe*` send times a counter keeps.
+const MAX_TIMES: usize = 100_000;
 
 impl ApiCallCounter {
     /// A counter at zero.
@@ -53,9 +59,28 @@ impl ApiCallCounter {
         self.calls.lock().map(|m| m.values().sum()).unwrap_or(0)
     }
 
-    fn record(&self, operation: &str) {
+    /// When the ELBv2 `Describe*` requests were sent (`tokio::time`),
+    /// oldest first: the latest 100,000 of them. Benchmarks check them
+    /// against ELB's own throttling bucket (EC2, Auto Scaling and SSM
+    /// calls have buckets of their own and are not included).
+    pub fn describe_times(&self) -> Vec<tokio::time::Instant> {
+        self.describe_times
+            .lock()
+            .map(|t| t.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, service: &str, operation: &str) {
         if let Ok(mut m) = self.calls.lock() {
             *m.entry(operation.to_owned()).or_insert(0) += 1;
+        }
+        if operation.starts_with("Describe") && service.starts_with("Elastic Load Balancing") {
+            if let Ok(mut t) = self.describe_times.lock() {
+                if t.len() == MAX_TIMES {
+                    t.pop_front();
+                }
+                t.push_back(tokio::time::Instant::now());
+            }
         }
     }
 }
@@ -71,8 +96,10 @@ impl Intercept for ApiCallCounter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> std::result::Result<(), BoxError> {
-        let name = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
-        self.record(name);
+        let (service, name) = cfg
+            .load::<Metadata>()
+            .map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
+        self.record(service, name);
         Ok(())
     }
 }
@@ -121,6 +148,32 @@ impl ClientSettings {
         Ok(aws_sdk_elasticloadbalancingv2::Client::from_conf(b.build()))
     }
 
+    /// An EC2 client from these settings.
+    pub(crate) fn ec2(&self) -> Result<aws_sdk_ec2::Client> {
+        self.check_endpoint()?;
+        let mut b = aws_sdk_ec2::config::Builder::from(self.sdk("ec2 client")?);
+        if let Some(url) = &self.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        if let Some(c) = &self.counter {
+            b = b.interceptor(c.clone());
+        }
+        Ok(aws_sdk_ec2::Client::from_conf(b.build()))
+    }
+
+    /// An Auto Scaling client from these settings.
+    pub(crate) fn autoscaling(&self) -> Result<aws_sdk_autoscaling::Client> {
+        self.check_endpoint()?;
+        let mut b = aws_sdk_autoscaling::config::Builder::from(self.sdk("autoscaling client")?);
+        if let Some(url) = &self.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        if let Some(c) = &self.counter {
+            b = b.interceptor(c.clone());
+        }
+        Ok(aws_sdk_autoscaling::Client::from_conf(b.build()))
+    }
+
     /// An SSM client from these settings.
     pub(crate) fn ssm(&self) -> Result<aws_sdk_ssm::Client> {
         self.check_endpoint()?;
@@ -162,6 +215,11 @@ pub struct Elbv2BalancerBuilder {
     client: Option<aws_sdk_elasticloadbalancingv2::Client>,
     target_groups: Vec<String>,
     load_balancer: Option<String>,
+    instances: Option<crate::InstanceSelector>,
+    /// Two kinds of instance selection were given (ids and tags, …).
+    selector_conflict: bool,
+    ec2: Option<aws_sdk_ec2::Client>,
+    autoscaling: Option<aws_sdk_autoscaling::Client>,
     poll_interval: Option<std::time::Duration>,
     other_target_groups: crate::OtherTargetGroups,
     describe_rate: (u32, u32),
@@ -174,6 +232,10 @@ impl Default for Elbv2BalancerBuilder {
             client: None,
             target_groups: Vec::new(),
             load_balancer: None,
+            instances: None,
+            selector_conflict: false,
+            ec2: None,
+            autoscaling: None,
             poll_interval: None,
             other_target_groups: crate::OtherTargetGroups::default(),
             describe_rate: (
@@ -235,6 +297,67 @@ impl Elbv2BalancerBuilder {
         self
     }
 
+    /// Makes the pool these instances (by id), in every target group of
+    /// the Region that holds them: no load balancer ARN needed. See
+    /// [`InstanceSelector`](crate::InstanceSelector).
+    pub fn with_instances<I, S>(self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.with_instance_selector(crate::InstanceSelector::Ids(
+            ids.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    /// Makes the pool the running instances carrying this tag (with any of
+    /// `values`); called again, an instance must carry every tag given.
+    pub fn with_instance_tag<I, S>(mut self, key: impl Into<String>, values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut tags = match self.instances.take() {
+            Some(crate::InstanceSelector::Tags(t)) => t,
+            Some(_) => {
+                self.selector_conflict = true;
+                std::collections::BTreeMap::new()
+            }
+            None => std::collections::BTreeMap::new(),
+        };
+        tags.insert(key.into(), values.into_iter().map(Into::into).collect());
+        self.instances = Some(crate::InstanceSelector::Tags(tags));
+        self
+    }
+
+    /// Makes the pool the `InService` instances of this Auto Scaling group.
+    pub fn with_auto_scaling_group(self, name: impl Into<String>) -> Self {
+        self.with_instance_selector(crate::InstanceSelector::AutoScalingGroup(name.into()))
+    }
+
+    /// Makes the pool the instances `selector` names. Instances are
+    /// selected one way: ids, tags or an Auto Scaling group (`build`
+    /// refuses two).
+    pub fn with_instance_selector(mut self, selector: crate::InstanceSelector) -> Self {
+        if self.instances.is_some() {
+            self.selector_conflict = true;
+        }
+        self.instances = Some(selector);
+        self
+    }
+
+    /// Uses this ready-made EC2 client to select instances (tests).
+    pub fn with_ec2_client(mut self, client: aws_sdk_ec2::Client) -> Self {
+        self.ec2 = Some(client);
+        self
+    }
+
+    /// Uses this ready-made Auto Scaling client to select instances (tests).
+    pub fn with_autoscaling_client(mut self, client: aws_sdk_autoscaling::Client) -> Self {
+        self.autoscaling = Some(client);
+        self
+    }
+
     /// Polls status this often by default instead of every 5 s ± 20 %.
     pub fn with_poll_interval(mut self, interval: std::time::Duration) -> Self {
         self.poll_interval = Some(interval);
@@ -261,11 +384,35 @@ impl Elbv2BalancerBuilder {
     /// AWS until the first call.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for no pool or both kinds of pool, a
+    /// [`Error::InvalidConfig`] for no pool or two kinds of pool (target
+    /// groups, a load balancer, instances by ids, tags or Auto Scaling
+    /// group), an empty instance selection or a malformed instance id, a
     /// malformed ARN, a zero poll interval or describe rate, a bad
     /// endpoint URL, or no AWS configuration.
     pub fn build(self) -> Result<crate::Elbv2Balancer> {
+        let kinds = usize::from(!self.target_groups.is_empty())
+            + usize::from(self.load_balancer.is_some())
+            + usize::from(self.instances.is_some());
+        if kinds > 1 || self.selector_conflict {
+            return Err(Error::invalid_config(
+                "pool",
+                "give one of: target groups, a load balancer, or instances (ids, tags, Auto Scaling group)",
+            ));
+        }
+        let (mut ec2, mut autoscaling) = (self.ec2, self.autoscaling);
         let pool = match (self.target_groups.is_empty(), self.load_balancer) {
+            (true, None) if self.instances.is_some() => {
+                let selector = self.instances.unwrap_or(crate::InstanceSelector::Ids(Vec::new()));
+                selector.validate()?;
+                if matches!(selector, crate::InstanceSelector::AutoScalingGroup(_)) {
+                    if autoscaling.is_none() {
+                        autoscaling = Some(self.settings.autoscaling()?);
+                    }
+                } else if ec2.is_none() {
+                    ec2 = Some(self.settings.ec2()?);
+                }
+                crate::balancer::Pool::Instances(selector)
+            }
             (false, None) => {
                 for arn in &self.target_groups {
                     check_arn(arn, "targetgroup", "target_group")?;
@@ -280,7 +427,7 @@ impl Elbv2BalancerBuilder {
             }
             (true, None) => return Err(Error::invalid_config(
                 "pool",
-                "give target groups (with_target_group) or a load balancer (with_load_balancer)",
+                "give target groups (with_target_group), a load balancer (with_load_balancer), or instances (with_instances, with_instance_tag, with_auto_scaling_group)",
             )),
             (false, Some(_)) => {
                 return Err(Error::invalid_config(
@@ -312,6 +459,8 @@ impl Elbv2BalancerBuilder {
                 poll_interval: self.poll_interval,
                 others: self.other_target_groups,
                 describe_rate: self.describe_rate,
+                ec2,
+                autoscaling,
             },
         ))
     }

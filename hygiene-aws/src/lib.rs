@@ -4,6 +4,7 @@
 mod attributes;
 mod balancer;
 mod config;
+mod discovery;
 mod document;
 mod error;
 mod health;
@@ -16,6 +17,7 @@ pub mod moto;
 pub use attributes::DeregistrationDelay;
 pub use balancer::{Elbv2Balancer, OtherTargetGroups};
 pub use config::{ApiCallCounter, Elbv2BalancerBuilder, SsmExecutorBuilder};
+pub use discovery::{Discovery, InstanceSelector};
 pub use ssm::{PreflightCheck, SsmExecutor, StatusApi, MAX_INSTANCES_PER_COMMAND};
 
 /// Re-exported AWS configuration types, so callers need no direct

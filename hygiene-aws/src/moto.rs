@@ -3,8 +3,8 @@
 //!
 //! moto is found through `HYGIENE_MOTO_SERVER`, then the workspace's
 //! `.venv/bin/moto_server` (installed by `./scripts/test`), then `PATH`.
-//! EC2 calls go over plain HTTP to moto's query API, so tests and examples
-//! need no EC2 SDK.
+//! Most EC2 calls go over plain HTTP to moto's query API; Auto Scaling
+//! goes through its SDK.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -308,6 +308,82 @@ impl MotoServer {
             .await?;
         }
         Ok(())
+    }
+
+    /// Tags `resources` (instances, …) with `key` = `value` (EC2 CreateTags).
+    ///
+    /// # Errors
+    /// When moto refuses.
+    pub async fn create_tags(&self, resources: &[String], key: &str, value: &str) -> Result<()> {
+        let mut params = vec![
+            ("Action", "CreateTags".to_owned()),
+            ("Tag.1.Key", key.to_owned()),
+            ("Tag.1.Value", value.to_owned()),
+        ];
+        let names: Vec<String> = (1..=resources.len())
+            .map(|i| format!("ResourceId.{i}"))
+            .collect();
+        for (n, r) in names.iter().zip(resources) {
+            params.push((n.as_str(), r.clone()));
+        }
+        self.ec2(&params).await.map(|_| ())
+    }
+
+    /// Creates an Auto Scaling group of `size` instances in `subnet` (from
+    /// a launch configuration of the same name); the ids of its instances.
+    ///
+    /// # Errors
+    /// When moto refuses.
+    pub async fn create_auto_scaling_group(
+        &self,
+        name: &str,
+        subnet: &str,
+        size: i32,
+    ) -> Result<Vec<String>> {
+        let client = aws_sdk_autoscaling::Client::new(&self.sdk_config().await);
+        call(
+            "autoscaling",
+            "CreateLaunchConfiguration",
+            || Subject::groups(name),
+            client
+                .create_launch_configuration()
+                .launch_configuration_name(name)
+                .image_id("ami-12c6146b")
+                .instance_type("t3.micro")
+                .send(),
+        )
+        .await?;
+        call(
+            "autoscaling",
+            "CreateAutoScalingGroup",
+            || Subject::groups(name),
+            client
+                .create_auto_scaling_group()
+                .auto_scaling_group_name(name)
+                .launch_configuration_name(name)
+                .min_size(size)
+                .max_size(size)
+                .desired_capacity(size)
+                .vpc_zone_identifier(subnet)
+                .send(),
+        )
+        .await?;
+        let out = call(
+            "autoscaling",
+            "DescribeAutoScalingGroups",
+            || Subject::groups(name),
+            client
+                .describe_auto_scaling_groups()
+                .auto_scaling_group_names(name)
+                .send(),
+        )
+        .await?;
+        Ok(out
+            .auto_scaling_groups()
+            .iter()
+            .flat_map(|g| g.instances())
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect())
     }
 
     /// Creates an application load balancer in `subnets` with one HTTP

@@ -4,7 +4,15 @@
 //! rollout is counted by an SDK interceptor. Prints one JSON line and
 //! fails when DescribeTargetHealth exceeds 0.5 calls per instance.
 //!
-//! `cargo run --release -p examples --bin bench-aws-api`
+//! With `--discover`, the pool is found from the instances instead (tag
+//! `Patch Group=bench`): `--target-groups` groups (20 by default in that
+//! mode), instance n in group n mod G on port 80 and every fifth one also
+//! in the next group on port 8080. The line then also gives what
+//! discovery cost and the peak ELBv2 `Describe*` rate, checked against
+//! ELB's own bucket (40 tokens, refilled at 10 a second): the run fails
+//! if that bucket would have run dry.
+//!
+//! `cargo run --release -p examples --bin bench-aws-api [-- --discover]`
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -29,9 +37,17 @@ struct Args {
     /// Poll interval in ms (default: the balancer's own, 5 s ± 20 %).
     #[arg(long)]
     poll_ms: Option<u64>,
-    /// Upper bound of DescribeTargetHealth calls per instance.
-    #[arg(long, default_value_t = 0.5)]
-    max_dth_per_instance: f64,
+    /// Find the pool from the instances (tags) instead of naming the groups.
+    #[arg(long)]
+    discover: bool,
+    /// Target groups with --discover.
+    #[arg(long, default_value_t = 20)]
+    target_groups: usize,
+    /// Upper bound of DescribeTargetHealth calls per instance (default 0.5
+    /// for named target groups; none with --discover, where the bound is
+    /// ELB's Describe bucket).
+    #[arg(long)]
+    max_dth_per_instance: Option<f64>,
 }
 
 #[tokio::main]
@@ -44,7 +60,7 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 eprintln!(
-                    "error: more than {} DescribeTargetHealth calls per instance",
+                    "error: more than {:?} DescribeTargetHealth calls per instance, or over ELB's Describe bucket",
                     args.max_dth_per_instance
                 );
                 ExitCode::FAILURE
@@ -57,7 +73,39 @@ async fn main() -> ExitCode {
     }
 }
 
+/// ELB's `Describe*` bucket: 40 tokens, 10 a second.
+const ELB_BURST: f64 = 40.0;
+const ELB_PER_SECOND: f64 = 10.0;
+
+/// The most calls in any one-second window, and the fewest tokens ELB's
+/// bucket would have held (below 0: throttled).
+fn describe_rate(times: &[tokio::time::Instant]) -> (usize, f64) {
+    let mut peak = 0;
+    for (i, t) in times.iter().enumerate() {
+        let n = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
+        peak = peak.max(n);
+    }
+    let mut tokens = ELB_BURST;
+    let mut low = ELB_BURST;
+    let mut last = times.first().copied();
+    for t in times {
+        if let Some(l) = last {
+            tokens = (tokens + t.duration_since(l).as_secs_f64() * ELB_PER_SECOND).min(ELB_BURST);
+        }
+        last = Some(*t);
+        tokens -= 1.0;
+        low = low.min(tokens);
+    }
+    (peak, low)
+}
+
 async fn bench(args: &Args) -> hygiene_core::Result<(serde_json::Value, bool)> {
+    if args.discover {
+        return bench_discover(args).await;
+    }
     let moto = MotoServer::start().await?;
     let vpc = moto.create_vpc().await?;
     let mut instances = Vec::new();
@@ -134,5 +182,100 @@ async fn bench(args: &Args) -> hygiene_core::Result<(serde_json::Value, bool)> {
         "wall_s": (wall * 10.0).round() / 10.0,
         "calls": counter.snapshot(),
     });
-    Ok((line, dth as f64 / n <= args.max_dth_per_instance))
+    Ok((
+        line,
+        dth as f64 / n <= args.max_dth_per_instance.unwrap_or(0.5),
+    ))
+}
+
+/// The pool found from tagged instances over `--target-groups` groups.
+async fn bench_discover(args: &Args) -> hygiene_core::Result<(serde_json::Value, bool)> {
+    let moto = MotoServer::start().await?;
+    let vpc = moto.create_vpc().await?;
+    let mut instances = Vec::new();
+    while instances.len() < args.instances {
+        let n = (args.instances - instances.len()).min(250);
+        instances.extend(moto.run_instances(n, None).await?);
+    }
+    for chunk in instances.chunks(200) {
+        moto.create_tags(chunk, "Patch Group", "bench").await?;
+    }
+    let g = args.target_groups.max(1);
+    let mut groups = Vec::new();
+    for n in 0..g {
+        groups.push(
+            moto.create_target_group(&format!("bench-{n}"), &vpc, 80)
+                .await?,
+        );
+    }
+    let mut members: Vec<Vec<(String, u16)>> = vec![Vec::new(); g];
+    for (i, id) in instances.iter().enumerate() {
+        members[i % g].push((id.clone(), 80));
+        if i % 5 == 0 && g > 1 {
+            members[(i + 1) % g].push((id.clone(), 8080));
+        }
+    }
+    for (tg, m) in groups.iter().zip(&members) {
+        moto.register(tg, m).await?;
+    }
+
+    let counter = ApiCallCounter::new();
+    let sdk = moto.sdk_config().await;
+    let mut lb = Elbv2Balancer::builder()
+        .with_sdk_config(sdk.clone())
+        .with_call_counter(counter.clone())
+        .with_instance_tag("Patch Group", ["bench"]);
+    if let Some(ms) = args.poll_ms {
+        lb = lb.with_poll_interval(Duration::from_millis(ms));
+    }
+    let lb = lb.build()?;
+    let started = Instant::now();
+    let discovery = lb
+        .discovery()
+        .await?
+        .ok_or_else(|| Error::invalid_config("bench", "not an instance pool"))?;
+    let discovery_s = started.elapsed().as_secs_f64();
+    let exec = SsmExecutor::builder("AWS-RunShellScript")
+        .with_sdk_config(sdk)
+        .with_call_counter(counter.clone())
+        .with_parameter("commands", ["sudo yum -y update"])
+        .with_preflight(PreflightCheck::Skip)
+        .with_status_api(StatusApi::GetCommandInvocation)
+        .build()?;
+    let config = RolloutConfig::builder().batch_size(args.batch).build()?;
+    let report = Rollout::new(lb, exec, config).run().await?;
+    let wall = started.elapsed().as_secs_f64();
+    if !report.is_success() {
+        return Err(Error::invalid_config(
+            "bench",
+            format!("rollout did not complete: {}", report.to_json_pretty()),
+        ));
+    }
+    let n = args.instances as f64;
+    let dth = counter.count("DescribeTargetHealth");
+    let total = counter.total();
+    let (peak, low) = describe_rate(&counter.describe_times());
+    let line = serde_json::json!({
+        "mode": "discover",
+        "instances": args.instances,
+        "target_groups": g,
+        "discovery_api_calls": discovery.api_calls(),
+        "discovery_s": (discovery_s * 10.0).round() / 10.0,
+        "describe_target_health_calls": dth,
+        "api_calls_total": total,
+        "calls_per_instance": ((total as f64 / n) * 1000.0).round() / 1000.0,
+        "describe_target_health_per_instance": ((dth as f64 / n) * 1000.0).round() / 1000.0,
+        "peak_describe_per_s": peak,
+        "elb_bucket_low_tokens": (low * 10.0).round() / 10.0,
+        "within_elb_bucket": low >= 0.0,
+        "batches": report.batches,
+        "wall_s": (wall * 10.0).round() / 10.0,
+        "calls": counter.snapshot(),
+    });
+    Ok((
+        line,
+        args.max_dth_per_instance
+            .is_none_or(|m| dth as f64 / n <= m)
+            && low >= 0.0,
+    ))
 }

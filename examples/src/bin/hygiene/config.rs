@@ -469,6 +469,14 @@ pub(crate) struct Elbv2Section {
     /// Target group ARNs.
     #[serde(default)]
     pub(crate) target_groups: Vec<String>,
+    /// Instance ids: the pool is every target group of the Region holding them.
+    #[serde(default)]
+    pub(crate) instances: Vec<String>,
+    /// Instances by tag (`{ "Patch Group" = "web" }`; a value or a list).
+    #[serde(default)]
+    pub(crate) tags: BTreeMap<String, ParamValue>,
+    /// The `InService` instances of this Auto Scaling group.
+    pub(crate) auto_scaling_group: Option<String>,
     pub(crate) region: Option<String>,
     pub(crate) profile: Option<String>,
     /// Send requests here (a VPC endpoint, moto).

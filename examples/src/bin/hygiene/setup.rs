@@ -369,6 +369,16 @@ async fn elbv2(
     if let Some(lb) = &e.load_balancer {
         b = b.with_load_balancer(lb);
     }
+    // The alternatives to an ARN; the builder refuses more than one kind.
+    if !e.instances.is_empty() {
+        b = b.with_instances(e.instances.iter().cloned());
+    }
+    for (key, values) in &e.tags {
+        b = b.with_instance_tag(key, values.values());
+    }
+    if let Some(asg) = &e.auto_scaling_group {
+        b = b.with_auto_scaling_group(asg);
+    }
     if let Some(p) = poll {
         b = b.with_poll_interval(p);
     }

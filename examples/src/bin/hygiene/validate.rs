@@ -123,7 +123,21 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                     l.target.id
                 ));
             }
-            let backends = l.target.meta.get("backends").cloned();
+            let backends = l.target.meta.get("backends").cloned().or_else(|| {
+                // ELBv2: the target groups (and their load balancers) holding it.
+                let tgs = l.target.meta.get("target_groups")?;
+                Some(
+                    match l
+                        .target
+                        .meta
+                        .get("load_balancers")
+                        .filter(|s| !s.is_empty())
+                    {
+                        Some(lbs) => format!("{tgs} on {lbs}"),
+                        None => tgs.clone(),
+                    },
+                )
+            });
             if let Some(b) = backends.as_ref().filter(|b| b.contains(',')) {
                 v.problems.push(format!(
                     "{} serves several backends of the pool ({b}): it is drained from all of them together",
