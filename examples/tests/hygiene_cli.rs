@@ -801,3 +801,53 @@ auto_scaling_group = "web-asg""#,
         }
     }
 }
+
+// Any setting of the file can be overridden with `--set key.path=value`
+// (or HYGIENE_SET): checked like the file itself, secrets excepted.
+#[test]
+fn settings_are_overridden_with_set_and_checked_like_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hygiene.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &path,
+        format!("[balancer.haproxy]\nnodes = [\"/x.sock\"]\nbackends = [\"web\"]\n[rollout]\nbatch_size = \"150%\"\n{GOOD_TAIL}"),
+    )
+    .expect("write");
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut c = hygiene(&path, &state);
+        c.args(["validate", "--offline"]).args(args);
+        if let Some(v) = env {
+            c.env("HYGIENE_SET", v);
+        }
+        out(c)
+    };
+    let (code, _, err) = run(&[], None);
+    assert_eq!(code, CONFIG, "the file alone is refused: {err}");
+    let (code, _, err) = run(&["--set", "rollout.batch_size=2"], None);
+    assert_eq!(code, 0, "fixed by --set: {err}");
+    let (code, _, err) = run(
+        &[],
+        Some("rollout.batch_size=\"50%\";balancer.haproxy.backends=[\"api\"]"),
+    );
+    assert_eq!(code, 0, "fixed by HYGIENE_SET: {err}");
+    // A key the schema does not know is refused, and named.
+    let (code, _, err) = run(
+        &[
+            "--set",
+            "rollout.batch_size=2",
+            "--set",
+            "balancer.haproxy.password=hunter2",
+        ],
+        None,
+    );
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(
+        err.contains("password") && err.contains("with --set"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["--set", "rollout"], None);
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(err.contains("--set") && err.contains("KEY=VALUE"), "{err}");
+    assert!(!state.exists(), "nothing written");
+}

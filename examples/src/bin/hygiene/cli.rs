@@ -47,6 +47,18 @@ pub(crate) struct Global {
     /// "error"); for run, resume and restore the report is the last line.
     #[arg(long, global = true, env = "HYGIENE_JSON")]
     pub(crate) json: bool,
+    /// Overrides a setting of the file: `--set balancer.nginx.api_urls='["http://10.0.0.5/api"]'`,
+    /// `--set executor.ssh.user=ops` (repeatable; the value is read as TOML,
+    /// else as a string). In `HYGIENE_SET`, separate them with `;`. Secrets
+    /// still come only from the environment or files.
+    #[arg(
+        long = "set",
+        global = true,
+        env = "HYGIENE_SET",
+        value_delimiter = ';',
+        value_name = "KEY=VALUE"
+    )]
+    pub(crate) set: Vec<String>,
 }
 
 /// What to do.

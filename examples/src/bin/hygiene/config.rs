@@ -55,6 +55,39 @@ impl ConfigError {
     }
 }
 
+/// Sets `key.path=value` in `table`: the value is read as a TOML value
+/// (`2`, `"25%"`, `["a", "b"]`, `true`), else taken as a string.
+fn apply_set(table: &mut toml::Table, set: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::flag(
+            "--set",
+            format!("{set:?}: {why}; write KEY=VALUE with a dotted key, e.g. --set balancer.haproxy.backends='[\"web\"]' or --set rollout.batch_size=2"),
+        )
+    };
+    let (key, raw) = set.split_once('=').ok_or_else(|| bad("no `=`"))?;
+    let parts: Vec<&str> = key.trim().split('.').map(str::trim).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad("an empty key segment"));
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let (last, path) = parts.split_last().ok_or_else(|| bad("no key"))?;
+    let mut here = table;
+    for p in path {
+        let next = here
+            .entry((*p).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        here = next
+            .as_table_mut()
+            .ok_or_else(|| bad(&format!("`{p}` is not a table")))?;
+    }
+    here.insert((*last).to_owned(), value);
+    Ok(())
+}
+
 /// A loaded configuration file, kept with its text for error positions.
 #[derive(Debug)]
 pub(crate) struct Loaded {
@@ -75,6 +108,42 @@ impl Loaded {
             snippet: None,
         })?;
         Self::parse(path, text)
+    }
+
+    /// Reads `path` and applies `--set key.path=value` overrides (flag or
+    /// `HYGIENE_SET`, `;`-separated) before parsing. With overrides, errors
+    /// name the file "with --set" (their lines are those of the file as
+    /// rewritten).
+    pub(crate) fn read_with(path: &Path, sets: &[String]) -> Result<Self, ConfigError> {
+        if sets.is_empty() {
+            return Self::read(path);
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            place: path.display().to_string(),
+            key: None,
+            message: format!(
+                "cannot read the configuration file: {e}; give it with -c/--config or HYGIENE_CONFIG"
+            ),
+            snippet: None,
+        })?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| toml_error(path, &text, &e, None))?;
+        for set in sets {
+            apply_set(&mut table, set)?;
+        }
+        let rewritten = toml::to_string(&table).map_err(|e| {
+            ConfigError::flag(
+                "--set",
+                format!("the overridden configuration cannot be written back: {e}"),
+            )
+        })?;
+        let mut loaded = Self::parse(
+            &PathBuf::from(format!("{} with --set", path.display())),
+            rewritten,
+        )?;
+        loaded.path = path.to_owned();
+        Ok(loaded)
     }
 
     /// Parses `text` as the file `path`.

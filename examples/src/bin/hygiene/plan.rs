@@ -279,7 +279,7 @@ pub(crate) async fn main(
     flags: &RolloutFlags,
     maintenance: Option<Duration>,
 ) -> Result<u8, Failure> {
-    let loaded = Loaded::read(&g.config)?;
+    let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
     let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     let listed = setup.balancer.list().await?;

@@ -21,7 +21,7 @@ pub(crate) enum Mode {
 
 /// Runs, resumes or restores; returns the exit code of the report.
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result<u8, Failure> {
-    let loaded = Loaded::read(&g.config)?;
+    let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
     let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     let journal = FileJournal::open(&setup.journal)?;

@@ -102,7 +102,7 @@ fn held(path: &Path) -> bool {
 }
 
 pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
-    let loaded = Loaded::read(&g.config)?;
+    let loaded = Loaded::read_with(&g.config, &g.set)?;
     let pool = loaded.pool_name();
     let journal = setup::state_dir(&loaded, g.state_dir.as_ref()).join(format!("{pool}.jsonl"));
     let records = FileJournal::read(&journal)?;

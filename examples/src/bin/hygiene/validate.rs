@@ -60,7 +60,7 @@ fn journal_state(path: &std::path::Path) -> String {
 }
 
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Result<u8, Failure> {
-    let loaded = Loaded::read(&g.config)?;
+    let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
     let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     let mut v = Validation {
