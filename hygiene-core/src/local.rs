@@ -383,32 +383,30 @@ fn sanitize(id: &str) -> String {
         .collect()
 }
 
-/// The start time of `pid` in clock ticks since boot, where `/proc` says.
-fn start_ticks(pid: u32) -> Option<u64> {
+/// `(state, start time in clock ticks since boot)` of `pid`, where
+/// `/proc/<pid>/stat` says (fields 3 and 22).
+fn proc_stat(pid: u32) -> Option<(String, Option<u64>)> {
+    if pid == 0 {
+        return None;
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+    let state = fields.next()?.to_owned();
+    Some((state, fields.nth(18).and_then(|f| f.parse().ok())))
+}
+
+/// The start time of `pid` in clock ticks since boot, where `/proc` says.
+fn start_ticks(pid: u32) -> Option<u64> {
+    proc_stat(pid)?.1
 }
 
 /// The process a handle names still runs (and is not a zombie).
 fn alive(h: &ChildHandle) -> bool {
-    if h.pid == 0 {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", h.pid)) else {
-        return false;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return false;
-    };
-    let mut fields = stat[close + 2..].split_whitespace();
-    if fields.next() == Some("Z") {
-        return false;
-    }
-    match h.start_ticks {
-        Some(t) => fields.nth(18).and_then(|f| f.parse::<u64>().ok()) == Some(t),
-        None => true,
+    match proc_stat(h.pid) {
+        None => false,
+        Some((state, _)) if state == "Z" => false,
+        Some((_, ticks)) => h.start_ticks.is_none() || ticks == h.start_ticks,
     }
 }
 

@@ -97,27 +97,11 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    /// Reads and parses `path`.
-    pub(crate) fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            place: path.display().to_string(),
-            key: None,
-            message: format!(
-                "cannot read the configuration file: {e}; give it with -c/--config or HYGIENE_CONFIG"
-            ),
-            snippet: None,
-        })?;
-        Self::parse(path, text)
-    }
-
-    /// Reads `path` and applies `--set key.path=value` overrides (flag or
+    /// Reads and parses `path`, applying `--set key.path=value` overrides (flag or
     /// `HYGIENE_SET`, `;`-separated) before parsing. With overrides, errors
     /// name the file "with --set" (their lines are those of the file as
     /// rewritten).
     pub(crate) fn read_with(path: &Path, sets: &[String]) -> Result<Self, ConfigError> {
-        if sets.is_empty() {
-            return Self::read(path);
-        }
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             place: path.display().to_string(),
             key: None,
@@ -126,6 +110,9 @@ impl Loaded {
             ),
             snippet: None,
         })?;
+        if sets.is_empty() {
+            return Self::parse(path, text);
+        }
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| toml_error(path, &text, &e, None))?;
@@ -207,26 +194,14 @@ impl Loaded {
         .into_iter()
         .flatten()
         .collect();
-        match present.as_slice() {
-            [] => {
-                return Err(self.error_at(
-                    Some(b.span()),
-                    "balancer",
-                    "the [balancer] section names no balancer: add one of [balancer.haproxy], [balancer.nginx] or [balancer.elbv2]",
-                ))
-            }
-            [_] => {}
-            [_, (second, span), ..] => {
-                return Err(self.error_at(
-                    Some(span.clone()),
-                    &format!("balancer.{second}"),
-                    format!(
-                        "a second balancer: exactly one balancer is allowed per file (found {}); give each pool its own configuration file",
-                        present.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" and ")
-                    ),
-                ))
-            }
-        }
+        self.exactly_one(
+            "balancer",
+            b.span(),
+            &present,
+            "[balancer.haproxy], [balancer.nginx] or [balancer.elbv2]",
+            " per file",
+            "; give each pool its own configuration file",
+        )?;
         let Some(x) = &f.executor else {
             return Err(self.error_at(
                 Some(0..0),
@@ -242,30 +217,49 @@ impl Loaded {
         .into_iter()
         .flatten()
         .collect();
-        match present.as_slice() {
-            [] => {
-                return Err(self.error_at(
-                    Some(x.span()),
-                    "executor",
-                    "the [executor] section names no executor: add one of [executor.local], [executor.ssh] or [executor.ssm]",
-                ))
-            }
-            [_] => {}
-            [_, (second, span), ..] => {
-                return Err(self.error_at(
-                    Some(span.clone()),
-                    &format!("executor.{second}"),
-                    format!(
-                        "a second executor: exactly one executor is allowed (found {})",
-                        present.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" and ")
-                    ),
-                ))
-            }
-        }
+        self.exactly_one(
+            "executor",
+            x.span(),
+            &present,
+            "[executor.local], [executor.ssh] or [executor.ssm]",
+            "",
+            "",
+        )?;
         if let Some(p) = &f.pool {
             check_pool_name(p.get_ref()).map_err(|m| self.error_at(Some(p.span()), "pool", m))?;
         }
         Ok(())
+    }
+
+    /// Exactly one of the `present` kinds of `section` (at `span`): none
+    /// or a second one is an error at the right place.
+    fn exactly_one(
+        &self,
+        section: &str,
+        span: Range<usize>,
+        present: &[(&str, Range<usize>)],
+        choices: &str,
+        scope: &str,
+        hint: &str,
+    ) -> Result<(), ConfigError> {
+        match present {
+            [] => Err(self.error_at(
+                Some(span),
+                section,
+                format!("the [{section}] section names no {section}: add one of {choices}"),
+            )),
+            [_] => Ok(()),
+            [_, (second, at), ..] => {
+                Err(self.error_at(
+                    Some(at.clone()),
+                    &format!("{section}.{second}"),
+                    format!(
+                    "a second {section}: exactly one {section} is allowed{scope} (found {}){hint}",
+                    present.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" and ")
+                ),
+                ))
+            }
+        }
     }
 
     /// The pool's name: `pool`, else derived from the balancer section.
