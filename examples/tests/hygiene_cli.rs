@@ -851,3 +851,158 @@ fn settings_are_overridden_with_set_and_checked_like_the_file() {
     assert!(err.contains("--set") && err.contains("KEY=VALUE"), "{err}");
     assert!(!state.exists(), "nothing written");
 }
+
+/// An HAProxy whose servers `s1`, `s2` of backend `web` are also servers
+/// `api-s1`, `api-s2` of backend `api` (same addresses), with an admin
+/// and a user-level socket. No health checks: the servers only need to be
+/// listed. Killed when dropped.
+struct SharedHosts {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl SharedHosts {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin = dir.path().join("admin.sock");
+        let user = dir.path().join("user.sock");
+        let cfg = format!(
+            "global\n  stats socket {} level admin\n  stats socket {} level user\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
+             backend web\n  server s1 127.0.0.1:1\n  server s2 127.0.0.1:2\n\
+             backend api\n  server api-s1 127.0.0.1:1\n  server api-s2 127.0.0.1:2\n",
+            admin.display(),
+            user.display()
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let bin = haproxy_bin().expect("haproxy");
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(admin.exists() && user.exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not open its sockets"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, dir }
+    }
+
+    fn sock(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// The `show servers state` line of `backend/server`: its admin state.
+    fn admin_state(&self, backend: &str, server: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s =
+            std::os::unix::net::UnixStream::connect(self.sock("admin.sock")).expect("connect");
+        s.write_all(format!("show servers state {backend}\n").as_bytes())
+            .expect("send");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("read");
+        let line = reply
+            .lines()
+            .find(|l| l.split(' ').nth(3) == Some(server))
+            .unwrap_or_else(|| panic!("{backend}/{server} in {reply}"));
+        line.split(' ').nth(6).expect("srv_admin_state").to_owned()
+    }
+}
+
+impl Drop for SharedHosts {
+    fn drop(&mut self) {
+        let _kill = self.child.kill();
+        let _wait = self.child.wait();
+    }
+}
+
+#[test]
+fn validate_names_backends_outside_the_pool_and_a_socket_below_admin() {
+    if !have_haproxy() {
+        return;
+    }
+    let h = SharedHosts::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let write = |nodes: &[&str], hosts: &str| {
+        let path = dir.path().join("hygiene.toml");
+        let nodes: Vec<String> = nodes.iter().map(|n| format!("{:?}", h.sock(n))).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "pool = \"web\"\n[balancer.haproxy]\nnodes = [{}]\nbackends = [\"web\"]\n{hosts}\n{GOOD_TAIL}",
+                nodes.join(", ")
+            ),
+        )
+        .expect("write");
+        path
+    };
+
+    // Default: drained from api too, and said so.
+    let cfg = write(&["admin.sock"], "");
+    let mut c = hygiene(&cfg, &state);
+    c.arg("validate");
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("web/s1 also serves api/api-s1, outside the pool: it is drained there too"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("web/s2 also serves api/api-s2"), "{stdout}");
+
+    // Pool backends only: api keeps sending it requests; the way to change it.
+    let cfg = write(&["admin.sock"], "hosts = \"pool_backends\"");
+    let mut c = hygiene(&cfg, &state);
+    c.args(["validate", "--json"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    let problems: Vec<&str> = v["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.contains("web/s1")
+            && p.contains("api/api-s1")
+            && p.contains("keep sending it requests")
+            && p.contains("hosts = \"all_backends\"")),
+        "{problems:?}"
+    );
+
+    // A second node at level user: validate says which, by name, exit 4.
+    let cfg = write(&["admin.sock", "user.sock"], "");
+    let mut c = hygiene(&cfg, &state);
+    c.arg("validate");
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, UNREACHABLE, "{stdout}{err}");
+    assert!(
+        stdout.contains("user.sock") && stdout.contains("level user"),
+        "{stdout}"
+    );
+    // A run refuses before anything changes, and records no run.
+    let mut c = hygiene(&cfg, &state);
+    c.arg("run");
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, UNREACHABLE, "{stdout}{err}");
+    assert!(
+        err.contains("user.sock") && err.contains("level admin"),
+        "{err}"
+    );
+    for (b, s) in [("web", "s1"), ("api", "api-s1")] {
+        assert_eq!(h.admin_state(b, s), "0", "{b}/{s} untouched");
+    }
+    assert!(FileJournal::read(&state.join("web.jsonl"))
+        .unwrap_or_default()
+        .is_empty());
+}

@@ -413,3 +413,41 @@ async fn finished_records_say_what_became_of_each_target_and_why() {
         "{finished:?}"
     );
 }
+
+// A fresh run has changed nothing: an unreachable balancer is said after
+// one listing, not after the engine's whole retry budget. A resume has
+// targets out: it waits for the balancer to come back.
+#[tokio::test(start_paused = true)]
+async fn a_fresh_run_fails_at_once_on_an_unreachable_balancer_and_a_resume_waits() {
+    let (lb, ids) = pool(2);
+    lb.fail_next(
+        Operation::List,
+        Error::unavailable("lb", "socket does not exist"),
+    );
+    let journal = MemoryJournal::new();
+    let started = tokio::time::Instant::now();
+    let e = Rollout::new(lb.clone(), executor(&ids, None), config(1))
+        .with_journal(journal.clone())
+        .run()
+        .await
+        .expect_err("an unreachable balancer");
+    assert!(matches!(e, Error::Unavailable { .. }), "{e}");
+    assert_eq!(started.elapsed(), Duration::ZERO, "no retry delay");
+    assert_eq!(lb.call_count(), 1, "{:?}", lb.calls());
+    assert!(journal.records().expect("records").is_empty());
+
+    // Killed mid-run, then the balancer is briefly unreachable on resume.
+    let (journal, killed) = run_and_kill(&lb, &ids, None, 1, 6).await;
+    assert!(killed);
+    lb.fail_next(
+        Operation::List,
+        Error::unavailable("lb", "socket does not exist"),
+    );
+    let r = Rollout::new(lb.clone(), executor(&ids, None), config(1))
+        .with_journal(journal.clone())
+        .resume()
+        .await
+        .expect("the resume retried the listing");
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    check_every_target_back_or_named(&lb, &r);
+}

@@ -187,6 +187,44 @@ impl Snapshot {
 }
 
 /// A target id, split and checked: `backend/server`.
+/// A runtime API socket's level (`stats socket … level <level>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SocketLevel {
+    /// `level admin`: everything, `set server` included.
+    Admin,
+    /// `level operator`: `show` and a few harmless commands; no `set server`.
+    Operator,
+    /// `level user`: `show` only.
+    User,
+    /// Any other reply (an HAProxy older than 2.0 does not know `show cli
+    /// level`): the reply's first line.
+    Unknown(String),
+}
+
+impl SocketLevel {
+    fn parse(reply: &str) -> Self {
+        let line = reply.lines().next().unwrap_or("").trim();
+        match line {
+            "admin" => Self::Admin,
+            "operator" => Self::Operator,
+            "user" => Self::User,
+            other => Self::Unknown(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for SocketLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Admin => f.write_str("admin"),
+            Self::Operator => f.write_str("operator"),
+            Self::User => f.write_str("user"),
+            Self::Unknown(r) => write!(f, "unknown ({r:?})"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
     backend: String,
@@ -215,6 +253,48 @@ impl HaproxyBalancer {
             .iter()
             .map(|c| c.name().to_owned())
             .collect()
+    }
+
+    /// Each node's runtime API level, as `show cli level` says it, in node
+    /// order: only [`SocketLevel::Admin`] may change server states (a socket
+    /// at `level operator` or `level user` lists fine and refuses every
+    /// drain). Changes nothing; for checks before a run (`hygiene
+    /// validate`).
+    pub async fn socket_levels(&self) -> Vec<(String, Result<SocketLevel, hygiene_core::Error>)> {
+        let mut out = Vec::with_capacity(self.inner.clients.len());
+        for client in &self.inner.clients {
+            let r = self
+                .retrying(client, "show cli level", || async {
+                    let raw = client.send("show cli level").await?;
+                    Ok(SocketLevel::parse(&raw))
+                })
+                .await;
+            out.push((client.name().to_owned(), r));
+        }
+        out
+    }
+
+    /// Refuses, before anything is changed, a node whose socket is not
+    /// `level admin` (an HAProxy that does not know `show cli level` passes:
+    /// its first drain says it). For a run's start.
+    ///
+    /// # Errors
+    /// [`hygiene_core::Error::PermissionDenied`] naming the node and its
+    /// level; a node that cannot be reached, as [`list`](LoadBalancer::list).
+    pub async fn check_admin(&self) -> hygiene_core::Result<()> {
+        for (node, level) in self.socket_levels().await {
+            match level? {
+                SocketLevel::Admin | SocketLevel::Unknown(_) => {}
+                other => {
+                    return Err(HaproxyError::PermissionDenied {
+                        node,
+                        command: format!("set server (this socket is at level {other})"),
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(())
     }
 
     fn pool(&self) -> String {

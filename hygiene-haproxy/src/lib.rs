@@ -7,5 +7,5 @@ mod config;
 mod error;
 mod parse;
 
-pub use balancer::HaproxyBalancer;
+pub use balancer::{HaproxyBalancer, SocketLevel};
 pub use config::{is_valid_name, HaproxyBalancerBuilder, HostMatch, HostScope, Node};

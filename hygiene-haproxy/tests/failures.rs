@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{haproxy_bin, quick_retry, Backend, FakeReply, FakeSocket, Haproxy, Layout};
 use hygiene_core::{Error, LoadBalancer, TargetId, TargetState};
-use hygiene_haproxy::{HaproxyBalancer, Node};
+use hygiene_haproxy::{HaproxyBalancer, Node, SocketLevel};
 use tokio::time::Instant;
 
 fn id(s: &str) -> TargetId {
@@ -50,6 +50,36 @@ async fn non_admin_socket_is_permission_denied_and_changes_nothing() {
         "{msg}"
     );
     assert_eq!(h.server("web", "s1").await, ("UP".to_owned(), 0));
+    // Said before any drain: each node's level, by name.
+    let both = HaproxyBalancer::builder()
+        .node(h.node("lb-a"))
+        .node(Node::unix(&h.user_sock).named("lb-user"))
+        .backend("web")
+        .build()
+        .expect("valid");
+    let levels: Vec<(String, SocketLevel)> = both
+        .socket_levels()
+        .await
+        .into_iter()
+        .map(|(n, l)| (n, l.expect("level")))
+        .collect();
+    assert_eq!(
+        levels,
+        vec![
+            ("lb-a".to_owned(), SocketLevel::Admin),
+            ("lb-user".to_owned(), SocketLevel::User)
+        ]
+    );
+    let e = both.check_admin().await.expect_err("lb-user is not admin");
+    assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("lb-user") && e.to_string().contains("level user"),
+        "{e}"
+    );
+    h.balancer(&["web"])
+        .check_admin()
+        .await
+        .expect("lb-a is admin");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,7 +201,7 @@ impl Rollout {
         };
         let mut listed = tokio::select! {
             biased;
-            r = parts.list_pool() => r?,
+            r = parts.list_pool(mode == Mode::Run) => r?,
             () = self.cancel.cancelled() => {
                 return Err(Error::Cancelled { operation: format!("listing {}", lb.name()) });
             }

@@ -482,6 +482,32 @@ pub(crate) struct HaproxySection {
     pub(crate) connect_timeout: Option<Duration>,
     #[serde(default, with = "duration_text::option")]
     pub(crate) read_timeout: Option<Duration>,
+    /// Which backends a host is drained from: `all_backends` (default:
+    /// every backend holding the same host) or `pool_backends`.
+    #[serde(default)]
+    pub(crate) hosts: HaproxyHosts,
+    /// What makes two servers one host: `address_and_port` (default) or
+    /// `address`.
+    #[serde(default)]
+    pub(crate) host_match: HaproxyHostMatch,
+}
+
+/// `[balancer.haproxy] hosts`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HaproxyHosts {
+    #[default]
+    AllBackends,
+    PoolBackends,
+}
+
+/// `[balancer.haproxy] host_match`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HaproxyHostMatch {
+    #[default]
+    AddressAndPort,
+    Address,
 }
 
 /// `[balancer.nginx]`
@@ -513,6 +539,19 @@ pub(crate) struct NginxSection {
     pub(crate) timeout: Option<Duration>,
     #[serde(default, with = "duration_text::option")]
     pub(crate) connect_timeout: Option<Duration>,
+    /// Which upstreams a host is drained from: `all_upstreams` (default:
+    /// every http and stream upstream listing it) or `listed_only`.
+    #[serde(default)]
+    pub(crate) hosts: NginxHosts,
+}
+
+/// `[balancer.nginx] hosts`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum NginxHosts {
+    #[default]
+    AllUpstreams,
+    ListedOnly,
 }
 
 /// How nginx judges health.
@@ -544,6 +583,22 @@ pub(crate) struct Elbv2Section {
     pub(crate) profile: Option<String>,
     /// Send requests here (a VPC endpoint, moto).
     pub(crate) endpoint_url: Option<String>,
+    /// Target groups outside the pool that hold a pool's instance:
+    /// `report` (default: named by validate and the report, not drained),
+    /// `drain` (drained and registered again with the pool's) or `ignore`
+    /// (not looked for).
+    #[serde(default)]
+    pub(crate) other_target_groups: OtherGroups,
+}
+
+/// `[balancer.elbv2] other_target_groups`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OtherGroups {
+    Ignore,
+    #[default]
+    Report,
+    Drain,
 }
 
 /// `[executor.*]`

@@ -24,6 +24,11 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
     let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    if let Some(h) = &setup.haproxy {
+        // A socket below `level admin` would refuse the first drain: say
+        // it before anything starts.
+        h.check_admin().await?;
+    }
     let journal = FileJournal::open(&setup.journal)?;
     let mut rollout = Rollout::new(
         Arc::clone(&setup.balancer),

@@ -13,11 +13,11 @@ use hygiene_core::{
     Executor, HttpProbe, LoadBalancer, LocalCommand, Probe, ProbeVerdict, RolloutConfig, Target,
     TcpProbe,
 };
-use hygiene_haproxy::{HaproxyBalancer, Node};
+use hygiene_haproxy::{HaproxyBalancer, HostMatch, HostScope, Node};
 use toml::Spanned;
 
 use crate::cli::RolloutFlags;
-use crate::config::{ConfigError, Loaded, ProbeKind};
+use crate::config::{ConfigError, HaproxyHostMatch, HaproxyHosts, Loaded, ProbeKind};
 
 /// Everything a command needs, built and validated.
 #[derive(Debug)]
@@ -37,6 +37,9 @@ pub(crate) struct Setup {
     pub(crate) executor_timeout: Option<Duration>,
     /// Which balancer and executor sections (for messages).
     pub(crate) kinds: (&'static str, &'static str),
+    /// The HAProxy balancer, when it is one (validate asks its sockets'
+    /// level).
+    pub(crate) haproxy: Option<HaproxyBalancer>,
 }
 
 /// The probe the file configures.
@@ -102,7 +105,7 @@ pub(crate) async fn build(
     let state_dir = state_dir(loaded, state_dir_flag);
     let journal = state_dir.join(format!("{pool}.jsonl"));
     let rollout = rollout_config(loaded, flags)?;
-    let (balancer, bkind) = balancer(loaded, rollout.poll_interval()).await?;
+    let (balancer, bkind, haproxy) = balancer(loaded, rollout.poll_interval()).await?;
     let (executor, executor_timeout, xkind) = executor(loaded, &state_dir, cancel).await?;
     let probe = probe(loaded)?;
     Ok(Setup {
@@ -115,6 +118,7 @@ pub(crate) async fn build(
         probe,
         executor_timeout,
         kinds: (bkind, xkind),
+        haproxy,
     })
 }
 
@@ -154,7 +158,7 @@ pub(crate) fn rollout_config(
 async fn balancer(
     loaded: &Loaded,
     poll: Option<Duration>,
-) -> Result<(Arc<dyn LoadBalancer>, &'static str), ConfigError> {
+) -> Result<(Arc<dyn LoadBalancer>, &'static str, Option<HaproxyBalancer>), ConfigError> {
     let Some(b) = &loaded.file.balancer else {
         return Err(loaded.error_at(None, "balancer", "no balancer is configured"));
     };
@@ -185,14 +189,23 @@ async fn balancer(
         if let Some(p) = poll {
             builder = builder.poll_interval(p);
         }
+        builder = builder
+            .scope(match h.hosts {
+                HaproxyHosts::AllBackends => HostScope::AllBackends,
+                HaproxyHosts::PoolBackends => HostScope::PoolBackendsOnly,
+            })
+            .host_match(match h.host_match {
+                HaproxyHostMatch::AddressAndPort => HostMatch::AddressAndPort,
+                HaproxyHostMatch::Address => HostMatch::Address,
+            });
         let lb = at(loaded, span, "balancer.haproxy", builder.build())?;
-        return Ok((Arc::new(lb), "haproxy"));
+        return Ok((Arc::new(lb.clone()), "haproxy", Some(lb)));
     }
     if let Some(n) = &b.nginx {
-        return nginx(loaded, n, poll).map(|lb| (lb, "nginx"));
+        return nginx(loaded, n, poll).map(|lb| (lb, "nginx", None));
     }
     if let Some(e) = &b.elbv2 {
-        return elbv2(loaded, e, poll).await.map(|lb| (lb, "elbv2"));
+        return elbv2(loaded, e, poll).await.map(|lb| (lb, "elbv2", None));
     }
     Err(loaded.error_at(None, "balancer", "no balancer is configured"))
 }
@@ -248,6 +261,10 @@ fn nginx(
     for u in &n.stream_upstreams {
         b = b.stream_upstream(u.as_str());
     }
+    b = b.scope(match n.hosts {
+        crate::config::NginxHosts::AllUpstreams => hygiene_nginx::Scope::AllUpstreams,
+        crate::config::NginxHosts::ListedOnly => hygiene_nginx::Scope::ListedOnly,
+    });
     let password = match (&n.password_env, &n.password_file) {
         (Some(_), Some(f)) => {
             return Err(loaded.error_at(
@@ -382,6 +399,11 @@ async fn elbv2(
     if let Some(p) = poll {
         b = b.with_poll_interval(p);
     }
+    b = b.with_other_target_groups(match e.other_target_groups {
+        crate::config::OtherGroups::Ignore => hygiene_aws::OtherTargetGroups::Ignore,
+        crate::config::OtherGroups::Report => hygiene_aws::OtherTargetGroups::Report,
+        crate::config::OtherGroups::Drain => hygiene_aws::OtherTargetGroups::Drain,
+    });
     let lb = at(loaded, span, "balancer.elbv2", b.build())?;
     Ok(Arc::new(lb))
 }

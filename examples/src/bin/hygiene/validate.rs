@@ -3,6 +3,7 @@
 
 use hygiene_core::journal::{FileJournal, Record};
 use hygiene_core::{CancellationToken, Capabilities, Preflight};
+use hygiene_haproxy::SocketLevel;
 use serde::Serialize;
 
 use crate::cli::{Global, RolloutFlags};
@@ -98,6 +99,26 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 "the balancer does not count in-flight work: a drain ends only when the balancer says the target is out of service".into(),
             );
         }
+        if let Some(h) = &setup.haproxy {
+            for (node, level) in h.socket_levels().await {
+                match level {
+                    Ok(SocketLevel::Admin) => {}
+                    Ok(SocketLevel::Unknown(reply)) => v.problems.push(format!(
+                        "node {node}: `show cli level` is not understood ({reply:?}; HAProxy older than 2.0?): make sure its socket is `level admin`"
+                    )),
+                    Ok(level) => {
+                        v.problems.push(format!(
+                            "node {node}: the runtime API socket is at level {level}: every drain would be refused; declare it `stats socket <path> level admin` and reload HAProxy"
+                        ));
+                        code = exit::UNREACHABLE;
+                    }
+                    Err(e) => {
+                        v.problems.push(format!("node {node}: {e}"));
+                        code = exit::UNREACHABLE;
+                    }
+                }
+            }
+        }
         let targets: Vec<hygiene_core::Target> = listed.iter().map(|l| l.target.clone()).collect();
         let preflight = match setup.executor.preflight(&targets).await {
             Ok(p) => p,
@@ -138,7 +159,9 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                     },
                 )
             });
-            if let Some(b) = backends.as_ref().filter(|b| b.contains(',')) {
+            if let Some(p) = outside_problem(&loaded, &l.target) {
+                v.problems.push(p);
+            } else if let Some(b) = backends.as_ref().filter(|b| b.contains(',')) {
                 v.problems.push(format!(
                     "{} serves several backends of the pool ({b}): it is drained from all of them together",
                     l.target.id
@@ -171,6 +194,50 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         print!("{}", human(&v));
     }
     Ok(code)
+}
+
+/// A target that also serves a pool outside the configuration (another
+/// HAProxy backend, NGINX upstream or target group holding the same host):
+/// said whether it is drained there too or keeps receiving requests during
+/// its maintenance, with the setting that changes it.
+fn outside_problem(loaded: &Loaded, t: &hygiene_core::Target) -> Option<String> {
+    use crate::config::{HaproxyHosts, NginxHosts, OtherGroups};
+    let b = loaded.file.balancer.as_ref()?.get_ref();
+    let id = &t.id;
+    if let Some(h) = &b.haproxy {
+        let others = t.meta.get("other_backends")?;
+        return Some(match h.get_ref().hosts {
+            HaproxyHosts::AllBackends => format!(
+                "{id} also serves {others}, outside the pool: it is drained there too (hosts = \"all_backends\")"
+            ),
+            HaproxyHosts::PoolBackends => format!(
+                "{id} also serves {others}, outside the pool: they keep sending it requests during its maintenance (hosts = \"pool_backends\"); set hosts = \"all_backends\" to drain it there too"
+            ),
+        });
+    }
+    if let Some(n) = &b.nginx {
+        let others = t.meta.get("other_upstreams")?;
+        return Some(match n.get_ref().hosts {
+            NginxHosts::AllUpstreams => format!(
+                "{id} is also listed in upstream(s) {others}, outside the configured ones: it is drained there too (hosts = \"all_upstreams\")"
+            ),
+            NginxHosts::ListedOnly => format!(
+                "{id} is also listed in upstream(s) {others}, outside the configured ones: they keep sending it work during its maintenance (hosts = \"listed_only\"); set hosts = \"all_upstreams\" to drain it there too"
+            ),
+        });
+    }
+    if let Some(e) = &b.elbv2 {
+        let others = t.meta.get("other_target_groups")?;
+        return Some(match e.get_ref().other_target_groups {
+            OtherGroups::Drain => format!(
+                "{id} is also registered in target group(s) {others}, outside the pool: it is deregistered there too (other_target_groups = \"drain\")"
+            ),
+            _ => format!(
+                "{id} is also registered in target group(s) {others}, outside the pool: they keep sending it requests during its maintenance; set other_target_groups = \"drain\" to take it out there too"
+            ),
+        });
+    }
+    None
 }
 
 /// `[executor.local] program` that cannot be run.
