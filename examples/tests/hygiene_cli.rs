@@ -199,6 +199,20 @@ fn a_backend_node_or_upstream_named_twice() {
 }
 
 #[test]
+fn master_sockets_must_match_the_nodes() {
+    assert_config_error(
+        &format!("[balancer.haproxy]\nnodes = [\"/a.sock\", \"/b.sock\"]\nbackends = [\"web\"]\nmaster_sockets = [\"/m.sock\"]\n{GOOD_TAIL}"),
+        4,
+        "balancer.haproxy.master_sockets",
+    );
+    assert_config_error(
+        &format!("[balancer.haproxy]\nnodes = [\"/a.sock\"]\nbackends = [\"web\"]\nmaster_sockets = [\"no-such-host-x:\"]\n{GOOD_TAIL}"),
+        4,
+        "balancer.haproxy.master_sockets",
+    );
+}
+
+#[test]
 fn missing_secret_file_is_named() {
     let (code, err, _) = config_error(&format!(
         "[balancer.nginx]\napi_urls = [\"http://127.0.0.1:1/api\"]\nupstreams = [\"web\"]\nuser = \"ops\"\npassword_file = \"/nonexistent/hygiene-test.password\"\n{GOOD_TAIL}"

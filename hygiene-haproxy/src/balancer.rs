@@ -42,6 +42,8 @@ pub struct HaproxyBalancer {
 
 pub(crate) struct Inner {
     pub(crate) clients: Vec<Client>,
+    /// Each node's master CLI, when configured (same order as `clients`).
+    pub(crate) masters: Vec<Option<Client>>,
     pub(crate) backends: Vec<String>,
     pub(crate) poll_interval: Duration,
     pub(crate) retry: RetryPolicy,
@@ -353,11 +355,53 @@ impl HaproxyBalancer {
         .await
     }
 
-    async fn snapshot(&self, client: &Client) -> hygiene_core::Result<Snapshot> {
+    async fn snapshot(&self, k: usize) -> hygiene_core::Result<Snapshot> {
+        let client = &self.inner.clients[k];
+        let master = self.inner.masters.get(k).and_then(Option::as_ref);
         self.retrying(client, "show", || async {
-            Ok(self.snapshot_once(client).await?)
+            let mut snap = self.snapshot_once(client).await?;
+            if let Some(m) = master {
+                Self::add_old_workers(m, &mut snap).await?;
+            }
+            Ok(snap)
         })
         .await
+    }
+
+    /// Adds the in-flight requests of the node's old workers (processes a
+    /// reload replaced, still finishing theirs) to each server's count,
+    /// from the master CLI: `show proc`, then `@!<pid> show stat` for each
+    /// old worker. A worker that ended in between counts nothing.
+    async fn add_old_workers(master: &Client, snap: &mut Snapshot) -> Result<(), HaproxyError> {
+        let raw = master.send("show proc").await?;
+        let pids = parse::parse_old_workers(&raw)
+            .map_err(|e| reply_error(master.name(), "show proc", None, e))?;
+        let mut counts: HashMap<(String, String), u64> = HashMap::new();
+        for pid in &pids {
+            let line = format!("@!{pid} show stat -1 4 -1");
+            let raw = master.send(&line).await?;
+            if !raw.trim_start().starts_with("# pxname") {
+                debug!(master = master.name(), pid, reply = %raw.trim(), "old worker gone");
+                continue;
+            }
+            let rows =
+                parse::parse_stat(&raw).map_err(|e| reply_error(master.name(), &line, None, e))?;
+            for r in rows.into_iter().filter(|r| r.connections > 0) {
+                *counts.entry((r.backend, r.server)).or_default() += r.connections;
+            }
+        }
+        if counts.is_empty() {
+            return Ok(());
+        }
+        debug!(node = %snap.node, old_workers = ?pids, in_flight = ?counts, "old workers still serve");
+        for (backend, entries) in &mut snap.backends {
+            for e in entries.iter_mut() {
+                if let Some(n) = counts.get(&(backend.clone(), e.state.server.clone())) {
+                    e.stat.connections += n;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One connection: `show backend; show servers state; show stat -1 4
@@ -427,8 +471,8 @@ impl HaproxyBalancer {
 
     async fn snapshots(&self) -> hygiene_core::Result<Vec<Snapshot>> {
         let mut out = Vec::with_capacity(self.inner.clients.len());
-        for client in &self.inner.clients {
-            out.push(self.snapshot(client).await?);
+        for k in 0..self.inner.clients.len() {
+            out.push(self.snapshot(k).await?);
         }
         let all_checked = out
             .iter()

@@ -44,6 +44,10 @@ pub(crate) struct Client {
     name: String,
     connect_timeout: Duration,
     read_timeout: Duration,
+    /// Close the sending side after the line: the master CLI keeps a
+    /// connection open until the client does (a worker's stats socket
+    /// closes after its reply by itself).
+    half_close: bool,
 }
 
 impl Client {
@@ -54,6 +58,15 @@ impl Client {
             name,
             connect_timeout,
             read_timeout,
+            half_close: false,
+        }
+    }
+
+    /// A client of a master CLI socket.
+    pub(crate) fn master(node: Node, connect_timeout: Duration, read_timeout: Duration) -> Self {
+        Self {
+            half_close: true,
+            ..Self::new(node, connect_timeout, read_timeout)
         }
     }
 
@@ -165,6 +178,9 @@ impl Client {
         let work = async {
             stream.write_all(format!("{line}\n").as_bytes()).await?;
             stream.flush().await?;
+            if self.half_close {
+                stream.shutdown().await?;
+            }
             let mut buf = Vec::new();
             (&mut stream)
                 .take(MAX_REPLY_BYTES + 1)

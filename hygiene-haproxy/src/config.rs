@@ -38,6 +38,8 @@ impl fmt::Display for Endpoint {
 pub struct Node {
     pub(crate) name: Option<String>,
     pub(crate) endpoint: Endpoint,
+    /// The master CLI (`haproxy -W -S <socket>`), when given.
+    pub(crate) master: Option<Endpoint>,
 }
 
 impl Node {
@@ -47,6 +49,7 @@ impl Node {
         Self {
             name: None,
             endpoint: Endpoint::Unix(path.as_ref().to_path_buf()),
+            master: None,
         }
     }
 
@@ -55,6 +58,7 @@ impl Node {
         Self {
             name: None,
             endpoint: Endpoint::Tcp(addr),
+            master: None,
         }
     }
 
@@ -63,6 +67,38 @@ impl Node {
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
+    }
+
+    /// The node's master CLI socket (master-worker mode: `haproxy -W -S
+    /// /run/haproxy-master.sock`, as Debian's and most distributions'
+    /// systemd units run it).
+    ///
+    /// Why: a reload starts a new worker and leaves the old one finishing
+    /// the requests it had; the new worker's `show stat` does not count
+    /// them, so a drain during which HAProxy is reloaded would look
+    /// finished while the old worker still has requests on the server.
+    /// With the master socket, every status also asks the master for old
+    /// workers (`show proc`) and adds their in-flight requests to each
+    /// server's count (`@!<pid> show stat`), so a drain waits for them.
+    /// Without it, a reload during a drain is only seen as a lost drain.
+    pub fn master_socket(mut self, path: impl AsRef<Path>) -> Self {
+        self.master = Some(Endpoint::Unix(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// As [`master_socket`](Self::master_socket), over TCP (`-S ipv4@addr:port`).
+    pub fn master_tcp(mut self, addr: SocketAddr) -> Self {
+        self.master = Some(Endpoint::Tcp(addr));
+        self
+    }
+
+    /// The master CLI as a node of its own (for its client).
+    pub(crate) fn master_node(&self) -> Option<Node> {
+        self.master.as_ref().map(|m| Node {
+            name: Some(format!("{} (master {m})", self.display_name())),
+            endpoint: m.clone(),
+            master: None,
+        })
     }
 
     /// The name used in messages.
@@ -288,6 +324,14 @@ impl HaproxyBalancerBuilder {
         if self.poll_interval.is_zero() {
             return Err(invalid("poll_interval", "must be more than zero"));
         }
+        let masters = self
+            .nodes
+            .iter()
+            .map(|node| {
+                node.master_node()
+                    .map(|m| Client::master(m, self.connect_timeout, self.read_timeout))
+            })
+            .collect();
         let clients = self
             .nodes
             .into_iter()
@@ -296,6 +340,7 @@ impl HaproxyBalancerBuilder {
         Ok(HaproxyBalancer::from_parts(Arc::new(
             crate::balancer::Inner {
                 clients,
+                masters,
                 backends,
                 poll_interval: self.poll_interval,
                 retry: self.retry,

@@ -257,6 +257,34 @@ pub(crate) fn parse_backends(body: &str) -> Result<Vec<String>, ParseError> {
         .collect())
 }
 
+/// The pids of the old workers in a master CLI's `show proc` reply: the
+/// lines under `# old workers` (processes a reload replaced, finishing
+/// their connections), first column.
+pub(crate) fn parse_old_workers(reply: &str) -> Result<Vec<u32>, ParseError> {
+    if !reply.trim_start().starts_with("#<PID>") {
+        return Err(classify(reply).map_or_else(
+            || ParseError::Format("`show proc` reply does not start with `#<PID>` (is this the master CLI socket, `haproxy -W -S`?)".into()),
+            ParseError::Reply,
+        ));
+    }
+    let mut out = Vec::new();
+    let mut in_old = false;
+    for line in reply.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            in_old = line == "# old workers";
+            continue;
+        }
+        if in_old && !line.is_empty() {
+            let pid = line.split_whitespace().next().unwrap_or_default();
+            out.push(pid.parse().map_err(|_| {
+                ParseError::Format(format!("`show proc`: bad pid {pid:?} in {line:?}"))
+            })?);
+        }
+    }
+    Ok(out)
+}
+
 /// One server row of `show stat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StatRow {
@@ -346,6 +374,37 @@ pub(crate) fn parse_stat(body: &str) -> Result<Vec<StatRow>, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_workers_from_show_proc() {
+        // HAProxy 2.6.12, master CLI, during a reload's soft stop.
+        let v26 =
+            "#<PID>          <type>          <reloads>       <uptime>        <version>      \n\
+11542           master          2 [failed: 0]   0d00h20m18s     2.6.12-1+deb12u4\n\
+# workers\n\
+12451           worker          0               0d00h00m01s     2.6.12-1+deb12u4\n\
+# old workers\n\
+12276           worker          1               0d00h00m12s     2.6.12-1+deb12u4\n\
+12001           worker          2               0d00h00m30s     2.6.12-1+deb12u4\n\
+# programs\n\n\n";
+        assert_eq!(parse_old_workers(v26), Ok(vec![12276, 12001]));
+        // 2.4's columns (a relative pid), no old worker.
+        let v24 = "#<PID>          <type>          <relative PID>  <reloads>       <uptime>        <version>\n\
+1162            master          0               5               0d00h02m07s     2.4.0\n\
+# workers\n\
+1271            worker          1               0               0d00h00m00s     2.4.0\n\
+# programs\n\n";
+        assert_eq!(parse_old_workers(v24), Ok(vec![]));
+        // A worker's stats socket given as the master.
+        assert!(matches!(
+            parse_old_workers("Unknown command: 'show proc'\n\n"),
+            Err(ParseError::Reply(ReplyError::UnknownCommand(_)))
+        ));
+        assert!(matches!(
+            parse_old_workers("#<PID> x\n# old workers\nabc worker\n"),
+            Err(ParseError::Format(m)) if m.contains("abc")
+        ));
+    }
 
     const STATE_26: &str = include_str!("../tests/data/haproxy-2.6/show_servers_state.txt");
     const STAT_26: &str = include_str!("../tests/data/haproxy-2.6/show_stat.csv");

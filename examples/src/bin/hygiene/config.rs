@@ -478,6 +478,10 @@ pub(crate) struct HaproxySection {
     pub(crate) nodes: Spanned<Vec<String>>,
     /// Backends of the pool.
     pub(crate) backends: Spanned<Vec<String>>,
+    /// Each node's master CLI socket (`haproxy -W -S …`), in the order of
+    /// `nodes`: a drain then also counts the requests a reload's old
+    /// worker is still finishing.
+    pub(crate) master_sockets: Option<Spanned<Vec<String>>>,
     #[serde(default, with = "duration_text::option")]
     pub(crate) connect_timeout: Option<Duration>,
     #[serde(default, with = "duration_text::option")]

@@ -174,8 +174,30 @@ async fn balancer(
                 "no node: give each HAProxy's admin socket, a Unix path (\"/run/haproxy/admin.sock\") or \"host:port\"",
             ));
         }
-        for n in h.nodes.get_ref() {
-            builder = builder.node(node(loaded, &h.nodes, n)?);
+        let masters = match &h.master_sockets {
+            Some(m) if m.get_ref().len() != h.nodes.get_ref().len() => {
+                return Err(loaded.error_at(
+                    Some(m.span()),
+                    "balancer.haproxy.master_sockets",
+                    format!(
+                        "{} master socket(s) for {} node(s): give one per node, in the order of `nodes`",
+                        m.get_ref().len(),
+                        h.nodes.get_ref().len()
+                    ),
+                ))
+            }
+            Some(m) => m.get_ref().iter().map(Some).collect(),
+            None => vec![None; h.nodes.get_ref().len()],
+        };
+        for (n, master) in h.nodes.get_ref().iter().zip(masters) {
+            let mut nd = node(loaded, &h.nodes, n)?;
+            if let (Some(m), Some(list)) = (master, &h.master_sockets) {
+                nd = match endpoint(loaded, list, "balancer.haproxy.master_sockets", m)? {
+                    Endpoint::Unix(p) => nd.master_socket(p),
+                    Endpoint::Tcp(a) => nd.master_tcp(a),
+                };
+            }
+            builder = builder.node(nd);
         }
         for b in h.backends.get_ref() {
             builder = builder.backend(b.as_str());
@@ -210,23 +232,43 @@ async fn balancer(
     Err(loaded.error_at(None, "balancer", "no balancer is configured"))
 }
 
-/// `/path` → Unix socket; `host:port` → TCP (resolved now).
+/// A node of `[balancer.haproxy] nodes`.
 fn node(loaded: &Loaded, nodes: &Spanned<Vec<String>>, n: &str) -> Result<Node, ConfigError> {
+    Ok(
+        match endpoint(loaded, nodes, "balancer.haproxy.nodes", n)? {
+            Endpoint::Unix(p) => Node::unix(p),
+            Endpoint::Tcp(a) => Node::tcp(a).named(n),
+        },
+    )
+}
+
+/// A socket of the file: a Unix path or a TCP address.
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+/// `/path` → Unix socket; `host:port` → TCP (resolved now).
+fn endpoint(
+    loaded: &Loaded,
+    list: &Spanned<Vec<String>>,
+    key: &str,
+    n: &str,
+) -> Result<Endpoint, ConfigError> {
     if n.contains('/') {
-        return Ok(Node::unix(n));
+        return Ok(Endpoint::Unix(PathBuf::from(n)));
     }
-    let addr = n
-        .to_socket_addrs()
+    n.to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
+        .map(Endpoint::Tcp)
         .ok_or_else(|| {
             loaded.error_at(
-                Some(nodes.span()),
-                "balancer.haproxy.nodes",
+                Some(list.span()),
+                key,
                 format!("{n:?} is neither a Unix socket path (with a '/') nor a resolvable \"host:port\""),
             )
-        })?;
-    Ok(Node::tcp(addr).named(n))
+        })
 }
 
 #[cfg(feature = "nginx")]

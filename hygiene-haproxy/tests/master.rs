@@ -1,0 +1,198 @@
+//! A reload during a drain, HAProxy in master-worker mode (`-W -S`, as
+//! Debian's systemd unit runs it): the new worker forgets the drain and
+//! does not count the requests the old worker is still finishing. Given the
+//! master socket, the balancer counts them, so the drain is not seen as
+//! finished while a request is still in flight on the server. Real HAProxy.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, free_port, get, haproxy_bin, quick_retry, Backend};
+use hygiene_core::{LoadBalancer, TargetId, TargetState};
+use hygiene_haproxy::{HaproxyBalancer, Node};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// HAProxy in master-worker mode, killed (whole process group) on drop.
+struct MasterWorker {
+    master: Child,
+    dir: tempfile::TempDir,
+    frontend: std::net::SocketAddr,
+}
+
+impl MasterWorker {
+    async fn start(bin: &Path, server: std::net::SocketAddr) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let frontend: std::net::SocketAddr =
+            format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let cfg = format!(
+            "global\n  stats socket {} level admin expose-fd listeners\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 0\n\
+             frontend fe\n  bind {frontend}\n  default_backend web\n\
+             backend web\n  server s1 {server}\n",
+            dir.path().join("admin.sock").display()
+        );
+        let cfg_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg_path, cfg).expect("write config");
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log");
+        let master = Command::new(bin)
+            .arg("-W")
+            .arg("-db")
+            .arg("-S")
+            .arg(dir.path().join("master.sock"))
+            .arg("-f")
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn haproxy -W");
+        let h = Self {
+            master,
+            dir,
+            frontend,
+        };
+        h.worker_pid().await;
+        h
+    }
+
+    fn admin(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    fn master_sock(&self) -> PathBuf {
+        self.dir.path().join("master.sock")
+    }
+
+    async fn raw(&self, cmd: &str) -> std::io::Result<String> {
+        let mut s = UnixStream::connect(self.admin()).await?;
+        s.write_all(format!("{cmd}\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    /// The current worker's pid, once its admin socket answers.
+    async fn worker_pid(&self) -> u32 {
+        eventually(Duration::from_secs(10), "the worker answers", || async {
+            let info = self.raw("show info").await.ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("Pid: "))
+                .and_then(|p| p.trim().parse().ok())
+        })
+        .await
+    }
+
+    /// `systemctl reload`: SIGUSR2 to the master; returns once a new
+    /// worker answers.
+    async fn reload(&self) {
+        let old = self.worker_pid().await;
+        let ok = Command::new("kill")
+            .arg("-USR2")
+            .arg(self.master.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "SIGUSR2 to the master");
+        eventually(Duration::from_secs(10), "a new worker", || async {
+            (self.worker_pid().await != old).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for MasterWorker {
+    fn drop(&mut self) {
+        // SIGTERM to the master stops its workers too.
+        let _term = Command::new("kill")
+            .arg(self.master.id().to_string())
+            .status();
+        let _wait = self.master.wait();
+    }
+}
+
+fn balancer(h: &MasterWorker, master: bool) -> HaproxyBalancer {
+    let mut node = Node::unix(h.admin()).named("lb-a");
+    if master {
+        node = node.master_socket(h.master_sock());
+    }
+    HaproxyBalancer::builder()
+        .node(node)
+        .backend("web")
+        .retry(quick_retry())
+        .build()
+        .expect("valid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_a_drain_does_not_hide_the_old_workers_requests() {
+    let Some(bin) = haproxy_bin() else { return };
+    let s1 = Backend::start("s1").await;
+    let h = MasterWorker::start(&bin, s1.addr).await;
+    let with = balancer(&h, true);
+    let without = balancer(&h, false);
+    let id = TargetId::new("web/s1").expect("id");
+    let ids = std::slice::from_ref(&id);
+
+    let frontend = h.frontend;
+    let held = tokio::spawn(async move { get(frontend, "/hold").await });
+    eventually(Duration::from_secs(5), "a request in flight", || async {
+        (s1.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    with.drain(ids).await.expect("drain");
+    let st = with.status(ids).await.expect("status")[0].clone();
+    assert_eq!((st.state, st.connections), (TargetState::Draining, Some(1)));
+
+    h.reload().await;
+    // The new worker forgot the drain; the engine's guard drains again.
+    with.drain(ids).await.expect("drain again");
+    let blind = without.status(ids).await.expect("status")[0].clone();
+    assert_eq!(
+        blind.connections,
+        Some(0),
+        "the new worker does not count the old worker's request: {blind:?}"
+    );
+    let st = with.status(ids).await.expect("status")[0].clone();
+    assert_eq!(
+        (st.state, st.connections),
+        (TargetState::Draining, Some(1)),
+        "with the master socket, the old worker's request keeps the drain open"
+    );
+
+    s1.release(1);
+    let body = held
+        .await
+        .expect("join")
+        .expect("the held request succeeded");
+    assert_eq!(body, "s1");
+    // Once the old worker's request is done, the drain ends.
+    eventually(Duration::from_secs(5), "drained", || async {
+        let st = with.status(ids).await.ok()?[0].clone();
+        (st.state == TargetState::Draining && st.connections == Some(0)).then_some(())
+    })
+    .await;
+    with.enable(ids).await.expect("enable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_socket_given_as_the_master_is_a_clear_error() {
+    let Some(bin) = haproxy_bin() else { return };
+    let s1 = Backend::start("s1").await;
+    let h = MasterWorker::start(&bin, s1.addr).await;
+    let lb = HaproxyBalancer::builder()
+        .node(Node::unix(h.admin()).named("lb-a").master_socket(h.admin()))
+        .backend("web")
+        .retry(quick_retry())
+        .build()
+        .expect("valid");
+    let e = lb.list().await.expect_err("not a master socket");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("lb-a") && msg.contains("show proc"),
+        "names the node and the command: {msg}"
+    );
+}
