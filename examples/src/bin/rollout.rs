@@ -49,6 +49,11 @@ struct Args {
     /// HAProxy's admin socket (a Unix path); repeat it for each node.
     #[arg(long, required = true)]
     socket: Vec<PathBuf>,
+    /// Each node's master CLI socket (`haproxy -W -S`), in the order of
+    /// `--socket`: a drain then counts the requests a reload's old worker
+    /// still finishes.
+    #[arg(long)]
+    master_socket: Vec<PathBuf>,
     /// The backend to roll.
     #[arg(long, default_value = "web")]
     backend: String,
@@ -108,8 +113,18 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<bool, Error> {
     let mut lb = HaproxyBalancer::builder();
-    for socket in &args.socket {
-        lb = lb.node(Node::unix(socket));
+    if !args.master_socket.is_empty() && args.master_socket.len() != args.socket.len() {
+        return Err(Error::invalid_config(
+            "master_socket",
+            "give one --master-socket per --socket, in the same order, or none",
+        ));
+    }
+    for (k, socket) in args.socket.iter().enumerate() {
+        let mut node = Node::unix(socket);
+        if let Some(m) = args.master_socket.get(k) {
+            node = node.master_socket(m);
+        }
+        lb = lb.node(node);
     }
     let lb = lb.backend(args.backend.as_str()).build()?;
     let (program, rest) = match args.command.split_first() {

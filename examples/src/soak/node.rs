@@ -1,8 +1,10 @@
 //! One HAProxy node of the soak's HA pair: its own configuration, admin
-//! socket and frontend; reloaded the way an operator does it (`-x` to take
-//! over the listeners, `-sf` to let the old process finish), killed and
-//! started again; read through the raw runtime API, independently of the
-//! `hygiene-haproxy` crate.
+//! socket, master socket and frontend; run in master-worker mode as
+//! Debian's systemd unit runs it (`haproxy -W -S master.sock`), reloaded
+//! the way `systemctl reload` does it (SIGUSR2 to the master: a new worker
+//! takes over the listeners, the old one finishes its requests), killed
+//! (the whole process group) and started again; read through the raw
+//! runtime API, independently of the `hygiene-haproxy` crate.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -86,11 +88,13 @@ pub struct Node {
     bin: PathBuf,
     dir: PathBuf,
     socket: PathBuf,
+    master: PathBuf,
     frontend: SocketAddr,
     checks: Checks,
+    /// The master process (its pid is the process group's).
     child: Option<Child>,
-    /// Processes a reload replaced, finishing their connections.
-    old: Vec<Child>,
+    /// The current worker's pid.
+    worker: Option<u32>,
     /// Counters of processes gone, plus the last reading of this one.
     banked: HaCounters,
     last: HaCounters,
@@ -112,15 +116,16 @@ impl Node {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
             socket: dir.join("admin.sock"),
+            master: dir.join("master.sock"),
             frontend,
             checks,
             child: None,
-            old: Vec::new(),
+            worker: None,
             banked: HaCounters::default(),
             last: HaCounters::default(),
         };
         n.write_config(servers)?;
-        n.spawn(None).await?;
+        n.spawn().await?;
         Ok(n)
     }
 
@@ -132,6 +137,11 @@ impl Node {
     /// Its admin socket.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Its master CLI socket.
+    pub fn master_socket(&self) -> &Path {
+        &self.master
     }
 
     /// Its frontend.
@@ -179,21 +189,20 @@ impl Node {
         Ok(())
     }
 
-    /// Starts a process; with `replace`, as a reload of that pid.
-    async fn spawn(&mut self, replace: Option<u32>) -> BoxResult<()> {
+    /// Starts the master (which starts a worker) and waits for the worker.
+    async fn spawn(&mut self) -> BoxResult<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("haproxy.log"))?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("-db").arg("-f").arg(self.cfg_path());
-        if let Some(pid) = replace {
-            cmd.arg("-x")
-                .arg(&self.socket)
-                .arg("-sf")
-                .arg(pid.to_string());
-        }
-        let child = cmd
+        let _stale = std::fs::remove_file(&self.master);
+        let child = Command::new(&self.bin)
+            .arg("-W")
+            .arg("-db")
+            .arg("-S")
+            .arg(&self.master)
+            .arg("-f")
+            .arg(self.cfg_path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -201,38 +210,68 @@ impl Node {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
-        let pid = child.id().ok_or("haproxy exited at once")?;
-        let mut child = child;
+        self.child = Some(child);
+        self.worker = None;
+        self.wait_new_worker().await
+    }
+
+    /// Waits until a worker other than the last one answers on the admin
+    /// socket.
+    async fn wait_new_worker(&mut self) -> BoxResult<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let want = format!("Pid: {pid}");
         loop {
             if let Ok(info) = self.raw("show info").await {
-                if info.lines().any(|l| l.trim() == want) {
-                    break;
+                let pid = info
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Pid: "))
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                if pid.is_some() && pid != self.worker {
+                    self.worker = pid;
+                    return Ok(());
                 }
             }
-            if let Some(status) = child.try_wait()? {
-                return Err(format!(
-                    "{}: haproxy exited with {status}: {}",
-                    self.name,
-                    self.log()
-                )
-                .into());
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    self.child = None;
+                    return Err(format!(
+                        "{}: haproxy exited with {status}: {}",
+                        self.name,
+                        self.log()
+                    )
+                    .into());
+                }
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "{}: haproxy pid {pid} did not answer within 10 s",
-                    self.name
-                )
-                .into());
+                return Err(format!("{}: no new haproxy worker within 10 s", self.name).into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if let Some(prev) = self.child.replace(child) {
-            self.old.push(prev);
+    }
+
+    /// Sends `signal` to the master (`-USR2`) or, with `group`, to every
+    /// process of the node (`-KILL`).
+    fn signal(&self, signal: &str, group: bool) -> BoxResult<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .ok_or("the node is down")?;
+        let target = if group {
+            format!("-{pid}")
+        } else {
+            pid.to_string()
+        };
+        let ok = std::process::Command::new("kill")
+            .arg(signal)
+            .arg("--")
+            .arg(&target)
+            .status()?
+            .success();
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("kill {signal} {target} failed").into())
         }
-        self.old.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
-        Ok(())
     }
 
     /// The tail of the node's log.
@@ -242,40 +281,36 @@ impl Node {
         all.get(start..).unwrap_or_default().to_owned()
     }
 
-    /// Reloads with the current configuration file: banks the counters
-    /// first (the new process starts from zero), then starts a process
-    /// that takes over the listeners and tells the old one to finish.
+    /// Reloads with the current configuration file, as `systemctl reload`
+    /// does: banks the counters first (the new worker starts from zero),
+    /// then SIGUSR2 to the master; the old worker finishes its requests.
     pub async fn reload(&mut self) -> BoxResult<()> {
         self.bank().await;
-        let old = self
-            .child
-            .as_ref()
-            .and_then(Child::id)
-            .ok_or("reload of a node that is down")?;
-        self.spawn(Some(old)).await
+        self.signal("-USR2", false)?;
+        self.wait_new_worker().await
     }
 
-    /// Kills the process (SIGKILL), after banking its counters.
+    /// Kills every process of the node (SIGKILL to its process group),
+    /// after banking its counters.
     pub async fn kill(&mut self) {
         self.bank().await;
+        let _sent = self.signal("-KILL", true);
         if let Some(mut c) = self.child.take() {
-            if c.start_kill().is_ok() {
-                let _status = c.wait().await;
-            }
+            let _status = c.wait().await;
         }
+        self.worker = None;
     }
 
-    /// Starts a fresh process after [`Node::kill`].
+    /// Starts a fresh node after [`Node::kill`].
     pub async fn restart(&mut self) -> BoxResult<()> {
-        self.spawn(None).await
+        self.spawn().await
     }
 
     /// Stops every process of the node.
     pub async fn stop(&mut self) {
-        for mut c in self.child.take().into_iter().chain(self.old.drain(..)) {
-            if c.start_kill().is_ok() {
-                let _status = c.wait().await;
-            }
+        let _sent = self.signal("-KILL", true);
+        if let Some(mut c) = self.child.take() {
+            let _status = c.wait().await;
         }
     }
 

@@ -2,7 +2,7 @@
 //! process (and its `resume`), the faults injected while it runs, then the
 //! check of the invariant and the repair.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -101,14 +101,18 @@ pub(crate) struct RoundResult {
     pub(crate) injected: Vec<FaultKind>,
     pub(crate) lost: Vec<String>,
     kept_out: u64,
-    /// Counted outside the reload windows.
+    /// Counted outside the windows of a node back with fresh state
+    /// (a reload, a restart, a reload removing a server) during a
+    /// maintenance.
     pub(crate) outside: Sample,
     /// Counted inside them.
     pub(crate) in_reload: Sample,
+    /// The same, per fault kind.
+    by_window: BTreeMap<FaultKind, Sample>,
     drain_lost: u64,
     drain_lost_ms_max: u64,
     resumes_completed: u64,
-    reactions: Vec<u64>,
+    reactions: Vec<(FaultKind, u64)>,
     killed_during_drain: u64,
     violations: Vec<String>,
     /// The soak cannot go on (repair failed, a process would not end).
@@ -145,15 +149,25 @@ impl RoundResult {
             add(f, self);
             match k {
                 FaultKind::Sigkill => f.resumes_completed += self.resumes_completed,
-                FaultKind::NodeRestart => f.killed_during_drain += self.killed_during_drain,
-                FaultKind::Reload => {
-                    f.failed_requests += self.in_reload.failed;
-                    for (c, v) in &self.in_reload.failed_by_cause {
-                        *f.failed_by_cause.entry(c.clone()).or_default() += v;
+                FaultKind::Reload | FaultKind::NodeRestart | FaultKind::ServerRemoved => {
+                    if *k == FaultKind::NodeRestart {
+                        f.killed_during_drain += self.killed_during_drain;
                     }
-                    f.haproxy.add(&self.in_reload.haproxy);
-                    f.dead_in_rotation_ms += self.in_reload.dead_in_rotation_ms;
-                    let m = self.reactions.iter().copied().max().unwrap_or(0);
+                    if let Some(w) = self.by_window.get(k) {
+                        f.failed_requests += w.failed;
+                        for (c, v) in &w.failed_by_cause {
+                            *f.failed_by_cause.entry(c.clone()).or_default() += v;
+                        }
+                        f.haproxy.add(&w.haproxy);
+                        f.dead_in_rotation_ms += w.dead_in_rotation_ms;
+                    }
+                    let m = self
+                        .reactions
+                        .iter()
+                        .filter(|(x, _)| x == k)
+                        .map(|(_, m)| *m)
+                        .max()
+                        .unwrap_or(0);
                     f.reaction_ms_max = f.reaction_ms_max.max(m);
                 }
                 _ => {}
@@ -162,23 +176,11 @@ impl RoundResult {
         r.faults += self.injected.len() as u64;
         r.targets_lost += self.lost.len() as u64;
         r.failed_outside_reload += self.outside.failed;
-        let has = |k| self.injected.contains(&k);
-        // The preconditions of the two known bugs: a node back with fresh
-        // state, or a reload (a removed server is one) while long requests
-        // run on the old process.
-        if has(FaultKind::NodeRestart)
-            || has(FaultKind::ServerRemoved)
-            || (has(FaultKind::Reload) && has(FaultKind::LongRequests))
-        {
-            r.failed_known_bugs += self.outside.failed;
-        } else {
-            r.failed_unexplained += self.outside.failed;
-        }
         r.haproxy_outside_reload.add(&self.outside.haproxy);
         r.dead_in_rotation_outside_reload_ms += self.outside.dead_in_rotation_ms;
         r.drain_lost += self.drain_lost;
         r.resumes_completed += self.resumes_completed;
-        let m = self.reactions.iter().copied().max().unwrap_or(0);
+        let m = self.reactions.iter().map(|(_, m)| *m).max().unwrap_or(0);
         r.reaction_ms_max = r.reaction_ms_max.max(m);
         if !self.lost.is_empty() {
             r.violations_push(format!("targets lost: {:?}", self.lost));
@@ -235,8 +237,8 @@ impl Proc {
         let cfg = &world.cfg;
         let mut c = Command::new(&cfg.rollout_bin);
         c.arg(mode);
-        for s in &world.sockets {
-            c.arg("--socket").arg(s);
+        for (s, m) in &world.sockets {
+            c.arg("--socket").arg(s).arg("--master-socket").arg(m);
         }
         c.arg("--journal")
             .arg(journal)
@@ -443,10 +445,13 @@ pub(crate) async fn run(world: &Arc<World>, i: usize, plan: &Plan) -> BoxResult<
     for t in tasks {
         let out = t.await.map_err(|e| format!("fault task: {e}"))??;
         res.injected.extend(out.injected);
-        if let Some(w) = out.window {
-            windows.add(&w);
+        if let (Some(w), Some(k)) = (&out.window, out.injected) {
+            windows.add(w);
+            res.by_window.entry(k).or_default().add(w);
         }
-        res.reactions.extend(out.reactions);
+        if let Some(k) = out.injected {
+            res.reactions.extend(out.reactions.iter().map(|m| (k, *m)));
+        }
         res.killed_during_drain += u64::from(out.killed_during_drain);
         res.violations.extend(out.violations);
         removed_server = removed_server.or(out.removed);
@@ -635,44 +640,67 @@ async fn reload(
             ));
         }
         out.injected = Some(FaultKind::Reload);
-        let t0 = Instant::now();
-        loop {
-            let view = {
-                let n = node.lock().await;
-                n.servers().await.ok()
-            };
-            let gone = view.is_some_and(|v| {
-                v.iter()
-                    .find(|s| s.name == target)
-                    .is_none_or(|s| s.is_out() || s.status.starts_with("DOWN"))
-            });
-            let back = world
-                .service(&target)
-                .is_some_and(|s| s.is_running() && !s.is_broken());
-            if gone || back {
-                world.note(&format!(
-                    "reload reaction {} ms ({})",
-                    ms(t0.elapsed()),
-                    if gone { "out or down" } else { "service back" }
-                ));
-                out.reactions.push(ms(t0.elapsed()));
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(5) {
-                out.reactions.push(ms(t0.elapsed()));
-                out.violations.push(format!(
-                    "reload: {target} stayed in rotation with its service down for 5 s"
-                ));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        react(&world, node, &target, &mut out).await;
     }
     // Requests sent to the stopped service end at once (refused, 503).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let end = world.sample().await;
     out.window = Some(end.since(&start));
     Ok(out)
+}
+
+/// After a node came back with fresh state (a reload, a restart), how long
+/// it keeps `target` in rotation while its service is stopped or broken:
+/// until the node shows it out (drained again) or down (its check), or the
+/// service is back. Over 5 s is a violation.
+async fn react(
+    world: &World,
+    node: &Arc<tokio::sync::Mutex<crate::soak::node::Node>>,
+    target: &str,
+    out: &mut FaultOut,
+) {
+    let t0 = Instant::now();
+    loop {
+        let view = {
+            let n = node.lock().await;
+            n.servers().await.ok()
+        };
+        let gone = view.is_some_and(|v| {
+            v.iter()
+                .find(|s| s.name == target)
+                .is_none_or(|s| s.is_out() || s.status.starts_with("DOWN"))
+        });
+        let back = world
+            .service(target)
+            .is_some_and(|s| s.is_running() && !s.is_broken());
+        if gone || back {
+            world.note(&format!(
+                "reaction {} ms for {target} ({})",
+                ms(t0.elapsed()),
+                if gone { "out or down" } else { "service back" }
+            ));
+            out.reactions.push(ms(t0.elapsed()));
+            return;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            out.reactions.push(ms(t0.elapsed()));
+            out.violations.push(format!(
+                "{target} stayed in rotation with its service down for 5 s after its node came back with fresh state"
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The services stopped or broken right now (a maintenance running).
+fn stopped(world: &World) -> Vec<String> {
+    world
+        .services
+        .iter()
+        .filter(|s| !s.is_running() || s.is_broken())
+        .map(|s| s.name().to_owned())
+        .collect()
 }
 
 /// `target` removed from both nodes' configuration by a reload.
@@ -682,19 +710,33 @@ async fn remove(world: Arc<World>, target: String) -> BoxResult<FaultOut> {
         .into_iter()
         .filter(|(n, _)| *n != target)
         .collect();
-    for node in &world.nodes {
-        let mut n = node.lock().await;
-        n.write_config(&servers)?;
-        if n.is_up() {
-            n.reload().await?;
-        }
-        world.note(&format!("{target} removed from {} by a reload", n.name()));
-    }
-    Ok(FaultOut {
+    let mut out = FaultOut {
         injected: Some(FaultKind::ServerRemoved),
-        removed: Some(target),
+        removed: Some(target.clone()),
         ..FaultOut::default()
-    })
+    };
+    // The reload also puts every other server back in rotation: one under
+    // maintenance then takes requests until the run drains it again.
+    let start = world.sample().await;
+    for node in &world.nodes {
+        let up = {
+            let mut n = node.lock().await;
+            n.write_config(&servers)?;
+            if n.is_up() {
+                n.reload().await?;
+            }
+            world.note(&format!("{target} removed from {} by a reload", n.name()));
+            n.is_up()
+        };
+        if up {
+            for s in stopped(&world).into_iter().filter(|s| *s != target) {
+                react(&world, node, &s, &mut out).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    out.window = Some(world.sample().await.since(&start));
+    Ok(out)
 }
 
 /// Node `i` killed when the drain of `target` starts, started again after
@@ -720,6 +762,9 @@ async fn restart(
     .flatten()
     .any(|id| server_of(id) == target);
     tokio::time::sleep(down).await;
+    // A restarted node has every server in rotation: one under maintenance
+    // takes requests until the run drains it again.
+    let start = world.sample().await;
     let frontend = {
         let mut n = node.lock().await;
         n.restart().await?;
@@ -733,9 +778,15 @@ async fn restart(
     }
     world.clients.resume(i, frontend).await;
     world.note(&format!("node {i} restarted, load back on it"));
-    Ok(FaultOut {
+    let mut out = FaultOut {
         injected: Some(FaultKind::NodeRestart),
         killed_during_drain: !executing,
         ..FaultOut::default()
-    })
+    };
+    for s in stopped(&world) {
+        react(&world, node, &s, &mut out).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    out.window = Some(world.sample().await.since(&start));
+    Ok(out)
 }

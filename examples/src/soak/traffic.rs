@@ -117,11 +117,23 @@ impl Clients {
         }
     }
 
-    /// Moves the load off node `i` (its requests in flight finish first).
+    /// Moves the load off node `i` (its requests in flight finish first),
+    /// as a virtual IP moved to the other node would: no new request,
+    /// long ones included, goes to it, and those in flight end (at most
+    /// 10 s: the long requests last a few seconds).
     pub async fn pause(&self, i: usize) {
         let Some(slot) = self.loads.get(i) else {
             return;
         };
+        if let Some(v) = self.vip.get(i) {
+            v.store(false, Ordering::SeqCst);
+        }
+        if let Some(flight) = self.long_in_flight.get(i) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         if let Some(load) = slot.lock().await.take() {
             let stats = load.stop().await;
             add_stats(
