@@ -57,6 +57,14 @@ async fn run_on_elbv2_with_ssm_on_moto() {
         .create_load_balancer("front", &subnets, std::slice::from_ref(&tg))
         .await
         .expect("load balancer");
+    // The first instance also serves a target group outside the pool.
+    let other = m
+        .create_target_group("other", &vpc, 9090)
+        .await
+        .expect("tg");
+    m.register(&other, &[(instances[0].clone(), 9090)])
+        .await
+        .expect("register");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut t = example_config("elbv2.toml");
@@ -82,6 +90,13 @@ async fn run_on_elbv2_with_ssm_on_moto() {
     for i in &instances {
         assert!(stdout.contains(i.as_str()), "validate lists {i}: {stdout}");
     }
+    assert!(
+        stdout.lines().any(|l| l.starts_with("problem:")
+            && l.contains(instances[0].as_str())
+            && l.contains("other")
+            && l.contains("other_target_groups = \"drain\"")),
+        "validate names the group outside the pool and the setting: {stdout}"
+    );
 
     // The file's 10% / 80% of 4 leaves no room (80% of 4 is all of them):
     // the plan says so, and flags override it.

@@ -227,6 +227,15 @@ impl fmt::Display for SocketLevel {
     }
 }
 
+/// Whether a snapshot adds the old workers' requests (see
+/// [`HaproxyBalancer::snapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OldWorkers {
+    Required,
+    BestEffort,
+    Skip,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
     backend: String,
@@ -355,13 +364,30 @@ impl HaproxyBalancer {
         .await
     }
 
-    async fn snapshot(&self, k: usize) -> hygiene_core::Result<Snapshot> {
+    /// One node's snapshot. With `old`, the requests its old workers still
+    /// finish are added (when a master socket is configured): `Required`
+    /// fails when the master cannot say (a drain must not be judged on a
+    /// partial count), `BestEffort` logs and goes on (a listing), `Skip`
+    /// does not ask (a change needs only the current worker: a master
+    /// failure must never stop an enable).
+    async fn snapshot(&self, k: usize, old: OldWorkers) -> hygiene_core::Result<Snapshot> {
         let client = &self.inner.clients[k];
-        let master = self.inner.masters.get(k).and_then(Option::as_ref);
+        let master = self
+            .inner
+            .masters
+            .get(k)
+            .and_then(Option::as_ref)
+            .filter(|_| old != OldWorkers::Skip);
         self.retrying(client, "show", || async {
             let mut snap = self.snapshot_once(client).await?;
             if let Some(m) = master {
-                Self::add_old_workers(m, &mut snap).await?;
+                match Self::add_old_workers(m, &mut snap).await {
+                    Ok(()) => {}
+                    Err(e) if old == OldWorkers::BestEffort => {
+                        warn!(node = client.name(), error = %e, "cannot count the old workers' requests; listing without them");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Ok(snap)
         })
@@ -371,37 +397,79 @@ impl HaproxyBalancer {
     /// Adds the in-flight requests of the node's old workers (processes a
     /// reload replaced, still finishing theirs) to each server's count,
     /// from the master CLI: `show proc`, then `@!<pid> show stat` for each
-    /// old worker. A worker that ended in between counts nothing.
+    /// old worker. A row counts for the entry of the same backend and
+    /// server name *and* for every entry pointing to the same address (a
+    /// reload may have renamed or renumbered servers): an overcount only
+    /// makes a drain wait for requests that really run. A worker whose
+    /// reply is not a `show stat` counts nothing only once a second `show
+    /// proc` no longer lists it; otherwise, as for a cut reply, the whole
+    /// count is unavailable (retried).
     async fn add_old_workers(master: &Client, snap: &mut Snapshot) -> Result<(), HaproxyError> {
-        let raw = master.send("show proc").await?;
-        let pids = parse::parse_old_workers(&raw)
-            .map_err(|e| reply_error(master.name(), "show proc", None, e))?;
-        let mut counts: HashMap<(String, String), u64> = HashMap::new();
+        let pids = Self::old_worker_pids(master).await?;
+        let mut rows: Vec<parse::StatRow> = Vec::new();
+        let mut unanswered = Vec::new();
         for pid in &pids {
             let line = format!("@!{pid} show stat -1 4 -1");
             let raw = master.send(&line).await?;
             if !raw.trim_start().starts_with("# pxname") {
-                debug!(master = master.name(), pid, reply = %raw.trim(), "old worker gone");
+                unanswered.push((*pid, raw.trim().to_owned()));
                 continue;
             }
-            let rows =
-                parse::parse_stat(&raw).map_err(|e| reply_error(master.name(), &line, None, e))?;
-            for r in rows.into_iter().filter(|r| r.connections > 0) {
-                *counts.entry((r.backend, r.server)).or_default() += r.connections;
-            }
+            let parsed = parse::parse_stat(&raw).map_err(|e| HaproxyError::Unavailable {
+                node: master.name().to_owned(),
+                message: format!("the reply of old worker {pid} to `{line}` is cut or malformed ({e:?}): its in-flight requests cannot be counted"),
+                source: None,
+            })?;
+            rows.extend(parsed.into_iter().filter(|r| r.connections > 0));
         }
-        if counts.is_empty() {
+        if !unanswered.is_empty() {
+            let still = Self::old_worker_pids(master).await?;
+            if let Some((pid, reply)) = unanswered.iter().find(|(p, _)| still.contains(p)) {
+                return Err(HaproxyError::Unavailable {
+                    node: master.name().to_owned(),
+                    message: format!("old worker {pid} runs but did not answer `show stat` ({reply:?}): its in-flight requests cannot be counted"),
+                    source: None,
+                });
+            }
+            debug!(master = master.name(), gone = ?unanswered, "old workers ended");
+        }
+        if rows.is_empty() {
             return Ok(());
         }
-        debug!(node = %snap.node, old_workers = ?pids, in_flight = ?counts, "old workers still serve");
-        for (backend, entries) in &mut snap.backends {
-            for e in entries.iter_mut() {
-                if let Some(n) = counts.get(&(backend.clone(), e.state.server.clone())) {
-                    e.stat.connections += n;
+        debug!(node = %snap.node, old_workers = ?pids, rows = rows.len(), "old workers still serve");
+        let host_of = |addr: &str| -> Option<(String, Option<u16>)> {
+            let (a, p) = addr.rsplit_once(':')?;
+            let a = a.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let port = match snap.host_match {
+                HostMatch::AddressAndPort => Some(p.parse().ok()?),
+                HostMatch::Address => None,
+            };
+            Some((a, port))
+        };
+        let mut add: Vec<(usize, usize, u64)> = Vec::new();
+        for r in &rows {
+            let host = r.addr.as_deref().and_then(host_of);
+            for (b, (backend, entries)) in snap.backends.iter().enumerate() {
+                for (k, e) in entries.iter().enumerate() {
+                    let same_name = *backend == r.backend && e.state.server == r.server;
+                    let same_host = host.is_some() && snap.host(e) == host;
+                    if same_name || same_host {
+                        add.push((b, k, r.connections));
+                    }
                 }
             }
         }
+        for (b, k, n) in add {
+            if let Some(e) = snap.backends.get_mut(b).and_then(|(_, v)| v.get_mut(k)) {
+                e.stat.connections = e.stat.connections.saturating_add(n);
+            }
+        }
         Ok(())
+    }
+
+    async fn old_worker_pids(master: &Client) -> Result<Vec<u32>, HaproxyError> {
+        let raw = master.send("show proc").await?;
+        parse::parse_old_workers(&raw).map_err(|e| reply_error(master.name(), "show proc", None, e))
     }
 
     /// One connection: `show backend; show servers state; show stat -1 4
@@ -469,10 +537,10 @@ impl HaproxyBalancer {
         })
     }
 
-    async fn snapshots(&self) -> hygiene_core::Result<Vec<Snapshot>> {
+    async fn snapshots(&self, old: OldWorkers) -> hygiene_core::Result<Vec<Snapshot>> {
         let mut out = Vec::with_capacity(self.inner.clients.len());
         for k in 0..self.inner.clients.len() {
-            out.push(self.snapshot(k).await?);
+            out.push(self.snapshot(k, old).await?);
         }
         let all_checked = out
             .iter()
@@ -520,7 +588,7 @@ impl HaproxyBalancer {
         if keys.is_empty() {
             return Ok(());
         }
-        let snapshots = self.snapshots().await?;
+        let snapshots = self.snapshots(OldWorkers::Skip).await?;
         Self::check_present(&snapshots, &keys)?;
         for (client, snap) in self.inner.clients.iter().zip(&snapshots) {
             let mut cmds: Vec<(String, String, String)> = Vec::new();
@@ -700,14 +768,22 @@ fn aggregate(parts: &[(TargetState, Health, u64)]) -> TargetStatus {
         TargetState::Draining => 1,
         TargetState::OutOfService => 2,
     };
+    let connections = parts.iter().map(|p| p.2).fold(0u64, u64::saturating_add);
     let state = if parts.iter().any(|p| p.0 == TargetState::InService) {
         TargetState::InService
     } else {
-        parts
+        match parts
             .iter()
             .map(|p| p.0)
             .max_by_key(|s| rank(*s))
             .unwrap_or(TargetState::OutOfService)
+        {
+            // `MAINT` stops new requests, not those in flight: while any
+            // entry (a node, an old worker) still has some, the target is
+            // still draining, whatever another entry says.
+            TargetState::OutOfService if connections > 0 => TargetState::Draining,
+            s => s,
+        }
     };
     let mixed = parts.iter().any(|p| p.0 != state);
     let health = if parts.is_empty() || mixed {
@@ -719,7 +795,6 @@ fn aggregate(parts: &[(TargetState, Health, u64)]) -> TargetStatus {
     } else {
         Health::Unknown
     };
-    let connections = parts.iter().map(|p| p.2).fold(0u64, u64::saturating_add);
     TargetStatus::new(state, health, Some(connections))
 }
 
@@ -784,7 +859,7 @@ impl LoadBalancer for HaproxyBalancer {
     }
 
     async fn list(&self) -> hygiene_core::Result<Vec<ListedTarget>> {
-        let snapshots = self.snapshots().await?;
+        let snapshots = self.snapshots(OldWorkers::BestEffort).await?;
         let Some(first) = snapshots.first() else {
             return Ok(Vec::new());
         };
@@ -856,7 +931,7 @@ impl LoadBalancer for HaproxyBalancer {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let snapshots = self.snapshots().await?;
+        let snapshots = self.snapshots(OldWorkers::Required).await?;
         Self::check_present(&snapshots, &keys)?;
         Ok(keys
             .iter()
@@ -973,6 +1048,13 @@ mod tests {
         let s = aggregate(&[(Draining, Healthy, 0), (OutOfService, Unknown, 0)]);
         assert_eq!(s.state, OutOfService);
         assert_eq!(s.health, Unknown);
+        // Out hard on one node, requests still running on the other: not
+        // drained until they end.
+        let s = aggregate(&[(OutOfService, Unknown, 0), (Draining, Healthy, 2)]);
+        assert_eq!((s.state, s.connections), (Draining, Some(2)));
+        assert!(!s.is_drained());
+        let s = aggregate(&[(OutOfService, Unknown, 1)]);
+        assert_eq!(s.state, Draining, "MAINT with a request in flight");
         assert_eq!(
             aggregate(&[(InService, Healthy, 0), (InService, Unhealthy, 0)]).health,
             Unhealthy
@@ -1050,6 +1132,7 @@ mod tests {
                 status: String::new(),
                 check_status: String::new(),
                 tracked: tracked.into(),
+                addr: None,
             },
         }
     }

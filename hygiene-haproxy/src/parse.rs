@@ -297,6 +297,8 @@ pub(crate) struct StatRow {
     /// `tracked`: the `backend/server` this server tracks (`track` in the
     /// configuration), empty when it runs its own check or none.
     pub(crate) tracked: String,
+    /// `addr`: `ip:port` the server points to (HAProxy 1.9+).
+    pub(crate) addr: Option<String>,
 }
 
 impl StatRow {
@@ -347,6 +349,7 @@ pub(crate) fn parse_stat(body: &str) -> Result<Vec<StatRow>, ParseError> {
     let status = column(&headers, "status", what)?;
     let check = column(&headers, "check_status", what)?;
     let tracked = headers.iter().position(|h| h == "tracked");
+    let addr = headers.iter().position(|h| h == "addr");
     let mut out = Vec::new();
     for row in rdr.records() {
         let row = row.map_err(|e| ParseError::Format(format!("{what} row: {e}")))?;
@@ -366,6 +369,10 @@ pub(crate) fn parse_stat(body: &str) -> Result<Vec<StatRow>, ParseError> {
                 .and_then(|i| row.get(i))
                 .unwrap_or_default()
                 .to_owned(),
+            addr: addr
+                .and_then(|i| row.get(i))
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned),
         });
     }
     Ok(out)
@@ -541,6 +548,7 @@ mod tests {
         assert_eq!(rows.len(), 5, "server rows only");
         assert_eq!(rows[0].backend, "web");
         assert_eq!(rows[0].health(), Health::Healthy);
+        assert_eq!(rows[0].addr.as_deref(), Some("127.0.0.1:18081"));
         assert_eq!(rows[2].server, "s3");
         assert_eq!(rows[2].health(), Health::Unknown, "no check");
     }
@@ -581,6 +589,7 @@ mod tests {
             status: status.into(),
             check_status: check.into(),
             tracked: String::new(),
+            addr: None,
         };
         assert_eq!(r("UP 1/3", "L4CON").health(), Health::Unhealthy);
         assert_eq!(r("DOWN 1/2", "L7OK").health(), Health::Unhealthy);

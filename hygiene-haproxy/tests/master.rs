@@ -25,16 +25,38 @@ struct MasterWorker {
 
 impl MasterWorker {
     async fn start(bin: &Path, server: std::net::SocketAddr) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let frontend: std::net::SocketAddr =
-            format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let cfg = format!(
+        Self::start_named(bin, server, "s1").await
+    }
+
+    /// Rewrites the configuration with the server named `name`.
+    fn rename(&self, server: std::net::SocketAddr, name: &str) {
+        std::fs::write(
+            self.dir.path().join("haproxy.cfg"),
+            Self::config(&self.admin(), self.frontend, server, name),
+        )
+        .expect("write config");
+    }
+
+    fn config(
+        admin: &Path,
+        frontend: std::net::SocketAddr,
+        server: std::net::SocketAddr,
+        name: &str,
+    ) -> String {
+        format!(
             "global\n  stats socket {} level admin expose-fd listeners\n\
              defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 0\n\
              frontend fe\n  bind {frontend}\n  default_backend web\n\
-             backend web\n  server s1 {server}\n",
-            dir.path().join("admin.sock").display()
-        );
+             backend web\n  server {name} {server}\n",
+            admin.display()
+        )
+    }
+
+    async fn start_named(bin: &Path, server: std::net::SocketAddr, name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let frontend: std::net::SocketAddr =
+            format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let cfg = Self::config(&dir.path().join("admin.sock"), frontend, server, name);
         let cfg_path = dir.path().join("haproxy.cfg");
         std::fs::write(&cfg_path, cfg).expect("write config");
         let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log");
@@ -189,10 +211,54 @@ async fn a_worker_socket_given_as_the_master_is_a_clear_error() {
         .retry(quick_retry())
         .build()
         .expect("valid");
-    let e = lb.list().await.expect_err("not a master socket");
+    // A listing goes on without the old workers' count (logged)…
+    assert_eq!(lb.list().await.expect("list").len(), 1);
+    let id = TargetId::new("web/s1").expect("id");
+    // …a status never reads it as 0: it fails, naming node and command…
+    let e = lb
+        .status(std::slice::from_ref(&id))
+        .await
+        .expect_err("not a master socket");
     let msg = e.to_string();
     assert!(
         msg.contains("lb-a") && msg.contains("show proc"),
         "names the node and the command: {msg}"
     );
+    // …and changes never ask the master: a drain and an enable still work.
+    lb.drain(std::slice::from_ref(&id)).await.expect("drain");
+    lb.enable(std::slice::from_ref(&id)).await.expect("enable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_renamed_by_the_reload_is_still_counted_by_its_address() {
+    let Some(bin) = haproxy_bin() else { return };
+    let s1 = Backend::start("s1").await;
+    let h = MasterWorker::start(&bin, s1.addr).await;
+    let frontend = h.frontend;
+    let held = tokio::spawn(async move { get(frontend, "/hold").await });
+    eventually(Duration::from_secs(5), "a request in flight", || async {
+        (s1.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // The reload renames web/s1 to web/app-1 (same address).
+    h.rename(s1.addr, "app-1");
+    h.reload().await;
+    let lb = balancer(&h, true);
+    let id = TargetId::new("web/app-1").expect("id");
+    lb.drain(std::slice::from_ref(&id)).await.expect("drain");
+    let st = lb.status(std::slice::from_ref(&id)).await.expect("status")[0].clone();
+    assert_eq!(
+        (st.state, st.connections),
+        (TargetState::Draining, Some(1)),
+        "the old worker's request on web/s1 runs on the same host"
+    );
+    s1.release(1);
+    held.await
+        .expect("join")
+        .expect("the held request succeeded");
+    eventually(Duration::from_secs(5), "drained", || async {
+        let st = lb.status(std::slice::from_ref(&id)).await.ok()?[0].clone();
+        (st.connections == Some(0)).then_some(())
+    })
+    .await;
 }

@@ -294,11 +294,19 @@ impl Node {
     /// after banking its counters.
     pub async fn kill(&mut self) {
         self.bank().await;
-        let _sent = self.signal("-KILL", true);
+        self.kill_all().await;
+        self.worker = None;
+    }
+
+    /// SIGKILL to the process group; the master alone if that fails.
+    async fn kill_all(&mut self) {
+        let group = self.signal("-KILL", true);
         if let Some(mut c) = self.child.take() {
+            if group.is_err() {
+                let _sent = c.start_kill();
+            }
             let _status = c.wait().await;
         }
-        self.worker = None;
     }
 
     /// Starts a fresh node after [`Node::kill`].
@@ -308,10 +316,7 @@ impl Node {
 
     /// Stops every process of the node.
     pub async fn stop(&mut self) {
-        let _sent = self.signal("-KILL", true);
-        if let Some(mut c) = self.child.take() {
-            let _status = c.wait().await;
-        }
+        self.kill_all().await;
     }
 
     /// Adds the current process's counters to the bank and forgets them

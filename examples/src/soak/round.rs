@@ -208,11 +208,61 @@ impl SoakReport {
     }
 }
 
+/// A fresh-state window: the clients' and HAProxy's counts at its start
+/// and at its end, with when each was read.
+#[derive(Debug, Clone)]
+struct Window {
+    from: (Instant, Sample),
+    to: (Instant, Sample),
+}
+
+impl Window {
+    async fn open(world: &World) -> (Instant, Sample) {
+        (Instant::now(), world.sample().await)
+    }
+
+    async fn close(world: &World, from: (Instant, Sample)) -> Self {
+        let to = (Instant::now(), world.sample().await);
+        Self { from, to }
+    }
+
+    fn counted(&self) -> Sample {
+        self.to.1.since(&self.from.1)
+    }
+}
+
+/// What the windows counted together, each instant once: overlapping
+/// windows (a reload and a restart in one rollout) are merged, so a failure
+/// in both is neither counted twice nor subtracted twice from the rest.
+fn union(windows: &[Window]) -> Sample {
+    let mut w: Vec<&Window> = windows.iter().collect();
+    w.sort_by_key(|x| x.from.0);
+    let mut total = Sample::default();
+    type Reading = (Instant, Sample);
+    let mut cur: Option<(&Reading, &Reading)> = None;
+    for x in w {
+        cur = match cur {
+            Some((from, to)) if x.from.0 <= to.0 => {
+                Some((from, if x.to.0 > to.0 { &x.to } else { to }))
+            }
+            Some((from, to)) => {
+                total.add(&to.1.since(&from.1));
+                Some((&x.from, &x.to))
+            }
+            None => Some((&x.from, &x.to)),
+        };
+    }
+    if let Some((from, to)) = cur {
+        total.add(&to.1.since(&from.1));
+    }
+    total
+}
+
 /// What a fault task reports.
 #[derive(Debug, Default)]
 struct FaultOut {
     injected: Option<FaultKind>,
-    window: Option<Sample>,
+    window: Option<Window>,
     reactions: Vec<u64>,
     removed: Option<String>,
     killed_during_drain: bool,
@@ -440,14 +490,14 @@ pub(crate) async fn run(world: &Arc<World>, i: usize, plan: &Plan) -> BoxResult<
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let mut windows = Sample::default();
+    let mut windows: Vec<Window> = Vec::new();
     let mut removed_server = None;
     for t in tasks {
         let out = t.await.map_err(|e| format!("fault task: {e}"))??;
         res.injected.extend(out.injected);
         if let (Some(w), Some(k)) = (&out.window, out.injected) {
-            windows.add(w);
-            res.by_window.entry(k).or_default().add(w);
+            res.by_window.entry(k).or_default().add(&w.counted());
+            windows.push(w.clone());
         }
         if let Some(k) = out.injected {
             res.reactions.extend(out.reactions.iter().map(|m| (k, *m)));
@@ -512,8 +562,9 @@ pub(crate) async fn run(world: &Arc<World>, i: usize, plan: &Plan) -> BoxResult<
         "rollout {i}: end, report {:?}",
         final_report.as_ref().map(|r| &r.outcome)
     ));
-    res.in_reload = windows.clone();
+    let windows = union(&windows);
     res.outside = after.since(&before).since(&windows);
+    res.in_reload = windows;
     Ok(res)
 }
 
@@ -623,7 +674,7 @@ async fn reload(
 ) -> BoxResult<FaultOut> {
     tokio::time::sleep(delay).await;
     let mut out = FaultOut::default();
-    let start = world.sample().await;
+    let start = Window::open(&world).await;
     for i in nodes {
         let Some(node) = world.nodes.get(i) else {
             continue;
@@ -644,8 +695,7 @@ async fn reload(
     }
     // Requests sent to the stopped service end at once (refused, 503).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let end = world.sample().await;
-    out.window = Some(end.since(&start));
+    out.window = Some(Window::close(&world, start).await);
     Ok(out)
 }
 
@@ -717,7 +767,7 @@ async fn remove(world: Arc<World>, target: String) -> BoxResult<FaultOut> {
     };
     // The reload also puts every other server back in rotation: one under
     // maintenance then takes requests until the run drains it again.
-    let start = world.sample().await;
+    let start = Window::open(&world).await;
     for node in &world.nodes {
         let up = {
             let mut n = node.lock().await;
@@ -735,7 +785,7 @@ async fn remove(world: Arc<World>, target: String) -> BoxResult<FaultOut> {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    out.window = Some(world.sample().await.since(&start));
+    out.window = Some(Window::close(&world, start).await);
     Ok(out)
 }
 
@@ -764,7 +814,7 @@ async fn restart(
     tokio::time::sleep(down).await;
     // A restarted node has every server in rotation: one under maintenance
     // takes requests until the run drains it again.
-    let start = world.sample().await;
+    let start = Window::open(&world).await;
     let frontend = {
         let mut n = node.lock().await;
         n.restart().await?;
@@ -787,6 +837,49 @@ async fn restart(
         react(&world, node, &s, &mut out).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    out.window = Some(world.sample().await.since(&start));
+    out.window = Some(Window::close(&world, start).await);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t0: Instant, ms: u64, failed: u64) -> (Instant, Sample) {
+        (
+            t0 + Duration::from_millis(ms),
+            Sample {
+                failed,
+                ..Sample::default()
+            },
+        )
+    }
+
+    #[test]
+    fn overlapping_windows_count_each_failure_once() {
+        let t0 = Instant::now();
+        // Cumulative failures: 0 at 0 ms, 3 at 100, 5 at 200, 9 at 300, 9 at 400, 12 at 500.
+        let a = Window {
+            from: at(t0, 0, 0),
+            to: at(t0, 200, 5),
+        };
+        let b = Window {
+            from: at(t0, 100, 3),
+            to: at(t0, 300, 9),
+        };
+        let c = Window {
+            from: at(t0, 400, 9),
+            to: at(t0, 500, 12),
+        };
+        // a ∪ b = 0..300 (9), c = 400..500 (3): 12, not 5 + 6 + 3 = 14.
+        assert_eq!(union(&[b.clone(), c.clone(), a.clone()]).failed, 12);
+        assert_eq!(union(std::slice::from_ref(&a)).failed, 5);
+        assert_eq!(union(&[]).failed, 0);
+        // One window inside another.
+        let inner = Window {
+            from: at(t0, 50, 1),
+            to: at(t0, 150, 4),
+        };
+        assert_eq!(union(&[a, inner]).failed, 5);
+    }
 }

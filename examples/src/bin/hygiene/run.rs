@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use hygiene_core::journal::FileJournal;
 use hygiene_core::{CancellationToken, Rollout};
+use hygiene_haproxy::SocketLevel;
 
 use crate::cli::{Global, RolloutFlags};
 use crate::config::Loaded;
@@ -25,9 +26,25 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     let cancel = CancellationToken::new();
     let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     if let Some(h) = &setup.haproxy {
-        // A socket below `level admin` would refuse the first drain: say
-        // it before anything starts.
-        h.check_admin().await?;
+        // A socket below `level admin` would refuse the first change: say
+        // it before anything starts. A fresh run also stops on a node it
+        // cannot reach; resume and restore leave that to the engine, which
+        // waits for a node coming back (targets are out).
+        if mode == Mode::Run {
+            h.check_admin().await?;
+        } else {
+            for (node, level) in h.socket_levels().await {
+                if let Ok(l @ (SocketLevel::Operator | SocketLevel::User)) = level {
+                    return Err(Failure::Lib(hygiene_core::Error::PermissionDenied {
+                        location: node,
+                        message: format!(
+                            "the runtime API socket is at level {l}: putting targets back needs `level admin`; declare it `stats socket <path> level admin` and reload HAProxy, then run this again"
+                        ),
+                        source: None,
+                    }));
+                }
+            }
+        }
     }
     let journal = FileJournal::open(&setup.journal)?;
     let mut rollout = Rollout::new(

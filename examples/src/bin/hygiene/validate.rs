@@ -161,10 +161,26 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
             });
             if let Some(p) = outside_problem(&loaded, &l.target) {
                 v.problems.push(p);
-            } else if let Some(b) = backends.as_ref().filter(|b| b.contains(',')) {
+            }
+            // Backends of the pool only (HAProxy lists every backend it
+            // drains, those outside the pool too).
+            let outside: Vec<&str> = l
+                .target
+                .meta
+                .get("other_backends")
+                .map(|o| o.split(',').filter_map(|x| x.split('/').next()).collect())
+                .unwrap_or_default();
+            let in_pool: Vec<&str> = backends
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .filter(|b| !b.is_empty() && !outside.contains(b))
+                .collect();
+            if in_pool.len() > 1 {
                 v.problems.push(format!(
-                    "{} serves several backends of the pool ({b}): it is drained from all of them together",
-                    l.target.id
+                    "{} serves several backends of the pool ({}): it is drained from all of them together",
+                    l.target.id,
+                    in_pool.join(",")
                 ));
             }
             v.targets.push(Found {
