@@ -40,6 +40,30 @@ pub struct Monitor {
     samples: Arc<Mutex<Vec<Sample>>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    sampler: Sampler,
+}
+
+/// One reading of the socket and the services.
+#[derive(Debug, Clone)]
+struct Sampler {
+    socket: PathBuf,
+    backend: String,
+    services: Vec<Arc<HelloService>>,
+}
+
+impl Sampler {
+    async fn sample(&self) -> Option<Sample> {
+        let mut servers = read(&self.socket, &self.backend).await.ok()?;
+        for s in &self.services {
+            if let Some(seen) = servers.get_mut(s.name()) {
+                seen.running = s.is_running();
+            }
+        }
+        Some(Sample {
+            at: Instant::now(),
+            servers,
+        })
+    }
 }
 
 /// Per server, the phases as HAProxy and the service showed them.
@@ -81,9 +105,12 @@ impl Monitor {
     ) -> Self {
         let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
         let stop = CancellationToken::new();
-        let (socket, backend, services) =
-            (PathBuf::from(socket), backend.to_owned(), services.to_vec());
-        let (out, token) = (Arc::clone(&samples), stop.clone());
+        let sampler = Sampler {
+            socket: PathBuf::from(socket),
+            backend: backend.to_owned(),
+            services: services.to_vec(),
+        };
+        let (out, token, s) = (Arc::clone(&samples), stop.clone(), sampler.clone());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -92,18 +119,10 @@ impl Monitor {
                     _ = tick.tick() => {}
                     () = token.cancelled() => return,
                 }
-                if let Ok(mut servers) = read(&socket, &backend).await {
-                    for s in &services {
-                        if let Some(seen) = servers.get_mut(s.name()) {
-                            seen.running = s.is_running();
-                        }
-                    }
+                if let Some(sample) = s.sample().await {
                     out.lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(Sample {
-                            at: Instant::now(),
-                            servers,
-                        });
+                        .push(sample);
                 }
             }
         });
@@ -111,18 +130,25 @@ impl Monitor {
             samples,
             stop,
             task,
+            sampler,
         }
     }
 
     /// Stops sampling and returns the samples.
+    /// Takes one last sample first: on a busy machine the 20 ms ticks
+    /// may not have run between the last server showing `UP` (which ended
+    /// the run) and now.
     pub async fn stop(self) -> Vec<Sample> {
         self.stop.cancel();
         let _ended = self.task.await;
-        let samples = self
+        let last = self.sampler.sample().await;
+        let mut samples = self
             .samples
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        samples.clone()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        samples.extend(last);
+        samples
     }
 }
 
