@@ -436,6 +436,22 @@ async fn a_fresh_run_fails_at_once_on_an_unreachable_balancer_and_a_resume_waits
     assert_eq!(lb.call_count(), 1, "{:?}", lb.calls());
     assert!(journal.records().expect("records").is_empty());
 
+    // Throttling asks to try later: a fresh run does.
+    lb.fail_next(
+        Operation::List,
+        Error::Throttled {
+            location: "lb".into(),
+            message: "Rate exceeded".into(),
+            source: None,
+        },
+    );
+    let r = Rollout::new(lb.clone(), executor(&ids, None), config(1))
+        .with_journal(MemoryJournal::new())
+        .run()
+        .await
+        .expect("a throttled listing is retried");
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+
     // Killed mid-run, then the balancer is briefly unreachable on resume.
     let (journal, killed) = run_and_kill(&lb, &ids, None, 1, 6).await;
     assert!(killed);

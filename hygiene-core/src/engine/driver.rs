@@ -152,26 +152,27 @@ impl Parts {
     }
 
     /// The pool at the start, before the machine exists. A fresh run has
-    /// changed nothing yet: one attempt (the backend's own retries still
-    /// apply), so an unreachable balancer is said at once instead of after
-    /// the engine's whole retry budget. Resume and restore retry: the run
-    /// they finish left targets out, and a balancer coming back is worth
-    /// waiting for.
+    /// changed nothing yet: only a throttled listing is retried (the API
+    /// asks for exactly that); any other error is said at once (the
+    /// backend's own retries still apply) instead of after the engine's
+    /// whole retry budget. Resume and restore retry every retryable error:
+    /// the run they finish left targets out, and a balancer coming back is
+    /// worth waiting for.
     pub(crate) async fn list_pool(
         &self,
         fresh: bool,
     ) -> Result<Vec<crate::balancer::ListedTarget>> {
         let lb = Arc::clone(&self.lb);
         if fresh {
-            self.balancer_calls.fetch_add(1, Ordering::Relaxed);
-            let limit = self.config.call_timeout();
-            return match tokio::time::timeout(limit, lb.list()).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout {
-                    operation: "list".to_owned(),
-                    after: limit,
-                }),
-            };
+            return self
+                .call(
+                    "list",
+                    &self.balancer_calls,
+                    self.config.call_timeout(),
+                    |e: &Error| matches!(e, Error::Throttled { .. }),
+                    || lb.list(),
+                )
+                .await;
         }
         self.lb_call("list", || lb.list()).await
     }
