@@ -8,9 +8,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, free_port, get, haproxy_bin, quick_retry, Backend};
+use common::{
+    eventually, free_port, get, haproxy_bin, quick_retry, Backend, FakeReply, FakeSocket, Haproxy,
+    Layout,
+};
 use hygiene_core::{LoadBalancer, TargetId, TargetState};
 use hygiene_haproxy::{HaproxyBalancer, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,20 +113,32 @@ impl MasterWorker {
     }
 
     /// `systemctl reload`: SIGUSR2 to the master; returns once a new
-    /// worker answers.
+    /// worker answers. Sent again each second: a master still starting up
+    /// may not act on the first one (seen once under load).
     async fn reload(&self) {
         let old = self.worker_pid().await;
-        let ok = Command::new("kill")
-            .arg("-USR2")
-            .arg(self.master.id().to_string())
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "SIGUSR2 to the master");
-        eventually(Duration::from_secs(10), "a new worker", || async {
-            (self.worker_pid().await != old).then_some(())
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = Command::new("kill")
+                .arg("-USR2")
+                .arg(self.master.id().to_string())
+                .status()
+                .expect("kill")
+                .success();
+            assert!(ok, "SIGUSR2 to the master");
+            let until = tokio::time::Instant::now() + Duration::from_secs(1);
+            while tokio::time::Instant::now() < until {
+                if self.worker_pid().await != old {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no new worker after SIGUSR2: {}",
+                std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+            );
+        }
     }
 }
 
@@ -261,4 +277,77 @@ async fn a_server_renamed_by_the_reload_is_still_counted_by_its_address() {
         (st.connections == Some(0)).then_some(())
     })
     .await;
+}
+
+const SHOW_PROC: &str =
+    "#<PID>          <type>          <reloads>       <uptime>        <version>\n\
+1               master          1 [failed: 0]   0d00h01m00s     2.6.12\n\
+# workers\n\
+2               worker          0               0d00h00m10s     2.6.12\n\
+# old workers\n\
+4242            worker          1               0d00h01m00s     2.6.12\n\
+# programs\n\n";
+
+/// A real HAProxy (web: s1, s2) whose master socket is a fake answering
+/// `show proc` with one old worker, 4242, and `@!4242 …` with `stat`.
+async fn with_fake_master(stat: &str) -> (Haproxy, FakeSocket, HaproxyBalancer, Vec<Arc<Backend>>) {
+    let bin = haproxy_bin().expect("haproxy");
+    let b = vec![Backend::start("s1").await, Backend::start("s2").await];
+    let h = Haproxy::start(&bin, &Layout::web(&[&b[0], &b[1]])).await;
+    let fake = FakeSocket::start(FakeReply::ByPrefix(vec![
+        ("show proc".into(), SHOW_PROC.as_bytes().to_vec()),
+        ("@!4242 ".into(), stat.as_bytes().to_vec()),
+    ]));
+    let lb = HaproxyBalancer::builder()
+        .node(h.node("lb-a").master_socket(&fake.path))
+        .backend("web")
+        .retry(quick_retry())
+        .build()
+        .expect("valid");
+    (h, fake, lb, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_worker_that_runs_and_does_not_answer_is_never_read_as_zero() {
+    if haproxy_bin().is_none() {
+        return;
+    }
+    let (_h, fake, lb, _b) = with_fake_master("Can't connect to the target CLI!\n").await;
+    let ids = [TargetId::new("web/s1").expect("id")];
+    let e = lb.status(&ids).await.expect_err("the count is unknown");
+    assert!(
+        e.is_retryable() && e.to_string().contains("4242"),
+        "retryable, names the worker: {e}"
+    );
+    // It asked `show proc` again before saying so.
+    let asked = fake.received.lock().expect("lock").clone();
+    assert!(
+        asked.iter().filter(|l| l.starts_with("show proc")).count() >= 2,
+        "{asked:?}"
+    );
+    assert_eq!(lb.list().await.expect("a listing goes on").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_workers_row_without_an_address_counts_for_its_server_by_name() {
+    if haproxy_bin().is_none() {
+        return;
+    }
+    // HAProxy before 1.9 has no `addr` column: the name decides.
+    let stat = "# pxname,svname,qcur,qmax,scur,smax,status,check_status,\n\
+web,s1,1,1,2,2,UP,L4OK,\n\
+web,s2,0,0,0,0,UP,L4OK,\n\
+other,s2,0,0,5,5,UP,L4OK,\n\n";
+    let (_h, _fake, lb, _b) = with_fake_master(stat).await;
+    let ids = [
+        TargetId::new("web/s1").expect("id"),
+        TargetId::new("web/s2").expect("id"),
+    ];
+    let st = lb.status(&ids).await.expect("status");
+    assert_eq!(st[0].connections, Some(3), "scur 2 + qcur 1 on web/s1");
+    assert_eq!(
+        st[1].connections,
+        Some(0),
+        "web/s2 is not other/s2, nor web/s1"
+    );
 }

@@ -212,13 +212,13 @@ impl Node {
             .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
         self.child = Some(child);
         self.worker = None;
-        self.wait_new_worker().await
+        self.wait_new_worker(Duration::from_secs(10)).await
     }
 
     /// Waits until a worker other than the last one answers on the admin
     /// socket.
-    async fn wait_new_worker(&mut self) -> BoxResult<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    async fn wait_new_worker(&mut self, within: Duration) -> BoxResult<()> {
+        let deadline = Instant::now() + within;
         loop {
             if let Ok(info) = self.raw("show info").await {
                 let pid = info
@@ -242,7 +242,12 @@ impl Node {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("{}: no new haproxy worker within 10 s", self.name).into());
+                return Err(format!(
+                    "{}: no new haproxy worker within {} ms",
+                    self.name,
+                    within.as_millis()
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -286,8 +291,15 @@ impl Node {
     /// then SIGUSR2 to the master; the old worker finishes its requests.
     pub async fn reload(&mut self) -> BoxResult<()> {
         self.bank().await;
-        self.signal("-USR2", false)?;
-        self.wait_new_worker().await
+        // Sent again if no new worker answers within 2 s (a master busy
+        // starting may not act on it).
+        for _ in 0..4 {
+            self.signal("-USR2", false)?;
+            if self.wait_new_worker(Duration::from_secs(2)).await.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(format!("{}: SIGUSR2 gave no new worker: {}", self.name, self.log()).into())
     }
 
     /// Kills every process of the node (SIGKILL to its process group),

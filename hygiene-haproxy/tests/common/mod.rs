@@ -491,6 +491,9 @@ pub enum FakeReply {
     /// Answers lines starting with `show` with these bytes, hangs on any
     /// other line (a `set` whose reply never comes).
     ShowThenHang(Vec<u8>),
+    /// Answers with the bytes of the first prefix the line starts with
+    /// (nothing when none does), then closes.
+    ByPrefix(Vec<(String, Vec<u8>)>),
 }
 
 impl FakeSocket {
@@ -518,6 +521,13 @@ impl FakeSocket {
                         let _ = s.write_all(b).await;
                     }
                     FakeReply::Hang => held.push(s),
+                    FakeReply::ByPrefix(map) => {
+                        if let Some((_, b)) =
+                            map.iter().find(|(p, _)| buf[..n].starts_with(p.as_bytes()))
+                        {
+                            let _ = s.write_all(b).await;
+                        }
+                    }
                     FakeReply::ShowThenHang(b) => {
                         if buf[..n].starts_with(b"show") {
                             let _ = s.write_all(b).await;
