@@ -290,9 +290,12 @@ const SHOW_PROC: &str =
 
 /// A real HAProxy (web: s1, s2) whose master socket is a fake answering
 /// `show proc` with one old worker, 4242, and `@!4242 …` with `stat`.
-async fn with_fake_master(stat: &str) -> (Haproxy, FakeSocket, HaproxyBalancer, Vec<Arc<Backend>>) {
+async fn with_fake_master(
+    stat: impl Fn(&[Arc<Backend>]) -> String,
+) -> (Haproxy, FakeSocket, HaproxyBalancer, Vec<Arc<Backend>>) {
     let bin = haproxy_bin().expect("haproxy");
     let b = vec![Backend::start("s1").await, Backend::start("s2").await];
+    let stat = stat(&b);
     let h = Haproxy::start(&bin, &Layout::web(&[&b[0], &b[1]])).await;
     let fake = FakeSocket::start(FakeReply::ByPrefix(vec![
         ("show proc".into(), SHOW_PROC.as_bytes().to_vec()),
@@ -312,7 +315,8 @@ async fn an_old_worker_that_runs_and_does_not_answer_is_never_read_as_zero() {
     if haproxy_bin().is_none() {
         return;
     }
-    let (_h, fake, lb, _b) = with_fake_master("Can't connect to the target CLI!\n").await;
+    let (_h, fake, lb, _b) =
+        with_fake_master(|_| "Can't connect to the target CLI!\n".to_owned()).await;
     let ids = [TargetId::new("web/s1").expect("id")];
     let e = lb.status(&ids).await.expect_err("the count is unknown");
     assert!(
@@ -338,7 +342,7 @@ async fn an_old_workers_row_without_an_address_counts_for_its_server_by_name() {
 web,s1,1,1,2,2,UP,L4OK,\n\
 web,s2,0,0,0,0,UP,L4OK,\n\
 other,s2,0,0,5,5,UP,L4OK,\n\n";
-    let (_h, _fake, lb, _b) = with_fake_master(stat).await;
+    let (_h, _fake, lb, _b) = with_fake_master(|_| stat.to_owned()).await;
     let ids = [
         TargetId::new("web/s1").expect("id"),
         TargetId::new("web/s2").expect("id"),
@@ -350,4 +354,27 @@ other,s2,0,0,5,5,UP,L4OK,\n\n";
         Some(0),
         "web/s2 is not other/s2, nor web/s1"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_workers_row_counts_for_the_server_at_its_address_only() {
+    if haproxy_bin().is_none() {
+        return;
+    }
+    // The old worker called s1's host `old-name`.
+    let (_h, _fake, lb, _b) = with_fake_master(|b| {
+        format!(
+            "# pxname,svname,qcur,qmax,scur,smax,status,check_status,addr\n\
+web,old-name,0,0,4,4,UP,L4OK,{}\n\n",
+            b[0].addr
+        )
+    })
+    .await;
+    let ids = [
+        TargetId::new("web/s1").expect("id"),
+        TargetId::new("web/s2").expect("id"),
+    ];
+    let st = lb.status(&ids).await.expect("status");
+    assert_eq!(st[0].connections, Some(4), "web/s1 is at that address");
+    assert_eq!(st[1].connections, Some(0), "web/s2 is not");
 }
