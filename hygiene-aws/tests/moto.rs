@@ -4,27 +4,15 @@
 use std::time::Duration;
 
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthStateEnum};
-use hygiene_aws::moto::{find_moto_server, MotoServer};
+mod common;
+
+use common::{id, moto};
+use hygiene_aws::moto::MotoServer;
 use hygiene_aws::{ApiCallCounter, Elbv2Balancer, PreflightCheck, SsmExecutor, StatusApi};
-use hygiene_core::conformance::{check_all, integration_available, Fixture};
+use hygiene_core::conformance::{check_all, Fixture};
 use hygiene_core::{
     Amount, Error, Executor, LoadBalancer, Rollout, RolloutConfig, Target, TargetId, TargetState,
 };
-
-async fn moto() -> Option<MotoServer> {
-    if !integration_available(
-        "moto",
-        find_moto_server().is_some(),
-        "run ./scripts/test, which installs moto[server] into .venv",
-    ) {
-        return None;
-    }
-    Some(MotoServer::start().await.expect("moto starts"))
-}
-
-fn id(s: &str) -> TargetId {
-    TargetId::new(s).expect("valid id")
-}
 
 /// A VPC, `n` instances and a target group on `port` with all of them registered.
 async fn pool(m: &MotoServer, name: &str, n: usize, port: u16) -> (String, Vec<String>, String) {

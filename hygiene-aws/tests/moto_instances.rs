@@ -6,26 +6,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum;
-use hygiene_aws::moto::{find_moto_server, MotoServer};
+mod common;
+
+use common::{id, moto};
+use hygiene_aws::moto::MotoServer;
 use hygiene_aws::{ApiCallCounter, Elbv2Balancer};
-use hygiene_core::conformance::integration_available;
 use hygiene_core::testing::ScriptedExecutor;
 use hygiene_core::{Amount, Error, LoadBalancer, Rollout, RolloutConfig, TargetId, TargetState};
-
-async fn moto() -> Option<MotoServer> {
-    if !integration_available(
-        "moto",
-        find_moto_server().is_some(),
-        "run ./scripts/test, which installs moto[server] into .venv",
-    ) {
-        return None;
-    }
-    Some(MotoServer::start().await.expect("moto starts"))
-}
-
-fn id(s: &str) -> TargetId {
-    TargetId::new(s).expect("valid id")
-}
 
 /// Registered (id, port) pairs of a target group, sorted.
 async fn registered(m: &MotoServer, tg: &str) -> Vec<(String, i32)> {

@@ -102,6 +102,24 @@ fn describe_rate(times: &[tokio::time::Instant]) -> (usize, f64) {
     (peak, low)
 }
 
+/// The rollout of the pool, batch `batch`: an error unless it completed.
+async fn roll(
+    lb: Elbv2Balancer,
+    exec: SsmExecutor,
+    batch: Amount,
+) -> hygiene_core::Result<hygiene_core::Report> {
+    let config = RolloutConfig::builder().batch_size(batch).build()?;
+    let report = Rollout::new(lb, exec, config).run().await?;
+    if report.is_success() {
+        Ok(report)
+    } else {
+        Err(Error::invalid_config(
+            "bench",
+            format!("rollout did not complete: {}", report.to_json_pretty()),
+        ))
+    }
+}
+
 async fn bench(args: &Args) -> hygiene_core::Result<(serde_json::Value, bool)> {
     if args.discover {
         return bench_discover(args).await;
@@ -157,17 +175,9 @@ async fn bench(args: &Args) -> hygiene_core::Result<(serde_json::Value, bool)> {
         .with_preflight(PreflightCheck::Skip)
         .with_status_api(StatusApi::GetCommandInvocation)
         .build()?;
-    let config = RolloutConfig::builder().batch_size(args.batch).build()?;
-
     let started = Instant::now();
-    let report = Rollout::new(lb, exec, config).run().await?;
+    let report = roll(lb, exec, args.batch).await?;
     let wall = started.elapsed().as_secs_f64();
-    if !report.is_success() {
-        return Err(Error::invalid_config(
-            "bench",
-            format!("rollout did not complete: {}", report.to_json_pretty()),
-        ));
-    }
     let n = args.instances as f64;
     let dth = counter.count("DescribeTargetHealth");
     let total = counter.total();
@@ -242,15 +252,8 @@ async fn bench_discover(args: &Args) -> hygiene_core::Result<(serde_json::Value,
         .with_preflight(PreflightCheck::Skip)
         .with_status_api(StatusApi::GetCommandInvocation)
         .build()?;
-    let config = RolloutConfig::builder().batch_size(args.batch).build()?;
-    let report = Rollout::new(lb, exec, config).run().await?;
+    let report = roll(lb, exec, args.batch).await?;
     let wall = started.elapsed().as_secs_f64();
-    if !report.is_success() {
-        return Err(Error::invalid_config(
-            "bench",
-            format!("rollout did not complete: {}", report.to_json_pretty()),
-        ));
-    }
     let n = args.instances as f64;
     let dth = counter.count("DescribeTargetHealth");
     let total = counter.total();
