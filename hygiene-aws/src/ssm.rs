@@ -742,6 +742,7 @@ impl SsmExecutor {
             stderr_tail: tail(&r.stderr, OUTPUT_TAIL_BYTES),
             duration: elapsed,
             message: (!success).then(|| format!("ssm command {command_id} on {instance}: {text}")),
+            may_still_run: false,
         })
     }
 }
@@ -886,7 +887,8 @@ impl Executor for SsmExecutor {
             delay = (delay * 2).clamp(Duration::from_secs(1).min(s.poll_interval), s.poll_interval);
             if Instant::now() >= deadline {
                 self.cancel_command(&sent).await;
-                return Ok(Recovered::Finished(ExecOutcome::failure(
+                // The cancel is asked for, never confirmed here.
+                return Ok(Recovered::Finished(ExecOutcome::may_still_run(
                     target.id.clone(),
                     started.elapsed(),
                     format!(
@@ -1078,7 +1080,7 @@ impl Executor for SsmExecutor {
                             ""
                         };
                         for (i, inst) in c.members.drain(..) {
-                            outcomes[i] = Some(ExecOutcome::failure(
+                            outcomes[i] = Some(ExecOutcome::may_still_run(
                                 targets[i].id.clone(),
                                 started.elapsed(),
                                 format!(
@@ -1110,7 +1112,7 @@ impl Executor for SsmExecutor {
                     for c in &mut sent {
                         for (i, inst) in c.members.drain(..) {
                             let seen = last.get(&inst).map_or("no status", String::as_str);
-                            outcomes[i] = Some(ExecOutcome::failure(
+                            outcomes[i] = Some(ExecOutcome::may_still_run(
                                 targets[i].id.clone(),
                                 started.elapsed(),
                                 format!("ssm command {} on {inst}: {why}; cancel requested but not confirmed (last status: {seen})", c.command_id),

@@ -596,6 +596,7 @@ async fn an_endpoint_without_list_command_invocations_fails_clearly() {
         .expect("builds");
     let out = exec.execute(&[target("i-0a")]).await.expect("execute");
     assert!(!out[0].success);
+    assert!(out[0].may_still_run, "an unread command may still run");
     let msg = out[0].message.as_deref().unwrap_or_default();
     assert!(
         msg.contains("StatusApi::GetCommandInvocation") && msg.contains("may still be running"),
@@ -1142,6 +1143,10 @@ async fn a_recovered_command_past_the_wait_limit_is_cancelled_and_failed() {
         panic!("{got:?}");
     };
     assert!(!o.success);
+    assert!(
+        o.may_still_run,
+        "a cancel asked for and never confirmed: {o:?}"
+    );
     assert!(
         o.message
             .as_deref()

@@ -41,6 +41,13 @@ pub struct ExecOutcome {
     pub duration: Duration,
     /// Why it failed, in words, when it failed.
     pub message: Option<String>,
+    /// The maintenance may still be running on the target: the executor
+    /// could not confirm that it ended (a cancel never confirmed, status
+    /// reads that kept failing). Never a success; the engine never puts
+    /// such a target back by itself, whatever `on_failure` says, and keeps
+    /// the run's journal open so a resume or restore can wait for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_still_run: bool,
 }
 
 impl ExecOutcome {
@@ -54,6 +61,7 @@ impl ExecOutcome {
             stderr_tail: String::new(),
             duration,
             message: None,
+            may_still_run: false,
         }
     }
 
@@ -67,6 +75,16 @@ impl ExecOutcome {
             stderr_tail: String::new(),
             duration,
             message: Some(message.into()),
+            may_still_run: false,
+        }
+    }
+
+    /// An outcome the executor could not learn: the maintenance may still be
+    /// running (see [`ExecOutcome::may_still_run`]); `message` says why.
+    pub fn may_still_run(id: TargetId, duration: Duration, message: impl Into<String>) -> Self {
+        Self {
+            may_still_run: true,
+            ..Self::failure(id, duration, message)
         }
     }
 }

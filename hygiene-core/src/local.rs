@@ -350,6 +350,7 @@ fn read_outcome(
             Some(c) => format!("{program:?} exited with code {c}"),
             None => format!("{program:?} was killed by a signal"),
         }),
+        may_still_run: false,
     }
 }
 

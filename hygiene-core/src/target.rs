@@ -255,6 +255,13 @@ pub struct Capabilities {
     pub hard_disable: bool,
     /// The backend runs its own health checks.
     pub health_checks: bool,
+    /// A status read is cheap (a local socket or HTTP call, no rate limit):
+    /// the engine looks again every tenth of its poll interval while a
+    /// target drains and while it waits for its health, so the end of a
+    /// drain or a fresh check is acted on within milliseconds. Off for
+    /// throttled cloud APIs (ELBv2), which are read at the poll interval.
+    #[serde(default)]
+    pub cheap_status: bool,
 }
 
 impl Capabilities {
@@ -280,6 +287,12 @@ impl Capabilities {
     /// Says whether the backend runs its own health checks.
     pub fn with_health_checks(mut self, yes: bool) -> Self {
         self.health_checks = yes;
+        self
+    }
+    /// Says whether a status read is cheap enough to be made often (see
+    /// [`Capabilities::cheap_status`]).
+    pub fn with_cheap_status(mut self, yes: bool) -> Self {
+        self.cheap_status = yes;
         self
     }
 }

@@ -191,7 +191,23 @@ async fn cancel_puts_drained_targets_back_at_once_even_when_a_status_call_hangs(
         .await
         .expect("run");
     assert_eq!(r.outcome, Outcome::Cancelled);
-    assert!(matches!(result(&r, &ids[0]), TargetResult::Restored { .. }));
+    // Every put-back is verified by a status read; this balancer's reads
+    // hang, so the report cannot say "back": it names the target and says
+    // its state is unknown (it is in fact in service).
+    let t = r.target(&ids[0]).expect("reported");
+    assert!(
+        matches!(
+            &t.result,
+            TargetResult::Failed {
+                phase: Stage::Restored,
+                kept_out: true,
+                restore_hint: Some(_),
+                ..
+            }
+        ),
+        "{t:?}"
+    );
+    assert_eq!(t.location, Location::Unknown);
     let enabled_at = inner
         .calls()
         .iter()
@@ -256,16 +272,19 @@ async fn a_hanging_balancer_call_is_ended_by_its_time_limit() {
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(120));
-    // The drained target could not be watched: it was put back unmaintained.
+    // The drained target could not be watched: it was put back unmaintained,
+    // and, the balancer's reads hanging, the put-back could not be verified:
+    // reported by name, its state unknown.
     assert_eq!(state(&inner, &ids[0]), Some(TargetState::InService));
     assert!(matches!(
         result(&r, &ids[0]),
         TargetResult::Failed {
             phase: Stage::Draining,
-            kept_out: false,
+            kept_out: true,
             ..
         }
     ));
+    assert_eq!(r.target(&ids[0]).expect("t0").location, Location::Unknown);
 }
 
 // 4. A target removed from the pool mid-run fails alone, as vanished.
@@ -559,20 +578,29 @@ async fn a_window_starts_the_next_target_when_one_finishes() {
         }
     };
     let window = run(Pacing::Window).await;
+    let window_calls = lb.calls();
     let batches = run(Pacing::Batches).await;
     // Window: t000 runs 10 s while t001..t003 go through the other place.
     assert!(window < Duration::from_secs(11), "{window:?}");
     assert!(batches >= Duration::from_secs(11), "{batches:?}");
-    let in_service_at_once = lb
-        .calls()
-        .iter()
-        .map(|c| c.serving_healthy_after)
-        .filter(|&n| n > 0)
-        .min();
-    assert!(
-        in_service_at_once >= Some(2),
-        "never more than 2 out at once"
-    );
+    // Counted from the balancer's own mutation calls: a target is out from
+    // its first drain or disable to its enable. Never more than 2 at once,
+    // and the window did keep 2 out at once (it moved on without t000).
+    let mut out = std::collections::BTreeSet::new();
+    let mut most = 0;
+    for c in window_calls.iter().filter(|c| c.ok) {
+        match c.op {
+            Operation::Drain | Operation::Disable => out.extend(c.ids.iter().cloned()),
+            Operation::Enable => c.ids.iter().for_each(|i| {
+                out.remove(i);
+            }),
+            Operation::List | Operation::Status => {}
+        }
+        assert!(out.len() <= 2, "{} out at once: {out:?}", out.len());
+        most = most.max(out.len());
+    }
+    assert_eq!(most, 2, "the window never had two targets out at once");
+    assert!(out.is_empty(), "left out: {out:?}");
 }
 
 // Events: time, batch, several subscribers; the handle cancels and joins.

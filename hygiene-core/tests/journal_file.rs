@@ -184,3 +184,124 @@ async fn a_foreign_or_newer_journal_is_refused_and_nothing_changes() {
     assert!(journal_message(&e).contains("nothing to resume"), "{e}");
     assert_eq!(mutations(&lb), 0);
 }
+
+/// A run killed while writing, then a new process on the same journal: the
+/// torn tail is cut (and said) before the first append, so the journal
+/// stays readable and the next run, resume or restore can start.
+#[tokio::test(start_paused = true)]
+async fn a_torn_tail_is_cut_before_the_next_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.jsonl");
+    let (lb, _) = pool(2);
+    Rollout::new(lb, ScriptedExecutor::new(), config())
+        .with_journal(FileJournal::open(&path).expect("open"))
+        .run()
+        .await
+        .expect("run");
+    let torn = br#"{"record":"intent","call":99,"op":"dr"#;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open")
+        .write_all(torn)
+        .expect("write");
+    let j = FileJournal::open(&path).expect("open again");
+    assert_eq!(j.torn_tail_cut(), Some(torn.len() as u64));
+    let (lb, _) = pool(2);
+    let second = Rollout::new(lb, ScriptedExecutor::new(), config())
+        .with_journal(j)
+        .run()
+        .await
+        .expect("a second run over the cut journal");
+    let records = FileJournal::read(&path).expect("readable after the append");
+    let headers: Vec<&str> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Header(h) => Some(h.run_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(headers.len(), 2, "{headers:?}");
+    assert_eq!(headers[1], second.run_id);
+    // A whole journal is left as it is.
+    let j = FileJournal::open(&path).expect("open whole");
+    assert_eq!(j.torn_tail_cut(), None);
+}
+
+/// Maintenance output carries raw UTF-8: a tail torn inside a character
+/// is still only a torn last line.
+#[tokio::test(start_paused = true)]
+async fn a_tail_torn_inside_a_utf8_character_is_only_a_torn_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.jsonl");
+    let (lb, _) = pool(2);
+    Rollout::new(lb, ScriptedExecutor::new(), config())
+        .with_journal(FileJournal::open(&path).expect("open"))
+        .run()
+        .await
+        .expect("run");
+    let whole = FileJournal::read(&path).expect("read");
+    let mut torn =
+        br#"{"record":"result","call":3,"ok":true,"outcomes":[{"stdout_tail":"caf"#.to_vec();
+    torn.push(0xC3); // the first byte of "é"
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open")
+        .write_all(&torn)
+        .expect("write");
+    assert_eq!(FileJournal::read(&path).expect("torn tail ignored"), whole);
+    let j = FileJournal::open(&path).expect("open again");
+    assert_eq!(j.torn_tail_cut(), Some(torn.len() as u64));
+    // Invalid UTF-8 anywhere but the last line is damage, not a tear.
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes.insert(20, 0xFF);
+    drop(j);
+    std::fs::write(&path, bytes).expect("write");
+    let e = FileJournal::read(&path).expect_err("damaged");
+    assert!(journal_message(&e).contains("line 1 is damaged"), "{e}");
+}
+
+/// A journal holds many runs: the lock error names the one that holds it
+/// now, and the process that took it up last.
+#[tokio::test(start_paused = true)]
+async fn the_lock_error_names_the_run_holding_it_now() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.jsonl");
+    let (lb, _) = pool(2);
+    let first = Rollout::new(lb, ScriptedExecutor::new(), config())
+        .with_journal(FileJournal::open(&path).expect("open"))
+        .run()
+        .await
+        .expect("first run");
+    let other = dir.path().join("other.jsonl");
+    let (lb, _) = pool(2);
+    let second = Rollout::new(lb, ScriptedExecutor::new(), config())
+        .with_journal(FileJournal::open(&other).expect("open"))
+        .run()
+        .await
+        .expect("second run");
+    let held = FileJournal::open(&path).expect("held");
+    held.append(&FileJournal::read(&other).expect("read")[0])
+        .expect("the second run's header");
+    let e = FileJournal::open(&path).expect_err("locked");
+    let m = journal_message(&e);
+    assert!(
+        m.contains(&second.run_id) && !m.contains(&first.run_id),
+        "names the holder now ({}), not the first run ({}): {m}",
+        second.run_id,
+        first.run_id
+    );
+    held.append(&Record::Resumed {
+        mode: "restore".into(),
+        at: "2026-12-06T03:00:00Z".into(),
+        host: "bastion-7".into(),
+        pid: 4242,
+    })
+    .expect("resumed");
+    let m = journal_message(&FileJournal::open(&path).expect_err("locked")).to_owned();
+    assert!(
+        m.contains("bastion-7") && m.contains("4242") && m.contains("restore"),
+        "{m}"
+    );
+}

@@ -142,3 +142,106 @@ async fn a_maintenance_that_may_have_run_is_never_sent_twice() {
         "{t:?}"
     );
 }
+
+/// An executor whose maintenance and recovery never end: the process dies
+/// (its future is dropped) or its time limit ends them.
+#[derive(Debug)]
+struct Wedged;
+
+#[async_trait::async_trait]
+impl hygiene_core::Executor for Wedged {
+    fn name(&self) -> String {
+        "wedged".into()
+    }
+    async fn preflight(&self, targets: &[Target]) -> hygiene_core::Result<Vec<Preflight>> {
+        Ok(vec![Preflight::Ready; targets.len()])
+    }
+    async fn execute(&self, _: &[Target]) -> hygiene_core::Result<Vec<ExecOutcome>> {
+        std::future::pending().await
+    }
+    async fn execute_tracked(
+        &self,
+        targets: &[Target],
+        sink: &hygiene_core::HandleSink,
+    ) -> hygiene_core::Result<Vec<ExecOutcome>> {
+        for t in targets {
+            sink.started(
+                &t.id,
+                hygiene_core::ExecHandle(serde_json::json!({"pid": 4242})),
+            );
+        }
+        std::future::pending().await
+    }
+    async fn recover(
+        &self,
+        _: &Target,
+        _: &hygiene_core::ExecHandle,
+    ) -> hygiene_core::Result<hygiene_core::Recovered> {
+        std::future::pending().await
+    }
+}
+
+/// A maintenance a dead run started, whose recovery hangs (the executor
+/// never answers): waited for once, within `execute_timeout` in all — not
+/// once per retry — and then kept out with its handle, the journal left
+/// open for a later resume or restore.
+#[tokio::test(start_paused = true)]
+async fn a_wedged_recovery_waits_one_limit_and_keeps_the_target_out() {
+    use hygiene_core::journal::{Journal, MemoryJournal, Record};
+    use hygiene_core::testing::InMemoryBalancer;
+
+    let limit = Duration::from_secs(600);
+    let cfg = || {
+        RolloutConfig::builder()
+            .poll_interval(Duration::from_millis(100))
+            .execute_timeout(limit)
+            .build()
+            .expect("config")
+    };
+    let lb = InMemoryBalancer::with_targets(["web-1", "web-2"]).expect("lb");
+    let journal = MemoryJournal::new();
+    // The first run dies (its future dropped) while the maintenance runs.
+    let run = Rollout::new(lb.clone(), Wedged, cfg())
+        .with_journal(journal.clone())
+        .run();
+    assert!(tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .is_err());
+    assert!(journal
+        .records()
+        .expect("records")
+        .iter()
+        .any(|r| matches!(r, Record::Started { .. })));
+    let t = tokio::time::Instant::now();
+    let report = Rollout::new(lb.clone(), Wedged, cfg())
+        .with_journal(journal.clone())
+        .resume()
+        .await
+        .expect("resume");
+    let took = t.elapsed();
+    assert!(
+        took >= limit && took < limit + Duration::from_secs(60),
+        "a wedged recovery took {took:?} with execute_timeout = {limit:?}"
+    );
+    let r = report
+        .targets
+        .iter()
+        .find(|r| r.id.as_str() == "web-1")
+        .expect("web-1");
+    match &r.result {
+        TargetResult::Failed {
+            kept_out: true,
+            reason,
+            ..
+        } => assert!(reason.contains("may still be running"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !journal
+            .records()
+            .expect("records")
+            .iter()
+            .any(|r| matches!(r, Record::End { .. })),
+        "the journal stays open while the maintenance may run"
+    );
+}

@@ -819,6 +819,8 @@ impl LoadBalancer for HaproxyBalancer {
             .with_graceful_drain(true)
             .with_hard_disable(true)
             .with_health_checks(self.inner.health_checks.load(Ordering::Relaxed))
+            // A local socket, no rate limit.
+            .with_cheap_status(true)
     }
 
     fn default_poll_interval(&self) -> Duration {

@@ -568,6 +568,8 @@ impl LoadBalancer for NginxBalancer {
             .with_graceful_drain(graceful)
             .with_hard_disable(true)
             .with_health_checks(self.inner.health == HealthChecks::Active)
+            // One HTTP GET per upstream on the NGINX host, no rate limit.
+            .with_cheap_status(true)
     }
 
     fn default_poll_interval(&self) -> Duration {

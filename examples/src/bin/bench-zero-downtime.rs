@@ -64,6 +64,10 @@ struct Args {
     /// Path of the patch program (default: the `demo` binary next to this one).
     #[arg(long)]
     patch_program: Option<std::path::PathBuf>,
+    /// Runs of each scenario; each prints its figures, and the median of
+    /// their overhead ratios is `overhead_median`.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[tokio::main]
@@ -101,17 +105,23 @@ async fn bench(args: Args) -> BoxResult<serde_json::Value> {
         fresh_clients: args.fresh_clients,
         ..LoadConfig::default()
     };
-    let base = scenario(&scn, &exe, patch, load_cfg, None).await?;
-    scn.wait_all_healthy(Duration::from_secs(15)).await?;
-    let inflight = scenario(
-        &scn,
-        &exe,
-        patch,
-        load_cfg,
-        Some(Duration::from_millis(args.inflight_ms)),
-    )
-    .await?;
-    scn.wait_all_healthy(Duration::from_secs(15)).await?;
+    let mut base = Vec::new();
+    let mut inflight = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        base.push(scenario(&scn, &exe, patch, load_cfg, None).await?);
+        scn.wait_all_healthy(Duration::from_secs(15)).await?;
+        inflight.push(
+            scenario(
+                &scn,
+                &exe,
+                patch,
+                load_cfg,
+                Some(Duration::from_millis(args.inflight_ms)),
+            )
+            .await?,
+        );
+        scn.wait_all_healthy(Duration::from_secs(15)).await?;
+    }
 
     // The naive restart loop, same load.
     let before = counters(&scn).await?;
@@ -125,8 +135,8 @@ async fn bench(args: Args) -> BoxResult<serde_json::Value> {
     naive?;
 
     Ok(serde_json::json!({
-        "base": base,
-        "inflight": inflight,
+        "base": summary(base),
+        "inflight": summary(inflight),
         "naive": {
             "requests": naive_stats.requests,
             "failed": naive_stats.failed,
@@ -140,6 +150,24 @@ async fn bench(args: Args) -> BoxResult<serde_json::Value> {
         "inflight_ms": args.inflight_ms,
         "clients": { "keepalive": args.keepalive_clients, "fresh": args.fresh_clients },
     }))
+}
+
+/// The runs of one scenario: each in full, the median overhead, and the
+/// failures of all (from the load generator and HAProxy's counters).
+fn summary(runs: Vec<serde_json::Value>) -> serde_json::Value {
+    let mut ratios: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r["overhead_ratio"].as_f64())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+    let failed: u64 = runs.iter().filter_map(|r| r["failed"].as_u64()).sum();
+    serde_json::json!({
+        "overhead_median": median,
+        "overhead_ratios": ratios,
+        "failed": failed,
+        "runs": runs,
+    })
 }
 
 /// One hygiene rollout under load, measured from HAProxy's side.

@@ -266,17 +266,24 @@ impl Parts {
             }
             Effect::Recover(_, target, handle) => {
                 let exec = Arc::clone(&self.exec);
-                // Waits for the maintenance to end: bounded like one.
-                Reply::Recovered(
-                    self.call(
-                        "recover",
-                        &self.executor_calls,
-                        self.config.execute_timeout(),
-                        Error::is_retryable,
-                        || exec.recover(&target, &handle),
-                    )
-                    .await,
-                )
+                // Waits for the maintenance to end: bounded like one, in
+                // all (a recovery that hit the limit is not tried again,
+                // and retries of a failed read share the same limit).
+                let limit = self.config.execute_timeout();
+                let recovery = self.call(
+                    "recover",
+                    &self.executor_calls,
+                    limit,
+                    |e| e.is_retryable() && !matches!(e, Error::Timeout { .. }),
+                    || exec.recover(&target, &handle),
+                );
+                Reply::Recovered(match tokio::time::timeout(limit, recovery).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout {
+                        operation: format!("recovering the maintenance of {}", target.id),
+                        after: limit,
+                    }),
+                })
             }
             Effect::Probe(_, target) => {
                 let Some(probe) = self.probe.clone() else {
@@ -428,7 +435,11 @@ pub(crate) async fn drive(
     }
     let outcome = machine.outcome();
     journal_finished(&parts, &mut machine);
-    if !stuck {
+    if machine.maintenance_open() {
+        // A maintenance may still be running: the journal stays open, so a
+        // new run is refused and resume or restore waits for it.
+        warn!("a maintenance may still be running: the journal is left unfinished");
+    } else if !stuck {
         // A stuck run leaves its journal unfinished: resume or restore can
         // still reconcile what it left.
         let _logged = parts.journal(&Record::End {

@@ -9,6 +9,8 @@ mod record;
 #[cfg(test)]
 mod regressions;
 #[cfg(test)]
+mod round3;
+#[cfg(test)]
 mod sim;
 
 use std::sync::atomic::AtomicU64;

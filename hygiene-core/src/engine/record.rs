@@ -51,11 +51,15 @@ pub(crate) fn result_record(call: CallId, reply: &Reply) -> Record {
         }
         _ => (true, None, None),
     };
+    // A recovery that could not ask the executor leaves the maintenance
+    // where it was: perhaps running, its handle still the way to it.
+    let open = matches!(reply, Reply::Recovered(Err(_)));
     Record::Result {
         call,
         ok,
         error,
         outcomes,
+        open,
         at,
     }
 }

@@ -15,34 +15,34 @@ use crate::target::{Capabilities, Health, Target, TargetId, TargetState, TargetS
 
 use super::machine::{CallId, Effect, Input, Machine, Reply};
 
-fn id(k: usize) -> TargetId {
+pub(super) fn id(k: usize) -> TargetId {
     TargetId::new(format!("t{k}")).expect("id")
 }
 
-fn up() -> TargetStatus {
+pub(super) fn up() -> TargetStatus {
     TargetStatus::new(TargetState::InService, Health::Healthy, Some(0))
 }
 
-fn out() -> TargetStatus {
+pub(super) fn out() -> TargetStatus {
     TargetStatus::new(TargetState::OutOfService, Health::Unknown, Some(0))
 }
 
-fn draining(conns: u64) -> TargetStatus {
+pub(super) fn draining(conns: u64) -> TargetStatus {
     TargetStatus::new(TargetState::Draining, Health::Healthy, Some(conns))
 }
 
-fn ms(x: u64) -> Duration {
+pub(super) fn ms(x: u64) -> Duration {
     Duration::from_millis(x)
 }
 
-fn caps() -> Capabilities {
+pub(super) fn caps() -> Capabilities {
     Capabilities::none()
         .with_counts_connections(true)
         .with_graceful_drain(true)
         .with_health_checks(true)
 }
 
-fn machine(cfg: RolloutConfig, n: usize, poll_ms: u64) -> Machine {
+pub(super) fn machine(cfg: RolloutConfig, n: usize, poll_ms: u64) -> Machine {
     let listed: Vec<ListedTarget> = (0..n)
         .map(|k| ListedTarget {
             target: Target::new(id(k)),
@@ -63,34 +63,34 @@ fn pick<'a>(
     (found[0].call(), found[0])
 }
 
-fn preflight(e: &[Effect]) -> CallId {
+pub(super) fn preflight(e: &[Effect]) -> CallId {
     pick(e, "preflight", |e| matches!(e, Effect::Preflight(..))).0
 }
-fn status(e: &[Effect]) -> CallId {
+pub(super) fn status(e: &[Effect]) -> CallId {
     pick(e, "status", |e| {
         matches!(e, Effect::Status(..) | Effect::ReadBack(..))
     })
     .0
 }
-fn drain(e: &[Effect]) -> CallId {
+pub(super) fn drain(e: &[Effect]) -> CallId {
     pick(e, "drain", |e| matches!(e, Effect::Drain(..))).0
 }
-fn execute(e: &[Effect]) -> CallId {
+pub(super) fn execute(e: &[Effect]) -> CallId {
     pick(e, "execute", |e| matches!(e, Effect::Execute(..))).0
 }
-fn enable(e: &[Effect]) -> CallId {
+pub(super) fn enable(e: &[Effect]) -> CallId {
     pick(e, "enable", |e| matches!(e, Effect::Enable(..))).0
 }
 
-fn reply(m: &mut Machine, t: u64, c: CallId, r: Reply) -> Vec<Effect> {
+pub(super) fn reply(m: &mut Machine, t: u64, c: CallId, r: Reply) -> Vec<Effect> {
     m.handle(ms(t), Input::Reply(c, r))
 }
 
-fn ok_status(v: Vec<TargetStatus>) -> Reply {
+pub(super) fn ok_status(v: Vec<TargetStatus>) -> Reply {
     Reply::Status(Ok(v))
 }
 
-fn report(m: &Machine, k: usize) -> TargetReport {
+pub(super) fn report(m: &Machine, k: usize) -> TargetReport {
     m.target_reports(|i| format!("enable {i}"))
         .into_iter()
         .find(|r| r.id == id(k))
@@ -99,7 +99,7 @@ fn report(m: &Machine, k: usize) -> TargetReport {
 
 /// Preflight, recheck and drain of the first batch of `n` targets, all
 /// ready and in service: returns the drain call (answered by the caller).
-fn to_drain(m: &mut Machine, n: usize) -> CallId {
+pub(super) fn to_drain(m: &mut Machine, n: usize) -> CallId {
     let e = m.handle(ms(0), Input::Tick);
     let c = preflight(&e);
     let e = reply(m, 1, c, Reply::Preflight(Ok(vec![Preflight::Ready; n])));
@@ -167,22 +167,67 @@ fn enable_partial_then_healthy_done_but_counted_against_budget() {
     let rb = status(&e);
     let e = reply(&mut m, 7, rb, ok_status(vec![up()]));
     let v = status(&e);
-    let _ = reply(&mut m, 8, v, ok_status(vec![up()]));
-    // Drive whatever is left to the end (t1 either starts or not).
+    let mut e = reply(&mut m, 8, v, ok_status(vec![up()]));
+    // Drive what is left to the end: t1 in its turn, the balancer doing
+    // what it is told.
+    let mut states: std::collections::HashMap<TargetId, TargetStatus> =
+        (0..2).map(|k| (id(k), up())).collect();
+    let mut t = 9;
+    for _ in 0..200 {
+        if m.is_finished() {
+            break;
+        }
+        if e.is_empty() {
+            let at = m.poll_timeout().expect("not stuck");
+            t = t.max(at.as_millis() as u64);
+            e = m.handle(ms(t), Input::Tick);
+            continue;
+        }
+        let effect = e.remove(0);
+        t += 1;
+        let r = match &effect {
+            Effect::Preflight(_, ts) => Reply::Preflight(Ok(vec![Preflight::Ready; ts.len()])),
+            Effect::Status(_, ids) | Effect::ReadBack(_, ids) => {
+                ok_status(ids.iter().map(|i| states[i].clone()).collect())
+            }
+            Effect::Drain(_, ids) | Effect::Disable(_, ids) => {
+                ids.iter()
+                    .for_each(|i| drop(states.insert(i.clone(), out())));
+                Reply::Changed(Ok(()))
+            }
+            Effect::Enable(_, ids) => {
+                ids.iter()
+                    .for_each(|i| drop(states.insert(i.clone(), up())));
+                Reply::Changed(Ok(()))
+            }
+            Effect::Execute(_, ts) => Reply::Executed(Ok(ts
+                .iter()
+                .map(|t| ExecOutcome::success(t.id.clone(), ms(1)))
+                .collect())),
+            other => panic!("unexpected {other:?}"),
+        };
+        e.extend(reply(&mut m, t, effect.call(), r));
+    }
+    assert!(m.is_finished(), "driven to its end");
     assert_eq!(report(&m, 0).result, TargetResult::Done);
     let failed = m
         .target_reports(|i| i.to_string())
         .iter()
         .filter(|r| matches!(r.result, TargetResult::Failed { .. }))
         .count();
-    if m.is_finished() {
-        if let Outcome::Aborted {
-            reason: AbortReason::FailureBudget { failed: n, .. },
-        } = m.outcome()
-        {
-            panic!("aborted on the failure budget ({n} failed) but the report lists {failed} failed targets: t0 is Done");
-        }
+    if let Outcome::Aborted {
+        reason: AbortReason::FailureBudget { failed: n, .. },
+    } = m.outcome()
+    {
+        panic!("aborted on the failure budget ({n} failed) but the report lists {failed} failed targets: t0 is Done");
     }
+    assert_eq!(failed, 0);
+    assert_eq!(
+        report(&m, 1).result,
+        TargetResult::Done,
+        "t1 rolled in its turn"
+    );
+    assert_eq!(m.outcome(), Outcome::Completed);
 }
 
 // (9) The failure budget depends on ordering: a target whose maintenance

@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 pub struct FileJournal {
     path: PathBuf,
     file: Mutex<File>,
+    /// The torn tail cut when it was opened (bytes), if any.
+    cut: Option<u64>,
 }
 
 fn io(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -47,13 +49,7 @@ impl FileJournal {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let holder = match Self::read(&path) {
-                    Ok(r) => match r.first() {
-                        Some(Record::Header(h)) => format!(
-                            "run {} on host {} (pid {}, started {})",
-                            h.run_id, h.host, h.pid, h.started_at
-                        ),
-                        _ => "a process that has not written its header yet".into(),
-                    },
+                    Ok(r) => holder(&r),
                     Err(_) => "another process".into(),
                 };
                 return Err(Error::journal(
@@ -63,15 +59,24 @@ impl FileJournal {
             }
             Err(TryLockError::Error(e)) => return Err(io(&path, "locked", e)),
         }
+        let cut = cut_torn_tail(&file, &path)?;
         Ok(Self {
             path,
             file: Mutex::new(file),
+            cut,
         })
     }
 
     /// The journal's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many bytes of a torn last record (what a process killed while
+    /// writing leaves) were cut when the journal was opened, so the next
+    /// record starts on a line of its own; `None` when the file ended whole.
+    pub fn torn_tail_cut(&self) -> Option<u64> {
+        self.cut
     }
 
     /// Reads the journal at `path` without taking its lock (to show what a
@@ -81,12 +86,12 @@ impl FileJournal {
     /// [`Error::Journal`] when it cannot be read, or a line other than the
     /// last is damaged.
     pub fn read(path: &Path) -> Result<Vec<Record>> {
-        let text = match std::fs::read_to_string(path) {
+        let bytes = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io(path, "read", e)),
         };
-        parse(&text, &path.display().to_string())
+        parse(&bytes, &path.display().to_string())
     }
 
     /// Moves this finished journal aside, next to where it was, named by
@@ -106,18 +111,100 @@ impl FileJournal {
     }
 }
 
-/// Parses JSON Lines; a torn last line (no newline, or not JSON) is what a
-/// process killed while writing leaves, and is ignored.
-pub(crate) fn parse(text: &str, location: &str) -> Result<Vec<Record>> {
+/// Who holds the journal now: the run of its last header, and the process
+/// that took it up last (a resume or restore writes a `resumed` record).
+fn holder(records: &[Record]) -> String {
+    let Some(start) = records.iter().rposition(|r| matches!(r, Record::Header(_))) else {
+        return "a process that has not written its header yet".into();
+    };
+    let Record::Header(h) = &records[start] else {
+        return "another process".into();
+    };
+    let taken_up = records[start..].iter().rev().find_map(|r| match r {
+        Record::Resumed {
+            mode,
+            at,
+            host,
+            pid,
+            ..
+        } => Some(format!(
+            "run {} ({mode} on host {host}, pid {pid}, since {at}; the run started {} on host {})",
+            h.run_id, h.started_at, h.host
+        )),
+        _ => None,
+    });
+    taken_up.unwrap_or_else(|| {
+        format!(
+            "run {} on host {} (pid {}, started {})",
+            h.run_id, h.host, h.pid, h.started_at
+        )
+    })
+}
+
+/// Where the complete records of `bytes` end: after the last newline,
+/// less a last line that is not a record (torn, then followed by a
+/// newline of a later write that died too).
+fn whole_len(bytes: &[u8]) -> usize {
+    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else {
+        return 0;
+    };
+    let end = end + 1;
+    let start = bytes[..end - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let last = &bytes[start..end - 1];
+    if last.iter().all(u8::is_ascii_whitespace) || serde_json::from_slice::<Record>(last).is_ok() {
+        end
+    } else {
+        start
+    }
+}
+
+/// Cuts a torn tail before anything is appended (the caller holds the
+/// lock): a record glued to half a line would make the journal unreadable.
+fn cut_torn_tail(file: &File, path: &Path) -> Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    let mut reader = file;
+    reader
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| reader.read_to_end(&mut bytes))
+        .map_err(|e| io(path, "read", e))?;
+    let keep = whole_len(&bytes);
+    if keep == bytes.len() {
+        return Ok(None);
+    }
+    let cut = (bytes.len() - keep) as u64;
+    file.set_len(keep as u64)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| io(path, "repaired (cutting its torn last line)", e))?;
+    tracing::warn!(
+        journal = %path.display(),
+        bytes = cut,
+        "cut a torn last record (a process killed while writing leaves one)"
+    );
+    Ok(Some(cut))
+}
+
+/// Parses JSON Lines from bytes; a torn last line (no newline, not JSON,
+/// or not even UTF-8: output tails carry raw UTF-8 and a write can stop
+/// inside a character) is what a process killed while writing leaves, and
+/// is ignored. Any other damaged line is refused.
+pub(crate) fn parse(bytes: &[u8], location: &str) -> Result<Vec<Record>> {
     let mut records = Vec::new();
-    let complete = text.ends_with('\n');
-    let lines: Vec<&str> = text.lines().collect();
+    let complete = bytes.ends_with(b"\n");
+    let lines: Vec<&[u8]> = bytes
+        .strip_suffix(b"\n")
+        .unwrap_or(bytes)
+        .split(|&b| b == b'\n')
+        .collect();
     for (n, line) in lines.iter().enumerate() {
         let last = n + 1 == lines.len();
-        if line.trim().is_empty() {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_str::<Record>(line) {
+        match serde_json::from_slice::<Record>(line) {
             Ok(r) if !last || complete => records.push(r),
             Ok(_) => {} // a last line without its newline was cut short
             Err(_) if last => {}

@@ -98,6 +98,11 @@ pub enum Record {
         /// The maintenance's outcome per target, for `execute`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         outcomes: Option<Vec<ExecOutcome>>,
+        /// For `recover`: the executor could not be asked (or could not
+        /// confirm the end), so the maintenance may still run and its
+        /// handle stays valid for the next resume or restore.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        open: bool,
         /// When (RFC 3339).
         at: String,
     },

@@ -95,6 +95,7 @@ impl Trace {
                     ok,
                     error,
                     outcomes,
+                    open,
                     ..
                 } => {
                     let Some((op, ks)) = intents.get(call) else {
@@ -106,6 +107,9 @@ impl Trace {
                                 traces[k].maybe_out = false;
                             }
                         }
+                        // The executor could not be asked: the maintenance
+                        // may still run; its handle stays the way to it.
+                        Op::Recover if *open => {}
                         Op::Recover if outcomes.is_none() => {
                             // Could not be learned: nothing left to wait for;
                             // `on_interrupted` decides.
@@ -115,18 +119,25 @@ impl Trace {
                         }
                         Op::Execute | Op::Recover => {
                             for (j, &k) in ks.iter().enumerate() {
+                                let outcome = outcomes.as_ref().and_then(|o| o.get(j));
+                                if outcome.is_some_and(|o| o.may_still_run) {
+                                    // Not an end: it may still run; a later
+                                    // resume or restore waits for it again.
+                                    traces[k].exec = Interrupted::Unknown;
+                                    continue;
+                                }
                                 traces[k].handle = None;
-                                traces[k].exec = match (outcomes, error) {
-                                    (Some(o), _) if o.get(j).is_some_and(|o| o.success) => {
-                                        Interrupted::Succeeded
-                                    }
+                                traces[k].exec = match (outcome, error) {
+                                    (Some(o), _) if o.success => Interrupted::Succeeded,
                                     (Some(o), _) => Interrupted::Failed(
-                                        o.get(j)
-                                            .and_then(|o| o.message.clone())
+                                        o.message
+                                            .clone()
                                             .unwrap_or_else(|| "maintenance failed".into()),
                                     ),
-                                    (None, Some(e)) => Interrupted::Failed(e.clone()),
-                                    (None, None) => Interrupted::Failed("no outcome".into()),
+                                    (None, Some(e)) if outcomes.is_none() => {
+                                        Interrupted::Failed(e.clone())
+                                    }
+                                    (None, _) => Interrupted::Failed("no outcome".into()),
                                 };
                             }
                         }

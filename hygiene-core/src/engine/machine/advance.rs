@@ -34,10 +34,15 @@ impl Machine {
         for &i in &self.active {
             let s = &self.slots[i];
             match s.step {
-                Step::Drained if !s.redraining && self.caps.hard_disable && !s.sealed => {
+                Step::Drained
+                    if !s.redraining && !s.lost && self.caps.hard_disable && !s.sealed =>
+                {
                     seal.push(i);
                 }
-                Step::Drained if !s.redraining && self.turn(i, Turn::Execute) => execute.push(i),
+                // Never maintained while the last status said in service.
+                Step::Drained if !s.redraining && !s.lost && self.turn(i, Turn::Execute) => {
+                    execute.push(i);
+                }
                 Step::AwaitEnable if !s.redraining && self.turn(i, Turn::Enable) => enable.push(i),
                 Step::TakeOut => take_out.push(i),
                 Step::Probe {

@@ -16,7 +16,10 @@ impl Machine {
 
     /// Drained targets disabled before their maintenance. A disable that
     /// failed leaves them drained (no connection, no new one but sticky
-    /// sessions): the maintenance goes ahead, with a note.
+    /// sessions): the maintenance goes ahead, with a note. Either way one
+    /// more status read, made after the disable, must show nothing in
+    /// flight before the maintenance starts: a sticky request can arrive
+    /// between the last "drained" read and the disable.
     pub(super) fn on_seal(&mut self, idx: &[usize], r: Result<()>) {
         for &i in idx {
             if self.slots[i].step != Step::Seal {
@@ -35,7 +38,9 @@ impl Machine {
                 self.slots[i].purpose = Purpose::Cancel;
                 self.set(i, Step::AwaitEnable);
             } else {
-                self.set(i, Step::Drained);
+                self.slots[i].since = self.now;
+                self.set(i, Step::Draining);
+                self.poll_due = self.poll_due.min(self.now);
             }
         }
     }
@@ -167,7 +172,10 @@ impl Machine {
                                 ),
                             );
                         }
-                        Purpose::Undo => self.finish(i, End::Failed),
+                        Purpose::Undo => {
+                            self.slots[i].last_error = None;
+                            self.finish(i, End::Failed);
+                        }
                     }
                 }
                 (After::Enable, Some(s)) => {
@@ -246,6 +254,7 @@ impl Machine {
     pub(super) fn on_enable(&mut self, idx: &[usize], r: Result<()>, out: &mut Vec<Effect>) {
         match r {
             Ok(()) => {
+                let mut put_back = Vec::new();
                 for &i in idx {
                     self.slots[i].location = Location::InService;
                     match self.slots[i].purpose {
@@ -254,12 +263,20 @@ impl Machine {
                             self.set(i, Step::Verify);
                             self.poll_due = self.now;
                         }
-                        Purpose::Cancel => self.finish(
-                            i,
-                            End::Restored("the run was cancelled before its maintenance".into()),
-                        ),
-                        Purpose::Undo => self.finish(i, End::Failed),
+                        Purpose::Cancel | Purpose::Undo => put_back.push(i),
                     }
+                }
+                if !put_back.is_empty() {
+                    // Verified by a status read, like every put-back: an
+                    // enable a balancer defers (ELBv2 registers a target
+                    // only once its deregistration ended) is not "back".
+                    for &i in &put_back {
+                        self.slots[i].last_error = Some(
+                            "put back, but the status read after the enable does not show it in service"
+                                .into(),
+                        );
+                    }
+                    self.read_back(put_back, After::Enable, out);
                 }
             }
             Err(Error::NotFound { .. } | Error::InvalidName { .. }) if idx.len() > 1 => {

@@ -205,6 +205,17 @@ struct Slot {
     seen_out: Duration,
     /// A drain sent again (the guard) is in flight.
     redraining: bool,
+    /// The balancer put it back while the run had it out, and it has not
+    /// been taken out again since: never maintained in this state.
+    lost: bool,
+    /// The run decided it must stay out of rotation (a failed maintenance
+    /// or probe, unhealthy after its enable, an unknown outcome): watched
+    /// once finished, and taken out again if something puts it back.
+    keep_out: bool,
+    /// Its maintenance may still be running (the executor could not say it
+    /// ended): kept out whatever `on_failure` says, and the journal stays
+    /// open so a resume or restore waits for it again.
+    open: bool,
     /// The guard no longer watches it (the pool no longer knows it).
     unwatched: bool,
     /// Disabled (hard) after its drain, before its maintenance.
@@ -241,6 +252,9 @@ pub(crate) struct Machine {
     queue: VecDeque<usize>,
     /// Targets neither queued nor finished.
     active: BTreeSet<usize>,
+    /// Finished targets the run keeps out of rotation: still watched, so a
+    /// balancer that puts one back has it taken out again (DESIGN §3, 9).
+    kept: BTreeSet<usize>,
     pool: usize,
     batch_len: usize,
     allowed: usize,
@@ -354,6 +368,7 @@ impl Machine {
             index: HashMap::with_capacity(selected.len()),
             queue: (0..selected.len()).collect(),
             active: BTreeSet::new(),
+            kept: BTreeSet::new(),
             pool,
             failed: 0,
             groups: 0,
@@ -392,6 +407,9 @@ impl Machine {
                 notes: Vec::new(),
                 seen_out: Duration::ZERO,
                 redraining: false,
+                lost: false,
+                keep_out: false,
+                open: false,
                 unwatched: false,
                 sealed: false,
                 epoch: 0,
@@ -441,7 +459,7 @@ impl Machine {
         // The next poll: at its fixed-rate tick, or earlier at a timeout so
         // the timeout is judged on time. None while one is in flight.
         let mut poll: Option<Duration> = None;
-        for &i in &self.active {
+        for i in self.watched() {
             match (self.slots[i].step, self.watch(i)) {
                 (
                     Step::Probe {
@@ -496,6 +514,29 @@ impl Machine {
     /// Groups (batches) started.
     pub(crate) fn batches(&self) -> usize {
         self.groups
+    }
+
+    /// Some maintenance may still be running (the executor could not say it
+    /// ended): the journal must stay open, so that `resume` or `restore`
+    /// waits for it, and a new run is refused meanwhile.
+    pub(crate) fn maintenance_open(&self) -> bool {
+        self.slots.iter().any(|s| s.open)
+    }
+
+    /// Targets in progress, then the finished ones the run keeps out: what
+    /// the polls look at.
+    /// The kept ones only while something else is in progress: the run
+    /// ends when nothing is, and its report names them.
+    fn watched(&self) -> impl Iterator<Item = usize> + '_ {
+        let kept = if self.active.is_empty() {
+            None
+        } else {
+            Some(self.kept.iter())
+        };
+        self.active
+            .iter()
+            .chain(kept.into_iter().flatten())
+            .copied()
     }
 
     /// One report line per selected target; `hint` gives the way back for
@@ -573,6 +614,7 @@ impl Machine {
                 self.active.remove(&i);
             }
             _ => {
+                self.kept.remove(&i);
                 self.active.insert(i);
             }
         }
@@ -588,6 +630,11 @@ impl Machine {
         }
         s.end = Some(end);
         self.set(i, Step::Finished);
+        if self.slots[i].location == Location::KeptOut {
+            self.kept.insert(i);
+        } else {
+            self.kept.remove(&i);
+        }
         let s = &self.slots[i];
         let detail = match &s.end {
             Some(End::Skipped(r) | End::Restored(r) | End::Vanished(_, r)) => Some(r.clone()),
@@ -688,6 +735,8 @@ impl Machine {
         match s.step {
             Step::Queued => Stage::Pending,
             Step::Preflight | Step::Recheck => Stage::Preflight,
+            // The read after the hard disable: still drained to the eye.
+            Step::Draining if s.sealed => Stage::Drained,
             Step::DrainCall | Step::Draining => Stage::Draining,
             Step::Drained | Step::Seal => Stage::Drained,
             Step::Execute => Stage::Executing,

@@ -11,7 +11,7 @@ impl Machine {
         }
         let mut observed = Vec::new();
         let mut deadline = self.poll_due;
-        for &i in &self.active {
+        for i in self.watched() {
             match self.watch(i) {
                 Watch::No => {}
                 Watch::Guard => observed.push(i),
@@ -62,6 +62,15 @@ impl Machine {
             {
                 Watch::Guard
             }
+            // Kept out after a failure: watched until the run ends.
+            Step::Finished
+                if s.keep_out
+                    && s.location == Location::KeptOut
+                    && !s.redraining
+                    && !s.unwatched =>
+            {
+                Watch::Guard
+            }
             _ => Watch::No,
         }
     }
@@ -69,8 +78,14 @@ impl Machine {
     /// Quick looks right after a change: a short drain ends in a few
     /// milliseconds, and waiting a whole poll interval to see it would be
     /// most of its cost. Polls at `since` + 1/10, 1/4 and 1/2 of the poll
-    /// interval (the one not yet made), then on the fixed-rate grid.
+    /// interval (the one not yet made), then on the fixed-rate grid. Where
+    /// a status read is cheap ([`Capabilities::cheap_status`]) the looks go
+    /// on every tenth of the interval for as long as the target is judged.
     fn ramp(&self, since: Duration) -> Duration {
+        if self.caps.cheap_status {
+            let step = (self.poll / 10).max(Duration::from_millis(1));
+            return (since + step).max(self.last_poll + step);
+        }
         [self.poll / 10, self.poll / 4, self.poll / 2]
             .into_iter()
             .map(|d| since + d)
@@ -130,21 +145,30 @@ impl Machine {
             Err(e) => return self.poll_failed(idx, &e),
         };
         for (&i, s) in idx.iter().zip(st) {
-            if call < self.slots[i].epoch {
+            if call < self.slots[i].epoch || self.slots[i].redraining {
                 // Sent before the target's current step began (a guard poll
                 // in flight across its enable): it says nothing about it.
+                // Nor does one read while a drain sent again is in flight:
+                // its answer decides.
                 continue;
+            }
+            if s.state != TargetState::InService {
+                // Out again (a drain sent again that applied after all).
+                self.slots[i].lost = false;
             }
             let waited = self.now.saturating_sub(self.slots[i].since);
             match self.slots[i].step {
                 Step::Draining => match judge_drain(&s, waited, &self.rules) {
                     DrainVerdict::Wait
                         if s.state == TargetState::InService
-                            && self.slots[i].seen_out > self.slots[i].since
+                            && (self.slots[i].seen_out > self.slots[i].since
+                                || self.slots[i].lost
+                                || self.slots[i].sealed)
                             && !self.slots[i].redraining =>
                     {
-                        // Seen draining, now back in service: the balancer
-                        // (a node restarted or reloaded) lost the drain.
+                        // Seen out (or disabled by the run, or put back once
+                        // already), now back in service: the balancer (a
+                        // node restarted or reloaded, an agent) lost the drain.
                         self.drain_lost(i, out);
                     }
                     DrainVerdict::Wait => {
@@ -152,10 +176,20 @@ impl Machine {
                             self.slots[i].seen_out = self.now;
                         }
                     }
+                    DrainVerdict::Drained { .. } if s.state == TargetState::InService => {
+                        // Never maintained while the last status said in
+                        // service (a backend that counts nothing in flight).
+                        self.drain_lost(i, out);
+                    }
                     DrainVerdict::Drained { forced } => {
-                        self.slots[i].seen_out = self.now;
-                        self.slots[i].timings.drain = Some(waited);
-                        self.slots[i].drain_cut_short = forced;
+                        let slot = &mut self.slots[i];
+                        slot.seen_out = self.now;
+                        // The read after the hard disable adds to the drain.
+                        slot.timings.drain = Some(match (slot.sealed, slot.timings.drain) {
+                            (true, Some(before)) => before + waited,
+                            _ => waited,
+                        });
+                        slot.drain_cut_short |= forced;
                         self.set(i, Step::Drained);
                     }
                     DrainVerdict::Failed { reason, in_service } => {
@@ -190,6 +224,7 @@ impl Machine {
     fn drain_lost(&mut self, i: usize, out: &mut Vec<Effect>) {
         let s = &mut self.slots[i];
         s.redraining = true;
+        s.lost = true;
         s.drain_lost.push(DrainLost {
             last_seen_out: s.seen_out,
             seen_in_service: self.now,
@@ -203,10 +238,11 @@ impl Machine {
                 stage: s.emitted,
             },
         ));
-        let sealed = s.sealed;
+        // Sealed before its maintenance, or kept out after a failure: out
+        // hard again, not just drained.
+        let hard = s.sealed || s.step == Step::Finished;
         let c = self.call(Call::Redrain(i));
-        // Sealed before its maintenance: out hard again, not just drained.
-        if sealed && self.caps.hard_disable {
+        if hard && self.caps.hard_disable {
             out.push(Effect::Disable(c, vec![id]));
         } else {
             out.push(Effect::Drain(c, vec![id]));
@@ -219,6 +255,7 @@ impl Machine {
         s.redraining = false;
         match r {
             Ok(()) => {
+                s.lost = false;
                 s.seen_out = now;
                 if let Some(l) = s.drain_lost.last_mut() {
                     l.back_out = Some(now);
@@ -234,11 +271,23 @@ impl Machine {
                 s.notes.push(format!(
                     "the balancer put it back in rotation during the run, and draining it again failed: {e}"
                 ));
-                if s.step == Step::Finished {
+                match s.step {
                     // Nothing will look at it again: read what is true.
-                    self.read_back(vec![i], After::TakeOut, out);
+                    Step::Finished => {
+                        self.read_back(vec![i], After::TakeOut, out);
+                    }
+                    Step::Drained | Step::Seal => {
+                        // Last seen in service: back to draining, never
+                        // maintained until a status shows it out again
+                        // (the next poll that sees it in service drains it
+                        // again; the drain timeout ends the wait).
+                        s.since = now;
+                        s.sealed = false;
+                        self.set(i, Step::Draining);
+                    }
+                    // The next poll sees it and drains it again.
+                    _ => {}
                 }
-                // Otherwise the next poll sees it and drains it again.
             }
         }
     }
@@ -293,8 +342,16 @@ impl Machine {
     /// A failed target that is out of rotation: kept out, or put back under
     /// `on_failure = restore` (after the probe, when there is one).
     pub(super) fn after_failure_out(&mut self, i: usize) {
+        if self.slots[i].open {
+            // It may still be running: never put back by the run.
+            self.slots[i].keep_out = true;
+            return self.finish(i, End::Failed);
+        }
         match self.cfg.on_failure() {
-            OnFailure::KeepOut => self.finish(i, End::Failed),
+            OnFailure::KeepOut => {
+                self.slots[i].keep_out = true;
+                self.finish(i, End::Failed);
+            }
             OnFailure::Restore => {
                 self.slots[i].purpose = Purpose::Restore;
                 // A maintenance was attempted (whatever its outcome): the probe
@@ -395,6 +452,7 @@ impl Machine {
     /// A target back in rotation that failed its health check: take it out
     /// again (the effect is sent by `advance`, batched).
     pub(super) fn keep_out_again(&mut self, i: usize) {
+        self.slots[i].keep_out = true;
         self.set(i, Step::TakeOut);
     }
 
@@ -434,6 +492,15 @@ impl Machine {
         let ran = self.now.saturating_sub(self.slots[i].since);
         self.slots[i].since = self.now;
         let verdict = match o {
+            Ok(o) if o.may_still_run => {
+                self.slots[i].timings.execute = Some(o.duration);
+                let why = o
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "the executor could not confirm its end".into());
+                self.slots[i].execution = Some(o);
+                return self.still_open(i, &why);
+            }
             Ok(o) => {
                 self.slots[i].timings.execute = Some(o.duration);
                 let v = if o.success {
@@ -468,23 +535,56 @@ impl Machine {
         }
     }
 
-    /// The answer about a maintenance a dead run started.
+    /// The answer about a maintenance a dead run started. Only an executor
+    /// that says the maintenance is gone (`Recovered::Unknown`) lets the
+    /// run go on without its outcome; one that could not be asked, or could
+    /// not confirm the end, leaves the target out with its handle.
     pub(super) fn on_recovered(&mut self, i: usize, r: Result<Recovered>) {
         if self.slots[i].step != Step::Execute {
             return; // finished meanwhile (vanished)
         }
+        let r = match r {
+            Ok(Recovered::Finished(o)) if o.id != self.slots[i].target.id => {
+                return self.still_open(
+                    i,
+                    &format!(
+                        "executor recovered the outcome of {} in the place of {}: not trusted",
+                        o.id, self.slots[i].target.id
+                    ),
+                );
+            }
+            Ok(Recovered::Finished(o)) if o.may_still_run => {
+                let why = o
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "the executor could not confirm its end".into());
+                self.slots[i].execution = Some(o);
+                return self.still_open(i, &why);
+            }
+            Err(e) => {
+                return self.still_open(
+                    i,
+                    &format!("the executor could not say how its maintenance ended ({e})"),
+                );
+            }
+            Ok(r) => r,
+        };
         if self.slots[i].purpose == Purpose::Restore {
-            // Restore puts back whatever the maintenance's outcome.
+            // Restore puts back a maintenance that ended, or that the
+            // executor says is gone, whatever its outcome.
             let said = match &r {
-                Ok(Recovered::Finished(o)) if o.success => "its maintenance ended and succeeded".to_owned(),
-                Ok(Recovered::Finished(o)) => format!(
+                Recovered::Finished(o) if o.success => {
+                    "its maintenance ended and succeeded".to_owned()
+                }
+                Recovered::Finished(o) => format!(
                     "its maintenance ended and failed ({}); put back all the same",
                     o.message.as_deref().unwrap_or("no message")
                 ),
-                Ok(Recovered::Unknown(why)) => format!("its maintenance's outcome is unknown ({why}); put back all the same"),
-                Err(e) => format!("the executor could not say how its maintenance ended ({e}); put back all the same"),
+                Recovered::Unknown(why) => {
+                    format!("its maintenance's outcome is unknown ({why}); put back all the same")
+                }
             };
-            if let Ok(Recovered::Finished(o)) = r {
+            if let Recovered::Finished(o) = r {
                 self.slots[i].timings.execute = Some(o.duration);
                 self.slots[i].execution = Some(o);
             }
@@ -492,26 +592,37 @@ impl Machine {
             return self.set(i, Step::AwaitEnable);
         }
         match r {
-            Ok(Recovered::Finished(o)) if o.id == self.slots[i].target.id => {
+            Recovered::Finished(o) => {
                 self.note(
                     i,
                     "its interrupted maintenance was found and its outcome read",
                 );
                 self.executed(i, Ok(o));
             }
-            Ok(Recovered::Finished(o)) => self.executed(
-                i,
-                Err(format!(
-                    "executor recovered the outcome of {} in the place of {}: not trusted",
-                    o.id, self.slots[i].target.id
-                )),
-            ),
-            Ok(Recovered::Unknown(why)) => {
+            Recovered::Unknown(why) => {
                 self.outcome_unknown(i, &why);
             }
-            Err(e) => {
-                self.outcome_unknown(i, &format!("asking the executor failed: {e}"));
-            }
+        }
+    }
+
+    /// The maintenance of `i` may still be running (`why`): kept out of
+    /// rotation whatever `on_failure` says, its handle kept, and the run's
+    /// journal left open so that a resume or restore waits for it again.
+    pub(super) fn still_open(&mut self, i: usize, why: &str) {
+        let s = &mut self.slots[i];
+        s.open = true;
+        s.keep_out = true;
+        s.timings.execute.get_or_insert(Duration::ZERO);
+        let in_service = s.location == Location::InService;
+        self.fail(
+            i,
+            Stage::Executing,
+            format!("{why}; its maintenance may still be running: kept out of rotation with its handle, and the run's journal left unfinished — run `hygiene resume` or `hygiene restore` once the executor can be asked again; both wait for it"),
+        );
+        if in_service {
+            self.set(i, Step::TakeOut);
+        } else {
+            self.finish(i, End::Failed);
         }
     }
 
@@ -552,6 +663,7 @@ impl Machine {
 
     pub(super) fn probe_failed(&mut self, i: usize, why: String) {
         let why = format!("{why}; never put back in rotation");
+        self.slots[i].keep_out = true;
         if self.slots[i].purpose == Purpose::Restore {
             self.note(i, why);
         } else {

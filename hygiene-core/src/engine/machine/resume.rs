@@ -132,8 +132,13 @@ impl Machine {
             }
             return true;
         }
+        // A maintenance a recovery could not follow to its end (the
+        // executor could not be asked) is waited for again, even though the
+        // target was reported kept out.
+        let still_open = t.exec == Interrupted::Unknown && t.handle.is_some() && took_out;
         if let Some(Finish { location, .. }) = &t.finished {
-            if !(t.maybe_out && matches!(location, Location::OutByRun)) {
+            let out_by_run = t.maybe_out && matches!(location, Location::OutByRun);
+            if !(still_open || out_by_run) {
                 self.place_finished(i, t);
                 if in_service && matches!(location, Location::KeptOut) {
                     // Kept out by the run, and back in service: a reload.
@@ -232,14 +237,22 @@ impl Machine {
         let in_service = self.slots[i].location == Location::InService;
         match self.cfg.on_interrupted() {
             OnInterrupted::Fail => {
+                // An unknown outcome is never put back, whatever
+                // `on_failure` says: nobody knows what the target runs.
                 self.slots[i].timings.execute.get_or_insert(Duration::ZERO);
+                self.slots[i].keep_out = true;
                 self.fail(
                     i,
                     Stage::Executing,
-                    format!("its maintenance was interrupted and its outcome is unknown ({why}; on_interrupted = fail): check the target, then put it back"),
+                    format!("its maintenance was interrupted and its outcome is unknown ({why}; on_interrupted = fail): kept out of rotation; check the target, then put it back"),
                 );
-                self.after_failure(i, in_service);
-                true
+                if in_service {
+                    self.set(i, Step::TakeOut);
+                    true
+                } else {
+                    self.finish(i, End::Failed);
+                    false
+                }
             }
             OnInterrupted::Rerun => {
                 self.note(

@@ -1,0 +1,506 @@
+//! Regressions of the third adversarial review (issue "engine round 3"):
+//! a target that is out stays watched, recovery fails closed, a hard
+//! disable is followed by one more read, and every put-back is verified.
+//! The machine runs against a tiny scripted world; times are milliseconds.
+#![cfg(test)]
+
+use std::collections::HashMap;
+
+use crate::balancer::ListedTarget;
+use crate::config::{Amount, OnFailure, OnInterrupted, RolloutConfig};
+use crate::error::Error;
+use crate::executor::{ExecHandle, ExecOutcome, Preflight, Recovered};
+use crate::phase::Location;
+use crate::probe::ProbeVerdict;
+use crate::report::TargetResult;
+use crate::target::{Capabilities, Target, TargetId, TargetState, TargetStatus};
+
+use super::machine::{Effect, Input, Machine, Recovery, Reply};
+use super::regressions::{caps, draining, id, ms, out, report, up};
+
+fn hard_caps() -> Capabilities {
+    caps().with_hard_disable(true)
+}
+
+fn machine_with(cfg: RolloutConfig, n: usize, poll_ms: u64, caps: Capabilities) -> Machine {
+    let listed: Vec<ListedTarget> = (0..n)
+        .map(|k| ListedTarget {
+            target: Target::new(id(k)),
+            status: up(),
+        })
+        .collect();
+    Machine::new(cfg, caps, ms(poll_ms), false, &listed, "round3").expect("machine")
+}
+
+/// What the world answers; `None` from a hook means "as usual".
+type Hook = Box<dyn FnMut(u64, &Effect, &mut World) -> Option<Reply>>;
+
+/// A balancer and an executor in memory, answering every effect at once
+/// (1 ms later), with a hook to script the exceptions.
+struct World {
+    states: HashMap<TargetId, TargetStatus>,
+    /// Every effect, with the time it was answered.
+    log: Vec<(u64, Effect)>,
+    /// The state each target had when its maintenance started.
+    executed_while: Vec<(TargetId, TargetState)>,
+}
+
+impl World {
+    fn new(n: usize) -> Self {
+        Self {
+            states: (0..n).map(|k| (id(k), up())).collect(),
+            log: Vec::new(),
+            executed_while: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, k: usize, s: TargetStatus) {
+        self.states.insert(id(k), s);
+    }
+
+    fn answer(&mut self, e: &Effect) -> Reply {
+        let st = |w: &World, ids: &[TargetId]| -> Vec<TargetStatus> {
+            ids.iter().map(|i| w.states[i].clone()).collect()
+        };
+        match e {
+            Effect::List(_) => Reply::Listed(Ok(self
+                .states
+                .iter()
+                .map(|(i, s)| ListedTarget {
+                    target: Target::new(i.clone()),
+                    status: s.clone(),
+                })
+                .collect())),
+            Effect::Status(_, ids) | Effect::ReadBack(_, ids) => Reply::Status(Ok(st(self, ids))),
+            Effect::Preflight(_, t) => Reply::Preflight(Ok(vec![Preflight::Ready; t.len()])),
+            Effect::Drain(_, ids) | Effect::Disable(_, ids) => {
+                for i in ids {
+                    self.states.insert(i.clone(), out());
+                }
+                Reply::Changed(Ok(()))
+            }
+            Effect::Enable(_, ids) => {
+                for i in ids {
+                    self.states.insert(i.clone(), up());
+                }
+                Reply::Changed(Ok(()))
+            }
+            Effect::Execute(_, targets) => {
+                for t in targets {
+                    let s = self.states[&t.id].state;
+                    self.executed_while.push((t.id.clone(), s));
+                }
+                Reply::Executed(Ok(targets
+                    .iter()
+                    .map(|t| ExecOutcome::success(t.id.clone(), ms(1)))
+                    .collect()))
+            }
+            Effect::Recover(_, t, _) => Reply::Recovered(Ok(Recovered::Finished(
+                ExecOutcome::success(t.id.clone(), ms(1)),
+            ))),
+            Effect::Probe(..) => Reply::Probed(Ok(ProbeVerdict::Pass)),
+        }
+    }
+
+    /// Drives `m` to its end (or `limit_ms`), answering each effect 1 ms
+    /// after it was asked, in order.
+    fn drive(&mut self, m: &mut Machine, mut hook: Hook, limit_ms: u64) {
+        let mut now = 0u64;
+        let mut pending: std::collections::VecDeque<Effect> = m.handle(ms(now), Input::Tick).into();
+        while now < limit_ms {
+            if let Some(e) = pending.pop_front() {
+                now += 1;
+                let r = match hook(now, &e, self) {
+                    Some(r) => r,
+                    None => self.answer(&e),
+                };
+                self.log.push((now, e.clone()));
+                pending.extend(m.handle(ms(now), Input::Reply(e.call(), r)));
+                continue;
+            }
+            if m.is_finished() {
+                return;
+            }
+            let Some(t) = m.poll_timeout() else {
+                panic!("machine stuck at {now} ms");
+            };
+            now = now.max(t.as_millis() as u64);
+            pending.extend(m.handle(ms(now), Input::Tick));
+        }
+    }
+
+    fn count(&self, f: impl Fn(&Effect) -> bool) -> usize {
+        self.log.iter().filter(|(_, e)| f(e)).count()
+    }
+}
+
+fn names(e: &Effect, k: usize) -> bool {
+    match e {
+        Effect::Status(_, ids)
+        | Effect::ReadBack(_, ids)
+        | Effect::Drain(_, ids)
+        | Effect::Disable(_, ids)
+        | Effect::Enable(_, ids) => ids.contains(&id(k)),
+        Effect::Execute(_, ts) | Effect::Preflight(_, ts) => ts.iter().any(|t| t.id == id(k)),
+        Effect::Recover(_, t, _) | Effect::Probe(_, t) => t.id == id(k),
+        Effect::List(_) => false,
+    }
+}
+
+// (1) Batches of 2: t0 is drained and sealed, waits for t1; a reload puts
+// t0 back in service and every drain or disable of t0 from then on is
+// refused. t0 must never be maintained while the last status said it is
+// in service.
+#[test]
+fn a_failed_redrain_never_lets_the_maintenance_start_in_service() {
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .drain_timeout(ms(2_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 2, 100, hard_caps());
+    let mut w = World::new(2);
+    let mut reloaded = false;
+    w.drive(
+        &mut m,
+        Box::new(move |now, e, w| {
+            // t1 drains slowly: 300 ms of requests.
+            if let Effect::Drain(_, ids) = e {
+                if ids.contains(&id(1)) && !reloaded {
+                    w.set(0, out());
+                    w.set(1, draining(3));
+                    return Some(Reply::Changed(Ok(())));
+                }
+            }
+            if now > 300 && w.states[&id(1)].state == TargetState::Draining {
+                w.set(1, out());
+            }
+            // The reload, once t0 was seen out: t0 is in service again.
+            if now > 100 && !reloaded && w.states[&id(0)].state == TargetState::OutOfService {
+                reloaded = true;
+                w.set(0, up());
+            }
+            match e {
+                Effect::Drain(_, ids) | Effect::Disable(_, ids)
+                    if reloaded && ids.contains(&id(0)) =>
+                {
+                    Some(Reply::Changed(Err(Error::unavailable("lb", "refused"))))
+                }
+                _ => None,
+            }
+        }),
+        10_000,
+    );
+    for (t, s) in &w.executed_while {
+        assert_ne!(
+            *s,
+            TargetState::InService,
+            "{t} maintained while in service: {:#?}",
+            w.log
+        );
+    }
+    assert!(m.is_finished());
+    let r = report(&m, 0);
+    assert!(
+        matches!(r.result, TargetResult::Failed { .. }) && !r.drain_lost.is_empty(),
+        "{r:?}"
+    );
+    assert_eq!(r.location, Location::InService, "{r:?}");
+}
+
+// (2) A target kept out after a failed maintenance stays watched: a
+// reload that puts it back has it taken out again, and the report says so.
+#[test]
+fn a_kept_out_target_is_watched_and_taken_out_again() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 3, 100, hard_caps());
+    let mut w = World::new(3);
+    let mut failed_at = None;
+    w.drive(
+        &mut m,
+        Box::new(move |now, e, w| {
+            match e {
+                Effect::Execute(_, ts) if ts[0].id == id(0) => {
+                    failed_at = Some(now);
+                    return Some(Reply::Executed(Ok(vec![ExecOutcome::failure(
+                        id(0),
+                        ms(1),
+                        "boom",
+                    )])));
+                }
+                Effect::Execute(_, ts) if ts[0].id == id(1) => {
+                    // While t1 is patched, a reload puts t0 back.
+                    w.set(0, up());
+                }
+                _ => {}
+            }
+            let _ = failed_at;
+            None
+        }),
+        20_000,
+    );
+    assert!(m.is_finished());
+    let r = report(&m, 0);
+    assert!(
+        matches!(r.result, TargetResult::Failed { kept_out: true, .. }),
+        "{r:?}"
+    );
+    assert_eq!(r.drain_lost.len(), 1, "{r:?}");
+    assert!(r.drain_lost[0].back_out.is_some(), "{r:?}");
+    assert_ne!(
+        w.states[&id(0)].state,
+        TargetState::InService,
+        "the broken t0 was left serving: {:#?}",
+        w.log
+    );
+}
+
+fn handle() -> ExecHandle {
+    ExecHandle(serde_json::json!({"pid": 4242}))
+}
+
+/// A machine resuming a run whose only target's maintenance had started
+/// (with a handle) when the process died; the target is out.
+fn resumed(cfg: RolloutConfig, mode: Recovery) -> (Machine, World) {
+    use crate::journal::{Interrupted, Trace};
+    let w = {
+        let mut w = World::new(1);
+        w.set(0, out());
+        w
+    };
+    let listed = vec![ListedTarget {
+        target: Target::new(id(0)),
+        status: out(),
+    }];
+    let traces = vec![Trace {
+        target: Target::new(id(0)),
+        maybe_out: true,
+        exec: Interrupted::Unknown,
+        handle: Some(handle()),
+        finished: None,
+    }];
+    let m = Machine::recover(cfg, caps(), ms(100), false, &listed, traces, 10, mode);
+    (m, w)
+}
+
+// (3) An executor that cannot be asked during recovery: never "gone".
+// Restore keeps the target out, resume with `rerun` does not run the
+// maintenance again, and the machine says the journal must stay open.
+#[test]
+fn an_executor_error_during_recovery_keeps_the_target_out() {
+    for (mode, on_interrupted) in [
+        (Recovery::Restore, OnInterrupted::Fail),
+        (Recovery::Resume, OnInterrupted::Rerun),
+        (Recovery::Resume, OnInterrupted::Fail),
+    ] {
+        let cfg = RolloutConfig::builder()
+            .on_interrupted(on_interrupted)
+            .build()
+            .expect("valid");
+        let (mut m, mut w) = resumed(cfg, mode);
+        w.drive(
+            &mut m,
+            Box::new(|_, e, _| match e {
+                Effect::Recover(..) => Some(Reply::Recovered(Err(Error::PermissionDenied {
+                    location: "ssm".into(),
+                    message: "AccessDenied".into(),
+                    source: None,
+                }))),
+                _ => None,
+            }),
+            10_000,
+        );
+        let ctx = format!("{mode:?} {on_interrupted:?}: {:#?}", w.log);
+        assert!(m.is_finished(), "{ctx}");
+        assert_eq!(w.count(|e| matches!(e, Effect::Enable(..))), 0, "{ctx}");
+        assert_eq!(w.count(|e| matches!(e, Effect::Execute(..))), 0, "{ctx}");
+        let r = report(&m, 0);
+        match &r.result {
+            TargetResult::Failed {
+                kept_out: true,
+                reason,
+                ..
+            } => assert!(reason.contains("hygiene resume"), "{reason}"),
+            other => panic!("{other:?} {ctx}"),
+        }
+        assert!(m.maintenance_open(), "{ctx}");
+    }
+}
+
+// (5) on_interrupted = fail with on_failure = restore: an unknown outcome
+// is never put back; "may still be running" likewise, and it is not
+// `Failed` like a maintenance that ended.
+#[test]
+fn an_unknown_outcome_is_never_restored() {
+    let cfg = RolloutConfig::builder()
+        .on_interrupted(OnInterrupted::Fail)
+        .on_failure(OnFailure::Restore)
+        .build()
+        .expect("valid");
+    for answer in [
+        Recovered::Unknown("gone".into()),
+        Recovered::Finished(ExecOutcome::may_still_run(
+            id(0),
+            ms(1),
+            "cancel never confirmed",
+        )),
+    ] {
+        let (mut m, mut w) = resumed(cfg.clone(), Recovery::Resume);
+        let a = answer.clone();
+        w.drive(
+            &mut m,
+            Box::new(move |_, e, _| match e {
+                Effect::Recover(..) => Some(Reply::Recovered(Ok(a.clone()))),
+                _ => None,
+            }),
+            10_000,
+        );
+        assert!(m.is_finished());
+        assert_eq!(
+            w.count(|e| matches!(e, Effect::Enable(..))),
+            0,
+            "{answer:?}: {:#?}",
+            w.log
+        );
+        let r = report(&m, 0);
+        assert!(
+            matches!(r.result, TargetResult::Failed { kept_out: true, .. }),
+            "{answer:?}: {r:?}"
+        );
+        assert_eq!(
+            m.maintenance_open(),
+            matches!(answer, Recovered::Finished(_)),
+            "only a maintenance that may still run keeps the journal open"
+        );
+    }
+    // In a fresh run too: an outcome that may still run is kept out.
+    let mut m = machine_with(cfg, 2, 100, caps());
+    let mut w = World::new(2);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, _| match e {
+            Effect::Execute(_, ts) if ts[0].id == id(0) => {
+                Some(Reply::Executed(Ok(vec![ExecOutcome::may_still_run(
+                    id(0),
+                    ms(1),
+                    "status reads kept failing",
+                )])))
+            }
+            _ => None,
+        }),
+        10_000,
+    );
+    assert!(!w
+        .log
+        .iter()
+        .any(|(_, e)| matches!(e, Effect::Enable(..)) && names(e, 0)));
+    assert!(m.maintenance_open());
+}
+
+// (9) After the hard disable, one more status read shows nothing in
+// flight before the maintenance starts: a sticky request that arrived
+// between the last "drained" read and the disable is waited for.
+#[test]
+fn the_maintenance_waits_for_a_read_after_the_hard_disable() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 2, 100, hard_caps());
+    let mut w = World::new(2);
+    let mut sticky_until = 0;
+    w.drive(
+        &mut m,
+        Box::new(move |now, e, w| {
+            if let Effect::Disable(_, ids) = e {
+                if ids.contains(&id(0)) && sticky_until == 0 {
+                    // A sticky request arrived just before the disable.
+                    sticky_until = now + 250;
+                    w.set(0, draining(1));
+                    return Some(Reply::Changed(Ok(())));
+                }
+            }
+            if sticky_until > 0
+                && now >= sticky_until
+                && w.states[&id(0)].state == TargetState::Draining
+            {
+                w.set(0, out());
+            }
+            if let Effect::Execute(_, ts) = e {
+                if ts[0].id == id(0) {
+                    assert!(
+                        now >= sticky_until,
+                        "maintenance at {now} ms with a request in flight until {sticky_until} ms"
+                    );
+                }
+            }
+            None
+        }),
+        10_000,
+    );
+    assert!(m.is_finished());
+    assert_eq!(report(&m, 0).result, TargetResult::Done);
+    let after_disable = w
+        .log
+        .iter()
+        .skip_while(|(_, e)| !(matches!(e, Effect::Disable(..)) && names(e, 0)))
+        .take_while(|(_, e)| !matches!(e, Effect::Execute(..)))
+        .filter(|(_, e)| matches!(e, Effect::Status(..)) && names(e, 0))
+        .count();
+    assert!(after_disable >= 1, "{:#?}", w.log);
+}
+
+// (10) A put-back after a cancel is verified by a status read: a balancer
+// that defers the registration (ELBv2 while the target drains) shows the
+// target still out, and the report says so, by name, with the way back.
+#[test]
+fn a_cancel_put_back_is_verified_by_a_status_read() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 2, 100, caps());
+    let mut w = World::new(2);
+    let mut cancelled = false;
+    let mut now = 0;
+    let mut pending: std::collections::VecDeque<Effect> = m.handle(ms(0), Input::Tick).into();
+    while let Some(e) = pending.pop_front() {
+        now += 1;
+        let r = match &e {
+            Effect::Drain(_, ids) => {
+                for i in ids {
+                    w.states.insert(i.clone(), draining(2));
+                }
+                Reply::Changed(Ok(()))
+            }
+            // The enable of a draining target is deferred: still draining.
+            Effect::Enable(..) => Reply::Changed(Ok(())),
+            _ => w.answer(&e),
+        };
+        w.log.push((now, e.clone()));
+        pending.extend(m.handle(ms(now), Input::Reply(e.call(), r)));
+        if !cancelled && w.log.iter().any(|(_, e)| matches!(e, Effect::Status(..))) {
+            cancelled = true;
+            pending.extend(m.handle(ms(now), Input::Cancel));
+        }
+        if pending.is_empty() && !m.is_finished() {
+            let t = m.poll_timeout().expect("not stuck");
+            pending.extend(m.handle(t, Input::Tick));
+        }
+    }
+    assert!(m.is_finished());
+    let r = report(&m, 0);
+    assert!(
+        w.log
+            .iter()
+            .any(|(_, e)| matches!(e, Effect::ReadBack(..)) && names(e, 0)),
+        "{:#?}",
+        w.log
+    );
+    match &r.result {
+        TargetResult::Failed {
+            kept_out: true,
+            restore_hint: Some(_),
+            ..
+        } => {}
+        other => panic!("reported {other:?} while the balancer shows it draining: {r:?}"),
+    }
+    assert_ne!(r.location, Location::InService, "{r:?}");
+}
