@@ -193,10 +193,13 @@ pub enum Pacing {
 #[serde(rename_all = "snake_case")]
 pub enum OnInterrupted {
     /// Keep it out of rotation and report it by name, with the way to put
-    /// it back (the default: nobody knows what state it is in).
+    /// it back (the default: nobody knows what state it is in). Never put
+    /// back by the run, whatever [`OnFailure`] says.
     #[default]
     Fail,
-    /// Run the maintenance again (for maintenances safe to repeat).
+    /// Run the maintenance again (for maintenances safe to repeat). Only
+    /// when the executor says the first one is gone: one that cannot be
+    /// asked, or cannot confirm its end, is never run a second time.
     Rerun,
 }
 

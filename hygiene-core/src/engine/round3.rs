@@ -504,3 +504,66 @@ fn a_cancel_put_back_is_verified_by_a_status_read() {
     }
     assert_ne!(r.location, Location::InService, "{r:?}");
 }
+
+// (2) A kept-out target put back whose first drain sent again is refused:
+// the guard tries again at the next poll while the run goes on, and the
+// report says where it ended.
+#[test]
+fn a_kept_out_target_is_taken_out_again_after_a_refused_redrain() {
+    for refusals in [1usize, usize::MAX] {
+        let cfg = RolloutConfig::builder()
+            .max_failures(Amount::Count(1))
+            .build()
+            .expect("valid");
+        let mut m = machine_with(cfg, 3, 100, hard_caps());
+        let mut w = World::new(3);
+        let mut refused = 0;
+        let mut put_back = false;
+        w.drive(
+            &mut m,
+            Box::new(move |_, e, w| match e {
+                Effect::Execute(_, ts) if ts[0].id == id(0) => {
+                    Some(Reply::Executed(Ok(vec![ExecOutcome::failure(
+                        id(0),
+                        ms(1),
+                        "boom",
+                    )])))
+                }
+                Effect::Execute(_, ts) if ts[0].id == id(1) && !put_back => {
+                    put_back = true;
+                    w.set(0, up());
+                    None
+                }
+                Effect::Disable(_, ids) | Effect::Drain(_, ids)
+                    if put_back && ids.contains(&id(0)) && refused < refusals =>
+                {
+                    refused += 1;
+                    Some(Reply::Changed(Err(Error::unavailable("lb", "refused"))))
+                }
+                _ => None,
+            }),
+            20_000,
+        );
+        assert!(m.is_finished());
+        let r = report(&m, 0);
+        let serving = w.states[&id(0)].state == TargetState::InService;
+        if refusals == 1 {
+            assert!(!serving, "{:#?}", w.log);
+            assert_eq!(r.location, Location::KeptOut, "{r:?}");
+        } else {
+            // Never taken out again: the report says it is in service.
+            assert!(serving);
+            assert_eq!(r.location, Location::InService, "{r:?}");
+            assert!(
+                matches!(
+                    r.result,
+                    TargetResult::Failed {
+                        kept_out: false,
+                        ..
+                    }
+                ),
+                "{r:?}"
+            );
+        }
+    }
+}

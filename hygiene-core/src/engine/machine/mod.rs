@@ -630,7 +630,7 @@ impl Machine {
         }
         s.end = Some(end);
         self.set(i, Step::Finished);
-        if self.slots[i].location == Location::KeptOut {
+        if self.slots[i].location == Location::KeptOut || self.slots[i].keep_out {
             self.kept.insert(i);
         } else {
             self.kept.remove(&i);

@@ -65,7 +65,7 @@ impl Machine {
             // Kept out after a failure: watched until the run ends.
             Step::Finished
                 if s.keep_out
-                    && s.location == Location::KeptOut
+                    && matches!(s.location, Location::KeptOut | Location::InService)
                     && !s.redraining
                     && !s.unwatched =>
             {
@@ -212,6 +212,10 @@ impl Machine {
                         self.drain_lost(i, out);
                     } else {
                         self.slots[i].seen_out = self.now;
+                        if self.slots[i].step == Step::Finished {
+                            // Kept out, and seen out again.
+                            self.slots[i].location = Location::KeptOut;
+                        }
                     }
                 }
                 _ => {}
@@ -257,6 +261,9 @@ impl Machine {
             Ok(()) => {
                 s.lost = false;
                 s.seen_out = now;
+                if s.step == Step::Finished && s.keep_out {
+                    s.location = Location::KeptOut;
+                }
                 if let Some(l) = s.drain_lost.last_mut() {
                     l.back_out = Some(now);
                 }
@@ -272,7 +279,9 @@ impl Machine {
                     "the balancer put it back in rotation during the run, and draining it again failed: {e}"
                 ));
                 match s.step {
-                    // Nothing will look at it again: read what is true.
+                    // Read what is true (the drain may have applied); one
+                    // kept out after a failure stays watched, and the guard
+                    // tries again at its next poll while the run goes on.
                     Step::Finished => {
                         self.read_back(vec![i], After::TakeOut, out);
                     }

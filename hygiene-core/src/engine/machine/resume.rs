@@ -150,6 +150,19 @@ impl Machine {
                     self.set(i, Step::TakeOut);
                     return true;
                 }
+                if !in_service
+                    && t.maybe_out
+                    && matches!(location, Location::InService)
+                    && t.finished.as_ref().is_some_and(|f| f.failed_at.is_some())
+                {
+                    // A failed target last journaled in service, then taken
+                    // out again by the run's guard: it is kept out.
+                    self.note(
+                        i,
+                        "taken out of rotation again by the run before it stopped: kept out",
+                    );
+                    self.slots[i].location = Location::KeptOut;
+                }
                 return false;
             }
         }
