@@ -116,9 +116,30 @@ struct State {
     index: HashMap<TargetId, usize>,
     faults: HashMap<Operation, VecDeque<Option<Error>>>,
     log: Vec<CallRecord>,
+    /// A reload due at this instant (see `InMemoryBalancer::reload_at`).
+    reload_at: Option<Instant>,
+    /// The reload happened before this entry of the call log.
+    reloaded_before_call: Option<usize>,
 }
 
 impl State {
+    /// A reload due now forgets every runtime change: every target out of
+    /// rotation is back in service, its health checked afresh.
+    fn reload_if_due(&mut self) {
+        let now = Instant::now();
+        if self.reload_at.is_some_and(|at| at <= now) {
+            self.reload_at = None;
+            self.reloaded_before_call = Some(self.log.len());
+            for e in &mut self.entries {
+                if e.state != TargetState::InService {
+                    e.state = TargetState::InService;
+                    e.drained_at = None;
+                    e.enabled_at = Some(now);
+                }
+            }
+        }
+    }
+
     fn find(&self, ids: &[TargetId]) -> Result<Vec<usize>> {
         ids.iter()
             .map(|id| {
@@ -300,6 +321,21 @@ impl InMemoryBalancer {
         self.lock().faults.entry(op).or_default().push_back(None);
     }
 
+    /// A reload at `at` (tokio time): like HAProxy's, it forgets every
+    /// runtime change, putting every target out of rotation back in service
+    /// (its health checked afresh). It takes effect at the first status
+    /// call made at or after `at`, which already sees it. `None` cancels
+    /// one that has not happened yet.
+    pub fn reload_at(&self, at: Option<Instant>) {
+        self.lock().reload_at = at;
+    }
+
+    /// The index in [`calls`](Self::calls) of the first call made after
+    /// the reload, once it happened.
+    pub fn reloaded_before_call(&self) -> Option<usize> {
+        self.lock().reloaded_before_call
+    }
+
     /// Every call made so far.
     pub fn calls(&self) -> Vec<CallRecord> {
         self.lock().log.clone()
@@ -390,6 +426,7 @@ impl LoadBalancer for InMemoryBalancer {
 
     async fn status(&self, ids: &[TargetId]) -> Result<Vec<TargetStatus>> {
         let mut s = self.lock();
+        s.reload_if_due();
         if let Some(e) = s.fault(Operation::Status) {
             s.record(Operation::Status, ids, false, false);
             return Err(e);
