@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use file::FileJournal;
-pub use private::{prepare_state_dir, readable_by_others};
+pub use private::{check_state_dir, prepare_state_dir, readable_by_others};
 pub use record::{Header, Op, Record, JOURNAL_FORMAT};
 pub use summary::{summarize, JournaledState, Summary, TargetSummary};
 pub(crate) use trace::{Finish, Interrupted, Trace};

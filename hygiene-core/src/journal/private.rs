@@ -34,13 +34,25 @@ fn create_private(dir: &Path) -> std::io::Result<()> {
 /// [`Error::Journal`] naming the directory, what is wrong and the
 /// `chown` / `chmod` that fixes it.
 pub fn prepare_state_dir(dir: &Path) -> Result<()> {
-    let here = dir.display().to_string();
-    let fail = |message: String| Err(Error::journal(here.clone(), message));
     if let Err(e) = create_private(dir) {
-        return fail(format!(
-            "the state directory cannot be created: {e}; create it (mode 0700) or choose another with --state-dir"
+        return Err(Error::journal(
+            dir.display().to_string(),
+            format!(
+                "the state directory cannot be created: {e}; create it (mode 0700) or choose another with --state-dir"
+            ),
         ));
     }
+    check_state_dir(dir)
+}
+
+/// The checks of [`prepare_state_dir`] on an existing directory, creating
+/// nothing.
+///
+/// # Errors
+/// As [`prepare_state_dir`].
+pub fn check_state_dir(dir: &Path) -> Result<()> {
+    let here = dir.display().to_string();
+    let fail = |message: String| Err(Error::journal(here.clone(), message));
     let m = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) => return fail(format!("the state directory cannot be read: {e}")),

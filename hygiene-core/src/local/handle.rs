@@ -143,11 +143,13 @@ pub(super) enum Liveness {
     /// No process with that pid and start time runs (it ended; the pid
     /// may belong to another process since, which is never signalled).
     Gone,
-    /// It runs and leads its own process group: the maintenance.
+    /// It runs, leads its own process group and was started for this
+    /// handle's directory: the maintenance.
     Running,
-    /// It runs but does not lead its own process group: not a child the
-    /// runner started, never signalled.
-    NotALeader,
+    /// It runs but is not the runner's wrapper for this directory (it
+    /// does not lead its own process group, or its environment does not
+    /// name the directory): never signalled. The reason says which.
+    NotOurs(String),
 }
 
 /// Whether the process of a handle (already checked) still runs.
@@ -156,14 +158,29 @@ pub(super) fn liveness(h: &ChildHandle) -> Liveness {
         None => Liveness::Gone,
         Some((state, _)) if state == "Z" => Liveness::Gone,
         Some((_, ticks)) if ticks.is_none() || ticks != h.start_ticks => Liveness::Gone,
-        Some(_) => {
-            if leads_its_group(h.pid) {
-                Liveness::Running
-            } else {
-                Liveness::NotALeader
-            }
+        Some(_) if !leads_its_group(h.pid) => {
+            Liveness::NotOurs(format!("pid {} does not lead its own process group", h.pid))
         }
+        Some(_) if !started_for(h.pid, &h.dir) => Liveness::NotOurs(format!(
+            "pid {} was not started for {} (its environment does not name it)",
+            h.pid,
+            h.dir.display()
+        )),
+        Some(_) => Liveness::Running,
     }
+}
+
+/// The runner's wrapper for `dir` has `HYGIENE_EXEC_DIR=<dir>` in the
+/// environment it was started with: an unrelated process, even one that
+/// leads its group and whose start time was copied into a journal, has not.
+fn started_for(pid: u32, dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let mut want = b"HYGIENE_EXEC_DIR=".to_vec();
+    want.extend_from_slice(dir.as_os_str().as_bytes());
+    environ.split(|b| *b == 0).any(|var| var == want.as_slice())
 }
 
 fn leads_its_group(pid: u32) -> bool {
@@ -214,6 +231,7 @@ pub(super) fn kill_group(pid: u32) {
 mod tests {
     use super::*;
     use crate::target::TargetId;
+    use std::os::unix::process::CommandExt;
 
     fn target() -> Target {
         Target::new(TargetId::new("web/1").expect("id"))
@@ -331,7 +349,29 @@ mod tests {
         if leads_its_group(me.pid) {
             return;
         }
-        assert_eq!(liveness(&me), Liveness::NotALeader);
+        assert!(
+            matches!(liveness(&me), Liveness::NotOurs(why) if why.contains("does not lead")),
+            "{:?}",
+            liveness(&me)
+        );
+        // A process leading its own group, not started for this directory.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn");
+        let theirs = ChildHandle {
+            pid: other.id(),
+            start_ticks: start_ticks(other.id()),
+            ..me.clone()
+        };
+        let got = liveness(&theirs);
+        other.kill().expect("kill");
+        other.wait().expect("reap");
+        assert!(
+            matches!(&got, Liveness::NotOurs(why) if why.contains("was not started for")),
+            "{got:?}"
+        );
         let later = ChildHandle {
             start_ticks: me.start_ticks.map(|t| t + 1),
             ..me.clone()

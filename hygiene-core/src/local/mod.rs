@@ -56,7 +56,8 @@ use handle::{dir_name, kill_group, liveness, start_ticks, ChildHandle, Liveness}
 /// from the journal (waits for its process, kills it past its time limit,
 /// reads and deletes its directory) only when the handle was written on
 /// this host, names a pid above 1 with its start time, that pid still is
-/// that process and leads its own process group, and its directory is a
+/// that process, leads its own process group and was started for that
+/// directory (its environment names it), and its directory is a
 /// real directory directly under this `exec/`, named as the runner names
 /// them; any other handle is refused and its target gets `on_interrupted`
 /// with the reason.
@@ -349,12 +350,13 @@ impl Runner {
         loop {
             match liveness(&h) {
                 Liveness::Gone => break,
-                Liveness::NotALeader => {
+                Liveness::NotOurs(why) => {
+                    tracing::warn!(target.id = %target.id, reason = %why, "journal handle refused");
                     return Recovered::Unknown(format!(
                         "the journal's handle on the maintenance of {} was refused, nothing was signalled or deleted: \
-                         pid {} runs but does not lead its own process group, so it is not the maintenance hygiene started",
-                        target.id, h.pid
-                    ))
+                         {why}, so it is not the maintenance hygiene started",
+                        target.id
+                    ));
                 }
                 Liveness::Running => {}
             }

@@ -1,0 +1,569 @@
+//! Trust boundaries, end to end through the `hygiene` binary (issue 20):
+//! a journal is data, not orders (forged handles are refused and
+//! reported, nothing else is signalled or deleted); secrets never reach a
+//! maintenance, the ssh client, the journal or the report; the state is
+//! private and never followed through a symlink; what targets print
+//! reaches a terminal escaped.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{hygiene, out};
+use examples::haproxy::haproxy_bin;
+use examples::scenario::{Scenario, ScenarioConfig};
+use hygiene_core::conformance::integration_available;
+use hygiene_core::journal::{FileJournal, Record};
+use hygiene_core::{LoadBalancer as _, TargetId, TargetState};
+
+fn have_haproxy() -> bool {
+    integration_available(
+        "haproxy",
+        haproxy_bin().is_some(),
+        "run ./scripts/test, which installs it (apt-get install -y haproxy)",
+    )
+}
+
+async fn start_scenario(servers: usize) -> Scenario {
+    let mut tries = 0;
+    loop {
+        match Scenario::start(ScenarioConfig {
+            servers,
+            ..ScenarioConfig::default()
+        })
+        .await
+        {
+            Ok(s) => return s,
+            Err(e) if tries < 3 && e.to_string().contains("in use") => tries += 1,
+            Err(e) => panic!("scenario: {e}"),
+        }
+    }
+}
+
+/// A configuration over the scenario's HAProxy with a local executor
+/// running `sh -c script`.
+fn config(dir: &Path, scn: &Scenario, script: &str, extra: &str) -> PathBuf {
+    let path = dir.join("hygiene.toml");
+    let text = format!(
+        r#"pool = "web"
+
+[balancer.haproxy]
+nodes = [{sock:?}]
+backends = ["web"]
+
+[executor.local]
+program = "/bin/sh"
+args = ["-c", {script:?}]
+timeout = "60s"
+{extra}
+[rollout]
+batch_size = 1
+poll_interval = "50ms"
+drain_timeout = "20s"
+health_timeout = "20s"
+"#,
+        sock = scn.haproxy.socket().display().to_string(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A process of its own process group that is not hygiene's: what a
+/// forged journal would have hygiene kill.
+struct Bystander(Child);
+
+impl Bystander {
+    fn start() -> Self {
+        let child = Command::new("sleep")
+            .arg("300")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn bystander");
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _killed = self.0.kill();
+        let _reaped = self.0.wait();
+    }
+}
+
+/// `/proc/<pid>/stat` field 22: the start time a real handle records.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..i + 3].to_owned()))
+        .is_some_and(|state| state != "Z")
+}
+
+/// The `started` record's handle in the journal, once it is there.
+fn wait_for_handle(journal: &Path, child: &mut Child) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let records = FileJournal::read(journal).unwrap_or_default();
+        if let Some(h) = records.iter().find_map(|r| match r {
+            Record::Started { handle, .. } => Some(handle.0.clone()),
+            _ => None,
+        }) {
+            return h;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the run ended early"
+        );
+        assert!(Instant::now() < deadline, "no maintenance started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Replaces the `started` record's handle of the journal (by hand, as an
+/// attacker or a confused operator would).
+fn forge(journal: &Path, handle: &serde_json::Value) {
+    let text = std::fs::read_to_string(journal).expect("journal");
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            if v["record"] == "started" {
+                v["handle"] = handle.clone();
+            }
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(journal, lines.join("\n") + "\n").expect("write journal");
+}
+
+/// Kills the process group a real handle names (the test's own clean-up).
+fn kill_group(pid: u32) {
+    assert!(pid > 1);
+    let _status = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A directory outside `exec/` that a forged handle names, with what a
+/// finished maintenance leaves (old hygiene deleted it).
+fn precious(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).expect("mkdir");
+    std::fs::write(p.join("status"), "0\n").expect("write");
+    std::fs::write(p.join("data"), "keep me\n").expect("write");
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_journal_handles_are_refused_reported_and_acted_on_never() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let journal = state.join("web.jsonl");
+    let cfg = config(dir.path(), &scn, "sleep 20", "");
+    let mut bystander = Bystander::start();
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_owned();
+    let uuid = "0123456789abcdef0123456789abcdef";
+    let outside = precious(dir.path(), &format!("web_s1-{uuid}"));
+
+    type Forgery = Box<dyn Fn(&serde_json::Value) -> serde_json::Value>;
+    let with = |f: fn(&mut serde_json::Value, &Path, u32)| -> Forgery {
+        let outside = outside.clone();
+        let pid = bystander.pid();
+        Box::new(move |real: &serde_json::Value| {
+            let mut h = real.clone();
+            // Long past its time limit: a trusted handle gets its group killed.
+            h["started_at"] = "2020-01-01T00:00:00Z".into();
+            f(&mut h, &outside, pid);
+            h
+        })
+    };
+    let cases: Vec<(&str, Forgery, &str)> = vec![
+        (
+            "pid 1",
+            with(|h, _, _| {
+                h["pid"] = 1.into();
+                h["start_ticks"] = start_ticks(1).into();
+            }),
+            "pid 1 is not a process",
+        ),
+        (
+            "an unrelated pid without start_ticks",
+            with(|h, _, pid| {
+                h["pid"] = pid.into();
+                h.as_object_mut().expect("object").remove("start_ticks");
+            }),
+            "no start time",
+        ),
+        (
+            "an unrelated pid with its start_ticks",
+            with(|h, _, pid| {
+                h["pid"] = pid.into();
+                h["start_ticks"] = start_ticks(pid).into();
+            }),
+            "was not started for",
+        ),
+        (
+            "a dir outside exec/",
+            with(|h, outside, _| h["dir"] = outside.display().to_string().into()),
+            "is not in this state directory's",
+        ),
+        (
+            "a symlinked dir",
+            with(|h, outside, _| {
+                let real = PathBuf::from(h["dir"].as_str().expect("dir"));
+                let link = real.with_file_name("web_s1-fedcba9876543210fedcba9876543210");
+                let _fresh = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(outside, &link).expect("symlink");
+                h["dir"] = link.display().to_string().into();
+            }),
+            "is a symlink",
+        ),
+        (
+            "another host's handle",
+            with(|h, _, _| h["host"] = "build-7.elsewhere".into()),
+            "started on host \"build-7.elsewhere\"",
+        ),
+    ];
+    for mode in ["resume", "restore"] {
+        for (name, forgery, why) in &cases {
+            let mut c = hygiene(&cfg, &state);
+            c.arg("run").stdout(Stdio::null()).stderr(Stdio::null());
+            let mut run = c.spawn().expect("spawn run");
+            let real = wait_for_handle(&journal, &mut run);
+            run.kill().expect("SIGKILL");
+            run.wait().expect("reap");
+            assert_eq!(real["host"], here.as_str(), "{real}");
+            let maintenance = u32::try_from(real["pid"].as_u64().expect("pid")).expect("pid");
+            let real_dir = PathBuf::from(real["dir"].as_str().expect("dir"));
+            forge(&journal, &forgery(&real));
+
+            let mut c = hygiene(&cfg, &state);
+            c.args([mode, "--json"]);
+            let (code, stdout, err) = out(c);
+            let report = stdout.lines().last().unwrap_or_default();
+            assert!(
+                report.contains("was refused, nothing was signalled or deleted")
+                    && report.contains(why),
+                "{mode} with {name}: the refusal is reported ({why}): exit {code}\n{stdout}\n{err}"
+            );
+            assert!(
+                bystander.alive(),
+                "{mode} with {name}: the bystander was killed"
+            );
+            assert!(
+                running(maintenance),
+                "{mode} with {name}: a refused handle's process was signalled"
+            );
+            assert!(
+                real_dir.is_dir(),
+                "{mode} with {name}: exec dir deleted on a refused handle"
+            );
+            assert_eq!(
+                std::fs::read_to_string(outside.join("data"))
+                    .ok()
+                    .as_deref(),
+                Some("keep me\n"),
+                "{mode} with {name}: a directory outside exec/ was deleted"
+            );
+            let records = FileJournal::read(&journal).expect("journal");
+            assert!(
+                records.iter().any(|r| matches!(r,
+                    Record::Result { error: Some(e), .. } if e.contains("refused"))),
+                "{mode} with {name}: the journal records the refusal"
+            );
+            kill_group(maintenance);
+            // resume keeps the target out (its maintenance is unknown);
+            // put it back for the next case.
+            scn.balancer
+                .enable(&[TargetId::new("web/s1").expect("id")])
+                .await
+                .expect("enable");
+        }
+    }
+    let listed = scn.balancer.list().await.expect("list");
+    assert!(listed
+        .iter()
+        .all(|l| l.status.state == TargetState::InService));
+    scn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparsable_start_time_is_past_its_limit() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let journal = state.join("web.jsonl");
+    let cfg = config(dir.path(), &scn, "sleep 50", "");
+    let mut bystander = Bystander::start();
+    for mode in ["resume", "restore"] {
+        let mut c = hygiene(&cfg, &state);
+        c.arg("run").stdout(Stdio::null()).stderr(Stdio::null());
+        let mut run = c.spawn().expect("spawn run");
+        let mut h = wait_for_handle(&journal, &mut run);
+        run.kill().expect("SIGKILL");
+        run.wait().expect("reap");
+        let maintenance = u32::try_from(h["pid"].as_u64().expect("pid")).expect("pid");
+        let real_dir = PathBuf::from(h["dir"].as_str().expect("dir"));
+        h["started_at"] = "not a time".into();
+        forge(&journal, &h);
+
+        let started = Instant::now();
+        let mut c = hygiene(&cfg, &state);
+        c.args([mode, "--json"]);
+        let (code, stdout, err) = out(c);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{mode}: waited for a time it cannot read"
+        );
+        assert!(
+            stdout.contains("ran past its timeout") && stdout.contains("killed"),
+            "{mode}: exit {code}\n{stdout}\n{err}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running(maintenance) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !running(maintenance),
+            "{mode}: its own maintenance was killed"
+        );
+        assert!(
+            !real_dir.exists(),
+            "{mode}: its own exec dir was cleaned up"
+        );
+        assert!(bystander.alive());
+        scn.balancer
+            .enable(&[TargetId::new("web/s1").expect("id")])
+            .await
+            .expect("enable");
+    }
+    scn.stop().await;
+}
+
+// ------------------------------------------------------------- secrets
+
+/// The password the test server wants (`hygiene:Pw-7f3b9e-lc`), held in a
+/// variable whose name is on the allow-list's `LC_*`: withheld all the same.
+#[cfg(feature = "nginx")]
+const PASSWORD: &str = "Pw-7f3b9e-lc";
+#[cfg(feature = "nginx")]
+const PASSWORD_ENV: &str = "LC_HYGIENE_PASSWORD";
+/// A cloud credential in hygiene's environment.
+const AWS_SECRET: &str = "aws-Zq81-secret-value";
+
+#[cfg(feature = "nginx")]
+async fn nginx() -> hygiene_nginx::testing::FakeNginx {
+    use hygiene_nginx::testing::{FakeNginx, Kind, State};
+    let srv = FakeNginx::start(State::standard()).await;
+    srv.with(|s| {
+        s.auth = Some("Basic aHlnaWVuZTpQdy03ZjNiOWUtbGM=".into());
+        s.auto_check = Some(true);
+        for (kind, name) in [(Kind::Http, "backend"), (Kind::Stream, "tcp")] {
+            for p in &mut s.upstream_mut(kind, name).peers {
+                p.server = match kind {
+                    Kind::Http => format!("127.0.0.{}:8080", p.id + 1),
+                    Kind::Stream => format!("127.0.0.{}:5432", p.id + 10),
+                };
+            }
+        }
+    });
+    srv
+}
+
+/// `nginx.toml` pointed at the test server, with `executor` in place of
+/// the example's.
+#[cfg(feature = "nginx")]
+fn nginx_config(dir: &Path, srv: &hygiene_nginx::testing::FakeNginx, executor: &str) -> PathBuf {
+    let mut t = common::example_config("nginx.toml");
+    common::replace(&mut t, "balancer.nginx", "api_urls", vec![srv.url()]);
+    common::replace(&mut t, "balancer.nginx", "upstreams", vec!["backend"]);
+    common::replace(&mut t, "balancer.nginx", "stream_upstreams", vec!["tcp"]);
+    common::replace(&mut t, "balancer.nginx", "password_env", PASSWORD_ENV);
+    common::replace(&mut t, "balancer.nginx", "timeout", "5s");
+    t.remove("executor");
+    t.insert(
+        "executor".into(),
+        executor.parse::<toml::Table>().expect("executor").into(),
+    );
+    common::write(dir, &t)
+}
+
+/// Every file under `dir`, as text.
+fn all_text(dir: &Path) -> String {
+    let mut text = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            text.push_str(&all_text(&p));
+        } else {
+            text.push_str(&String::from_utf8_lossy(
+                &std::fs::read(&p).unwrap_or_default(),
+            ));
+        }
+    }
+    text
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    #[cfg(feature = "nginx")]
+    assert!(
+        !text.contains(PASSWORD),
+        "the balancer's password is in {what}:\n{text}"
+    );
+    assert!(
+        !text.contains(AWS_SECRET),
+        "a cloud credential is in {what}:\n{text}"
+    );
+}
+
+#[cfg(feature = "nginx")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_neither_the_maintenance_nor_the_journal_nor_the_report() {
+    let srv = nginx().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = nginx_config(
+        dir.path(),
+        &srv,
+        r#"[local]
+program = "/bin/sh"
+args = ["-c", "env"]
+pass_env = ["HYGIENE_SEC_PASSED"]
+env = { MODE = "patch" }
+"#,
+    );
+    let run = tokio::task::spawn_blocking(move || {
+        let mut c = hygiene(&cfg, &state);
+        c.args(["run", "--json", "--poll-interval", "20ms"])
+            .env(PASSWORD_ENV, PASSWORD)
+            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+            .env("HYGIENE_SEC_PASSED", "passed-by-name");
+        let (code, stdout, err) = out(c);
+        (code, stdout, err, all_text(&state), cfg, state)
+    });
+    let (code, stdout, err, stored, cfg, state) = run.await.expect("run");
+    assert_eq!(code, 0, "{stdout}{err}");
+    // The child's `env` is in the report and the journal: what it saw.
+    for (what, text) in [("the report", &stdout), ("the state dir", &stored)] {
+        assert!(
+            text.contains("HYGIENE_TARGET_ID=backend/0"),
+            "{what}: {text}"
+        );
+        assert!(
+            text.contains("HYGIENE_SEC_PASSED=passed-by-name"),
+            "{what}: {text}"
+        );
+        assert!(text.contains("MODE=patch"), "{what}: {text}");
+        assert_no_secret(what, text);
+    }
+    assert_no_secret("stderr", &err);
+
+    // Passing the password's variable by name is refused, naming it.
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(
+        &cfg,
+        text.replace("\"HYGIENE_SEC_PASSED\"", &format!("\"{PASSWORD_ENV}\"")),
+    )
+    .expect("write");
+    let mut c = hygiene(&cfg, &state);
+    c.args(["validate", "--offline"])
+        .env(PASSWORD_ENV, PASSWORD);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 3, "{stdout}{err}");
+    assert!(
+        err.contains("executor.local.pass_env")
+            && err.contains(PASSWORD_ENV)
+            && err.contains("never"),
+        "{err}"
+    );
+}
+
+#[cfg(feature = "nginx")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_do_not_reach_the_ssh_client() {
+    let srv = nginx().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // An ssh that records its environment and succeeds (preflight and
+    // maintenance alike).
+    let seen = dir.path().join("seen");
+    std::fs::create_dir(&seen).expect("mkdir");
+    let fake_ssh = dir.path().join("ssh");
+    std::fs::write(
+        &fake_ssh,
+        format!("#!/bin/sh\nenv > {}/env.$$\nexit 0\n", seen.display()),
+    )
+    .expect("write");
+    std::fs::set_permissions(&fake_ssh, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cfg = nginx_config(
+        dir.path(),
+        &srv,
+        &format!(
+            r#"[ssh]
+command = "true"
+ssh_program = {:?}
+pass_env = ["HYGIENE_SEC_PASSED"]
+"#,
+            fake_ssh.display().to_string()
+        ),
+    );
+    let run = tokio::task::spawn_blocking(move || {
+        let mut c = hygiene(&cfg, &state);
+        c.args(["run", "--json", "--poll-interval", "20ms"])
+            .env(PASSWORD_ENV, PASSWORD)
+            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+            .env("SSH_AUTH_SOCK", "/run/agent.sock")
+            .env("HYGIENE_SEC_PASSED", "passed-by-name");
+        let (code, stdout, err) = out(c);
+        (code, stdout, err, all_text(&state))
+    });
+    let (code, stdout, err, stored) = run.await.expect("run");
+    assert_eq!(code, 0, "{stdout}{err}");
+    let envs = all_text(&seen);
+    // Preflight and maintenance, four targets each.
+    assert!(
+        envs.matches("HYGIENE_SEC_PASSED=passed-by-name").count() >= 8,
+        "{envs}"
+    );
+    assert!(envs.contains("SSH_AUTH_SOCK=/run/agent.sock"), "{envs}");
+    for (what, text) in [
+        ("the ssh client's environment", &envs),
+        ("the report", &stdout),
+        ("the state dir", &stored),
+        ("stderr", &err),
+    ] {
+        assert_no_secret(what, text);
+    }
+}
