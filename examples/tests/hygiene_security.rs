@@ -183,8 +183,6 @@ async fn forged_journal_handles_are_refused_reported_and_acted_on_never() {
     }
     let scn = start_scenario(2).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let journal = state.join("web.jsonl");
     let cfg = config(dir.path(), &scn, "sleep 20", "");
     let mut bystander = Bystander::start();
     let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -250,11 +248,17 @@ async fn forged_journal_handles_are_refused_reported_and_acted_on_never() {
         (
             "another host's handle",
             with(|h, _, _| h["host"] = "build-7.elsewhere".into()),
-            "started on host \"build-7.elsewhere\"",
+            "not on this one",
         ),
     ];
+    let mut failures: Vec<String> = Vec::new();
     for mode in ["resume", "restore"] {
         for (name, forgery, why) in &cases {
+            // A state directory of its own: one run in each journal.
+            let state = dir
+                .path()
+                .join(format!("state-{mode}-{}", name.replace(' ', "-")));
+            let journal = state.join("web.jsonl");
             let mut c = hygiene(&cfg, &state);
             c.arg("run").stdout(Stdio::null()).stderr(Stdio::null());
             let mut run = c.spawn().expect("spawn run");
@@ -270,36 +274,40 @@ async fn forged_journal_handles_are_refused_reported_and_acted_on_never() {
             c.args([mode, "--json"]);
             let (code, stdout, err) = out(c);
             let report = stdout.lines().last().unwrap_or_default();
-            assert!(
-                report.contains("was refused, nothing was signalled or deleted")
-                    && report.contains(why),
-                "{mode} with {name}: the refusal is reported ({why}): exit {code}\n{stdout}\n{err}"
-            );
-            assert!(
-                bystander.alive(),
-                "{mode} with {name}: the bystander was killed"
-            );
-            assert!(
-                running(maintenance),
-                "{mode} with {name}: a refused handle's process was signalled"
-            );
-            assert!(
-                real_dir.is_dir(),
-                "{mode} with {name}: exec dir deleted on a refused handle"
-            );
-            assert_eq!(
-                std::fs::read_to_string(outside.join("data"))
-                    .ok()
-                    .as_deref(),
-                Some("keep me\n"),
-                "{mode} with {name}: a directory outside exec/ was deleted"
-            );
+            // Every case is checked, and every broken promise listed.
+            let mut broken = |what: &str| failures.push(format!("{mode} with {name}: {what}"));
+            if !report.contains("was refused, nothing was signalled or deleted")
+                || !report.contains(why)
+            {
+                broken(&format!(
+                    "the refusal ({why}) is not in the report: exit {code}\n{stdout}\n{err}"
+                ));
+            }
+            if name.contains("host") && !report.contains("build-7.elsewhere") {
+                broken("the other host is not named");
+            }
+            if !bystander.alive() {
+                broken("the bystander was killed");
+            }
+            if !running(maintenance) {
+                broken("a refused handle's process was signalled");
+            }
+            if !real_dir.is_dir() {
+                broken("its exec dir was deleted on a refused handle");
+            }
+            if std::fs::read_to_string(outside.join("data"))
+                .ok()
+                .as_deref()
+                != Some("keep me\n")
+            {
+                broken("a directory outside exec/ was deleted");
+            }
             let records = FileJournal::read(&journal).expect("journal");
-            assert!(
-                records.iter().any(|r| matches!(r,
-                    Record::Result { error: Some(e), .. } if e.contains("refused"))),
-                "{mode} with {name}: the journal records the refusal"
-            );
+            if !records.iter().any(
+                |r| matches!(r, Record::Result { error: Some(e), .. } if e.contains("refused")),
+            ) {
+                broken("the journal does not record the refusal");
+            }
             kill_group(maintenance);
             // resume keeps the target out (its maintenance is unknown);
             // put it back for the next case.
@@ -309,6 +317,7 @@ async fn forged_journal_handles_are_refused_reported_and_acted_on_never() {
                 .expect("enable");
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     let listed = scn.balancer.list().await.expect("list");
     assert!(listed
         .iter()
@@ -323,11 +332,11 @@ async fn an_unparsable_start_time_is_past_its_limit() {
     }
     let scn = start_scenario(2).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let journal = state.join("web.jsonl");
     let cfg = config(dir.path(), &scn, "sleep 50", "");
     let mut bystander = Bystander::start();
     for mode in ["resume", "restore"] {
+        let state = dir.path().join(format!("state-{mode}"));
+        let journal = state.join("web.jsonl");
         let mut c = hygiene(&cfg, &state);
         c.arg("run").stdout(Stdio::null()).stderr(Stdio::null());
         let mut run = c.spawn().expect("spawn run");
