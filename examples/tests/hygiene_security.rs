@@ -576,3 +576,248 @@ pass_env = ["HYGIENE_SEC_PASSED"]
         assert_no_secret(what, text);
     }
 }
+
+// ------------------------------------------------------- private state
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_private_and_refused_when_others_can_plant_a_journal() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), &scn, "exit 0", "");
+    let state = dir.path().join("state");
+    let body = {
+        let (cfg, state, root) = (cfg.clone(), state.clone(), dir.path().to_owned());
+        move || {
+            // A loose umask: what hygiene creates is private all the same.
+            let mut c = hygiene(&cfg, &state);
+            c.arg("run");
+            c.stdout(Stdio::null());
+            with_umask_000(&mut c);
+            let (code, stdout, err) = out(c);
+            assert_eq!(code, 0, "{stdout}{err}");
+            assert_eq!(mode(&state), 0o700, "the state dir");
+            assert_eq!(mode(&state.join("exec")), 0o700, "exec/");
+            assert_eq!(mode(&state.join("web.jsonl")), 0o600, "the journal");
+
+            // Writable by others, or another user's: refused, with the fix,
+            // before anything is changed.
+            for m in [0o777, 0o770] {
+                std::fs::set_permissions(&state, std::fs::Permissions::from_mode(m))
+                    .expect("chmod");
+                let mut c = hygiene(&cfg, &state);
+                c.arg("run");
+                let (code, stdout, err) = out(c);
+                assert_eq!(code, 5, "{stdout}{err}");
+                assert!(
+                    err.contains(&format!("chmod 700 {}", state.display())),
+                    "{err}"
+                );
+            }
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            let mut c = hygiene(&cfg, &state);
+            c.args(["validate", "--offline"]);
+            let (code, stdout, err) = out(c);
+            assert_eq!(code, 0, "{stdout}{err}");
+            assert!(
+                stdout.contains("problem: the state directory")
+                    && stdout.contains(&format!("chmod 700 {}", state.display())),
+                "validate warns about a state dir others can read: {stdout}"
+            );
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+                .expect("chmod");
+            let me = std::fs::metadata(&root).expect("meta");
+            if std::os::unix::fs::chown(&state, Some(65534), None).is_ok() {
+                let mut c = hygiene(&cfg, &state);
+                c.arg("resume");
+                let (code, stdout, err) = out(c);
+                assert_eq!(code, 5, "{stdout}{err}");
+                let uid = std::os::unix::fs::MetadataExt::uid(&me);
+                assert!(
+                    err.contains(&format!("chown {uid} {}", state.display()))
+                        && err.contains("65534"),
+                    "{err}"
+                );
+            }
+
+            // A journal that is a symlink: refused; its target neither
+            // created nor written.
+            let state2 = root.join("state2");
+            std::fs::create_dir(&state2).expect("mkdir");
+            std::fs::set_permissions(&state2, std::fs::Permissions::from_mode(0o700))
+                .expect("chmod");
+            let victim = root.join("victim");
+            std::os::unix::fs::symlink(&victim, state2.join("web.jsonl")).expect("symlink");
+            let mut c = hygiene(&cfg, &state2);
+            c.arg("run");
+            let (code, stdout, err) = out(c);
+            assert_eq!(code, 5, "{stdout}{err}");
+            assert!(err.contains("symlink"), "{err}");
+            assert!(!victim.exists(), "the link's target was created");
+            std::fs::write(&victim, "precious\n").expect("write");
+            let mut c = hygiene(&cfg, &state2);
+            c.arg("run");
+            let (code, _, err) = out(c);
+            assert_eq!(code, 5, "{err}");
+            assert_eq!(
+                std::fs::read_to_string(&victim).expect("read"),
+                "precious\n"
+            );
+        }
+    };
+    tokio::task::spawn_blocking(body).await.expect("test body");
+    let listed = scn.balancer.list().await.expect("list");
+    assert!(listed
+        .iter()
+        .all(|l| l.status.state == TargetState::InService));
+    scn.stop().await;
+}
+
+/// Runs the command under `umask 000` (through `sh`, no unsafe code).
+fn with_umask_000(c: &mut Command) {
+    let program = c.get_program().to_owned();
+    let args: Vec<_> = c.get_args().map(ToOwned::to_owned).collect();
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg("umask 000; exec \"$@\"")
+        .arg("sh")
+        .arg(program)
+        .args(args);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh.stdin(Stdio::null()).stdout(Stdio::null());
+    *c = sh;
+}
+
+#[cfg(feature = "nginx")]
+#[test]
+fn validate_warns_about_secret_files_others_can_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("nginx.password");
+    std::fs::write(&secret, "hunter2\n").expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut t = common::example_config("nginx.toml");
+    let n = common::section(&mut t, "balancer.nginx");
+    n.remove("password_env");
+    n.insert("password_file".into(), secret.display().to_string().into());
+    let cfg = common::write(dir.path(), &t);
+    let mut c = hygiene(&cfg, &dir.path().join("state"));
+    c.args(["validate", "--offline"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("balancer.nginx.password_file")
+            && stdout.contains(&format!("chmod 600 {}", secret.display())),
+        "{stdout}"
+    );
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut c = hygiene(&cfg, &dir.path().join("state"));
+    c.args(["validate", "--offline"]);
+    let (_, stdout, _) = out(c);
+    assert!(!stdout.contains("password_file"), "{stdout}");
+}
+
+// ------------------------------------------------- terminal escapes
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_target_prints_reaches_the_terminal_escaped() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // An ssh whose preflight succeeds and whose maintenance fails (as ssh
+    // itself, exit 255) with a last stderr line that writes the clipboard
+    // (OSC 52), moves the cursor up and erases the line.
+    let fake_ssh = dir.path().join("ssh");
+    std::fs::write(
+        &fake_ssh,
+        "#!/bin/sh\nfor a; do last=$a; done\n[ \"$last\" = true ] && exit 0\nprintf 'ssh: \\033]52;c;cm0gLXJmIC8=\\007\\033[1A\\033[2Kall good\\n' >&2\nexit 255\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&fake_ssh, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cfg = dir.path().join("hygiene.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"pool = "web"
+
+[balancer.haproxy]
+nodes = [{sock:?}]
+backends = ["web"]
+
+[executor.ssh]
+command = "patch"
+ssh_program = {ssh:?}
+
+[rollout]
+poll_interval = "50ms"
+health_timeout = "20s"
+"#,
+            sock = scn.haproxy.socket().display().to_string(),
+            ssh = fake_ssh.display().to_string(),
+        ),
+    )
+    .expect("config");
+    let body = move || {
+        let mut c = hygiene(&cfg, &state);
+        c.arg("run");
+        let (code, summary, err) = out(c);
+        let mut c = hygiene(&cfg, &state);
+        c.arg("status");
+        let (_, status, _) = out(c);
+        let mut c = hygiene(&cfg, &state);
+        c.args(["status", "--json"]);
+        let (_, json, _) = out(c);
+        (code, summary, err, status, json)
+    };
+    let (code, summary, err, status, json) =
+        tokio::task::spawn_blocking(body).await.expect("test body");
+    assert_eq!(
+        code, 11,
+        "the target failed and is kept out: {summary}{err}"
+    );
+    for (what, text) in [
+        ("the summary", &summary),
+        ("status", &status),
+        ("stderr", &err),
+    ] {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "a terminal escape reached {what}: {text:?}"
+        );
+    }
+    for (what, text) in [("the summary", &summary), ("status", &status)] {
+        assert!(
+            text.contains("\\u{1b}]52;c;cm0gLXJmIC8=\\u{7}\\u{1b}[1A\\u{1b}[2Kall good"),
+            "{what} shows what the target said, escaped: {text}"
+        );
+    }
+    // JSON keeps the text exactly (escaped the JSON way).
+    let st: serde_json::Value = serde_json::from_str(json.trim()).expect("status json");
+    assert!(
+        st.to_string().contains("\\u001b]52;c;cm0gLXJmIC8=\\u0007"),
+        "{st}"
+    );
+    scn.balancer
+        .enable(&[TargetId::new("web/s1").expect("id")])
+        .await
+        .expect("enable");
+    scn.stop().await;
+}
