@@ -537,25 +537,18 @@ fn validate_warns_about_secret_files_others_can_read() {
 
 // ------------------------------------------------- terminal escapes
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_target_prints_reaches_the_terminal_escaped() {
-    if !have_haproxy() {
-        return;
-    }
-    let scn = start_scenario(2).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    // An ssh whose preflight succeeds and whose maintenance fails (as ssh
-    // itself, exit 255) with a last stderr line that writes the clipboard
-    // (OSC 52), moves the cursor up and erases the line.
-    let fake_ssh = dir.path().join("ssh");
+/// A configuration whose ssh's preflight succeeds and whose maintenance
+/// fails (as ssh itself, exit 255) with a last stderr line that writes the
+/// clipboard (OSC 52), moves the cursor up and erases the line.
+fn evil_ssh_config(dir: &Path, scn: &Scenario) -> PathBuf {
+    let fake_ssh = dir.join("ssh");
     std::fs::write(
         &fake_ssh,
         "#!/bin/sh\nfor a; do last=$a; done\n[ \"$last\" = true ] && exit 0\nprintf 'ssh: \\033]52;c;cm0gLXJmIC8=\\007\\033[1A\\033[2Kall good\\n' >&2\nexit 255\n",
     )
     .expect("write");
     std::fs::set_permissions(&fake_ssh, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let cfg = dir.path().join("hygiene.toml");
+    let cfg = dir.join("hygiene.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -578,6 +571,77 @@ health_timeout = "20s"
         ),
     )
     .expect("config");
+    cfg
+}
+
+/// What the target said, escaped as hygiene shows it to a person.
+const ESCAPED: &str = "\\u{1b}]52;c;cm0gLXJmIC8=\\u{7}\\u{1b}[1A\\u{1b}[2Kall good";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_view_on_a_terminal_escapes_what_a_target_prints() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = evil_ssh_config(dir.path(), &scn);
+    // `script` gives hygiene a terminal: the live view is drawn (with its
+    // own escapes), and the target's words must reach it escaped.
+    let line = format!(
+        "{} -c {} --state-dir {} run",
+        env!("CARGO_BIN_EXE_hygiene"),
+        cfg.display(),
+        state.display()
+    );
+    let body = move || {
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"]).stdin(Stdio::null());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("HYGIENE_") {
+                c.env_remove(k);
+            }
+        }
+        c.output()
+    };
+    let o = match tokio::task::spawn_blocking(body).await.expect("test body") {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("no `script` here ({e}): the live view is not checked");
+            scn.stop().await;
+            return;
+        }
+    };
+    let seen = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        seen.contains("FAILED web/s1"),
+        "the live view ran: {seen:?}"
+    );
+    assert!(
+        !seen.contains("\u{1b}]52"),
+        "OSC 52 reached the terminal: {seen:?}"
+    );
+    assert!(
+        !seen.contains("\u{1b}[2Kall good"),
+        "the erase-line reached the terminal: {seen:?}"
+    );
+    assert!(seen.contains(ESCAPED), "{seen:?}");
+    scn.balancer
+        .enable(&[TargetId::new("web/s1").expect("id")])
+        .await
+        .expect("enable");
+    scn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_target_prints_reaches_the_terminal_escaped() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = evil_ssh_config(dir.path(), &scn);
     let body = move || {
         let mut c = hygiene(&cfg, &state);
         c.arg("run");
@@ -608,7 +672,7 @@ health_timeout = "20s"
     }
     for (what, text) in [("the summary", &summary), ("status", &status)] {
         assert!(
-            text.contains("\\u{1b}]52;c;cm0gLXJmIC8=\\u{7}\\u{1b}[1A\\u{1b}[2Kall good"),
+            text.contains(ESCAPED),
             "{what} shows what the target said, escaped: {text}"
         );
     }
