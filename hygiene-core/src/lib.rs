@@ -3,6 +3,7 @@
 
 mod balancer;
 mod config;
+pub mod display;
 mod engine;
 mod error;
 mod executor;

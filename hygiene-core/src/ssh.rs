@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio::process::Command;
 
 use crate::error::{Error, Result};
 use crate::executor::{ExecHandle, ExecOutcome, Executor, HandleSink, Preflight, Recovered};
-use crate::local::{Invocation, Runner};
+use crate::local::{ChildEnv, Invocation, Runner};
 use crate::target::Target;
 
 /// How long a connection master stays after its last session: long enough
@@ -37,9 +37,20 @@ const MAX_SOCKET_PATH: usize = 103;
 const CONTROL_PATH_EXTRA: usize = 1 + 40 + 17;
 
 /// Options a caller may not set through [`SshCommand::with_option`]: host
-/// key checking and batch mode stay on, and the host, user, port, identity,
-/// known hosts and time limits have their own setters (validated there).
+/// key checking and batch mode stay on, nothing is forwarded (agent, X11,
+/// ports, tunnels: a compromised target would reach back through them),
+/// and the host, user, port, identity, known hosts and time limits have
+/// their own setters (validated there).
 const RESERVED_OPTIONS: &[&str] = &[
+    "forwardagent",
+    "forwardx11",
+    "forwardx11trusted",
+    "clearallforwardings",
+    "localforward",
+    "remoteforward",
+    "dynamicforward",
+    "tunnel",
+    "tunneldevice",
     "batchmode",
     "stricthostkeychecking",
     "userknownhostsfile",
@@ -81,6 +92,16 @@ const RESERVED_OPTIONS: &[&str] = &[
 ///   only what its `AcceptEnv` allows.) The remote login shell must be a
 ///   POSIX shell; `sudo` drops these variables unless its `env_keep` keeps
 ///   them.
+/// - **Nothing is forwarded:** `ForwardAgent=no`, `ForwardX11=no`,
+///   `ClearAllForwardings=yes` and `Tunnel=no` (and `-a -x`) come first on
+///   the command line, so neither `~/.ssh/config` nor
+///   [`with_option`](SshCommand::with_option) can turn them back on.
+/// - **Environment:** the local `ssh` starts from a cleared environment,
+///   as [`LocalCommand`](crate::LocalCommand)'s program does (`PATH`,
+///   `HOME`, `LANG`, `LC_*`, `TZ`, what the operator passes or sets), plus
+///   `SSH_AUTH_SOCK` (an agent holding the key); so nothing of hygiene's
+///   (the balancer's password, cloud credentials) reaches it, nor the host
+///   through a `SendEnv` of the user's ssh config.
 /// - **Connection reuse:** `ControlMaster=auto` with a socket under the
 ///   state directory and `ControlPersist` of a minute, so ssh runs to one
 ///   host within a minute of each other (a preflight and a short drain,
@@ -112,7 +133,12 @@ pub struct SshCommand {
     state_dir: Option<PathBuf>,
     ssh_program: PathBuf,
     options: Vec<(String, String)>,
+    env: ChildEnv,
 }
+
+/// What the local ssh gets from hygiene's environment beyond the
+/// allow-list: the agent's socket.
+const SSH_ENV: &[&str] = &["SSH_AUTH_SOCK"];
 
 impl SshCommand {
     /// Runs `remote_command` (a line for the remote shell, e.g.
@@ -146,7 +172,39 @@ impl SshCommand {
             state_dir: None,
             ssh_program: PathBuf::from("ssh"),
             options: Vec::new(),
+            env: ChildEnv::new(SSH_ENV),
         })
+    }
+
+    /// Passes hygiene's own variable `name` to the local ssh (when set;
+    /// e.g. `KRB5CCNAME`). The remote command gets it only if the ssh
+    /// config sends it and sshd accepts it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `name` is not a variable name, is one
+    /// of the target's, or is withheld.
+    pub fn with_pass_env(mut self, name: &str) -> Result<Self> {
+        self.env.pass("ssh.pass_env", name)?;
+        Ok(self)
+    }
+
+    /// Sets `name` to `value` in the local ssh's environment.
+    ///
+    /// # Errors
+    /// As [`with_pass_env`](Self::with_pass_env), and for a value with a NUL.
+    pub fn with_env(mut self, name: &str, value: &str) -> Result<Self> {
+        self.env.set("ssh.env", name, value)?;
+        Ok(self)
+    }
+
+    /// Never gives hygiene's variable `name` to the local ssh (the one
+    /// holding the balancer's password).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when it was passed or set already.
+    pub fn withhold_env(mut self, name: &str) -> Result<Self> {
+        self.env.withhold("ssh.password_env", name)?;
+        Ok(self)
     }
 
     /// Logs in as `user` (`ssh -l`; default: ssh's own, from `~/.ssh/config`
@@ -308,6 +366,7 @@ impl SshCommand {
         Runner {
             timeout: self.timeout,
             state_dir: self.state_dir(),
+            env: self.env.clone(),
         }
     }
 
@@ -320,7 +379,7 @@ impl SshCommand {
             && !dir.chars().any(|c| {
                 c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '%' | '$')
             });
-        if !usable || std::fs::create_dir_all(dir).is_err() {
+        if !usable || crate::journal::private::private_dir(Path::new(dir)).is_err() {
             tracing::debug!(
                 state_dir = dir,
                 "no ssh connection reuse: state dir unusable for a socket"
@@ -332,11 +391,22 @@ impl SshCommand {
 
     /// ssh's arguments: every option, `--`, the host, the remote line.
     fn args(&self, host: &str, remote: &str, control: Option<&str>) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["-T".into()];
+        // No terminal, no agent forwarding, no X11 forwarding.
+        let mut args: Vec<OsString> = vec!["-T".into(), "-a".into(), "-x".into()];
         let mut opt = |kv: String| {
             args.push("-o".into());
             args.push(kv.into());
         };
+        // First: ssh keeps the first value of an option, and options on
+        // the command line win over the user's ssh config.
+        for hardening in [
+            "ForwardAgent=no",
+            "ForwardX11=no",
+            "ClearAllForwardings=yes",
+            "Tunnel=no",
+        ] {
+            opt(hardening.into());
+        }
         for (k, v) in &self.options {
             opt(format!("{k}={v}"));
         }
@@ -495,6 +565,7 @@ impl SshCommand {
             Err(why) => return Preflight::NotReady(why),
         };
         let mut cmd = Command::new(&self.ssh_program);
+        self.env.apply(&mut cmd);
         cmd.args(self.args(&host, "true", control))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -715,6 +786,71 @@ mod tests {
         }
         assert!(c.clone().with_option("Proxy Command", "x").is_err());
         assert!(c.clone().with_option("ProxyJump", "a\nb").is_err());
+    }
+
+    #[test]
+    fn nothing_is_forwarded_whatever_the_user_config_or_options_say() {
+        let c = SshCommand::new("patch")
+            .expect("new")
+            .with_option("ProxyJump", "bastion")
+            .expect("option");
+        for k in [
+            "ForwardAgent",
+            "forwardx11",
+            "ClearAllForwardings",
+            "LocalForward",
+            "RemoteForward",
+            "DynamicForward",
+            "Tunnel",
+        ] {
+            assert!(c.clone().with_option(k, "yes").is_err(), "{k}");
+        }
+        let args = c.args("web-1", "true", None);
+        // What ssh itself makes of them, with a user config that turns
+        // every forwarding on (`ssh -G` prints the resulting settings).
+        let tmp = tempfile::tempdir().expect("dir");
+        let config = tmp.path().join("config");
+        std::fs::write(
+            &config,
+            "Host *\n  ForwardAgent yes\n  ForwardX11 yes\n  ClearAllForwardings no\n  LocalForward 9999 127.0.0.1:22\n  Tunnel yes\n",
+        )
+        .expect("config");
+        let out = match std::process::Command::new("ssh")
+            .arg("-G")
+            .arg("-F")
+            .arg(&config)
+            .args(&args)
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("no ssh client here ({e}): checking the arguments only");
+                let a: Vec<String> = args
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                let first = a.iter().position(|x| x == "ForwardAgent=no");
+                let user = a.iter().position(|x| x == "ProxyJump=bastion");
+                assert!(first.is_some() && first < user, "{a:?}");
+                return;
+            }
+        };
+        let effective = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(
+            out.status.success(),
+            "{effective}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for want in [
+            "forwardagent no",
+            "forwardx11 no",
+            "clearallforwardings yes",
+            "tunnel false",
+            "proxyjump bastion",
+        ] {
+            assert!(effective.lines().any(|l| l == want), "{want}: {effective}");
+        }
+        assert!(!effective.contains("localforward"), "{effective}");
     }
 
     #[test]

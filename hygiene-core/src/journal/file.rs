@@ -1,10 +1,12 @@
 //! [`FileJournal`]: JSON Lines on disk, one writer at a time.
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
+use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::private::{euid, no_follow};
 use super::{Journal, Record};
 use crate::error::{Error, Result};
 
@@ -37,14 +39,47 @@ impl FileJournal {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| io(&path, "created", e))?;
+            // Missing directories are private (0700); an existing one is
+            // the caller's choice (`prepare_state_dir` checks a state dir).
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io(&path, "created", e))?;
         }
+        // Never through a symlink: a link planted where the journal goes
+        // would have this process (often root) create and write its target.
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
+            .custom_flags(no_follow())
             .open(&path)
-            .map_err(|e| io(&path, "opened", e))?;
+            .map_err(|e| io(&path, "opened (a symlink is refused)", e))?;
+        let meta = file.metadata().map_err(|e| io(&path, "read", e))?;
+        if !meta.file_type().is_file() {
+            return Err(Error::journal(
+                path.display().to_string(),
+                "is not a regular file: move it away, hygiene writes its journal there",
+            ));
+        }
+        let me = euid();
+        if meta.uid() != me {
+            return Err(Error::journal(
+                path.display().to_string(),
+                format!(
+                    "is owned by user {}, not by this user ({me}): a journal this user did not write is not acted on; \
+                     move it away (or `chown {me}` it if it is this pool's journal from another account)",
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.mode() & 0o077 != 0 {
+            // Written by an older hygiene under a loose umask: made private.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io(&path, "made private (chmod 600)", e))?;
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -86,11 +121,24 @@ impl FileJournal {
     /// [`Error::Journal`] when it cannot be read, or a line other than the
     /// last is damaged.
     pub fn read(path: &Path) -> Result<Vec<Record>> {
-        let bytes = match std::fs::read(path) {
-            Ok(t) => t,
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(no_follow())
+            .open(path);
+        let mut file = match file {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(path, "read", e)),
+            Err(e) => return Err(io(path, "read (a symlink is refused)", e)),
         };
+        if !file.metadata().map_err(|e| io(path, "read", e))?.is_file() {
+            return Err(Error::journal(
+                path.display().to_string(),
+                "is not a regular file: move it away",
+            ));
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| io(path, "read", e))?;
         parse(&bytes, &path.display().to_string())
     }
 
@@ -164,7 +212,6 @@ fn whole_len(bytes: &[u8]) -> usize {
 /// Cuts a torn tail before anything is appended (the caller holds the
 /// lock): a record glued to half a line would make the journal unreadable.
 fn cut_torn_tail(file: &File, path: &Path) -> Result<Option<u64>> {
-    use std::io::{Read, Seek, SeekFrom};
     let mut bytes = Vec::new();
     let mut reader = file;
     reader
@@ -242,6 +289,77 @@ impl Journal for FileJournal {
     }
 
     fn records(&self) -> Result<Vec<Record>> {
-        Self::read(&self.path)
+        // From the file this process opened and locked, not the path again
+        // (which may have been replaced since).
+        let file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut bytes = Vec::new();
+        (&*file)
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| (&*file).read_to_end(&mut bytes))
+            .map_err(|e| io(&self.path, "read", e))?;
+        parse(&bytes, &self.location())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("meta").mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_journal_and_its_directory_are_private() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let path = tmp.path().join("state/web.jsonl");
+        let j = FileJournal::open(&path).expect("open");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&tmp.path().join("state")), 0o700);
+        drop(j);
+        // One an older hygiene left readable by all is made private.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(FileJournal::open(&path).expect("open again"));
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn a_symlinked_journal_is_refused_and_its_target_untouched() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let victim = tmp.path().join("victim");
+        let path = tmp.path().join("web.jsonl");
+        std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+        let e = FileJournal::open(&path).expect_err("refused").to_string();
+        assert!(e.contains("symlink"), "{e}");
+        assert!(!victim.exists(), "the link's target was created");
+        std::fs::write(&victim, "precious\n").expect("write");
+        assert!(FileJournal::open(&path).is_err());
+        assert!(
+            FileJournal::read(&path).is_err(),
+            "not read through a link either"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious\n"
+        );
+    }
+
+    #[test]
+    fn a_journal_that_is_not_a_regular_file_of_this_user_is_refused() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let dir = tmp.path().join("web.jsonl");
+        std::fs::create_dir(&dir).expect("mkdir");
+        assert!(FileJournal::open(&dir).is_err());
+        let path = tmp.path().join("other.jsonl");
+        std::fs::write(&path, "").expect("write");
+        // Only root can give a file away: elsewhere, nothing more to test.
+        if std::os::unix::fs::chown(&path, Some(65534), None).is_err() {
+            return;
+        }
+        let e = FileJournal::open(&path).expect_err("refused").to_string();
+        assert!(e.contains("owned by user 65534"), "{e}");
     }
 }

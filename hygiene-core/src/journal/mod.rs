@@ -20,6 +20,7 @@
 //! `/var/lib/hygiene` for root).
 
 mod file;
+pub(crate) mod private;
 mod record;
 mod summary;
 mod trace;
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use file::FileJournal;
+pub use private::{check_state_dir, prepare_state_dir, readable_by_others};
 pub use record::{Header, Op, Record, JOURNAL_FORMAT};
 pub use summary::{summarize, JournaledState, Summary, TargetSummary};
 pub(crate) use trace::{Finish, Interrupted, Trace};

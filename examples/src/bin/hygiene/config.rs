@@ -626,6 +626,11 @@ pub(crate) struct LocalSection {
     /// Kill it after this long (default 10m).
     #[serde(default, with = "duration_text::option")]
     pub(crate) timeout: Option<Duration>,
+    /// hygiene's own variables the program gets (beyond PATH, HOME, LANG,
+    /// LC_*, TZ): nothing else of hygiene's environment reaches it.
+    pub(crate) pass_env: Option<Spanned<Vec<String>>>,
+    /// Variables set for the program.
+    pub(crate) env: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 /// `[executor.ssh]`
@@ -648,6 +653,11 @@ pub(crate) struct SshSection {
     /// ones that turn off host key checking or batch mode.
     #[serde(default)]
     pub(crate) options: BTreeMap<String, String>,
+    /// hygiene's own variables the local ssh gets (beyond PATH, HOME, LANG,
+    /// LC_*, TZ, SSH_AUTH_SOCK).
+    pub(crate) pass_env: Option<Spanned<Vec<String>>>,
+    /// Variables set for the local ssh.
+    pub(crate) env: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 /// A document parameter: one value or several.

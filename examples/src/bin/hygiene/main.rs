@@ -139,7 +139,8 @@ async fn main() -> ExitCode {
                 Failure::Config(e) => e.to_string(),
                 Failure::Lib(e) => e.to_string(),
             };
-            eprintln!("error: {message}");
+            // Errors quote balancers' replies and targets' names.
+            eprintln!("error: {}", output::clean(&message));
             if json {
                 output::json_line(
                     "error",

@@ -10,6 +10,14 @@ use hygiene_core::{Event, EventKind, Location, Outcome, Report, Stage, TargetId,
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+/// `s` for a person's terminal: names from a balancer and output from
+/// targets may hold control characters (OSC 52 writes the clipboard,
+/// cursor movement rewrites what was printed); each becomes a visible
+/// escape. JSON needs none: serde_json escapes them.
+pub(crate) fn clean(s: impl std::fmt::Display) -> String {
+    hygiene_core::display::sanitize(&s.to_string()).into_owned()
+}
+
 /// Prints one JSON line on stdout: `value`'s fields with `"type": kind`
 /// first (objects), or `{"type": kind, "value": …}`.
 pub(crate) fn json_line(kind: &str, value: &impl Serialize) {
@@ -118,8 +126,9 @@ impl Follower {
                         }
                         if *stage == Stage::Failed {
                             let _ignored = v.multi.println(format!(
-                                "FAILED {id}: {}",
-                                detail.as_deref().unwrap_or("")
+                                "FAILED {}: {}",
+                                clean(id),
+                                clean(detail.as_deref().unwrap_or(""))
                             ));
                         }
                     }
@@ -134,7 +143,7 @@ impl Follower {
                                 )
                                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                             );
-                            b.set_prefix(id.to_string());
+                            b.set_prefix(clean(id));
                             b.enable_steady_tick(Duration::from_millis(120));
                             b
                         });
@@ -143,16 +152,18 @@ impl Follower {
                 }
             }
             EventKind::Stopping { reason } => {
-                self.note(&format!("stopping: {reason}"));
+                self.note(&format!("stopping: {}", clean(reason)));
             }
             EventKind::DrainLost { id, stage } => {
                 self.note(&format!(
-                    "{id} was put back in rotation by the balancer itself while {stage} (a reload?): taken out again"
+                    "{} was put back in rotation by the balancer itself while {stage} (a reload?): taken out again",
+                    clean(id)
                 ));
             }
             EventKind::FoundOut { id } => {
                 self.note(&format!(
-                    "{id} is out of rotation and this run did not take it out: left as found"
+                    "{} is out of rotation and this run did not take it out: left as found",
+                    clean(id)
                 ));
             }
             EventKind::WaitingForCapacity { healthy, required } => {
@@ -206,14 +217,14 @@ pub(crate) fn summary(r: &Report) -> String {
     let mut s = String::new();
     let outcome = match &r.outcome {
         Outcome::Completed => "completed".to_owned(),
-        Outcome::Aborted { reason } => format!("ABORTED: {reason}"),
+        Outcome::Aborted { reason } => format!("ABORTED: {}", clean(reason)),
         Outcome::Cancelled => "cancelled".to_owned(),
         other => format!("{other:?}"),
     };
     s.push_str(&format!(
         "run {} on {}: {outcome} in {:.1}s, {} batch(es)\n",
-        r.run_id,
-        r.balancer,
+        clean(&r.run_id),
+        clean(&r.balancer),
         r.duration.as_secs_f64(),
         r.batches
     ));
@@ -236,24 +247,28 @@ pub(crate) fn summary(r: &Report) -> String {
                 kept_out,
                 ..
             } => format!(
-                "FAILED in {phase}: {reason}{}",
+                "FAILED in {phase}: {}{}",
+                clean(reason),
                 if *kept_out {
                     " — KEPT OUT OF ROTATION"
                 } else {
                     ""
                 }
             ),
-            TargetResult::Skipped { reason } => format!("skipped: {reason}"),
-            TargetResult::Restored { reason } => format!("put back without maintenance: {reason}"),
-            TargetResult::Vanished { reason, .. } => format!("vanished: {reason}"),
+            TargetResult::Skipped { reason } => format!("skipped: {}", clean(reason)),
+            TargetResult::Restored { reason } => {
+                format!("put back without maintenance: {}", clean(reason))
+            }
+            TargetResult::Vanished { reason, .. } => format!("vanished: {}", clean(reason)),
             TargetResult::NotStarted => "not started".into(),
-            other => format!("{other:?}"),
+            other => clean(format!("{other:?}")),
         };
-        s.push_str(&format!("  {:<24} {what}\n", t.id.to_string()));
+        s.push_str(&format!("  {:<24} {what}\n", clean(&t.id)));
     }
     for id in &r.found_out {
         s.push_str(&format!(
-            "  {id:<24} out of rotation before the run: left as found\n"
+            "  {:<24} out of rotation before the run: left as found\n",
+            clean(id)
         ));
     }
     let kept: Vec<_> = r.kept_out().collect();
@@ -264,7 +279,7 @@ pub(crate) fn summary(r: &Report) -> String {
                 TargetResult::Failed {
                     restore_hint: Some(h),
                     ..
-                } => h.clone(),
+                } => clean(h),
                 _ => String::new(),
             };
             let state = if t.location == Location::Unknown {
@@ -274,7 +289,7 @@ pub(crate) fn summary(r: &Report) -> String {
             };
             s.push_str(&format!(
                 "  {}{state}\n    put it back by hand: {hint}\n",
-                t.id
+                clean(&t.id)
             ));
         }
     }

@@ -246,7 +246,7 @@ pub(crate) fn human(p: &Plan) -> String {
             "  {:>3}. {}\n",
             k + 1,
             b.iter()
-                .map(ToString::to_string)
+                .map(crate::output::clean)
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
@@ -255,7 +255,11 @@ pub(crate) fn human(p: &Plan) -> String {
         o.push_str("  (none)\n");
     }
     for s in &p.skipped {
-        o.push_str(&format!("  skipped {}: {}\n", s.id, s.reason));
+        o.push_str(&format!(
+            "  skipped {}: {}\n",
+            crate::output::clean(&s.id),
+            crate::output::clean(&s.reason)
+        ));
     }
     o.push_str(&format!(
         "duration: at least {} (polls every {}, instant drains and maintenances){}, at most {} (every timeout reached in every batch)\n",
@@ -269,7 +273,7 @@ pub(crate) fn human(p: &Plan) -> String {
         p.duration.max
     ));
     for pr in &p.problems {
-        o.push_str(&format!("problem: {pr}\n"));
+        o.push_str(&format!("problem: {}\n", crate::output::clean(pr)));
     }
     o
 }

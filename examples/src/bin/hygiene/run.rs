@@ -46,6 +46,11 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
             }
         }
     }
+    // The state directory tells a resumed run what to signal and delete:
+    // refused when someone else owns it or can write it.
+    if let Some(dir) = setup.journal.parent() {
+        hygiene_core::journal::prepare_state_dir(dir)?;
+    }
     let journal = FileJournal::open(&setup.journal)?;
     let mut rollout = Rollout::new(
         Arc::clone(&setup.balancer),
@@ -127,7 +132,10 @@ async fn on_interrupt(
                 let ip = in_progress
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let list: Vec<String> = ip.iter().map(|(id, st)| format!("{id} ({st})")).collect();
+                let list: Vec<String> = ip
+                    .iter()
+                    .map(|(id, st)| format!("{} ({st})", output::clean(id)))
+                    .collect();
                 eprintln!(
                     "still running: {}. Waiting for them to end. Ctrl-C once more leaves now: the journal keeps the run; then `{resume}` finishes it or `{restore}` puts back what it took out.",
                     if list.is_empty() { "nothing".into() } else { list.join(", ") }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hygiene_core::{
-    Executor, HttpProbe, LoadBalancer, LocalCommand, Probe, ProbeVerdict, RolloutConfig, Target,
-    TcpProbe,
+    Executor, HttpProbe, LoadBalancer, LocalCommand, Probe, ProbeVerdict, RolloutConfig,
+    SshCommand, Target, TcpProbe,
 };
 use hygiene_haproxy::{HaproxyBalancer, HostMatch, HostScope, Node};
 use toml::Spanned;
@@ -465,6 +465,50 @@ async fn elbv2(
 
 type BuiltExecutor = (Arc<dyn Executor>, Option<Duration>, &'static str);
 
+/// The variable holding the balancer's password (`[balancer.nginx]
+/// password_env`): never given to a maintenance or to ssh.
+pub(crate) fn password_env(loaded: &Loaded) -> Option<String> {
+    let b = loaded.file.balancer.as_ref()?.get_ref();
+    Some(
+        b.nginx
+            .as_ref()?
+            .get_ref()
+            .password_env
+            .as_ref()?
+            .get_ref()
+            .clone(),
+    )
+}
+
+type Withhold<X> = fn(X, &str) -> hygiene_core::Result<X>;
+type SetEnv<X> = fn(X, &str, &str) -> hygiene_core::Result<X>;
+type EnvKeys<'a> = (
+    &'a Option<Spanned<Vec<String>>>,
+    &'a Option<Spanned<std::collections::BTreeMap<String, String>>>,
+);
+
+/// An executor's child environment: the balancer's password withheld,
+/// then the section's `pass_env` and `env`.
+fn child_env<X>(
+    loaded: &Loaded,
+    span: Range<usize>,
+    section: &str,
+    mut x: X,
+    (pass_env, env): EnvKeys<'_>,
+    (withhold, pass, set): (Withhold<X>, Withhold<X>, SetEnv<X>),
+) -> Result<X, ConfigError> {
+    if let Some(secret) = password_env(loaded) {
+        x = at(loaded, span.clone(), section, withhold(x, &secret))?;
+    }
+    for name in pass_env.iter().flat_map(|p| p.get_ref()) {
+        x = at(loaded, span.clone(), section, pass(x, name))?;
+    }
+    for (k, v) in env.iter().flat_map(|e| e.get_ref()) {
+        x = at(loaded, span.clone(), section, set(x, k, v))?;
+    }
+    Ok(x)
+}
+
 async fn executor(
     loaded: &Loaded,
     state_dir: &std::path::Path,
@@ -493,6 +537,18 @@ async fn executor(
         )?
         .with_timeout(timeout)
         .with_state_dir(state_dir.join("exec"));
+        let cmd = child_env(
+            loaded,
+            span,
+            "executor.local",
+            cmd,
+            (&l.pass_env, &l.env),
+            (
+                LocalCommand::withhold_env,
+                LocalCommand::with_pass_env,
+                LocalCommand::with_env,
+            ),
+        )?;
         return Ok((Arc::new(cmd), Some(timeout), "local"));
     }
     if let Some(s) = &x.ssh {
@@ -541,6 +597,18 @@ fn ssh(
     for (k, v) in &sec.options {
         x = at(loaded, span.clone(), "executor.ssh", x.with_option(k, v))?;
     }
+    let x = child_env(
+        loaded,
+        span.clone(),
+        "executor.ssh",
+        x,
+        (&sec.pass_env, &sec.env),
+        (
+            SshCommand::withhold_env,
+            SshCommand::with_pass_env,
+            SshCommand::with_env,
+        ),
+    )?;
     at(loaded, span, "executor.ssh", x.validate())?;
     Ok((Arc::new(x), Some(timeout), "ssh"))
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cli::{Global, RolloutFlags};
 use crate::config::Loaded;
+use crate::output::clean;
 use crate::{command_for, exit, output, setup, Failure};
 
 /// One target of the last run, as the journal tells it.
@@ -240,7 +241,9 @@ pub(crate) fn health_text(h: hygiene_core::Health) -> &'static str {
 }
 
 fn human(s: &Status) -> String {
-    let mut o = format!("pool {} — journal {}\n", s.pool, s.journal);
+    // The journal's strings came from balancers and targets (and a
+    // journal may be forged): escaped for the terminal.
+    let mut o = format!("pool {} — journal {}\n", clean(&s.pool), clean(&s.journal));
     let Some(run) = &s.run_id else {
         o.push_str("no run recorded: nothing is out of rotation because of hygiene\n");
         return o;
@@ -252,21 +255,22 @@ fn human(s: &Status) -> String {
                 .as_ref()
                 .and_then(|v| v.get("kind"))
                 .and_then(|k| k.as_str())
-                .unwrap_or("?")
+                .map_or_else(|| "?".into(), clean)
         ),
         "running" => "RUNNING (another process holds the journal)".into(),
         _ => "UNFINISHED: its process is gone".into(),
     };
     o.push_str(&format!(
-        "last run {run}, started {} on {} (pid {}): {state}\n",
-        s.started_at.as_deref().unwrap_or("?"),
-        s.host.as_deref().unwrap_or("?"),
+        "last run {}, started {} on {} (pid {}): {state}\n",
+        clean(run),
+        clean(s.started_at.as_deref().unwrap_or("?")),
+        clean(s.host.as_deref().unwrap_or("?")),
         s.pid.unwrap_or(0)
     ));
     for t in &s.targets {
-        o.push_str(&format!("  {:<24} {}\n", t.id.to_string(), t.state));
+        o.push_str(&format!("  {:<24} {}\n", clean(&t.id), clean(&t.state)));
         if let Some(l) = &t.live {
-            o.push_str(&format!("  {:<24} balancer now: {l}\n", ""));
+            o.push_str(&format!("  {:<24} balancer now: {}\n", "", clean(l)));
         }
     }
     let out: Vec<&TargetLine> = s.targets.iter().filter(|t| t.out).collect();
@@ -276,18 +280,22 @@ fn human(s: &Status) -> String {
         o.push_str(&format!(
             "out of rotation because of this run: {}\n",
             out.iter()
-                .map(|t| t.id.to_string())
+                .map(|t| clean(&t.id))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
         for t in &out {
             if let Some(h) = &t.hint {
-                o.push_str(&format!("  put {} back by hand: {h}\n", t.id));
+                o.push_str(&format!(
+                    "  put {} back by hand: {}\n",
+                    clean(&t.id),
+                    clean(h)
+                ));
             }
         }
     }
     for n in &s.next {
-        o.push_str(&format!("{n}\n"));
+        o.push_str(&format!("{}\n", clean(n)));
     }
     o
 }

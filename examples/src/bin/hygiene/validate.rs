@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::cli::{Global, RolloutFlags};
 use crate::config::Loaded;
+use crate::output::clean;
 use crate::status::health_text;
 use crate::{exit, output, plan, setup, Failure};
 
@@ -78,6 +79,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         targets: Vec::new(),
         problems: Vec::new(),
     };
+    v.problems.extend(private_problems(&loaded, &setup.journal));
     if v.journal_state.starts_with("LAST RUN UNFINISHED") {
         v.problems.push(format!(
             "the journal {} holds an unfinished run: a new run is refused until it is resumed or restored",
@@ -256,6 +258,49 @@ fn outside_problem(loaded: &Loaded, t: &hygiene_core::Target) -> Option<String> 
     None
 }
 
+/// Secrets and state that other local users can read (or a state
+/// directory they could plant a journal in).
+fn private_problems(loaded: &Loaded, journal: &std::path::Path) -> Vec<String> {
+    use hygiene_core::journal::{check_state_dir, readable_by_others};
+    let mut problems = Vec::new();
+    if let Some(dir) = journal.parent().filter(|d| d.exists()) {
+        match check_state_dir(dir) {
+            Err(e) => problems.push(format!("{e}; run, resume and restore refuse it")),
+            Ok(()) => problems.extend(readable_by_others(dir).map(|w| {
+                format!("the state directory {w}: journals and maintenance output are private")
+            })),
+        }
+    }
+    let nginx = loaded
+        .file
+        .balancer
+        .as_ref()
+        .and_then(|b| b.get_ref().nginx.as_ref());
+    if let Some(n) = nginx {
+        let n = n.get_ref();
+        for (key, file) in [
+            ("password_file", &n.password_file),
+            ("client_identity_file", &n.client_identity_file),
+        ] {
+            if let Some(w) = file.as_ref().and_then(|f| readable_by_others(f.get_ref())) {
+                problems.push(format!("balancer.nginx.{key}: {w}: it holds a secret"));
+            }
+        }
+    }
+    let ssh_key = loaded
+        .file
+        .executor
+        .as_ref()
+        .and_then(|x| x.get_ref().ssh.as_ref())
+        .and_then(|s| s.get_ref().identity_file.clone());
+    if let Some(w) = ssh_key.as_deref().and_then(readable_by_others) {
+        problems.push(format!(
+            "executor.ssh.identity_file: {w}: it is a private key (ssh refuses it)"
+        ));
+    }
+    problems
+}
+
 /// `[executor.local] program` that cannot be run.
 fn local_program_problem(loaded: &Loaded, problems: &mut Vec<String>) {
     let Some(l) = loaded
@@ -285,7 +330,8 @@ fn human(v: &Validation) -> String {
     o.push_str(&format!("  pool       {}\n", v.pool));
     o.push_str(&format!(
         "  journal    {} ({})\n",
-        v.journal, v.journal_state
+        v.journal,
+        clean(&v.journal_state)
     ));
     o.push_str(&format!("  balancer   {}\n", v.balancer));
     o.push_str(&format!("  executor   {}\n", v.executor));
@@ -321,25 +367,26 @@ fn human(v: &Validation) -> String {
         ));
         o.push_str(&format!("{} target(s):\n", v.targets.len()));
         for t in &v.targets {
+            // Names and addresses came from the balancer: escaped.
             let addr = match (&t.address, t.port) {
-                (Some(a), Some(p)) => format!("{a}:{p}"),
-                (Some(a), None) => a.clone(),
+                (Some(a), Some(p)) => format!("{}:{p}", clean(a)),
+                (Some(a), None) => clean(a),
                 _ => "-".into(),
             };
             o.push_str(&format!(
                 "  {:<24} {:<22} {:<12} {:<15} {:>3} in flight{}{}\n",
-                t.id,
+                clean(&t.id),
                 addr,
                 t.state,
                 t.health,
                 t.connections.map_or_else(|| "?".into(), |c| c.to_string()),
                 t.backends
                     .as_ref()
-                    .map(|b| format!("  backends {b}"))
+                    .map(|b| format!("  backends {}", clean(b)))
                     .unwrap_or_default(),
                 t.preflight
                     .as_ref()
-                    .map(|p| format!("  executor {p}"))
+                    .map(|p| format!("  executor {}", clean(p)))
                     .unwrap_or_default(),
             ));
         }
@@ -348,7 +395,7 @@ fn human(v: &Validation) -> String {
         o.push_str("no problem found\n");
     }
     for p in &v.problems {
-        o.push_str(&format!("problem: {p}\n"));
+        o.push_str(&format!("problem: {}\n", clean(p)));
     }
     o
 }

@@ -3,14 +3,17 @@
 //! process that started it, and leaves its exit status and output in files
 //! another process can read (crash safety).
 
+mod env;
+mod handle;
+
 use std::ffi::OsString;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
-use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -18,7 +21,10 @@ use crate::error::{Error, Result};
 use crate::executor::{
     ExecHandle, ExecOutcome, Executor, HandleSink, Preflight, Recovered, OUTPUT_TAIL_BYTES,
 };
+use crate::journal::private::{create_private_file, no_follow, private_dir};
 use crate::target::Target;
+pub(crate) use env::ChildEnv;
+use handle::{dir_name, kill_group, liveness, start_ticks, ChildHandle, Liveness};
 
 /// Runs `program args…` once per target, all targets of a batch at once.
 ///
@@ -26,7 +32,16 @@ use crate::target::Target;
 /// the target reaches the program as the environment variables
 /// `HYGIENE_TARGET_ID`, `HYGIENE_TARGET_ADDRESS` (empty when the target has
 /// no address) and `HYGIENE_TARGET_PORT` (when it has one). Exit code 0 is
-/// success. Output is kept in files; the report keeps its tail.
+/// success. Output is kept in files; the last
+/// [`OUTPUT_TAIL_BYTES`] of stdout and of stderr are **stored in the
+/// journal and the report**: a maintenance must not print secrets.
+///
+/// **Environment:** the program does not inherit hygiene's environment
+/// (which holds the balancer's password, cloud credentials, tokens). It
+/// gets `PATH`, `HOME`, `LANG`, `LC_*` and `TZ` from it, the variables
+/// named by [`with_pass_env`](Self::with_pass_env), those set by
+/// [`with_env`](Self::with_env), and the target's; never one
+/// [`withhold_env`](Self::withhold_env) names.
 ///
 /// The program runs in its own process group, so a Ctrl-C at the
 /// operator's terminal does not reach it, and it outlives the rollout
@@ -35,12 +50,24 @@ use crate::target::Target;
 /// never parsed) records its exit status in a file, and a resumed run
 /// waits for it and reads that status ([`Executor::recover`]). When the
 /// program runs past its timeout, its whole process group is killed.
+///
+/// Its files live in a directory of its own under the state directory's
+/// `exec/` (directories 0700, files 0600). A resumed run acts on a handle
+/// from the journal (waits for its process, kills it past its time limit,
+/// reads and deletes its directory) only when the handle was written on
+/// this host, names a pid above 1 with its start time, that pid still is
+/// that process, leads its own process group and was started for that
+/// directory (its environment names it), and its directory is a
+/// real directory directly under this `exec/`, named as the runner names
+/// them; any other handle is refused and its target gets `on_interrupted`
+/// with the reason.
 #[derive(Debug, Clone)]
 pub struct LocalCommand {
     program: OsString,
     args: Vec<OsString>,
     timeout: Duration,
     state_dir: Option<PathBuf>,
+    env: ChildEnv,
 }
 
 impl LocalCommand {
@@ -66,7 +93,37 @@ impl LocalCommand {
             args: args.into_iter().map(Into::into).collect(),
             timeout: Duration::from_secs(600),
             state_dir: None,
+            env: ChildEnv::new(&[]),
         })
+    }
+
+    /// Passes hygiene's own variable `name` to the program (when set).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `name` is not a variable name, is one
+    /// of the target's, or is withheld.
+    pub fn with_pass_env(mut self, name: &str) -> Result<Self> {
+        self.env.pass("pass_env", name)?;
+        Ok(self)
+    }
+
+    /// Sets `name` to `value` in the program's environment.
+    ///
+    /// # Errors
+    /// As [`with_pass_env`](Self::with_pass_env), and for a value with a NUL.
+    pub fn with_env(mut self, name: &str, value: &str) -> Result<Self> {
+        self.env.set("env", name, value)?;
+        Ok(self)
+    }
+
+    /// Never gives hygiene's variable `name` to the program (the one
+    /// holding the balancer's password), even when it is on the allow-list.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when it was passed or set already.
+    pub fn withhold_env(mut self, name: &str) -> Result<Self> {
+        self.env.withhold("password_env", name)?;
+        Ok(self)
     }
 
     /// Kills the program after `timeout`.
@@ -89,6 +146,7 @@ impl LocalCommand {
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| crate::journal::default_dir().join("exec")),
+            env: self.env.clone(),
         }
     }
 }
@@ -153,23 +211,6 @@ impl Invocation {
     }
 }
 
-/// What a resumed run needs to find a child again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct ChildHandle {
-    /// The wrapper's pid (the leader of the child's process group).
-    pid: u32,
-    /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field
-    /// 22): tells the same process from a later one with the same pid.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    start_ticks: Option<u64>,
-    /// The directory holding `status`, `stdout` and `stderr`.
-    dir: PathBuf,
-    /// The program, for messages.
-    program: String,
-    /// When it started (RFC 3339), for its time limit.
-    started_at: String,
-}
-
 /// Starts programs in their own process group with output and exit status
 /// in files, waits for them, kills them at the time limit, and finds them
 /// again from another process.
@@ -177,11 +218,18 @@ struct ChildHandle {
 pub(crate) struct Runner {
     pub(crate) timeout: Duration,
     pub(crate) state_dir: PathBuf,
+    pub(crate) env: ChildEnv,
 }
 
 /// The wrapper: runs its positional parameters as the command (never
-/// parsed), then writes the exit status atomically next to the output.
-const WRAPPER: &str = r#""$@"; s=$?; printf '%s\n' "$s" > "$HYGIENE_EXEC_DIR/status.part" && mv -f "$HYGIENE_EXEC_DIR/status.part" "$HYGIENE_EXEC_DIR/status"; exit "$s""#;
+/// parsed), then writes the exit status atomically next to the output
+/// (mode 0600 without changing the command's umask; `mv` from the
+/// system's default path, not the `PATH`).
+const WRAPPER: &str = r#""$@"; s=$?; (umask 077 && printf '%s\n' "$s" > "$HYGIENE_EXEC_DIR/status.part") && command -p mv -f "$HYGIENE_EXEC_DIR/status.part" "$HYGIENE_EXEC_DIR/status"; exit "$s""#;
+
+/// The shell that runs the wrapper: by absolute path, never looked up on
+/// the `PATH`.
+const SHELL: &str = "/bin/sh";
 
 impl Runner {
     /// Runs `inv` for `target`, reports its handle, and waits for it (up to
@@ -194,27 +242,31 @@ impl Runner {
     ) -> ExecOutcome {
         let started = Instant::now();
         let program = inv.program.to_string_lossy().into_owned();
-        let dir = self.state_dir.join(format!(
-            "{}-{}",
-            sanitize(target.id.as_str()),
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir = self
+            .state_dir
+            .join(dir_name(target, &uuid::Uuid::new_v4().simple().to_string()));
         let fail = |why: String| ExecOutcome::failure(target.id.clone(), started.elapsed(), why);
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        let made = private_dir(&self.state_dir).and_then(|()| {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        });
+        if let Err(e) = made {
             // Nothing was started: the maintenance fails before it ran.
             return fail(format!(
-                "cannot create {} for the output of {program:?}: {e}; check the state directory",
-                dir.display()
+                "{e} (for the output of {program:?}); check the state directory"
             ));
         }
         let files = (
-            std::fs::File::create(dir.join("stdout")),
-            std::fs::File::create(dir.join("stderr")),
+            create_private_file(&dir.join("stdout")),
+            create_private_file(&dir.join("stderr")),
         );
         let (Ok(out), Ok(err)) = files else {
             return fail(format!("cannot create output files in {}", dir.display()));
         };
-        let mut cmd = Command::new("sh");
+        let mut cmd = Command::new(SHELL);
+        self.env.apply(&mut cmd);
         cmd.arg("-c")
             .arg(WRAPPER)
             .arg(&inv.program)
@@ -245,6 +297,7 @@ impl Runner {
                 serde_json::to_value(ChildHandle {
                     pid,
                     start_ticks: start_ticks(pid),
+                    host: Some(crate::journal::host()),
                     dir: dir.clone(),
                     program: program.clone(),
                     started_at: jiff::Timestamp::now().to_string(),
@@ -256,7 +309,7 @@ impl Runner {
         let duration = started.elapsed();
         let outcome = match waited {
             Err(_) => {
-                kill_group(pid).await;
+                kill_group(pid);
                 let _reaped = child.wait().await;
                 let mut o = read_outcome(target, &dir, &program, duration, None);
                 o.success = false;
@@ -273,8 +326,9 @@ impl Runner {
         outcome
     }
 
-    /// Finds a child a dead process started: waits while it runs (up to
-    /// what is left of its time limit), then reads its status file.
+    /// Finds a child a dead process started: checks its handle (see
+    /// [`LocalCommand`]), waits while it runs (up to what is left of its
+    /// time limit), then reads its status file.
     pub(crate) async fn recover(&self, target: &Target, handle: &ExecHandle) -> Recovered {
         let h: ChildHandle = match serde_json::from_value(handle.0.clone()) {
             Ok(h) => h,
@@ -285,20 +339,37 @@ impl Runner {
                 ))
             }
         };
-        let started: Option<jiff::Timestamp> = h.started_at.parse().ok();
-        let ran = || {
-            started
-                .and_then(|s| {
-                    let d = jiff::Timestamp::now().duration_since(s);
-                    Duration::try_from(d).ok()
-                })
-                .unwrap_or_default()
-        };
+        if let Some(why) = h.refusal(target, &self.state_dir) {
+            tracing::warn!(target.id = %target.id, reason = %why, "journal handle refused");
+            return Recovered::Unknown(format!(
+                "the journal's handle on the maintenance of {} was refused, nothing was signalled or deleted: {why}",
+                target.id
+            ));
+        }
         let mut poll = Duration::from_millis(50);
-        while alive(&h) {
-            if ran() >= self.timeout {
-                kill_group(h.pid).await;
-                let mut o = read_outcome(target, &h.dir, &h.program, ran(), None);
+        loop {
+            match liveness(&h) {
+                Liveness::Gone => break,
+                Liveness::NotOurs(why) => {
+                    tracing::warn!(target.id = %target.id, reason = %why, "journal handle refused");
+                    return Recovered::Unknown(format!(
+                        "the journal's handle on the maintenance of {} was refused, nothing was signalled or deleted: \
+                         {why}, so it is not the maintenance hygiene started",
+                        target.id
+                    ));
+                }
+                Liveness::Running => {}
+            }
+            // A start time that cannot be read counts as past the limit.
+            if h.ran().is_none_or(|ran| ran >= self.timeout) {
+                kill_group(h.pid);
+                let mut o = read_outcome(
+                    target,
+                    &h.dir,
+                    &h.program,
+                    h.ran().unwrap_or_default(),
+                    None,
+                );
                 o.success = false;
                 o.message = Some(format!(
                     "{:?} ran past its timeout of {:?} and was killed (by the resumed run)",
@@ -321,7 +392,13 @@ impl Runner {
                 h.dir.display()
             ));
         };
-        let o = read_outcome(target, &h.dir, &h.program, ran(), Some(code));
+        let o = read_outcome(
+            target,
+            &h.dir,
+            &h.program,
+            h.ran().unwrap_or_default(),
+            Some(code),
+        );
         let _ignored = std::fs::remove_dir_all(&h.dir);
         Recovered::Finished(o)
     }
@@ -357,7 +434,11 @@ fn read_outcome(
 /// The last [`OUTPUT_TAIL_BYTES`] of a file, as text.
 fn read_tail(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow())
+        .open(path)
+    else {
         return String::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -368,61 +449,6 @@ fn read_tail(path: &Path) -> String {
     let mut buf = Vec::new();
     let _partial = f.read_to_end(&mut buf);
     crate::executor::tail(&String::from_utf8_lossy(&buf), OUTPUT_TAIL_BYTES)
-}
-
-/// A file name made of a target id.
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect()
-}
-
-/// `(state, start time in clock ticks since boot)` of `pid`, where
-/// `/proc/<pid>/stat` says (fields 3 and 22).
-fn proc_stat(pid: u32) -> Option<(String, Option<u64>)> {
-    if pid == 0 {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
-    let state = fields.next()?.to_owned();
-    Some((state, fields.nth(18).and_then(|f| f.parse().ok())))
-}
-
-/// The start time of `pid` in clock ticks since boot, where `/proc` says.
-fn start_ticks(pid: u32) -> Option<u64> {
-    proc_stat(pid)?.1
-}
-
-/// The process a handle names still runs (and is not a zombie).
-fn alive(h: &ChildHandle) -> bool {
-    match proc_stat(h.pid) {
-        None => false,
-        Some((state, _)) if state == "Z" => false,
-        Some((_, ticks)) => h.start_ticks.is_none() || ticks == h.start_ticks,
-    }
-}
-
-/// Kills a process group with the system's `kill` (no unsafe code here).
-async fn kill_group(pid: u32) {
-    if pid == 0 {
-        return;
-    }
-    let _ignored = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
 }
 
 #[cfg(test)]
@@ -589,28 +615,75 @@ mod tests {
     #[tokio::test]
     async fn a_maintenance_that_left_no_status_is_unknown() {
         let dir = tempfile::tempdir().expect("dir");
+        // A process that ended: its pid, and a start time no process has.
+        let mut done = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = done.id();
+        done.wait().expect("wait");
+        let t = target("a");
+        let files = dir
+            .path()
+            .join(handle::dir_name(&t, "0123456789abcdef0123456789abcdef"));
+        std::fs::create_dir(&files).expect("mkdir");
         let gone = ExecHandle(
             serde_json::to_value(ChildHandle {
-                pid: 0,
-                start_ticks: None,
-                dir: dir.path().join("nothing-here"),
+                pid,
+                start_ticks: Some(u64::MAX),
+                host: Some(crate::journal::host()),
+                dir: files.clone(),
                 program: "patch".into(),
                 started_at: jiff::Timestamp::now().to_string(),
             })
             .expect("json"),
         );
         let c = cmd(&dir, "true", &[]);
-        let got = c.recover(&target("a"), &gone).await.expect("recover");
+        let got = c.recover(&t, &gone).await.expect("recover");
         assert!(
             matches!(&got, Recovered::Unknown(why) if why.contains("without recording")),
             "{got:?}"
         );
         let foreign = ExecHandle(serde_json::json!({"command_id": "abc"}));
-        let got = c.recover(&target("a"), &foreign).await.expect("recover");
+        let got = c.recover(&t, &foreign).await.expect("recover");
         assert!(
             matches!(&got, Recovered::Unknown(why) if why.contains("not a local command")),
             "{got:?}"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn files_are_private_and_the_environment_is_not_inherited() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("dir");
+        let exec = tmp.path().join("exec");
+        // Where the maintenance can see its own files while it runs.
+        let script = "stat -c '%a' \"$HYGIENE_EXEC_DIR\" \"$HYGIENE_EXEC_DIR/stdout\"; env";
+        let c = LocalCommand::new("/bin/sh", ["-c", script])
+            .expect("cmd")
+            .with_state_dir(&exec)
+            .with_pass_env("HYGIENE_TEST_PASSED")
+            .expect("pass")
+            .with_env("MODE", "fast")
+            .expect("env")
+            .withhold_env("LC_HYGIENE_TEST_SECRET")
+            .expect("withhold");
+        // Variables of this process's own, set for this test only: the
+        // child must see the passed one and neither secret.
+        std::env::set_var("HYGIENE_TEST_PASSED", "yes");
+        std::env::set_var("HYGIENE_TEST_SECRET", "s3cr3t-one");
+        std::env::set_var("LC_HYGIENE_TEST_SECRET", "s3cr3t-two");
+        let out = c.execute(&[target("a")]).await.expect("execute");
+        assert!(out[0].success, "{:?}", out[0]);
+        let text = &out[0].stdout_tail;
+        assert!(text.starts_with("700\n600\n"), "{text}");
+        assert!(text.contains("HYGIENE_TEST_PASSED=yes"), "{text}");
+        assert!(text.contains("MODE=fast"), "{text}");
+        assert!(text.contains("HYGIENE_TARGET_ID=a"), "{text}");
+        assert!(
+            !text.contains("s3cr3t"),
+            "a secret reached the child: {text}"
+        );
+        let m = std::fs::metadata(&exec).expect("exec").permissions().mode();
+        assert_eq!(m & 0o777, 0o700);
     }
 
     #[cfg(target_os = "linux")]
@@ -644,6 +717,6 @@ mod tests {
             "{o:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!alive(&h), "the orphan was killed");
+        assert_eq!(liveness(&h), Liveness::Gone, "the orphan was killed");
     }
 }
