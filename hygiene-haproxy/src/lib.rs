@@ -5,7 +5,9 @@ mod balancer;
 mod client;
 mod config;
 mod error;
+mod found;
 mod parse;
+mod snapshot;
 
 pub use balancer::{HaproxyBalancer, SocketLevel};
 pub use config::{is_valid_name, HaproxyBalancerBuilder, HostMatch, HostScope, Node};
