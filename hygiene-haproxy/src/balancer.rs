@@ -17,12 +17,9 @@ use crate::client::{Client, SendFailure};
 use crate::config::{check_name, HaproxyBalancerBuilder, HostMatch, HostScope};
 use crate::error::HaproxyError;
 use crate::found::{self, Admin, Records};
-use crate::parse::{self, ParseError, ReplyError};
+use crate::parse::{self, ParseError};
+use crate::reply::{chunks, reply_error, split};
 use crate::snapshot::{Entry, Part, Snapshot};
-
-/// Longest command line sent at once; HAProxy's CLI reads one buffer
-/// (`tune.bufsize`, 16 kB by default) per line.
-const MAX_LINE: usize = 8 * 1024;
 
 /// A pool of servers behind one or more HAProxy nodes, driven through the
 /// runtime API. Cheap to clone (the clones share one configuration).
@@ -263,7 +260,7 @@ impl HaproxyBalancer {
         self.retrying(client, "show", || async {
             let mut snap = self.snapshot_once(client).await?;
             if let Some(m) = master {
-                match Self::add_old_workers(m, &mut snap).await {
+                match crate::workers::add_old_workers(m, &mut snap).await {
                     Ok(()) => {}
                     Err(e) if old == OldWorkers::BestEffort => {
                         warn!(node = client.name(), error = %e, "cannot count the old workers' requests; listing without them");
@@ -274,110 +271,6 @@ impl HaproxyBalancer {
             Ok(snap)
         })
         .await
-    }
-
-    /// Adds the in-flight requests of the node's old workers (processes a
-    /// reload replaced, still finishing theirs) to each server's count,
-    /// from the master CLI: `show proc`, then `@!<pid> show stat` for each
-    /// old worker. A row counts for the entry of the same backend and
-    /// server name *and* for every entry pointing to the same address (a
-    /// reload may have renamed or renumbered servers): an overcount only
-    /// makes a drain wait for requests that really run. A worker whose
-    /// reply is not a `show stat` counts nothing only once a second `show
-    /// proc` no longer lists it; otherwise, as for a cut reply, the whole
-    /// count is unavailable (retried).
-    async fn add_old_workers(master: &Client, snap: &mut Snapshot) -> Result<(), HaproxyError> {
-        let workers = Self::old_workers(master).await?;
-        let unavailable = |message: String| HaproxyError::Unavailable {
-            node: master.name().to_owned(),
-            message,
-            source: None,
-        };
-        let mut rows: Vec<parse::StatRow> = Vec::new();
-        let mut unanswered = Vec::new();
-        for w in &workers {
-            let pid = w.pid;
-            let version = match &w.version {
-                Some(v) => Some(v.clone()),
-                None => {
-                    let info = master.send(&format!("@!{pid} show info")).await?;
-                    parse::info_version(&info)
-                }
-            };
-            if let Some(v) = version.as_deref() {
-                if parse::major_minor(v).is_some_and(|mm| mm < (2, 5)) {
-                    return Err(unavailable(format!(
-                        "old worker {pid} runs HAProxy {v}: before 2.5 a worker that is stopping lists no server in `show stat` (haproxy issue 1307), so the requests it still finishes cannot be counted; retried until it exits"
-                    )));
-                }
-            }
-            let line = format!("@!{pid} show stat -1 4 -1");
-            let raw = master.send(&line).await?;
-            if !raw.trim_start().starts_with("# pxname") {
-                unanswered.push((pid, raw.trim().to_owned()));
-                continue;
-            }
-            let parsed = parse::parse_stat(&raw).map_err(|e| unavailable(format!("the reply of old worker {pid} to `{line}` is cut or malformed ({e:?}): its in-flight requests cannot be counted")))?;
-            if parsed.is_empty() {
-                // A worker of the old configuration has servers; a header
-                // alone is a worker that no longer reports them (HAProxy
-                // before 2.5 while stopping), never "no request".
-                return Err(unavailable(format!(
-                    "old worker {pid} (HAProxy {}) lists no server in `{line}`: the requests it still finishes cannot be counted; retried until it exits",
-                    version.as_deref().unwrap_or("of unknown version")
-                )));
-            }
-            rows.extend(parsed.into_iter().filter(|r| r.connections > 0));
-        }
-        if !unanswered.is_empty() {
-            let still: Vec<u32> = Self::old_workers(master)
-                .await?
-                .iter()
-                .map(|w| w.pid)
-                .collect();
-            if let Some((pid, reply)) = unanswered.iter().find(|(p, _)| still.contains(p)) {
-                return Err(unavailable(format!("old worker {pid} runs but did not answer `show stat` ({reply:?}): its in-flight requests cannot be counted")));
-            }
-            debug!(master = master.name(), gone = ?unanswered, "old workers ended");
-        }
-        let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
-        debug!(node = %snap.node, old_workers = ?pids, rows = rows.len(), "old workers still serve");
-        let host_of = |addr: &str| -> Option<(String, Option<u16>)> {
-            let (a, p) = addr.rsplit_once(':')?;
-            let a = a.trim_start_matches('[').trim_end_matches(']').to_owned();
-            let port = match snap.host_match {
-                HostMatch::AddressAndPort => Some(p.parse().ok()?),
-                HostMatch::Address => None,
-            };
-            Some((a, port))
-        };
-        let mut add: Vec<(usize, usize, u64)> = Vec::new();
-        for r in &rows {
-            let host = r.addr.as_deref().and_then(host_of);
-            for (b, (backend, entries)) in snap.backends.iter().enumerate() {
-                for (k, e) in entries.iter().enumerate() {
-                    let same_name = *backend == r.backend && e.state.server == r.server;
-                    let same_host = host.is_some() && snap.host(e) == host;
-                    if same_name || same_host {
-                        add.push((b, k, r.connections));
-                    }
-                }
-            }
-        }
-        for (b, k, n) in add {
-            if let Some(e) = snap.backends.get_mut(b).and_then(|(_, v)| v.get_mut(k)) {
-                e.stat.connections = e.stat.connections.saturating_add(n);
-            }
-        }
-        Ok(())
-    }
-
-    async fn old_workers(master: &Client) -> Result<Vec<parse::OldWorker>, HaproxyError> {
-        let raw = master.send("show proc").await?;
-        parse::parse_old_workers(&raw).map_err(|e| reply_error(master.name(), "show proc", None, e))
     }
 
     /// One connection: `show backend; show servers state; show stat -1 4
@@ -654,93 +547,6 @@ impl HaproxyBalancer {
             }
         }
         Ok(())
-    }
-}
-
-/// Splits a reply into `count` bodies. When the framing is wrong but the
-/// reply starts with a known error line (HAProxy refusing the whole line),
-/// that error is the one reported.
-fn split<'a>(
-    node: &str,
-    line: &str,
-    raw: &'a str,
-    count: usize,
-) -> Result<Vec<&'a str>, HaproxyError> {
-    parse::split_replies(raw, count).map_err(|m| {
-        let first = raw.split("\n\n").next().unwrap_or_default();
-        match parse::classify(first) {
-            Some(e @ (ReplyError::PermissionDenied | ReplyError::UnknownCommand(_))) => {
-                reply_error(node, line, None, ParseError::Reply(e))
-            }
-            _ => HaproxyError::Protocol {
-                node: node.to_owned(),
-                message: format!("`{line}`: {m}"),
-            },
-        }
-    })
-}
-
-/// Splits commands into lines short enough for HAProxy's CLI buffer.
-fn chunks(cmds: &[(String, String, String)]) -> Vec<&[(String, String, String)]> {
-    let mut out = Vec::new();
-    let (mut start, mut len) = (0, 0);
-    for (i, (c, _, _)) in cmds.iter().enumerate() {
-        if i > start && len + c.len() + 2 > MAX_LINE {
-            out.push(&cmds[start..i]);
-            start = i;
-            len = 0;
-        }
-        len += c.len() + 2;
-    }
-    if start < cmds.len() {
-        out.push(&cmds[start..]);
-    }
-    out
-}
-
-/// The one place HAProxy's replies become errors.
-fn reply_error(
-    node: &str,
-    command: &str,
-    target: Option<(&str, &str)>,
-    e: ParseError,
-) -> HaproxyError {
-    let node = node.to_owned();
-    let command = command.to_owned();
-    match e {
-        ParseError::Reply(ReplyError::PermissionDenied) => {
-            HaproxyError::PermissionDenied { node, command }
-        }
-        ParseError::Reply(ReplyError::NoSuchBackend) => HaproxyError::NoSuchBackend {
-            node,
-            backend: target.map(|(b, _)| b.to_owned()).unwrap_or(command),
-        },
-        ParseError::Reply(ReplyError::NoSuchServer) => match target {
-            Some((b, s)) => HaproxyError::NoSuchServer {
-                node,
-                backend: b.to_owned(),
-                server: s.to_owned(),
-            },
-            None => HaproxyError::Rejected {
-                node,
-                command,
-                reply: "No such server.".into(),
-            },
-        },
-        ParseError::Reply(ReplyError::UnknownCommand(reply)) => HaproxyError::UnknownCommand {
-            node,
-            command,
-            reply,
-        },
-        ParseError::Reply(ReplyError::Other(reply)) => HaproxyError::Rejected {
-            node,
-            command,
-            reply,
-        },
-        ParseError::Format(message) => HaproxyError::Protocol {
-            node,
-            message: format!("`{command}`: {message}"),
-        },
     }
 }
 
@@ -1098,26 +904,6 @@ mod tests {
             e.is_not_found() && e.to_string().contains("other/s1"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn long_batches_are_split() {
-        let cmds: Vec<(String, String, String)> = (0..1000)
-            .map(|i| {
-                (
-                    format!("set server web/s{i} state drain"),
-                    "web".into(),
-                    format!("s{i}"),
-                )
-            })
-            .collect();
-        let parts = chunks(&cmds);
-        assert!(parts.len() > 1);
-        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), 1000);
-        for p in parts {
-            let line: usize = p.iter().map(|(c, _, _)| c.len() + 2).sum();
-            assert!(line <= MAX_LINE);
-        }
     }
 
     #[test]

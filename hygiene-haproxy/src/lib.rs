@@ -7,7 +7,9 @@ mod config;
 mod error;
 mod found;
 mod parse;
+mod reply;
 mod snapshot;
+mod workers;
 
 pub use balancer::{HaproxyBalancer, SocketLevel};
 pub use config::{is_valid_name, HaproxyBalancerBuilder, HostMatch, HostScope, Node};
