@@ -302,3 +302,54 @@ async fn backup_and_weight_0_servers_are_not_capacity() {
     let listed = lb.list().await.expect("list");
     assert!(listed[1].status.standby, "{listed:?}");
 }
+
+// The whole rollout, through the engine (its listings during the run
+// included): the host's entries an operator keeps out stay out, the
+// agent that ran runs again, and nothing the run did not take out is put
+// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_restores_every_entry_as_found() {
+    let Some(bin) = haproxy_bin() else { return };
+    let (_b, _agent, h) = with_agent(&bin, |b, agent| {
+        format!(
+            "backend api\n  server a1 {a} {CHK} disabled\n  server a2 {a} {CHK}\n  server a3 {a} {CHK} agent-check agent-port {} agent-inter 100ms\n",
+            agent.addr.port(),
+            a = b[0].addr,
+        )
+    })
+    .await;
+    h.raw("set server api/a2 state drain").await.expect("raw");
+    h.raw("disable agent api/a3").await.expect("raw");
+    let lb = h.balancer(&["web"]);
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(1))
+        .poll_interval(Duration::from_millis(50))
+        .health_timeout(Duration::from_secs(10))
+        .build()
+        .expect("config");
+    let exec = LocalCommand::new("true", Vec::<String>::new()).expect("command");
+    let report = Rollout::new(lb.clone(), exec, config)
+        .run()
+        .await
+        .expect("rollout");
+    assert!(report.is_success(), "{}", report.to_json_pretty());
+    // The report carries what was found, for the way back.
+    assert!(
+        report.targets[0].meta.get("found").is_some_and(
+            |f| f.contains("\"api/a1\":\"maint\"") && f.contains("\"web/s1\":\"ready+agent\"")
+        ),
+        "{:?}",
+        report.targets[0].meta
+    );
+    assert_eq!(h.server("web", "s1").await, ("UP".to_owned(), 0));
+    assert_ne!(h.agent_state("web", "s1").await & 4, 0, "agent runs again");
+    assert_eq!(h.server("api", "a1").await.1, 5, "a1 stays `disabled`");
+    assert_eq!(h.server("api", "a2").await.1, 8, "a2 stays drained");
+    assert_eq!(h.server("api", "a3").await.1, 0, "a3 back in service");
+    assert_eq!(
+        h.agent_state("api", "a3").await & 4,
+        0,
+        "its stopped agent stays stopped"
+    );
+}
