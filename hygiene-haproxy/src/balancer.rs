@@ -164,6 +164,32 @@ impl HaproxyBalancer {
         out
     }
 
+    /// Each node's HAProxy version, as `show info` says it (`Version:`), in
+    /// node order; `Ok(None)` when the reply has no version line. Changes
+    /// nothing; for checks before a run (`hygiene validate`): before 2.5, a
+    /// worker that a reload is stopping lists no server in `show stat`
+    /// (haproxy issue 1307), so its requests cannot be counted and a status
+    /// read during a reload fails until it exits (see the crate docs).
+    pub async fn versions(&self) -> Vec<(String, Result<Option<String>, hygiene_core::Error>)> {
+        let mut out = Vec::with_capacity(self.inner.clients.len());
+        for client in &self.inner.clients {
+            let r = self
+                .retrying(client, "show info", || async {
+                    Ok(parse::info_version(&client.send("show info").await?))
+                })
+                .await;
+            out.push((client.name().to_owned(), r));
+        }
+        out
+    }
+
+    /// Whether the requests of an old worker of this HAProxy version can be
+    /// counted: from 2.5 (`Some(true)`); before, a stopping worker lists no
+    /// server (`Some(false)`); `None` when the version cannot be read.
+    pub fn counts_old_workers(version: &str) -> Option<bool> {
+        parse::major_minor(version).map(|v| v >= (2, 5))
+    }
+
     /// Refuses, before anything is changed, a node whose socket is not
     /// `level admin` (an HAProxy that does not know `show cli level` passes:
     /// its first drain says it). For a run's start.
@@ -904,6 +930,18 @@ mod tests {
             e.is_not_found() && e.to_string().contains("other/s1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn versions_that_count_old_workers() {
+        assert_eq!(
+            HaproxyBalancer::counts_old_workers("2.6.12-1+deb12u4"),
+            Some(true)
+        );
+        assert_eq!(HaproxyBalancer::counts_old_workers("2.5.0"), Some(true));
+        assert_eq!(HaproxyBalancer::counts_old_workers("2.4.22"), Some(false));
+        assert_eq!(HaproxyBalancer::counts_old_workers("1.8.30"), Some(false));
+        assert_eq!(HaproxyBalancer::counts_old_workers("dev"), None);
     }
 
     #[test]

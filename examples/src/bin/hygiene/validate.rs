@@ -121,6 +121,14 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
             }
         }
         if let Some(h) = &setup.haproxy {
+            for (node, version) in h.versions().await {
+                let Ok(Some(ver)) = version else { continue };
+                if hygiene_haproxy::HaproxyBalancer::counts_old_workers(&ver) == Some(false) {
+                    v.problems.push(format!(
+                        "node {node} runs HAProxy {ver}: before 2.5 a worker that a reload is stopping lists no server (haproxy issue 1307), so its requests cannot be counted: during a reload, status reads fail and the drain waits until the old worker exits; upgrade HAProxy to 2.5 or later"
+                    ));
+                }
+            }
             for (node, level) in h.socket_levels().await {
                 match level {
                     Ok(SocketLevel::Admin) => {}
