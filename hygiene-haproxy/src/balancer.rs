@@ -841,7 +841,7 @@ impl LoadBalancer for HaproxyBalancer {
     /// ready. Agent checks that ran are started again.
     async fn enable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
         self.apply(ids, "enable", false, |id, node, b, e| {
-            let found = self.records().get(id, node, b, e);
+            let found = self.records().to_restore(id, node, b, e);
             found::enable_commands(b, e, found)
         })
         .await?;

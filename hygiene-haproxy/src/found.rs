@@ -161,8 +161,8 @@ impl Records {
         self.unknown.remove(id);
     }
 
-    /// What entry `backend/server` of target `id` on `node` was found as;
-    /// `None` when not recorded (then `enable` puts it back in service).
+    /// What entry `backend/server` of target `id` on `node` was found as
+    /// when last listed (or as the journal says); `None` when not recorded.
     pub(crate) fn get(&self, id: &str, node: &str, backend: &str, e: &Entry) -> Option<Found> {
         let (node, entry) = entry_key(node, backend, e);
         self.get_named(id, &node, &entry)
@@ -176,6 +176,24 @@ impl Records {
         self.found
             .get(&(node.to_owned(), entry.to_owned()))
             .copied()
+    }
+
+    /// What `enable` restores the entry to: what it was found as, for a
+    /// target this balancer took out (or learned from a journal) and has
+    /// not put back. `None` otherwise: an `enable` of a target this
+    /// balancer did not take out is a request to put it back in service
+    /// (an operator's, a test's), and every entry that is out comes back.
+    pub(crate) fn to_restore(
+        &self,
+        id: &str,
+        node: &str,
+        backend: &str,
+        e: &Entry,
+    ) -> Option<Found> {
+        if !self.held.contains(id) {
+            return None;
+        }
+        self.get(id, node, backend, e)
     }
 
     /// The `meta["found"]` value of target `id`: its entries on every node.
@@ -480,7 +498,16 @@ mod tests {
         );
         let meta = r.meta(&[("lb-a", "web", &e)]);
         assert_eq!(meta, r#"{"lb-a":{"web/s1":"ready"}}"#);
+        assert_eq!(
+            r.to_restore("web/s1", "lb-a", "web", &e).map(|f| f.admin),
+            Some(Admin::Ready)
+        );
         r.put_back("web/s1");
+        assert_eq!(
+            r.to_restore("web/s1", "lb-a", "web", &e),
+            None,
+            "not out because of this balancer: an enable puts it back"
+        );
         r.listed("web/s1", "lb-a", &[("web", &drained)]);
         assert_eq!(
             r.get("web/s1", "lb-a", "web", &e).map(|f| f.admin),
