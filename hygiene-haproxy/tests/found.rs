@@ -353,3 +353,63 @@ async fn a_rollout_restores_every_entry_as_found() {
         "its stopped agent stays stopped"
     );
 }
+
+// The process dies during web/s1's maintenance; a new process restores
+// from the journal (the engine's plan, adopted by a fresh balancer): the
+// host's entries come back exactly as the dead run found them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_after_a_crash_puts_back_what_the_dead_run_found() {
+    let Some(bin) = haproxy_bin() else { return };
+    let (_b, _agent, h) = with_agent(&bin, |b, _| {
+        format!(
+            "backend api\n  server a1 {a} {CHK} disabled\n  server a2 {a} {CHK}\n",
+            a = b[0].addr,
+        )
+    })
+    .await;
+    h.raw("set server api/a2 state drain").await.expect("raw");
+    let journal = hygiene_core::journal::MemoryJournal::new();
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(0))
+        .poll_interval(Duration::from_millis(50))
+        .health_timeout(Duration::from_secs(10))
+        .build()
+        .expect("config");
+    let slow = LocalCommand::new("sleep", ["3"]).expect("command");
+    let run = Rollout::new(h.balancer(&["web"]), slow, config.clone())
+        .with_journal(journal.clone())
+        .run();
+    // Killed while web/s1 is out for its maintenance.
+    let killed = tokio::time::timeout(Duration::from_millis(1500), run).await;
+    assert!(killed.is_err(), "the run ended before it was killed");
+    assert_ne!(
+        h.server("web", "s1").await.1 & 9,
+        0,
+        "web/s1 left out (drained, then in MAINT for its maintenance)"
+    );
+    assert_eq!(h.agent_state("web", "s1").await & 4, 0, "its agent stopped");
+    let exec = LocalCommand::new("true", Vec::<String>::new()).expect("command");
+    let report = Rollout::new(h.balancer(&["web"]), exec, config)
+        .with_journal(journal)
+        .restore()
+        .await
+        .expect("restore");
+    let t = report.target(&id("web/s1")).expect("web/s1 in the report");
+    assert!(
+        matches!(t.result, hygiene_core::TargetResult::Restored { .. }),
+        "{}",
+        report.to_json_pretty()
+    );
+    eventually(
+        Duration::from_secs(5),
+        "web/s1 up, agent running",
+        || async {
+            let up = h.server("web", "s1").await == ("UP".to_owned(), 0);
+            (up && h.agent_state("web", "s1").await & 4 != 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(h.server("api", "a1").await.1, 5, "a1 stays `disabled`");
+    assert_eq!(h.server("api", "a2").await.1, 8, "a2 stays drained");
+}
