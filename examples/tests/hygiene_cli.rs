@@ -884,7 +884,7 @@ impl SharedHosts {
             "global\n  stats socket {} level admin\n  stats socket {} level user\n\
              defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
              backend web\n  server s1 127.0.0.1:1\n  server s2 127.0.0.1:2\n\
-             backend api\n  server api-s1 127.0.0.1:1\n  server api-s2 127.0.0.1:2\n",
+             backend api\n  server api-s1 127.0.0.1:1 agent-check agent-port 1 agent-inter 1h\n  server api-s2 127.0.0.1:2\n",
             admin.display(),
             user.display()
         );
@@ -972,6 +972,14 @@ fn validate_names_backends_outside_the_pool_and_a_socket_below_admin() {
         "{stdout}"
     );
     assert!(stdout.contains("web/s2 also serves api/api-s2"), "{stdout}");
+    // An agent check can end a drain: named, with what hygiene does.
+    assert!(
+        stdout.contains("agents api/api-s1")
+            && stdout.contains("web/s1: api/api-s1 run(s) an agent check")
+            && stdout.contains("disable agent"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("web/s2: api/api-s2 run(s)"), "{stdout}");
 
     // Pool backends only: api keeps sending it requests; the way to change it.
     let cfg = write(&["admin.sock"], "hosts = \"pool_backends\"");

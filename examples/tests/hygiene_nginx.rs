@@ -86,6 +86,13 @@ fn validate_plan_run(srv: &FakeNginx, cfg: &Path, state: &Path) {
     for id in IDS {
         assert!(stdout.contains(id), "validate lists {id}: {stdout}");
     }
+    // No probe: nginx routes to a server before a fresh check, and
+    // validate says so with what covers it.
+    assert!(
+        stdout.contains("problem: NGINX Plus sends requests to a server as soon as it is enabled")
+            && stdout.contains("Add a [probe]"),
+        "{stdout}"
+    );
 
     // The file's batch_size 25% and min_healthy 75% of 4: one at a time.
     let mut c = hygiene(cfg, state);

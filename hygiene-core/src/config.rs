@@ -565,6 +565,10 @@ impl RolloutConfigBuilder {
         self
     }
     /// Targets of the whole pool that must stay healthy and in service.
+    /// A target the balancer reports standing by
+    /// ([`TargetStatus::standby`](crate::TargetStatus::standby): an HAProxy
+    /// backup or weight-0 server) is never counted: it carries no load
+    /// while the others serve.
     pub fn min_healthy(mut self, amount: Amount) -> Self {
         self.config.min_healthy = amount;
         self

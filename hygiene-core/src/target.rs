@@ -185,6 +185,14 @@ pub struct TargetStatus {
     /// the engine adds them to a health failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// In service, but the balancer sends it no new work of its own while
+    /// the other targets serve: HAProxy `backup` servers (used only once
+    /// every active server of the backend is down), servers at weight 0 or
+    /// `NOLB`. Such a target is not serving capacity: `min_healthy` never
+    /// counts it (see [`counts_as_capacity_with`](Self::counts_as_capacity_with)),
+    /// while its own health is judged as any other's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 impl TargetStatus {
@@ -195,7 +203,14 @@ impl TargetStatus {
             health,
             connections,
             reason: None,
+            standby: false,
         }
+    }
+
+    /// The same status, standing by (see [`standby`](Self::standby)).
+    pub fn with_standby(mut self, standby: bool) -> Self {
+        self.standby = standby;
+        self
     }
 
     /// The same status with the balancer's own words for its health.
@@ -232,6 +247,17 @@ impl TargetStatus {
         self.state == TargetState::InService
             && (self.health == Health::Healthy
                 || (!caps.health_checks && self.health == Health::Unknown))
+    }
+}
+
+impl TargetStatus {
+    /// Serving capacity for `min_healthy`: serving and healthy
+    /// ([`is_serving_healthy_with`](Self::is_serving_healthy_with)) and not
+    /// [`standby`](Self::standby) — a backup or weight-0 server carries no
+    /// load while the others serve, so counting it would let a rollout take
+    /// out the servers that do.
+    pub fn counts_as_capacity_with(&self, caps: &Capabilities) -> bool {
+        self.is_serving_healthy_with(caps) && !self.standby
     }
 }
 
@@ -331,5 +357,25 @@ mod tests {
         assert!(!TargetStatus::new(Draining, Healthy, Some(2)).is_drained());
         assert!(!TargetStatus::new(Draining, Healthy, None).is_drained());
         assert!(!TargetStatus::new(InService, Healthy, Some(0)).is_drained());
+    }
+
+    #[test]
+    fn standby_is_healthy_but_no_capacity() {
+        use Health::*;
+        use TargetState::*;
+        let caps = Capabilities::none().with_health_checks(true);
+        let s = TargetStatus::new(InService, Healthy, Some(0));
+        assert!(s.counts_as_capacity_with(&caps));
+        let s = s.with_standby(true);
+        assert!(
+            s.is_serving_healthy_with(&caps),
+            "its own health is judged as usual"
+        );
+        assert!(!s.counts_as_capacity_with(&caps));
+        let json =
+            serde_json::to_string(&TargetStatus::new(InService, Healthy, None)).expect("json");
+        assert!(!json.contains("standby"), "{json}");
+        let back: TargetStatus = serde_json::from_str(&json).expect("reads without the field");
+        assert!(!back.standby);
     }
 }

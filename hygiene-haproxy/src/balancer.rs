@@ -16,18 +16,12 @@ use tracing::{debug, warn};
 use crate::client::{Client, SendFailure};
 use crate::config::{check_name, HaproxyBalancerBuilder, HostMatch, HostScope};
 use crate::error::HaproxyError;
-use crate::parse::{self, ParseError, ReplyError, ServerState, StatRow, ADMF_FORCED};
-
-/// Admin bits `state ready` clears: forced maint (also set for a server
-/// `disabled` in the configuration), forced drain.
-const ADMF_NEEDS_READY: u32 = ADMF_FORCED;
-
-/// Forced maintenance (`set server … state maint`).
-const ADMF_FORCED_MAINT: u32 = 0x01;
-
-/// Longest command line sent at once; HAProxy's CLI reads one buffer
-/// (`tune.bufsize`, 16 kB by default) per line.
-const MAX_LINE: usize = 8 * 1024;
+use crate::found::{self, Admin, Records};
+use crate::level::SocketLevel;
+use crate::parse::{self, ParseError};
+use crate::reply::{chunks, reply_error, split};
+use crate::snapshot::{Entry, Part, Snapshot};
+use crate::status::aggregate;
 
 /// A pool of servers behind one or more HAProxy nodes, driven through the
 /// runtime API. Cheap to clone (the clones share one configuration).
@@ -49,9 +43,11 @@ pub(crate) struct Inner {
     pub(crate) retry: RetryPolicy,
     pub(crate) scope: HostScope,
     pub(crate) host_match: HostMatch,
-    /// Per pool server name, every `backend/server` the last snapshot
-    /// found for it (for the way back in a report).
+    /// Per target id, every `backend/server` the last listing found for
+    /// it (for the way back in a report).
     pub(crate) seen: Mutex<HashMap<String, Vec<String>>>,
+    /// What each entry was found as, to put back exactly that.
+    pub(crate) records: Mutex<Records>,
     /// What [`LoadBalancer::capabilities`] says about health checks: false
     /// once a snapshot saw a pool server that neither runs a check nor
     /// tracks a checked server (true until the first snapshot).
@@ -68,165 +64,6 @@ impl fmt::Debug for HaproxyBalancer {
     }
 }
 
-/// One server of one backend on one node.
-#[derive(Debug, Clone)]
-struct Entry {
-    state: ServerState,
-    stat: StatRow,
-}
-
-impl Entry {
-    /// The server `track`s another one: its health is the tracked
-    /// server's, and HAProxy refuses `set server … health` on it
-    /// (`cannot change health on a tracking server.`).
-    fn tracking(&self) -> bool {
-        !self.stat.tracked.trim().is_empty() || self.state.inherits_maint()
-    }
-
-    /// HAProxy runs a health check of its own on this server (configured
-    /// with `check` and not stopped by `disable health`). Without the
-    /// `srv_check_state` column, judged from `show stat`.
-    fn own_checks(&self) -> bool {
-        self.state.checks_enabled().unwrap_or_else(|| {
-            self.stat.status.trim() != "no check" && !self.stat.check_status.trim().is_empty()
-        })
-    }
-
-    /// Some health check decides this server's health (its own or, when it
-    /// tracks one, the tracked server's).
-    fn checked(&self) -> bool {
-        self.tracking() || self.own_checks()
-    }
-}
-
-/// What one node says about its backends: the pool's first (in pool
-/// order), then every other backend holding servers.
-#[derive(Debug)]
-struct Snapshot {
-    node: String,
-    backends: Vec<(String, Vec<Entry>)>,
-    /// How many of `backends` are the pool's (the first ones).
-    pool: usize,
-    scope: HostScope,
-    host_match: HostMatch,
-}
-
-/// A host: an address, and a port unless any port matches.
-type Host = (String, Option<u16>);
-
-impl Snapshot {
-    /// The host a server points to; `None` for a server without a usable
-    /// address (unresolved, `0.0.0.0`), which only matches by name.
-    fn host(&self, e: &Entry) -> Option<Host> {
-        let a = e.state.addr.trim();
-        if a.is_empty() || a == "-" || a == "0.0.0.0" || a == "::" {
-            return None;
-        }
-        let port = match self.host_match {
-            HostMatch::AddressAndPort => e.state.port,
-            HostMatch::Address => None,
-        };
-        Some((a.to_owned(), port))
-    }
-
-    /// The pool server `name`: its entries in every pool backend that has
-    /// the name, plus every server with the same host in the backends the
-    /// scope reaches (every backend by default). Pool order first.
-    fn server(&self, name: &str) -> Vec<(&str, &Entry)> {
-        let pool = &self.backends[..self.pool];
-        let mut out: Vec<(&str, &Entry)> = pool
-            .iter()
-            .filter_map(|(b, entries)| {
-                entries
-                    .iter()
-                    .find(|e| e.state.server == name)
-                    .map(|e| (b.as_str(), e))
-            })
-            .collect();
-        let hosts: Vec<Host> = out.iter().filter_map(|(_, e)| self.host(e)).collect();
-        if hosts.is_empty() {
-            return out;
-        }
-        let reach = match self.scope {
-            HostScope::AllBackends => &self.backends[..],
-            HostScope::PoolBackendsOnly => pool,
-        };
-        for (b, entries) in reach {
-            for e in entries {
-                let known = out
-                    .iter()
-                    .any(|(ob, oe)| *ob == b.as_str() && oe.state.server == e.state.server);
-                if !known && self.host(e).is_some_and(|h| hosts.contains(&h)) {
-                    out.push((b.as_str(), e));
-                }
-            }
-        }
-        out
-    }
-
-    /// `backend/server` of every server outside the pool's backends with
-    /// the same host as pool server `name`, whatever the scope.
-    fn others(&self, name: &str) -> Vec<String> {
-        let hosts: Vec<Host> = self.backends[..self.pool]
-            .iter()
-            .flat_map(|(_, entries)| entries.iter().filter(|e| e.state.server == name))
-            .filter_map(|e| self.host(e))
-            .collect();
-        self.backends[self.pool..]
-            .iter()
-            .flat_map(|(b, entries)| entries.iter().map(move |e| (b, e)))
-            .filter(|(_, e)| self.host(e).is_some_and(|h| hosts.contains(&h)))
-            .map(|(b, e)| format!("{b}/{}", e.state.server))
-            .collect()
-    }
-
-    /// Pool backend `backend` holds server `server`.
-    fn has(&self, backend: &str, server: &str) -> bool {
-        self.backends[..self.pool]
-            .iter()
-            .any(|(b, entries)| b == backend && entries.iter().any(|e| e.state.server == server))
-    }
-}
-
-/// A target id, split and checked: `backend/server`.
-/// A runtime API socket's level (`stats socket … level <level>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SocketLevel {
-    /// `level admin`: everything, `set server` included.
-    Admin,
-    /// `level operator`: `show` and a few harmless commands; no `set server`.
-    Operator,
-    /// `level user`: `show` only.
-    User,
-    /// Any other reply (an HAProxy older than 2.0 does not know `show cli
-    /// level`): the reply's first line.
-    Unknown(String),
-}
-
-impl SocketLevel {
-    fn parse(reply: &str) -> Self {
-        let line = reply.lines().next().unwrap_or("").trim();
-        match line {
-            "admin" => Self::Admin,
-            "operator" => Self::Operator,
-            "user" => Self::User,
-            other => Self::Unknown(other.to_owned()),
-        }
-    }
-}
-
-impl fmt::Display for SocketLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Admin => f.write_str("admin"),
-            Self::Operator => f.write_str("operator"),
-            Self::User => f.write_str("user"),
-            Self::Unknown(r) => write!(f, "unknown ({r:?})"),
-        }
-    }
-}
-
 /// Whether a snapshot adds the old workers' requests (see
 /// [`HaproxyBalancer::snapshot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +77,12 @@ enum OldWorkers {
 struct Key {
     backend: String,
     server: String,
+}
+
+impl Key {
+    fn id(&self) -> String {
+        format!("{}/{}", self.backend, self.server)
+    }
 }
 
 impl HaproxyBalancer {
@@ -283,6 +126,32 @@ impl HaproxyBalancer {
             out.push((client.name().to_owned(), r));
         }
         out
+    }
+
+    /// Each node's HAProxy version, as `show info` says it (`Version:`), in
+    /// node order; `Ok(None)` when the reply has no version line. Changes
+    /// nothing; for checks before a run (`hygiene validate`): before 2.5, a
+    /// worker that a reload is stopping lists no server in `show stat`
+    /// (haproxy issue 1307), so its requests cannot be counted and a status
+    /// read during a reload fails until it exits (see the crate docs).
+    pub async fn versions(&self) -> Vec<(String, Result<Option<String>, hygiene_core::Error>)> {
+        let mut out = Vec::with_capacity(self.inner.clients.len());
+        for client in &self.inner.clients {
+            let r = self
+                .retrying(client, "show info", || async {
+                    Ok(parse::info_version(&client.send("show info").await?))
+                })
+                .await;
+            out.push((client.name().to_owned(), r));
+        }
+        out
+    }
+
+    /// Whether the requests of an old worker of this HAProxy version can be
+    /// counted: from 2.5 (`Some(true)`); before, a stopping worker lists no
+    /// server (`Some(false)`); `None` when the version cannot be read.
+    pub fn counts_old_workers(version: &str) -> Option<bool> {
+        parse::major_minor(version).map(|v| v >= (2, 5))
     }
 
     /// Refuses, before anything is changed, a node whose socket is not
@@ -381,7 +250,7 @@ impl HaproxyBalancer {
         self.retrying(client, "show", || async {
             let mut snap = self.snapshot_once(client).await?;
             if let Some(m) = master {
-                match Self::add_old_workers(m, &mut snap).await {
+                match crate::workers::add_old_workers(m, &mut snap).await {
                     Ok(()) => {}
                     Err(e) if old == OldWorkers::BestEffort => {
                         warn!(node = client.name(), error = %e, "cannot count the old workers' requests; listing without them");
@@ -392,84 +261,6 @@ impl HaproxyBalancer {
             Ok(snap)
         })
         .await
-    }
-
-    /// Adds the in-flight requests of the node's old workers (processes a
-    /// reload replaced, still finishing theirs) to each server's count,
-    /// from the master CLI: `show proc`, then `@!<pid> show stat` for each
-    /// old worker. A row counts for the entry of the same backend and
-    /// server name *and* for every entry pointing to the same address (a
-    /// reload may have renamed or renumbered servers): an overcount only
-    /// makes a drain wait for requests that really run. A worker whose
-    /// reply is not a `show stat` counts nothing only once a second `show
-    /// proc` no longer lists it; otherwise, as for a cut reply, the whole
-    /// count is unavailable (retried).
-    async fn add_old_workers(master: &Client, snap: &mut Snapshot) -> Result<(), HaproxyError> {
-        let pids = Self::old_worker_pids(master).await?;
-        let mut rows: Vec<parse::StatRow> = Vec::new();
-        let mut unanswered = Vec::new();
-        for pid in &pids {
-            let line = format!("@!{pid} show stat -1 4 -1");
-            let raw = master.send(&line).await?;
-            if !raw.trim_start().starts_with("# pxname") {
-                unanswered.push((*pid, raw.trim().to_owned()));
-                continue;
-            }
-            let parsed = parse::parse_stat(&raw).map_err(|e| HaproxyError::Unavailable {
-                node: master.name().to_owned(),
-                message: format!("the reply of old worker {pid} to `{line}` is cut or malformed ({e:?}): its in-flight requests cannot be counted"),
-                source: None,
-            })?;
-            rows.extend(parsed.into_iter().filter(|r| r.connections > 0));
-        }
-        if !unanswered.is_empty() {
-            let still = Self::old_worker_pids(master).await?;
-            if let Some((pid, reply)) = unanswered.iter().find(|(p, _)| still.contains(p)) {
-                return Err(HaproxyError::Unavailable {
-                    node: master.name().to_owned(),
-                    message: format!("old worker {pid} runs but did not answer `show stat` ({reply:?}): its in-flight requests cannot be counted"),
-                    source: None,
-                });
-            }
-            debug!(master = master.name(), gone = ?unanswered, "old workers ended");
-        }
-        if rows.is_empty() {
-            return Ok(());
-        }
-        debug!(node = %snap.node, old_workers = ?pids, rows = rows.len(), "old workers still serve");
-        let host_of = |addr: &str| -> Option<(String, Option<u16>)> {
-            let (a, p) = addr.rsplit_once(':')?;
-            let a = a.trim_start_matches('[').trim_end_matches(']').to_owned();
-            let port = match snap.host_match {
-                HostMatch::AddressAndPort => Some(p.parse().ok()?),
-                HostMatch::Address => None,
-            };
-            Some((a, port))
-        };
-        let mut add: Vec<(usize, usize, u64)> = Vec::new();
-        for r in &rows {
-            let host = r.addr.as_deref().and_then(host_of);
-            for (b, (backend, entries)) in snap.backends.iter().enumerate() {
-                for (k, e) in entries.iter().enumerate() {
-                    let same_name = *backend == r.backend && e.state.server == r.server;
-                    let same_host = host.is_some() && snap.host(e) == host;
-                    if same_name || same_host {
-                        add.push((b, k, r.connections));
-                    }
-                }
-            }
-        }
-        for (b, k, n) in add {
-            if let Some(e) = snap.backends.get_mut(b).and_then(|(_, v)| v.get_mut(k)) {
-                e.stat.connections = e.stat.connections.saturating_add(n);
-            }
-        }
-        Ok(())
-    }
-
-    async fn old_worker_pids(master: &Client) -> Result<Vec<u32>, HaproxyError> {
-        let raw = master.send("show proc").await?;
-        parse::parse_old_workers(&raw).map_err(|e| reply_error(master.name(), "show proc", None, e))
     }
 
     /// One connection: `show backend; show servers state; show stat -1 4
@@ -568,21 +359,81 @@ impl HaproxyBalancer {
         Ok(())
     }
 
-    fn status_of(snapshots: &[Snapshot], server: &str) -> TargetStatus {
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.inner
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Status of target `key` from its entries on every node (see
+    /// [`aggregate`]). An entry out as it was found (an operator's drain or
+    /// maintenance, left so) says nothing about the target's state or
+    /// health, but its requests still count. Standing by (see
+    /// [`TargetStatus::standby`]) when no entry of a pool backend gives it
+    /// capacity: each in-service pool entry is `backup`, weight 0 or
+    /// `NOLB`.
+    fn status_of(&self, snapshots: &[Snapshot], key: &Key) -> TargetStatus {
+        let id = key.id();
+        let records = self.records();
+        let mut parts: Vec<(TargetState, Health, u64)> = Vec::new();
+        let mut out_as_found = 0u64;
+        let mut capacity = false;
+        let mut standby = false;
+        for snap in snapshots {
+            for (b, in_pool, e) in snap.server(&key.backend, &key.server) {
+                let st = e.state.state();
+                if records
+                    .get(&id, &snap.node, b, e)
+                    .is_some_and(|f| f.left_out(e))
+                {
+                    out_as_found = out_as_found.saturating_add(e.stat.connections);
+                    continue;
+                }
+                if in_pool && st == TargetState::InService {
+                    if e.stat.standby() {
+                        standby = true;
+                    } else {
+                        capacity = true;
+                    }
+                }
+                parts.push((st, e.stat.health(), e.stat.connections));
+            }
+        }
+        drop(records);
+        if parts.is_empty() {
+            // Every entry is out as found: the target is out.
+            return Self::status_all(snapshots, key);
+        }
+        if let Some(p) = parts.first_mut() {
+            p.2 = p.2.saturating_add(out_as_found);
+        }
+        aggregate(&parts).with_standby(standby && !capacity)
+    }
+
+    fn status_all(snapshots: &[Snapshot], key: &Key) -> TargetStatus {
         let parts: Vec<(TargetState, Health, u64)> = snapshots
             .iter()
-            .flat_map(|s| s.server(server))
-            .map(|(_, e)| (e.state.state(), e.stat.health(), e.stat.connections))
+            .flat_map(|s| s.server(&key.backend, &key.server))
+            .map(|(_, _, e)| (e.state.state(), e.stat.health(), e.stat.connections))
             .collect();
         aggregate(&parts)
     }
 
-    /// Sends `set server` commands built by `commands` for each node, after
-    /// checking on every node first that every target exists (so an unknown
-    /// id changes nothing anywhere).
-    async fn apply<F>(&self, ids: &[TargetId], what: &str, commands: F) -> hygiene_core::Result<()>
+    /// Sends `set` commands built by `commands` (per node, backend and
+    /// entry of each target) for each node, after checking on every node
+    /// first that every target exists (so an unknown id changes nothing
+    /// anywhere). With `take_out`, what the entries are now is recorded
+    /// first where nothing is (see [`Records::taking_out`]).
+    async fn apply<F>(
+        &self,
+        ids: &[TargetId],
+        what: &str,
+        take_out: bool,
+        commands: F,
+    ) -> hygiene_core::Result<()>
     where
-        F: Fn(&str, &Entry) -> Vec<String>,
+        F: Fn(&str, &str, &str, &Entry) -> Vec<String>,
     {
         let keys = self.keys(ids)?;
         if keys.is_empty() {
@@ -590,13 +441,23 @@ impl HaproxyBalancer {
         }
         let snapshots = self.snapshots(OldWorkers::Skip).await?;
         Self::check_present(&snapshots, &keys)?;
+        let targets: Vec<(String, &Snapshot, Vec<Part<'_>>)> = snapshots
+            .iter()
+            .flat_map(|snap| {
+                keys.iter()
+                    .map(move |k| (k.id(), snap, snap.server(&k.backend, &k.server)))
+            })
+            .collect();
+        if take_out {
+            self.taking_out(&targets);
+        }
         for (client, snap) in self.inner.clients.iter().zip(&snapshots) {
             let mut cmds: Vec<(String, String, String)> = Vec::new();
-            for k in &keys {
-                for (backend, entry) in snap.server(&k.server) {
-                    for c in commands(backend, entry) {
+            for (id, _, parts) in targets.iter().filter(|(_, s, _)| std::ptr::eq(*s, snap)) {
+                for (backend, _, entry) in parts {
+                    for c in commands(id, &snap.node, backend, entry) {
                         if !cmds.iter().any(|(x, _, _)| *x == c) {
-                            cmds.push((c, backend.to_owned(), k.server.clone()));
+                            cmds.push((c, (*backend).to_owned(), entry.state.server.clone()));
                         }
                     }
                 }
@@ -635,6 +496,16 @@ impl HaproxyBalancer {
         Ok(())
     }
 
+    /// Records what the entries of the targets are now, where nothing is
+    /// recorded yet, and keeps the records until the targets are back.
+    fn taking_out(&self, targets: &[(String, &Snapshot, Vec<Part<'_>>)]) {
+        let mut records = self.records();
+        for (id, snap, parts) in targets {
+            let parts: Vec<(&str, &Entry)> = parts.iter().map(|(b, _, e)| (*b, *e)).collect();
+            records.taking_out(id, &snap.node, &parts);
+        }
+    }
+
     /// Sends `set` commands on one line; each must answer with an empty reply.
     ///
     /// Any failure after the connection was made is `maybe_sent`.
@@ -669,135 +540,6 @@ impl HaproxyBalancer {
     }
 }
 
-/// Splits a reply into `count` bodies. When the framing is wrong but the
-/// reply starts with a known error line (HAProxy refusing the whole line),
-/// that error is the one reported.
-fn split<'a>(
-    node: &str,
-    line: &str,
-    raw: &'a str,
-    count: usize,
-) -> Result<Vec<&'a str>, HaproxyError> {
-    parse::split_replies(raw, count).map_err(|m| {
-        let first = raw.split("\n\n").next().unwrap_or_default();
-        match parse::classify(first) {
-            Some(e @ (ReplyError::PermissionDenied | ReplyError::UnknownCommand(_))) => {
-                reply_error(node, line, None, ParseError::Reply(e))
-            }
-            _ => HaproxyError::Protocol {
-                node: node.to_owned(),
-                message: format!("`{line}`: {m}"),
-            },
-        }
-    })
-}
-
-/// Splits commands into lines short enough for HAProxy's CLI buffer.
-fn chunks(cmds: &[(String, String, String)]) -> Vec<&[(String, String, String)]> {
-    let mut out = Vec::new();
-    let (mut start, mut len) = (0, 0);
-    for (i, (c, _, _)) in cmds.iter().enumerate() {
-        if i > start && len + c.len() + 2 > MAX_LINE {
-            out.push(&cmds[start..i]);
-            start = i;
-            len = 0;
-        }
-        len += c.len() + 2;
-    }
-    if start < cmds.len() {
-        out.push(&cmds[start..]);
-    }
-    out
-}
-
-/// The one place HAProxy's replies become errors.
-fn reply_error(
-    node: &str,
-    command: &str,
-    target: Option<(&str, &str)>,
-    e: ParseError,
-) -> HaproxyError {
-    let node = node.to_owned();
-    let command = command.to_owned();
-    match e {
-        ParseError::Reply(ReplyError::PermissionDenied) => {
-            HaproxyError::PermissionDenied { node, command }
-        }
-        ParseError::Reply(ReplyError::NoSuchBackend) => HaproxyError::NoSuchBackend {
-            node,
-            backend: target.map(|(b, _)| b.to_owned()).unwrap_or(command),
-        },
-        ParseError::Reply(ReplyError::NoSuchServer) => match target {
-            Some((b, s)) => HaproxyError::NoSuchServer {
-                node,
-                backend: b.to_owned(),
-                server: s.to_owned(),
-            },
-            None => HaproxyError::Rejected {
-                node,
-                command,
-                reply: "No such server.".into(),
-            },
-        },
-        ParseError::Reply(ReplyError::UnknownCommand(reply)) => HaproxyError::UnknownCommand {
-            node,
-            command,
-            reply,
-        },
-        ParseError::Reply(ReplyError::Other(reply)) => HaproxyError::Rejected {
-            node,
-            command,
-            reply,
-        },
-        ParseError::Format(message) => HaproxyError::Protocol {
-            node,
-            message: format!("`{command}`: {message}"),
-        },
-    }
-}
-
-/// Status of one target from its entries on every node and backend:
-/// in service as soon as one entry is (a node or backend that sends it new
-/// requests is what matters: a node restarted during a drain has it back
-/// in rotation, and the engine must see that and drain it again), else
-/// the most out state; healthy only where every entry is in service and
-/// healthy (entries that disagree are `Unknown`); connections summed.
-fn aggregate(parts: &[(TargetState, Health, u64)]) -> TargetStatus {
-    let rank = |s: TargetState| match s {
-        TargetState::InService => 0,
-        TargetState::Draining => 1,
-        TargetState::OutOfService => 2,
-    };
-    let connections = parts.iter().map(|p| p.2).fold(0u64, u64::saturating_add);
-    let state = if parts.iter().any(|p| p.0 == TargetState::InService) {
-        TargetState::InService
-    } else {
-        match parts
-            .iter()
-            .map(|p| p.0)
-            .max_by_key(|s| rank(*s))
-            .unwrap_or(TargetState::OutOfService)
-        {
-            // `MAINT` stops new requests, not those in flight: while any
-            // entry (a node, an old worker) still has some, the target is
-            // still draining, whatever another entry says.
-            TargetState::OutOfService if connections > 0 => TargetState::Draining,
-            s => s,
-        }
-    };
-    let mixed = parts.iter().any(|p| p.0 != state);
-    let health = if parts.is_empty() || mixed {
-        Health::Unknown
-    } else if parts.iter().any(|p| p.1 == Health::Unhealthy) {
-        Health::Unhealthy
-    } else if parts.iter().all(|p| p.1 == Health::Healthy) {
-        Health::Healthy
-    } else {
-        Health::Unknown
-    };
-    TargetStatus::new(state, health, Some(connections))
-}
-
 #[async_trait]
 impl LoadBalancer for HaproxyBalancer {
     fn name(&self) -> String {
@@ -827,37 +569,75 @@ impl LoadBalancer for HaproxyBalancer {
         self.inner.poll_interval
     }
 
+    /// The commands that put the target back as it was found, on every
+    /// node: `state ready` (or `state drain` for an entry found drained),
+    /// `enable agent` where an agent check ran; entries found in
+    /// maintenance are left out.
     fn enable_hint(&self, id: &TargetId) -> String {
-        let server = id.as_str().split_once('/').map_or(id.as_str(), |(_, s)| s);
-        if !crate::config::is_valid_name(server) {
-            return format!("{id} is not a valid HAProxy target id");
-        }
-        // Every backend the last listing found the host in, else the pool's.
+        let Ok(key) = self.key(id) else {
+            return format!("{id} is not a valid HAProxy target id of this pool");
+        };
+        // Every entry the last listing found for the host, else the id's.
         let known = self
             .inner
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(server)
+            .get(id.as_str())
             .cloned();
-        let servers = known.unwrap_or_else(|| {
-            self.inner
-                .backends
-                .iter()
-                .map(|b| format!("{b}/{server}"))
-                .collect()
-        });
-        let cmd = servers
-            .iter()
-            .map(|s| format!("set server {s} state ready"))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let entries = known.unwrap_or_else(|| vec![id.to_string()]);
+        let records = self.records();
         self.inner
             .clients
             .iter()
-            .map(|c| c.node().socat(&cmd))
+            .map(|c| {
+                let mut cmds = Vec::new();
+                for entry in &entries {
+                    let found = records.get_named(&key.id(), c.name(), entry);
+                    match found.map(|f| f.admin) {
+                        None | Some(Admin::Ready) => {
+                            cmds.push(format!("set server {entry} state ready"));
+                        }
+                        Some(Admin::Drain) => cmds.push(format!("set server {entry} state drain")),
+                        Some(Admin::Maint) => {}
+                    }
+                    if found.is_some_and(|f| f.agent) {
+                        cmds.push(format!("enable agent {entry}"));
+                    }
+                }
+                c.node().socat(&cmds.join("; "))
+            })
             .collect::<Vec<_>>()
             .join(" && ")
+    }
+
+    /// Learns, from the journal's plan, what each entry of the targets was
+    /// found as before the dead run took them out (`meta["found"]`), so
+    /// that `enable` puts back exactly that; a target without it (a
+    /// journal of an earlier version) is put back in service as then.
+    ///
+    /// # Errors
+    /// [`hygiene_core::Error::Journal`] naming the target when its
+    /// `meta["found"]` is not what `list` writes.
+    async fn adopt(&self, targets: &[Target]) -> hygiene_core::Result<()> {
+        let mut records = self.records();
+        for t in targets {
+            let Ok(key) = self.key(&t.id) else {
+                continue; // not this pool's: nothing to learn
+            };
+            records
+                .adopt(&key.id(), t.meta.get(found::META_FOUND).map(String::as_str))
+                .map_err(|m| {
+                    hygiene_core::Error::journal(
+                        format!("the journal's plan, target {}", t.id),
+                        format!(
+                            "meta[\"{}\"] is not what this balancer writes ({m}): fix or remove the value (without it, every entry of the target that is out is put back in service)",
+                            found::META_FOUND
+                        ),
+                    )
+                })?;
+        }
+        Ok(())
     }
 
     async fn list(&self) -> hygiene_core::Result<Vec<ListedTarget>> {
@@ -866,7 +646,8 @@ impl LoadBalancer for HaproxyBalancer {
             return Ok(Vec::new());
         };
         // Each host once, under the first pool backend that has it: the
-        // servers of the pool sharing its name or its host are one target.
+        // servers of the pool sharing its name and host, or its host, are
+        // one target.
         let mut covered: BTreeSet<(&str, &str)> = BTreeSet::new();
         let mut seen: HashMap<String, Vec<String>> = HashMap::new();
         let mut out = Vec::new();
@@ -876,16 +657,16 @@ impl LoadBalancer for HaproxyBalancer {
                 if covered.contains(&(backend.as_str(), name)) {
                     continue;
                 }
-                let all = first.server(name);
-                covered.extend(all.iter().map(|(b, x)| (*b, x.state.server.as_str())));
+                let all = first.server(backend, name);
+                covered.extend(all.iter().map(|(b, _, x)| (*b, x.state.server.as_str())));
                 let key = Key {
                     backend: backend.clone(),
                     server: name.to_owned(),
                 };
                 Self::check_present(&snapshots, std::slice::from_ref(&key))?;
-                let id = TargetId::new(format!("{backend}/{name}"))?;
+                let id = TargetId::new(key.id())?;
                 let mut backends: Vec<&str> = Vec::new();
-                for (b, _) in &all {
+                for (b, _, _) in &all {
                     if !backends.contains(b) {
                         backends.push(b);
                     }
@@ -894,7 +675,7 @@ impl LoadBalancer for HaproxyBalancer {
                     .with_address(e.state.addr.clone())
                     .with_meta("backends", backends.join(","))
                     .with_meta("nodes", self.node_names().join(","));
-                let others = first.others(name);
+                let others = first.others(backend, name);
                 if !others.is_empty() {
                     target = target.with_meta("other_backends", others.join(","));
                     if self.inner.scope == HostScope::PoolBackendsOnly {
@@ -905,10 +686,34 @@ impl LoadBalancer for HaproxyBalancer {
                         );
                     }
                 }
+                // What every entry is now, on every node: what `enable`
+                // restores, journaled by the engine with the plan.
+                let mut everywhere: Vec<(&str, &str, &Entry)> = Vec::new();
+                let mut agents: Vec<String> = Vec::new();
+                {
+                    let mut records = self.records();
+                    for snap in &snapshots {
+                        let parts = snap.server(backend, name);
+                        let pairs: Vec<(&str, &Entry)> =
+                            parts.iter().map(|(b, _, x)| (*b, *x)).collect();
+                        records.listed(&key.id(), &snap.node, &pairs);
+                        for (b, x) in pairs {
+                            let n = format!("{b}/{}", x.state.server);
+                            if x.state.has_agent() && !agents.contains(&n) {
+                                agents.push(n);
+                            }
+                            everywhere.push((snap.node.as_str(), b, x));
+                        }
+                    }
+                    target = target.with_meta(found::META_FOUND, records.meta(&everywhere));
+                }
+                if !agents.is_empty() {
+                    target = target.with_meta("agents", agents.join(","));
+                }
                 seen.insert(
-                    name.to_owned(),
+                    key.id(),
                     all.iter()
-                        .map(|(b, x)| format!("{b}/{}", x.state.server))
+                        .map(|(b, _, x)| format!("{b}/{}", x.state.server))
                         .collect(),
                 );
                 if let Some(port) = e.state.port {
@@ -916,7 +721,7 @@ impl LoadBalancer for HaproxyBalancer {
                 }
                 out.push(ListedTarget {
                     target,
-                    status: Self::status_of(&snapshots, name),
+                    status: self.status_of(&snapshots, &key),
                 });
             }
         }
@@ -935,86 +740,41 @@ impl LoadBalancer for HaproxyBalancer {
         }
         let snapshots = self.snapshots(OldWorkers::Required).await?;
         Self::check_present(&snapshots, &keys)?;
-        Ok(keys
-            .iter()
-            .map(|k| Self::status_of(&snapshots, &k.server))
-            .collect())
+        Ok(keys.iter().map(|k| self.status_of(&snapshots, k)).collect())
     }
 
+    /// Stops the agent checks that run (an agent's `ready` would end the
+    /// drain) and drains every entry of the host not in maintenance.
     async fn drain(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-        self.apply(ids, "drain", |b, e| {
-            if e.state.admin_state & ADMF_FORCED_MAINT != 0 {
-                // `state drain` would take it *out* of maintenance: a server
-                // already held in maintenance stays there.
-                Vec::new()
-            } else {
-                vec![format!("set server {b}/{} state drain", e.state.server)]
-            }
-        })
-        .await
+        self.apply(ids, "drain", true, |_, _, b, e| found::drain_commands(b, e))
+            .await
     }
 
     async fn disable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-        self.apply(ids, "disable", |b, e| {
-            vec![format!("set server {b}/{} state maint", e.state.server)]
+        self.apply(ids, "disable", true, |_, _, b, e| {
+            found::disable_commands(b, e)
         })
         .await
     }
 
-    /// Puts the servers back; see the crate docs, "Fresh health after
-    /// enable": servers with a check of their own are forced `DOWN` until
-    /// `rise` checks made after the enable have passed; tracking servers
-    /// and servers without a check are only made ready.
+    /// Puts every entry back as it was found (see the crate docs, "What
+    /// was found is what is put back"); entries found in service come back
+    /// as in "Fresh health after enable": servers with a check of their own
+    /// are forced `DOWN` until `rise` checks made after the enable have
+    /// passed; tracking servers and servers without a check are only made
+    /// ready. Agent checks that ran are started again.
     async fn enable(&self, ids: &[TargetId]) -> hygiene_core::Result<()> {
-        self.apply(ids, "enable", enable_commands).await
+        self.apply(ids, "enable", false, |id, node, b, e| {
+            let found = self.records().to_restore(id, node, b, e);
+            found::enable_commands(b, e, found)
+        })
+        .await?;
+        let mut records = self.records();
+        for k in self.keys(ids)? {
+            records.put_back(&k.id());
+        }
+        Ok(())
     }
-}
-
-/// The commands that put one server of backend `b` back in service, from
-/// what the snapshot says about it (measured on HAProxy 2.6.12, see the
-/// crate README):
-///
-/// - **Own health check** (`check`), out (forced maint or drain):
-///   `[state drain;] health down; state ready`. `health down` forces the
-///   server `DOWN`, so HAProxy sends it nothing and shows it `DOWN`, then
-///   `DOWN 1/2`…, until `rise` checks made after the enable have passed.
-///   Leaving `MAINT` resets the check's health counter (the server is `UP`
-///   at once with the check result from before the maintenance), which
-///   would undo a `health down` sent while in `MAINT`: so a server in forced
-///   maintenance is first moved to `DRAIN` (which leaves `MAINT` and takes
-///   no new traffic), then forced down, then made ready.
-/// - **Tracking server** (`track b/s`): `state ready` only; HAProxy
-///   refuses `health` on it, and its health is the tracked server's.
-/// - **No health check** (no `check`, or `disable health`): `state ready`,
-///   and `health up` when it is down: nothing would ever raise a server
-///   without a check that someone forced down.
-/// - Already in service (and, without a check, up): nothing. Forcing the
-///   health of a serving server down would take it out of service.
-fn enable_commands(b: &str, e: &Entry) -> Vec<String> {
-    let s = &e.state.server;
-    let out = e.state.admin_state & ADMF_NEEDS_READY != 0;
-    let mut cmds = Vec::new();
-    if e.tracking() {
-        if out {
-            cmds.push(format!("set server {b}/{s} state ready"));
-        }
-    } else if e.own_checks() {
-        if out {
-            if e.state.admin_state & ADMF_FORCED_MAINT != 0 {
-                cmds.push(format!("set server {b}/{s} state drain"));
-            }
-            cmds.push(format!("set server {b}/{s} health down"));
-            cmds.push(format!("set server {b}/{s} state ready"));
-        }
-    } else {
-        if out {
-            cmds.push(format!("set server {b}/{s} state ready"));
-        }
-        if e.state.op_state == 0 {
-            cmds.push(format!("set server {b}/{s} health up"));
-        }
-    }
-    cmds
 }
 
 #[cfg(test)]
@@ -1033,34 +793,6 @@ mod tests {
 
     fn id(s: &str) -> TargetId {
         TargetId::new(s).expect("valid target id")
-    }
-
-    #[test]
-    fn aggregate_is_pessimistic_and_sums() {
-        use Health::*;
-        use TargetState::*;
-        let s = aggregate(&[(InService, Healthy, 1), (InService, Healthy, 2)]);
-        assert_eq!(s, TargetStatus::new(InService, Healthy, Some(3)));
-        // One node still (or again: restarted) sends it new requests: in
-        // service, and not healthy-in-service until every entry agrees.
-        let s = aggregate(&[(InService, Healthy, 0), (Draining, Healthy, 4)]);
-        assert_eq!(s, TargetStatus::new(InService, Unknown, Some(4)));
-        let s = aggregate(&[(Draining, Healthy, 0), (Draining, Healthy, 4)]);
-        assert_eq!(s, TargetStatus::new(Draining, Healthy, Some(4)));
-        let s = aggregate(&[(Draining, Healthy, 0), (OutOfService, Unknown, 0)]);
-        assert_eq!(s.state, OutOfService);
-        assert_eq!(s.health, Unknown);
-        // Out hard on one node, requests still running on the other: not
-        // drained until they end.
-        let s = aggregate(&[(OutOfService, Unknown, 0), (Draining, Healthy, 2)]);
-        assert_eq!((s.state, s.connections), (Draining, Some(2)));
-        assert!(!s.is_drained());
-        let s = aggregate(&[(OutOfService, Unknown, 1)]);
-        assert_eq!(s.state, Draining, "MAINT with a request in flight");
-        assert_eq!(
-            aggregate(&[(InService, Healthy, 0), (InService, Unhealthy, 0)]).health,
-            Unhealthy
-        );
     }
 
     #[test]
@@ -1097,108 +829,24 @@ mod tests {
     }
 
     #[test]
-    fn long_batches_are_split() {
-        let cmds: Vec<(String, String, String)> = (0..1000)
-            .map(|i| {
-                (
-                    format!("set server web/s{i} state drain"),
-                    "web".into(),
-                    format!("s{i}"),
-                )
-            })
-            .collect();
-        let parts = chunks(&cmds);
-        assert!(parts.len() > 1);
-        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), 1000);
-        for p in parts {
-            let line: usize = p.iter().map(|(c, _, _)| c.len() + 2).sum();
-            assert!(line <= MAX_LINE);
-        }
-    }
-
-    fn entry(admin_state: u32, op_state: u8, check_state: u32, tracked: &str) -> Entry {
-        Entry {
-            state: ServerState {
-                backend: "web".into(),
-                server: "s1".into(),
-                addr: "127.0.0.1".into(),
-                port: Some(80),
-                op_state,
-                admin_state,
-                check_state: Some(check_state),
-            },
-            stat: StatRow {
-                backend: "web".into(),
-                server: "s1".into(),
-                connections: 0,
-                status: String::new(),
-                check_status: String::new(),
-                tracked: tracked.into(),
-                addr: None,
-            },
-        }
-    }
-
-    #[test]
-    fn enable_commands_per_kind_of_server() {
-        let cmds = |e: Entry| enable_commands("web", &e);
-        // Checked, in forced MAINT (check state 14 while paused): leave
-        // MAINT through DRAIN, force down, then ready.
+    fn versions_that_count_old_workers() {
         assert_eq!(
-            cmds(entry(1, 0, 14, "")),
-            [
-                "set server web/s1 state drain",
-                "set server web/s1 health down",
-                "set server web/s1 state ready"
-            ]
+            HaproxyBalancer::counts_old_workers("2.6.12-1+deb12u4"),
+            Some(true)
         );
-        // Checked, draining.
-        assert_eq!(
-            cmds(entry(8, 2, 6, "")),
-            [
-                "set server web/s1 health down",
-                "set server web/s1 state ready"
-            ]
-        );
-        // Checked and in service: untouched, even when down.
-        assert!(cmds(entry(0, 2, 6, "")).is_empty());
-        assert!(cmds(entry(0, 0, 6, "")).is_empty());
-        // Config `disabled` (5): as forced MAINT.
-        assert_eq!(cmds(entry(5, 0, 14, "")).len(), 3);
-        // No check (0), or a check stopped by `disable health` (2): never
-        // `health down`; `health up` when down.
-        assert_eq!(cmds(entry(8, 2, 0, "")), ["set server web/s1 state ready"]);
-        assert_eq!(cmds(entry(8, 2, 2, "")), ["set server web/s1 state ready"]);
-        assert_eq!(
-            cmds(entry(1, 0, 0, "")),
-            [
-                "set server web/s1 state ready",
-                "set server web/s1 health up"
-            ]
-        );
-        assert_eq!(cmds(entry(0, 0, 0, "")), ["set server web/s1 health up"]);
-        assert!(cmds(entry(0, 2, 0, "")).is_empty());
-        // Tracking: `state ready` only, and only where forced out.
-        assert_eq!(
-            cmds(entry(3, 0, 0, "web/s0")),
-            ["set server web/s1 state ready"]
-        );
-        assert!(cmds(entry(2, 0, 0, "web/s0")).is_empty());
-        assert!(cmds(entry(0, 0, 0, "web/s0")).is_empty());
-        // Checks: a tracking server counts as checked, no check does not.
-        assert!(entry(0, 2, 0, "web/s0").checked());
-        assert!(entry(0, 2, 6, "").checked());
-        assert!(!entry(0, 2, 2, "").checked());
+        assert_eq!(HaproxyBalancer::counts_old_workers("2.5.0"), Some(true));
+        assert_eq!(HaproxyBalancer::counts_old_workers("2.4.22"), Some(false));
+        assert_eq!(HaproxyBalancer::counts_old_workers("1.8.30"), Some(false));
+        assert_eq!(HaproxyBalancer::counts_old_workers("dev"), None);
     }
 
     #[test]
     fn hint_and_name() {
         let lb = lb(&["web", "api"]);
+        // Never listed: the id's own server only (`api/s1` may be another
+        // host).
         let hint = lb.enable_hint(&id("web/s1"));
-        assert!(
-            hint.contains("set server web/s1 state ready; set server api/s1 state ready"),
-            "{hint}"
-        );
+        assert!(hint.contains("'set server web/s1 state ready'"), "{hint}");
         assert!(
             hint.contains("UNIX-CONNECT:/nonexistent/haproxy.sock"),
             "{hint}"
@@ -1206,64 +854,5 @@ mod tests {
         assert!(lb.name().contains("web, api") && lb.name().contains("lb-a"));
         assert!(lb.capabilities().counts_connections && lb.capabilities().hard_disable);
         assert!(lb.default_poll_interval() <= Duration::from_millis(250));
-    }
-
-    fn at(backend: &str, server: &str, addr: &str, port: u16) -> Entry {
-        let mut e = entry(0, 2, 0, "");
-        e.state.backend = backend.into();
-        e.state.server = server.into();
-        e.state.addr = addr.into();
-        e.state.port = Some(port);
-        e.stat.backend = backend.into();
-        e.stat.server = server.into();
-        e
-    }
-
-    fn snap(scope: HostScope, host_match: HostMatch) -> Snapshot {
-        Snapshot {
-            node: "lb-a".into(),
-            backends: vec![
-                (
-                    "web".into(),
-                    vec![
-                        at("web", "s1", "10.0.0.1", 80),
-                        at("web", "s2", "10.0.0.2", 80),
-                    ],
-                ),
-                (
-                    "api".into(),
-                    vec![
-                        at("api", "a1", "10.0.0.1", 80),
-                        at("api", "a1-admin", "10.0.0.1", 8080),
-                        at("api", "nowhere", "0.0.0.0", 80),
-                    ],
-                ),
-            ],
-            pool: 1,
-            scope,
-            host_match,
-        }
-    }
-
-    fn names(v: &[(&str, &Entry)]) -> Vec<String> {
-        v.iter()
-            .map(|(b, e)| format!("{b}/{}", e.state.server))
-            .collect()
-    }
-
-    #[test]
-    fn a_host_is_matched_by_address_and_port_or_address_across_backends() {
-        let s = snap(HostScope::AllBackends, HostMatch::AddressAndPort);
-        assert_eq!(names(&s.server("s1")), ["web/s1", "api/a1"]);
-        assert_eq!(names(&s.server("s2")), ["web/s2"]);
-        let s = snap(HostScope::AllBackends, HostMatch::Address);
-        assert_eq!(names(&s.server("s1")), ["web/s1", "api/a1", "api/a1-admin"]);
-        let s = snap(HostScope::PoolBackendsOnly, HostMatch::AddressAndPort);
-        assert_eq!(names(&s.server("s1")), ["web/s1"]);
-        assert_eq!(s.others("s1"), ["api/a1"], "named even when not drained");
-        // An unusable address never matches another server.
-        let mut s = snap(HostScope::AllBackends, HostMatch::Address);
-        s.backends[0].1[0].state.addr = "0.0.0.0".into();
-        assert_eq!(names(&s.server("s1")), ["web/s1"]);
     }
 }

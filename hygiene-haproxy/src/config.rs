@@ -348,6 +348,7 @@ impl HaproxyBalancerBuilder {
                 host_match: self.host_match,
                 health_checks: std::sync::atomic::AtomicBool::new(true),
                 seen: std::sync::Mutex::default(),
+                records: std::sync::Mutex::default(),
             },
         )))
     }

@@ -23,6 +23,11 @@ const ADMF_INHERITED_MAINT: u32 = 0x02;
 /// Measured on 2.6: `check` → 6, in MAINT → 14, `disable health` → 2, no
 /// `check` (and tracking servers) → 0.
 const CHK_ST_ENABLED: u32 = 0x04;
+/// `srv_check_state` / `srv_agent_state` bit `CHK_ST_CONFIGURED`: the check
+/// (or agent check) is in the configuration, running or stopped. Measured
+/// on 2.6: `agent-check` → `srv_agent_state` 22 (0x16, with `CHK_ST_AGENT`
+/// 0x10 and `CHK_ST_ENABLED`), 18 after `disable agent`, 0 without one.
+const CHK_ST_CONFIGURED: u32 = 0x02;
 
 /// An error line HAProxy answered instead of the expected reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +130,8 @@ pub(crate) struct ServerState {
     /// `srv_check_state`: `CHK_ST_*` bits of the health check, when the
     /// column is there (it is in every 2.x and 3.x).
     pub(crate) check_state: Option<u32>,
+    /// `srv_agent_state`: the same bits for the agent check (`agent-check`).
+    pub(crate) agent_state: Option<u32>,
 }
 
 impl ServerState {
@@ -144,6 +151,18 @@ impl ServerState {
     /// `srv_check_state` is missing (not seen on 2.x / 3.x).
     pub(crate) fn checks_enabled(&self) -> Option<bool> {
         self.check_state.map(|c| c & CHK_ST_ENABLED != 0)
+    }
+
+    /// An agent check is configured (`agent-check`), running or stopped.
+    pub(crate) fn has_agent(&self) -> bool {
+        self.agent_state.is_some_and(|a| a & CHK_ST_CONFIGURED != 0)
+    }
+
+    /// The agent check runs: its replies (`ready`, `drain`, `maint`, a
+    /// weight) change the server's admin state and weight.
+    pub(crate) fn agent_enabled(&self) -> bool {
+        self.agent_state
+            .is_some_and(|a| a & CHK_ST_CONFIGURED != 0 && a & CHK_ST_ENABLED != 0)
     }
 
     /// In maintenance inherited from a tracked server.
@@ -223,6 +242,7 @@ pub(crate) fn parse_servers_state(body: &str) -> Result<Vec<ServerState>, ParseE
     let admin = column(&headers, "srv_admin_state", what)?;
     let port = headers.iter().position(|h| h == "srv_port");
     let check_state = headers.iter().position(|h| h == "srv_check_state");
+    let agent_state = headers.iter().position(|h| h == "srv_agent_state");
     let mut out = Vec::new();
     for row in rdr.records() {
         let row = row.map_err(|e| ParseError::Format(format!("{what} row: {e}")))?;
@@ -236,6 +256,10 @@ pub(crate) fn parse_servers_state(body: &str) -> Result<Vec<ServerState>, ParseE
             admin_state: number(&row, admin, "srv_admin_state")?,
             check_state: match check_state {
                 Some(i) => Some(number(&row, i, "srv_check_state")?),
+                None => None,
+            },
+            agent_state: match agent_state {
+                Some(i) => Some(number(&row, i, "srv_agent_state")?),
                 None => None,
             },
         });
@@ -257,16 +281,48 @@ pub(crate) fn parse_backends(body: &str) -> Result<Vec<String>, ParseError> {
         .collect())
 }
 
-/// The pids of the old workers in a master CLI's `show proc` reply: the
-/// lines under `# old workers` (processes a reload replaced, finishing
-/// their connections), first column.
-pub(crate) fn parse_old_workers(reply: &str) -> Result<Vec<u32>, ParseError> {
+/// An old worker listed by the master's `show proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OldWorker {
+    pub(crate) pid: u32,
+    /// Its own HAProxy version (the `<version>` column, last on the line;
+    /// after an upgrade the old worker runs the old binary).
+    pub(crate) version: Option<String>,
+}
+
+/// `major.minor` of an HAProxy version string (`2.6.12-1+deb12u4` →
+/// `(2, 6)`); `None` when it does not start that way.
+pub(crate) fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.trim().split(['.', '-', '+', ' ']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The `Version:` line of a `show info` reply.
+pub(crate) fn info_version(reply: &str) -> Option<String> {
+    reply
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The old workers in a master CLI's `show proc` reply: the lines under
+/// `# old workers` (processes a reload replaced, finishing their
+/// connections): pid (first column) and version (last column, when the
+/// header ends with `<version>`).
+pub(crate) fn parse_old_workers(reply: &str) -> Result<Vec<OldWorker>, ParseError> {
     if !reply.trim_start().starts_with("#<PID>") {
         return Err(classify(reply).map_or_else(
             || ParseError::Format("`show proc` reply does not start with `#<PID>` (is this the master CLI socket, `haproxy -W -S`?)".into()),
             ParseError::Reply,
         ));
     }
+    let has_version = reply
+        .lines()
+        .next()
+        .is_some_and(|h| h.trim_end().ends_with("<version>"));
     let mut out = Vec::new();
     let mut in_old = false;
     for line in reply.lines() {
@@ -276,10 +332,15 @@ pub(crate) fn parse_old_workers(reply: &str) -> Result<Vec<u32>, ParseError> {
             continue;
         }
         if in_old && !line.is_empty() {
-            let pid = line.split_whitespace().next().unwrap_or_default();
-            out.push(pid.parse().map_err(|_| {
-                ParseError::Format(format!("`show proc`: bad pid {pid:?} in {line:?}"))
-            })?);
+            let mut words = line.split_whitespace();
+            let pid = words.next().unwrap_or_default();
+            let version = words.last().filter(|_| has_version).map(str::to_owned);
+            out.push(OldWorker {
+                pid: pid.parse().map_err(|_| {
+                    ParseError::Format(format!("`show proc`: bad pid {pid:?} in {line:?}"))
+                })?,
+                version,
+            });
         }
     }
     Ok(out)
@@ -299,9 +360,22 @@ pub(crate) struct StatRow {
     pub(crate) tracked: String,
     /// `addr`: `ip:port` the server points to (HAProxy 1.9+).
     pub(crate) addr: Option<String>,
+    /// `bck`: a `backup` server.
+    pub(crate) backup: bool,
+    /// `weight`: the effective weight (0: takes no new load-balanced
+    /// traffic, e.g. `set weight … 0` or an agent's `0%`).
+    pub(crate) weight: Option<u64>,
 }
 
 impl StatRow {
+    /// Up, but not serving capacity while the backend's other servers
+    /// serve: a `backup` server (HAProxy sends it requests only once no
+    /// active server is usable), `NOLB` (`http-check disable-on-404`: up,
+    /// refusing new load-balanced requests) or weight 0.
+    pub(crate) fn standby(&self) -> bool {
+        self.backup || self.status.trim() == "NOLB" || self.weight == Some(0)
+    }
+
     /// Health from the status and check columns.
     ///
     /// - `MAINT…`: checks are paused, any result is stale → `Unknown`.
@@ -350,6 +424,8 @@ pub(crate) fn parse_stat(body: &str) -> Result<Vec<StatRow>, ParseError> {
     let check = column(&headers, "check_status", what)?;
     let tracked = headers.iter().position(|h| h == "tracked");
     let addr = headers.iter().position(|h| h == "addr");
+    let bck = headers.iter().position(|h| h == "bck");
+    let weight = headers.iter().position(|h| h == "weight");
     let mut out = Vec::new();
     for row in rdr.records() {
         let row = row.map_err(|e| ParseError::Format(format!("{what} row: {e}")))?;
@@ -373,6 +449,8 @@ pub(crate) fn parse_stat(body: &str) -> Result<Vec<StatRow>, ParseError> {
                 .and_then(|i| row.get(i))
                 .filter(|a| !a.is_empty())
                 .map(str::to_owned),
+            backup: bck.and_then(|i| row.get(i)) == Some("1"),
+            weight: weight.and_then(|i| row.get(i)).and_then(|w| w.parse().ok()),
         });
     }
     Ok(out)
@@ -394,14 +472,29 @@ mod tests {
 12276           worker          1               0d00h00m12s     2.6.12-1+deb12u4\n\
 12001           worker          2               0d00h00m30s     2.6.12-1+deb12u4\n\
 # programs\n\n\n";
-        assert_eq!(parse_old_workers(v26), Ok(vec![12276, 12001]));
+        let old = parse_old_workers(v26).expect("parses");
+        assert_eq!(
+            old.iter().map(|w| w.pid).collect::<Vec<_>>(),
+            [12276, 12001]
+        );
+        assert_eq!(old[0].version.as_deref(), Some("2.6.12-1+deb12u4"));
         // 2.4's columns (a relative pid), no old worker.
         let v24 = "#<PID>          <type>          <relative PID>  <reloads>       <uptime>        <version>\n\
 1162            master          0               5               0d00h02m07s     2.4.0\n\
 # workers\n\
 1271            worker          1               0               0d00h00m00s     2.4.0\n\
+# old workers\n\
+1200            worker          2               1               0d00h01m00s     2.4.0\n\
 # programs\n\n";
-        assert_eq!(parse_old_workers(v24), Ok(vec![]));
+        let old = parse_old_workers(v24).expect("parses");
+        assert_eq!(old.len(), 1);
+        assert_eq!(
+            (old[0].pid, old[0].version.as_deref()),
+            (1200, Some("2.4.0"))
+        );
+        // Without a `<version>` column, no version.
+        let old = parse_old_workers("#<PID> <type>\n# old workers\n7 worker\n").expect("parses");
+        assert_eq!(old[0].version, None);
         // A worker's stats socket given as the master.
         assert!(matches!(
             parse_old_workers("Unknown command: 'show proc'\n\n"),
@@ -423,6 +516,40 @@ mod tests {
 
     fn one(raw: &str) -> &str {
         split_replies(raw, 1).expect("one reply")[0]
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(major_minor("2.6.12-1+deb12u4"), Some((2, 6)));
+        assert_eq!(major_minor("2.4.0"), Some((2, 4)));
+        assert_eq!(major_minor("3.0.11"), Some((3, 0)));
+        assert_eq!(major_minor("2.10-dev3"), Some((2, 10)));
+        assert_eq!(major_minor("dev"), None);
+        assert_eq!(
+            info_version("Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nRelease_date: x\n").as_deref(),
+            Some("2.6.12-1+deb12u4")
+        );
+        assert_eq!(info_version("Unknown command\n"), None);
+    }
+
+    #[test]
+    fn agent_state_column() {
+        // 2.6.12: `agent-check` → 22, after `disable agent` → 18, none → 0.
+        let body = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_check_state srv_agent_state\n\
+3 web 1 s1 127.0.0.1 2 0 6 22\n3 web 2 s2 127.0.0.1 2 8 6 18\n3 web 3 s3 127.0.0.1 2 0 6 0";
+        let rows = parse_servers_state(body).expect("parses");
+        assert!(rows[0].has_agent() && rows[0].agent_enabled());
+        assert!(rows[1].has_agent() && !rows[1].agent_enabled());
+        assert!(!rows[2].has_agent() && !rows[2].agent_enabled());
+        let rows = parse_servers_state(
+            &body
+                .replace(" srv_agent_state", "")
+                .replace(" 22\n", "\n")
+                .replace(" 18\n", "\n")
+                .replace(" 6 0", " 6"),
+        )
+        .expect("parses");
+        assert!(!rows[0].has_agent(), "no column, no agent");
     }
 
     #[test]
@@ -490,6 +617,7 @@ mod tests {
                 op_state: 2,
                 admin_state: 0,
                 check_state: Some(6),
+                agent_state: Some(0),
             }
         );
         assert!(rows.iter().all(|r| r.state() == TargetState::InService));
@@ -590,8 +718,23 @@ mod tests {
             check_status: check.into(),
             tracked: String::new(),
             addr: None,
+            backup: false,
+            weight: Some(1),
         };
         assert_eq!(r("UP 1/3", "L4CON").health(), Health::Unhealthy);
+        // Up but not capacity: NOLB, backup, weight 0.
+        assert!(r("NOLB", "L7STS").standby());
+        assert!(!r("UP", "L4OK").standby());
+        assert!(StatRow {
+            backup: true,
+            ..r("UP", "L4OK")
+        }
+        .standby());
+        assert!(StatRow {
+            weight: Some(0),
+            ..r("UP", "L4OK")
+        }
+        .standby());
         assert_eq!(r("DOWN 1/2", "L7OK").health(), Health::Unhealthy);
         assert_eq!(r("NOLB", "L7STS").health(), Health::Healthy);
         assert_eq!(r("DRAIN (agent)", "L7OK").health(), Health::Healthy);

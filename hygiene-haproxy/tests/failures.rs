@@ -70,6 +70,12 @@ async fn non_admin_socket_is_permission_denied_and_changes_nothing() {
             ("lb-user".to_owned(), SocketLevel::User)
         ]
     );
+    // The version, read at `level user` too (2.6.12 here: counted).
+    for (node, v) in both.versions().await {
+        let v = v.expect("show info").expect("a version line");
+        assert!(v.starts_with("2.") || v.starts_with("3."), "{node}: {v}");
+        assert_eq!(HaproxyBalancer::counts_old_workers(&v), Some(true), "{v}");
+    }
     let e = both.check_admin().await.expect_err("lb-user is not admin");
     assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
     assert!(

@@ -293,14 +293,26 @@ const SHOW_PROC: &str =
 async fn with_fake_master(
     stat: impl Fn(&[Arc<Backend>]) -> String,
 ) -> (Haproxy, FakeSocket, HaproxyBalancer, Vec<Arc<Backend>>) {
+    with_fake_master_of(SHOW_PROC, None, stat).await
+}
+
+/// As [`with_fake_master`], with this `show proc` reply, and this `@!4242
+/// show info` reply if any.
+async fn with_fake_master_of(
+    show_proc: &str,
+    info: Option<&str>,
+    stat: impl Fn(&[Arc<Backend>]) -> String,
+) -> (Haproxy, FakeSocket, HaproxyBalancer, Vec<Arc<Backend>>) {
     let bin = haproxy_bin().expect("haproxy");
     let b = vec![Backend::start("s1").await, Backend::start("s2").await];
     let stat = stat(&b);
     let h = Haproxy::start(&bin, &Layout::web(&[&b[0], &b[1]])).await;
-    let fake = FakeSocket::start(FakeReply::ByPrefix(vec![
-        ("show proc".into(), SHOW_PROC.as_bytes().to_vec()),
-        ("@!4242 ".into(), stat.as_bytes().to_vec()),
-    ]));
+    let mut replies = vec![("show proc".to_owned(), show_proc.as_bytes().to_vec())];
+    if let Some(info) = info {
+        replies.push(("@!4242 show info".into(), info.as_bytes().to_vec()));
+    }
+    replies.push(("@!4242 ".into(), stat.as_bytes().to_vec()));
+    let fake = FakeSocket::start(FakeReply::ByPrefix(replies));
     let lb = HaproxyBalancer::builder()
         .node(h.node("lb-a").master_socket(&fake.path))
         .backend("web")
@@ -377,4 +389,83 @@ web,old-name,0,0,4,4,UP,L4OK,{}\n\n",
     let st = lb.status(&ids).await.expect("status");
     assert_eq!(st[0].connections, Some(4), "web/s1 is at that address");
     assert_eq!(st[1].connections, Some(0), "web/s2 is not");
+}
+
+/// An old worker's `show stat` rows with nothing in flight.
+fn idle_rows(b: &[Arc<Backend>]) -> String {
+    format!(
+        "# pxname,svname,qcur,qmax,scur,smax,status,check_status,addr\n\
+web,s1,0,0,0,0,UP,L4OK,{}\n\
+web,s2,0,0,0,0,UP,L4OK,{}\n\n",
+        b[0].addr, b[1].addr
+    )
+}
+
+// HAProxy before 2.5: a stopping worker's `show stat` is header-only
+// (haproxy issue 1307), so its count is unknown, never 0; whatever its
+// reply, the old worker's own version (`show proc`) says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_worker_before_2_5_is_an_unknown_count_never_0() {
+    if haproxy_bin().is_none() {
+        return;
+    }
+    let v24 = SHOW_PROC.replace("2.6.12", "2.4.22");
+    let ids = [TargetId::new("web/s1").expect("id")];
+    let (_h, _fake, lb, _b) = with_fake_master_of(&v24, None, idle_rows).await;
+    let e = lb.status(&ids).await.expect_err("unknown count");
+    assert!(
+        e.is_retryable() && e.to_string().contains("2.4.22") && e.to_string().contains("4242"),
+        "retryable, names the worker and its version: {e}"
+    );
+    // The header alone, as 2.4 answers while stopping.
+    let (_h, _fake, lb, _b) = with_fake_master_of(&v24, None, |_| {
+        "# pxname,svname,qcur,qmax,scur,smax,status,check_status,addr\n\n".to_owned()
+    })
+    .await;
+    assert!(lb.status(&ids).await.expect_err("unknown").is_retryable());
+    // No `<version>` column: the worker's `show info` says it.
+    let bare = "#<PID>          <type>\n1 master\n# workers\n2 worker\n# old workers\n4242 worker\n# programs\n\n";
+    let (_h, fake, lb, _b) = with_fake_master_of(
+        bare,
+        Some("Name: HAProxy\nVersion: 2.4.22\nRelease_date: 2023/02/14\n\n"),
+        idle_rows,
+    )
+    .await;
+    let e = lb.status(&ids).await.expect_err("unknown count");
+    assert!(e.to_string().contains("2.4.22"), "{e}");
+    let asked = fake.received.lock().expect("lock").clone();
+    assert!(
+        asked.iter().any(|l| l.starts_with("@!4242 show info")),
+        "{asked:?}"
+    );
+    // A listing goes on without the count.
+    assert_eq!(lb.list().await.expect("list").len(), 2);
+    // 2.5 and later: counted.
+    let (_h, _fake, lb, _b) =
+        with_fake_master_of(&SHOW_PROC.replace("2.6.12", "2.5.0"), None, idle_rows).await;
+    assert_eq!(
+        lb.status(&ids).await.expect("status")[0].connections,
+        Some(0)
+    );
+}
+
+// Whatever the version, an old worker listing no server at all says
+// nothing about its requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_worker_listing_no_server_is_an_unknown_count() {
+    if haproxy_bin().is_none() {
+        return;
+    }
+    let (_h, _fake, lb, _b) = with_fake_master(|_| {
+        "# pxname,svname,qcur,qmax,scur,smax,status,check_status,addr\n\n".to_owned()
+    })
+    .await;
+    let e = lb
+        .status(&[TargetId::new("web/s1").expect("id")])
+        .await
+        .expect_err("unknown count");
+    assert!(
+        e.is_retryable() && e.to_string().contains("no server"),
+        "{e}"
+    );
 }

@@ -203,6 +203,14 @@ impl NginxBalancer {
         }
     }
 
+    /// Why NGINX Plus may send a server requests after
+    /// [`enable`](LoadBalancer::enable) before any health check made after
+    /// the enable, and what covers it: [`traffic_before_fresh_check`] for
+    /// this balancer's health mode.
+    pub fn traffic_before_fresh_check(&self) -> String {
+        traffic_before_fresh_check(self.inner.health)
+    }
+
     /// The API version in use on each instance (`None` before the first call).
     pub fn api_versions(&self) -> Vec<Option<u32>> {
         self.inner
@@ -793,6 +801,34 @@ impl LoadBalancer for NginxBalancer {
     async fn enable(&self, ids: &[TargetId]) -> Result<()> {
         self.mutate(ids, Op::Enable).await
     }
+}
+
+/// Why NGINX Plus may send a server requests after
+/// [`enable`](LoadBalancer::enable) before any health check made after the
+/// enable, and what covers it (see the crate docs, "Traffic after enable");
+/// `hygiene validate` shows it when no probe is configured.
+///
+/// NGINX Plus routes to a server as soon as `down` is false, on the result
+/// of its last check from before the maintenance; its API has no way to
+/// hold an existing server until a fresh check passes (`health_check
+/// mandatory` holds only servers added through the API or DNS, and servers
+/// after a reload). The balancer's own status waits for a fresh check
+/// ([`HealthChecks::Active`]); nginx's routing does not.
+pub fn traffic_before_fresh_check(health: HealthChecks) -> String {
+    let mut s = String::from(
+        "NGINX Plus sends requests to a server as soon as it is enabled (`down: false`), on its last health check from before the maintenance: \
+         its API cannot hold a server until a fresh check passes (`health_check mandatory` holds only servers added through the API or DNS, and after a reload), \
+         so a patched server that is broken takes requests until its next failed check (up to `interval` x `fails`)",
+    );
+    if health == HealthChecks::Passive {
+        s.push_str(
+            "; with health_checks = \"passive\" no active check runs at all: only failed requests (`max_fails`) take it out",
+        );
+    }
+    s.push_str(
+        ". Add a [probe]: it checks the patched server before it is put back; and keep the `health_check interval` short",
+    );
+    s
 }
 
 fn split_address(addr: &str) -> Option<(String, u16)> {

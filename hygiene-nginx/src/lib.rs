@@ -10,7 +10,7 @@ mod status;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use balancer::NginxBalancer;
+pub use balancer::{traffic_before_fresh_check, NginxBalancer};
 pub use client::{UpstreamKind, MAX_API_VERSION, MIN_API_VERSION};
 pub use config::{
     HealthChecks, NginxBuilder, Scope, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE,

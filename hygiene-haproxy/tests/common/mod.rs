@@ -264,6 +264,80 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
+    /// An HAProxy with one frontend sending to `default_backend` and the
+    /// given raw `backend` sections; ready once every server is `UP`, `no
+    /// check` or in maintenance (`disabled`).
+    pub async fn start_raw(bin: &Path, default_backend: &str, backends: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin_sock = dir.path().join("admin.sock");
+        let user_sock = dir.path().join("user.sock");
+        let tcp_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let frontend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let cfg = format!(
+            "global\n  stats socket {} level admin\n  stats socket {} level user\n  stats socket ipv4@{tcp_admin} level admin\n  maxconn 2000\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 0\n\
+             frontend fe\n  bind {frontend}\n  default_backend {default_backend}\n{backends}",
+            admin_sock.display(),
+            user_sock.display(),
+        );
+        let cfg_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg_path, &cfg).expect("write config");
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log file");
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn haproxy");
+        let h = Self {
+            child,
+            dir,
+            admin_sock,
+            user_sock,
+            tcp_admin,
+            frontend,
+            frontends: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(stat) = h.raw("show stat -1 4 -1").await {
+                let rows: Vec<&str> = stat.lines().skip(1).filter(|l| !l.is_empty()).collect();
+                if !rows.is_empty()
+                    && rows.iter().all(|r| {
+                        r.split(',')
+                            .nth(17)
+                            .is_some_and(|s| s == "UP" || s == "no check" || s.starts_with("MAINT"))
+                    })
+                {
+                    return h;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not come up: {}",
+                h.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `srv_agent_state` of `backend/server` (0x04: the agent check runs).
+    pub async fn agent_state(&self, backend: &str, server: &str) -> u32 {
+        let state = self
+            .raw(&format!("show servers state {backend}"))
+            .await
+            .expect("show servers state");
+        state
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.len() > 14 && f[1] == backend && f[3] == server)
+            .map(|f| f[14].parse().expect("agent state"))
+            .unwrap_or_else(|| panic!("{backend}/{server} missing from {state}"))
+    }
+
     pub async fn start(bin: &Path, layout: &Layout) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin_sock = dir.path().join("admin.sock");
@@ -449,6 +523,35 @@ impl Haproxy {
 impl Drop for Haproxy {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// An HAProxy agent check: answers every connection with one line.
+pub struct Agent {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Agent {
+    pub async fn start(reply: &str) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind agent");
+        let addr = l.local_addr().expect("addr");
+        let line = format!("{reply}\n");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                let _ = s.write_all(line.as_bytes()).await;
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -229,6 +229,35 @@ async fn no_stale_healthy_after_enable() {
     assert_eq!(one(&lb, "backend/2").await.health, Health::Unhealthy);
 }
 
+/// Issue 21, NGINX 10: nginx itself routes to a server right after
+/// `down: false`, on the check from before (the test above); the API has
+/// nothing to hold it, so the balancer says so, for `hygiene validate`,
+/// with what covers it.
+#[tokio::test]
+async fn the_traffic_before_a_fresh_check_is_named_with_what_covers_it() {
+    let srv = FakeNginx::start(State::standard()).await;
+    let lb = builder([&srv]).upstream("backend").build().expect("valid");
+    let why = lb.traffic_before_fresh_check();
+    for word in ["down: false", "mandatory", "[probe]", "interval"] {
+        assert!(why.contains(word), "{word}: {why}");
+    }
+    assert!(!why.contains("passive"), "{why}");
+    let lb = builder([&srv])
+        .upstream("backend")
+        .health_checks(hygiene_nginx::HealthChecks::Passive)
+        .build()
+        .expect("valid");
+    assert!(
+        lb.traffic_before_fresh_check().contains("no active check"),
+        "{}",
+        lb.traffic_before_fresh_check()
+    );
+    assert!(
+        srv.patches().is_empty(),
+        "says so without changing anything"
+    );
+}
+
 /// Issue 12, NGINX 4: `mandatory` gives `checking` at start and after a
 /// reload (not after `down: false`, as the docs say); either way the client
 /// never counts a server healthy or in service on a check from before.

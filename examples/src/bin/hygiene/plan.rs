@@ -112,7 +112,7 @@ pub(crate) fn compute(
             });
         }
     }
-    let healthy = |l: &ListedTarget| l.status.is_serving_healthy_with(&caps);
+    let healthy = |l: &ListedTarget| l.status.counts_as_capacity_with(&caps);
     let healthy_now = listed.iter().filter(|l| healthy(l)).count();
     let required = c.min_healthy_of(listed.len());
     let width = c.batch_len(selected.len());

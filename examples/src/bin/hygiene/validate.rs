@@ -22,6 +22,9 @@ struct Found {
     connections: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     backends: Option<String>,
+    /// HAProxy servers of the host with an agent check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agents: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     preflight: Option<String>,
 }
@@ -101,7 +104,33 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 "the balancer does not count in-flight work: a drain ends only when the balancer says the target is out of service".into(),
             );
         }
+        #[cfg(feature = "nginx")]
+        if let Some(n) = loaded
+            .file
+            .balancer
+            .as_ref()
+            .and_then(|b| b.get_ref().nginx.as_ref())
+        {
+            if setup.probe.is_none() {
+                let mode = match n.get_ref().health_checks {
+                    Some(crate::config::NginxHealth::Passive) => {
+                        hygiene_nginx::HealthChecks::Passive
+                    }
+                    _ => hygiene_nginx::HealthChecks::Active,
+                };
+                v.problems
+                    .push(hygiene_nginx::traffic_before_fresh_check(mode));
+            }
+        }
         if let Some(h) = &setup.haproxy {
+            for (node, version) in h.versions().await {
+                let Ok(Some(ver)) = version else { continue };
+                if hygiene_haproxy::HaproxyBalancer::counts_old_workers(&ver) == Some(false) {
+                    v.problems.push(format!(
+                        "node {node} runs HAProxy {ver}: before 2.5 a worker that a reload is stopping lists no server (haproxy issue 1307), so its requests cannot be counted: during a reload, status reads fail and the drain waits until the old worker exits; upgrade HAProxy to 2.5 or later"
+                    ));
+                }
+            }
             for (node, level) in h.socket_levels().await {
                 match level {
                     Ok(SocketLevel::Admin) => {}
@@ -164,6 +193,12 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
             if let Some(p) = outside_problem(&loaded, &l.target) {
                 v.problems.push(p);
             }
+            if let Some(agents) = l.target.meta.get("agents") {
+                v.problems.push(format!(
+                    "{}: {agents} run(s) an agent check, whose `ready` ends a drain or a maintenance: hygiene stops it (`disable agent`) while the host is out and starts it again after, where it ran; a reload or another tool starting it meanwhile ends the drain until hygiene drains again (remove `agent-check`, or have the agent answer no admin state, to rule that out)",
+                    l.target.id
+                ));
+            }
             // Backends of the pool only (HAProxy lists every backend it
             // drains, those outside the pool too).
             let outside: Vec<&str> = l
@@ -193,6 +228,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 health: health_text(l.status.health),
                 connections: l.status.connections,
                 backends,
+                agents: l.target.meta.get("agents").cloned(),
                 preflight: pf,
             });
         }
@@ -374,7 +410,7 @@ fn human(v: &Validation) -> String {
                 _ => "-".into(),
             };
             o.push_str(&format!(
-                "  {:<24} {:<22} {:<12} {:<15} {:>3} in flight{}{}\n",
+                "  {:<24} {:<22} {:<12} {:<15} {:>3} in flight{}{}{}\n",
                 clean(&t.id),
                 addr,
                 t.state,
@@ -383,6 +419,10 @@ fn human(v: &Validation) -> String {
                 t.backends
                     .as_ref()
                     .map(|b| format!("  backends {}", clean(b)))
+                    .unwrap_or_default(),
+                t.agents
+                    .as_ref()
+                    .map(|a| format!("  agents {}", clean(a)))
                     .unwrap_or_default(),
                 t.preflight
                     .as_ref()

@@ -68,7 +68,7 @@ impl Machine {
         let healthy = listed
             .iter()
             .filter(|l| {
-                l.status.is_serving_healthy_with(&self.caps) && self.counts_as_serving(&l.target.id)
+                l.status.counts_as_capacity_with(&self.caps) && self.counts_as_serving(&l.target.id)
             })
             .count();
         let mut removed = false;
@@ -107,7 +107,7 @@ impl Machine {
                     );
                 }
                 Some(st) => {
-                    costs.push(usize::from(st.is_serving_healthy_with(&self.caps)));
+                    costs.push(usize::from(st.counts_as_capacity_with(&self.caps)));
                     fit.push(i);
                 }
             }
