@@ -30,6 +30,17 @@ pub(crate) fn json_line(kind: &str, value: &impl Serialize) {
     let _ignored = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
 
+/// Prints `text` on stdout; a closed stdout (`| head`) is not an error.
+pub(crate) fn print(text: &str) {
+    print_bytes(text.as_bytes());
+}
+
+/// Writes `bytes` on stdout, ignoring a closed pipe.
+pub(crate) fn print_bytes(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    let _ignored = stdout.write_all(bytes).and_then(|()| stdout.flush());
+}
+
 /// Targets in progress, shared with the Ctrl-C handler.
 pub(crate) type InProgress = Arc<Mutex<BTreeMap<TargetId, Stage>>>;
 

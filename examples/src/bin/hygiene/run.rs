@@ -8,9 +8,9 @@ use hygiene_core::{CancellationToken, Rollout};
 use hygiene_haproxy::SocketLevel;
 
 use crate::cli::{Global, RolloutFlags};
-use crate::config::Loaded;
+use crate::config::{ConfigError, Loaded};
 use crate::output::{self, Follower, InProgress};
-use crate::{command_for, exit, setup, Failure};
+use crate::{command_for, exit, kept, setup, Failure};
 
 /// Which of the three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,18 @@ pub(crate) enum Mode {
 /// Runs, resumes or restores; returns the exit code of the report.
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
+    if mode != Mode::Run && !flags.only.is_empty() {
+        return Err(ConfigError::flag(
+            &flags.source("only"),
+            format!(
+                "{} keeps the targets of the run it finishes and cannot narrow them: finish it (`{}`) or put back what it took out (`{}`), then start a new run with --only",
+                if mode == Mode::Resume { "resume" } else { "restore" },
+                command_for(g, "resume"),
+                command_for(g, "restore")
+            ),
+        )
+        .into());
+    }
     let cancel = CancellationToken::new();
     let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     if let Some(h) = &setup.haproxy {
@@ -45,6 +57,9 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
                 }
             }
         }
+    }
+    if mode == Mode::Run {
+        before_run(g, &loaded, &setup).await?;
     }
     let journal = FileJournal::open(&setup.journal)?;
     let mut rollout = Rollout::new(
@@ -91,9 +106,18 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     if g.json {
         output::json_line("report", &report);
     } else {
-        print!("{}", output::summary(&report));
+        output::print(&output::summary(&report));
     }
-    let code = exit::of_report(&report);
+    // Remember what this run left out, beyond the next run's journal.
+    if let Err(e) = kept::sync(&setup.journal) {
+        eprintln!("warning: {}", failure_text(&e));
+    }
+    let mut code = exit::of_report(&report);
+    if mode == Mode::Restore && code == exit::CANCELLED {
+        // A restore starts nothing new by design: the engine reports it
+        // cancelled, but it did its job.
+        code = exit::OK;
+    }
     if code == exit::KEPT_OUT {
         eprintln!(
             "{} target(s) are out of rotation because of this run: `{}` lists them with the way back",
@@ -134,9 +158,94 @@ async fn on_interrupt(
                 );
             }
             _ => {
-                eprintln!("leaving now. Finish with `{resume}`, or `{restore}`.");
-                std::process::exit(i32::from(exit::CANCELLED));
+                let ip = in_progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let list: Vec<String> = ip.iter().map(|(id, st)| format!("{id} ({st})")).collect();
+                if list.is_empty() {
+                    eprintln!("leaving now; the run is unfinished. Finish it with `{resume}`, or put back what it took out with `{restore}`.");
+                    std::process::exit(i32::from(exit::JOURNAL));
+                }
+                eprintln!(
+                    "leaving now with targets OUT OF ROTATION or on their way: {}. The journal keeps the run: `{resume}` finishes it, `{restore}` puts back what it took out.",
+                    list.join(", ")
+                );
+                std::process::exit(i32::from(exit::KEPT_OUT));
             }
         }
     }
+}
+
+fn failure_text(f: &Failure) -> String {
+    match f {
+        Failure::Config(e) => e.to_string(),
+        Failure::Lib(e) => e.to_string(),
+        Failure::Other(m) => m.clone(),
+    }
+}
+
+/// Before a fresh run changes anything: the pool can be listed (a
+/// misspelled backend is a configuration error, not the journal's), the
+/// maintenance can start on at least one target, and what earlier runs
+/// kept out is said (and forgotten when it is back in service).
+async fn before_run(g: &Global, loaded: &Loaded, setup: &setup::Setup) -> Result<(), Failure> {
+    let listed = setup.balancer.list().await?;
+    let pf = crate::preflight::check(loaded, setup, &listed).await;
+    if let Some(why) = pf.refusal() {
+        return Err(Failure::Lib(hygiene_core::Error::Executor {
+            executor: setup.executor.name(),
+            message: format!(
+                "{why}; nothing was changed. Fix it, then `{}` shows the run would go",
+                command_for(g, "plan")
+            ),
+            source: None,
+        }));
+    }
+    warn_kept_out(g, &setup.journal, &listed, true)?;
+    Ok(())
+}
+
+/// Says what earlier runs kept out of rotation; a target the balancer
+/// lists in service again (put back by hand) is forgotten.
+pub(crate) fn warn_kept_out(
+    g: &Global,
+    journal: &std::path::Path,
+    listed: &[hygiene_core::ListedTarget],
+    write: bool,
+) -> Result<Vec<String>, Failure> {
+    let mut kept = kept::sync(journal)?;
+    let back: Vec<hygiene_core::TargetId> = kept
+        .targets
+        .iter()
+        .filter(|k| {
+            listed.iter().any(|l| {
+                l.target.id == k.target.id && l.status.state == hygiene_core::TargetState::InService
+            })
+        })
+        .map(|k| k.target.id.clone())
+        .collect();
+    if !back.is_empty() && write {
+        for id in &back {
+            kept.remove(id);
+        }
+        kept.write(&kept::path_for(journal))?;
+    }
+    let mut warnings = Vec::new();
+    for k in kept.targets.iter().filter(|k| !back.contains(&k.target.id)) {
+        warnings.push(format!(
+            "{} is still out of rotation: kept out by run {} (started {}): {}; once fixed, `{} {}` puts it back",
+            k.target.id,
+            k.run_id,
+            k.since,
+            k.state,
+            command_for(g, "enable"),
+            k.target.id
+        ));
+    }
+    if !g.json {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(warnings)
 }

@@ -40,6 +40,10 @@ struct Validation {
     capabilities: Option<Capabilities>,
     targets: Vec<Found>,
     problems: Vec<String>,
+    /// A run would refuse to start or abort (exit code 6).
+    blocked: bool,
+    /// Targets earlier runs kept out of rotation, still out.
+    kept_out: Vec<String>,
 }
 
 fn journal_state(path: &std::path::Path) -> String {
@@ -77,12 +81,20 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         capabilities: None,
         targets: Vec::new(),
         problems: Vec::new(),
+        blocked: false,
+        kept_out: Vec::new(),
     };
+    let mut blocked = false;
     if v.journal_state.starts_with("LAST RUN UNFINISHED") {
         v.problems.push(format!(
             "the journal {} holds an unfinished run: a new run is refused until it is resumed or restored",
             v.journal
         ));
+        blocked = true;
+    }
+    if let Some(p) = crate::preflight::local_program_problem(&loaded) {
+        v.problems.push(p);
+        blocked = true;
     }
     let mut code = exit::OK;
     if !offline {
@@ -129,9 +141,6 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 Vec::new()
             }
         };
-        if setup.kinds.1 == "local" {
-            local_program_problem(&loaded, &mut v.problems);
-        }
         for (k, l) in listed.iter().enumerate() {
             let pf = preflight.get(k).map(|p| match p {
                 Preflight::Ready => "ready".to_owned(),
@@ -199,15 +208,31 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
             v.problems.push(format!("{}: {}", s.id, s.reason));
         }
         v.problems.extend(p.problems);
+        blocked |= !p.blockers.is_empty();
+        v.problems.extend(p.blockers);
+        if !preflight.is_empty()
+            && preflight
+                .iter()
+                .all(|p| matches!(p, Preflight::NotReady(_)))
+        {
+            v.problems
+                .push("the maintenance cannot start on any target: a run would refuse".into());
+            blocked = true;
+        }
+        v.kept_out = crate::run::warn_kept_out(g, &setup.journal, &listed, false)?;
         if listed.is_empty() {
             v.problems
                 .push("the pool is empty: nothing to maintain".into());
         }
     }
+    if blocked && code == exit::OK {
+        code = exit::BLOCKED;
+    }
+    v.blocked = blocked;
     if g.json {
         output::json_line("validate", &v);
     } else {
-        print!("{}", human(&v));
+        output::print(&human(&v));
     }
     Ok(code)
 }
@@ -254,30 +279,6 @@ fn outside_problem(loaded: &Loaded, t: &hygiene_core::Target) -> Option<String> 
         });
     }
     None
-}
-
-/// `[executor.local] program` that cannot be run.
-fn local_program_problem(loaded: &Loaded, problems: &mut Vec<String>) {
-    let Some(l) = loaded
-        .file
-        .executor
-        .as_ref()
-        .and_then(|x| x.get_ref().local.as_ref())
-    else {
-        return;
-    };
-    let program = l.get_ref().program.get_ref();
-    let found = if program.contains('/') {
-        std::path::Path::new(program).is_file()
-    } else {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .any(|d| d.join(program).is_file())
-    };
-    if !found {
-        problems.push(format!(
-            "executor.local.program {program:?} is not an existing file (nor on the PATH): every maintenance would fail"
-        ));
-    }
 }
 
 fn human(v: &Validation) -> String {
@@ -349,6 +350,12 @@ fn human(v: &Validation) -> String {
     }
     for p in &v.problems {
         o.push_str(&format!("problem: {p}\n"));
+    }
+    for k in &v.kept_out {
+        o.push_str(&format!("warning: {k}\n"));
+    }
+    if v.blocked {
+        o.push_str("a run would refuse to start or abort (exit code 6)\n");
     }
     o
 }
