@@ -857,7 +857,7 @@ fn settings_are_overridden_with_set_and_checked_like_the_file() {
     );
     assert_eq!(code, CONFIG, "{err}");
     assert!(
-        err.contains("password") && err.contains("with --set"),
+        err.contains("--set: balancer.haproxy.password") && !err.contains("hunter2"),
         "{err}"
     );
     let (code, _, err) = run(&["--set", "rollout"], None);

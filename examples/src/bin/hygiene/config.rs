@@ -94,13 +94,16 @@ pub(crate) struct Loaded {
     pub(crate) path: PathBuf,
     text: String,
     pub(crate) file: File,
+    /// The `--set` overrides applied, as (key, `key=value`): errors about
+    /// their keys name them, not a line of the rewritten document.
+    sets: Vec<(String, String)>,
 }
 
 impl Loaded {
     /// Reads and parses `path`, applying `--set key.path=value` overrides (flag or
-    /// `HYGIENE_SET`, `;`-separated) before parsing. With overrides, errors
-    /// name the file "with --set" (their lines are those of the file as
-    /// rewritten).
+    /// `HYGIENE_SET`, `;`-separated) before parsing. With overrides, an
+    /// error under an overridden key names the `--set`; others name the
+    /// file and the key (the rewritten document's lines are not the file's).
     pub(crate) fn read_with(path: &Path, sets: &[String]) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             place: path.display().to_string(),
@@ -125,11 +128,17 @@ impl Loaded {
                 format!("the overridden configuration cannot be written back: {e}"),
             )
         })?;
-        let mut loaded = Self::parse(
-            &PathBuf::from(format!("{} with --set", path.display())),
-            rewritten,
-        )?;
-        loaded.path = path.to_owned();
+        let sets: Vec<(String, String)> = sets
+            .iter()
+            .map(|s| {
+                let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k);
+                let key = key.split('.').map(str::trim).collect::<Vec<_>>().join(".");
+                (key, s.clone())
+            })
+            .collect();
+        let mut loaded =
+            Self::parse(path, rewritten).map_err(|e| attribute_to_set(path, &sets, e))?;
+        loaded.sets = sets;
         Ok(loaded)
     }
 
@@ -149,6 +158,7 @@ impl Loaded {
             path: path.to_owned(),
             text,
             file,
+            sets: Vec::new(),
         };
         loaded.check()?;
         Ok(loaded)
@@ -162,11 +172,16 @@ impl Loaded {
         message: impl Into<String>,
     ) -> ConfigError {
         let (place, snippet) = locate(&self.path, &self.text, span);
-        ConfigError {
+        let e = ConfigError {
             place,
             key: Some(key.to_owned()),
             message: message.into(),
             snippet,
+        };
+        if self.sets.is_empty() {
+            e
+        } else {
+            attribute_to_set(&self.path, &self.sets, e)
         }
     }
 
@@ -299,6 +314,32 @@ impl Loaded {
         } else {
             clean
         }
+    }
+}
+
+/// An error in a document rewritten by `--set`: its lines are not the
+/// user's. An error under a key a `--set` gave names that `--set` (and
+/// its key, not the deserializer's inner path); any other names the file
+/// and the key, without a line.
+fn attribute_to_set(path: &Path, sets: &[(String, String)], e: ConfigError) -> ConfigError {
+    let key = e.key.clone().unwrap_or_default();
+    let by_set = sets.iter().rev().find(|(k, _)| {
+        key == *k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
+    });
+    match by_set {
+        // The value is not echoed: it may be a secret given by mistake.
+        Some((k, _)) => ConfigError {
+            place: "--set".into(),
+            key: Some(k.clone()),
+            message: e.message,
+            snippet: None,
+        },
+        None => ConfigError {
+            place: path.display().to_string(),
+            key: e.key,
+            message: e.message,
+            snippet: None,
+        },
     }
 }
 

@@ -165,7 +165,11 @@ async fn main() -> ExitCode {
         Err(f) => {
             let message = match &f {
                 Failure::Config(e) => e.to_string(),
-                Failure::Lib(e) => e.to_string(),
+                // The library's own names mean nothing to an operator.
+                Failure::Lib(e) => e
+                    .to_string()
+                    .replace("Rollout::resume, ", "")
+                    .replace("Rollout::restore, ", ""),
                 Failure::Other(m) => m.clone(),
             };
             eprintln!("error: {message}");

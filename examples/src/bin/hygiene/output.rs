@@ -130,7 +130,7 @@ impl Follower {
                         if *stage == Stage::Failed {
                             let _ignored = v.multi.println(format!(
                                 "FAILED {id}: {}",
-                                detail.as_deref().unwrap_or("")
+                                tidy(detail.as_deref().unwrap_or(""))
                             ));
                         }
                     }
@@ -154,7 +154,7 @@ impl Follower {
                 }
             }
             EventKind::Stopping { reason } => {
-                self.note(&format!("stopping: {reason}"));
+                self.note(&format!("stopping: {}", tidy(&reason.to_string())));
             }
             EventKind::DrainLost { id, stage } => {
                 self.note(&format!(
@@ -212,14 +212,58 @@ impl Follower {
     }
 }
 
+/// Rounds the durations the library prints with `{:?}` in its reasons
+/// (`401.830121ms` → `402ms`, `1.532101s` → `1.5s`) so a person can read them.
+pub(crate) fn tidy(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        // A number that is part of a word (`s1`, `web-2`) is left alone.
+        let prev = rest[..start].chars().next_back();
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(len);
+        let unit = ["ms", "µs", "ns", "s"].into_iter().find(|u| {
+            after.starts_with(u)
+                && !after[u.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(char::is_alphanumeric)
+        });
+        match (unit, num.contains('.'), num.parse::<f64>(), prev) {
+            (Some(u), true, Ok(v), p) if !p.is_some_and(|c| c.is_alphanumeric() || c == '-') => {
+                let rounded = match u {
+                    "s" => format!("{v:.1}s"),
+                    "ms" if v >= 10.0 => format!("{v:.0}ms"),
+                    "ms" => format!("{v:.1}ms"),
+                    _ => format!("{v:.0}{u}"),
+                };
+                out.push_str(&rounded);
+                rest = &after[u.len()..];
+            }
+            _ => {
+                out.push_str(num);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The report for a human, on stdout.
 pub(crate) fn summary(r: &Report) -> String {
     let mut s = String::new();
+    let failed = r.failed().count();
     let outcome = match &r.outcome {
+        Outcome::Completed if failed > 0 => format!("FAILED: {failed} target(s) failed, ended"),
         Outcome::Completed => "completed".to_owned(),
-        Outcome::Aborted { reason } => format!("ABORTED: {reason}"),
+        Outcome::Aborted { reason } => format!("ABORTED: {}, ended", tidy(&reason.to_string())),
         Outcome::Cancelled => "cancelled".to_owned(),
-        other => format!("{other:?}"),
+        other => tidy(&format!("{other:?}")),
     };
     s.push_str(&format!(
         "run {} on {}: {outcome} in {:.1}s, {} batch(es)\n",
@@ -247,16 +291,27 @@ pub(crate) fn summary(r: &Report) -> String {
                 kept_out,
                 ..
             } => format!(
-                "FAILED in {phase}: {reason}{}",
+                "FAILED in {phase}: {}{}",
+                tidy(reason),
                 if *kept_out {
                     " — KEPT OUT OF ROTATION"
                 } else {
                     ""
                 }
             ),
-            TargetResult::Skipped { reason } => format!("skipped: {reason}"),
-            TargetResult::Restored { reason } => format!("put back without maintenance: {reason}"),
-            TargetResult::Vanished { reason, .. } => format!("vanished: {reason}"),
+            TargetResult::Skipped { reason } => format!("skipped: {}", tidy(reason)),
+            TargetResult::Restored { reason } => match &t.execution {
+                Some(x) if x.success => format!(
+                    "maintenance succeeded{}, put back: {}",
+                    x.exit_code
+                        .map(|c| format!(" (exit {c})"))
+                        .unwrap_or_default(),
+                    tidy(reason)
+                ),
+                Some(_) => format!("maintenance FAILED, put back: {}", tidy(reason)),
+                None => format!("put back without maintenance: {}", tidy(reason)),
+            },
+            TargetResult::Vanished { reason, .. } => format!("vanished: {}", tidy(reason)),
             TargetResult::NotStarted => "not started".into(),
             other => format!("{other:?}"),
         };

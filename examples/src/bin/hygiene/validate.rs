@@ -75,7 +75,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         journal_state: journal_state(&setup.journal),
         balancer: setup.balancer.name(),
         executor: setup.executor.name(),
-        probe: setup.probe.as_ref().map(|p| format!("{p:?}")),
+        probe: probe_text(&loaded),
         rollout: setup.rollout.clone(),
         online: !offline,
         capabilities: None,
@@ -196,7 +196,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 id: l.target.id.to_string(),
                 address: l.target.address.clone(),
                 port: l.target.port,
-                state: format!("{:?}", l.status.state),
+                state: crate::status::state_text(l.status.state).to_owned(),
                 health: health_text(l.status.health),
                 connections: l.status.connections,
                 backends,
@@ -358,6 +358,24 @@ fn human(v: &Validation) -> String {
         o.push_str("a run would refuse to start or abort (exit code 6)\n");
     }
     o
+}
+
+/// The `[probe]` section in words.
+fn probe_text(loaded: &Loaded) -> Option<String> {
+    use crate::config::ProbeKind;
+    let p = loaded.file.probe.as_ref()?.get_ref();
+    let port = p
+        .port
+        .map_or_else(|| "the target's port".to_owned(), |p| format!("port {p}"));
+    let timeout =
+        hygiene_core::duration_text::format(p.timeout.unwrap_or(std::time::Duration::from_secs(2)));
+    Some(match p.kind {
+        ProbeKind::Http => format!(
+            "http GET {} on {port}, 2xx passes, timeout {timeout}",
+            p.path.as_deref().unwrap_or("/")
+        ),
+        ProbeKind::Tcp => format!("tcp connect to {port}, timeout {timeout}"),
+    })
 }
 
 fn yes(b: bool) -> &'static str {
