@@ -303,13 +303,14 @@ fn parse_amount(
             &flags.source(key),
             format!("{m}: give a count (\"2\") or a percent from 0% to 100% (\"25%\")"),
         )
+        .with_key(&format!("rollout.{key}"))
     })
 }
 
 fn parse_dur(flags: &RolloutFlags, key: &str, v: &str) -> Result<serde_json::Value, ConfigError> {
     duration_text::parse(v)
         .map(dur)
-        .map_err(|e| ConfigError::flag(&flags.source(key), e))
+        .map_err(|e| ConfigError::flag(&flags.source(key), e).with_key(&format!("rollout.{key}")))
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -53,6 +53,12 @@ impl ConfigError {
             snippet: None,
         }
     }
+
+    /// The same, naming the key it sets.
+    pub(crate) fn with_key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_owned());
+        self
+    }
 }
 
 /// Sets `key.path=value` in `table`: the value is read as a TOML value

@@ -153,6 +153,7 @@ pub(crate) fn rollout_config(
         match rest.split_once(": ") {
             Some((key, message)) if overrides.iter().any(|(k, _)| *k == key) => {
                 ConfigError::flag(&flags.source(key), message.to_owned())
+                    .with_key(&format!("rollout.{key}"))
             }
             _ => {
                 let named: Vec<String> = overrides.iter().map(|(k, _)| flags.source(k)).collect();

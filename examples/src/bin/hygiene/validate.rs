@@ -94,7 +94,9 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
     }
     if let Some(p) = crate::preflight::local_program_problem(&loaded) {
         v.problems.push(p);
-        blocked = true;
+        // Offline checks the file, perhaps for another host: the program
+        // is that host's.
+        blocked |= !offline;
     }
     let mut code = exit::OK;
     if !offline {
