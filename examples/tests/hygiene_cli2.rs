@@ -520,3 +520,117 @@ fn set_errors_name_the_set() {
         "no snippet of a rewritten document: {err}"
     );
 }
+
+// ------------------------------------------------- what operators expect
+
+/// Without a terminal, a timestamped line per event; `--exclude` and an
+/// error that lists the valid names; on a terminal, `run` shows the plan
+/// and asks (`--yes` does not), without one it does not ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_exclude_and_confirmation() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(ScenarioConfig::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = haproxy_config(dir.path(), &scn, demo(), 50, "");
+
+    // Unknown names: exit 3, the pool's names listed, nothing changed.
+    for args in [
+        &["run", "--only", "web/s9"][..],
+        &["run", "--exclude", "web/s9"][..],
+        &["plan", "--exclude", "s9"][..],
+    ] {
+        let (code, stdout, err) = run_args(&cfg, &state, args);
+        assert_eq!(code, CONFIG, "{args:?}: {stdout}{err}");
+        assert!(
+            err.contains("not in the pool") && err.contains("web/s1, web/s2, web/s3"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(drains_journaled(&state.join("web.jsonl")), 0);
+
+    // --exclude leaves a target alone; the log has a line per event.
+    let (code, stdout, err) = run_args(&cfg, &state, &["run", "--exclude", "web/s2", "--json"]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("report")).expect("json");
+    let ids: Vec<&str> = report["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["web/s1", "web/s3"], "{report}");
+    let (code, _, err) = run_args(&cfg, &state, &["run", "--only", "web/s1"]);
+    assert_eq!(code, 0, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("web/s1 draining"))
+        .unwrap_or_else(|| panic!("a line for the drain: {err}"));
+    // `2026-12-06T03:30:01Z [0s] web/s1 draining`
+    assert!(
+        line.len() > 22
+            && line.as_bytes()[4] == b'-'
+            && line.as_bytes()[10] == b'T'
+            && line[..20].ends_with('Z'),
+        "timestamped: {line}"
+    );
+
+    // On a terminal (script(1) gives it one): the plan, then a question;
+    // anything but yes changes nothing.
+    if let Ok(script) = which("script") {
+        let cmd = format!(
+            "{} -c {} --state-dir {} run",
+            env!("CARGO_BIN_EXE_hygiene"),
+            cfg.display(),
+            state.display()
+        );
+        let before = drains_journaled(&state.join("web.jsonl"));
+        let o = Command::new(&script)
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                std::thread::sleep(Duration::from_millis(1500));
+                if let Some(mut i) = c.stdin.take() {
+                    i.write_all(b"no\n")?;
+                }
+                c.wait_with_output()
+            })
+            .expect("script");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("1. web/s1") && text.contains("Only `yes` goes ahead"),
+            "{text}"
+        );
+        assert!(
+            text.contains("not confirmed: nothing was changed"),
+            "{text}"
+        );
+        assert_eq!(o.status.code(), Some(1), "{text}");
+        assert_eq!(drains_journaled(&state.join("web.jsonl")), before);
+        let cmd_yes = format!("{cmd} --yes --only web/s3");
+        let o = Command::new(&script)
+            .args(["-qec", &cmd_yes, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("script");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "--yes does not ask: {text}");
+        assert!(!text.contains("goes ahead"), "{text}");
+    }
+    all_in_service(&scn).await;
+    scn.stop().await;
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}

@@ -92,10 +92,15 @@ pub(crate) enum Command {
         maintenance_time: Option<Duration>,
     },
     /// Run the rollout, with a journal. Refused over an unfinished journal.
+    /// On a terminal, shows the plan and asks first (--yes does not ask;
+    /// without a terminal nothing is asked).
     #[command(after_help = exit::HELP)]
     Run {
         #[command(flatten)]
         rollout: RolloutFlags,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long, env = "HYGIENE_YES", value_parser = BoolishValueParser::new())]
+        yes: bool,
     },
     /// Finish the run the journal says did not finish (its process died).
     #[command(after_help = exit::HELP)]
@@ -152,7 +157,7 @@ impl Command {
         match self {
             Self::Validate { rollout, .. }
             | Self::Plan { rollout, .. }
-            | Self::Run { rollout }
+            | Self::Run { rollout, .. }
             | Self::Resume { rollout }
             | Self::Restore { rollout, .. } => Some(rollout),
             _ => None,
@@ -212,6 +217,15 @@ pub(crate) struct RolloutFlags {
         value_name = "TARGET"
     )]
     pub(crate) only: Vec<String>,
+    /// Leave these targets out of the run (repeat, or separate with
+    /// commas); with --only, out of those. Not for resume and restore.
+    #[arg(
+        long = "exclude",
+        env = "HYGIENE_EXCLUDE",
+        value_delimiter = ',',
+        value_name = "TARGET"
+    )]
+    pub(crate) exclude: Vec<String>,
     /// Where each value came from (`--batch-size` or `HYGIENE_BATCH_SIZE`),
     /// for messages; filled after parsing.
     #[arg(skip)]
@@ -262,6 +276,7 @@ pub(crate) const VALUED: &[(&str, &str, &str)] = &[
         "HYGIENE_ON_INTERRUPTED",
     ),
     ("only", "--only", "HYGIENE_ONLY"),
+    ("exclude", "--exclude", "HYGIENE_EXCLUDE"),
 ];
 
 impl RolloutFlags {

@@ -99,7 +99,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             rollout,
             maintenance_time,
         } => plan::main(g, &rollout, maintenance_time).await,
-        Command::Run { rollout } => run::main(g, &rollout, run::Mode::Run).await,
+        Command::Run { rollout, yes } => run::main(g, &rollout, run::Mode::Run { yes }).await,
         Command::Resume { rollout } => run::main(g, &rollout, run::Mode::Resume).await,
         Command::Restore {
             kept_out: true,

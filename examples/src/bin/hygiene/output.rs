@@ -50,6 +50,9 @@ pub(crate) type InProgress = Arc<Mutex<BTreeMap<TargetId, Stage>>>;
 pub(crate) struct Follower {
     json: bool,
     view: Option<View>,
+    /// No terminal (CI, nohup, a pipe): a timestamped line per event on
+    /// stderr instead of the view.
+    lines: bool,
     in_progress: InProgress,
     selected: usize,
     done: usize,
@@ -94,6 +97,7 @@ impl Follower {
         });
         Self {
             json,
+            lines: !json && view.is_none(),
             view,
             in_progress,
             selected: 0,
@@ -107,6 +111,18 @@ impl Follower {
     pub(crate) fn event(&mut self, e: &Event) {
         if self.json {
             json_line("event", e);
+        }
+        if self.lines {
+            if let Some(text) = event_text(e) {
+                // `2026-12-06T03:30:01Z`: the second is enough for a log.
+                let at = e.at.split('.').next().unwrap_or(&e.at);
+                let z = if at.ends_with('Z') { "" } else { "Z" };
+                eprintln!(
+                    "{at}{z} [{}] {}",
+                    hygiene_core::duration_text::format(Duration::from_secs(e.elapsed.as_secs())),
+                    tidy(&text)
+                );
+            }
         }
         match &e.kind {
             EventKind::Started { selected, .. } => self.selected = *selected,
@@ -210,6 +226,43 @@ impl Follower {
             let _ignored = v.multi.clear();
         }
     }
+}
+
+/// One event in words, for the log lines (none for the chatty ones).
+fn event_text(e: &Event) -> Option<String> {
+    Some(match &e.kind {
+        EventKind::Started { selected, pool, .. } => {
+            format!("run starts: {selected} target(s) selected of {pool}")
+        }
+        EventKind::BatchStarted { index, targets } => format!(
+            "batch {}: {}",
+            index + 1,
+            targets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        EventKind::Phase { id, stage, detail } => match detail {
+            Some(d) => format!("{id} {stage}: {d}"),
+            None => format!("{id} {stage}"),
+        },
+        EventKind::Retry {
+            operation, error, ..
+        } => format!("retrying {operation}: {error}"),
+        EventKind::DrainLost { id, stage } => format!(
+            "{id} was put back in rotation by the balancer itself while {stage} (a reload?): taken out again"
+        ),
+        EventKind::FoundOut { id } => {
+            format!("{id} is out of rotation and this run did not take it out: left as found")
+        }
+        EventKind::WaitingForCapacity { healthy, required } => {
+            format!("waiting for capacity: {healthy} healthy, min_healthy requires {required}")
+        }
+        EventKind::Stopping { reason } => format!("stopping: {reason}"),
+        EventKind::Finished { .. } => "run ends".into(),
+        _ => return None,
+    })
 }
 
 /// Rounds the durations the library prints with `{:?}` in its reasons

@@ -305,8 +305,9 @@ pub(crate) async fn main(
 ) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
-    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     let listed = setup.balancer.list().await?;
+    setup::select(&mut setup, &listed, flags, false)?;
     let mut plan = compute(&setup, &listed, maintenance);
     let (access, more) = blockers_before_start(g, &loaded, &setup, &listed).await?;
     plan.blockers.extend(more);

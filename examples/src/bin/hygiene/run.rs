@@ -1,6 +1,7 @@
 //! `run`, `resume` and `restore`: the rollout with its journal, its events
 //! followed on a terminal or as JSON lines, Ctrl-C handled.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use hygiene_core::journal::FileJournal;
@@ -15,7 +16,10 @@ use crate::{command_for, exit, kept, setup, Failure};
 /// Which of the three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    Run,
+    /// A fresh run; `yes`: do not ask on a terminal.
+    Run {
+        yes: bool,
+    },
     Resume,
     Restore,
 }
@@ -23,11 +27,16 @@ pub(crate) enum Mode {
 /// Runs, resumes or restores; returns the exit code of the report.
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
-    if mode != Mode::Run && !flags.only.is_empty() {
+    if !matches!(mode, Mode::Run { .. }) && !(flags.only.is_empty() && flags.exclude.is_empty()) {
+        let flag = if flags.only.is_empty() {
+            "exclude"
+        } else {
+            "only"
+        };
         return Err(ConfigError::flag(
-            &flags.source("only"),
+            &flags.source(flag),
             format!(
-                "{} keeps the targets of the run it finishes and cannot narrow them: finish it (`{}`) or put back what it took out (`{}`), then start a new run with --only",
+                "{} keeps the targets of the run it finishes and cannot narrow them: finish it (`{}`) or put back what it took out (`{}`), then start a new run with --{flag}",
                 if mode == Mode::Resume { "resume" } else { "restore" },
                 command_for(g, "resume"),
                 command_for(g, "restore")
@@ -36,13 +45,13 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
         .into());
     }
     let cancel = CancellationToken::new();
-    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     if let Some(h) = &setup.haproxy {
         // A socket below `level admin` would refuse the first change: say
         // it before anything starts. A fresh run also stops on a node it
         // cannot reach; resume and restore leave that to the engine, which
         // waits for a node coming back (targets are out).
-        if mode == Mode::Run {
+        if matches!(mode, Mode::Run { .. }) {
             h.check_admin().await?;
         } else {
             for (node, level) in h.socket_levels().await {
@@ -58,8 +67,22 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
             }
         }
     }
-    if mode == Mode::Run {
-        before_run(g, &loaded, &setup).await?;
+    if let Mode::Run { yes } = mode {
+        let listed = before_run(g, &loaded, &mut setup, flags).await?;
+        if !yes && !g.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+            let plan = crate::plan::compute(&setup, &listed, None);
+            eprint!("{}", crate::plan::human(&plan));
+            eprint!(
+                "Run this plan on {}? Only `yes` goes ahead: ",
+                setup.balancer.name()
+            );
+            let mut answer = String::new();
+            let read = std::io::stdin().read_line(&mut answer);
+            if read.is_err() || !matches!(answer.trim(), "yes" | "y") {
+                eprintln!("not confirmed: nothing was changed");
+                return Ok(exit::OTHER);
+            }
+        }
     }
     let journal = FileJournal::open(&setup.journal)?;
     let mut rollout = Rollout::new(
@@ -82,7 +105,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     ));
     let task = tokio::spawn(async move {
         match mode {
-            Mode::Run => rollout.run().await,
+            Mode::Run { .. } => rollout.run().await,
             Mode::Resume => rollout.resume().await,
             Mode::Restore => rollout.restore().await,
         }
@@ -188,8 +211,14 @@ fn failure_text(f: &Failure) -> String {
 /// misspelled backend is a configuration error, not the journal's), the
 /// maintenance can start on at least one target, and what earlier runs
 /// kept out is said (and forgotten when it is back in service).
-async fn before_run(g: &Global, loaded: &Loaded, setup: &setup::Setup) -> Result<(), Failure> {
+async fn before_run(
+    g: &Global,
+    loaded: &Loaded,
+    setup: &mut setup::Setup,
+    flags: &RolloutFlags,
+) -> Result<Vec<hygiene_core::ListedTarget>, Failure> {
     let listed = setup.balancer.list().await?;
+    setup::select(setup, &listed, flags, true)?;
     let pf = crate::preflight::check(loaded, setup, &listed).await;
     if let Some(why) = pf.refusal() {
         return Err(Failure::Lib(hygiene_core::Error::Executor {
@@ -202,7 +231,7 @@ async fn before_run(g: &Global, loaded: &Loaded, setup: &setup::Setup) -> Result
         }));
     }
     warn_kept_out(g, &setup.journal, &listed, true)?;
-    Ok(())
+    Ok(listed)
 }
 
 /// Says what earlier runs kept out of rotation; a target the balancer

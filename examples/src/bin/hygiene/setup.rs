@@ -163,6 +163,71 @@ pub(crate) fn rollout_config(
     })
 }
 
+/// Applies `--exclude` over the pool as listed, and checks that every
+/// name `--only` (when `strict`) and `--exclude` give is in it: an error
+/// names the flag and lists the pool's targets.
+pub(crate) fn select(
+    setup: &mut Setup,
+    listed: &[hygiene_core::ListedTarget],
+    flags: &RolloutFlags,
+    strict: bool,
+) -> Result<(), ConfigError> {
+    let known = |n: &str| listed.iter().any(|l| l.target.id.as_str() == n);
+    let pool = || {
+        listed
+            .iter()
+            .map(|l| l.target.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let unknown = |flag: &str, list: &[String]| -> Result<(), ConfigError> {
+        let missing: Vec<&str> = list
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !known(n))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::flag(
+            &flags.source(flag),
+            format!(
+                "{} not in the pool; the pool holds: {}",
+                missing.join(", "),
+                if listed.is_empty() {
+                    "nothing".into()
+                } else {
+                    pool()
+                }
+            ),
+        ))
+    };
+    if strict {
+        unknown("only", &flags.only)?;
+    }
+    if flags.exclude.is_empty() {
+        return Ok(());
+    }
+    unknown("exclude", &flags.exclude)?;
+    let base: Vec<hygiene_core::TargetId> = match setup.rollout.selection() {
+        hygiene_core::Selection::Named(ids) => ids.clone(),
+        _ => listed.iter().map(|l| l.target.id.clone()).collect(),
+    };
+    let keep: Vec<String> = base
+        .iter()
+        .filter(|id| !flags.exclude.iter().any(|e| e == id.as_str()))
+        .map(ToString::to_string)
+        .collect();
+    let mut value = serde_json::to_value(&setup.rollout)
+        .map_err(|e| ConfigError::flag("--exclude", format!("cannot apply: {e}")))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("selection".into(), serde_json::json!({ "named": keep }));
+    }
+    setup.rollout = serde_json::from_value(value)
+        .map_err(|e| ConfigError::flag(&flags.source("exclude"), e.to_string()))?;
+    Ok(())
+}
+
 async fn balancer(
     loaded: &Loaded,
     poll: Option<Duration>,

@@ -67,7 +67,7 @@ fn journal_state(path: &std::path::Path) -> String {
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
-    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     let mut v = Validation {
         config: setup.config_path.display().to_string(),
         pool: setup.pool.clone(),
@@ -101,6 +101,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
     let mut code = exit::OK;
     if !offline {
         let listed = setup.balancer.list().await?;
+        setup::select(&mut setup, &listed, flags, false)?;
         let caps = setup.balancer.capabilities();
         v.capabilities = Some(caps);
         if !caps.health_checks && setup.probe.is_none() {
