@@ -12,6 +12,7 @@ mod output;
 mod plan;
 mod preflight;
 mod run;
+mod set;
 mod setup;
 mod status;
 mod validate;

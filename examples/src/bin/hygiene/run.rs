@@ -27,7 +27,8 @@ pub(crate) enum Mode {
 /// Runs, resumes or restores; returns the exit code of the report.
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
-    if !matches!(mode, Mode::Run { .. }) && !(flags.only.is_empty() && flags.exclude.is_empty()) {
+    let narrows = !flags.only.is_empty() || !flags.exclude.is_empty();
+    if narrows && !matches!(mode, Mode::Run { .. }) {
         let flag = if flags.only.is_empty() {
             "exclude"
         } else {
