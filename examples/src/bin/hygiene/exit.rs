@@ -48,11 +48,13 @@ Exit codes:
     10   run failed: aborted (failure budget exceeded, capacity, balancer) or
          targets failed; none left out of rotation
     11   targets kept out of rotation: `hygiene status` names them and how to
-         put them back (`status` too)
+         put them back (`status` and `enable` too, while one is; a third
+         Ctrl-C with targets still in progress)
     130  cancelled (Ctrl-C); every target back in service
 
 Environment: every flag has a HYGIENE_ variable (HYGIENE_CONFIG,
-HYGIENE_STATE_DIR, HYGIENE_JSON, HYGIENE_BATCH_SIZE, HYGIENE_POLL_INTERVAL, …);
+HYGIENE_STATE_DIR, HYGIENE_JSON, HYGIENE_BATCH_SIZE, HYGIENE_POLL_INTERVAL,
+HYGIENE_ONLY, HYGIENE_EXCLUDE, HYGIENE_YES, …; booleans take 1/0, true/false);
 RUST_LOG sets the log level (logs go to stderr).";
 
 /// The exit code of a library error.

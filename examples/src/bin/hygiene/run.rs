@@ -235,8 +235,9 @@ async fn before_run(
     Ok(listed)
 }
 
-/// Says what earlier runs kept out of rotation; a target the balancer
-/// lists in service again (put back by hand) is forgotten.
+/// What earlier runs kept out of rotation, said on stderr for a run
+/// (`write`), which also forgets a target the balancer lists in service
+/// again (put back by hand).
 pub(crate) fn warn_kept_out(
     g: &Global,
     journal: &std::path::Path,
@@ -272,7 +273,8 @@ pub(crate) fn warn_kept_out(
             k.target.id
         ));
     }
-    if !g.json {
+    // `plan` and `validate` print them in their own output.
+    if write && !g.json {
         for w in &warnings {
             eprintln!("warning: {w}");
         }
