@@ -283,6 +283,16 @@ async fn a_kept_out_server_is_not_forgotten_by_the_next_run() {
     let st: serde_json::Value = serde_json::from_str(stdout.trim()).expect("status json");
     assert_eq!(st["kept_out"][0]["id"], "web/s2", "{st}");
 
+    // resume / restore have no unfinished run, but do not say "nothing".
+    for cmd in ["resume", "restore"] {
+        let (code, _, err) = run_args(&cfg, &state, &[cmd]);
+        assert_eq!(code, JOURNAL, "{err}");
+        assert!(
+            err.contains("web/s2") && err.contains("hygiene enable"),
+            "{cmd}: {err}"
+        );
+    }
+
     // enable refuses what hygiene did not keep out, naming what it did.
     let (code, _, err) = run_args(&cfg, &state, &["enable", "web/s3"]);
     assert_eq!(code, CONFIG, "{err}");

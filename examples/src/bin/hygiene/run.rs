@@ -119,6 +119,28 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     let joined = task.await;
     interrupt.abort();
     let report = match joined {
+        Ok(Err(hygiene_core::Error::Journal { location, message }))
+            if !matches!(mode, Mode::Run { .. }) =>
+        {
+            // "Nothing to resume" is not the whole truth when an earlier
+            // run kept targets out: name them and the way back.
+            let kept = kept::sync(&setup.journal)?;
+            let mut message = message;
+            if !kept.targets.is_empty() {
+                let ids: Vec<String> = kept.ids().iter().map(ToString::to_string).collect();
+                message.push_str(&format!(
+                    "; but earlier runs kept {} out of rotation: once fixed, `{} {}` (or `{} --kept-out`) puts them back",
+                    ids.join(", "),
+                    command_for(g, "enable"),
+                    ids.join(" "),
+                    command_for(g, "restore")
+                ));
+            }
+            return Err(Failure::Lib(hygiene_core::Error::Journal {
+                location,
+                message,
+            }));
+        }
         Ok(r) => r?,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => {
