@@ -85,8 +85,10 @@ async fn run_on_elbv2_with_ssm_on_moto() {
         out(c)
     };
 
+    // The file's min_healthy leaves no room (below): a run would abort,
+    // exit 6.
     let (code, stdout, err) = tokio::task::block_in_place(|| run(&["validate"]));
-    assert_eq!(code, 0, "{stdout}{err}");
+    assert_eq!(code, 6, "{stdout}{err}");
     for i in &instances {
         assert!(stdout.contains(i.as_str()), "validate lists {i}: {stdout}");
     }
@@ -101,7 +103,7 @@ async fn run_on_elbv2_with_ssm_on_moto() {
     // The file's 10% / 80% of 4 leaves no room (80% of 4 is all of them):
     // the plan says so, and flags override it.
     let (code, stdout, err) = tokio::task::block_in_place(|| run(&["plan", "--json"]));
-    assert_eq!(code, 0, "{stdout}{err}");
+    assert_eq!(code, 6, "{stdout}{err}");
     let plan: serde_json::Value = serde_json::from_str(stdout.trim()).expect("plan json");
     assert_eq!(plan["required_healthy"], 4, "{plan}");
     let overrides = ["--batch-size", "50%", "--min-healthy", "2"];

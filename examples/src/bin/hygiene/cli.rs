@@ -3,9 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hygiene_core::{duration_text, Amount};
 
+use crate::config::ConfigError;
 use crate::exit;
 
 /// Safe rolling maintenance of the servers behind a load balancer.
@@ -45,7 +49,7 @@ pub(crate) struct Global {
     /// Machine-readable output: one JSON object per line on stdout, each
     /// with a "type" ("event", "report", "plan", "status", "validate",
     /// "error"); for run, resume and restore the report is the last line.
-    #[arg(long, global = true, env = "HYGIENE_JSON")]
+    #[arg(long, global = true, env = "HYGIENE_JSON", value_parser = BoolishValueParser::new())]
     pub(crate) json: bool,
     /// Overrides a setting of the file: `--set balancer.nginx.api_urls='["http://10.0.0.5/api"]'`,
     /// `--set executor.ssh.user=ops` (repeatable; the value is read as TOML,
@@ -88,10 +92,15 @@ pub(crate) enum Command {
         maintenance_time: Option<Duration>,
     },
     /// Run the rollout, with a journal. Refused over an unfinished journal.
+    /// On a terminal, shows the plan and asks first (--yes does not ask;
+    /// without a terminal nothing is asked).
     #[command(after_help = exit::HELP)]
     Run {
         #[command(flatten)]
         rollout: RolloutFlags,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long, env = "HYGIENE_YES", value_parser = BoolishValueParser::new())]
+        yes: bool,
     },
     /// Finish the run the journal says did not finish (its process died).
     #[command(after_help = exit::HELP)]
@@ -99,11 +108,30 @@ pub(crate) enum Command {
         #[command(flatten)]
         rollout: RolloutFlags,
     },
-    /// Abandon the unfinished run and put back every target it took out.
+    /// Abandon the unfinished run and put back every target it took out;
+    /// with --kept-out, put back what earlier runs kept out (as `enable
+    /// --all`).
     #[command(after_help = exit::HELP)]
     Restore {
         #[command(flatten)]
         rollout: RolloutFlags,
+        /// Put back every target earlier runs kept out of rotation,
+        /// verified healthy (the same as `hygiene enable --all`).
+        #[arg(long)]
+        kept_out: bool,
+    },
+    /// Put back targets hygiene kept out of rotation (after a failure),
+    /// once fixed: the probe first, then the enable, then a fresh healthy
+    /// status within health_timeout; a target that is not healthy is taken
+    /// out again. Only targets `hygiene status` lists as kept out.
+    #[command(after_help = exit::HELP)]
+    Enable {
+        /// The targets (as `hygiene status` names them).
+        #[arg(value_name = "TARGET", required_unless_present = "all")]
+        targets: Vec<String>,
+        /// Every target kept out.
+        #[arg(long, conflicts_with = "targets")]
+        all: bool,
     },
     /// Show what the last run left: targets out of rotation, by name, and
     /// the commands to put them back. Reads only the journal (the run's
@@ -123,33 +151,52 @@ pub(crate) enum Command {
     Man,
 }
 
-/// Overrides of the `[rollout]` section.
+impl Command {
+    /// The rollout flags of the commands that take them.
+    pub(crate) fn rollout_mut(&mut self) -> Option<&mut RolloutFlags> {
+        match self {
+            Self::Validate { rollout, .. }
+            | Self::Plan { rollout, .. }
+            | Self::Run { rollout, .. }
+            | Self::Resume { rollout }
+            | Self::Restore { rollout, .. } => Some(rollout),
+            _ => None,
+        }
+    }
+}
+
+/// Overrides of the `[rollout]` section. Values are checked after
+/// parsing, like the file's (exit 3), and an error names the flag or the
+/// variable it came from.
 #[derive(Debug, Args, Default, Clone)]
 pub(crate) struct RolloutFlags {
     /// Targets worked on at once: a count ("2") or a percent ("25%").
     #[arg(long, env = "HYGIENE_BATCH_SIZE", value_name = "AMOUNT")]
-    pub(crate) batch_size: Option<Amount>,
+    pub(crate) batch_size: Option<String>,
     /// Targets of the pool that must stay healthy in service ("3", "80%").
     #[arg(long, env = "HYGIENE_MIN_HEALTHY", value_name = "AMOUNT")]
-    pub(crate) min_healthy: Option<Amount>,
+    pub(crate) min_healthy: Option<String>,
     /// The run aborts when more than this many targets fail ("0", "5%").
     #[arg(long, env = "HYGIENE_MAX_FAILURES", value_name = "AMOUNT")]
-    pub(crate) max_failures: Option<Amount>,
+    pub(crate) max_failures: Option<String>,
     /// How often status is polled ("100ms", "5s").
-    #[arg(long, env = "HYGIENE_POLL_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
-    pub(crate) poll_interval: Option<Duration>,
+    #[arg(long, env = "HYGIENE_POLL_INTERVAL", value_name = "DURATION")]
+    pub(crate) poll_interval: Option<String>,
     /// How long to wait for in-flight work to end ("5m").
-    #[arg(long, env = "HYGIENE_DRAIN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
-    pub(crate) drain_timeout: Option<Duration>,
+    #[arg(long, env = "HYGIENE_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub(crate) drain_timeout: Option<String>,
     /// How long a target has to be healthy after it is put back ("5m").
-    #[arg(long, env = "HYGIENE_HEALTH_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
-    pub(crate) health_timeout: Option<Duration>,
+    #[arg(long, env = "HYGIENE_HEALTH_TIMEOUT", value_name = "DURATION")]
+    pub(crate) health_timeout: Option<String>,
     /// Wait after each batch is healthy ("30s").
-    #[arg(long, env = "HYGIENE_WARMUP", value_parser = parse_duration, value_name = "DURATION")]
-    pub(crate) warmup: Option<Duration>,
-    /// The first batch is a single target.
-    #[arg(long, env = "HYGIENE_CANARY")]
+    #[arg(long, env = "HYGIENE_WARMUP", value_name = "DURATION")]
+    pub(crate) warmup: Option<String>,
+    /// The first batch is a single target (HYGIENE_CANARY=1/true/yes/on).
+    #[arg(long, env = "HYGIENE_CANARY", value_parser = BoolishValueParser::new(), conflicts_with = "no_canary")]
     pub(crate) canary: bool,
+    /// No canary, whatever the file says (`canary = true`).
+    #[arg(long)]
+    pub(crate) no_canary: bool,
     /// Batches, or a rolling window.
     #[arg(long, env = "HYGIENE_PACING", value_enum)]
     pub(crate) pacing: Option<PacingArg>,
@@ -161,9 +208,28 @@ pub(crate) struct RolloutFlags {
     #[arg(long, env = "HYGIENE_ON_INTERRUPTED", value_enum)]
     pub(crate) on_interrupted: Option<OnInterruptedArg>,
     /// Maintain only these targets, in this order (repeat, or separate
-    /// with commas).
-    #[arg(long = "only", value_delimiter = ',', value_name = "TARGET")]
+    /// with commas). Not for resume and restore: they keep the targets of
+    /// the run they finish.
+    #[arg(
+        long = "only",
+        env = "HYGIENE_ONLY",
+        value_delimiter = ',',
+        value_name = "TARGET"
+    )]
     pub(crate) only: Vec<String>,
+    /// Leave these targets out of the run (repeat, or separate with
+    /// commas); with --only, out of those. Not for resume and restore.
+    #[arg(
+        long = "exclude",
+        env = "HYGIENE_EXCLUDE",
+        value_delimiter = ',',
+        value_name = "TARGET"
+    )]
+    pub(crate) exclude: Vec<String>,
+    /// Where each value came from (`--batch-size` or `HYGIENE_BATCH_SIZE`),
+    /// for messages; filled after parsing.
+    #[arg(skip)]
+    pub(crate) sources: BTreeMap<&'static str, String>,
 }
 
 /// `--pacing`
@@ -187,7 +253,82 @@ pub(crate) enum OnInterruptedArg {
     Rerun,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// The flags that take a value, by their clap id, with their long name
+/// and variable.
+pub(crate) const VALUED: &[(&str, &str, &str)] = &[
+    ("batch_size", "--batch-size", "HYGIENE_BATCH_SIZE"),
+    ("min_healthy", "--min-healthy", "HYGIENE_MIN_HEALTHY"),
+    ("max_failures", "--max-failures", "HYGIENE_MAX_FAILURES"),
+    ("poll_interval", "--poll-interval", "HYGIENE_POLL_INTERVAL"),
+    ("drain_timeout", "--drain-timeout", "HYGIENE_DRAIN_TIMEOUT"),
+    (
+        "health_timeout",
+        "--health-timeout",
+        "HYGIENE_HEALTH_TIMEOUT",
+    ),
+    ("warmup", "--warmup", "HYGIENE_WARMUP"),
+    ("canary", "--canary", "HYGIENE_CANARY"),
+    ("pacing", "--pacing", "HYGIENE_PACING"),
+    ("on_failure", "--on-failure", "HYGIENE_ON_FAILURE"),
+    (
+        "on_interrupted",
+        "--on-interrupted",
+        "HYGIENE_ON_INTERRUPTED",
+    ),
+    ("only", "--only", "HYGIENE_ONLY"),
+    ("exclude", "--exclude", "HYGIENE_EXCLUDE"),
+];
+
+impl RolloutFlags {
+    /// Records where each value came from, from clap's matches of the
+    /// subcommand.
+    pub(crate) fn note_sources(&mut self, m: &clap::ArgMatches) {
+        for (id, flag, var) in VALUED {
+            let name = match m.value_source(id) {
+                Some(clap::parser::ValueSource::EnvVariable) => (*var).to_owned(),
+                _ => (*flag).to_owned(),
+            };
+            self.sources.insert(id, name);
+        }
+    }
+
+    /// The flag or variable that gave `key` (a `[rollout]` key).
+    pub(crate) fn source(&self, key: &str) -> String {
+        let id = if key == "selection" { "only" } else { key };
+        self.sources.get(id).cloned().unwrap_or_else(|| {
+            VALUED.iter().find(|(i, _, _)| *i == id).map_or_else(
+                || format!("--{}", id.replace('_', "-")),
+                |(_, f, _)| (*f).to_owned(),
+            )
+        })
+    }
+}
+
+fn parse_amount(
+    flags: &RolloutFlags,
+    key: &str,
+    v: &str,
+) -> Result<serde_json::Value, ConfigError> {
+    v.parse::<Amount>().map(amount).map_err(|e| {
+        let m = match &e {
+            hygiene_core::Error::InvalidConfig { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        ConfigError::flag(
+            &flags.source(key),
+            format!("{m}: give a count (\"2\") or a percent from 0% to 100% (\"25%\")"),
+        )
+        .with_key(&format!("rollout.{key}"))
+    })
+}
+
+fn parse_dur(flags: &RolloutFlags, key: &str, v: &str) -> Result<serde_json::Value, ConfigError> {
+    duration_text::parse(v)
+        .map(dur)
+        .map_err(|e| ConfigError::flag(&flags.source(key), e).with_key(&format!("rollout.{key}")))
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     duration_text::parse(s)
 }
 
@@ -203,61 +344,59 @@ fn dur(d: Duration) -> serde_json::Value {
 }
 
 impl RolloutFlags {
-    /// (flag, `[rollout]` key, value) of every override given.
-    pub(crate) fn overrides(&self) -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    /// (`[rollout]` key, value) of every override given; a value that
+    /// cannot be read is an error naming its flag or variable.
+    pub(crate) fn overrides(&self) -> Result<Vec<(&'static str, serde_json::Value)>, ConfigError> {
         let mut o = Vec::new();
-        if let Some(a) = self.batch_size {
-            o.push(("--batch-size", "batch_size", amount(a)));
+        for (key, v) in [
+            ("batch_size", &self.batch_size),
+            ("min_healthy", &self.min_healthy),
+            ("max_failures", &self.max_failures),
+        ] {
+            if let Some(v) = v {
+                o.push((key, parse_amount(self, key, v)?));
+            }
         }
-        if let Some(a) = self.min_healthy {
-            o.push(("--min-healthy", "min_healthy", amount(a)));
-        }
-        if let Some(a) = self.max_failures {
-            o.push(("--max-failures", "max_failures", amount(a)));
-        }
-        if let Some(d) = self.poll_interval {
-            o.push(("--poll-interval", "poll_interval", dur(d)));
-        }
-        if let Some(d) = self.drain_timeout {
-            o.push(("--drain-timeout", "drain_timeout", dur(d)));
-        }
-        if let Some(d) = self.health_timeout {
-            o.push(("--health-timeout", "health_timeout", dur(d)));
-        }
-        if let Some(d) = self.warmup {
-            o.push(("--warmup", "warmup", dur(d)));
+        for (key, v) in [
+            ("poll_interval", &self.poll_interval),
+            ("drain_timeout", &self.drain_timeout),
+            ("health_timeout", &self.health_timeout),
+            ("warmup", &self.warmup),
+        ] {
+            if let Some(v) = v {
+                o.push((key, parse_dur(self, key, v)?));
+            }
         }
         if self.canary {
-            o.push(("--canary", "canary", serde_json::Value::Bool(true)));
+            o.push(("canary", serde_json::Value::Bool(true)));
+        }
+        if self.no_canary {
+            o.push(("canary", serde_json::Value::Bool(false)));
         }
         if let Some(p) = self.pacing {
             let v = match p {
                 PacingArg::Batches => "batches",
                 PacingArg::Window => "window",
             };
-            o.push(("--pacing", "pacing", v.into()));
+            o.push(("pacing", v.into()));
         }
         if let Some(p) = self.on_failure {
             let v = match p {
                 OnFailureArg::KeepOut => "keep_out",
                 OnFailureArg::Restore => "restore",
             };
-            o.push(("--on-failure", "on_failure", v.into()));
+            o.push(("on_failure", v.into()));
         }
         if let Some(p) = self.on_interrupted {
             let v = match p {
                 OnInterruptedArg::Fail => "fail",
                 OnInterruptedArg::Rerun => "rerun",
             };
-            o.push(("--on-interrupted", "on_interrupted", v.into()));
+            o.push(("on_interrupted", v.into()));
         }
         if !self.only.is_empty() {
-            o.push((
-                "--only",
-                "selection",
-                serde_json::json!({ "named": self.only }),
-            ));
+            o.push(("selection", serde_json::json!({ "named": self.only })));
         }
-        o
+        Ok(o)
     }
 }

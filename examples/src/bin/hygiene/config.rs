@@ -14,6 +14,8 @@ use hygiene_core::{duration_text, RolloutConfig};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::set::{apply_set, attribute_to_set};
+
 /// A configuration error: where (file, line, column, key) and what.
 #[derive(Debug, Clone)]
 pub(crate) struct ConfigError {
@@ -53,39 +55,12 @@ impl ConfigError {
             snippet: None,
         }
     }
-}
 
-/// Sets `key.path=value` in `table`: the value is read as a TOML value
-/// (`2`, `"25%"`, `["a", "b"]`, `true`), else taken as a string.
-fn apply_set(table: &mut toml::Table, set: &str) -> Result<(), ConfigError> {
-    let bad = |why: &str| {
-        ConfigError::flag(
-            "--set",
-            format!("{set:?}: {why}; write KEY=VALUE with a dotted key, e.g. --set balancer.haproxy.backends='[\"web\"]' or --set rollout.batch_size=2"),
-        )
-    };
-    let (key, raw) = set.split_once('=').ok_or_else(|| bad("no `=`"))?;
-    let parts: Vec<&str> = key.trim().split('.').map(str::trim).collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        return Err(bad("an empty key segment"));
+    /// The same, naming the key it sets.
+    pub(crate) fn with_key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_owned());
+        self
     }
-    let value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
-    let (last, path) = parts.split_last().ok_or_else(|| bad("no key"))?;
-    let mut here = table;
-    for p in path {
-        let next = here
-            .entry((*p).to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        here = next
-            .as_table_mut()
-            .ok_or_else(|| bad(&format!("`{p}` is not a table")))?;
-    }
-    here.insert((*last).to_owned(), value);
-    Ok(())
 }
 
 /// A loaded configuration file, kept with its text for error positions.
@@ -94,13 +69,16 @@ pub(crate) struct Loaded {
     pub(crate) path: PathBuf,
     text: String,
     pub(crate) file: File,
+    /// The `--set` overrides applied, as (key, `key=value`): errors about
+    /// their keys name them, not a line of the rewritten document.
+    sets: Vec<(String, String)>,
 }
 
 impl Loaded {
     /// Reads and parses `path`, applying `--set key.path=value` overrides (flag or
-    /// `HYGIENE_SET`, `;`-separated) before parsing. With overrides, errors
-    /// name the file "with --set" (their lines are those of the file as
-    /// rewritten).
+    /// `HYGIENE_SET`, `;`-separated) before parsing. With overrides, an
+    /// error under an overridden key names the `--set`; others name the
+    /// file and the key (the rewritten document's lines are not the file's).
     pub(crate) fn read_with(path: &Path, sets: &[String]) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             place: path.display().to_string(),
@@ -125,11 +103,17 @@ impl Loaded {
                 format!("the overridden configuration cannot be written back: {e}"),
             )
         })?;
-        let mut loaded = Self::parse(
-            &PathBuf::from(format!("{} with --set", path.display())),
-            rewritten,
-        )?;
-        loaded.path = path.to_owned();
+        let sets: Vec<(String, String)> = sets
+            .iter()
+            .map(|s| {
+                let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k);
+                let key = key.split('.').map(str::trim).collect::<Vec<_>>().join(".");
+                (key, s.clone())
+            })
+            .collect();
+        let mut loaded =
+            Self::parse(path, rewritten).map_err(|e| attribute_to_set(path, &sets, e))?;
+        loaded.sets = sets;
         Ok(loaded)
     }
 
@@ -149,6 +133,7 @@ impl Loaded {
             path: path.to_owned(),
             text,
             file,
+            sets: Vec::new(),
         };
         loaded.check()?;
         Ok(loaded)
@@ -162,11 +147,16 @@ impl Loaded {
         message: impl Into<String>,
     ) -> ConfigError {
         let (place, snippet) = locate(&self.path, &self.text, span);
-        ConfigError {
+        let e = ConfigError {
             place,
             key: Some(key.to_owned()),
             message: message.into(),
             snippet,
+        };
+        if self.sets.is_empty() {
+            e
+        } else {
+            attribute_to_set(&self.path, &self.sets, e)
         }
     }
 

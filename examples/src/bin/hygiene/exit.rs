@@ -16,6 +16,11 @@ pub(crate) const UNREACHABLE: u8 = 4;
 /// finish (resume or restore it first), there is nothing to resume, or it
 /// is unreadable. Nothing was changed.
 pub(crate) const JOURNAL: u8 = 5;
+/// `plan` / `validate`: the run would refuse to start or abort (a
+/// `min_healthy` no batch fits, an `--only` naming nothing, a maintenance
+/// that cannot start, an unfinished journal); the blockers say why. As
+/// `terraform plan -detailed-exitcode`, distinct from an error.
+pub(crate) const BLOCKED: u8 = 6;
 /// The run failed: aborted (failure budget exceeded, no capacity, the
 /// balancer gave up) or targets failed, but none is out of rotation.
 pub(crate) const RUN_FAILED: u8 = 10;
@@ -38,14 +43,18 @@ Exit codes:
     5    journal locked by another run, or left unfinished by a run that died
          (run `hygiene resume` or `hygiene restore`), or unusable; nothing changed;
          `status` too while a run is unfinished
+    6    plan / validate: the run would refuse to start or abort (the
+         blockers say why)
     10   run failed: aborted (failure budget exceeded, capacity, balancer) or
          targets failed; none left out of rotation
     11   targets kept out of rotation: `hygiene status` names them and how to
-         put them back (`status` too)
+         put them back (`status` and `enable` too, while one is; a third
+         Ctrl-C with targets still in progress)
     130  cancelled (Ctrl-C); every target back in service
 
 Environment: every flag has a HYGIENE_ variable (HYGIENE_CONFIG,
-HYGIENE_STATE_DIR, HYGIENE_JSON, HYGIENE_BATCH_SIZE, HYGIENE_POLL_INTERVAL, …);
+HYGIENE_STATE_DIR, HYGIENE_JSON, HYGIENE_BATCH_SIZE, HYGIENE_POLL_INTERVAL,
+HYGIENE_ONLY, HYGIENE_EXCLUDE, HYGIENE_YES, …; booleans take 1/0, true/false);
 RUST_LOG sets the log level (logs go to stderr).";
 
 /// The exit code of a library error.

@@ -5,10 +5,14 @@
 
 mod cli;
 mod config;
+mod enable;
 mod exit;
+mod kept;
 mod output;
 mod plan;
+mod preflight;
 mod run;
+mod set;
 mod setup;
 mod status;
 mod validate;
@@ -16,7 +20,7 @@ mod validate;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{Cli, Command, Global};
 use crate::config::ConfigError;
@@ -28,6 +32,8 @@ pub(crate) enum Failure {
     Config(ConfigError),
     /// The library refused or failed.
     Lib(hygiene_core::Error),
+    /// Anything else (exit 1).
+    Other(String),
 }
 
 impl From<ConfigError> for Failure {
@@ -47,6 +53,7 @@ impl Failure {
         match self {
             Self::Config(_) => exit::CONFIG,
             Self::Lib(e) => exit::of_error(e),
+            Self::Other(_) => exit::OTHER,
         }
     }
 
@@ -54,6 +61,7 @@ impl Failure {
         match self {
             Self::Config(_) => "config",
             Self::Lib(e) => exit::kind_of_error(e),
+            Self::Other(_) => "other",
         }
     }
 }
@@ -92,25 +100,37 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             rollout,
             maintenance_time,
         } => plan::main(g, &rollout, maintenance_time).await,
-        Command::Run { rollout } => run::main(g, &rollout, run::Mode::Run).await,
+        Command::Run { rollout, yes } => run::main(g, &rollout, run::Mode::Run { yes }).await,
         Command::Resume { rollout } => run::main(g, &rollout, run::Mode::Resume).await,
-        Command::Restore { rollout } => run::main(g, &rollout, run::Mode::Restore).await,
+        Command::Restore {
+            kept_out: true,
+            rollout,
+        } => {
+            if !rollout.overrides()?.is_empty() {
+                return Err(config::ConfigError::flag(
+                    "--kept-out",
+                    "puts back what earlier runs kept out, with the file's settings: it takes no rollout flag",
+                )
+                .into());
+            }
+            enable::main(g, &[], true).await
+        }
+        Command::Restore { rollout, .. } => run::main(g, &rollout, run::Mode::Restore).await,
+        Command::Enable { targets, all } => enable::main(g, &targets, all).await,
         Command::Status { live } => status::main(g, live).await,
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "hygiene",
-                &mut std::io::stdout(),
-            );
+            // Into memory first: clap_complete panics on a closed stdout.
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hygiene", &mut buf);
+            output::print_bytes(&buf);
             Ok(exit::OK)
         }
         Command::Man => {
+            let mut buf = Vec::new();
             clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(|e| {
-                    hygiene_core::Error::invalid_config("man", format!("cannot write: {e}"))
-                })?;
+                .render(&mut buf)
+                .map_err(|e| Failure::Other(format!("the man page cannot be rendered: {e}")))?;
+            output::print_bytes(&buf);
             Ok(exit::OK)
         }
     }
@@ -118,7 +138,16 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let Some((_, sub)) = matches.subcommand() {
+        if let Some(r) = cli.command.rollout_mut() {
+            r.note_sources(sub);
+        }
+    }
     let json = cli.global.json;
     // On a terminal the progress view says what the warnings would; in a
     // log (not a terminal) the warnings are the progress.
@@ -137,7 +166,12 @@ async fn main() -> ExitCode {
         Err(f) => {
             let message = match &f {
                 Failure::Config(e) => e.to_string(),
-                Failure::Lib(e) => e.to_string(),
+                // The library's own names mean nothing to an operator.
+                Failure::Lib(e) => e
+                    .to_string()
+                    .replace("Rollout::resume, ", "")
+                    .replace("Rollout::restore, ", ""),
+                Failure::Other(m) => m.clone(),
             };
             // Errors quote balancers' replies and targets' names.
             eprintln!("error: {}", output::clean(&message));

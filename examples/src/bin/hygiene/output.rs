@@ -18,6 +18,11 @@ pub(crate) fn clean(s: impl std::fmt::Display) -> String {
     hygiene_core::display::sanitize(&s.to_string()).into_owned()
 }
 
+/// [`tidy`] then [`clean`]: engine words with rounded durations, escaped.
+pub(crate) fn clean_tidy(s: &str) -> String {
+    clean(tidy(s))
+}
+
 /// Prints one JSON line on stdout: `value`'s fields with `"type": kind`
 /// first (objects), or `{"type": kind, "value": …}`.
 pub(crate) fn json_line(kind: &str, value: &impl Serialize) {
@@ -38,6 +43,17 @@ pub(crate) fn json_line(kind: &str, value: &impl Serialize) {
     let _ignored = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
 
+/// Prints `text` on stdout; a closed stdout (`| head`) is not an error.
+pub(crate) fn print(text: &str) {
+    print_bytes(text.as_bytes());
+}
+
+/// Writes `bytes` on stdout, ignoring a closed pipe.
+pub(crate) fn print_bytes(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    let _ignored = stdout.write_all(bytes).and_then(|()| stdout.flush());
+}
+
 /// Targets in progress, shared with the Ctrl-C handler.
 pub(crate) type InProgress = Arc<Mutex<BTreeMap<TargetId, Stage>>>;
 
@@ -47,6 +63,9 @@ pub(crate) type InProgress = Arc<Mutex<BTreeMap<TargetId, Stage>>>;
 pub(crate) struct Follower {
     json: bool,
     view: Option<View>,
+    /// No terminal (CI, nohup, a pipe): a timestamped line per event on
+    /// stderr instead of the view.
+    lines: bool,
     in_progress: InProgress,
     selected: usize,
     done: usize,
@@ -91,6 +110,7 @@ impl Follower {
         });
         Self {
             json,
+            lines: !json && view.is_none(),
             view,
             in_progress,
             selected: 0,
@@ -104,6 +124,18 @@ impl Follower {
     pub(crate) fn event(&mut self, e: &Event) {
         if self.json {
             json_line("event", e);
+        }
+        if self.lines {
+            if let Some(text) = event_text(e) {
+                // `2026-12-06T03:30:01Z`: the second is enough for a log.
+                let at = e.at.split('.').next().unwrap_or(&e.at);
+                let z = if at.ends_with('Z') { "" } else { "Z" };
+                eprintln!(
+                    "{at}{z} [{}] {}",
+                    hygiene_core::duration_text::format(Duration::from_secs(e.elapsed.as_secs())),
+                    clean_tidy(&text)
+                );
+            }
         }
         match &e.kind {
             EventKind::Started { selected, .. } => self.selected = *selected,
@@ -128,7 +160,7 @@ impl Follower {
                             let _ignored = v.multi.println(format!(
                                 "FAILED {}: {}",
                                 clean(id),
-                                clean(detail.as_deref().unwrap_or(""))
+                                clean_tidy(detail.as_deref().unwrap_or(""))
                             ));
                         }
                     }
@@ -152,7 +184,7 @@ impl Follower {
                 }
             }
             EventKind::Stopping { reason } => {
-                self.note(&format!("stopping: {}", clean(reason)));
+                self.note(&format!("stopping: {}", clean_tidy(&reason.to_string())));
             }
             EventKind::DrainLost { id, stage } => {
                 self.note(&format!(
@@ -212,14 +244,95 @@ impl Follower {
     }
 }
 
+/// One event in words, for the log lines (none for the chatty ones).
+fn event_text(e: &Event) -> Option<String> {
+    Some(match &e.kind {
+        EventKind::Started { selected, pool, .. } => {
+            format!("run starts: {selected} target(s) selected of {pool}")
+        }
+        EventKind::BatchStarted { index, targets } => format!(
+            "batch {}: {}",
+            index + 1,
+            targets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        EventKind::Phase { id, stage, detail } => match detail {
+            Some(d) => format!("{id} {stage}: {d}"),
+            None => format!("{id} {stage}"),
+        },
+        EventKind::Retry {
+            operation, error, ..
+        } => format!("retrying {operation}: {error}"),
+        EventKind::DrainLost { id, stage } => format!(
+            "{id} was put back in rotation by the balancer itself while {stage} (a reload?): taken out again"
+        ),
+        EventKind::FoundOut { id } => {
+            format!("{id} is out of rotation and this run did not take it out: left as found")
+        }
+        EventKind::WaitingForCapacity { healthy, required } => {
+            format!("waiting for capacity: {healthy} healthy, min_healthy requires {required}")
+        }
+        EventKind::Stopping { reason } => format!("stopping: {reason}"),
+        EventKind::Finished { .. } => "run ends".into(),
+        _ => return None,
+    })
+}
+
+/// Rounds the durations the library prints with `{:?}` in its reasons
+/// (`401.830121ms` → `402ms`, `1.532101s` → `1.5s`) so a person can read them.
+pub(crate) fn tidy(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        // A number that is part of a word (`s1`, `web-2`) is left alone.
+        let prev = rest[..start].chars().next_back();
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(len);
+        let unit = ["ms", "µs", "ns", "s"].into_iter().find(|u| {
+            after.starts_with(u)
+                && !after[u.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(char::is_alphanumeric)
+        });
+        match (unit, num.contains('.'), num.parse::<f64>(), prev) {
+            (Some(u), true, Ok(v), p) if !p.is_some_and(|c| c.is_alphanumeric() || c == '-') => {
+                let rounded = match u {
+                    "s" => format!("{v:.1}s"),
+                    "ms" if v >= 10.0 => format!("{v:.0}ms"),
+                    "ms" => format!("{v:.1}ms"),
+                    _ => format!("{v:.0}{u}"),
+                };
+                out.push_str(&rounded);
+                rest = &after[u.len()..];
+            }
+            _ => {
+                out.push_str(num);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The report for a human, on stdout.
 pub(crate) fn summary(r: &Report) -> String {
     let mut s = String::new();
+    let failed = r.failed().count();
     let outcome = match &r.outcome {
+        Outcome::Completed if failed > 0 => format!("FAILED: {failed} target(s) failed, ended"),
         Outcome::Completed => "completed".to_owned(),
-        Outcome::Aborted { reason } => format!("ABORTED: {}", clean(reason)),
+        Outcome::Aborted { reason } => format!("ABORTED: {}, ended", clean_tidy(&reason.to_string())),
         Outcome::Cancelled => "cancelled".to_owned(),
-        other => format!("{other:?}"),
+        other => clean_tidy(&format!("{other:?}")),
     };
     s.push_str(&format!(
         "run {} on {}: {outcome} in {:.1}s, {} batch(es)\n",
@@ -248,18 +361,26 @@ pub(crate) fn summary(r: &Report) -> String {
                 ..
             } => format!(
                 "FAILED in {phase}: {}{}",
-                clean(reason),
+                clean_tidy(reason),
                 if *kept_out {
                     " — KEPT OUT OF ROTATION"
                 } else {
                     ""
                 }
             ),
-            TargetResult::Skipped { reason } => format!("skipped: {}", clean(reason)),
-            TargetResult::Restored { reason } => {
-                format!("put back without maintenance: {}", clean(reason))
-            }
-            TargetResult::Vanished { reason, .. } => format!("vanished: {}", clean(reason)),
+            TargetResult::Skipped { reason } => format!("skipped: {}", clean_tidy(reason)),
+            TargetResult::Restored { reason } => match &t.execution {
+                Some(x) if x.success => format!(
+                    "maintenance succeeded{}, put back: {}",
+                    x.exit_code
+                        .map(|c| format!(" (exit {c})"))
+                        .unwrap_or_default(),
+                    clean_tidy(reason)
+                ),
+                Some(_) => format!("maintenance FAILED, put back: {}", clean_tidy(reason)),
+                None => format!("put back without maintenance: {}", clean_tidy(reason)),
+            },
+            TargetResult::Vanished { reason, .. } => format!("vanished: {}", clean_tidy(reason)),
             TargetResult::NotStarted => "not started".into(),
             other => clean(format!("{other:?}")),
         };

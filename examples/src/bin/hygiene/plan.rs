@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use hygiene_core::{
-    duration_text, CancellationToken, ListedTarget, LoadBalancer, Pacing, Selection, TargetId,
-    TargetState,
+    duration_text, Amount, CancellationToken, ListedTarget, LoadBalancer, Pacing, Selection,
+    TargetId, TargetState,
 };
 use serde::Serialize;
 
@@ -48,20 +48,32 @@ pub(crate) struct Plan {
     pub(crate) selected: usize,
     pub(crate) to_maintain: usize,
     pub(crate) pacing: Pacing,
-    pub(crate) batch_size: String,
+    pub(crate) batch_size: serde_json::Value,
     pub(crate) width: usize,
-    pub(crate) min_healthy: String,
+    pub(crate) min_healthy: serde_json::Value,
     pub(crate) required_healthy: usize,
     pub(crate) healthy_now: usize,
-    pub(crate) max_failures: String,
+    pub(crate) max_failures: serde_json::Value,
     pub(crate) failures_allowed: usize,
     pub(crate) canary: bool,
     pub(crate) batches: Vec<Vec<TargetId>>,
     pub(crate) skipped: Vec<Skipped>,
-    /// Reasons the run would refuse or stall.
+    /// What the run would meet (shrunk batches, unhealthy targets).
     pub(crate) problems: Vec<String>,
+    /// Reasons the run would refuse to start or abort (exit code 6).
+    pub(crate) blockers: Vec<String>,
+    /// Targets earlier runs kept out of rotation, still out.
+    pub(crate) kept_out: Vec<String>,
     pub(crate) poll_interval: String,
     pub(crate) duration: Estimate,
+}
+
+/// A count as a number, a percent as a string, as the file writes them.
+pub(crate) fn amount(a: Amount) -> serde_json::Value {
+    match a {
+        Amount::Count(n) => serde_json::Value::from(n),
+        Amount::Percent(_) => serde_json::Value::from(a.to_string()),
+    }
 }
 
 fn fmt(d: Duration) -> String {
@@ -78,13 +90,14 @@ pub(crate) fn compute(
     let lb: &dyn LoadBalancer = &*setup.balancer;
     let caps = lb.capabilities();
     let mut problems = Vec::new();
+    let mut blockers = Vec::new();
     let selected: Vec<&ListedTarget> = match c.selection() {
         Selection::Named(ids) => ids
             .iter()
             .filter_map(|id| {
                 let found = listed.iter().find(|l| &l.target.id == id);
                 if found.is_none() {
-                    problems.push(format!(
+                    blockers.push(format!(
                         "{id} is selected but not in the pool: the run refuses to start (NotFound); the pool holds {}",
                         listed.iter().map(|l| l.target.id.to_string()).collect::<Vec<_>>().join(", ")
                     ));
@@ -135,7 +148,7 @@ pub(crate) fn compute(
             batch.push(l.target.id.clone());
         }
         if batch.is_empty() {
-            problems.push(format!(
+            blockers.push(format!(
                 "not even one target can be taken out: {healthy_now} healthy now, min_healthy = {} requires {required}: the run would wait capacity_timeout ({}) and abort",
                 c.min_healthy(),
                 fmt(c.capacity_timeout())
@@ -185,17 +198,19 @@ pub(crate) fn compute(
         selected: selected.len(),
         to_maintain: todo.len(),
         pacing: c.pacing(),
-        batch_size: c.batch_size().to_string(),
+        batch_size: amount(c.batch_size()),
         width,
-        min_healthy: c.min_healthy().to_string(),
+        min_healthy: amount(c.min_healthy()),
         required_healthy: required,
         healthy_now,
-        max_failures: c.max_failures().to_string(),
+        max_failures: amount(c.max_failures()),
         failures_allowed: c.failures_allowed(selected.len()),
         canary: c.canary(),
         batches,
         skipped,
         problems,
+        blockers,
+        kept_out: Vec::new(),
         poll_interval: fmt(poll),
         duration,
     }
@@ -275,6 +290,15 @@ pub(crate) fn human(p: &Plan) -> String {
     for pr in &p.problems {
         o.push_str(&format!("problem: {}\n", crate::output::clean(pr)));
     }
+    for k in &p.kept_out {
+        o.push_str(&format!("warning: {k}\n"));
+    }
+    for b in &p.blockers {
+        o.push_str(&format!("BLOCKER: {b}\n"));
+    }
+    if !p.blockers.is_empty() {
+        o.push_str("the run would refuse to start or abort (exit code 6)\n");
+    }
     o
 }
 
@@ -285,13 +309,63 @@ pub(crate) async fn main(
 ) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
-    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     let listed = setup.balancer.list().await?;
-    let plan = compute(&setup, &listed, maintenance);
+    setup::select(&mut setup, &listed, flags, false)?;
+    let mut plan = compute(&setup, &listed, maintenance);
+    let (access, more) = blockers_before_start(g, &loaded, &setup, &listed).await?;
+    plan.blockers.extend(more);
+    plan.kept_out = crate::run::warn_kept_out(g, &setup.journal, &listed, false)?;
     if g.json {
         output::json_line("plan", &plan);
     } else {
-        print!("{}", human(&plan));
+        output::print(&human(&plan));
     }
-    Ok(exit::OK)
+    Ok(if access {
+        exit::UNREACHABLE
+    } else if plan.blockers.is_empty() {
+        exit::OK
+    } else {
+        exit::BLOCKED
+    })
+}
+
+/// What makes a fresh run refuse before it changes anything, besides the
+/// plan's own arithmetic: an HAProxy socket below `level admin` (then
+/// the first value is true: the run exits 4, and so do plan and validate), a
+/// maintenance that cannot start, an unfinished journal.
+pub(crate) async fn blockers_before_start(
+    g: &Global,
+    loaded: &Loaded,
+    setup: &Setup,
+    listed: &[ListedTarget],
+) -> Result<(bool, Vec<String>), Failure> {
+    let mut b = Vec::new();
+    let mut access = false;
+    if let Some(h) = &setup.haproxy {
+        if let Err(e) = h.check_admin().await {
+            b.push(e.to_string());
+            access = true;
+        }
+    }
+    if let Some(why) = crate::preflight::check(loaded, setup, listed)
+        .await
+        .refusal()
+    {
+        b.push(why);
+    }
+    if let Some(sum) =
+        hygiene_core::journal::summarize(&hygiene_core::journal::FileJournal::read(&setup.journal)?)
+    {
+        if sum.outcome.is_none() {
+            b.push(format!(
+                "the journal {} holds an unfinished run ({}): a new run is refused until `{}` or `{}`",
+                setup.journal.display(),
+                sum.header.run_id,
+                crate::command_for(g, "resume"),
+                crate::command_for(g, "restore")
+            ));
+        }
+    }
+    Ok((access, b))
 }

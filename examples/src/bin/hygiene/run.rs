@@ -1,6 +1,7 @@
 //! `run`, `resume` and `restore`: the rollout with its journal, its events
 //! followed on a terminal or as JSON lines, Ctrl-C handled.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use hygiene_core::journal::FileJournal;
@@ -8,14 +9,17 @@ use hygiene_core::{CancellationToken, Rollout};
 use hygiene_haproxy::SocketLevel;
 
 use crate::cli::{Global, RolloutFlags};
-use crate::config::Loaded;
+use crate::config::{ConfigError, Loaded};
 use crate::output::{self, Follower, InProgress};
-use crate::{command_for, exit, setup, Failure};
+use crate::{command_for, exit, kept, setup, Failure};
 
 /// Which of the three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    Run,
+    /// A fresh run; `yes`: do not ask on a terminal.
+    Run {
+        yes: bool,
+    },
     Resume,
     Restore,
 }
@@ -23,14 +27,32 @@ pub(crate) enum Mode {
 /// Runs, resumes or restores; returns the exit code of the report.
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
+    let narrows = !flags.only.is_empty() || !flags.exclude.is_empty();
+    if narrows && !matches!(mode, Mode::Run { .. }) {
+        let flag = if flags.only.is_empty() {
+            "exclude"
+        } else {
+            "only"
+        };
+        return Err(ConfigError::flag(
+            &flags.source(flag),
+            format!(
+                "{} keeps the targets of the run it finishes and cannot narrow them: finish it (`{}`) or put back what it took out (`{}`), then start a new run with --{flag}",
+                if mode == Mode::Resume { "resume" } else { "restore" },
+                command_for(g, "resume"),
+                command_for(g, "restore")
+            ),
+        )
+        .into());
+    }
     let cancel = CancellationToken::new();
-    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     if let Some(h) = &setup.haproxy {
         // A socket below `level admin` would refuse the first change: say
         // it before anything starts. A fresh run also stops on a node it
         // cannot reach; resume and restore leave that to the engine, which
         // waits for a node coming back (targets are out).
-        if mode == Mode::Run {
+        if matches!(mode, Mode::Run { .. }) {
             h.check_admin().await?;
         } else {
             for (node, level) in h.socket_levels().await {
@@ -50,6 +72,23 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     // refused when someone else owns it or can write it.
     if let Some(dir) = setup.journal.parent() {
         hygiene_core::journal::prepare_state_dir(dir)?;
+    }
+    if let Mode::Run { yes } = mode {
+        let listed = before_run(g, &loaded, &mut setup, flags).await?;
+        if !yes && !g.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+            let plan = crate::plan::compute(&setup, &listed, None);
+            eprint!("{}", crate::plan::human(&plan));
+            eprint!(
+                "Run this plan on {}? Only `yes` goes ahead: ",
+                setup.balancer.name()
+            );
+            let mut answer = String::new();
+            let read = std::io::stdin().read_line(&mut answer);
+            if read.is_err() || !matches!(answer.trim(), "yes" | "y") {
+                eprintln!("not confirmed: nothing was changed");
+                return Ok(exit::OTHER);
+            }
+        }
     }
     let journal = FileJournal::open(&setup.journal)?;
     let mut rollout = Rollout::new(
@@ -72,7 +111,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     ));
     let task = tokio::spawn(async move {
         match mode {
-            Mode::Run => rollout.run().await,
+            Mode::Run { .. } => rollout.run().await,
             Mode::Resume => rollout.resume().await,
             Mode::Restore => rollout.restore().await,
         }
@@ -85,6 +124,28 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     let joined = task.await;
     interrupt.abort();
     let report = match joined {
+        Ok(Err(hygiene_core::Error::Journal { location, message }))
+            if !matches!(mode, Mode::Run { .. }) =>
+        {
+            // "Nothing to resume" is not the whole truth when an earlier
+            // run kept targets out: name them and the way back.
+            let kept = kept::sync(&setup.journal)?;
+            let mut message = message;
+            if !kept.targets.is_empty() {
+                let ids: Vec<String> = kept.ids().iter().map(ToString::to_string).collect();
+                message.push_str(&format!(
+                    "; but earlier runs kept {} out of rotation: once fixed, `{} {}` (or `{} --kept-out`) puts them back",
+                    ids.join(", "),
+                    command_for(g, "enable"),
+                    ids.join(" "),
+                    command_for(g, "restore")
+                ));
+            }
+            return Err(Failure::Lib(hygiene_core::Error::Journal {
+                location,
+                message,
+            }));
+        }
         Ok(r) => r?,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => {
@@ -96,9 +157,18 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     if g.json {
         output::json_line("report", &report);
     } else {
-        print!("{}", output::summary(&report));
+        output::print(&output::summary(&report));
     }
-    let code = exit::of_report(&report);
+    // Remember what this run left out, beyond the next run's journal.
+    if let Err(e) = kept::sync(&setup.journal) {
+        eprintln!("warning: {}", failure_text(&e));
+    }
+    let mut code = exit::of_report(&report);
+    if mode == Mode::Restore && code == exit::CANCELLED {
+        // A restore starts nothing new by design: the engine reports it
+        // cancelled, but it did its job.
+        code = exit::OK;
+    }
     if code == exit::KEPT_OUT {
         eprintln!(
             "{} target(s) are out of rotation because of this run: `{}` lists them with the way back",
@@ -142,9 +212,102 @@ async fn on_interrupt(
                 );
             }
             _ => {
-                eprintln!("leaving now. Finish with `{resume}`, or `{restore}`.");
-                std::process::exit(i32::from(exit::CANCELLED));
+                let ip = in_progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let list: Vec<String> = ip.iter().map(|(id, st)| format!("{id} ({st})")).collect();
+                if list.is_empty() {
+                    eprintln!("leaving now; the run is unfinished. Finish it with `{resume}`, or put back what it took out with `{restore}`.");
+                    std::process::exit(i32::from(exit::JOURNAL));
+                }
+                eprintln!(
+                    "leaving now with targets OUT OF ROTATION or on their way: {}. The journal keeps the run: `{resume}` finishes it, `{restore}` puts back what it took out.",
+                    list.join(", ")
+                );
+                std::process::exit(i32::from(exit::KEPT_OUT));
             }
         }
     }
+}
+
+fn failure_text(f: &Failure) -> String {
+    match f {
+        Failure::Config(e) => e.to_string(),
+        Failure::Lib(e) => e.to_string(),
+        Failure::Other(m) => m.clone(),
+    }
+}
+
+/// Before a fresh run changes anything: the pool can be listed (a
+/// misspelled backend is a configuration error, not the journal's), the
+/// maintenance can start on at least one target, and what earlier runs
+/// kept out is said (and forgotten when it is back in service).
+async fn before_run(
+    g: &Global,
+    loaded: &Loaded,
+    setup: &mut setup::Setup,
+    flags: &RolloutFlags,
+) -> Result<Vec<hygiene_core::ListedTarget>, Failure> {
+    let listed = setup.balancer.list().await?;
+    setup::select(setup, &listed, flags, true)?;
+    let pf = crate::preflight::check(loaded, setup, &listed).await;
+    if let Some(why) = pf.refusal() {
+        return Err(Failure::Lib(hygiene_core::Error::Executor {
+            executor: setup.executor.name(),
+            message: format!(
+                "{why}; nothing was changed. Fix it, then `{}` shows the run would go",
+                command_for(g, "plan")
+            ),
+            source: None,
+        }));
+    }
+    warn_kept_out(g, &setup.journal, &listed, true)?;
+    Ok(listed)
+}
+
+/// What earlier runs kept out of rotation, said on stderr for a run
+/// (`write`), which also forgets a target the balancer lists in service
+/// again (put back by hand).
+pub(crate) fn warn_kept_out(
+    g: &Global,
+    journal: &std::path::Path,
+    listed: &[hygiene_core::ListedTarget],
+    write: bool,
+) -> Result<Vec<String>, Failure> {
+    let mut kept = kept::sync(journal)?;
+    let back: Vec<hygiene_core::TargetId> = kept
+        .targets
+        .iter()
+        .filter(|k| {
+            listed.iter().any(|l| {
+                l.target.id == k.target.id && l.status.state == hygiene_core::TargetState::InService
+            })
+        })
+        .map(|k| k.target.id.clone())
+        .collect();
+    if !back.is_empty() && write {
+        for id in &back {
+            kept.remove(id);
+        }
+        kept.write(&kept::path_for(journal))?;
+    }
+    let mut warnings = Vec::new();
+    for k in kept.targets.iter().filter(|k| !back.contains(&k.target.id)) {
+        warnings.push(format!(
+            "{} is still out of rotation: kept out by run {} (started {}): {}; once fixed, `{} {}` puts it back",
+            k.target.id,
+            k.run_id,
+            k.since,
+            k.state,
+            command_for(g, "enable"),
+            k.target.id
+        ));
+    }
+    // `plan` and `validate` print them in their own output.
+    if write && !g.json {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(warnings)
 }

@@ -35,8 +35,6 @@ pub(crate) struct Setup {
     pub(crate) probe: Option<AnyProbe>,
     /// The executor's own time limit, when it has one (for the plan).
     pub(crate) executor_timeout: Option<Duration>,
-    /// Which balancer and executor sections (for messages).
-    pub(crate) kinds: (&'static str, &'static str),
     /// The HAProxy balancer, when it is one (validate asks its sockets'
     /// level).
     pub(crate) haproxy: Option<HaproxyBalancer>,
@@ -105,8 +103,8 @@ pub(crate) async fn build(
     let state_dir = state_dir(loaded, state_dir_flag);
     let journal = state_dir.join(format!("{pool}.jsonl"));
     let rollout = rollout_config(loaded, flags)?;
-    let (balancer, bkind, haproxy) = balancer(loaded, rollout.poll_interval()).await?;
-    let (executor, executor_timeout, xkind) = executor(loaded, &state_dir, cancel).await?;
+    let (balancer, _, haproxy) = balancer(loaded, rollout.poll_interval()).await?;
+    let (executor, executor_timeout, _) = executor(loaded, &state_dir, cancel).await?;
     let probe = probe(loaded)?;
     Ok(Setup {
         config_path: loaded.path.clone(),
@@ -117,7 +115,6 @@ pub(crate) async fn build(
         executor,
         probe,
         executor_timeout,
-        kinds: (bkind, xkind),
         haproxy,
     })
 }
@@ -134,7 +131,7 @@ pub(crate) fn rollout_config(
             .build()
             .map_err(|e| ConfigError::flag("rollout", e.to_string()))?,
     };
-    let overrides = flags.overrides();
+    let overrides = flags.overrides()?;
     if overrides.is_empty() {
         return Ok(base);
     }
@@ -143,16 +140,92 @@ pub(crate) fn rollout_config(
     let Some(map) = value.as_object_mut() else {
         return Err(ConfigError::flag("rollout", "cannot apply overrides"));
     };
-    for (_, key, v) in &overrides {
+    for (key, v) in &overrides {
         map.insert((*key).to_owned(), v.clone());
     }
     serde_json::from_value::<RolloutConfig>(value).map_err(|e| {
-        let flags: Vec<&str> = overrides.iter().map(|(f, _, _)| *f).collect();
-        ConfigError::flag(
-            &flags.join(", "),
-            format!("{e} (from the command line or a HYGIENE_ variable)"),
-        )
+        // "invalid configuration: batch_size: …" names the key: name the
+        // flag or variable that set it.
+        let text = e.to_string();
+        let rest = text
+            .strip_prefix("invalid configuration: ")
+            .unwrap_or(&text);
+        match rest.split_once(": ") {
+            Some((key, message)) if overrides.iter().any(|(k, _)| *k == key) => {
+                ConfigError::flag(&flags.source(key), message.to_owned())
+                    .with_key(&format!("rollout.{key}"))
+            }
+            _ => {
+                let named: Vec<String> = overrides.iter().map(|(k, _)| flags.source(k)).collect();
+                ConfigError::flag(&named.join(", "), rest.to_owned())
+            }
+        }
     })
+}
+
+/// Applies `--exclude` over the pool as listed, and checks that every
+/// name `--only` (when `strict`) and `--exclude` give is in it: an error
+/// names the flag and lists the pool's targets.
+pub(crate) fn select(
+    setup: &mut Setup,
+    listed: &[hygiene_core::ListedTarget],
+    flags: &RolloutFlags,
+    strict: bool,
+) -> Result<(), ConfigError> {
+    let known = |n: &str| listed.iter().any(|l| l.target.id.as_str() == n);
+    let pool = || {
+        listed
+            .iter()
+            .map(|l| l.target.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let unknown = |flag: &str, list: &[String]| -> Result<(), ConfigError> {
+        let missing: Vec<&str> = list
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !known(n))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::flag(
+            &flags.source(flag),
+            format!(
+                "{} not in the pool; the pool holds: {}",
+                missing.join(", "),
+                if listed.is_empty() {
+                    "nothing".into()
+                } else {
+                    pool()
+                }
+            ),
+        ))
+    };
+    if strict {
+        unknown("only", &flags.only)?;
+    }
+    if flags.exclude.is_empty() {
+        return Ok(());
+    }
+    unknown("exclude", &flags.exclude)?;
+    let base: Vec<hygiene_core::TargetId> = match setup.rollout.selection() {
+        hygiene_core::Selection::Named(ids) => ids.clone(),
+        _ => listed.iter().map(|l| l.target.id.clone()).collect(),
+    };
+    let keep: Vec<String> = base
+        .iter()
+        .filter(|id| !flags.exclude.iter().any(|e| e == id.as_str()))
+        .map(ToString::to_string)
+        .collect();
+    let mut value = serde_json::to_value(&setup.rollout)
+        .map_err(|e| ConfigError::flag("--exclude", format!("cannot apply: {e}")))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("selection".into(), serde_json::json!({ "named": keep }));
+    }
+    setup.rollout = serde_json::from_value(value)
+        .map_err(|e| ConfigError::flag(&flags.source("exclude"), e.to_string()))?;
+    Ok(())
 }
 
 async fn balancer(

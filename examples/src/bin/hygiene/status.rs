@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::cli::{Global, RolloutFlags};
 use crate::config::Loaded;
 use crate::output::clean;
-use crate::{command_for, exit, output, setup, Failure};
+use crate::{command_for, exit, kept, output, setup, Failure};
 
 /// One target of the last run, as the journal tells it.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +24,19 @@ struct TargetLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     hint: Option<String>,
     /// What the balancer says now (`--live`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    live: Option<String>,
+}
+
+/// A target an earlier run left out, not back yet.
+#[derive(Debug, Clone, Serialize)]
+struct KeptLine {
+    id: TargetId,
+    run_id: String,
+    since: String,
+    state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     live: Option<String>,
 }
@@ -42,6 +55,9 @@ struct Status {
     state: &'static str,
     outcome: Option<serde_json::Value>,
     targets: Vec<TargetLine>,
+    /// Targets earlier runs left out of rotation that are not back yet
+    /// (`<pool>.kept-out.json`), the last run's included once it ended.
+    kept_out: Vec<KeptLine>,
     /// What to do next.
     next: Vec<String>,
 }
@@ -54,7 +70,7 @@ fn location_text(l: Location) -> String {
 }
 
 /// (out of rotation because of the run, what the journal says).
-fn describe(s: &JournaledState) -> (bool, String) {
+pub(crate) fn describe(s: &JournaledState) -> (bool, String) {
     let out = s.maybe_out();
     let text = match s {
         JournaledState::NotStarted => "not started".into(),
@@ -107,6 +123,7 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
     let pool = loaded.pool_name();
     let journal = setup::state_dir(&loaded, g.state_dir.as_ref()).join(format!("{pool}.jsonl"));
     let records = FileJournal::read(&journal)?;
+    let kept = kept::sync(&journal)?;
     let mut status = Status {
         pool: pool.clone(),
         journal: journal.display().to_string(),
@@ -117,114 +134,153 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
         state: "none",
         outcome: None,
         targets: Vec::new(),
+        kept_out: Vec::new(),
         next: Vec::new(),
     };
-    let code = match summarize(&records) {
-        None => exit::OK,
-        Some(sum) => {
-            let h = &sum.header;
-            status.run_id = Some(h.run_id.clone());
-            status.started_at = Some(h.started_at.clone());
-            status.host = Some(h.host.clone());
-            status.pid = Some(h.pid);
-            status.outcome = sum
-                .outcome
-                .as_ref()
-                .and_then(|o| serde_json::to_value(o).ok());
-            status.state = match (&sum.outcome, held(&journal)) {
-                (Some(_), _) => "finished",
-                (None, true) => "running",
-                (None, false) => "unfinished",
-            };
-            // Hints need the balancer object, not a connection; a
-            // configuration that cannot build one still gets its status.
-            let cancel = CancellationToken::new();
-            let built = setup::build(
+    let sum = summarize(&records);
+    // Hints need the balancer object, not a connection; a configuration
+    // that cannot build one still gets its status.
+    let built = if sum.is_some() || !kept.targets.is_empty() {
+        let cancel = CancellationToken::new();
+        Some(
+            setup::build(
                 &loaded,
                 g.state_dir.as_ref(),
                 &RolloutFlags::default(),
                 &cancel,
             )
-            .await;
-            let lb = built
-                .as_ref()
-                .ok()
-                .map(|s| std::sync::Arc::clone(&s.balancer));
-            for t in &sum.targets {
-                let id = t.id.clone();
-                let (out, state) = describe(&t.state);
-                status.targets.push(TargetLine {
-                    hint: out
-                        .then(|| lb.as_ref().map(|lb| lb.enable_hint(&id)))
-                        .flatten(),
-                    id,
-                    out,
-                    state,
-                    live: None,
-                });
-            }
-            if live {
-                let Some(lb) = &lb else {
-                    return Err(match built {
-                        Err(e) => Failure::Config(e),
-                        Ok(_) => Failure::Lib(hygiene_core::Error::invalid_config(
-                            "balancer",
-                            "cannot be built",
-                        )),
-                    });
-                };
-                let ids: Vec<TargetId> = status.targets.iter().map(|t| t.id.clone()).collect();
-                let now = lb.status(&ids).await?;
-                for (t, s) in status.targets.iter_mut().zip(now) {
-                    t.live = Some(format!(
-                        "{} {}{}",
-                        location_text_state(s.state),
-                        health_text(s.health),
-                        s.connections
-                            .map(|c| format!(", {c} in flight"))
-                            .unwrap_or_default()
-                    ));
-                }
-            }
-            let out = status.targets.iter().filter(|t| t.out).count();
-            match status.state {
-                "unfinished" => {
-                    status
-                        .next
-                        .push(format!("finish the run: {}", command_for(g, "resume")));
-                    status.next.push(format!(
-                        "or put back everything it took out: {}",
-                        command_for(g, "restore")
-                    ));
-                    exit::JOURNAL
-                }
-                "running" => {
-                    status.next.push(format!(
-                        "a process (pid {} on {}) holds the journal: the run is still going; wait for it, or stop it with Ctrl-C",
-                        h.pid, h.host
-                    ));
-                    exit::JOURNAL
-                }
-                _ if out > 0 => {
-                    status.next.push(
-                        "fix each target named above, then put it back with the command shown"
-                            .into(),
-                    );
-                    exit::KEPT_OUT
-                }
-                _ => exit::OK,
-            }
-        }
+            .await,
+        )
+    } else {
+        None
     };
+    let lb = built
+        .as_ref()
+        .and_then(|b| b.as_ref().ok())
+        .map(|s| std::sync::Arc::clone(&s.balancer));
+    let hint = |id: &TargetId| lb.as_ref().map(|lb| lb.enable_hint(id));
+    for k in &kept.targets {
+        status.kept_out.push(KeptLine {
+            id: k.target.id.clone(),
+            run_id: k.run_id.clone(),
+            since: k.since.clone(),
+            state: k.state.clone(),
+            hint: hint(&k.target.id),
+            live: None,
+        });
+    }
+    let mut code = exit::OK;
+    if let Some(sum) = &sum {
+        let h = &sum.header;
+        status.run_id = Some(h.run_id.clone());
+        status.started_at = Some(h.started_at.clone());
+        status.host = Some(h.host.clone());
+        status.pid = Some(h.pid);
+        status.outcome = sum
+            .outcome
+            .as_ref()
+            .and_then(|o| serde_json::to_value(o).ok());
+        status.state = match (&sum.outcome, held(&journal)) {
+            (Some(_), _) => "finished",
+            (None, true) => "running",
+            (None, false) => "unfinished",
+        };
+        for t in &sum.targets {
+            let (out, state) = describe(&t.state);
+            status.targets.push(TargetLine {
+                hint: out.then(|| hint(&t.id)).flatten(),
+                id: t.id.clone(),
+                out,
+                state,
+                live: None,
+            });
+        }
+    }
+    if live && (!status.targets.is_empty() || !status.kept_out.is_empty()) {
+        let Some(lb) = &lb else {
+            return Err(match built {
+                Some(Err(e)) => Failure::Config(e),
+                _ => Failure::Lib(hygiene_core::Error::invalid_config(
+                    "balancer",
+                    "cannot be built",
+                )),
+            });
+        };
+        let kept_targets: Vec<hygiene_core::Target> =
+            kept.targets.iter().map(|k| k.target.clone()).collect();
+        lb.adopt(&kept_targets).await?;
+        let ids: Vec<TargetId> = status
+            .targets
+            .iter()
+            .map(|t| t.id.clone())
+            .chain(status.kept_out.iter().map(|k| k.id.clone()))
+            .collect();
+        let now = lb.status(&ids).await?;
+        let texts: Vec<String> = now
+            .into_iter()
+            .map(|s| {
+                format!(
+                    "{} {}{}",
+                    state_text(s.state),
+                    health_text(s.health),
+                    s.connections
+                        .map(|c| format!(", {c} in flight"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        let n = status.targets.len();
+        for (t, l) in status.targets.iter_mut().zip(&texts) {
+            t.live = Some(l.clone());
+        }
+        for (k, l) in status.kept_out.iter_mut().zip(texts.iter().skip(n)) {
+            k.live = Some(l.clone());
+        }
+    }
+    let out = status.targets.iter().filter(|t| t.out).count();
+    match status.state {
+        "unfinished" => {
+            status
+                .next
+                .push(format!("finish the run: {}", command_for(g, "resume")));
+            status.next.push(format!(
+                "or put back everything it took out: {}",
+                command_for(g, "restore")
+            ));
+            code = exit::JOURNAL;
+        }
+        "running" => {
+            status.next.push(format!(
+                "a process (pid {} on {}) holds the journal: the run is still going; wait for it, or stop it with Ctrl-C",
+                status.pid.unwrap_or(0),
+                status.host.as_deref().unwrap_or("?")
+            ));
+            code = exit::JOURNAL;
+        }
+        _ if out > 0 || !status.kept_out.is_empty() => {
+            let ids: Vec<String> = status.kept_out.iter().map(|k| k.id.to_string()).collect();
+            status.next.push(format!(
+                "fix each target named above, then put it back, verified healthy: {} {}",
+                command_for(g, "enable"),
+                if ids.is_empty() {
+                    "--all".to_owned()
+                } else {
+                    ids.join(" ")
+                }
+            ));
+            code = exit::KEPT_OUT;
+        }
+        _ => {}
+    }
     if g.json {
         output::json_line("status", &status);
     } else {
-        print!("{}", human(&status));
+        output::print(&human(&status));
     }
     Ok(code)
 }
 
-fn location_text_state(s: hygiene_core::TargetState) -> &'static str {
+pub(crate) fn state_text(s: hygiene_core::TargetState) -> &'static str {
     match s {
         hygiene_core::TargetState::InService => "in service",
         hygiene_core::TargetState::Draining => "draining",
@@ -245,7 +301,15 @@ fn human(s: &Status) -> String {
     // journal may be forged): escaped for the terminal.
     let mut o = format!("pool {} — journal {}\n", clean(&s.pool), clean(&s.journal));
     let Some(run) = &s.run_id else {
-        o.push_str("no run recorded: nothing is out of rotation because of hygiene\n");
+        if s.kept_out.is_empty() {
+            o.push_str("no run recorded: nothing is out of rotation because of hygiene\n");
+        } else {
+            o.push_str("no run in the journal\n");
+            kept_section(s, &mut o);
+        }
+        for n in &s.next {
+            o.push_str(&format!("{}\n", clean(n)));
+        }
         return o;
     };
     let state = match s.state {
@@ -294,8 +358,44 @@ fn human(s: &Status) -> String {
             }
         }
     }
+    kept_section(s, &mut o);
     for n in &s.next {
         o.push_str(&format!("{}\n", clean(n)));
     }
     o
+}
+
+/// What earlier runs kept out (the last run's own targets are above).
+fn kept_section(s: &Status, o: &mut String) {
+    let earlier: Vec<&KeptLine> = s
+        .kept_out
+        .iter()
+        .filter(|k| s.run_id.as_ref() != Some(&k.run_id))
+        .collect();
+    if earlier.is_empty() {
+        return;
+    }
+    o.push_str(&format!(
+        "STILL OUT OF ROTATION because of earlier runs: {}\n",
+        earlier
+            .iter()
+            .map(|k| k.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for k in earlier {
+        o.push_str(&format!(
+            "  {:<24} {} (run {}, started {})\n",
+            k.id.to_string(),
+            k.state,
+            k.run_id,
+            k.since
+        ));
+        if let Some(l) = &k.live {
+            o.push_str(&format!("  {:<24} balancer now: {l}\n", ""));
+        }
+        if let Some(h) = &k.hint {
+            o.push_str(&format!("  put {} back by hand: {h}\n", k.id));
+        }
+    }
 }

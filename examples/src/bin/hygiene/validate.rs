@@ -44,6 +44,10 @@ struct Validation {
     capabilities: Option<Capabilities>,
     targets: Vec<Found>,
     problems: Vec<String>,
+    /// A run would refuse to start or abort (exit code 6).
+    blocked: bool,
+    /// Targets earlier runs kept out of rotation, still out.
+    kept_out: Vec<String>,
 }
 
 fn journal_state(path: &std::path::Path) -> String {
@@ -67,7 +71,7 @@ fn journal_state(path: &std::path::Path) -> String {
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
-    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
     let mut v = Validation {
         config: setup.config_path.display().to_string(),
         pool: setup.pool.clone(),
@@ -75,23 +79,34 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         journal_state: journal_state(&setup.journal),
         balancer: setup.balancer.name(),
         executor: setup.executor.name(),
-        probe: setup.probe.as_ref().map(|p| format!("{p:?}")),
+        probe: probe_text(&loaded),
         rollout: setup.rollout.clone(),
         online: !offline,
         capabilities: None,
         targets: Vec::new(),
         problems: Vec::new(),
+        blocked: false,
+        kept_out: Vec::new(),
     };
     v.problems.extend(private_problems(&loaded, &setup.journal));
+    let mut blocked = false;
     if v.journal_state.starts_with("LAST RUN UNFINISHED") {
         v.problems.push(format!(
             "the journal {} holds an unfinished run: a new run is refused until it is resumed or restored",
             v.journal
         ));
+        blocked = true;
+    }
+    if let Some(p) = crate::preflight::local_program_problem(&loaded) {
+        v.problems.push(p);
+        // Offline checks the file, perhaps for another host: the program
+        // is that host's.
+        blocked |= !offline;
     }
     let mut code = exit::OK;
     if !offline {
         let listed = setup.balancer.list().await?;
+        setup::select(&mut setup, &listed, flags, false)?;
         let caps = setup.balancer.capabilities();
         v.capabilities = Some(caps);
         if !caps.health_checks && setup.probe.is_none() {
@@ -160,9 +175,6 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 Vec::new()
             }
         };
-        if setup.kinds.1 == "local" {
-            local_program_problem(&loaded, &mut v.problems);
-        }
         for (k, l) in listed.iter().enumerate() {
             let pf = preflight.get(k).map(|p| match p {
                 Preflight::Ready => "ready".to_owned(),
@@ -224,7 +236,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 id: l.target.id.to_string(),
                 address: l.target.address.clone(),
                 port: l.target.port,
-                state: format!("{:?}", l.status.state),
+                state: crate::status::state_text(l.status.state).to_owned(),
                 health: health_text(l.status.health),
                 connections: l.status.connections,
                 backends,
@@ -237,15 +249,31 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
             v.problems.push(format!("{}: {}", s.id, s.reason));
         }
         v.problems.extend(p.problems);
+        blocked |= !p.blockers.is_empty();
+        v.problems.extend(p.blockers);
+        if !preflight.is_empty()
+            && preflight
+                .iter()
+                .all(|p| matches!(p, Preflight::NotReady(_)))
+        {
+            v.problems
+                .push("the maintenance cannot start on any target: a run would refuse".into());
+            blocked = true;
+        }
+        v.kept_out = crate::run::warn_kept_out(g, &setup.journal, &listed, false)?;
         if listed.is_empty() {
             v.problems
                 .push("the pool is empty: nothing to maintain".into());
         }
     }
+    if blocked && code == exit::OK {
+        code = exit::BLOCKED;
+    }
+    v.blocked = blocked;
     if g.json {
         output::json_line("validate", &v);
     } else {
-        print!("{}", human(&v));
+        output::print(&human(&v));
     }
     Ok(code)
 }
@@ -337,30 +365,6 @@ fn private_problems(loaded: &Loaded, journal: &std::path::Path) -> Vec<String> {
     problems
 }
 
-/// `[executor.local] program` that cannot be run.
-fn local_program_problem(loaded: &Loaded, problems: &mut Vec<String>) {
-    let Some(l) = loaded
-        .file
-        .executor
-        .as_ref()
-        .and_then(|x| x.get_ref().local.as_ref())
-    else {
-        return;
-    };
-    let program = l.get_ref().program.get_ref();
-    let found = if program.contains('/') {
-        std::path::Path::new(program).is_file()
-    } else {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .any(|d| d.join(program).is_file())
-    };
-    if !found {
-        problems.push(format!(
-            "executor.local.program {program:?} is not an existing file (nor on the PATH): every maintenance would fail"
-        ));
-    }
-}
-
 fn human(v: &Validation) -> String {
     let mut o = format!("configuration {}: valid\n", v.config);
     o.push_str(&format!("  pool       {}\n", v.pool));
@@ -437,7 +441,31 @@ fn human(v: &Validation) -> String {
     for p in &v.problems {
         o.push_str(&format!("problem: {}\n", clean(p)));
     }
+    for k in &v.kept_out {
+        o.push_str(&format!("warning: {k}\n"));
+    }
+    if v.blocked {
+        o.push_str("a run would refuse to start or abort (exit code 6)\n");
+    }
     o
+}
+
+/// The `[probe]` section in words.
+fn probe_text(loaded: &Loaded) -> Option<String> {
+    use crate::config::ProbeKind;
+    let p = loaded.file.probe.as_ref()?.get_ref();
+    let port = p
+        .port
+        .map_or_else(|| "the target's port".to_owned(), |p| format!("port {p}"));
+    let timeout =
+        hygiene_core::duration_text::format(p.timeout.unwrap_or(std::time::Duration::from_secs(2)));
+    Some(match p.kind {
+        ProbeKind::Http => format!(
+            "http GET {} on {port}, 2xx passes, timeout {timeout}",
+            p.path.as_deref().unwrap_or("/")
+        ),
+        ProbeKind::Tcp => format!("tcp connect to {port}, timeout {timeout}"),
+    })
 }
 
 fn yes(b: bool) -> &'static str {
