@@ -22,6 +22,13 @@ use crate::error::{call, code_of, map_sdk, Subject};
 use crate::health::{combine, observe, Observation};
 use crate::pacing::TokenBucket;
 
+mod enable;
+
+/// How long `enable` waits by default for a registration still draining
+/// to end before leaving it to `status` (below the engine's default
+/// `call_timeout` of 30 s, which bounds the whole call).
+pub(crate) const DEFAULT_ENABLE_WAIT: Duration = Duration::from_secs(20);
+
 /// What the pool is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Pool {
@@ -91,6 +98,11 @@ struct Registration {
 }
 
 impl Registration {
+    /// Whether a DescribeTargetHealth row is about this registration of `id`.
+    fn matches(&self, row: &Row, id: &TargetId) -> bool {
+        row.id == *id && row.port == self.port
+    }
+
     fn describe(&self, id: &TargetId) -> TargetDescription {
         TargetDescription::builder()
             .id(id.as_str())
@@ -183,6 +195,7 @@ pub(crate) struct Inner {
     client: Client,
     pool: Pool,
     poll_interval: Option<Duration>,
+    enable_wait: Duration,
     others: OtherTargetGroups,
     bucket: TokenBucket,
     groups: OnceCell<Vec<Group>>,
@@ -224,6 +237,7 @@ fn check_id(id: &TargetId) -> Result<()> {
 pub(crate) struct Settings {
     pub(crate) pool: Pool,
     pub(crate) poll_interval: Option<Duration>,
+    pub(crate) enable_wait: Duration,
     pub(crate) others: OtherTargetGroups,
     pub(crate) describe_rate: (u32, u32),
     pub(crate) ec2: Option<aws_sdk_ec2::Client>,
@@ -253,6 +267,7 @@ impl Elbv2Balancer {
                 client,
                 pool: settings.pool,
                 poll_interval: settings.poll_interval,
+                enable_wait: settings.enable_wait,
                 others: settings.others,
                 bucket: TokenBucket::new(burst, per_second),
                 groups: OnceCell::new(),
@@ -1374,75 +1389,7 @@ impl LoadBalancer for Elbv2Balancer {
     }
 
     async fn enable(&self, ids: &[TargetId]) -> Result<()> {
-        // NotFound for a target the pool does not know.
-        let regs = self.registrations(ids).await?;
-        {
-            let mut m = self.memory()?;
-            for (id, rs) in ids.iter().zip(&regs) {
-                if rs.is_empty() {
-                    m.bare_out.remove(id);
-                }
-            }
-        }
-        let groups = self.groups().await?;
-        let wanted: Vec<Vec<Registration>> = {
-            let m = self.memory()?;
-            ids.iter()
-                .map(|id| {
-                    m.taken_out
-                        .get(id)
-                        .into_iter()
-                        .flatten()
-                        .filter(|r| groups.get(r.group).is_some_and(|g| self.managed(g)))
-                        .cloned()
-                        .collect()
-                })
-                .collect()
-        };
-        let mut refused = Vec::new();
-        for (gi, members) in Self::by_group(ids, &wanted) {
-            let Some(g) = groups.get(gi) else { continue };
-            // Look first: a registration still draining would come back
-            // healthy at once, on a health check made before the
-            // maintenance (ansible/ansible#44149). Register it later.
-            let descs = members.iter().map(|(id, r)| r.describe(id)).collect();
-            let rows = match self.describe(g, Some(descs)).await {
-                Ok(rows) => rows,
-                Err(e @ Error::NotFound { .. }) => {
-                    refused.push(e.to_string());
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let (later, now): (Vec<_>, Vec<_>) = members.into_iter().partition(|(id, r)| {
-                rows.iter().any(|row| {
-                    row.id == *id && row.port == r.port && row.obs.state == TargetState::Draining
-                })
-            });
-            if !later.is_empty() {
-                info!(target_group = %g.name, targets = %member_names(&later), "still draining: registering again once unused");
-                let mut m = self.memory()?;
-                for (id, r) in later {
-                    let v = m.deferred.entry(id).or_default();
-                    if !v.contains(&r) {
-                        v.push(r);
-                    }
-                }
-            }
-            refused.extend(self.register(g, &now).await?);
-        }
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::NotFound {
-                kind: "target",
-                name: refused.join("; "),
-                location: Some(format!(
-                    "elbv2 RegisterTargets ({}): the other targets were registered",
-                    self.name()
-                )),
-            })
-        }
+        self.enable_targets(ids).await
     }
 }
 
