@@ -782,3 +782,40 @@ async fn with_drain_a_host_is_one_target_in_every_target_group() {
         .iter()
         .all(|w| !w.contains("drain_timeout")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_default_drain_timeout_covers_the_longest_delay_and_nlb_termination_is_named() {
+    let fake = two_groups();
+    let lb = Elbv2Balancer::builder()
+        .with_client(two_groups_client(&fake))
+        .with_target_group(TG)
+        .build()
+        .expect("builds");
+    // Both groups delay 120 s: the default is above it, by the margin.
+    let d = lb.default_drain_timeout().await.expect("default");
+    assert_eq!(
+        d,
+        Duration::from_secs(120) + hygiene_aws::DRAIN_TIMEOUT_MARGIN
+    );
+    let w = lb.check_drain_timeout(d).await.expect("check");
+    assert!(
+        w.iter().all(|w| !w.contains("is not above")),
+        "the default never warns about itself: {w:?}"
+    );
+    // The NLB group without connection termination is named, with the
+    // setting (and the command) that fixes it.
+    let nlb: Vec<&String> = w
+        .iter()
+        .filter(|w| w.contains("connection_termination"))
+        .collect();
+    assert_eq!(nlb.len(), 1, "{w:?}");
+    assert!(
+        nlb[0].contains("web")
+            && nlb[0].contains("deregistration_delay.connection_termination.enabled = true")
+            && nlb[0].contains(&format!(
+                "modify-target-group-attributes --target-group-arn {TG}"
+            )),
+        "{}",
+        nlb[0]
+    );
+}

@@ -95,17 +95,26 @@ struct Registration {
     group: usize,
     port: Option<i32>,
     zone: Option<String>,
+    /// The id this registration has in its group when it is not the
+    /// target's own: the private IP address of an instance registered in
+    /// an `ip` target group (instance pools).
+    address: Option<String>,
 }
 
 impl Registration {
     /// Whether a DescribeTargetHealth row is about this registration of `id`.
     fn matches(&self, row: &Row, id: &TargetId) -> bool {
-        row.id == *id && row.port == self.port
+        row.id.as_str() == self.target_id(id) && row.port == self.port
+    }
+
+    /// The id ELBv2 knows this registration by.
+    fn target_id<'a>(&'a self, id: &'a TargetId) -> &'a str {
+        self.address.as_deref().unwrap_or(id.as_str())
     }
 
     fn describe(&self, id: &TargetId) -> TargetDescription {
         TargetDescription::builder()
-            .id(id.as_str())
+            .id(self.target_id(id))
             .set_port(self.port)
             .set_availability_zone(self.zone.clone())
             .build()
@@ -163,9 +172,15 @@ struct Memory {
 ///   deregistered (same port, same zone), nothing it merely saw. A
 ///   registration still `draining` is not registered at once: ELBv2 would
 ///   put it back to `healthy` without a new health check (seen in the
-///   field: ansible/ansible#44149). It is registered by the first `status`
-///   that sees it `unused`, and reads `Draining` / `Unknown` until then,
-///   so a `Healthy` after enable always comes from a new health check.
+///   field: ansible/ansible#44149). `enable` waits for it (up to
+///   [`with_enable_wait`](crate::Elbv2BalancerBuilder::with_enable_wait))
+///   and registers it once `unused`; past the wait, the first `status`
+///   that sees it `unused` registers it, and it reads `Draining` /
+///   `Unknown` until then. A `Healthy` after enable always comes from a
+///   new health check.
+/// - **Instances in `ip` target groups** (instance pools): an `ip` target
+///   whose address is a selected instance's private address is that
+///   instance, drained and registered again by that address.
 /// - **A terminated instance** in a batch fails alone: ELBv2 refuses a
 ///   whole `DescribeTargetHealth` or `RegisterTargets` for it
 ///   (`InvalidTarget`); the others are asked again without it. In a
@@ -203,6 +218,9 @@ pub(crate) struct Inner {
     autoscaling: Option<aws_sdk_autoscaling::Client>,
     /// What discovery from instances found (instance pools only).
     discovery: std::sync::OnceLock<Discovery>,
+    /// The selected instances by private address, to match `ip` targets
+    /// (instance pools only).
+    owners: std::sync::OnceLock<HashMap<String, TargetId>>,
     pub(crate) delays: OnceCell<Vec<DeregistrationDelay>>,
     memory: Mutex<Memory>,
 }
@@ -274,6 +292,7 @@ impl Elbv2Balancer {
                 ec2: settings.ec2,
                 autoscaling: settings.autoscaling,
                 discovery: std::sync::OnceLock::new(),
+                owners: std::sync::OnceLock::new(),
                 delays: OnceCell::new(),
                 memory: Mutex::new(Memory::default()),
             }),
@@ -320,7 +339,12 @@ impl Elbv2Balancer {
     }
 
     pub(crate) async fn groups(&self) -> Result<&Vec<Group>> {
-        self.inner.groups.get_or_try_init(|| self.resolve()).await
+        // Boxed: resolving is a deep future, and every call awaits it
+        // (callers' futures stay small enough to lay out).
+        self.inner
+            .groups
+            .get_or_try_init(|| Box::pin(self.resolve()))
+            .await
     }
 
     /// Whether the registrations in `g` are part of a target.
@@ -427,13 +451,15 @@ impl Elbv2Balancer {
     /// Throttled calls are retried with jittered backoff.
     async fn resolve_instances(&self, selector: &InstanceSelector) -> Result<Vec<Group>> {
         let mut calls = 0u64;
-        let instances = discovery::select(
+        let selected = discovery::select(
             self.inner.ec2.as_ref(),
             self.inner.autoscaling.as_ref(),
             selector,
             &mut calls,
         )
         .await?;
+        let instances = selected.ids;
+        let mut addresses = selected.addresses;
         let wanted: HashSet<&TargetId> = instances.iter().collect();
         let mut all: Vec<TargetGroup> = Vec::new();
         let mut marker: Option<String> = None;
@@ -468,14 +494,31 @@ impl Elbv2Balancer {
             if groups.iter().any(|g| g.arn == arn) {
                 continue;
             }
-            if let Err(why) = discovery::searchable(&tg) {
-                skipped.push(why);
-                continue;
+            let ip = match discovery::searchable(&tg) {
+                Ok(ip) => ip,
+                Err(why) => {
+                    skipped.push(why);
+                    continue;
+                }
+            };
+            let name = tg.target_group_name().unwrap_or(arn).to_owned();
+            if ip && addresses.is_none() {
+                // An Auto Scaling group names instances only: their
+                // addresses come from EC2, once, when an ip group exists.
+                match self.inner.ec2.as_ref() {
+                    Some(ec2) => {
+                        addresses = Some(discovery::addresses(ec2, &instances, &mut calls).await?);
+                    }
+                    None => {
+                        skipped.push(format!("{name}: ip target group, and no EC2 client to read the instances' private addresses (give the target group ARN, or an AWS configuration with EC2 access)"));
+                        continue;
+                    }
+                }
             }
             let g = Group {
                 arn: arn.to_owned(),
-                name: tg.target_group_name().unwrap_or(arn).to_owned(),
-                ip: false,
+                name,
+                ip,
                 in_pool: true,
                 load_balancers: lb_names(&tg),
             };
@@ -485,12 +528,23 @@ impl Elbv2Balancer {
             .await?;
             let gi = groups.len();
             let mut holds = false;
-            for row in rows.into_iter().filter(|r| wanted.contains(&r.id)) {
+            for row in rows {
+                let (owner, address) = if ip {
+                    match owner_of(addresses.as_ref(), row.id.as_str()) {
+                        Some(o) => (o, Some(row.id.as_str().to_owned())),
+                        None => continue,
+                    }
+                } else if wanted.contains(&row.id) {
+                    (row.id.clone(), None)
+                } else {
+                    continue;
+                };
                 holds = true;
-                found.entry(row.id).or_default().push(Registration {
+                found.entry(owner).or_default().push(Registration {
                     group: gi,
                     port: row.port,
-                    zone: None,
+                    zone: if ip { row.zone } else { None },
+                    address,
                 });
             }
             if holds {
@@ -519,7 +573,21 @@ impl Elbv2Balancer {
         // The OnceCell of the groups runs this once; a lost race only
         // drops an identical result.
         let _ = self.inner.discovery.set(d);
+        let owners: HashMap<String, TargetId> = addresses
+            .iter()
+            .flatten()
+            .flat_map(|(id, addrs)| addrs.iter().map(move |a| (a.clone(), id.clone())))
+            .collect();
+        let _ = self.inner.owners.set(owners);
         Ok(groups)
+    }
+
+    /// The selected instance an `ip` target of `g` is (instance pools).
+    fn owner(&self, g: &Group, target: &TargetId) -> Option<TargetId> {
+        if !g.ip {
+            return None;
+        }
+        self.inner.owners.get()?.get(target.as_str()).cloned()
     }
 
     /// What discovery from instances found and cost (running it first if
@@ -756,11 +824,18 @@ impl Elbv2Balancer {
             listed.push(gi);
             for row in self.describe(g, None).await? {
                 let zone = if g.ip { row.zone } else { None };
-                seen.entry(row.id).or_default().push((
+                // In an instance pool, an ip target is the instance that
+                // has its address.
+                let (key, address) = match self.owner(g, &row.id) {
+                    Some(o) => (o, Some(row.id.as_str().to_owned())),
+                    None => (row.id, None),
+                };
+                seen.entry(key).or_default().push((
                     Registration {
                         group: gi,
                         port: row.port,
                         zone,
+                        address,
                     },
                     row.obs,
                 ));
@@ -867,7 +942,9 @@ impl Elbv2Balancer {
         {
             t = t.with_port(port);
         }
-        let ip = first.is_some_and(|r| groups.get(r.group).is_some_and(|g| g.ip));
+        // An IP target of its own (not an instance matched by address).
+        let ip =
+            first.is_some_and(|r| r.address.is_none() && groups.get(r.group).is_some_and(|g| g.ip));
         if ip {
             t = t.with_address(id.as_str());
             if let Some(z) = first.and_then(|r| r.zone.clone()) {
@@ -880,11 +957,23 @@ impl Elbv2Balancer {
             regs.iter()
                 .filter_map(|r| {
                     let g = groups.get(r.group).filter(|g| keep(g))?;
-                    Some(format!(
+                    let mut entry = format!(
                         "{}:{}",
                         g.name,
                         r.port.map(|p| p.to_string()).unwrap_or_default()
-                    ))
+                    );
+                    // An instance registered by address: `name:port@ip`
+                    // (`/zone` when ELBv2 gave one), so that a resume
+                    // registers exactly that again.
+                    if let Some(a) = &r.address {
+                        entry.push('@');
+                        entry.push_str(a);
+                        if let Some(z) = &r.zone {
+                            entry.push('/');
+                            entry.push_str(z);
+                        }
+                    }
+                    Some(entry)
                 })
                 .collect::<Vec<_>>()
                 .join(",")
@@ -1085,7 +1174,7 @@ impl LoadBalancer for Elbv2Balancer {
             .iter()
             .filter_map(|r| {
                 let g = groups.get(r.group).filter(|g| self.managed(g))?;
-                let mut t = format!("Id={id}");
+                let mut t = format!("Id={}", r.target_id(id));
                 if let Some(p) = r.port {
                     t.push_str(&format!(",Port={p}"));
                 }
@@ -1174,10 +1263,7 @@ impl LoadBalancer for Elbv2Balancer {
             let Some(g) = groups.get(gi) else { continue };
             let descs = members.iter().map(|(id, r)| r.describe(id)).collect();
             for row in self.describe(g, Some(descs)).await? {
-                if let Some((mid, r)) = members
-                    .iter()
-                    .find(|(mid, r)| *mid == row.id && r.port == row.port)
-                {
+                if let Some((mid, r)) = members.iter().find(|(mid, r)| r.matches(&row, mid)) {
                     obs.insert((mid.clone(), r.clone()), row.obs);
                 }
             }
@@ -1356,6 +1442,12 @@ impl LoadBalancer for Elbv2Balancer {
             };
             let mut regs = Vec::new();
             for entry in list.split(',').filter(|e| !e.is_empty()) {
+                // `name:port`, or `name:port@address[/zone]` for an
+                // instance registered by its address.
+                let (entry, at) = match entry.split_once('@') {
+                    Some((e, a)) => (e, Some(a.split_once('/').unwrap_or((a, "")))),
+                    None => (entry, None),
+                };
                 let (name, port) = entry.rsplit_once(':').unwrap_or((entry, ""));
                 let Some(group) = groups.iter().position(|g| g.name == name) else {
                     return Err(Error::invalid_config(
@@ -1363,14 +1455,16 @@ impl LoadBalancer for Elbv2Balancer {
                         format!("target {} was registered in target group {name:?}, which this balancer does not manage: resume with the same load balancer or target groups (and the same OtherTargetGroups setting)", t.id),
                     ));
                 };
+                let (zone, address) = match at {
+                    Some((a, z)) => ((!z.is_empty()).then(|| z.to_owned()), Some(a.to_owned())),
+                    None if groups[group].ip => (t.zone.clone(), None),
+                    None => (None, None),
+                };
                 regs.push(Registration {
                     group,
                     port: port.parse().ok(),
-                    zone: if groups[group].ip {
-                        t.zone.clone()
-                    } else {
-                        None
-                    },
+                    zone,
+                    address,
                 });
             }
             if !regs.is_empty() {
@@ -1391,6 +1485,17 @@ impl LoadBalancer for Elbv2Balancer {
     async fn enable(&self, ids: &[TargetId]) -> Result<()> {
         self.enable_targets(ids).await
     }
+}
+
+/// The instance among `addresses` that has `address`.
+fn owner_of(
+    addresses: Option<&BTreeMap<TargetId, Vec<String>>>,
+    address: &str,
+) -> Option<TargetId> {
+    addresses?
+        .iter()
+        .find(|(_, a)| a.iter().any(|x| x == address))
+        .map(|(id, _)| id.clone())
 }
 
 /// Names of the load balancers a target group is attached to.

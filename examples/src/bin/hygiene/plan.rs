@@ -281,9 +281,11 @@ pub(crate) async fn main(
 ) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
-    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let drain_problems = crate::elbv2::drain_timeout(&mut setup).await;
     let listed = setup.balancer.list().await?;
-    let plan = compute(&setup, &listed, maintenance);
+    let mut plan = compute(&setup, &listed, maintenance);
+    plan.problems.extend(drain_problems);
     if g.json {
         output::json_line("plan", &plan);
     } else {

@@ -24,7 +24,12 @@ pub(crate) enum Mode {
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
-    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    // ELBv2: a drain timeout from the deregistration delays unless set;
+    // what would defeat a drain is said before anything starts.
+    for w in crate::elbv2::drain_timeout(&mut setup).await {
+        eprintln!("warning: {w}");
+    }
     if let Some(h) = &setup.haproxy {
         // A socket below `level admin` would refuse the first change: say
         // it before anything starts. A fresh run also stops on a node it

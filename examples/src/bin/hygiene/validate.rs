@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::cli::{Global, RolloutFlags};
 use crate::config::Loaded;
 use crate::status::health_text;
-use crate::{exit, output, plan, setup, Failure};
+use crate::{elbv2, exit, output, plan, setup, Failure};
 
 #[derive(Debug, Serialize)]
 struct Found {
@@ -63,7 +63,14 @@ fn journal_state(path: &std::path::Path) -> String {
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
-    let setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    // ELBv2: the default drain timeout comes from the deregistration
+    // delays, and one that cannot succeed is a problem.
+    let drain_problems = if offline {
+        Vec::new()
+    } else {
+        elbv2::drain_timeout(&mut setup).await
+    };
     let mut v = Validation {
         config: setup.config_path.display().to_string(),
         pool: setup.pool.clone(),
@@ -85,6 +92,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         ));
     }
     let mut code = exit::OK;
+    v.problems.extend(drain_problems);
     if !offline {
         let listed = setup.balancer.list().await?;
         let caps = setup.balancer.capabilities();
