@@ -72,23 +72,24 @@ async fn a_cancel_during_the_drain_registers_the_target_again() {
         "{}",
         report.to_json_pretty()
     );
-    let f = fake.lock().expect("fake");
-    assert_eq!(
-        f.registered,
-        vec![("i-0a".to_owned(), Some(8080))],
-        "registered again, with its port: {}",
-        report.to_json_pretty()
-    );
-    assert_eq!(
-        f.registered_while_draining, 0,
-        "never registered while draining (it would come back on a stale healthy)"
-    );
-    assert_ne!(
-        f.targets["i-0a"].current.0,
-        State::Unused,
-        "back in the group"
-    );
-    drop(f);
+    {
+        let f = fake.lock().expect("fake");
+        assert_eq!(
+            f.registered,
+            vec![("i-0a".to_owned(), Some(8080))],
+            "registered again, with its port: {}",
+            report.to_json_pretty()
+        );
+        assert_eq!(
+            f.registered_while_draining, 0,
+            "never registered while draining (it would come back on a stale healthy)"
+        );
+        assert_ne!(
+            f.targets["i-0a"].current.0,
+            State::Unused,
+            "back in the group"
+        );
+    }
     // One status read after the put-back shows it in service.
     let st = lb.status(&[id("i-0a")]).await.expect("status")[0].clone();
     assert_eq!(st.state, TargetState::InService, "{st:?}");
@@ -114,16 +115,17 @@ async fn the_undo_of_a_failed_drain_registers_the_target_again() {
         exec.records().is_empty(),
         "no maintenance after a failed drain"
     );
-    let f = fake.lock().expect("fake");
-    assert_eq!(f.deregistered, vec![("i-0a".to_owned(), Some(8080))]);
-    assert_eq!(
-        f.registered,
-        vec![("i-0a".to_owned(), Some(8080))],
-        "the undo registered it again: {}",
-        report.to_json_pretty()
-    );
-    assert_eq!(f.registered_while_draining, 0);
-    drop(f);
+    {
+        let f = fake.lock().expect("fake");
+        assert_eq!(f.deregistered, vec![("i-0a".to_owned(), Some(8080))]);
+        assert_eq!(
+            f.registered,
+            vec![("i-0a".to_owned(), Some(8080))],
+            "the undo registered it again: {}",
+            report.to_json_pretty()
+        );
+        assert_eq!(f.registered_while_draining, 0);
+    }
     let st = lb.status(&[id("i-0a")]).await.expect("status")[0].clone();
     assert_eq!(st.state, TargetState::InService, "{st:?}");
 }
