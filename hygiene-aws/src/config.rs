@@ -423,6 +423,11 @@ impl Elbv2BalancerBuilder {
                     if autoscaling.is_none() {
                         autoscaling = Some(self.settings.autoscaling()?);
                     }
+                    // The instances' addresses, for `ip` target groups
+                    // (without an AWS configuration, those are skipped).
+                    if ec2.is_none() {
+                        ec2 = self.settings.ec2().ok();
+                    }
                 } else if ec2.is_none() {
                     ec2 = Some(self.settings.ec2()?);
                 }

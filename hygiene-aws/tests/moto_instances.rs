@@ -444,3 +444,45 @@ async fn ip_target_groups_hold_instances_by_their_private_address() {
     assert_eq!(registered(&m, &a).await, vec![(instances[0].clone(), 80)]);
     m.stop().await.expect("moto stops");
 }
+
+/// An Auto Scaling group names its instances only: their addresses are
+/// read from EC2 (once, because an `ip` group exists) to find them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_scaling_group_finds_its_instances_in_ip_groups() {
+    let Some(m) = moto().await else { return };
+    let vpc = m.create_vpc().await.expect("vpc");
+    let subnet = m
+        .create_subnet(&vpc, "10.0.3.0/24", "us-east-1a")
+        .await
+        .expect("subnet");
+    let asg = m
+        .create_auto_scaling_group("web-asg", &subnet, 2)
+        .await
+        .expect("asg");
+    let ip = m.private_ip(&asg[0]).await.expect("private ip");
+    let by_ip = m
+        .create_ip_target_group("ips", &vpc, 9443)
+        .await
+        .expect("ips");
+    m.register(&by_ip, &[(ip.clone(), 9443)])
+        .await
+        .expect("register");
+    let lb = Elbv2Balancer::builder()
+        .with_sdk_config(m.sdk_config().await)
+        .with_auto_scaling_group("web-asg")
+        .build()
+        .expect("balancer builds");
+    let d = lb.discovery().await.expect("discovery").expect("instances");
+    assert_eq!(
+        d.target_groups(),
+        ["ips"],
+        "{:?}",
+        d.skipped_target_groups()
+    );
+    assert_eq!(d.not_in_any_target_group(), &[id(&asg[1])]);
+    lb.drain(&[id(&asg[0])]).await.expect("drain");
+    assert!(registered(&m, &by_ip).await.is_empty());
+    lb.enable(&[id(&asg[0])]).await.expect("enable");
+    assert_eq!(registered(&m, &by_ip).await, vec![(ip, 9443)]);
+    m.stop().await.expect("moto stops");
+}
