@@ -163,3 +163,136 @@ async fn run_on_elbv2_with_ssm_on_moto() {
     assert!(stdout.contains("nothing is out of rotation"), "{stdout}");
     assert!(state.join("web-prod.jsonl").exists());
 }
+
+/// The drain timeout on ELBv2: without one in the file, the longest
+/// deregistration delay of the pool's target groups plus a margin; one the
+/// operator set that cannot succeed, and an NLB group that keeps
+/// connections open past the delay, are named by `validate` (and said by
+/// `run`) with the setting that fixes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_timeout_follows_the_deregistration_delay() {
+    if !integration_available(
+        "moto",
+        find_moto_server().is_some(),
+        "run ./scripts/test, which installs moto[server] into .venv, or set HYGIENE_MOTO_SERVER",
+    ) {
+        return;
+    }
+    let m = MotoServer::start().await.expect("moto starts");
+    let vpc = m.create_vpc().await.expect("vpc");
+    let subnets = vec![
+        m.create_subnet(&vpc, "10.0.1.0/24", "us-east-1a")
+            .await
+            .expect("subnet"),
+        m.create_subnet(&vpc, "10.0.2.0/24", "us-east-1b")
+            .await
+            .expect("subnet"),
+    ];
+    let instances = m
+        .run_instances(2, Some(&subnets[0]))
+        .await
+        .expect("instances");
+    let tg = m.create_target_group("web", &vpc, 8080).await.expect("tg");
+    let regs: Vec<(String, u16)> = instances.iter().map(|i| (i.clone(), 8080)).collect();
+    m.register(&tg, &regs).await.expect("register");
+    let alb = m
+        .create_load_balancer("front", &subnets, std::slice::from_ref(&tg))
+        .await
+        .expect("load balancer");
+    m.set_target_group_attributes(
+        &tg,
+        &[
+            ("deregistration_delay.timeout_seconds", "45"),
+            (
+                "deregistration_delay.connection_termination.enabled",
+                "false",
+            ),
+        ],
+    )
+    .await
+    .expect("attributes");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut t = example_config("elbv2.toml");
+    replace(&mut t, "balancer.elbv2", "load_balancer", alb.clone());
+    replace(&mut t, "balancer.elbv2", "region", REGION);
+    set(&mut t, "balancer.elbv2", "endpoint_url", m.endpoint_url());
+    replace(&mut t, "executor.ssm", "preflight", "skip");
+    replace(&mut t, "executor.ssm", "status_api", "get");
+    set(&mut t, "executor.ssm", "poll_interval", "200ms");
+    common::section(&mut t, "rollout").remove("drain_timeout");
+    let cfg = write(dir.path(), &t);
+    let state = dir.path().join("state");
+    let run = |args: &[&str]| {
+        let mut c = hygiene(&cfg, &state);
+        c.args(args);
+        aws_env(&mut c, dir.path());
+        out(c)
+    };
+
+    let (code, stdout, err) = tokio::task::block_in_place(|| run(&["validate", "--json"]));
+    assert_eq!(code, 0, "{stdout}{err}");
+    let v = json_lines(&stdout).pop().expect("validate line");
+    let drain = v["rollout"]["drain_timeout"]
+        .as_str()
+        .expect("drain_timeout");
+    assert_eq!(
+        hygiene_core::duration_text::parse(drain).expect("a duration"),
+        std::time::Duration::from_secs(45) + hygiene_aws::DRAIN_TIMEOUT_MARGIN,
+        "{v}"
+    );
+    let problems: Vec<&str> = v["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.contains("web")
+            && p.contains("deregistration_delay.connection_termination.enabled = true")),
+        "the NLB setting is named: {problems:#?}"
+    );
+    assert!(
+        !problems.iter().any(|p| p.contains("is not above")),
+        "the default drain timeout is above the delay: {problems:#?}"
+    );
+
+    // Set too short by the operator: named by validate, said by run.
+    let (code, stdout, err) =
+        tokio::task::block_in_place(|| run(&["validate", "--json", "--drain-timeout", "30s"]));
+    assert_eq!(code, 0, "{stdout}{err}");
+    let v = json_lines(&stdout).pop().expect("validate line");
+    assert_eq!(
+        v["rollout"]["drain_timeout"], "30s",
+        "the operator's value stays: {v}"
+    );
+    assert!(
+        v["problems"]
+            .as_array()
+            .expect("problems")
+            .iter()
+            .any(|p| p.as_str().is_some_and(
+                |p| p.contains("is not above the deregistration delay of target group web")
+            )),
+        "{v}"
+    );
+    let (code, stdout, err) = tokio::task::block_in_place(|| {
+        run(&[
+            "run",
+            "--json",
+            "--drain-timeout",
+            "30s",
+            "--batch-size",
+            "1",
+            "--min-healthy",
+            "1",
+            "--poll-interval",
+            "200ms",
+        ])
+    });
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        err.contains("warning: drain_timeout 30s is not above the deregistration delay"),
+        "{err}"
+    );
+}

@@ -18,12 +18,20 @@ use crate::Elbv2Balancer;
 /// ELBv2's default deregistration delay.
 const DEFAULT_DELAY: Duration = Duration::from_secs(300);
 
+/// What a drain timeout derived from the deregistration delay adds to it:
+/// an ALB shows `draining` for the whole delay, even once the target has
+/// no request left (ELB user guide, "Deregistration delay"), and the
+/// engine sees `unused` one poll (5 s ± 20 %) after it.
+pub const DRAIN_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+
 /// What one target group does when a target is deregistered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeregistrationDelay {
     /// The target group's name.
     pub target_group: String,
+    /// The target group's ARN.
+    pub target_group_arn: String,
     /// `deregistration_delay.timeout_seconds`: how long ELBv2 keeps a
     /// deregistered target `draining` before it is `unused`.
     pub delay: Duration,
@@ -46,7 +54,7 @@ impl Elbv2Balancer {
     pub async fn deregistration_delays(&self) -> Result<Vec<DeregistrationDelay>> {
         self.inner()
             .delays
-            .get_or_try_init(|| self.read_delays())
+            .get_or_try_init(|| Box::pin(self.read_delays()))
             .await
             .cloned()
     }
@@ -80,6 +88,7 @@ impl Elbv2Balancer {
                 value("deregistration_delay.connection_termination.enabled").map(|v| v == "true");
             out.push(DeregistrationDelay {
                 target_group: g.name.clone(),
+                target_group_arn: g.arn.clone(),
                 delay,
                 connection_termination,
             });
@@ -103,6 +112,19 @@ impl Elbv2Balancer {
             .unwrap_or(DEFAULT_DELAY))
     }
 
+    /// The drain timeout a rollout over this pool should use when the
+    /// operator sets none: the longest deregistration delay of the groups
+    /// a drain touches (for a pool of instances: the instances' groups),
+    /// plus [`DRAIN_TIMEOUT_MARGIN`]. A shorter one ends while ELBv2 still
+    /// shows the first target `draining` (an ALB does for the whole delay),
+    /// and that target fails or is maintained with requests in flight.
+    ///
+    /// # Errors
+    /// As [`deregistration_delays`](Self::deregistration_delays).
+    pub async fn default_drain_timeout(&self) -> Result<Duration> {
+        Ok(self.deregistration_delay().await? + DRAIN_TIMEOUT_MARGIN)
+    }
+
     /// What is wrong with `drain_timeout` for this pool, one sentence per
     /// target group, each also logged as a warning: a drain timeout not
     /// above a group's deregistration delay ends while ELBv2 still drains
@@ -121,13 +143,13 @@ impl Elbv2Balancer {
                     "drain_timeout {drain_timeout:?} is not above the deregistration delay of target group {} ({:?}): targets are still draining when it runs out; set drain_timeout to at least {:?}, or lower deregistration_delay.timeout_seconds",
                     d.target_group,
                     d.delay,
-                    d.delay + Duration::from_secs(30)
+                    d.delay + DRAIN_TIMEOUT_MARGIN
                 ));
             }
             if d.connection_termination == Some(false) {
                 warnings.push(format!(
-                    "target group {} keeps connections open after the deregistration delay (deregistration_delay.connection_termination.enabled = false): long-lived connections may still be open when the maintenance starts; enable it to close them at the end of the delay",
-                    d.target_group
+                    "target group {} (NLB) keeps sending on open connections after the deregistration delay (deregistration_delay.connection_termination.enabled = false): a target reads drained (unused) while long-lived connections still carry requests, which the maintenance then cuts; set deregistration_delay.connection_termination.enabled = true: aws elbv2 modify-target-group-attributes --target-group-arn {} --attributes Key=deregistration_delay.connection_termination.enabled,Value=true",
+                    d.target_group, d.target_group_arn
                 ));
             }
         }

@@ -221,6 +221,7 @@ pub struct Elbv2BalancerBuilder {
     ec2: Option<aws_sdk_ec2::Client>,
     autoscaling: Option<aws_sdk_autoscaling::Client>,
     poll_interval: Option<std::time::Duration>,
+    enable_wait: std::time::Duration,
     other_target_groups: crate::OtherTargetGroups,
     describe_rate: (u32, u32),
 }
@@ -237,6 +238,7 @@ impl Default for Elbv2BalancerBuilder {
             ec2: None,
             autoscaling: None,
             poll_interval: None,
+            enable_wait: crate::balancer::DEFAULT_ENABLE_WAIT,
             other_target_groups: crate::OtherTargetGroups::default(),
             describe_rate: (
                 crate::pacing::DEFAULT_BURST,
@@ -364,6 +366,19 @@ impl Elbv2BalancerBuilder {
         self
     }
 
+    /// How long `enable` waits for a registration still `draining` to
+    /// end before it registers it (default 20 s; zero: never waits).
+    /// ELBv2 puts a registration re-added while draining back to
+    /// `healthy` without a new health check, so `enable` never registers
+    /// one then: it polls until ELBv2 says `unused` and registers it, for
+    /// up to this long; past it, the registration is made by the first
+    /// `status` that sees it `unused`. Keep it below the rollout's
+    /// `call_timeout` (30 s by default), which bounds every balancer call.
+    pub fn with_enable_wait(mut self, wait: std::time::Duration) -> Self {
+        self.enable_wait = wait;
+        self
+    }
+
     /// What to do about target groups outside the pool that hold one of
     /// its hosts (default [`OtherTargetGroups::Report`](crate::OtherTargetGroups::Report)).
     pub fn with_other_target_groups(mut self, others: crate::OtherTargetGroups) -> Self {
@@ -407,6 +422,11 @@ impl Elbv2BalancerBuilder {
                 if matches!(selector, crate::InstanceSelector::AutoScalingGroup(_)) {
                     if autoscaling.is_none() {
                         autoscaling = Some(self.settings.autoscaling()?);
+                    }
+                    // The instances' addresses, for `ip` target groups
+                    // (without an AWS configuration, those are skipped).
+                    if ec2.is_none() {
+                        ec2 = self.settings.ec2().ok();
                     }
                 } else if ec2.is_none() {
                     ec2 = Some(self.settings.ec2()?);
@@ -457,6 +477,7 @@ impl Elbv2BalancerBuilder {
             crate::balancer::Settings {
                 pool,
                 poll_interval: self.poll_interval,
+                enable_wait: self.enable_wait,
                 others: self.other_target_groups,
                 describe_rate: self.describe_rate,
                 ec2,

@@ -107,8 +107,8 @@ impl Discovery {
     }
 
     /// Target groups not searched, each with why (`lambda` and `alb`
-    /// target types have no instances; `ip` groups are not matched to
-    /// instances).
+    /// target types have no instances; `ip` groups when the instances'
+    /// addresses could not be read).
     pub fn skipped_target_groups(&self) -> &[String] {
         &self.skipped
     }
@@ -156,6 +156,78 @@ where
     r
 }
 
+/// What selection found: the instances, and the private addresses of
+/// those DescribeInstances was asked about (to match `ip` targets).
+#[derive(Debug, Default)]
+pub(crate) struct Selected {
+    pub(crate) ids: Vec<TargetId>,
+    /// Private IPv4 (and IPv6) addresses per instance; `None` when not
+    /// read yet (an Auto Scaling group's instances).
+    pub(crate) addresses: Option<BTreeMap<TargetId, Vec<String>>>,
+}
+
+/// Every private address of an instance: its primary private IPv4, every
+/// private IPv4 and IPv6 address of its network interfaces.
+fn instance_addresses(i: &aws_sdk_ec2::types::Instance) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |a: Option<&str>| {
+        if let Some(a) = a.filter(|a| !a.is_empty()) {
+            if !out.iter().any(|x| x == a) {
+                out.push(a.to_owned());
+            }
+        }
+    };
+    push(i.private_ip_address());
+    for n in i.network_interfaces() {
+        for p in n.private_ip_addresses() {
+            push(p.private_ip_address());
+        }
+        for a in n.ipv6_addresses() {
+            push(a.ipv6_address());
+        }
+    }
+    out
+}
+
+/// The private addresses of `ids` (DescribeInstances by id, 100 a call,
+/// paginated).
+pub(crate) async fn addresses(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[TargetId],
+    calls: &mut u64,
+) -> Result<BTreeMap<TargetId, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for chunk in ids.chunks(100) {
+        let asked: Vec<String> = chunk.iter().map(|i| i.as_str().to_owned()).collect();
+        let mut token: Option<String> = None;
+        loop {
+            let o = retried(calls, "DescribeInstances", || {
+                call(
+                    "ec2",
+                    "DescribeInstances",
+                    || Subject::targets(asked.join(", ")),
+                    ec2.describe_instances()
+                        .set_instance_ids(Some(asked.clone()))
+                        .set_next_token(token.clone())
+                        .send(),
+                )
+            })
+            .await?;
+            for r in o.reservations() {
+                for i in r.instances() {
+                    let Some(id) = i.instance_id() else { continue };
+                    out.insert(TargetId::new(id)?, instance_addresses(i));
+                }
+            }
+            token = o.next_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The instance ids `selector` names, sorted and deduplicated. EC2 ids and
 /// tags keep `running` instances only (a stopped one cannot be patched by
 /// SSM); an Auto Scaling group keeps its `InService` instances.
@@ -164,8 +236,9 @@ pub(crate) async fn select(
     autoscaling: Option<&aws_sdk_autoscaling::Client>,
     selector: &InstanceSelector,
     calls: &mut u64,
-) -> Result<Vec<TargetId>> {
+) -> Result<Selected> {
     let mut found = BTreeSet::new();
+    let mut addrs: Option<BTreeMap<String, Vec<String>>> = None;
     match selector {
         InstanceSelector::AutoScalingGroup(name) => {
             let asg = autoscaling.ok_or_else(|| {
@@ -253,6 +326,9 @@ pub(crate) async fn select(
                             .unwrap_or("?");
                         if state == "running" {
                             found.insert(id.to_owned());
+                            addrs
+                                .get_or_insert_with(BTreeMap::new)
+                                .insert(id.to_owned(), instance_addresses(i));
                         } else {
                             warn!(instance = id, state, "instance not running: left out");
                         }
@@ -271,18 +347,29 @@ pub(crate) async fn select(
             format!("{selector} matched no running instance"),
         ));
     }
-    found.into_iter().map(TargetId::new).collect()
+    let ids = found
+        .into_iter()
+        .map(TargetId::new)
+        .collect::<Result<Vec<_>>>()?;
+    let addresses = match addrs {
+        None => None,
+        Some(a) => Some(
+            a.into_iter()
+                .map(|(k, v)| Ok((TargetId::new(k)?, v)))
+                .collect::<Result<BTreeMap<_, _>>>()?,
+        ),
+    };
+    Ok(Selected { ids, addresses })
 }
 
-/// Whether a target group can hold instances by id: `Ok(())`, or why it
-/// is skipped.
-pub(crate) fn searchable(tg: &TargetGroup) -> std::result::Result<(), String> {
+/// Whether a target group can hold instances: `Ok(false)` for an instance
+/// target group, `Ok(true)` for an `ip` one (its targets are matched to
+/// the instances by their private addresses), or why it is skipped.
+pub(crate) fn searchable(tg: &TargetGroup) -> std::result::Result<bool, String> {
     let name = tg.target_group_name().unwrap_or_default();
     match tg.target_type() {
-        None | Some(TargetTypeEnum::Instance) => Ok(()),
-        Some(TargetTypeEnum::Ip) => Err(format!(
-            "{name}: ip target group, not matched to instances (register instances by id, or give the target group ARN)"
-        )),
+        None | Some(TargetTypeEnum::Instance) => Ok(false),
+        Some(TargetTypeEnum::Ip) => Ok(true),
         Some(other) => Err(format!(
             "{name}: target type {}, which holds no instances",
             other.as_str()

@@ -14,7 +14,7 @@ mod ssm;
 #[cfg(feature = "test-support")]
 pub mod moto;
 
-pub use attributes::DeregistrationDelay;
+pub use attributes::{DeregistrationDelay, DRAIN_TIMEOUT_MARGIN};
 pub use balancer::{Elbv2Balancer, OtherTargetGroups};
 pub use config::{ApiCallCounter, Elbv2BalancerBuilder, SsmExecutorBuilder};
 pub use discovery::{Discovery, InstanceSelector};

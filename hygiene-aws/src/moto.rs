@@ -279,6 +279,50 @@ impl MotoServer {
             .ok_or_else(|| Error::protocol("moto", "CreateTargetGroup reply without an ARN"))
     }
 
+    /// Creates an HTTP target group of IP targets on `port`; its ARN.
+    ///
+    /// # Errors
+    /// When moto refuses.
+    pub async fn create_ip_target_group(&self, name: &str, vpc: &str, port: u16) -> Result<String> {
+        let client = self.elbv2().await;
+        let out = call(
+            "elbv2",
+            "CreateTargetGroup",
+            || Subject::groups(name),
+            client
+                .create_target_group()
+                .name(name)
+                .protocol(ProtocolEnum::Http)
+                .port(i32::from(port))
+                .vpc_id(vpc)
+                .target_type(aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Ip)
+                .send(),
+        )
+        .await?;
+        out.target_groups()
+            .first()
+            .and_then(|g| g.target_group_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::protocol("moto", "CreateTargetGroup reply without an ARN"))
+    }
+
+    /// The primary private IPv4 address of an instance (DescribeInstances).
+    ///
+    /// # Errors
+    /// When moto refuses or the instance has none.
+    pub async fn private_ip(&self, instance: &str) -> Result<String> {
+        let xml = self
+            .ec2(&[
+                ("Action", "DescribeInstances".to_owned()),
+                ("InstanceId.1", instance.to_owned()),
+            ])
+            .await?;
+        all_tags(&xml, "privateIpAddress")
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::protocol("moto", format!("{instance} has no private IP")))
+    }
+
     /// Registers `(instance id, port)` pairs in a target group.
     ///
     /// # Errors
@@ -307,6 +351,40 @@ impl MotoServer {
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// Sets target group attributes (`deregistration_delay.timeout_seconds`,
+    /// …) with ModifyTargetGroupAttributes.
+    ///
+    /// # Errors
+    /// When moto refuses.
+    pub async fn set_target_group_attributes(
+        &self,
+        target_group: &str,
+        attributes: &[(&str, &str)],
+    ) -> Result<()> {
+        let attrs = attributes
+            .iter()
+            .map(|(k, v)| {
+                aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute::builder()
+                    .key(*k)
+                    .value(*v)
+                    .build()
+            })
+            .collect();
+        call(
+            "elbv2",
+            "ModifyTargetGroupAttributes",
+            || Subject::groups(target_group),
+            self.elbv2()
+                .await
+                .modify_target_group_attributes()
+                .target_group_arn(target_group)
+                .set_attributes(Some(attrs))
+                .send(),
+        )
+        .await?;
         Ok(())
     }
 

@@ -1,261 +1,30 @@
 //! ELBv2 behaviour moto cannot produce, through `aws-smithy-mocks`: a
 //! `draining` that lasts several polls, `unhealthy` after enable, throttling.
 
-use std::collections::{HashMap, VecDeque};
+mod fake;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_elasticloadbalancingv2::config::retry::RetryConfig;
-use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
 use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::DeregisterTargetsOutput;
 use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::DescribeTargetGroupsOutput;
-use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::{
-    DescribeTargetHealthError, DescribeTargetHealthOutput,
-};
-use aws_sdk_elasticloadbalancingv2::operation::register_targets::{
-    RegisterTargetsError, RegisterTargetsOutput,
-};
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeTargetHealthOutput;
+use aws_sdk_elasticloadbalancingv2::operation::register_targets::RegisterTargetsOutput;
 use aws_sdk_elasticloadbalancingv2::types::{
     TargetDescription, TargetGroup, TargetHealth, TargetHealthDescription,
     TargetHealthReasonEnum as Reason, TargetHealthStateEnum as State, TargetTypeEnum,
 };
 use aws_sdk_elasticloadbalancingv2::Client;
-use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
+use aws_smithy_mocks::{mock, mock_client, RuleMode};
+use fake::{balancer, client, desc, id, Call, Fake, TG};
 use hygiene_aws::Elbv2Balancer;
 use hygiene_core::testing::ScriptedExecutor;
 use hygiene_core::{
     Amount, Error, Health, LoadBalancer, OnDrainTimeout, Rollout, RolloutConfig, Stage, TargetId,
     TargetResult, TargetState,
 };
-
-const TG: &str =
-    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef";
-
-type Obs = (State, Option<Reason>);
-
-/// (operation, id, port, availability zone)
-type Call = (&'static str, String, Option<i32>, Option<String>);
-
-struct Tgt {
-    port: i32,
-    current: Obs,
-    upcoming: VecDeque<Obs>,
-}
-
-/// A stateful fake target group: each targeted DescribeTargetHealth moves
-/// every asked-for target one step along its script.
-#[derive(Default)]
-struct Fake {
-    targets: HashMap<String, Tgt>,
-    /// Polls a deregistered target stays `draining`.
-    draining_polls: usize,
-    /// Script after RegisterTargets (last entry repeats).
-    after_enable: Vec<Obs>,
-    throttle_next: usize,
-    /// Ids a targeted DescribeTargetHealth answers `InvalidTarget` for
-    /// (a terminated instance).
-    invalid: Vec<String>,
-    targeted_calls: usize,
-    /// RegisterTargets calls that found the target still draining (ELBv2
-    /// then says `healthy` at once, with no new check: ansible#44149).
-    registered_while_draining: usize,
-    deregistered: Vec<(String, Option<i32>)>,
-    registered: Vec<(String, Option<i32>)>,
-}
-
-impl Fake {
-    fn new(ids: &[&str]) -> Arc<Mutex<Self>> {
-        let mut f = Fake {
-            after_enable: vec![
-                (State::Initial, Some(Reason::RegistrationInProgress)),
-                (State::Healthy, None),
-            ],
-            ..Default::default()
-        };
-        for id in ids {
-            f.targets.insert(
-                (*id).to_owned(),
-                Tgt {
-                    port: 8080,
-                    current: (State::Healthy, None),
-                    upcoming: VecDeque::new(),
-                },
-            );
-        }
-        Arc::new(Mutex::new(f))
-    }
-}
-
-fn desc(id: &str, port: i32, (state, reason): &Obs) -> TargetHealthDescription {
-    TargetHealthDescription::builder()
-        .target(TargetDescription::builder().id(id).port(port).build())
-        .target_health(
-            TargetHealth::builder()
-                .state(state.clone())
-                .set_reason(reason.clone())
-                .set_description(
-                    reason
-                        .as_ref()
-                        .map(|r| format!("ELBv2 says {}", r.as_str())),
-                )
-                .build(),
-        )
-        .build()
-}
-
-fn client(fake: &Arc<Mutex<Fake>>) -> Client {
-    let groups = mock!(Client::describe_target_groups).then_output(|| {
-        DescribeTargetGroupsOutput::builder()
-            .target_groups(
-                TargetGroup::builder()
-                    .target_group_arn(TG)
-                    .target_group_name("web")
-                    .port(80)
-                    .target_type(TargetTypeEnum::Instance)
-                    .build(),
-            )
-            .build()
-    });
-    let f = Arc::clone(fake);
-    let health = mock!(Client::describe_target_health).then_compute_response(move |req| {
-        let mut f = f.lock().expect("fake");
-        if f.throttle_next > 0 {
-            f.throttle_next -= 1;
-            return MockResponse::Error(DescribeTargetHealthError::generic(
-                ErrorMetadata::builder()
-                    .code("Throttling")
-                    .message("Rate exceeded")
-                    .build(),
-            ));
-        }
-        if let Some(bad) = req
-            .targets()
-            .iter()
-            .filter_map(|t| t.id())
-            .find(|id| f.invalid.iter().any(|i| i == id))
-        {
-            return MockResponse::Error(DescribeTargetHealthError::generic(
-                ErrorMetadata::builder()
-                    .code("InvalidTarget")
-                    .message(format!(
-                        "The following targets are not in a running state and cannot be registered: '{bad}'"
-                    ))
-                    .build(),
-            ));
-        }
-        let mut out = DescribeTargetHealthOutput::builder();
-        match req.targets() {
-            [] => {
-                for (id, t) in &f.targets {
-                    if t.current.0 != State::Unused {
-                        out = out.target_health_descriptions(desc(id, t.port, &t.current));
-                    }
-                }
-            }
-            asked => {
-                f.targeted_calls += 1;
-                for a in asked {
-                    let id = a.id().unwrap_or_default();
-                    match f.targets.get_mut(id) {
-                        Some(t) if a.port() == Some(t.port) => {
-                            if let Some(next) = t.upcoming.pop_front() {
-                                t.current = next;
-                            }
-                            out = out.target_health_descriptions(desc(id, t.port, &t.current));
-                        }
-                        _ => {
-                            let unused = (State::Unused, Some(Reason::NotRegistered));
-                            out = out.target_health_descriptions(desc(
-                                id,
-                                a.port().unwrap_or(80),
-                                &unused,
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        MockResponse::Output(out.build())
-    });
-    let f = Arc::clone(fake);
-    let dereg = mock!(Client::deregister_targets).then_compute_output(move |req| {
-        let mut f = f.lock().expect("fake");
-        let polls = f.draining_polls;
-        for t in req.targets() {
-            let id = t.id().unwrap_or_default().to_owned();
-            f.deregistered.push((id.clone(), t.port()));
-            if let Some(tg) = f.targets.get_mut(&id) {
-                tg.current = (State::Draining, Some(Reason::DeregistrationInProgress));
-                tg.upcoming = std::iter::repeat_n(
-                    (State::Draining, Some(Reason::DeregistrationInProgress)),
-                    polls.saturating_sub(1),
-                )
-                .chain([(State::Unused, Some(Reason::NotRegistered))])
-                .collect();
-            }
-        }
-        DeregisterTargetsOutput::builder().build()
-    });
-    let f = Arc::clone(fake);
-    let reg = mock!(Client::register_targets).then_compute_response(move |req| {
-        let mut f = f.lock().expect("fake");
-        if let Some(bad) = req
-            .targets()
-            .iter()
-            .filter_map(|t| t.id())
-            .find(|id| f.invalid.iter().any(|i| i == id))
-        {
-            return MockResponse::Error(RegisterTargetsError::generic(
-                ErrorMetadata::builder()
-                    .code("InvalidTarget")
-                    .message(format!(
-                        "The following targets are not in a running state and cannot be registered: '{bad}'"
-                    ))
-                    .build(),
-            ));
-        }
-        let script = f.after_enable.clone();
-        for t in req.targets() {
-            let id = t.id().unwrap_or_default().to_owned();
-            f.registered.push((id.clone(), t.port()));
-            let mut stale = false;
-            if let Some(tg) = f.targets.get_mut(&id) {
-                if tg.current.0 == State::Draining {
-                    // As ELBv2 does: back to healthy at once, no new check.
-                    stale = true;
-                    tg.current = (State::Healthy, None);
-                    tg.upcoming.clear();
-                } else {
-                    tg.current = (State::Initial, Some(Reason::RegistrationInProgress));
-                    tg.upcoming = script.iter().cloned().collect();
-                }
-            }
-            if stale {
-                f.registered_while_draining += 1;
-            }
-        }
-        MockResponse::Output(RegisterTargetsOutput::builder().build())
-    });
-    mock_client!(
-        aws_sdk_elasticloadbalancingv2,
-        RuleMode::MatchAny,
-        &[&groups, &health, &dereg, &reg],
-        |c| c.retry_config(RetryConfig::disabled())
-    )
-}
-
-fn balancer(fake: &Arc<Mutex<Fake>>) -> Elbv2Balancer {
-    Elbv2Balancer::builder()
-        .with_client(client(fake))
-        .with_target_group(TG)
-        .build()
-        .expect("builds")
-}
-
-fn id(s: &str) -> TargetId {
-    TargetId::new(s).expect("id")
-}
-
 #[tokio::test(start_paused = true)]
 async fn draining_lasts_several_polls() {
     let fake = Fake::new(&["i-0a", "i-0b"]);
@@ -638,9 +407,15 @@ async fn a_draining_target_is_registered_again_only_once_unused() {
 #[tokio::test(start_paused = true)]
 async fn a_draining_registration_reads_draining_until_registered() {
     let fake = Fake::new(&["i-0a"]);
-    // Draining for drain's own check, enable's look and one status.
+    // Draining for drain's own check, enable's look and one status
+    // (enable does not wait here: the registration is left to status).
     fake.lock().expect("fake").draining_polls = 4;
-    let lb = balancer(&fake);
+    let lb = Elbv2Balancer::builder()
+        .with_client(client(&fake))
+        .with_target_group(TG)
+        .with_enable_wait(Duration::ZERO)
+        .build()
+        .expect("builds");
     lb.drain(&[id("i-0a")]).await.expect("drain");
     lb.enable(&[id("i-0a")]).await.expect("enable");
     assert!(fake.lock().expect("fake").registered.is_empty());
@@ -1006,4 +781,41 @@ async fn with_drain_a_host_is_one_target_in_every_target_group() {
         .expect("check")
         .iter()
         .all(|w| !w.contains("drain_timeout")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_drain_timeout_covers_the_longest_delay_and_nlb_termination_is_named() {
+    let fake = two_groups();
+    let lb = Elbv2Balancer::builder()
+        .with_client(two_groups_client(&fake))
+        .with_target_group(TG)
+        .build()
+        .expect("builds");
+    // Both groups delay 120 s: the default is above it, by the margin.
+    let d = lb.default_drain_timeout().await.expect("default");
+    assert_eq!(
+        d,
+        Duration::from_secs(120) + hygiene_aws::DRAIN_TIMEOUT_MARGIN
+    );
+    let w = lb.check_drain_timeout(d).await.expect("check");
+    assert!(
+        w.iter().all(|w| !w.contains("is not above")),
+        "the default never warns about itself: {w:?}"
+    );
+    // The NLB group without connection termination is named, with the
+    // setting (and the command) that fixes it.
+    let nlb: Vec<&String> = w
+        .iter()
+        .filter(|w| w.contains("connection_termination"))
+        .collect();
+    assert_eq!(nlb.len(), 1, "{w:?}");
+    assert!(
+        nlb[0].contains("web")
+            && nlb[0].contains("deregistration_delay.connection_termination.enabled = true")
+            && nlb[0].contains(&format!(
+                "modify-target-group-attributes --target-group-arn {TG}"
+            )),
+        "{}",
+        nlb[0]
+    );
 }

@@ -327,3 +327,162 @@ async fn instances_by_id_and_by_auto_scaling_group() {
     );
     m.stop().await.expect("moto stops");
 }
+
+/// `ip` target groups hold instances by their private addresses: a pool
+/// of instances finds them there (DescribeInstances gives the addresses),
+/// drains them there and registers them again exactly, with the same
+/// address and port; an address of an instance outside the pool is left
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_target_groups_hold_instances_by_their_private_address() {
+    let Some(m) = moto().await else { return };
+    let vpc = m.create_vpc().await.expect("vpc");
+    let s1 = m
+        .create_subnet(&vpc, "10.0.1.0/24", "us-east-1a")
+        .await
+        .expect("subnet");
+    let instances = m.run_instances(3, Some(&s1)).await.expect("instances");
+    m.create_tags(&instances[..2], "Patch Group", "web")
+        .await
+        .expect("tags");
+    let mut ips = Vec::new();
+    for i in &instances {
+        ips.push(m.private_ip(i).await.expect("private ip"));
+    }
+    let a = m.create_target_group("a", &vpc, 80).await.expect("a");
+    let by_ip = m
+        .create_ip_target_group("ips", &vpc, 9443)
+        .await
+        .expect("ips");
+    m.register(&a, &[(instances[0].clone(), 80)])
+        .await
+        .expect("register a");
+    m.register(
+        &by_ip,
+        &[
+            (ips[0].clone(), 9443),
+            (ips[1].clone(), 9443),
+            (ips[2].clone(), 9443),
+        ],
+    )
+    .await
+    .expect("register ips");
+    let before = registered(&m, &by_ip).await;
+
+    let counter = ApiCallCounter::new();
+    let lb = by_tag(&m, &counter).await;
+    let d = lb.discovery().await.expect("discovery").expect("instances");
+    let mut tgs = d.target_groups().to_vec();
+    tgs.sort();
+    assert_eq!(tgs, ["a", "ips"], "{:?}", d.skipped_target_groups());
+    assert!(
+        d.not_in_any_target_group().is_empty(),
+        "i1 is in ips by its address"
+    );
+    let listed = lb.list().await.expect("list");
+    let meta: BTreeMap<String, String> = listed
+        .iter()
+        .map(|l| {
+            (
+                l.target.id.to_string(),
+                l.target.meta["target_groups"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(meta.len(), 2, "{meta:?}");
+    assert_eq!(meta[&instances[0]], format!("a:80,ips:9443@{}", ips[0]));
+    assert_eq!(meta[&instances[1]], format!("ips:9443@{}", ips[1]));
+    let i1 = id(&instances[1]);
+    assert!(
+        lb.enable_hint(&i1)
+            .contains(&format!("--targets Id={},Port=9443", ips[1])),
+        "{}",
+        lb.enable_hint(&i1)
+    );
+
+    // Out of the ip group by its address; the outsider stays.
+    lb.drain(std::slice::from_ref(&i1)).await.expect("drain");
+    let during = registered(&m, &by_ip).await;
+    assert!(!during.iter().any(|(i, _)| *i == ips[1]), "{during:?}");
+    assert!(during.iter().any(|(i, _)| *i == ips[2]), "{during:?}");
+    assert!(lb.status(std::slice::from_ref(&i1)).await.expect("status")[0].is_drained());
+    lb.enable(std::slice::from_ref(&i1)).await.expect("enable");
+    assert_eq!(registered(&m, &by_ip).await, before, "back, same port");
+
+    // After a crash: another process learns the registration from the
+    // journal's listing and puts it back exactly.
+    lb.drain(std::slice::from_ref(&i1)).await.expect("drain");
+    let target = listed
+        .iter()
+        .find(|l| l.target.id == i1)
+        .expect("listed")
+        .target
+        .clone();
+    let fresh = by_tag(&m, &ApiCallCounter::new()).await;
+    fresh.adopt(&[target]).await.expect("adopt");
+    fresh
+        .enable(std::slice::from_ref(&i1))
+        .await
+        .expect("enable");
+    assert_eq!(registered(&m, &by_ip).await, before);
+
+    // A whole rollout: every registration back.
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(1))
+        .poll_interval(Duration::from_millis(50))
+        .health_timeout(Duration::from_secs(20))
+        .drain_timeout(Duration::from_secs(20))
+        .build()
+        .expect("config");
+    let report = Rollout::new(lb.clone(), ScriptedExecutor::new(), config)
+        .run()
+        .await
+        .expect("runs");
+    assert!(report.is_success(), "{}", report.to_json_pretty());
+    assert_eq!(registered(&m, &by_ip).await, before);
+    assert_eq!(registered(&m, &a).await, vec![(instances[0].clone(), 80)]);
+    m.stop().await.expect("moto stops");
+}
+
+/// An Auto Scaling group names its instances only: their addresses are
+/// read from EC2 (once, because an `ip` group exists) to find them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_scaling_group_finds_its_instances_in_ip_groups() {
+    let Some(m) = moto().await else { return };
+    let vpc = m.create_vpc().await.expect("vpc");
+    let subnet = m
+        .create_subnet(&vpc, "10.0.3.0/24", "us-east-1a")
+        .await
+        .expect("subnet");
+    let asg = m
+        .create_auto_scaling_group("web-asg", &subnet, 2)
+        .await
+        .expect("asg");
+    let ip = m.private_ip(&asg[0]).await.expect("private ip");
+    let by_ip = m
+        .create_ip_target_group("ips", &vpc, 9443)
+        .await
+        .expect("ips");
+    m.register(&by_ip, &[(ip.clone(), 9443)])
+        .await
+        .expect("register");
+    let lb = Elbv2Balancer::builder()
+        .with_sdk_config(m.sdk_config().await)
+        .with_auto_scaling_group("web-asg")
+        .build()
+        .expect("balancer builds");
+    let d = lb.discovery().await.expect("discovery").expect("instances");
+    assert_eq!(
+        d.target_groups(),
+        ["ips"],
+        "{:?}",
+        d.skipped_target_groups()
+    );
+    assert_eq!(d.not_in_any_target_group(), &[id(&asg[1])]);
+    lb.drain(&[id(&asg[0])]).await.expect("drain");
+    assert!(registered(&m, &by_ip).await.is_empty());
+    lb.enable(&[id(&asg[0])]).await.expect("enable");
+    assert_eq!(registered(&m, &by_ip).await, vec![(ip, 9443)]);
+    m.stop().await.expect("moto stops");
+}

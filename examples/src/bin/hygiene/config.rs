@@ -166,6 +166,16 @@ impl Loaded {
         field_in_section(&self.text, section.start, field).unwrap_or(section)
     }
 
+    /// Whether the file (with its `--set` overrides) sets `key` in
+    /// `[section]`, as opposed to leaving it to the default.
+    pub(crate) fn sets(&self, section: &str, key: &str) -> bool {
+        self.text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get(section)?.as_table()?.get(key).cloned())
+            .is_some()
+    }
+
     /// Exactly one balancer and one executor; pool name well formed.
     fn check(&self) -> Result<(), ConfigError> {
         let f = &self.file;

@@ -5,6 +5,7 @@
 
 mod cli;
 mod config;
+mod elbv2;
 mod enable;
 mod exit;
 mod kept;

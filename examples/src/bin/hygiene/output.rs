@@ -330,7 +330,9 @@ pub(crate) fn summary(r: &Report) -> String {
     let outcome = match &r.outcome {
         Outcome::Completed if failed > 0 => format!("FAILED: {failed} target(s) failed, ended"),
         Outcome::Completed => "completed".to_owned(),
-        Outcome::Aborted { reason } => format!("ABORTED: {}, ended", clean_tidy(&reason.to_string())),
+        Outcome::Aborted { reason } => {
+            format!("ABORTED: {}, ended", clean_tidy(&reason.to_string()))
+        }
         Outcome::Cancelled => "cancelled".to_owned(),
         other => clean_tidy(&format!("{other:?}")),
     };

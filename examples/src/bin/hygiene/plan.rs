@@ -310,9 +310,11 @@ pub(crate) async fn main(
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
     let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    let drain_problems = crate::elbv2::drain_timeout(&mut setup).await;
     let listed = setup.balancer.list().await?;
     setup::select(&mut setup, &listed, flags, false)?;
     let mut plan = compute(&setup, &listed, maintenance);
+    plan.problems.extend(drain_problems);
     let (access, more) = blockers_before_start(g, &loaded, &setup, &listed).await?;
     plan.blockers.extend(more);
     plan.kept_out = crate::run::warn_kept_out(g, &setup.journal, &listed, false)?;

@@ -47,6 +47,11 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     }
     let cancel = CancellationToken::new();
     let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    // ELBv2: a drain timeout from the deregistration delays unless set;
+    // what would defeat a drain is said before anything starts.
+    for w in crate::elbv2::drain_timeout(&mut setup).await {
+        eprintln!("warning: {w}");
+    }
     if let Some(h) = &setup.haproxy {
         // A socket below `level admin` would refuse the first change: say
         // it before anything starts. A fresh run also stops on a node it

@@ -38,6 +38,12 @@ pub(crate) struct Setup {
     /// The HAProxy balancer, when it is one (validate asks its sockets'
     /// level).
     pub(crate) haproxy: Option<HaproxyBalancer>,
+    /// The ELBv2 balancer, when it is one (its deregistration delays give
+    /// the default drain timeout).
+    pub(crate) elbv2: Option<crate::elbv2::Elbv2>,
+    /// Whether the operator set `drain_timeout` (file, `--set`, flag or
+    /// variable) rather than leaving it to the default.
+    pub(crate) drain_timeout_set: bool,
 }
 
 /// The probe the file configures.
@@ -103,7 +109,10 @@ pub(crate) async fn build(
     let state_dir = state_dir(loaded, state_dir_flag);
     let journal = state_dir.join(format!("{pool}.jsonl"));
     let rollout = rollout_config(loaded, flags)?;
-    let (balancer, _, haproxy) = balancer(loaded, rollout.poll_interval()).await?;
+    let drain_timeout_set =
+        flags.drain_timeout.is_some() || loaded.sets("rollout", "drain_timeout");
+    let (balancer, _, haproxy, elbv2) =
+        balancer(loaded, rollout.poll_interval(), rollout.call_timeout()).await?;
     let (executor, executor_timeout, _) = executor(loaded, &state_dir, cancel).await?;
     let probe = probe(loaded)?;
     Ok(Setup {
@@ -116,6 +125,8 @@ pub(crate) async fn build(
         probe,
         executor_timeout,
         haproxy,
+        elbv2,
+        drain_timeout_set,
     })
 }
 
@@ -228,10 +239,20 @@ pub(crate) fn select(
     Ok(())
 }
 
+/// The balancer, its kind, and the concrete HAProxy or ELBv2 balancer
+/// when it is one.
+type BuiltBalancer = (
+    Arc<dyn LoadBalancer>,
+    &'static str,
+    Option<HaproxyBalancer>,
+    Option<crate::elbv2::Elbv2>,
+);
+
 async fn balancer(
     loaded: &Loaded,
     poll: Option<Duration>,
-) -> Result<(Arc<dyn LoadBalancer>, &'static str, Option<HaproxyBalancer>), ConfigError> {
+    call_timeout: Duration,
+) -> Result<BuiltBalancer, ConfigError> {
     let Some(b) = &loaded.file.balancer else {
         return Err(loaded.error_at(None, "balancer", "no balancer is configured"));
     };
@@ -294,13 +315,15 @@ async fn balancer(
                 HaproxyHostMatch::Address => HostMatch::Address,
             });
         let lb = at(loaded, span, "balancer.haproxy", builder.build())?;
-        return Ok((Arc::new(lb.clone()), "haproxy", Some(lb)));
+        return Ok((Arc::new(lb.clone()), "haproxy", Some(lb), None));
     }
     if let Some(n) = &b.nginx {
-        return nginx(loaded, n, poll).map(|lb| (lb, "nginx", None));
+        return nginx(loaded, n, poll).map(|lb| (lb, "nginx", None, None));
     }
     if let Some(e) = &b.elbv2 {
-        return elbv2(loaded, e, poll).await.map(|lb| (lb, "elbv2", None));
+        return elbv2(loaded, e, poll, call_timeout)
+            .await
+            .map(|(lb, e)| (lb, "elbv2", None, e));
     }
     Err(loaded.error_at(None, "balancer", "no balancer is configured"))
 }
@@ -487,7 +510,8 @@ async fn elbv2(
     loaded: &Loaded,
     e: &Spanned<crate::config::Elbv2Section>,
     poll: Option<Duration>,
-) -> Result<Arc<dyn LoadBalancer>, ConfigError> {
+    call_timeout: Duration,
+) -> Result<(Arc<dyn LoadBalancer>, Option<crate::elbv2::Elbv2>), ConfigError> {
     let span = e.span();
     let e = e.get_ref();
     let mut b = hygiene_aws::Elbv2Balancer::builder()
@@ -519,8 +543,11 @@ async fn elbv2(
         crate::config::OtherGroups::Report => hygiene_aws::OtherTargetGroups::Report,
         crate::config::OtherGroups::Drain => hygiene_aws::OtherTargetGroups::Drain,
     });
+    // A put-back that meets a registration still draining waits for its
+    // end within the engine's limit of one balancer call.
+    b = b.with_enable_wait(call_timeout * 2 / 3);
     let lb = at(loaded, span, "balancer.elbv2", b.build())?;
-    Ok(Arc::new(lb))
+    Ok((Arc::new(lb.clone()), Some(lb)))
 }
 
 #[cfg(not(feature = "aws"))]
@@ -528,7 +555,8 @@ async fn elbv2(
     loaded: &Loaded,
     e: &Spanned<crate::config::Elbv2Section>,
     _poll: Option<Duration>,
-) -> Result<Arc<dyn LoadBalancer>, ConfigError> {
+    _call_timeout: Duration,
+) -> Result<(Arc<dyn LoadBalancer>, Option<crate::elbv2::Elbv2>), ConfigError> {
     Err(loaded.error_at(
         Some(e.span()),
         "balancer.elbv2",

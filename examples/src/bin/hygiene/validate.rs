@@ -10,7 +10,7 @@ use crate::cli::{Global, RolloutFlags};
 use crate::config::Loaded;
 use crate::output::clean;
 use crate::status::health_text;
-use crate::{exit, output, plan, setup, Failure};
+use crate::{elbv2, exit, output, plan, setup, Failure};
 
 #[derive(Debug, Serialize)]
 struct Found {
@@ -72,6 +72,13 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
     let mut setup = setup::build(&loaded, g.state_dir.as_ref(), flags, &cancel).await?;
+    // ELBv2: the default drain timeout comes from the deregistration
+    // delays, and one that cannot succeed is a problem.
+    let drain_problems = if offline {
+        Vec::new()
+    } else {
+        elbv2::drain_timeout(&mut setup).await
+    };
     let mut v = Validation {
         config: setup.config_path.display().to_string(),
         pool: setup.pool.clone(),
@@ -104,6 +111,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         blocked |= !offline;
     }
     let mut code = exit::OK;
+    v.problems.extend(drain_problems);
     if !offline {
         let listed = setup.balancer.list().await?;
         setup::select(&mut setup, &listed, flags, false)?;

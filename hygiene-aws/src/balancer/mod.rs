@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetGroup, TargetTypeEnum};
+use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetGroup};
 use aws_sdk_elasticloadbalancingv2::Client;
 use hygiene_core::{
     Capabilities, Error, Health, ListedTarget, LoadBalancer, Result, Target, TargetId, TargetState,
@@ -21,6 +21,14 @@ use crate::discovery::{self, Discovery, InstanceSelector};
 use crate::error::{call, code_of, map_sdk, Subject};
 use crate::health::{combine, observe, Observation};
 use crate::pacing::TokenBucket;
+
+mod enable;
+mod resolve;
+
+/// How long `enable` waits by default for a registration still draining
+/// to end before leaving it to `status` (below the engine's default
+/// `call_timeout` of 30 s, which bounds the whole call).
+pub(crate) const DEFAULT_ENABLE_WAIT: Duration = Duration::from_secs(20);
 
 /// What the pool is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +96,26 @@ struct Registration {
     group: usize,
     port: Option<i32>,
     zone: Option<String>,
+    /// The id this registration has in its group when it is not the
+    /// target's own: the private IP address of an instance registered in
+    /// an `ip` target group (instance pools).
+    address: Option<String>,
 }
 
 impl Registration {
+    /// Whether a DescribeTargetHealth row is about this registration of `id`.
+    fn matches(&self, row: &Row, id: &TargetId) -> bool {
+        row.id.as_str() == self.target_id(id) && row.port == self.port
+    }
+
+    /// The id ELBv2 knows this registration by.
+    fn target_id<'a>(&'a self, id: &'a TargetId) -> &'a str {
+        self.address.as_deref().unwrap_or(id.as_str())
+    }
+
     fn describe(&self, id: &TargetId) -> TargetDescription {
         TargetDescription::builder()
-            .id(id.as_str())
+            .id(self.target_id(id))
             .set_port(self.port)
             .set_availability_zone(self.zone.clone())
             .build()
@@ -151,9 +173,15 @@ struct Memory {
 ///   deregistered (same port, same zone), nothing it merely saw. A
 ///   registration still `draining` is not registered at once: ELBv2 would
 ///   put it back to `healthy` without a new health check (seen in the
-///   field: ansible/ansible#44149). It is registered by the first `status`
-///   that sees it `unused`, and reads `Draining` / `Unknown` until then,
-///   so a `Healthy` after enable always comes from a new health check.
+///   field: ansible/ansible#44149). `enable` waits for it (up to
+///   [`with_enable_wait`](crate::Elbv2BalancerBuilder::with_enable_wait))
+///   and registers it once `unused`; past the wait, the first `status`
+///   that sees it `unused` registers it, and it reads `Draining` /
+///   `Unknown` until then. A `Healthy` after enable always comes from a
+///   new health check.
+/// - **Instances in `ip` target groups** (instance pools): an `ip` target
+///   whose address is a selected instance's private address is that
+///   instance, drained and registered again by that address.
 /// - **A terminated instance** in a batch fails alone: ELBv2 refuses a
 ///   whole `DescribeTargetHealth` or `RegisterTargets` for it
 ///   (`InvalidTarget`); the others are asked again without it. In a
@@ -183,6 +211,7 @@ pub(crate) struct Inner {
     client: Client,
     pool: Pool,
     poll_interval: Option<Duration>,
+    enable_wait: Duration,
     others: OtherTargetGroups,
     bucket: TokenBucket,
     groups: OnceCell<Vec<Group>>,
@@ -190,6 +219,9 @@ pub(crate) struct Inner {
     autoscaling: Option<aws_sdk_autoscaling::Client>,
     /// What discovery from instances found (instance pools only).
     discovery: std::sync::OnceLock<Discovery>,
+    /// The selected instances by private address, to match `ip` targets
+    /// (instance pools only).
+    owners: std::sync::OnceLock<HashMap<String, TargetId>>,
     pub(crate) delays: OnceCell<Vec<DeregistrationDelay>>,
     memory: Mutex<Memory>,
 }
@@ -224,6 +256,7 @@ fn check_id(id: &TargetId) -> Result<()> {
 pub(crate) struct Settings {
     pub(crate) pool: Pool,
     pub(crate) poll_interval: Option<Duration>,
+    pub(crate) enable_wait: Duration,
     pub(crate) others: OtherTargetGroups,
     pub(crate) describe_rate: (u32, u32),
     pub(crate) ec2: Option<aws_sdk_ec2::Client>,
@@ -253,12 +286,14 @@ impl Elbv2Balancer {
                 client,
                 pool: settings.pool,
                 poll_interval: settings.poll_interval,
+                enable_wait: settings.enable_wait,
                 others: settings.others,
                 bucket: TokenBucket::new(burst, per_second),
                 groups: OnceCell::new(),
                 ec2: settings.ec2,
                 autoscaling: settings.autoscaling,
                 discovery: std::sync::OnceLock::new(),
+                owners: std::sync::OnceLock::new(),
                 delays: OnceCell::new(),
                 memory: Mutex::new(Memory::default()),
             }),
@@ -305,7 +340,12 @@ impl Elbv2Balancer {
     }
 
     pub(crate) async fn groups(&self) -> Result<&Vec<Group>> {
-        self.inner.groups.get_or_try_init(|| self.resolve()).await
+        // Boxed: resolving is a deep future, and every call awaits it
+        // (callers' futures stay small enough to lay out).
+        self.inner
+            .groups
+            .get_or_try_init(|| Box::pin(self.resolve()))
+            .await
     }
 
     /// Whether the registrations in `g` are part of a target.
@@ -318,193 +358,6 @@ impl Elbv2Balancer {
             .memory
             .lock()
             .map_err(|_| Error::protocol(self.name(), "registration memory poisoned"))
-    }
-
-    /// DescribeTargetGroups, by ARN or by load balancer; then, unless
-    /// other groups are ignored, every other target group of the account.
-    async fn resolve(&self) -> Result<Vec<Group>> {
-        let mut found: Vec<TargetGroup> = Vec::new();
-        match &self.inner.pool {
-            Pool::Instances(selector) => return self.resolve_instances(selector).await,
-            Pool::TargetGroups(arns) => {
-                for chunk in arns.chunks(20) {
-                    self.paced().await;
-                    let out = call(
-                        "elbv2",
-                        "DescribeTargetGroups",
-                        || Subject::groups(chunk.join(", ")),
-                        self.client()
-                            .describe_target_groups()
-                            .set_target_group_arns(Some(chunk.to_vec()))
-                            .send(),
-                    )
-                    .await?;
-                    found.extend(out.target_groups().iter().cloned());
-                }
-            }
-            Pool::LoadBalancer(arn) => {
-                let mut marker = None;
-                loop {
-                    self.paced().await;
-                    let out = call(
-                        "elbv2",
-                        "DescribeTargetGroups",
-                        || Subject::groups(arn.clone()),
-                        self.client()
-                            .describe_target_groups()
-                            .load_balancer_arn(arn)
-                            .set_marker(marker)
-                            .send(),
-                    )
-                    .await?;
-                    found.extend(out.target_groups().iter().cloned());
-                    marker = out.next_marker().map(str::to_owned);
-                    if marker.is_none() {
-                        break;
-                    }
-                }
-                if found.is_empty() {
-                    return Err(Error::invalid_config(
-                        "pool",
-                        format!("load balancer {arn} has no target groups"),
-                    ));
-                }
-            }
-        }
-        let mut groups = Vec::new();
-        for tg in found {
-            let arn = tg.target_group_arn().unwrap_or_default().to_owned();
-            if groups.iter().any(|g: &Group| g.arn == arn) {
-                continue;
-            }
-            let name = tg.target_group_name().unwrap_or(&arn).to_owned();
-            let ip = match tg.target_type() {
-                None | Some(TargetTypeEnum::Instance) => false,
-                Some(TargetTypeEnum::Ip) => true,
-                Some(other) => {
-                    return Err(Error::NotSupported {
-                        operation: "rolling maintenance",
-                        backend: format!("elbv2 target group {name}"),
-                        hint: format!("target type {} has no hosts to patch; only instance and ip target groups are supported", other.as_str()),
-                    })
-                }
-            };
-            groups.push(Group {
-                arn,
-                name,
-                ip,
-                in_pool: true,
-                load_balancers: lb_names(&tg),
-            });
-        }
-        if self.inner.others != OtherTargetGroups::Ignore {
-            self.discover_others(&mut groups).await?;
-        }
-        debug!(groups = groups.len(), pool = %self.inner.pool, "resolved target groups");
-        Ok(groups)
-    }
-
-    /// Discovery from instances: selects them (EC2 or Auto Scaling), lists
-    /// every target group of the Region (paginated), and lists each
-    /// instance target group once (`DescribeTargetHealth`, paced) to keep
-    /// those holding a selected instance, on any port. What it learns is
-    /// remembered, so the rollout's first calls need no new listing.
-    /// Throttled calls are retried with jittered backoff.
-    async fn resolve_instances(&self, selector: &InstanceSelector) -> Result<Vec<Group>> {
-        let mut calls = 0u64;
-        let instances = discovery::select(
-            self.inner.ec2.as_ref(),
-            self.inner.autoscaling.as_ref(),
-            selector,
-            &mut calls,
-        )
-        .await?;
-        let wanted: HashSet<&TargetId> = instances.iter().collect();
-        let mut all: Vec<TargetGroup> = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let out = discovery::retried(&mut calls, "DescribeTargetGroups", || async {
-                self.paced().await;
-                call(
-                    "elbv2",
-                    "DescribeTargetGroups",
-                    || Subject::groups("every target group of the Region"),
-                    self.client()
-                        .describe_target_groups()
-                        .set_marker(marker.clone())
-                        .send(),
-                )
-                .await
-            })
-            .await?;
-            all.extend(out.target_groups().iter().cloned());
-            marker = out.next_marker().map(str::to_owned);
-            if marker.is_none() {
-                break;
-            }
-        }
-        let mut groups: Vec<Group> = Vec::new();
-        let mut skipped = Vec::new();
-        let mut found: HashMap<TargetId, Vec<Registration>> = HashMap::new();
-        for tg in all {
-            let Some(arn) = tg.target_group_arn() else {
-                continue;
-            };
-            if groups.iter().any(|g| g.arn == arn) {
-                continue;
-            }
-            if let Err(why) = discovery::searchable(&tg) {
-                skipped.push(why);
-                continue;
-            }
-            let g = Group {
-                arn: arn.to_owned(),
-                name: tg.target_group_name().unwrap_or(arn).to_owned(),
-                ip: false,
-                in_pool: true,
-                load_balancers: lb_names(&tg),
-            };
-            let rows = discovery::retried(&mut calls, "DescribeTargetHealth", || {
-                self.describe(&g, None)
-            })
-            .await?;
-            let gi = groups.len();
-            let mut holds = false;
-            for row in rows.into_iter().filter(|r| wanted.contains(&r.id)) {
-                holds = true;
-                found.entry(row.id).or_default().push(Registration {
-                    group: gi,
-                    port: row.port,
-                    zone: None,
-                });
-            }
-            if holds {
-                groups.push(g);
-            }
-        }
-        let d = Discovery {
-            unregistered: instances
-                .iter()
-                .filter(|i| !found.contains_key(*i))
-                .cloned()
-                .collect(),
-            target_groups: groups.iter().map(|g| g.name.clone()).collect(),
-            instances,
-            skipped,
-            api_calls: calls,
-        };
-        discovery::log(&d);
-        {
-            let mut m = self.memory()?;
-            for (id, mut regs) in found {
-                regs.sort();
-                m.known.insert(id, regs);
-            }
-        }
-        // The OnceCell of the groups runs this once; a lost race only
-        // drops an identical result.
-        let _ = self.inner.discovery.set(d);
-        Ok(groups)
     }
 
     /// What discovery from instances found and cost (running it first if
@@ -540,57 +393,6 @@ impl Elbv2Balancer {
         TargetStatus::new(state, Health::Healthy, None).with_reason(
             "in no target group: nothing to drain, and no balancer health check (use a probe to check it after the maintenance)",
         )
-    }
-
-    /// Appends the account's instance and IP target groups that are not in
-    /// the pool. Without the permission to list them, warns and goes on.
-    async fn discover_others(&self, groups: &mut Vec<Group>) -> Result<()> {
-        let mut marker = None;
-        loop {
-            self.paced().await;
-            let r = call(
-                "elbv2",
-                "DescribeTargetGroups",
-                || Subject::groups("every target group of the account"),
-                self.client()
-                    .describe_target_groups()
-                    .set_marker(marker)
-                    .send(),
-            )
-            .await;
-            let out = match r {
-                Ok(out) => out,
-                Err(e @ Error::PermissionDenied { .. }) => {
-                    warn!(error = %e, "cannot list the account's other target groups: hosts registered outside the pool go unnoticed; grant elasticloadbalancing:DescribeTargetGroups, or build with OtherTargetGroups::Ignore");
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            };
-            for tg in out.target_groups() {
-                let Some(arn) = tg.target_group_arn() else {
-                    continue;
-                };
-                let ip = match tg.target_type() {
-                    None | Some(TargetTypeEnum::Instance) => false,
-                    Some(TargetTypeEnum::Ip) => true,
-                    Some(_) => continue,
-                };
-                if groups.iter().any(|g| g.arn == arn) {
-                    continue;
-                }
-                groups.push(Group {
-                    arn: arn.to_owned(),
-                    name: tg.target_group_name().unwrap_or(arn).to_owned(),
-                    ip,
-                    in_pool: false,
-                    load_balancers: lb_names(tg),
-                });
-            }
-            marker = out.next_marker().map(str::to_owned);
-            if marker.is_none() {
-                return Ok(());
-            }
-        }
     }
 
     /// One DescribeTargetHealth of `group`, paced: `Ok(Err(message))` when
@@ -741,11 +543,18 @@ impl Elbv2Balancer {
             listed.push(gi);
             for row in self.describe(g, None).await? {
                 let zone = if g.ip { row.zone } else { None };
-                seen.entry(row.id).or_default().push((
+                // In an instance pool, an ip target is the instance that
+                // has its address.
+                let (key, address) = match self.owner(g, &row.id) {
+                    Some(o) => (o, Some(row.id.as_str().to_owned())),
+                    None => (row.id, None),
+                };
+                seen.entry(key).or_default().push((
                     Registration {
                         group: gi,
                         port: row.port,
                         zone,
+                        address,
                     },
                     row.obs,
                 ));
@@ -852,7 +661,9 @@ impl Elbv2Balancer {
         {
             t = t.with_port(port);
         }
-        let ip = first.is_some_and(|r| groups.get(r.group).is_some_and(|g| g.ip));
+        // An IP target of its own (not an instance matched by address).
+        let ip =
+            first.is_some_and(|r| r.address.is_none() && groups.get(r.group).is_some_and(|g| g.ip));
         if ip {
             t = t.with_address(id.as_str());
             if let Some(z) = first.and_then(|r| r.zone.clone()) {
@@ -865,11 +676,23 @@ impl Elbv2Balancer {
             regs.iter()
                 .filter_map(|r| {
                     let g = groups.get(r.group).filter(|g| keep(g))?;
-                    Some(format!(
+                    let mut entry = format!(
                         "{}:{}",
                         g.name,
                         r.port.map(|p| p.to_string()).unwrap_or_default()
-                    ))
+                    );
+                    // An instance registered by address: `name:port@ip`
+                    // (`/zone` when ELBv2 gave one), so that a resume
+                    // registers exactly that again.
+                    if let Some(a) = &r.address {
+                        entry.push('@');
+                        entry.push_str(a);
+                        if let Some(z) = &r.zone {
+                            entry.push('/');
+                            entry.push_str(z);
+                        }
+                    }
+                    Some(entry)
                 })
                 .collect::<Vec<_>>()
                 .join(",")
@@ -1070,7 +893,7 @@ impl LoadBalancer for Elbv2Balancer {
             .iter()
             .filter_map(|r| {
                 let g = groups.get(r.group).filter(|g| self.managed(g))?;
-                let mut t = format!("Id={id}");
+                let mut t = format!("Id={}", r.target_id(id));
                 if let Some(p) = r.port {
                     t.push_str(&format!(",Port={p}"));
                 }
@@ -1159,10 +982,7 @@ impl LoadBalancer for Elbv2Balancer {
             let Some(g) = groups.get(gi) else { continue };
             let descs = members.iter().map(|(id, r)| r.describe(id)).collect();
             for row in self.describe(g, Some(descs)).await? {
-                if let Some((mid, r)) = members
-                    .iter()
-                    .find(|(mid, r)| *mid == row.id && r.port == row.port)
-                {
+                if let Some((mid, r)) = members.iter().find(|(mid, r)| r.matches(&row, mid)) {
                     obs.insert((mid.clone(), r.clone()), row.obs);
                 }
             }
@@ -1341,6 +1161,12 @@ impl LoadBalancer for Elbv2Balancer {
             };
             let mut regs = Vec::new();
             for entry in list.split(',').filter(|e| !e.is_empty()) {
+                // `name:port`, or `name:port@address[/zone]` for an
+                // instance registered by its address.
+                let (entry, at) = match entry.split_once('@') {
+                    Some((e, a)) => (e, Some(a.split_once('/').unwrap_or((a, "")))),
+                    None => (entry, None),
+                };
                 let (name, port) = entry.rsplit_once(':').unwrap_or((entry, ""));
                 let Some(group) = groups.iter().position(|g| g.name == name) else {
                     return Err(Error::invalid_config(
@@ -1348,14 +1174,16 @@ impl LoadBalancer for Elbv2Balancer {
                         format!("target {} was registered in target group {name:?}, which this balancer does not manage: resume with the same load balancer or target groups (and the same OtherTargetGroups setting)", t.id),
                     ));
                 };
+                let (zone, address) = match at {
+                    Some((a, z)) => ((!z.is_empty()).then(|| z.to_owned()), Some(a.to_owned())),
+                    None if groups[group].ip => (t.zone.clone(), None),
+                    None => (None, None),
+                };
                 regs.push(Registration {
                     group,
                     port: port.parse().ok(),
-                    zone: if groups[group].ip {
-                        t.zone.clone()
-                    } else {
-                        None
-                    },
+                    zone,
+                    address,
                 });
             }
             if !regs.is_empty() {
@@ -1374,75 +1202,7 @@ impl LoadBalancer for Elbv2Balancer {
     }
 
     async fn enable(&self, ids: &[TargetId]) -> Result<()> {
-        // NotFound for a target the pool does not know.
-        let regs = self.registrations(ids).await?;
-        {
-            let mut m = self.memory()?;
-            for (id, rs) in ids.iter().zip(&regs) {
-                if rs.is_empty() {
-                    m.bare_out.remove(id);
-                }
-            }
-        }
-        let groups = self.groups().await?;
-        let wanted: Vec<Vec<Registration>> = {
-            let m = self.memory()?;
-            ids.iter()
-                .map(|id| {
-                    m.taken_out
-                        .get(id)
-                        .into_iter()
-                        .flatten()
-                        .filter(|r| groups.get(r.group).is_some_and(|g| self.managed(g)))
-                        .cloned()
-                        .collect()
-                })
-                .collect()
-        };
-        let mut refused = Vec::new();
-        for (gi, members) in Self::by_group(ids, &wanted) {
-            let Some(g) = groups.get(gi) else { continue };
-            // Look first: a registration still draining would come back
-            // healthy at once, on a health check made before the
-            // maintenance (ansible/ansible#44149). Register it later.
-            let descs = members.iter().map(|(id, r)| r.describe(id)).collect();
-            let rows = match self.describe(g, Some(descs)).await {
-                Ok(rows) => rows,
-                Err(e @ Error::NotFound { .. }) => {
-                    refused.push(e.to_string());
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let (later, now): (Vec<_>, Vec<_>) = members.into_iter().partition(|(id, r)| {
-                rows.iter().any(|row| {
-                    row.id == *id && row.port == r.port && row.obs.state == TargetState::Draining
-                })
-            });
-            if !later.is_empty() {
-                info!(target_group = %g.name, targets = %member_names(&later), "still draining: registering again once unused");
-                let mut m = self.memory()?;
-                for (id, r) in later {
-                    let v = m.deferred.entry(id).or_default();
-                    if !v.contains(&r) {
-                        v.push(r);
-                    }
-                }
-            }
-            refused.extend(self.register(g, &now).await?);
-        }
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::NotFound {
-                kind: "target",
-                name: refused.join("; "),
-                location: Some(format!(
-                    "elbv2 RegisterTargets ({}): the other targets were registered",
-                    self.name()
-                )),
-            })
-        }
+        self.enable_targets(ids).await
     }
 }
 
