@@ -589,7 +589,7 @@ async fn the_live_view_on_a_terminal_escapes_what_a_target_prints() {
     // `script` gives hygiene a terminal: the live view is drawn (with its
     // own escapes), and the target's words must reach it escaped.
     let line = format!(
-        "{} -c {} --state-dir {} run",
+        "{} -c {} --state-dir {} run --yes",
         env!("CARGO_BIN_EXE_hygiene"),
         cfg.display(),
         state.display()
