@@ -2,13 +2,14 @@
 //! runs, a run that cannot do its job refuses before it changes anything,
 //! exit codes that say what happened, output a person can use.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use examples::haproxy::haproxy_bin;
+use common::{have_haproxy, hygiene, out};
 use examples::scenario::{Scenario, ScenarioConfig};
-use hygiene_core::conformance::integration_available;
 use hygiene_core::journal::{FileJournal, Op, Record};
 use hygiene_core::{LoadBalancer as _, TargetState};
 
@@ -17,39 +18,6 @@ const UNREACHABLE: i32 = 4;
 const JOURNAL: i32 = 5;
 const BLOCKED: i32 = 6;
 const KEPT_OUT: i32 = 11;
-
-fn have_haproxy() -> bool {
-    integration_available(
-        "haproxy",
-        haproxy_bin().is_some(),
-        "run ./scripts/test, which installs it (apt-get install -y haproxy)",
-    )
-}
-
-/// The binary, with no `HYGIENE_…` variable of the caller's leaking in.
-fn hygiene(config: &Path, state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hygiene"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("HYGIENE_") {
-            c.env_remove(k);
-        }
-    }
-    c.arg("-c")
-        .arg(config)
-        .arg("--state-dir")
-        .arg(state)
-        .stdin(Stdio::null());
-    c
-}
-
-fn out(mut c: Command) -> (i32, String, String) {
-    let o: Output = c.output().expect("run hygiene");
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 fn run_args(config: &Path, state: &Path, args: &[&str]) -> (i32, String, String) {
     let mut c = hygiene(config, state);

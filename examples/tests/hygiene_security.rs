@@ -12,20 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hygiene, out};
-use examples::haproxy::haproxy_bin;
+use common::{have_haproxy, hygiene, out};
 use examples::scenario::{Scenario, ScenarioConfig};
-use hygiene_core::conformance::integration_available;
 use hygiene_core::journal::{FileJournal, Record};
 use hygiene_core::{LoadBalancer as _, TargetId, TargetState};
-
-fn have_haproxy() -> bool {
-    integration_available(
-        "haproxy",
-        haproxy_bin().is_some(),
-        "run ./scripts/test, which installs it (apt-get install -y haproxy)",
-    )
-}
 
 async fn start_scenario(servers: usize) -> Scenario {
     let mut tries = 0;

@@ -22,6 +22,16 @@ pub fn hygiene(config: &Path, state: &Path) -> Command {
     c
 }
 
+/// Whether a real HAProxy is here (skips loudly, or fails under
+/// `HYGIENE_REQUIRE_INTEGRATION=1`).
+pub fn have_haproxy() -> bool {
+    hygiene_core::conformance::integration_available(
+        "haproxy",
+        examples::haproxy::haproxy_bin().is_some(),
+        "run ./scripts/test, which installs it (apt-get install -y haproxy)",
+    )
+}
+
 /// Exit code, stdout, stderr.
 pub fn out(mut c: Command) -> (i32, String, String) {
     let o = c.output().expect("run hygiene");
