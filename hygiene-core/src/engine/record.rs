@@ -53,7 +53,10 @@ pub(crate) fn result_record(call: CallId, reply: &Reply) -> Record {
     };
     // A recovery that could not ask the executor leaves the maintenance
     // where it was: perhaps running, its handle still the way to it.
-    let open = matches!(reply, Reply::Recovered(Err(_)));
+    let open = matches!(
+        reply,
+        Reply::Recovered(Err(_)) | Reply::Executed(Err(crate::error::Error::Timeout { .. }))
+    );
     Record::Result {
         call,
         ok,

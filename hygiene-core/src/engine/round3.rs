@@ -567,3 +567,449 @@ fn a_kept_out_target_is_taken_out_again_after_a_refused_redrain() {
         }
     }
 }
+
+// REVIEW A: a target kept out after a failure before the crash is not
+// watched by the resumed run: a reload that puts it back mid-run leaves a
+// broken server in rotation, reported "kept out".
+#[test]
+fn review_a_resumed_kept_out_target_is_watched() {
+    use crate::journal::{Finish, Interrupted, Trace};
+    use crate::phase::Stage;
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let listed = vec![
+        ListedTarget {
+            target: Target::new(id(0)),
+            status: out(),
+        },
+        ListedTarget {
+            target: Target::new(id(1)),
+            status: up(),
+        },
+    ];
+    let traces = vec![
+        Trace {
+            target: Target::new(id(0)),
+            maybe_out: true,
+            exec: Interrupted::Failed("boom".into()),
+            handle: None,
+            finished: Some(Finish {
+                stage: Stage::Failed,
+                failed_at: Some(Stage::Executing),
+                location: Location::KeptOut,
+                detail: Some("boom".into()),
+            }),
+        },
+        Trace {
+            target: Target::new(id(1)),
+            maybe_out: false,
+            exec: Interrupted::NotStarted,
+            handle: None,
+            finished: None,
+        },
+    ];
+    let mut m = Machine::recover(
+        cfg,
+        caps(),
+        ms(100),
+        false,
+        &listed,
+        traces,
+        10,
+        Recovery::Resume,
+    );
+    let mut w = World::new(2);
+    w.set(0, out());
+    let mut reloaded = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| {
+            if let Effect::Execute(_, ts) = e {
+                if ts[0].id == id(1) && !reloaded {
+                    reloaded = true;
+                    w.set(0, up()); // a reload
+                }
+            }
+            None
+        }),
+        20_000,
+    );
+    assert!(m.is_finished());
+    let r = report(&m, 0);
+    assert!(
+        w.states[&id(0)].state != TargetState::InService,
+        "t0 (kept out, broken) left serving; report says {:?}: {:#?}",
+        r.location,
+        w.log
+    );
+}
+
+// REVIEW B: a drain sent again (the guard) still in flight when the drain
+// timeout passes: every poll answer is ignored (`redraining`), the poll
+// deadline (since + drain_timeout) is in the past, so the machine polls
+// back to back until the drain call returns.
+#[test]
+fn review_b_no_poll_storm_while_a_redrain_is_in_flight() {
+    let cfg = RolloutConfig::builder()
+        .drain_timeout(ms(500))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut now = 0u64;
+    let mut pending: std::collections::VecDeque<Effect> = m.handle(ms(0), Input::Tick).into();
+    let mut reloaded = false;
+    let mut held: Option<Effect> = None;
+    let release = 3_000u64;
+    while now < 10_000 {
+        if let Some(e) = pending.pop_front() {
+            now += 1;
+            if reloaded && held.is_none() && matches!(e, Effect::Drain(..)) {
+                held = Some(e); // a slow drain call (retries, throttling)
+                continue;
+            }
+            let r = match &e {
+                Effect::Drain(_, ids) => {
+                    for i in ids {
+                        w.states.insert(i.clone(), draining(3));
+                    }
+                    Reply::Changed(Ok(()))
+                }
+                _ => w.answer(&e),
+            };
+            w.log.push((now, e.clone()));
+            if !reloaded && now > 150 && matches!(e, Effect::Status(..)) {
+                reloaded = true;
+                w.set(0, up());
+            }
+            pending.extend(m.handle(ms(now), Input::Reply(e.call(), r)));
+            continue;
+        }
+        if m.is_finished() {
+            break;
+        }
+        let t = m.poll_timeout().map(|t| t.as_millis() as u64);
+        match (&held, t) {
+            (Some(_), t) if t.map_or(true, |t| t >= release) || now >= release => {
+                let e = held.take().expect("held");
+                now = now.max(release);
+                w.set(0, out());
+                w.log.push((now, e.clone()));
+                pending.extend(m.handle(ms(now), Input::Reply(e.call(), Reply::Changed(Ok(())))));
+            }
+            (_, Some(t)) => {
+                now = now.max(t);
+                pending.extend(m.handle(ms(now), Input::Tick));
+            }
+            _ => panic!("stuck at {now}"),
+        }
+    }
+    let polls = w
+        .log
+        .iter()
+        .filter(|(t, e)| *t > 600 && *t < release && matches!(e, Effect::Status(..)))
+        .count();
+    assert!(
+        polls <= 30,
+        "{polls} status calls in {} ms while the drain call was in flight",
+        release - 600
+    );
+}
+
+// REVIEW C: a recovery whose outcome names another target is "not
+// trusted" and kept open by the machine, but the journal records it as an
+// ended maintenance: the handle is dropped and the trace says Succeeded,
+// so the next resume puts the target back while its maintenance may run.
+#[test]
+fn review_c_an_untrusted_recovery_keeps_the_handle_in_the_journal() {
+    use super::record::{finished_record, intent_record, result_record};
+    use crate::journal::{Header, Op, Record, Trace, JOURNAL_FORMAT};
+    use std::{cell::RefCell, rc::Rc};
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let (mut m, mut w) = resumed(cfg.clone(), Recovery::Resume);
+    let journal = Rc::new(RefCell::new(vec![
+        Record::Header(Box::new(Header {
+            format: JOURNAL_FORMAT,
+            hygiene: "t".into(),
+            run_id: "t".into(),
+            started_at: "t".into(),
+            balancer: "t".into(),
+            executor: "t".into(),
+            host: "t".into(),
+            pid: 0,
+            config: cfg.clone(),
+            plan: vec![Target::new(id(0))],
+        })),
+        Record::Intent {
+            call: 1,
+            op: Op::Execute,
+            ids: vec![id(0)],
+            at: "t".into(),
+        },
+        Record::Started {
+            call: 1,
+            id: id(0),
+            handle: handle(),
+            at: "t".into(),
+        },
+    ]));
+    let j = Rc::clone(&journal);
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| {
+            let r = match e {
+                Effect::Recover(..) => {
+                    Reply::Recovered(Ok(Recovered::Finished(ExecOutcome::success(id(9), ms(1)))))
+                }
+                _ => w.answer(e),
+            };
+            if let Some((_, intent)) = intent_record(e) {
+                j.borrow_mut().push(intent);
+                j.borrow_mut().push(result_record(e.call(), &r));
+            }
+            Some(r)
+        }),
+        10_000,
+    );
+    journal
+        .borrow_mut()
+        .extend(m.take_finished().into_iter().map(finished_record));
+    assert!(m.maintenance_open(), "the machine keeps it open");
+    let (_, traces) = Trace::of(&journal.borrow()).expect("header");
+    // A second resume from that journal, the target still out.
+    let listed = vec![ListedTarget {
+        target: Target::new(id(0)),
+        status: out(),
+    }];
+    let mut m2 = Machine::recover(
+        cfg.clone(),
+        caps(),
+        ms(100),
+        false,
+        &listed,
+        traces.clone(),
+        100,
+        Recovery::Resume,
+    );
+    let mut w2 = World::new(1);
+    w2.set(0, out());
+    w2.drive(&mut m2, Box::new(|_, _, _| None), 10_000);
+    let mut m2 = Machine::recover(
+        cfg,
+        caps(),
+        ms(100),
+        false,
+        &listed,
+        traces.clone(),
+        100,
+        Recovery::Restore,
+    );
+    let mut w2 = World::new(1);
+    w2.set(0, out());
+    w2.drive(&mut m2, Box::new(|_, _, _| None), 10_000);
+    // The handle survived in the journal: the restore waits for that
+    // maintenance (here it has ended) before it puts the target back.
+    let first = |f: &dyn Fn(&Effect) -> bool| w2.log.iter().position(|(_, e)| f(e));
+    let recovered = first(&|e| matches!(e, Effect::Recover(..)));
+    let enabled = first(&|e| matches!(e, Effect::Enable(..)));
+    assert!(
+        recovered.is_some() && recovered < enabled,
+        "put back without waiting for its maintenance: trace {:?}, log {:#?}",
+        traces[0].exec,
+        w2.log
+    );
+}
+
+// REVIEW D: in a fresh run, an execute call past its limit (the driver's
+// timeout drops the future; an SSM command or a remote ssh command runs
+// on) or an outcome naming another target is a plain failure: under
+// on_failure = restore the target is put back and the journal closed,
+// while its maintenance may still run. on_recovered treats the same
+// answers as "may still run".
+#[test]
+fn review_d_an_execute_that_may_still_run_is_never_put_back() {
+    let cfg = RolloutConfig::builder()
+        .on_failure(OnFailure::Restore)
+        .max_failures(Amount::Count(5))
+        .build()
+        .expect("valid");
+    let mut bad = Vec::new();
+    for case in 0..2 {
+        let mut m = machine_with(cfg.clone(), 2, 100, caps());
+        let mut w = World::new(2);
+        w.drive(
+            &mut m,
+            Box::new(move |_, e, _| match e {
+                Effect::Execute(_, ts) if ts[0].id == id(0) => Some(if case == 0 {
+                    Reply::Executed(Err(Error::Timeout {
+                        operation: "execute".into(),
+                        after: ms(600_000),
+                    }))
+                } else {
+                    Reply::Executed(Ok(vec![ExecOutcome::success(id(9), ms(1))]))
+                }),
+                _ => None,
+            }),
+            10_000,
+        );
+        let enabled = w
+            .log
+            .iter()
+            .any(|(_, e)| matches!(e, Effect::Enable(..)) && names(e, 0));
+        eprintln!(
+            "case {case}: t0 enabled={enabled} open={}",
+            m.maintenance_open()
+        );
+        bad.push((case, enabled, m.maintenance_open()));
+    }
+    assert!(bad.iter().all(|&(_, e, o)| !e && o), "{bad:?}");
+}
+
+// REVIEW E: two kept-out targets put back at different times, whose
+// drains sent again are refused (and slow, as retried calls are): the
+// read-back of one makes the run "active", which makes the other watched,
+// whose poll starts the next redrain + read-back, and so on: the run
+// never ends.
+#[test]
+fn review_e_two_kept_out_targets_with_refused_redrains_do_not_livelock() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(2))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 3, 100, hard_caps());
+    let mut w = World::new(3);
+    let mut now = 0u64;
+    // (answer at, effect)
+    let mut inflight: Vec<(u64, Effect)> = m
+        .handle(ms(0), Input::Tick)
+        .into_iter()
+        .map(|e| (1, e))
+        .collect();
+    let mut t2_executing = false;
+    let mut t1_back = false;
+    let limit = 60_000u64;
+    while now < limit {
+        if let Some(k) = (0..inflight.len()).min_by_key(|&k| inflight[k].0) {
+            let at = inflight[k].0;
+            let due = m.poll_timeout().map(|t| t.as_millis() as u64);
+            if due.map_or(true, |d| at <= d) {
+                let (at, e) = inflight.remove(k);
+                now = now.max(at);
+                let kept = |e: &Effect| names(e, 0) || names(e, 1);
+                let r = match &e {
+                    Effect::Execute(_, ts) if ts[0].id == id(0) || ts[0].id == id(1) => {
+                        Reply::Executed(Ok(vec![ExecOutcome::failure(
+                            ts[0].id.clone(),
+                            ms(1),
+                            "boom",
+                        )]))
+                    }
+                    Effect::Execute(_, ts) if ts[0].id == id(2) && !t2_executing => {
+                        t2_executing = true;
+                        w.set(0, up()); // a reload (or an operator) puts t0 back
+                        w.answer(&e)
+                    }
+                    Effect::Drain(_, _) | Effect::Disable(_, _) if t2_executing && kept(&e) => {
+                        if !t1_back {
+                            t1_back = true;
+                            w.set(1, up()); // t1 put back a little later
+                        }
+                        Reply::Changed(Err(Error::unavailable("lb", "refused")))
+                    }
+                    _ => w.answer(&e),
+                };
+                w.log.push((now, e.clone()));
+                // Drains and disables sent again take 300 ms (retries).
+                let slow = matches!(e, Effect::Drain(..) | Effect::Disable(..))
+                    && t2_executing
+                    && kept(&e);
+                let _ = slow;
+                for n in m.handle(ms(now), Input::Reply(e.call(), r)) {
+                    let lat = if t2_executing
+                        && matches!(n, Effect::Drain(..) | Effect::Disable(..))
+                        && (names(&n, 0) || names(&n, 1))
+                    {
+                        300
+                    } else {
+                        1
+                    };
+                    inflight.push((now + lat, n));
+                }
+                continue;
+            }
+        }
+        if m.is_finished() {
+            break;
+        }
+        let Some(t) = m.poll_timeout() else {
+            if inflight.is_empty() {
+                panic!("stuck at {now}");
+            }
+            continue;
+        };
+        now = now.max(t.as_millis() as u64);
+        for n in m.handle(ms(now), Input::Tick) {
+            inflight.push((now + 1, n));
+        }
+    }
+    let redrains = w
+        .log
+        .iter()
+        .filter(|(_, e)| {
+            matches!(e, Effect::Drain(..) | Effect::Disable(..)) && (names(e, 0) || names(e, 1))
+        })
+        .count();
+    assert!(
+        m.is_finished(),
+        "not finished after {limit} ms: {redrains} drains/disables of t0/t1; last: {:#?}",
+        &w.log[w.log.len().saturating_sub(12)..]
+    );
+}
+
+// REVIEW F: a target whose drain never applied (failed, last journaled in
+// service; the guard never watches it) is found out at resume because
+// someone else took it out: the resume claims the run took it out again
+// and reports it kept out with the way back (a restore would enable it),
+// instead of leaving it as found (invariant 8).
+#[test]
+fn review_f_a_target_out_by_someone_else_is_not_claimed_at_resume() {
+    use crate::journal::{Finish, Interrupted, Trace};
+    use crate::phase::Stage;
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let listed = vec![ListedTarget {
+        target: Target::new(id(0)),
+        status: out(),
+    }];
+    let traces = vec![Trace {
+        target: Target::new(id(0)),
+        maybe_out: true, // its drain intent, never undone by an enable
+        exec: Interrupted::NotStarted,
+        handle: None,
+        finished: Some(Finish {
+            stage: Stage::Failed,
+            failed_at: Some(Stage::Draining),
+            location: Location::InService,
+            detail: Some(
+                "still in service after the drain call: the drain did not take effect".into(),
+            ),
+        }),
+    }];
+    let m = Machine::recover(
+        cfg,
+        caps(),
+        ms(100),
+        false,
+        &listed,
+        traces,
+        10,
+        Recovery::Resume,
+    );
+    let r = report(&m, 0);
+    eprintln!("{r:?}");
+    assert_ne!(r.location, Location::KeptOut, "{r:?}");
+}

@@ -107,9 +107,10 @@ impl Trace {
                                 traces[k].maybe_out = false;
                             }
                         }
-                        // The executor could not be asked: the maintenance
-                        // may still run; its handle stays the way to it.
-                        Op::Recover if *open => {}
+                        // The executor could not be asked, or did not answer
+                        // in time: the maintenance may still run; its handle
+                        // stays the way to it.
+                        Op::Execute | Op::Recover if *open => {}
                         Op::Recover if outcomes.is_none() => {
                             // Could not be learned: nothing left to wait for;
                             // `on_interrupted` decides.
@@ -118,9 +119,16 @@ impl Trace {
                             }
                         }
                         Op::Execute | Op::Recover => {
+                            // An answer of the wrong length, or for another
+                            // target, is not trusted: as if it may still run.
+                            let trusted = outcomes.as_ref().is_none_or(|o| o.len() == ks.len());
                             for (j, &k) in ks.iter().enumerate() {
                                 let outcome = outcomes.as_ref().and_then(|o| o.get(j));
-                                if outcome.is_some_and(|o| o.may_still_run) {
+                                if !trusted
+                                    || outcome.is_some_and(|o| {
+                                        o.may_still_run || o.id != traces[k].target.id
+                                    })
+                                {
                                     // Not an end: it may still run; a later
                                     // resume or restore waits for it again.
                                     traces[k].exec = Interrupted::Unknown;

@@ -528,11 +528,10 @@ impl Machine {
     /// The kept ones only while something else is in progress: the run
     /// ends when nothing is, and its report names them.
     fn watched(&self) -> impl Iterator<Item = usize> + '_ {
-        let kept = if self.active.is_empty() {
-            None
-        } else {
-            Some(self.kept.iter())
-        };
+        // A finished target read back is no reason to go on watching: two
+        // kept targets whose re-drains keep failing would watch each other.
+        let going_on = self.active.iter().any(|&i| self.slots[i].end.is_none());
+        let kept = going_on.then(|| self.kept.iter());
         self.active
             .iter()
             .chain(kept.into_iter().flatten())

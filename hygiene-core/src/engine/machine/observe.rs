@@ -51,6 +51,9 @@ impl Machine {
     pub(super) fn watch(&self, i: usize) -> Watch {
         let s = &self.slots[i];
         match s.step {
+            // Its re-drain's answer decides: no poll meanwhile (one past the
+            // drain timeout would go out back to back).
+            Step::Draining if s.redraining => Watch::No,
             Step::Draining => {
                 Watch::Until((s.since + self.rules.drain_timeout).min(self.ramp(s.since)))
             }
@@ -255,6 +258,8 @@ impl Machine {
 
     pub(super) fn on_redrain(&mut self, i: usize, r: Result<()>, out: &mut Vec<Effect>) {
         let now = self.now;
+        // Look again soon: what the re-drain did is for a status to say.
+        self.poll_due = self.poll_due.min(now);
         let s = &mut self.slots[i];
         s.redraining = false;
         match r {
@@ -466,6 +471,16 @@ impl Machine {
     }
 
     pub(super) fn on_execute(&mut self, idx: &[usize], r: Result<Vec<ExecOutcome>>) {
+        // An answer that cannot be trusted, or a call that ran past its
+        // limit, says nothing of whether the maintenance ended: it may
+        // still run (a remote command carries on when the call is dropped).
+        let open = |m: &Self, i: usize, why: String| {
+            Ok(ExecOutcome::may_still_run(
+                m.slots[i].target.id.clone(),
+                m.now.saturating_sub(m.slots[i].since),
+                why,
+            ))
+        };
         let outcomes: Vec<std::result::Result<ExecOutcome, String>> = match r {
             Ok(v) if v.len() == idx.len() => v
                 .into_iter()
@@ -474,21 +489,35 @@ impl Machine {
                     if o.id == self.slots[i].target.id {
                         Ok(o)
                     } else {
-                        Err(format!(
-                            "executor returned the outcome of {} in the place of {}: not trusted",
-                            o.id, self.slots[i].target.id
-                        ))
+                        open(
+                            self,
+                            i,
+                            format!(
+                                "executor returned the outcome of {} in the place of {}: not trusted",
+                                o.id, self.slots[i].target.id
+                            ),
+                        )
                     }
                 })
                 .collect(),
-            Ok(v) => vec![
-                Err(format!(
-                    "executor returned {} outcomes for {} targets",
-                    v.len(),
-                    idx.len()
-                ));
-                idx.len()
-            ],
+            Ok(v) => idx
+                .iter()
+                .map(|&i| {
+                    open(
+                        self,
+                        i,
+                        format!(
+                            "executor returned {} outcomes for {} targets: not trusted",
+                            v.len(),
+                            idx.len()
+                        ),
+                    )
+                })
+                .collect(),
+            Err(e @ Error::Timeout { .. }) => idx
+                .iter()
+                .map(|&i| open(self, i, format!("executor did not answer in time: {e}")))
+                .collect(),
             Err(e) => vec![Err(format!("executor failed: {e}")); idx.len()],
         };
         for (&i, o) in idx.iter().zip(outcomes) {

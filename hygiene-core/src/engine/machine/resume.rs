@@ -147,21 +147,31 @@ impl Machine {
                         "found in service when the run was resumed (a reload?): taken out again",
                     );
                     self.slots[i].location = Location::InService;
-                    self.set(i, Step::TakeOut);
+                    self.keep_out_again(i);
                     return true;
                 }
                 if !in_service
                     && t.maybe_out
                     && matches!(location, Location::InService)
-                    && t.finished.as_ref().is_some_and(|f| f.failed_at.is_some())
+                    && t.finished.as_ref().is_some_and(|f| {
+                        matches!(
+                            f.failed_at,
+                            Some(Stage::Executing | Stage::Probing | Stage::Enabling)
+                        )
+                    })
                 {
-                    // A failed target last journaled in service, then taken
-                    // out again by the run's guard: it is kept out.
+                    // A failed maintenance or probe, last journaled in
+                    // service (taking it out again had failed), and out now:
+                    // the run's guard took it out again before it stopped
+                    // (a drain that never applied fails at Draining, and is
+                    // not claimed here). Kept out, and watched.
                     self.note(
                         i,
                         "taken out of rotation again by the run before it stopped: kept out",
                     );
                     self.slots[i].location = Location::KeptOut;
+                    self.slots[i].keep_out = true;
+                    self.kept.insert(i);
                 }
                 return false;
             }
@@ -314,6 +324,13 @@ impl Machine {
             Stage::Restored => End::Restored(why),
             Stage::Vanished => End::Vanished(f.failed_at.unwrap_or(Stage::Pending), why),
             _ => {
+                // Kept out after a failed maintenance or probe: watched by
+                // this run too, like the run that kept it out did.
+                self.slots[i].keep_out = f.location == Location::KeptOut
+                    && matches!(
+                        f.failed_at,
+                        Some(Stage::Executing | Stage::Probing | Stage::Enabling)
+                    );
                 self.fail(i, f.failed_at.unwrap_or(Stage::Failed), why);
                 End::Failed
             }
