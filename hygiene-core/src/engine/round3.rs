@@ -692,7 +692,7 @@ fn review_b_no_poll_storm_while_a_redrain_is_in_flight() {
         }
         let t = m.poll_timeout().map(|t| t.as_millis() as u64);
         match (&held, t) {
-            (Some(_), t) if t.map_or(true, |t| t >= release) || now >= release => {
+            (Some(_), t) if t.is_none_or(|t| t >= release) || now >= release => {
                 let e = held.take().expect("held");
                 now = now.max(release);
                 w.set(0, out());
@@ -894,7 +894,7 @@ fn review_e_two_kept_out_targets_with_refused_redrains_do_not_livelock() {
         if let Some(k) = (0..inflight.len()).min_by_key(|&k| inflight[k].0) {
             let at = inflight[k].0;
             let due = m.poll_timeout().map(|t| t.as_millis() as u64);
-            if due.map_or(true, |d| at <= d) {
+            if due.is_none_or(|d| at <= d) {
                 let (at, e) = inflight.remove(k);
                 now = now.max(at);
                 let kept = |e: &Effect| names(e, 0) || names(e, 1);
