@@ -250,6 +250,18 @@ fn a_kept_out_target_is_watched_and_taken_out_again() {
     );
     assert_eq!(r.drain_lost.len(), 1, "{r:?}");
     assert!(r.drain_lost[0].back_out.is_some(), "{r:?}");
+    // Kept out after a failure: taken out hard again (the balancer can),
+    // not only drained — a drained server still takes sticky sessions.
+    let again: Vec<&Effect> = w
+        .log
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| matches!(e, Effect::Drain(..) | Effect::Disable(..)) && names(e, 0))
+        .collect();
+    assert!(
+        matches!(again.last(), Some(Effect::Disable(..))),
+        "the last change of t0 is its hard disable: {again:?}"
+    );
     assert_ne!(
         w.states[&id(0)].state,
         TargetState::InService,
@@ -1012,4 +1024,119 @@ fn review_f_a_target_out_by_someone_else_is_not_claimed_at_resume() {
     let r = report(&m, 0);
     eprintln!("{r:?}");
     assert_ne!(r.location, Location::KeptOut, "{r:?}");
+}
+
+// (2)/(10) Only targets the run keeps out after a failure are watched once
+// finished: a cancelled target whose put-back the balancer deferred (shown
+// still draining, reported out) and which then comes back by itself is
+// never drained again, while another target's maintenance goes on.
+#[test]
+fn a_deferred_put_back_is_not_drained_again() {
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .pacing(crate::config::Pacing::Window)
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 2, 100, caps());
+    let mut w = World::new(2);
+    let mut now = 0u64;
+    let mut cancelled = false;
+    let mut deferred_at: Option<u64> = None;
+    let mut enabled_t0_at: Option<u64> = None;
+    let mut pending: std::collections::VecDeque<(u64, Effect)> = m
+        .handle(ms(0), Input::Tick)
+        .into_iter()
+        .map(|e| (0, e))
+        .collect();
+    let mut later: Vec<(u64, super::machine::CallId, Reply)> = Vec::new();
+    for _ in 0..10_000 {
+        if let Some(k) = later.iter().position(|(at, _, _)| *at <= now) {
+            let (_, c, r) = later.remove(k);
+            pending.extend(
+                m.handle(ms(now), Input::Reply(c, r))
+                    .into_iter()
+                    .map(|x| (now, x)),
+            );
+            continue;
+        }
+        if let Some(t) = deferred_at {
+            if now >= t + 300 {
+                // The deferred registration happens by itself.
+                w.set(0, up());
+                deferred_at = None;
+            }
+        }
+        let due = pending.iter().position(|(at, _)| *at <= now);
+        if let Some(p) = due {
+            let (_, e) = pending.remove(p).expect("due");
+            let r = match &e {
+                // t1's maintenance takes 2 s; t0 drains slowly.
+                Effect::Execute(_, ts) if ts[0].id == id(1) => {
+                    let r = w.answer(&e);
+                    later.push((now + 2000, e.call(), r));
+                    w.log.push((now, e.clone()));
+                    now += 1;
+                    continue;
+                }
+                Effect::Drain(_, ids) if ids.contains(&id(0)) && !cancelled => {
+                    for i in ids {
+                        w.states.insert(i.clone(), out());
+                    }
+                    w.set(0, draining(3));
+                    Reply::Changed(Ok(()))
+                }
+                Effect::Enable(_, ids) if ids.contains(&id(0)) && cancelled => {
+                    enabled_t0_at = Some(now);
+                    deferred_at = Some(now);
+                    Reply::Changed(Ok(())) // still draining: deferred
+                }
+                _ => w.answer(&e),
+            };
+            w.log.push((now, e.clone()));
+            pending.extend(
+                m.handle(ms(now), Input::Reply(e.call(), r))
+                    .into_iter()
+                    .map(|x| (now, x)),
+            );
+            if !cancelled && w.states[&id(0)].state == TargetState::Draining && now > 50 {
+                cancelled = true;
+                pending.extend(
+                    m.handle(ms(now), Input::Cancel)
+                        .into_iter()
+                        .map(|x| (now, x)),
+                );
+            }
+            now += 1;
+            continue;
+        }
+        if m.is_finished() && pending.is_empty() && later.is_empty() {
+            break;
+        }
+        let next = pending
+            .iter()
+            .map(|(at, _)| *at)
+            .chain(later.iter().map(|(at, _, _)| *at))
+            .chain(deferred_at.map(|t| t + 300))
+            .chain(m.poll_timeout().map(|t| t.as_millis() as u64))
+            .min()
+            .expect("not stuck");
+        now = now.max(next).max(now + 1);
+        pending.extend(m.handle(ms(now), Input::Tick).into_iter().map(|x| (now, x)));
+    }
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let enabled = enabled_t0_at.expect("t0 was put back");
+    let drained_again = w.log.iter().any(|(at, e)| {
+        *at > enabled && matches!(e, Effect::Drain(..) | Effect::Disable(..)) && names(e, 0)
+    });
+    assert!(
+        !drained_again,
+        "a put-back target was drained again: {:#?}",
+        w.log
+    );
+    assert_eq!(
+        w.states[&id(0)].state,
+        TargetState::InService,
+        "{enabled} {:#?}",
+        w.log
+    );
 }
