@@ -356,11 +356,6 @@ impl Machine {
     /// A failed target that is out of rotation: kept out, or put back under
     /// `on_failure = restore` (after the probe, when there is one).
     pub(super) fn after_failure_out(&mut self, i: usize) {
-        if self.slots[i].open {
-            // It may still be running: never put back by the run.
-            self.slots[i].keep_out = true;
-            return self.finish(i, End::Failed);
-        }
         match self.cfg.on_failure() {
             OnFailure::KeepOut => {
                 self.slots[i].keep_out = true;
