@@ -12,7 +12,7 @@
 //! ELB's own bucket (40 tokens, refilled at 10 a second): the run fails
 //! if that bucket would have run dry.
 //!
-//! `cargo run --release -p examples --bin bench-aws-api [-- --discover]`
+//! `cargo run --release -p examples --features aws --bin bench-aws-api [-- --discover]`
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

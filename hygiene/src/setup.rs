@@ -40,9 +40,12 @@ pub(crate) struct Setup {
     pub(crate) haproxy: Option<HaproxyBalancer>,
     /// The ELBv2 balancer, when it is one (its deregistration delays give
     /// the default drain timeout).
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     pub(crate) elbv2: Option<crate::elbv2::Elbv2>,
     /// Whether the operator set `drain_timeout` (file, `--set`, flag or
-    /// variable) rather than leaving it to the default.
+    /// variable) rather than leaving it to the default (only ELBv2's default
+    /// depends on it).
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     pub(crate) drain_timeout_set: bool,
 }
 

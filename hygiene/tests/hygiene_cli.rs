@@ -324,7 +324,7 @@ drain_timeout = "20s"
 health_timeout = "20s"
 "#,
         sock = scn.haproxy.socket().display().to_string(),
-        exe = env!("CARGO_BIN_EXE_demo"),
+        exe = common::demo_bin().display(),
         control = scn.control.addr(),
     );
     std::fs::write(&path, text).expect("write config");
@@ -607,7 +607,7 @@ async fn a_failed_target_is_kept_out_or_fails_the_run_on_haproxy() {
 #[test]
 fn the_example_configs_are_valid() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
     for name in ["haproxy.toml", "nginx.toml", "elbv2.toml"] {
         let mut c = hygiene(&configs.join(name), &dir.path().join("state"));
         c.args(["validate", "--offline"])
@@ -705,7 +705,7 @@ poll_interval = "50ms"
 health_timeout = "20s"
 "#,
             sock = scn.haproxy.socket().display().to_string(),
-            exe = env!("CARGO_BIN_EXE_demo"),
+            exe = common::demo_bin().display(),
             control = scn.control.addr(),
             port = sshd.port(),
             key = sshd.client_key().display().to_string(),
@@ -742,7 +742,7 @@ health_timeout = "20s"
 fn elbv2_pools_from_instances_are_configured_without_an_arn() {
     let dir = tempfile::tempdir().expect("tempdir");
     let example =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/elbv2.toml"))
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config/elbv2.toml"))
             .expect("example config");
     let arn_line = example
         .lines()

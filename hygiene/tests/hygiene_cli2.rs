@@ -71,8 +71,8 @@ health_timeout = "20s"
     path
 }
 
-fn demo() -> &'static str {
-    env!("CARGO_BIN_EXE_demo")
+fn demo() -> String {
+    common::demo_bin().display().to_string()
 }
 
 async fn start_scenario(cfg: ScenarioConfig) -> Scenario {
@@ -168,7 +168,7 @@ async fn a_maintenance_that_cannot_start_is_refused_before_any_drain() {
         all_in_service(&scn).await;
     }
     // Defect 10: an --only naming nothing, a min_healthy no batch fits.
-    let cfg = haproxy_config(dir.path(), &scn, demo(), 100, "");
+    let cfg = haproxy_config(dir.path(), &scn, &demo(), 100, "");
     let (code, stdout, err) = run_args(&cfg, &state, &["plan", "--only", "web/s9"]);
     assert_eq!(code, BLOCKED, "{stdout}{err}");
     assert!(stdout.contains("web/s9"), "{stdout}");
@@ -213,7 +213,7 @@ async fn a_kept_out_server_is_not_forgotten_by_the_next_run() {
     let scn = start_scenario(ScenarioConfig::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let cfg = haproxy_config(dir.path(), &scn, demo(), 100, r#", "--fail-on", "s2""#);
+    let cfg = haproxy_config(dir.path(), &scn, &demo(), 100, r#", "--fail-on", "s2""#);
     let (code, stdout, err) = run_args(&cfg, &state, &["run"]);
     assert_eq!(code, KEPT_OUT, "{stdout}{err}");
 
@@ -315,7 +315,7 @@ async fn a_third_ctrl_c_names_what_is_out() {
     let scn = start_scenario(ScenarioConfig::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let cfg = haproxy_config(dir.path(), &scn, demo(), 4000, "");
+    let cfg = haproxy_config(dir.path(), &scn, &demo(), 4000, "");
     let mut c = hygiene(&cfg, &state);
     c.arg("run").stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn run");
@@ -371,7 +371,7 @@ async fn a_run_with_a_failed_target_is_not_completed() {
     let scn = start_scenario(ScenarioConfig::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let cfg = haproxy_config(dir.path(), &scn, demo(), 100, r#", "--fail-on", "s2""#);
+    let cfg = haproxy_config(dir.path(), &scn, &demo(), 100, r#", "--fail-on", "s2""#);
     let (code, stdout, err) = run_args(
         &cfg,
         &state,
@@ -512,7 +512,7 @@ async fn log_lines_exclude_and_confirmation() {
     let scn = start_scenario(ScenarioConfig::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let cfg = haproxy_config(dir.path(), &scn, demo(), 50, "");
+    let cfg = haproxy_config(dir.path(), &scn, &demo(), 50, "");
 
     // Unknown names: exit 3, the pool's names listed, nothing changed.
     for args in [

@@ -22,6 +22,21 @@ pub fn hygiene(config: &Path, state: &Path) -> Command {
     c
 }
 
+/// The `demo` program of the `examples` package (its `demo patch` is the
+/// maintenance these tests run), beside this package's `hygiene` binary:
+/// the workspace test run (`./scripts/test`) builds both. A test run of
+/// this package alone needs `cargo build -p examples --bin demo` first,
+/// and says so.
+pub fn demo_bin() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_hygiene")).with_file_name("demo");
+    assert!(
+        path.is_file(),
+        "{} is missing: run ./scripts/test (the workspace builds it), or `cargo build -p examples --bin demo` before `cargo test -p hygiene`",
+        path.display()
+    );
+    path
+}
+
 /// Whether a real HAProxy is here (skips loudly, or fails under
 /// `HYGIENE_REQUIRE_INTEGRATION=1`).
 pub fn have_haproxy() -> bool {
@@ -45,7 +60,7 @@ pub fn out(mut c: Command) -> (i32, String, String) {
 /// `examples/config/<name>`, parsed.
 pub fn example_config(name: &str) -> toml::Table {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("config")
+        .join("../examples/config")
         .join(name);
     let text = std::fs::read_to_string(&path).expect("example config");
     text.parse().expect("example config is TOML")
