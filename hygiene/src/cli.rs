@@ -63,6 +63,21 @@ pub(crate) struct Global {
         value_name = "KEY=VALUE"
     )]
     pub(crate) set: Vec<String>,
+    /// Print only errors and the final summary (no progress view, no
+    /// progress lines).
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "HYGIENE_QUIET",
+        value_parser = BoolishValueParser::new(),
+        conflicts_with = "verbose"
+    )]
+    pub(crate) quiet: bool,
+    /// More log detail on stderr: -v info, -vv debug, -vvv trace (RUST_LOG,
+    /// when set, decides instead). Colour follows NO_COLOR.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
 }
 
 /// What to do.

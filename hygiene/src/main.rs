@@ -82,7 +82,7 @@ pub(crate) fn command_for(global: &Global, verb: &str) -> String {
     s
 }
 
-fn shell_word(s: &str) -> String {
+pub(crate) fn shell_word(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c))
@@ -137,6 +137,26 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
+/// The log level on stderr when RUST_LOG is not set: on a terminal the
+/// progress view says what the warnings would (errors only); in a log the
+/// warnings are the progress; `-q` keeps errors only; each `-v` one more.
+fn log_level(view: bool, quiet: bool, verbose: u8) -> &'static str {
+    match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) if view => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    }
+}
+
+/// Whether colour may be used: not when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>).
+fn colour_allowed(no_color: Option<&std::ffi::OsStr>) -> bool {
+    no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -150,16 +170,14 @@ async fn main() -> ExitCode {
         }
     }
     let json = cli.global.json;
-    // On a terminal the progress view says what the warnings would; in a
-    // log (not a terminal) the warnings are the progress.
     let terminal = std::io::stderr().is_terminal();
-    let default_level = if terminal && !json { "error" } else { "warn" };
+    let default_level = log_level(terminal && !json, cli.global.quiet, cli.global.verbose);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_ansi(terminal)
+        .with_ansi(terminal && colour_allowed(std::env::var_os("NO_COLOR").as_deref()))
         .with_writer(std::io::stderr)
         .init();
     let code = match dispatch(cli).await {
@@ -186,4 +204,27 @@ async fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_color_set_to_anything_but_empty_turns_colour_off() {
+        assert!(colour_allowed(None));
+        assert!(colour_allowed(Some(std::ffi::OsStr::new(""))));
+        assert!(!colour_allowed(Some(std::ffi::OsStr::new("1"))));
+        assert!(!colour_allowed(Some(std::ffi::OsStr::new("0"))));
+    }
+
+    #[test]
+    fn quiet_and_verbose_set_the_log_level() {
+        assert_eq!(log_level(true, false, 0), "error");
+        assert_eq!(log_level(false, false, 0), "warn");
+        assert_eq!(log_level(false, true, 0), "error");
+        assert_eq!(log_level(true, false, 1), "info");
+        assert_eq!(log_level(false, false, 2), "debug");
+        assert_eq!(log_level(false, false, 7), "trace");
+    }
 }

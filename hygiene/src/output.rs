@@ -71,6 +71,8 @@ pub(crate) struct Follower {
     done: usize,
     failed: usize,
     other: usize,
+    /// Time into the run of the last event.
+    elapsed: Duration,
 }
 
 #[derive(Debug)]
@@ -117,16 +119,45 @@ impl Follower {
             done: 0,
             failed: 0,
             other: 0,
+            elapsed: Duration::ZERO,
         }
+    }
+
+    /// `-q`: no progress view and no progress lines (JSON lines, when
+    /// asked for, still come).
+    pub(crate) fn quiet(mut self, quiet: bool) -> Self {
+        if quiet {
+            if let Some(v) = self.view.take() {
+                v.header.finish_and_clear();
+                let _ignored = v.multi.clear();
+            }
+            self.lines = false;
+        }
+        self
+    }
+
+    /// The time left, from the pace so far: the targets finished in the
+    /// time elapsed, applied to the targets left (none before the first
+    /// target has finished).
+    pub(crate) fn time_left(&self) -> Option<Duration> {
+        let finished = self.done + self.failed + self.other;
+        let left = self.selected.saturating_sub(finished);
+        estimate(self.elapsed, finished, left)
     }
 
     /// Takes one event.
     pub(crate) fn event(&mut self, e: &Event) {
+        self.elapsed = e.elapsed;
         if self.json {
             json_line("event", e);
         }
         if self.lines {
-            if let Some(text) = event_text(e) {
+            if let Some(mut text) = event_text(e) {
+                if matches!(e.kind, EventKind::BatchStarted { .. }) {
+                    if let Some(left) = self.time_left() {
+                        text.push_str(&format!(" (about {} left)", rough(left)));
+                    }
+                }
                 // `2026-12-06T03:30:01Z`: the second is enough for a log.
                 let at = e.at.split('.').next().unwrap_or(&e.at);
                 let z = if at.ends_with('Z') { "" } else { "Z" };
@@ -223,11 +254,14 @@ impl Follower {
         if let Some(v) = &self.view {
             let finished = self.done + self.failed + self.other;
             v.header.set_message(format!(
-                "batch {} · done {} · failed {} · left {}",
+                "batch {} · done {} · failed {} · left {}{}",
                 v.batch.map_or_else(|| "-".into(), |b| (b + 1).to_string()),
                 self.done,
                 self.failed,
-                self.selected.saturating_sub(finished)
+                self.selected.saturating_sub(finished),
+                self.time_left()
+                    .map(|d| format!(" · about {} to go", rough(d)))
+                    .unwrap_or_default()
             ));
         }
     }
@@ -241,6 +275,26 @@ impl Follower {
             v.header.finish_and_clear();
             let _ignored = v.multi.clear();
         }
+    }
+}
+
+/// `left` targets at the pace of `finished` in `elapsed`; `None` before
+/// the first has finished or when nothing is left.
+fn estimate(elapsed: Duration, finished: usize, left: usize) -> Option<Duration> {
+    if finished == 0 || left == 0 {
+        return None;
+    }
+    let per_target = elapsed.as_secs_f64() / finished as f64;
+    Duration::try_from_secs_f64(per_target * left as f64).ok()
+}
+
+/// A duration to the precision an estimate deserves: `40s`, `3m`, `1h20m`.
+fn rough(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{}s", s.max(1)),
+        60..=3599 => format!("{}m", (s + 30) / 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -321,6 +375,35 @@ pub(crate) fn tidy(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// After a cancel or an abort: the command that rolls the targets the run
+/// did not start (`run` plus `--only` with their names), or `None` when
+/// every target was started.
+pub(crate) fn continue_hint(r: &Report, run: &str) -> Option<String> {
+    if !matches!(r.outcome, Outcome::Cancelled | Outcome::Aborted { .. }) {
+        return None;
+    }
+    let left: Vec<String> = r
+        .targets
+        .iter()
+        .filter(|t| matches!(t.result, TargetResult::NotStarted))
+        .map(|t| t.id.to_string())
+        .collect();
+    if left.is_empty() {
+        return None;
+    }
+    let only = if left.iter().any(|id| id.contains(',')) {
+        left.iter()
+            .map(|id| format!(" --only {}", crate::shell_word(id)))
+            .collect::<String>()
+    } else {
+        format!(" --only {}", crate::shell_word(&left.join(",")))
+    };
+    Some(format!(
+        "{} target(s) were not started; to roll them: {run}{only}",
+        left.len()
+    ))
 }
 
 /// The report for a human, on stdout.
@@ -417,4 +500,33 @@ pub(crate) fn summary(r: &Report) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_left_follows_the_pace_so_far() {
+        assert_eq!(estimate(Duration::from_secs(60), 0, 4), None);
+        assert_eq!(estimate(Duration::from_secs(60), 4, 0), None);
+        assert_eq!(
+            estimate(Duration::from_secs(60), 2, 4),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(rough(Duration::from_millis(200)), "1s");
+        assert_eq!(rough(Duration::from_secs(40)), "40s");
+        assert_eq!(rough(Duration::from_secs(150)), "3m");
+        assert_eq!(rough(Duration::from_secs(4800)), "1h20m");
+    }
+
+    #[test]
+    fn quiet_shows_neither_view_nor_lines() {
+        let f = Follower::new(false, InProgress::default()).quiet(true);
+        assert!(f.view.is_none());
+        assert!(!f.lines);
+        let f = Follower::new(false, InProgress::default()).quiet(false);
+        // Tests run without a terminal: lines, not the view.
+        assert!(f.lines);
+    }
 }

@@ -121,7 +121,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
             Mode::Restore => rollout.restore().await,
         }
     });
-    let mut follower = Follower::new(g.json, in_progress);
+    let mut follower = Follower::new(g.json, in_progress).quiet(g.quiet);
     while let Some(e) = events.recv().await {
         follower.event(&e);
     }
@@ -163,6 +163,12 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
         output::json_line("report", &report);
     } else {
         output::print(&output::summary(&report));
+        let hint = (mode != Mode::Restore)
+            .then(|| output::continue_hint(&report, &command_for(g, "run")))
+            .flatten();
+        if let Some(hint) = hint {
+            eprintln!("{}", output::clean(hint));
+        }
     }
     // Remember what this run left out, beyond the next run's journal.
     if let Err(e) = kept::sync(&setup.journal) {

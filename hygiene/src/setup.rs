@@ -177,69 +177,123 @@ pub(crate) fn rollout_config(
     })
 }
 
-/// Applies `--exclude` over the pool as listed, and checks that every
-/// name `--only` (when `strict`) and `--exclude` give is in it: an error
-/// names the flag and lists the pool's targets.
+/// Applies `--only` and `--exclude` over the pool as listed. A name is a
+/// target's full name (`web/s1`), a glob over the full names (`web/s*`,
+/// `*/s[12]`), or a short name (`s1`, the part after the last `/`) when
+/// it names one target only. A name that matches nothing (`--only` when
+/// `strict`, `--exclude` always) or a short name that matches several is
+/// an error that names the flag and lists the pool's targets (or the
+/// matches).
 pub(crate) fn select(
     setup: &mut Setup,
     listed: &[hygiene_core::ListedTarget],
     flags: &RolloutFlags,
     strict: bool,
 ) -> Result<(), ConfigError> {
-    let known = |n: &str| listed.iter().any(|l| l.target.id.as_str() == n);
-    let pool = || {
-        listed
-            .iter()
-            .map(|l| l.target.id.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let unknown = |flag: &str, list: &[String]| -> Result<(), ConfigError> {
-        let missing: Vec<&str> = list
-            .iter()
-            .map(String::as_str)
-            .filter(|n| !known(n))
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        Err(ConfigError::flag(
-            &flags.source(flag),
-            format!(
-                "{} not in the pool; the pool holds: {}",
-                missing.join(", "),
-                if listed.is_empty() {
-                    "nothing".into()
-                } else {
-                    pool()
-                }
-            ),
-        ))
-    };
-    if strict {
-        unknown("only", &flags.only)?;
-    }
-    if flags.exclude.is_empty() {
+    if flags.only.is_empty() && flags.exclude.is_empty() {
         return Ok(());
     }
-    unknown("exclude", &flags.exclude)?;
-    let base: Vec<hygiene_core::TargetId> = match setup.rollout.selection() {
-        hygiene_core::Selection::Named(ids) => ids.clone(),
-        _ => listed.iter().map(|l| l.target.id.clone()).collect(),
+    let ids: Vec<&str> = listed.iter().map(|l| l.target.id.as_str()).collect();
+    let only = resolve(&flags.source("only"), &flags.only, &ids, strict)?;
+    let exclude = resolve(&flags.source("exclude"), &flags.exclude, &ids, true)?;
+    let base: Vec<String> = if !flags.only.is_empty() {
+        only
+    } else {
+        match setup.rollout.selection() {
+            hygiene_core::Selection::Named(ids) => ids.iter().map(ToString::to_string).collect(),
+            _ => ids.iter().map(|s| (*s).to_owned()).collect(),
+        }
     };
     let keep: Vec<String> = base
-        .iter()
-        .filter(|id| !flags.exclude.iter().any(|e| e == id.as_str()))
-        .map(ToString::to_string)
+        .into_iter()
+        .filter(|id| !exclude.contains(id))
         .collect();
     let mut value = serde_json::to_value(&setup.rollout)
-        .map_err(|e| ConfigError::flag("--exclude", format!("cannot apply: {e}")))?;
+        .map_err(|e| ConfigError::flag("--only/--exclude", format!("cannot apply: {e}")))?;
     if let Some(map) = value.as_object_mut() {
         map.insert("selection".into(), serde_json::json!({ "named": keep }));
     }
-    setup.rollout = serde_json::from_value(value)
-        .map_err(|e| ConfigError::flag(&flags.source("exclude"), e.to_string()))?;
+    setup.rollout = serde_json::from_value(value).map_err(|e| {
+        let flag = if flags.only.is_empty() {
+            "exclude"
+        } else {
+            "only"
+        };
+        ConfigError::flag(&flags.source(flag), e.to_string())
+    })?;
     Ok(())
+}
+
+/// The pool's names that `names` give (see [`select`]), in their order,
+/// each once. A name matching nothing is an error when `strict`, else
+/// kept as given (`plan` and `validate` report a selection that names
+/// nothing).
+pub(crate) fn resolve(
+    flag: &str,
+    names: &[String],
+    ids: &[&str],
+    strict: bool,
+) -> Result<Vec<String>, ConfigError> {
+    let pool = || {
+        if ids.is_empty() {
+            "nothing".to_owned()
+        } else {
+            ids.join(", ")
+        }
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for name in names {
+        let matched: Vec<&str> = if ids.contains(&name.as_str()) {
+            vec![name.as_str()]
+        } else if name.contains(['*', '?', '[']) {
+            let pattern = glob::Pattern::new(name).map_err(|e| {
+                ConfigError::flag(flag, format!("{name:?} is not a valid pattern: {e}"))
+            })?;
+            ids.iter()
+                .copied()
+                .filter(|id| pattern.matches(id))
+                .collect()
+        } else {
+            let short: Vec<&str> = ids
+                .iter()
+                .copied()
+                .filter(|id| id.rsplit('/').next() == Some(name.as_str()))
+                .collect();
+            if short.len() > 1 {
+                return Err(ConfigError::flag(
+                    flag,
+                    format!(
+                        "{name} is ambiguous: it names {}; give the full name",
+                        short.join(", ")
+                    ),
+                ));
+            }
+            short
+        };
+        if matched.is_empty() {
+            missing.push(name);
+            if !strict {
+                out.push(name.clone());
+            }
+        }
+        for id in matched {
+            if !out.iter().any(|o| o == id) {
+                out.push(id.to_owned());
+            }
+        }
+    }
+    if strict && !missing.is_empty() {
+        return Err(ConfigError::flag(
+            flag,
+            format!(
+                "{} not in the pool; the pool holds: {}",
+                missing.join(", "),
+                pool()
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 /// The balancer, its kind, and the concrete HAProxy or ELBv2 balancer
@@ -847,4 +901,49 @@ fn probe(loaded: &Loaded) -> Result<Option<AnyProbe>, ConfigError> {
         }
     };
     Ok(Some(probe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+
+    const POOL: &[&str] = &["web/s1", "web/s2", "web/s10", "api/a1", "api/s2"];
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn full_names_globs_and_short_names_resolve_in_order_once() {
+        let got =
+            resolve("--only", &names(&["s10", "web/s*", "a1"]), POOL, true).expect("resolves");
+        assert_eq!(got, names(&["web/s10", "web/s1", "web/s2", "api/a1"]));
+        let got = resolve("--only", &names(&["*/s?"]), POOL, true).expect("resolves");
+        assert_eq!(got, names(&["web/s1", "web/s2", "api/s2"]));
+    }
+
+    #[test]
+    fn an_ambiguous_short_name_is_refused_with_its_matches() {
+        let e = resolve("--only", &names(&["s2"]), POOL, false)
+            .expect_err("ambiguous")
+            .to_string();
+        assert!(e.contains("--only") && e.contains("web/s2, api/s2"), "{e}");
+    }
+
+    #[test]
+    fn a_name_matching_nothing_lists_the_pool_when_strict_and_is_kept_otherwise() {
+        let e = resolve("HYGIENE_EXCLUDE", &names(&["db/*", "web/s1"]), POOL, true)
+            .expect_err("unknown")
+            .to_string();
+        assert!(
+            e.contains("HYGIENE_EXCLUDE") && e.contains("db/*") && e.contains("web/s10"),
+            "{e}"
+        );
+        let got = resolve("--only", &names(&["nope"]), POOL, false).expect("kept");
+        assert_eq!(got, names(&["nope"]));
+        let e = resolve("--only", &names(&["web/[s"]), POOL, false)
+            .expect_err("bad pattern")
+            .to_string();
+        assert!(e.contains("not a valid pattern"), "{e}");
+    }
 }

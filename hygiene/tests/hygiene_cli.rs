@@ -741,9 +741,10 @@ health_timeout = "20s"
 #[test]
 fn elbv2_pools_from_instances_are_configured_without_an_arn() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let example =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config/elbv2.toml"))
-            .expect("example config");
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config/elbv2.toml"),
+    )
+    .expect("example config");
     let arn_line = example
         .lines()
         .find(|l| l.starts_with("load_balancer = "))

@@ -612,3 +612,60 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// Selection by short name and glob, `-q`, the time left in the log
+/// lines, and after an abort the command that rolls what was not started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_names_globs_quiet_and_the_way_to_continue() {
+    if !have_haproxy() {
+        return;
+    }
+    let scn = start_scenario(ScenarioConfig::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cfg = haproxy_config(dir.path(), &scn, &demo(), 50, r#", "--fail-on", "s2""#);
+
+    // A short name, quietly: the summary, and no progress line.
+    let (code, stdout, err) = run_args(&cfg, &state, &["run", "-q", "--only", "s1"]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("web/s1") && stdout.contains("done"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("web/s3"), "{stdout}");
+    assert!(!err.contains("batch 1"), "-q prints no progress: {err}");
+
+    // A glob, less an excluded short name: web/s3 only (and a log line
+    // per event without -q).
+    let (code, stdout, err) = run_args(
+        &cfg,
+        &state,
+        &["run", "--only", "web/s[13]", "--exclude", "s1"],
+    );
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(err.contains("batch 1: web/s3"), "{err}");
+    assert!(
+        stdout.contains("web/s3") && !stdout.contains("web/s1"),
+        "{stdout}"
+    );
+
+    // A name matching nothing lists the pool.
+    let (code, _, err) = run_args(&cfg, &state, &["run", "--only", "db*"]);
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(
+        err.contains("db*") && err.contains("web/s1, web/s2, web/s3"),
+        "{err}"
+    );
+
+    // An abort after web/s2 fails: web/s3 was not started, and the
+    // command that rolls it is printed; batch 2's line has the time left.
+    let (code, stdout, err) = run_args(&cfg, &state, &["run", "--max-failures", "0"]);
+    assert_eq!(code, KEPT_OUT, "{stdout}{err}");
+    assert!(err.contains("batch 2: web/s2 (about "), "{err}");
+    assert!(
+        err.contains("1 target(s) were not started; to roll them: hygiene run -c")
+            && err.contains("--only web/s3"),
+        "{err}"
+    );
+    scn.stop().await;
+}
