@@ -45,9 +45,10 @@ impl Drop for Heartbeat {
 }
 
 impl Heartbeat {
-    /// Starts renewing `lease`, acquired (or last renewed) by a call sent
-    /// at `since`. Needs a tokio runtime.
-    pub fn start(lease: HeldLease, since: Instant) -> Self {
+    /// Starts renewing `lease` (held since [`HeldLease::since`]). Needs a
+    /// tokio runtime.
+    pub fn start(lease: HeldLease) -> Self {
+        let since = lease.since;
         let duration = lease.grant.duration;
         let (tx, rx) = watch::channel(LeaseState::Held {
             until: since + duration,

@@ -1,6 +1,7 @@
 //! [`StoreJournal`]: the run's journal in a lease store, under the fence.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::{Grant, LeaseStore};
@@ -23,6 +24,8 @@ pub struct StoreJournal {
     store: Arc<dyn LeaseStore>,
     pool: String,
     grant: Option<Grant>,
+    /// Set once the store refused a record because the lease is lost.
+    fenced: Arc<AtomicBool>,
 }
 
 impl StoreJournal {
@@ -32,7 +35,18 @@ impl StoreJournal {
             pool: grant.pool.clone(),
             store,
             grant: Some(grant),
+            fenced: Arc::default(),
         }
+    }
+
+    /// Whether the store refused a record because this holder's lease is
+    /// no longer current (taken over or released).
+    pub fn fenced_out(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn fenced_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.fenced)
     }
 
     /// The journal of `pool`, to read only (`hygiene status`): every
@@ -42,6 +56,7 @@ impl StoreJournal {
             store,
             pool: pool.into(),
             grant: None,
+            fenced: Arc::default(),
         }
     }
 }

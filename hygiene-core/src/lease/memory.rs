@@ -23,6 +23,8 @@ pub struct MemoryLeaseStore {
     shared: Arc<Mutex<Shared>>,
     sightings: Sightings,
     duration: Duration,
+    /// This client cannot reach the store (injected).
+    cut: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -31,7 +33,6 @@ struct Shared {
     /// host → pool holding it.
     hosts: HashMap<String, String>,
     journals: HashMap<String, Vec<Record>>,
-    unavailable: bool,
     versions: u64,
     calls: u64,
 }
@@ -50,6 +51,7 @@ impl MemoryLeaseStore {
             shared: Arc::default(),
             sightings: Sightings::new(),
             duration,
+            cut: Arc::default(),
         }
     }
 
@@ -60,13 +62,16 @@ impl MemoryLeaseStore {
             shared: Arc::clone(&self.shared),
             sightings: Sightings::new(),
             duration: self.duration,
+            cut: Arc::default(),
         }
     }
 
-    /// Every later call fails with [`LeaseError::Unavailable`], or succeeds
-    /// again.
+    /// Every later call of this client (and its clones, not its
+    /// contenders) fails with [`LeaseError::Unavailable`], or succeeds
+    /// again: a machine cut off from the store.
     pub fn set_unavailable(&self, unavailable: bool) {
-        self.lock().unavailable = unavailable;
+        self.cut
+            .store(unavailable, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Calls made so far (all clients).
@@ -84,7 +89,7 @@ impl MemoryLeaseStore {
     fn enter(&self) -> LeaseResult<std::sync::MutexGuard<'_, Shared>> {
         let mut s = self.lock();
         s.calls += 1;
-        if s.unavailable {
+        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(LeaseError::unavailable(
                 self.name(),
                 "cannot be reached (injected fault)",

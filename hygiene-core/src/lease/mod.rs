@@ -495,6 +495,9 @@ pub struct HeldLease {
     pub store: Arc<dyn LeaseStore>,
     /// The grant.
     pub grant: Grant,
+    /// When the acquire (or the last renewal) was sent: the lease is
+    /// counted from there.
+    pub since: Instant,
 }
 
 /// Acquires `pool`, waiting while it is held, up to `wait` in all: the
