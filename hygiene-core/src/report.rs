@@ -99,6 +99,15 @@ pub enum AbortReason {
         /// The error.
         message: String,
     },
+    /// The run's lease was lost (not renewed in time, or taken over): it
+    /// started nothing more, finished or waited for the maintenance
+    /// already running, and put back what it had out (unless taken over:
+    /// then it touched the balancer no more, and the new holder answers
+    /// for what is out).
+    LeaseLost {
+        /// Why.
+        message: String,
+    },
 }
 
 impl std::fmt::Display for AbortReason {
@@ -115,6 +124,10 @@ impl std::fmt::Display for AbortReason {
             Self::Balancer { operation, message } => write!(
                 f,
                 "the balancer's {operation} failed for good: {message}; check the balancer: the report lists every target this run left out of rotation or could not read"
+            ),
+            Self::LeaseLost { message } => write!(
+                f,
+                "the run's lease was lost ({message}): nothing new started and what was out was put back where the run could; the report names every target still out"
             ),
         }
     }

@@ -20,11 +20,14 @@ use crate::config::RolloutConfig;
 use crate::error::{Error, Result};
 use crate::executor::{Executor, HandleSink};
 use crate::journal::{Journal, Op, Record};
+use crate::lease::{Heartbeat, HeldLease, LeaseState};
+use crate::phase::Location;
 use crate::probe::Probe;
 use crate::report::{Event, EventKind, Outcome, Report};
 use crate::retry::with_retries_when;
+use crate::target::TargetId;
 
-use super::machine::{CallId, Effect, Input, Machine, Reply};
+use super::machine::{CallId, Effect, Input, LeaseNews, Machine, Reply};
 use super::record::{finished_record, intent_record, result_record};
 
 /// Subscribers to a run's events; each gets every event from the moment
@@ -53,6 +56,86 @@ impl EventHub {
     }
 }
 
+/// The run's lease: renewed by a heartbeat, guarding drains and every
+/// change once it is taken over.
+#[derive(Debug)]
+pub(crate) struct LeaseLink {
+    pub(crate) held: HeldLease,
+    heartbeat: Mutex<Option<Heartbeat>>,
+    rx: tokio::sync::watch::Receiver<LeaseState>,
+    /// The store refused this run for a newer fence: no more changes.
+    fenced: Arc<std::sync::atomic::AtomicBool>,
+    /// Time a step needs left on the lease.
+    need: Duration,
+    /// Host key of each planned target.
+    hosts: Mutex<std::collections::HashMap<TargetId, String>>,
+}
+
+impl LeaseLink {
+    pub(crate) fn start(
+        held: HeldLease,
+        fenced: Arc<std::sync::atomic::AtomicBool>,
+        need: Duration,
+    ) -> Self {
+        let heartbeat = Heartbeat::start(held.clone());
+        let rx = heartbeat.watch();
+        Self {
+            held,
+            heartbeat: Mutex::new(Some(heartbeat)),
+            rx,
+            fenced,
+            need,
+            hosts: Mutex::default(),
+        }
+    }
+
+    fn fenced_out(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    fn hosts_of(&self, ids: &[TargetId]) -> Vec<String> {
+        let hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v: Vec<String> = ids
+            .iter()
+            .map(|id| hosts.get(id).cloned().unwrap_or_else(|| id.to_string()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn stop(&self) {
+        if let Some(h) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            h.stop();
+        }
+    }
+}
+
+/// The next change of the lease's state; `None` once nothing more can come.
+async fn lease_change(
+    link: Option<&LeaseLink>,
+    rx: &mut Option<tokio::sync::watch::Receiver<LeaseState>>,
+) -> Option<LeaseState> {
+    let (Some(_), Some(rx)) = (link, rx.as_mut()) else {
+        return std::future::pending().await;
+    };
+    match rx.changed().await {
+        Ok(()) => Some(rx.borrow_and_update().clone()),
+        Err(_) => match rx.borrow().clone() {
+            lost @ LeaseState::Lost { .. } => Some(lost),
+            LeaseState::Held { .. } => None,
+        },
+    }
+}
+
 /// What every effect needs: the parts, the limits, the counters.
 #[derive(Debug)]
 pub(crate) struct Parts {
@@ -62,6 +145,7 @@ pub(crate) struct Parts {
     pub(crate) config: RolloutConfig,
     pub(crate) hub: EventHub,
     pub(crate) journal: Option<Arc<dyn Journal>>,
+    pub(crate) lease: Option<LeaseLink>,
     pub(crate) started: Instant,
     pub(crate) balancer_calls: AtomicU64,
     pub(crate) executor_calls: AtomicU64,
@@ -227,7 +311,21 @@ impl Parts {
             Effect::Status(_, ids) | Effect::ReadBack(_, ids) => {
                 Reply::Status(self.lb_call("status", || lb.status(&ids)).await)
             }
-            Effect::Drain(_, ids) => Reply::Changed(self.lb_call("drain", || lb.drain(&ids)).await),
+            Effect::Drain(_, ids) => {
+                if let Some(link) = &self.lease {
+                    // The hosts it takes out, with a check that the lease is
+                    // still this run's, in one transaction.
+                    let hosts = link.hosts_of(&ids);
+                    if let Err(e) = link.held.store.take_hosts(&link.held.grant, &hosts).await {
+                        if matches!(e, crate::lease::LeaseError::Lost { .. }) {
+                            link.fenced.store(true, Ordering::SeqCst);
+                        }
+                        warn!(error = %e, "hosts not taken: not drained");
+                        return Reply::Changed(Err(e.into()));
+                    }
+                }
+                Reply::Changed(self.lb_call("drain", || lb.drain(&ids)).await)
+            }
             Effect::Disable(_, ids) => {
                 Reply::Changed(self.lb_call("disable", || lb.disable(&ids)).await)
             }
@@ -376,10 +474,45 @@ pub(crate) async fn drive(
     };
     let mut intents: std::collections::HashSet<CallId> = std::collections::HashSet::new();
     let mut stuck = false;
+    let mut lease_rx = None;
+    // When the lease, not renewed, has less left than a step needs: the
+    // run goes restore-only then, while it still holds the lease for its
+    // put-backs (it keeps renewing).
+    let mut lease_until: Option<Instant> = None;
+    let mut restore_only = false;
+    if let Some(link) = &parts.lease {
+        {
+            let mut hosts = link
+                .hosts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for t in machine.plan_targets() {
+                hosts.insert(t.id.clone(), crate::lease::host_key(&t));
+            }
+        }
+        let mut rx = link.rx.clone();
+        let news = match rx.borrow_and_update().clone() {
+            LeaseState::Held { until } => LeaseNews::Until(until.saturating_duration_since(start)),
+            LeaseState::Lost { reason, .. } => LeaseNews::Lost(reason),
+        };
+        if let LeaseNews::Until(u) = &news {
+            lease_until = Some(start + *u);
+        }
+        lease_rx = Some(rx);
+        machine.set_lease(Duration::ZERO, link.need);
+        effects.extend(machine.handle(start.elapsed(), Input::Lease(news)));
+    }
     loop {
         journal_finished(&parts, &mut machine);
         for e in effects.drain(..) {
             debug!(?e, "effect");
+            if let Some(link) = parts.lease.as_ref().filter(|l| l.fenced_out()) {
+                if let Some(reply) = fenced_reply(link, &e) {
+                    let call = e.call();
+                    inflight.push(Box::pin(async move { (call, reply) }));
+                    continue;
+                }
+            }
             if let Some((op, intent)) = intent_record(&e) {
                 // The intent is durable before the call is made. A run that
                 // cannot record a drain or a maintenance does not make it;
@@ -429,9 +562,43 @@ pub(crate) async fn drive(
                 }
                 Input::Reply(call, reply)
             }
+            () = at_risk(parts.lease.as_ref(), lease_until), if !restore_only => {
+                restore_only = true;
+                let left = lease_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(Instant::now()));
+                let reason = format!(
+                    "not renewed: {} left, less than a step needs",
+                    crate::duration_text::format(left)
+                );
+                error!(reason = %reason, "lease at risk: the run only puts back from now on");
+                Input::Lease(LeaseNews::Lost(reason))
+            }
+            news = lease_change(parts.lease.as_ref(), &mut lease_rx) => match news {
+                Some(LeaseState::Held { until }) => {
+                    lease_until = Some(until);
+                    Input::Lease(LeaseNews::Until(until.saturating_duration_since(start)))
+                }
+                Some(LeaseState::Lost { reason, .. }) => {
+                    // Ran out or taken over: another holder may act on the
+                    // pool now; this run changes nothing more.
+                    if let Some(link) = &parts.lease {
+                        link.fenced.store(true, Ordering::SeqCst);
+                    }
+                    error!(reason = %reason, "lease lost: this run touches the balancer no more");
+                    lease_rx = None;
+                    restore_only = true;
+                    Input::Lease(LeaseNews::Lost(reason))
+                }
+                None => {
+                    lease_rx = None;
+                    Input::Tick
+                }
+            },
             () = sleep_until(wake) => Input::Tick,
         };
         effects = machine.handle(start.elapsed(), input);
+    }
+    if let Some(link) = &parts.lease {
+        link.stop();
     }
     let outcome = machine.outcome();
     journal_finished(&parts, &mut machine);
@@ -473,11 +640,63 @@ pub(crate) async fn drive(
     }
 }
 
-/// Records the targets that finished since the last look.
-fn journal_finished(parts: &Parts, machine: &mut Machine) {
+/// Records the targets that finished since the last look, and gives back
+/// to the lease store the hosts back in service.
+fn journal_finished(parts: &Arc<Parts>, machine: &mut Machine) {
+    let mut back = Vec::new();
     for f in machine.take_finished() {
+        if f.location == Location::InService {
+            back.push(f.id.clone());
+        }
         // Logged by `Parts::journal` when it fails; the run goes on.
         let _logged = parts.journal(&finished_record(f));
+    }
+    if let Some(link) = parts
+        .lease
+        .as_ref()
+        .filter(|l| !back.is_empty() && !l.fenced_out())
+    {
+        let hosts = link.hosts_of(&back);
+        let store = Arc::clone(&link.held.store);
+        let grant = link.held.grant.clone();
+        // Best effort: a host not given back stays held by this pool
+        // until the lease is released.
+        tokio::spawn(async move {
+            if let Err(e) = store.give_back(&grant, &hosts).await {
+                warn!(error = %e, "hosts back in service not given back to the lease store");
+            }
+        });
+    }
+}
+
+/// When the lease will have less left than a step needs (never without a
+/// lease).
+async fn at_risk(link: Option<&LeaseLink>, until: Option<Instant>) {
+    match (link, until) {
+        (Some(link), Some(u)) => {
+            tokio::time::sleep_until(u.checked_sub(link.need).unwrap_or(u)).await;
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// The reply to a change a run whose lease was lost does not make.
+fn fenced_reply(link: &LeaseLink, effect: &Effect) -> Option<Reply> {
+    let e = || {
+        Error::journal(
+            link.held.store.name(),
+            format!(
+                "refused: the lease of pool {} ({}) is lost (ran out or taken over); this run touches the balancer no more: resume or restore it under a new lease",
+                link.held.grant.pool, link.held.grant.fence
+            ),
+        )
+    };
+    match effect {
+        Effect::Drain(..) | Effect::Disable(..) | Effect::Enable(..) => {
+            Some(Reply::Changed(Err(e())))
+        }
+        Effect::Execute(..) => Some(Reply::Executed(Err(e()))),
+        _ => None,
     }
 }
 

@@ -66,6 +66,8 @@ pub struct Rollout {
     cancel: CancellationToken,
     hub: EventHub,
     journal: Option<Arc<dyn Journal>>,
+    lease: Option<(crate::lease::HeldLease, Arc<std::sync::atomic::AtomicBool>)>,
+    lease_margin: std::time::Duration,
 }
 
 impl Rollout {
@@ -79,6 +81,8 @@ impl Rollout {
             cancel: CancellationToken::new(),
             hub: EventHub::default(),
             journal: None,
+            lease: None,
+            lease_margin: DEFAULT_LEASE_MARGIN,
         }
     }
 
@@ -132,6 +136,49 @@ impl Rollout {
         self
     }
 
+    /// Runs under a shared lease (see [`crate::lease`]), acquired by the
+    /// caller: the run's journal is the store's, written under the lease's
+    /// fence ([`StoreJournal`](crate::lease::StoreJournal); this replaces
+    /// [`with_journal`](Self::with_journal)), the run's id is the grant's,
+    /// and the lease is renewed in the background for as long as the run
+    /// goes on ([`Heartbeat`](crate::lease::Heartbeat)). The caller
+    /// releases it afterwards.
+    ///
+    /// - A drain or a maintenance starts only while the time left on the
+    ///   lease covers the step's budget (`call_timeout`: the longest the
+    ///   call that starts it may take) plus a margin for clock skew
+    ///   ([`with_lease_margin`](Self::with_lease_margin), 2 s by default).
+    /// - Before a drain, the hosts it takes out are taken in the store
+    ///   ([`LeaseStore::take_hosts`](crate::lease::LeaseStore::take_hosts)):
+    ///   a host another pool has out fails that drain, touching nothing.
+    ///   A host back in service is given back.
+    /// - **Lease at risk** (renewals failing, and less left than a step
+    ///   needs): the run goes restore-only — the cancel path: nothing new
+    ///   drains or starts, drained targets go back at once, running
+    ///   maintenances finish and are probed and put back — while it still
+    ///   holds the lease (it keeps renewing), and ends
+    ///   `Aborted { LeaseLost }` naming what is still out.
+    /// - **Lease lost** (ran out on this machine's clock, or the store
+    ///   refused a renewal or a journal record for a newer fence): another
+    ///   holder may act on the pool now, so the run touches the balancer no
+    ///   more (only reads); the report names every target still out, for
+    ///   the next holder's `resume` or `restore`.
+    pub fn with_lease(mut self, lease: crate::lease::HeldLease) -> Self {
+        let journal =
+            crate::lease::StoreJournal::new(Arc::clone(&lease.store), lease.grant.clone());
+        let fenced = journal.fenced_flag();
+        self.journal = Some(Arc::new(journal));
+        self.lease = Some((lease, fenced));
+        self
+    }
+
+    /// The margin for clock skew between this machine and the lease store
+    /// (see [`with_lease`](Self::with_lease)).
+    pub fn with_lease_margin(mut self, margin: std::time::Duration) -> Self {
+        self.lease_margin = margin;
+        self
+    }
+
     /// Finishes the run the journal (see [`with_journal`](Self::with_journal))
     /// says did not finish, reconciling what it recorded with what the
     /// balancer shows now, without replaying anything: a target whose
@@ -179,6 +226,26 @@ impl Rollout {
         let started_at = jiff::Timestamp::now().to_string();
         let started = Instant::now();
         let journal = self.journal.clone();
+        let lease = match self.lease {
+            Some((held, fenced)) => {
+                let need = self.config.call_timeout() + self.lease_margin;
+                let d = held.grant.duration;
+                if d - d / 3 <= need {
+                    return Err(Error::invalid_config(
+                        "lease",
+                        format!(
+                            "a lease of {} leaves {} before a renewal, not more than a step needs ({} call_timeout + {} margin): lengthen the lease duration or shorten call_timeout",
+                            crate::duration_text::format(d),
+                            crate::duration_text::format(d - d / 3),
+                            crate::duration_text::format(self.config.call_timeout()),
+                            crate::duration_text::format(self.lease_margin),
+                        ),
+                    ));
+                }
+                Some(driver::LeaseLink::start(held, fenced, need))
+            }
+            None => None,
+        };
         let parts = Arc::new(Parts {
             lb: self.lb,
             exec: self.exec,
@@ -186,6 +253,7 @@ impl Rollout {
             config: self.config,
             hub: self.hub,
             journal: self.journal,
+            lease,
             started,
             balancer_calls: AtomicU64::new(0),
             executor_calls: AtomicU64::new(0),
@@ -229,7 +297,10 @@ impl Rollout {
                     &listed,
                     &lb.name(),
                 )?;
-                let run_id = uuid::Uuid::new_v4().to_string();
+                let run_id = parts.lease.as_ref().map_or_else(
+                    || uuid::Uuid::new_v4().to_string(),
+                    |l| l.held.grant.owner.run_id.clone(),
+                );
                 parts.journal(&Record::Header(Box::new(Header {
                     format: JOURNAL_FORMAT,
                     hygiene: env!("CARGO_PKG_VERSION").to_owned(),
@@ -319,6 +390,9 @@ impl Rollout {
         Ok(driver::drive(parts, machine, self.cancel, run_id, started_at).await)
     }
 }
+
+/// The default margin for clock skew (see [`Rollout::with_lease`]).
+const DEFAULT_LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a [`Rollout`] does with its journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

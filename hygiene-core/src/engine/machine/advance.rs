@@ -40,7 +40,12 @@ impl Machine {
                     seal.push(i);
                 }
                 // Never maintained while the last status said in service.
-                Step::Drained if !s.redraining && !s.lost && self.turn(i, Turn::Execute) => {
+                Step::Drained
+                    if !s.redraining
+                        && !s.lost
+                        && self.lease_allows()
+                        && self.turn(i, Turn::Execute) =>
+                {
                     execute.push(i);
                 }
                 Step::AwaitEnable if !s.redraining && self.turn(i, Turn::Enable) => enable.push(i),

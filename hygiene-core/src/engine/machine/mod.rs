@@ -100,6 +100,29 @@ pub(crate) enum Input {
     Cancel,
     /// An effect finished.
     Reply(CallId, Reply),
+    /// News of the run's lease (only with a lease, see
+    /// [`Machine::set_lease`]).
+    Lease(LeaseNews),
+}
+
+/// What the driver learnt of the run's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LeaseNews {
+    /// Renewed: held until this instant (time since the start).
+    Until(Duration),
+    /// Lost: from now on the run only puts back (the cancel path), and
+    /// ends `Aborted { LeaseLost }`.
+    Lost(String),
+}
+
+/// The lease a drain or a maintenance needs (DESIGN §3, 10).
+#[derive(Debug, Clone)]
+struct LeaseGate {
+    until: Duration,
+    /// Time that must be left on the lease for a step to start: the
+    /// step's budget plus the clock-skew margin.
+    need: Duration,
+    lost: Option<String>,
 }
 
 /// Why an enable is wanted; decides what happens once it is applied.
@@ -277,6 +300,8 @@ pub(crate) struct Machine {
     /// Maintenances of a dead run to wait for (sent by the next `advance`).
     to_recover: Vec<(usize, ExecHandle)>,
     now: Duration,
+    /// With a shared lease: when it runs out, and whether it was lost.
+    lease: Option<LeaseGate>,
 }
 
 /// A target that finished, as the journal records it.
@@ -387,6 +412,7 @@ impl Machine {
             finished_log: Vec::new(),
             to_recover: Vec::new(),
             now: Duration::ZERO,
+            lease: None,
             cfg,
         };
         for (i, l) in selected.iter().enumerate() {
@@ -441,6 +467,7 @@ impl Machine {
         match input {
             Input::Tick => {}
             Input::Cancel => self.cancelled = true,
+            Input::Lease(news) => self.on_lease(news),
             Input::Reply(call, reply) => {
                 if let Some(c) = self.calls.remove(&call) {
                     self.on_reply(call, c, reply, &mut out);
@@ -502,13 +529,60 @@ impl Machine {
 
     /// How the run ended (meaningful once finished).
     pub(crate) fn outcome(&self) -> Outcome {
-        if self.cancelled {
+        if let Some(message) = self.lease.as_ref().and_then(|g| g.lost.clone()) {
+            Outcome::Aborted {
+                reason: AbortReason::LeaseLost { message },
+            }
+        } else if self.cancelled {
             Outcome::Cancelled
         } else if let Some(r) = &self.stop {
             Outcome::Aborted { reason: r.clone() }
         } else {
             Outcome::Completed
         }
+    }
+
+    /// The run holds a lease until `until` (time since the start): a drain
+    /// or a maintenance starts only while at least `need` is left of it.
+    pub(crate) fn set_lease(&mut self, until: Duration, need: Duration) {
+        self.lease = Some(LeaseGate {
+            until,
+            need,
+            lost: None,
+        });
+    }
+
+    fn on_lease(&mut self, news: LeaseNews) {
+        let Some(gate) = &mut self.lease else {
+            debug_assert!(false, "lease news without a lease");
+            return;
+        };
+        match news {
+            LeaseNews::Until(u) => gate.until = gate.until.max(u),
+            LeaseNews::Lost(message) => {
+                if gate.lost.is_none() {
+                    gate.lost = Some(message.clone());
+                    self.events.push_back((
+                        None,
+                        EventKind::Stopping {
+                            reason: AbortReason::LeaseLost { message },
+                        },
+                    ));
+                }
+                // Restore-only is the cancel path: nothing new starts,
+                // drained targets go back at once, running maintenances
+                // finish and are probed and put back.
+                self.cancelled = true;
+            }
+        }
+    }
+
+    /// Whether a drain or a maintenance may start now: no lease, or one
+    /// held with enough time left for the step.
+    fn lease_allows(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_none_or(|g| g.lost.is_none() && g.until.saturating_sub(self.now) >= g.need)
     }
 
     /// Groups (batches) started.

@@ -8,6 +8,10 @@ impl Machine {
         if self.plan.is_some() || self.cancelled || self.stop.is_some() || self.queue.is_empty() {
             return;
         }
+        if !self.lease_allows() {
+            // Not enough lease left for a drain: wait for a renewal.
+            return;
+        }
         if let Some(t) = self.plan_retry_at {
             if self.now < t {
                 return;
@@ -310,8 +314,9 @@ impl Machine {
         if ready.is_empty() {
             return;
         }
-        if self.cancelled || self.stop.is_some() {
-            // Nothing new starts once the run stops: never drained.
+        if self.cancelled || self.stop.is_some() || !self.lease_allows() {
+            // Nothing new starts once the run stops (or while the lease
+            // has too little time left for it): never drained.
             return self.requeue(&ready);
         }
         self.send_drain(ready, out);

@@ -1,0 +1,252 @@
+//! The engine under a shared lease (memory store, paused time): the
+//! journal in the store under the fence, renewals, restore-only when the
+//! lease is at risk, nothing touched once it ran out or was taken over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hygiene_core::journal::Record;
+use hygiene_core::lease::{HeldLease, LeaseError, LeaseStore, MemoryLeaseStore, Owner};
+use hygiene_core::testing::{InMemoryBalancer, Operation, ScriptedExecutor};
+use hygiene_core::{
+    AbortReason, Amount, Error, Outcome, Rollout, RolloutConfig, TargetId, TargetResult,
+    TargetState,
+};
+use tokio::time::Instant;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn config(batch: usize) -> RolloutConfig {
+    RolloutConfig::builder()
+        .batch_size(Amount::Count(batch))
+        .min_healthy(Amount::Count(0))
+        .max_failures(Amount::Count(0))
+        .poll_interval(Duration::from_millis(200))
+        .health_timeout(Duration::from_secs(5))
+        .build()
+        .expect("config")
+}
+
+struct Setup {
+    lb: InMemoryBalancer,
+    exec: ScriptedExecutor,
+    store: MemoryLeaseStore,
+    held: HeldLease,
+    ids: Vec<TargetId>,
+}
+
+async fn setup(maintenance: Duration) -> Setup {
+    let lb = InMemoryBalancer::with_targets(["web-1", "web-2", "web-3", "web-4"]).expect("lb");
+    let ids: Vec<TargetId> = lb.snapshot().into_iter().map(|(id, _)| id).collect();
+    let exec = ScriptedExecutor::new();
+    exec.set_duration_all(&ids, maintenance);
+    let store = MemoryLeaseStore::new(LEASE);
+    let since = Instant::now();
+    let grant = store
+        .acquire("web", &Owner::here("run-1"), &[])
+        .await
+        .expect("acquire");
+    let held = HeldLease {
+        store: Arc::new(store.clone()),
+        grant,
+        since,
+    };
+    Setup {
+        lb,
+        exec,
+        store,
+        held,
+        ids,
+    }
+}
+
+fn all_in_service(lb: &InMemoryBalancer) -> bool {
+    lb.snapshot()
+        .iter()
+        .all(|(_, s)| s.state == TargetState::InService)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_under_a_lease_renews_it_and_journals_in_the_store() {
+    let s = setup(Duration::from_secs(40)).await;
+    let report = Rollout::new(s.lb.clone(), s.exec.clone(), config(1))
+        .with_lease(s.held.clone())
+        .run()
+        .await
+        .expect("run");
+    assert_eq!(report.outcome, Outcome::Completed);
+    assert!(report.duration > LEASE * 2, "the run outlived two leases");
+    assert_eq!(report.run_id, "run-1", "the run's id is the grant's");
+    let records = s.store.records("web").await.expect("records");
+    assert!(matches!(records.first(), Some(Record::Header(h)) if h.run_id == "run-1"));
+    assert!(matches!(records.last(), Some(Record::End { .. })));
+    let holder = s.store.holder("web").await.expect("holder").expect("held");
+    assert_eq!(
+        holder.fence, s.held.grant.fence,
+        "still this run's: renewed"
+    );
+    assert!(
+        holder.hosts.is_empty(),
+        "hosts back in service are given back"
+    );
+    // A contender never took it over: it was renewed all along.
+    let other = s.store.contender();
+    assert!(matches!(
+        other.acquire("web", &Owner::here("run-2"), &[]).await,
+        Err(LeaseError::Held { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewals_cut_turn_the_run_restore_only_and_it_puts_back_within_the_lease() {
+    // Two targets at a time, each maintenance 40 s; the store is cut off
+    // after 5 s. The lease (60 s, a step needs 32 s) is at risk at 28 s:
+    // restore-only. The maintenances end at 40 s, within the lease: put
+    // back. Nothing else drains.
+    let s = setup(Duration::from_secs(40)).await;
+    let cut = s.store.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        cut.set_unavailable(true);
+    });
+    let report = Rollout::new(s.lb.clone(), s.exec.clone(), config(2))
+        .with_lease(s.held.clone())
+        .run()
+        .await
+        .expect("run");
+    assert!(
+        matches!(&report.outcome, Outcome::Aborted { reason: AbortReason::LeaseLost { message } } if message.contains("not renewed")),
+        "{:?}",
+        report.outcome
+    );
+    assert!(
+        all_in_service(&s.lb),
+        "everything put back: {:?}",
+        s.lb.snapshot()
+    );
+    let done = report
+        .targets
+        .iter()
+        .filter(|t| t.result == TargetResult::Done)
+        .count();
+    let not_started = report
+        .targets
+        .iter()
+        .filter(|t| t.result == TargetResult::NotStarted)
+        .count();
+    assert_eq!((done, not_started), (2, 2), "{:#?}", report.targets);
+    assert_eq!(s.exec.records().len(), 2, "no maintenance started after");
+    let drains =
+        s.lb.calls()
+            .iter()
+            .filter(|c| c.op == Operation::Drain)
+            .count();
+    assert_eq!(drains, 1, "one drain call: the first batch");
+    let _ = s.ids;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_ran_out_and_was_taken_over_touches_the_balancer_no_more() {
+    // Maintenances of 100 s; the holder is cut off from 5 s to 90 s. Its
+    // lease runs out at 60 s; a contender that watched the record since
+    // 1 s takes it over after a whole lease. When the maintenances end
+    // (100 s) the old holder enables nothing: the new holder answers for
+    // the pool, and the report names both targets as kept out.
+    let s = setup(Duration::from_secs(100)).await;
+    let cut = s.store.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        cut.set_unavailable(true);
+        tokio::time::sleep(Duration::from_secs(85)).await;
+        cut.set_unavailable(false);
+    });
+    let contender = s.store.contender();
+    let taken = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let g = hygiene_core::lease::acquire_waiting(
+            &contender,
+            "web",
+            &Owner::here("run-2"),
+            &[],
+            Duration::from_secs(300),
+        )
+        .await
+        .expect("taken over");
+        (g, Instant::now())
+    });
+    let start = Instant::now();
+    let report = Rollout::new(s.lb.clone(), s.exec.clone(), config(2))
+        .with_lease(s.held.clone())
+        .run()
+        .await
+        .expect("run");
+    let (g2, at) = taken.await.expect("join");
+    assert!(g2.fence > s.held.grant.fence);
+    assert!(
+        at.duration_since(start) >= LEASE,
+        "taken over only after a whole lease unchanged: at {:?}",
+        at.duration_since(start)
+    );
+    assert!(matches!(
+        report.outcome,
+        Outcome::Aborted {
+            reason: AbortReason::LeaseLost { .. }
+        }
+    ));
+    let late_changes: Vec<_> =
+        s.lb.calls()
+            .into_iter()
+            .filter(|c| {
+                c.at.duration_since(start) > LEASE
+                    && matches!(
+                        c.op,
+                        Operation::Enable | Operation::Drain | Operation::Disable
+                    )
+            })
+            .collect();
+    assert!(
+        late_changes.is_empty(),
+        "changed after its lease ran out: {late_changes:?}"
+    );
+    let kept: Vec<&TargetId> = report.kept_out().map(|t| &t.id).collect();
+    assert_eq!(kept.len(), 2, "both named as out: {:#?}", report.targets);
+    // The stale holder's journal records are refused by the store.
+    let e = s
+        .store
+        .append(
+            &s.held.grant,
+            &Record::End {
+                outcome: Outcome::Completed,
+                at: String::new(),
+            },
+        )
+        .await
+        .expect_err("stale append");
+    assert!(matches!(e, LeaseError::Lost { .. }), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_too_short_for_a_step_is_refused_before_anything_changes() {
+    let lb = InMemoryBalancer::with_targets(["a", "b"]).expect("lb");
+    let store = MemoryLeaseStore::new(Duration::from_secs(30));
+    let grant = store
+        .acquire("web", &Owner::here("run-1"), &[])
+        .await
+        .expect("acquire");
+    let held = HeldLease {
+        store: Arc::new(store),
+        grant,
+        since: Instant::now(),
+    };
+    let e = Rollout::new(lb.clone(), ScriptedExecutor::new(), config(1))
+        .with_lease(held)
+        .run()
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(e, Error::InvalidConfig { field: "lease", .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("call_timeout"), "{e}");
+    assert!(lb.calls().is_empty());
+}
