@@ -17,3 +17,13 @@ pub async fn etcd() -> Option<EtcdServer> {
     }
     Some(EtcdServer::start().await.expect("etcd starts"))
 }
+
+/// A client of `etcd` with leases of `secs` seconds.
+pub async fn store(etcd: &EtcdServer, secs: u64) -> hygiene_etcd::EtcdLeaseStore {
+    hygiene_etcd::EtcdLeaseStore::builder([etcd.endpoint()])
+        .with_lease_duration(std::time::Duration::from_secs(secs))
+        .with_request_timeout(std::time::Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("connect")
+}
