@@ -8,6 +8,7 @@ mod engine;
 mod error;
 mod executor;
 pub mod journal;
+pub mod lease;
 mod local;
 pub mod phase;
 mod probe;
