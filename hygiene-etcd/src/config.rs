@@ -258,8 +258,8 @@ impl EtcdLeaseStoreBuilder {
 }
 
 fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| invalid(format!("tls {what} {}: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| invalid(format!("tls {what} {}: {e}", path.display())))?;
     if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
         return Err(invalid(format!(
             "tls {what} {}: not PEM (no \"-----BEGIN\" line)",
@@ -294,4 +294,128 @@ fn tls_options(t: &EtcdTls) -> Result<TlsOptions> {
         tls = tls.domain_name(name.clone());
     }
     Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(b: EtcdLeaseStoreBuilder) -> String {
+        match b.settings() {
+            Err(Error::InvalidConfig { field, message }) => {
+                assert_eq!(field, FIELD);
+                message
+            }
+            Err(e) => panic!("not a configuration error: {e}"),
+            Ok(_) => panic!("accepted {b:?}"),
+        }
+    }
+
+    fn pem(dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        p
+    }
+
+    #[test]
+    fn endpoints_are_checked_and_normalised() {
+        let s = EtcdLeaseStoreBuilder::new(["127.0.0.1:2379", "http://etcd2:2379"])
+            .settings()
+            .expect("valid");
+        assert_eq!(s.endpoints, ["http://127.0.0.1:2379", "http://etcd2:2379"]);
+        assert_eq!(s.prefix, "hygiene/");
+        assert_eq!(s.duration, DEFAULT_LEASE_DURATION);
+        let none: [&str; 0] = [];
+        assert!(err(EtcdLeaseStoreBuilder::new(none)).contains("endpoints is empty"));
+        assert!(err(EtcdLeaseStoreBuilder::new(["etcd1"])).contains("has no port"));
+        assert!(err(EtcdLeaseStoreBuilder::new(["unix://x:1"])).contains("scheme"));
+        assert!(err(EtcdLeaseStoreBuilder::new(["http://h:0"])).contains("host:port"));
+        assert!(err(EtcdLeaseStoreBuilder::new(["http://h:2379/v3"])).contains("host:port"));
+        assert!(err(EtcdLeaseStoreBuilder::new(["http://a:1", "https://b:1"])).contains("mix"));
+    }
+
+    #[test]
+    fn tls_needs_a_ca_and_https_and_reads_its_files() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = pem(dir.path(), "ca.pem");
+        assert!(err(EtcdLeaseStoreBuilder::new(["https://etcd:2379"])).contains("ca_file"));
+        assert!(err(
+            EtcdLeaseStoreBuilder::new(["http://etcd:2379"]).with_tls(EtcdTls {
+                ca_file: Some(ca.clone()),
+                ..EtcdTls::default()
+            })
+        )
+        .contains("https://"));
+        assert!(
+            err(EtcdLeaseStoreBuilder::new(["etcd:2379"]).with_tls(EtcdTls {
+                server_name: Some("etcd".into()),
+                ..EtcdTls::default()
+            }))
+            .contains("needs ca_file")
+        );
+        assert!(
+            err(EtcdLeaseStoreBuilder::new(["etcd:2379"]).with_tls(EtcdTls {
+                ca_file: Some(ca.clone()),
+                cert_file: Some(ca.clone()),
+                ..EtcdTls::default()
+            }))
+            .contains("go together")
+        );
+        let missing = dir.path().join("missing.pem");
+        let m = err(EtcdLeaseStoreBuilder::new(["etcd:2379"]).with_tls(EtcdTls {
+            ca_file: Some(missing),
+            ..EtcdTls::default()
+        }));
+        assert!(m.contains("ca_file") && m.contains("missing.pem"), "{m}");
+        let not_pem = dir.path().join("key.der");
+        std::fs::write(&not_pem, [0u8, 1, 2]).expect("write");
+        assert!(
+            err(EtcdLeaseStoreBuilder::new(["etcd:2379"]).with_tls(EtcdTls {
+                ca_file: Some(not_pem),
+                ..EtcdTls::default()
+            }))
+            .contains("not PEM")
+        );
+        // host:port with TLS set means https.
+        let s = EtcdLeaseStoreBuilder::new(["etcd:2379"])
+            .with_tls(EtcdTls {
+                ca_file: Some(ca.clone()),
+                cert_file: Some(ca.clone()),
+                key_file: Some(ca),
+                server_name: Some("etcd.internal".into()),
+            })
+            .settings()
+            .expect("valid");
+        assert_eq!(s.endpoints, ["https://etcd:2379"]);
+    }
+
+    #[test]
+    fn users_durations_and_prefixes_are_checked() {
+        let b = || EtcdLeaseStoreBuilder::new(["etcd:2379"]);
+        assert!(err(b().with_user("ops", "")).contains("password_env or password_file"));
+        assert!(err(b().with_user("", "pw")).contains("user"));
+        assert!(err(b().with_lease_duration(Duration::from_millis(1500))).contains("whole seconds"));
+        assert!(err(b().with_lease_duration(Duration::ZERO)).contains("at least 1 s"));
+        assert!(err(b()
+            .with_lease_duration(Duration::from_secs(6))
+            .with_request_timeout(Duration::from_secs(4)))
+        .contains("more than half"));
+        assert!(err(b().with_prefix("")).contains("prefix"));
+        let s = b().with_prefix("team-a").settings().expect("valid");
+        assert_eq!(s.prefix, "team-a/");
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let b = EtcdLeaseStoreBuilder::new(["etcd:2379"]).with_user("ops", "s3cret-pw");
+        let text = format!("{b:?}");
+        assert!(
+            !text.contains("s3cret-pw") && text.contains("ops"),
+            "{text}"
+        );
+    }
 }

@@ -16,13 +16,18 @@ pub(crate) fn map(store: &str, what: &str, e: etcd_client::Error) -> LeaseError 
             | Code::ResourceExhausted
             | Code::Unknown
             | Code::Internal => LeaseError::unavailable(store, message, Some(Box::new(e))),
-            Code::Unauthenticated => LeaseError::Config {
+            Code::Unauthenticated | Code::InvalidArgument
+                if s.code() == Code::Unauthenticated
+                    || s.message().contains("authentication failed") =>
+            {
+                LeaseError::Config {
                 store: store.to_owned(),
                 message: format!(
                     "{what}: etcd refused the credentials ({}): check the user and its password (password_env / password_file)",
                     s.message()
                 ),
-            },
+                }
+            }
             Code::PermissionDenied => LeaseError::Config {
                 store: store.to_owned(),
                 message: format!(

@@ -127,7 +127,10 @@ mod tests {
     fn names_never_reach_into_other_keys() {
         let k = Keys::new("hygiene/");
         assert_eq!(k.owner("web"), "hygiene/pools/web/owner");
-        assert_eq!(k.owner("web/hosts/x"), "hygiene/pools/web%2Fhosts%2Fx/owner");
+        assert_eq!(
+            k.owner("web/hosts/x"),
+            "hygiene/pools/web%2Fhosts%2Fx/owner"
+        );
         assert!(!k.owner("web/x").starts_with(&k.pool_prefix("web")));
         assert_eq!(k.host("10.0.0.1"), "hygiene/hosts/10.0.0.1");
         assert_eq!(escape("a%2Fb\n"), "a%252Fb%0A");

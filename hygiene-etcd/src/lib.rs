@@ -10,7 +10,6 @@ mod store;
 pub mod server;
 
 pub use config::{
-    EtcdLeaseStoreBuilder, EtcdTls, DEFAULT_LEASE_DURATION, DEFAULT_PREFIX,
-    DEFAULT_REQUEST_TIMEOUT,
+    EtcdLeaseStoreBuilder, EtcdTls, DEFAULT_LEASE_DURATION, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use store::EtcdLeaseStore;

@@ -205,7 +205,11 @@ impl EtcdLeaseStore {
 
     /// Reads `pool`'s keys and the keys of `hosts`, in one request (one
     /// revision).
-    async fn read(&self, pool: &str, hosts: &[String]) -> LeaseResult<(PoolState, Vec<Option<KeyValue>>)> {
+    async fn read(
+        &self,
+        pool: &str,
+        hosts: &[String],
+    ) -> LeaseResult<(PoolState, Vec<Option<KeyValue>>)> {
         let prefix = self.keys.pool_prefix(pool);
         let mut ops = vec![TxnOp::get(
             prefix.clone(),
@@ -392,7 +396,9 @@ impl EtcdLeaseStore {
             .await
             .map_err(|e| self.err(what, e))?;
         // etcd raises a TTL below its minimum: the grant says what it gave.
-        let ttl = u64::try_from(g.ttl()).unwrap_or(0).max(self.duration.as_secs());
+        let ttl = u64::try_from(g.ttl())
+            .unwrap_or(0)
+            .max(self.duration.as_secs());
         Ok((g.id(), Duration::from_secs(ttl)))
     }
 
@@ -449,9 +455,9 @@ impl LeaseStore for EtcdLeaseStore {
                 // trait's contract). etcd's expiry of the `alive` key is no
                 // renewal: the version last seen alive stays the one
                 // watched.
-                let holder = self.holder_of(pool, &state)?.ok_or_else(|| {
-                    LeaseError::store(&self.name, "holder vanished", None)
-                })?;
+                let holder = self
+                    .holder_of(pool, &state)?
+                    .ok_or_else(|| LeaseError::store(&self.name, "holder vanished", None))?;
                 let version = match &state.alive {
                     Some(_) => {
                         self.last_alive_put(&owner_key, &holder.version);
@@ -540,7 +546,12 @@ impl LeaseStore for EtcdLeaseStore {
             let fence = revision(&resp);
             self.sightings.forget(&owner_key);
             self.last_alive_forget(&owner_key);
-            if let Some(old) = state.alive.as_ref().map(KeyValue::lease).filter(|l| *l != 0) {
+            if let Some(old) = state
+                .alive
+                .as_ref()
+                .map(KeyValue::lease)
+                .filter(|l| *l != 0)
+            {
                 // The holder taken over: its keep-alives fail from now on.
                 self.revoke(old).await;
             }
@@ -650,11 +661,13 @@ impl LeaseStore for EtcdLeaseStore {
             let resp = self
                 .txn(
                     &what,
-                    Txn::new().when(vec![self.fenced(grant)]).and_then(vec![TxnOp::put(
-                        alive.clone(),
-                        self.alive_value(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )]),
+                    Txn::new()
+                        .when(vec![self.fenced(grant)])
+                        .and_then(vec![TxnOp::put(
+                            alive.clone(),
+                            self.alive_value(),
+                            Some(PutOptions::new().with_lease(lease)),
+                        )]),
                 )
                 .await;
             match resp {
@@ -668,7 +681,8 @@ impl LeaseStore for EtcdLeaseStore {
                     ));
                 }
                 // The lease expired between the keep-alive and the put.
-                Err(LeaseError::Store { ref message, .. }) if message.contains("lease not found") => {}
+                Err(LeaseError::Store { ref message, .. })
+                    if message.contains("lease not found") => {}
                 Err(e) => return Err(e),
             }
         }
@@ -745,7 +759,12 @@ impl LeaseStore for EtcdLeaseStore {
                 .await?
                 .succeeded()
             {
-                if let Some(lease) = state.alive.as_ref().map(KeyValue::lease).filter(|l| *l != 0) {
+                if let Some(lease) = state
+                    .alive
+                    .as_ref()
+                    .map(KeyValue::lease)
+                    .filter(|l| *l != 0)
+                {
                     self.revoke(lease).await;
                 }
                 self.lock().remove(&(grant.pool.clone(), grant.fence.0));
@@ -869,7 +888,10 @@ impl EtcdLeaseStore {
                     GetOptions::new()
                         .with_range(prefix_end(&prefix))
                         .with_keys_only()
-                        .with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Descend)
+                        .with_sort(
+                            etcd_client::SortTarget::Key,
+                            etcd_client::SortOrder::Descend,
+                        )
                         .with_limit(1),
                 ),
             )
