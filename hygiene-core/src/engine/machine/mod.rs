@@ -37,6 +37,7 @@ mod observe;
 use observe::Watch;
 mod plan;
 mod resume;
+mod zones;
 
 pub(crate) use resume::Recovery;
 
@@ -320,6 +321,7 @@ impl Machine {
             ));
         }
         let mut m = Self::empty(cfg, caps, poll, has_probe, &selected, pool);
+        m.order_by_zone();
         m.events.push_back((
             None,
             EventKind::Started {
@@ -340,6 +342,7 @@ impl Machine {
                 );
             }
         }
+        m.check_zones(listed, balancer)?;
         Ok(m)
     }
 
