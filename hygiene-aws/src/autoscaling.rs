@@ -268,7 +268,10 @@ pub fn refusal(mode: AutoScalingMode, groups: &[GroupFacts]) -> Option<String> {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Undo {
     /// Resume these processes (only those the run suspended).
-    ResumeProcesses { group: String, processes: Vec<String> },
+    ResumeProcesses {
+        group: String,
+        processes: Vec<String>,
+    },
     /// Set `MinSize` back.
     SetMinSize { group: String, min_size: i32 },
     /// Take the instance out of standby.
@@ -353,7 +356,8 @@ impl GroupKeeper {
     }
 
     fn record(&self, change: &Change) -> Result<()> {
-        self.journal.append(&Record::Change(Box::new(change.clone())))
+        self.journal
+            .append(&Record::Change(Box::new(change.clone())))
     }
 
     fn groups(&self) -> BTreeSet<&str> {
@@ -619,7 +623,10 @@ impl GroupKeeper {
             .filter(|c| c.target.is_none())
             .filter(|c| {
                 !(c.key.ends_with(":min_size")
-                    && c.key.split(':').nth(1).is_some_and(|g| standby_groups.contains(g)))
+                    && c.key
+                        .split(':')
+                        .nth(1)
+                        .is_some_and(|g| standby_groups.contains(g)))
             })
             .cloned()
             .collect();

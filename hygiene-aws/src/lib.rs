@@ -18,13 +18,13 @@ mod zones;
 pub mod moto;
 
 pub use attributes::{DeregistrationDelay, DRAIN_TIMEOUT_MARGIN};
+pub use autoscaling::{AutoScalingMode, GroupFacts, GroupKeeper};
 pub use balancer::{Elbv2Balancer, OtherTargetGroups};
 pub use config::{ApiCallCounter, Elbv2BalancerBuilder, SsmExecutorBuilder};
 pub use discovery::{Discovery, InstanceSelector};
-pub use autoscaling::{AutoScalingMode, GroupFacts, GroupKeeper};
+pub use ssm::{PreflightCheck, SsmExecutor, StatusApi, MAX_INSTANCES_PER_COMMAND};
 pub use standby::{StandbyBalancer, StandbyExecutor};
 pub use zones::ZonalNlb;
-pub use ssm::{PreflightCheck, SsmExecutor, StatusApi, MAX_INSTANCES_PER_COMMAND};
 
 /// Re-exported AWS configuration types, so callers need no direct
 /// dependency on `aws-config` for the common cases.

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hygiene_core::{
-    Capabilities, Error, ExecHandle, ExecOutcome, Executor, HandleSink, ListedTarget,
-    LoadBalancer, Preflight, Recovered, Result, Target, TargetId, TargetStatus,
+    Capabilities, Error, ExecHandle, ExecOutcome, Executor, HandleSink, ListedTarget, LoadBalancer,
+    Preflight, Recovered, Result, Target, TargetId, TargetStatus,
 };
 
 use crate::autoscaling::GroupKeeper;

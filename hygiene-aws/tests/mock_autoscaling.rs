@@ -83,7 +83,9 @@ fn client(state: &Arc<Mutex<Fake>>) -> aws_sdk_autoscaling::Client {
             let f = s.lock().expect("fake");
             let mut out = DescribeAutoScalingGroupsOutput::builder();
             for name in req.auto_scaling_group_names() {
-                let Some(g) = f.groups.get(name) else { continue };
+                let Some(g) = f.groups.get(name) else {
+                    continue;
+                };
                 let mut b = AutoScalingGroup::builder()
                     .auto_scaling_group_name(name)
                     .min_size(g.min)
@@ -140,31 +142,31 @@ fn client(state: &Arc<Mutex<Fake>>) -> aws_sdk_autoscaling::Client {
             MockResponse::Output(out.build())
         });
     let s = Arc::clone(state);
-    let suspend = mock!(aws_sdk_autoscaling::Client::suspend_processes).then_compute_response(
-        move |req| {
+    let suspend =
+        mock!(aws_sdk_autoscaling::Client::suspend_processes).then_compute_response(move |req| {
             let mut f = s.lock().expect("fake");
             let name = req.auto_scaling_group_name().expect("group").to_owned();
             let ps = req.scaling_processes().to_vec();
-            f.log.push(format!("SuspendProcesses {name} {}", ps.join(",")));
+            f.log
+                .push(format!("SuspendProcesses {name} {}", ps.join(",")));
             let g = f.groups.get_mut(&name).expect("group");
             g.suspended.extend(ps);
             MockResponse::Output(SuspendProcessesOutput::builder().build())
-        },
-    );
+        });
     let s = Arc::clone(state);
-    let resume = mock!(aws_sdk_autoscaling::Client::resume_processes).then_compute_response(
-        move |req| {
+    let resume =
+        mock!(aws_sdk_autoscaling::Client::resume_processes).then_compute_response(move |req| {
             let mut f = s.lock().expect("fake");
             let name = req.auto_scaling_group_name().expect("group").to_owned();
             let ps = req.scaling_processes().to_vec();
-            f.log.push(format!("ResumeProcesses {name} {}", ps.join(",")));
+            f.log
+                .push(format!("ResumeProcesses {name} {}", ps.join(",")));
             let g = f.groups.get_mut(&name).expect("group");
             for p in ps {
                 g.suspended.remove(&p);
             }
             MockResponse::Output(ResumeProcessesOutput::builder().build())
-        },
-    );
+        });
     let s = Arc::clone(state);
     let update = mock!(aws_sdk_autoscaling::Client::update_auto_scaling_group)
         .then_compute_response(move |req| {
@@ -242,7 +244,10 @@ fn client(state: &Arc<Mutex<Fake>>) -> aws_sdk_autoscaling::Client {
 }
 
 fn ids(names: &[&str]) -> Vec<TargetId> {
-    names.iter().map(|n| TargetId::new(*n).expect("id")).collect()
+    names
+        .iter()
+        .map(|n| TargetId::new(*n).expect("id"))
+        .collect()
 }
 
 async fn keeper(
@@ -253,7 +258,9 @@ async fn keeper(
     pool: &[&str],
 ) -> GroupKeeper {
     let c = client(state);
-    let (groups, _) = autoscaling::describe(&c, &ids(pool)).await.expect("describe");
+    let (groups, _) = autoscaling::describe(&c, &ids(pool))
+        .await
+        .expect("describe");
     let open = open_changes(&journal.records().expect("records"));
     GroupKeeper::new(
         c,
@@ -284,7 +291,10 @@ async fn describe_finds_each_instances_group_and_zone() {
         .collect();
     assert_eq!(names, [("api", 1), ("web", 1)]);
     assert_eq!(zones[&TargetId::new("i-01").expect("id")], "us-east-1b");
-    assert!(!zones.contains_key(&TargetId::new("i-09").expect("id")), "in no group");
+    assert!(
+        !zones.contains_key(&TargetId::new("i-09").expect("id")),
+        "in no group"
+    );
     assert!(autoscaling::refusal(AutoScalingMode::Refuse, &groups).is_some());
 }
 
@@ -295,10 +305,20 @@ async fn suspend_leaves_the_operators_suspended_processes_suspended() {
     g.suspended.insert("HealthCheck".into());
     let state = fake(&[("web", g)]);
     let journal = MemoryJournal::new();
-    let k = keeper(&state, &journal, AutoScalingMode::Suspend, false, &["i-01", "i-02"]).await;
+    let k = keeper(
+        &state,
+        &journal,
+        AutoScalingMode::Suspend,
+        false,
+        &["i-01", "i-02"],
+    )
+    .await;
     k.suspend().await.expect("suspend");
     k.suspend().await.expect("once per run");
-    assert_eq!(log(&state), ["SuspendProcesses web AZRebalance,ReplaceUnhealthy"]);
+    assert_eq!(
+        log(&state),
+        ["SuspendProcesses web AZRebalance,ReplaceUnhealthy"]
+    );
     let open = open_changes(&journal.records().expect("records"));
     assert_eq!(open.len(), 1);
     k.finish().await.expect("finish");
@@ -321,7 +341,14 @@ async fn standby_below_min_size_is_refused_without_the_permission_and_changes_no
     // desired 3, MinSize 2: one instance may enter standby, two may not.
     let state = fake(&[("web", group(2, 3, &["i-01", "i-02", "i-03"]))]);
     let journal = MemoryJournal::new();
-    let k = keeper(&state, &journal, AutoScalingMode::Standby, false, &["i-01", "i-02", "i-03"]).await;
+    let k = keeper(
+        &state,
+        &journal,
+        AutoScalingMode::Standby,
+        false,
+        &["i-01", "i-02", "i-03"],
+    )
+    .await;
     k.check_min_size(&ids(&["i-01"])).await.expect("one fits");
     let e = k
         .check_min_size(&ids(&["i-01", "i-02"]))
@@ -334,7 +361,10 @@ async fn standby_below_min_size_is_refused_without_the_permission_and_changes_no
         .enter_standby(&ids(&["i-01", "i-02"]))
         .await
         .expect_err("refused");
-    assert!(matches!(e, hygiene_core::Error::InvalidConfig { .. }), "{e:?}");
+    assert!(
+        matches!(e, hygiene_core::Error::InvalidConfig { .. }),
+        "{e:?}"
+    );
     assert!(log(&state).is_empty(), "nothing changed: {:?}", log(&state));
     assert!(open_changes(&journal.records().expect("records")).is_empty());
 }
@@ -343,15 +373,28 @@ async fn standby_below_min_size_is_refused_without_the_permission_and_changes_no
 async fn standby_with_a_temporary_min_size_sets_it_back_after_the_last_exit() {
     let state = fake(&[("web", group(3, 3, &["i-01", "i-02", "i-03"]))]);
     let journal = MemoryJournal::new();
-    let k = keeper(&state, &journal, AutoScalingMode::Standby, true, &["i-01", "i-02", "i-03"]).await;
+    let k = keeper(
+        &state,
+        &journal,
+        AutoScalingMode::Standby,
+        true,
+        &["i-01", "i-02", "i-03"],
+    )
+    .await;
     k.suspend().await.expect("suspend");
-    k.enter_standby(&ids(&["i-01", "i-02"])).await.expect("standby");
+    k.enter_standby(&ids(&["i-01", "i-02"]))
+        .await
+        .expect("standby");
     {
         let f = state.lock().expect("fake");
         assert_eq!((f.groups["web"].min, f.groups["web"].desired), (1, 1));
     }
     k.exit_standby(&ids(&["i-01"])).await.expect("exit one");
-    assert_eq!(state.lock().expect("fake").groups["web"].min, 1, "i-02 still in standby");
+    assert_eq!(
+        state.lock().expect("fake").groups["web"].min,
+        1,
+        "i-02 still in standby"
+    );
     k.exit_standby(&ids(&["i-02"])).await.expect("exit two");
     k.finish().await.expect("finish");
     assert_eq!(
@@ -396,7 +439,14 @@ async fn a_dead_runs_changes_are_undone_newest_first_from_the_journal() {
         .append(&Record::Header(Box::new(header())))
         .expect("header");
     {
-        let k = keeper(&state, &journal, AutoScalingMode::Standby, true, &["i-01", "i-02"]).await;
+        let k = keeper(
+            &state,
+            &journal,
+            AutoScalingMode::Standby,
+            true,
+            &["i-01", "i-02"],
+        )
+        .await;
         k.suspend().await.expect("suspend");
         k.enter_standby(&ids(&["i-01"])).await.expect("standby");
         // The process dies here: no exit, no finish.
@@ -418,7 +468,11 @@ async fn a_dead_runs_changes_are_undone_newest_first_from_the_journal() {
     let f = state.lock().expect("fake");
     let g = &f.groups["web"];
     assert_eq!((g.min, g.desired), (2, 2));
-    assert_eq!(g.suspended.iter().collect::<Vec<_>>(), ["Launch"], "the operator's stays");
+    assert_eq!(
+        g.suspended.iter().collect::<Vec<_>>(),
+        ["Launch"],
+        "the operator's stays"
+    );
     drop(f);
     assert!(open_changes(&journal.records().expect("records")).is_empty());
     // Undoing again finds nothing open and calls nothing.
@@ -449,7 +503,10 @@ async fn an_undo_of_a_change_never_applied_is_harmless() {
     autoscaling::undo_all(&client(&state), &journal, &open)
         .await
         .expect("undo");
-    assert!(log(&state).is_empty(), "no ExitStandby of an instance in service");
+    assert!(
+        log(&state).is_empty(),
+        "no ExitStandby of an instance in service"
+    );
     assert!(open_changes(&journal.records().expect("records")).is_empty());
 }
 

@@ -240,9 +240,7 @@ async fn a_zone_whose_only_target_must_stay_is_refused_before_anything_changes()
 async fn the_balancers_zone_is_used_when_the_configuration_gives_none() {
     let lb = InMemoryBalancer::new();
     for (id, z) in [("x1", "b"), ("x2", "a"), ("x3", "b"), ("x4", "a")] {
-        lb.add_target(
-            Target::new(TargetId::new(id).expect("id")).with_meta(ZONE_META, z),
-        );
+        lb.add_target(Target::new(TargetId::new(id).expect("id")).with_meta(ZONE_META, z));
     }
     let exec = ScriptedExecutor::new();
     let cfg = base().batch_by(BatchBy::Zone).build().expect("config");
@@ -261,7 +259,13 @@ fn zone_settings_are_validated_and_round_trip() {
         .zone_min_healthy(Amount::Percent(100))
         .build()
         .expect_err("100%");
-    assert!(matches!(e, Error::InvalidConfig { field: "zone_min_healthy", .. }));
+    assert!(matches!(
+        e,
+        Error::InvalidConfig {
+            field: "zone_min_healthy",
+            ..
+        }
+    ));
     let e = base()
         .zones([(TargetId::new("t0").expect("id"), " ".to_owned())].into())
         .build()

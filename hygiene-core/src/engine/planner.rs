@@ -133,11 +133,17 @@ mod tests {
     fn a_zone_floor_stops_a_batch_the_pool_would_allow() {
         let zones: BTreeMap<&str, ZoneBudget> = [("a", zb(2, 1)), ("b", zb(1, 1))].into();
         // The pool allows 3, zone a only one of its two.
-        assert_eq!(fit_zoned(&[(1, Some("a")), (1, Some("a"))], 6, 3, &zones), 1);
+        assert_eq!(
+            fit_zoned(&[(1, Some("a")), (1, Some("a"))], 6, 3, &zones),
+            1
+        );
         // Zone b has no target to spare: the last healthy one stays.
         assert_eq!(fit_zoned(&[(1, Some("b"))], 6, 0, &zones), 0);
         // An unhealthy candidate costs nothing anywhere.
-        assert_eq!(fit_zoned(&[(0, Some("b")), (1, Some("a"))], 6, 0, &zones), 2);
+        assert_eq!(
+            fit_zoned(&[(0, Some("b")), (1, Some("a"))], 6, 0, &zones),
+            2
+        );
         // No zone, or a zone without a budget: only the pool counts.
         assert_eq!(fit_zoned(&[(1, None), (1, Some("c"))], 6, 4, &zones), 2);
         // The pool's floor still holds.

@@ -40,7 +40,7 @@ pub(crate) fn human(lines: &[GroupLine]) -> String {
     }
     o.push_str("Auto Scaling groups:\n");
     for l in lines {
-        let c = crate::output::clean;
+        let c = |s: &str| crate::output::clean(s);
         o.push_str(&format!(
             "  {}: mode {}, {} health checks, MinSize {} / desired {} / MaxSize {}, {} instance(s) of the pool",
             c(&l.group),
@@ -60,7 +60,7 @@ pub(crate) fn human(lines: &[GroupLine]) -> String {
         if !l.suspended_now.is_empty() {
             o.push_str(&format!(
                 "; already suspended (left so): {}",
-                c(l.suspended_now.join(", "))
+                c(&l.suspended_now.join(", "))
             ));
         }
         if l.mode == "standby" {
@@ -150,13 +150,14 @@ mod aws {
                 return Err(Failure::Lib(err));
             }
         };
-        let mut cfg = serde_json::to_value(&setup.rollout)
-            .map_err(|err| Failure::Other(err.to_string()))?;
+        let mut cfg =
+            serde_json::to_value(&setup.rollout).map_err(|err| Failure::Other(err.to_string()))?;
         let mut changed = false;
         if !zones.is_empty() {
             let mut all: BTreeMap<TargetId, String> = zones;
             all.extend(setup.rollout.zones().clone());
-            cfg["zones"] = serde_json::to_value(&all).map_err(|err| Failure::Other(err.to_string()))?;
+            cfg["zones"] =
+                serde_json::to_value(&all).map_err(|err| Failure::Other(err.to_string()))?;
             changed = true;
         }
         match Box::pin(lb.zonal_nlbs()).await {
@@ -216,7 +217,11 @@ mod aws {
                 .max()
                 .unwrap_or(0);
             let standby = f.mode == AutoScalingMode::Standby;
-            let need = if standby { g.min_size_for(largest) } else { None };
+            let need = if standby {
+                g.min_size_for(largest)
+            } else {
+                None
+            };
             if let (Some(n), false) = (need, f.allow_min_size_change) {
                 plan.blockers.push(format!(
                     "{largest} instance(s) of Auto Scaling group {} in standby at once would take its desired capacity from {} to {}, below MinSize {}: lower batch_size, or allow a temporary MinSize of {n} with balancer.elbv2.allow_min_size_change = true",
@@ -257,7 +262,9 @@ mod aws {
     /// Group changes a finished run left open (an instance kept out in
     /// standby, a run that died after its end): a new run refuses to
     /// start over them, `restore` undoes them.
-    pub(crate) fn leftover(journal: &std::path::Path) -> Result<Vec<hygiene_core::journal::Change>, Failure> {
+    pub(crate) fn leftover(
+        journal: &std::path::Path,
+    ) -> Result<Vec<hygiene_core::journal::Change>, Failure> {
         let records = hygiene_core::journal::FileJournal::read(journal)?;
         let last = records
             .iter()
@@ -267,7 +274,11 @@ mod aws {
                 .iter()
                 .any(|r| matches!(r, hygiene_core::journal::Record::End { .. }))
         });
-        Ok(if ended { open_changes(&records) } else { Vec::new() })
+        Ok(if ended {
+            open_changes(&records)
+        } else {
+            Vec::new()
+        })
     }
 
     /// Undoes `changes` (a finished run's leftovers), journaled.
@@ -277,7 +288,10 @@ mod aws {
         changes: &[hygiene_core::journal::Change],
     ) -> Result<Vec<String>, Failure> {
         autoscaling::undo_all(&fleet.client, journal, changes).await?;
-        Ok(changes.iter().map(|c| format!("undone: {}", c.what)).collect())
+        Ok(changes
+            .iter()
+            .map(|c| format!("undone: {}", c.what))
+            .collect())
     }
 
     /// What [`before`] found.

@@ -98,7 +98,9 @@ impl Machine {
             }
         }
         for (z, b) in &mut out {
-            b.required = self.cfg.zone_min_healthy_of(sizes.get(z).copied().unwrap_or(0));
+            b.required = self
+                .cfg
+                .zone_min_healthy_of(sizes.get(z).copied().unwrap_or(0));
         }
         out
     }
