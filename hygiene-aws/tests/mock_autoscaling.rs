@@ -465,15 +465,13 @@ async fn a_dead_runs_changes_are_undone_newest_first_from_the_journal() {
             "ResumeProcesses web AZRebalance",
         ]
     );
-    let f = state.lock().expect("fake");
-    let g = &f.groups["web"];
+    let g = state.lock().expect("fake").groups["web"].clone();
     assert_eq!((g.min, g.desired), (2, 2));
     assert_eq!(
         g.suspended.iter().collect::<Vec<_>>(),
         ["Launch"],
         "the operator's stays"
     );
-    drop(f);
     assert!(open_changes(&journal.records().expect("records")).is_empty());
     // Undoing again finds nothing open and calls nothing.
     let n = log(&state).len();

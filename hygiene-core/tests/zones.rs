@@ -44,8 +44,12 @@ struct Watching {
     inner: ScriptedExecutor,
     lb: InMemoryBalancer,
     zones: BTreeMap<TargetId, String>,
-    seen: Arc<Mutex<Vec<(Vec<TargetId>, BTreeMap<String, usize>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
+
+/// The targets of one maintenance call, and the targets in service per
+/// zone when it started.
+type Seen = (Vec<TargetId>, BTreeMap<String, usize>);
 
 #[async_trait]
 impl Executor for Watching {
