@@ -69,12 +69,14 @@ async fn group_now(m: &MotoServer) -> GroupNow {
     }
 }
 
-/// The pool's configuration; moto places every instance of the group in
+/// The pool's configuration: the target group (the Auto Scaling group is
+/// found from its instances, whatever selects them); moto places every instance of the group in
 /// one zone, so the last two are said to be in us-east-1b in the file
 /// (which wins over what the group says).
 fn config(
     dir: &Path,
     m: &MotoServer,
+    tg: &str,
     program: &Path,
     extra: &str,
     zone_b: &[String],
@@ -83,7 +85,7 @@ fn config(
         r#"pool = "fleet"
 
 [balancer.elbv2]
-auto_scaling_group = "web"
+target_groups = ["{tg}"]
 region = "{REGION}"
 endpoint_url = "{}"
 {extra}
@@ -181,7 +183,7 @@ async fn an_instance_pool_in_an_auto_scaling_group_under_each_mode() {
     };
 
     // refuse (the default): plan shows the group and why, run refuses.
-    let cfg = config(dir.path(), &m, &quick, "", &instances[2..]);
+    let cfg = config(dir.path(), &m, &tg, &quick, "", &instances[2..]);
     let (code, stdout, err) = tokio::task::block_in_place(|| run(&cfg, &["plan", "--json"]));
     assert_eq!(code, 6, "{stdout}{err}");
     let plan: serde_json::Value = serde_json::from_str(stdout.trim()).expect("plan json");
@@ -218,6 +220,7 @@ async fn an_instance_pool_in_an_auto_scaling_group_under_each_mode() {
     let cfg = config(
         dir.path(),
         &m,
+        &tg,
         &quick,
         "auto_scaling = \"suspend\"",
         &instances[2..],
@@ -244,6 +247,7 @@ async fn an_instance_pool_in_an_auto_scaling_group_under_each_mode() {
     let cfg = config(
         dir.path(),
         &m,
+        &tg,
         &quick,
         "auto_scaling = \"standby\"",
         &instances[2..],
@@ -257,6 +261,7 @@ async fn an_instance_pool_in_an_auto_scaling_group_under_each_mode() {
     let cfg = config(
         dir.path(),
         &m,
+        &tg,
         &quick,
         "auto_scaling = \"standby\"\nallow_min_size_change = true",
         &instances[2..],
@@ -284,10 +289,65 @@ async fn an_instance_pool_in_an_auto_scaling_group_under_each_mode() {
         "out of standby, MinSize 4, processes resumed"
     );
 
+    // A failed maintenance: the instance is kept out, in standby (the
+    // group neither replaces nor registers it), MinSize stays lowered;
+    // `hygiene enable` takes it out of standby, verified, and sets MinSize
+    // back.
+    let failing = dir.path().join("patch-fail");
+    std::fs::write(
+        &failing,
+        format!(
+            "#!/bin/sh\n[ \"$HYGIENE_TARGET_ID\" = \"{}\" ] && exit 1\nexit 0\n",
+            instances[0]
+        ),
+    )
+    .expect("script");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let cfg = config(
+        dir.path(),
+        &m,
+        &tg,
+        &failing,
+        "auto_scaling = \"standby\"\nallow_min_size_change = true",
+        &instances[2..],
+    );
+    let (code, stdout, err) = tokio::task::block_in_place(|| run(&cfg, &["run", "--yes"]));
+    assert_eq!(code, 11, "{stdout}{err}");
+    assert!(
+        err.contains(&format!("{} stays in standby", instances[0])),
+        "{err}"
+    );
+    let kept = group_now(&m).await;
+    assert_eq!(
+        kept.states.iter().filter(|s| *s == "Standby").count(),
+        1,
+        "{kept:?}"
+    );
+    assert_eq!(
+        kept.min, 2,
+        "MinSize stays lowered while one is in standby: {kept:?}"
+    );
+    assert_eq!(
+        kept.suspended, before.suspended,
+        "AZRebalance resumed: {kept:?}"
+    );
+    let (code, stdout, err) =
+        tokio::task::block_in_place(|| run(&cfg, &["enable", instances[0].as_str()]));
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert_eq!(
+        group_now(&m).await,
+        before,
+        "out of standby, MinSize 4: {stdout}{err}"
+    );
+
     // kill -9 while an instance is in standby, then restore.
     let cfg = config(
         dir.path(),
         &m,
+        &tg,
         &slow,
         "auto_scaling = \"standby\"\nallow_min_size_change = true",
         &instances[2..],

@@ -302,6 +302,10 @@ pub struct GroupKeeper {
 #[derive(Debug, Default)]
 struct KeeperState {
     suspended: bool,
+    /// The changes found open are journaled again in this run (a new run
+    /// carries over what a finished one left: an instance kept out in
+    /// standby).
+    carried: bool,
     /// Changes made (or found open in the journal) and not undone yet.
     open: Vec<Change>,
 }
@@ -330,7 +334,8 @@ impl GroupKeeper {
             allow_min_size_change,
             group_of,
             state: Mutex::new(KeeperState {
-                suspended: !open.is_empty(),
+                suspended: open.iter().any(|c| c.key.ends_with(":suspend")),
+                carried: false,
                 open,
             }),
             standby_wait: Duration::from_secs(600),
@@ -372,6 +377,15 @@ impl GroupKeeper {
     /// As the calls fail; nothing else is suspended after a failure.
     pub async fn suspend(&self) -> Result<()> {
         let mut st = self.state.lock().await;
+        if !st.carried {
+            // Journaled again after this run's header, so this run's
+            // resume, restore and end still know them (the same key: one
+            // change).
+            for c in &st.open {
+                self.record(c)?;
+            }
+            st.carried = true;
+        }
         if st.suspended || self.mode == AutoScalingMode::Refuse {
             return Ok(());
         }

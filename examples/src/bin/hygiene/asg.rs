@@ -281,19 +281,6 @@ mod aws {
         })
     }
 
-    /// Undoes `changes` (a finished run's leftovers), journaled.
-    pub(crate) async fn undo_leftover(
-        fleet: &Fleet,
-        journal: &dyn Journal,
-        changes: &[hygiene_core::journal::Change],
-    ) -> Result<Vec<String>, Failure> {
-        autoscaling::undo_all(&fleet.client, journal, changes).await?;
-        Ok(changes
-            .iter()
-            .map(|c| format!("undone: {}", c.what))
-            .collect())
-    }
-
     /// What [`before`] found.
     #[derive(Debug)]
     pub(crate) enum Before {
@@ -329,16 +316,8 @@ mod aws {
         };
         match mode {
             crate::run::Mode::Run { .. } => {
-                if !leftover.is_empty() {
-                    let what: Vec<&str> = leftover.iter().map(|c| c.what.as_str()).collect();
-                    return Err(Failure::Lib(hygiene_core::Error::journal(
-                        setup.journal.display().to_string(),
-                        format!(
-                            "the last run left Auto Scaling group changes in place ({}): `hygiene restore` undoes them; a new run is refused until then",
-                            what.join("; ")
-                        ),
-                    )));
-                }
+                // What a finished run left open (an instance kept out in
+                // standby) is carried into this run by its keeper.
                 let mut plan = crate::plan::compute(setup, &listed, None);
                 let refused = into_plan(Some(&f), &mut plan);
                 if !refused.is_empty() {
@@ -349,15 +328,44 @@ mod aws {
                 }
             }
             crate::run::Mode::Restore if !leftover.is_empty() => {
-                let journal = hygiene_core::journal::FileJournal::open(&setup.journal)?;
-                for line in undo_leftover(&f, &journal, &leftover).await? {
-                    eprintln!("{line}");
+                // A finished run: undo what is not about a kept-out
+                // instance (those leave standby with `hygiene enable`,
+                // verified).
+                let journal: Arc<dyn Journal> =
+                    Arc::new(hygiene_core::journal::FileJournal::open(&setup.journal)?);
+                let keeper = GroupKeeper::new(
+                    f.client.clone(),
+                    journal,
+                    f.mode,
+                    f.allow_min_size_change,
+                    &f.groups,
+                    leftover,
+                );
+                for line in finish(&keeper).await {
+                    eprintln!("warning: {line}");
                 }
                 return Ok(Before::Done(crate::exit::OK));
             }
             _ => {}
         }
         Ok(Before::Fleet(f))
+    }
+
+    /// For `hygiene enable`: when the journal's last run left instances in
+    /// standby, the balancer takes them out of standby on enable (and a
+    /// lowered `MinSize` is set back after the last one).
+    pub(crate) async fn for_enable(
+        loaded: &Loaded,
+        setup: &mut Setup,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Option<Arc<GroupKeeper>>, Failure> {
+        if setup.elbv2.is_none() || leftover(&setup.journal)?.is_empty() {
+            return Ok(None);
+        }
+        let listed = setup.balancer.list().await?;
+        let (fleet, _) = read(loaded, setup, &listed).await?;
+        let Some(f) = fleet else { return Ok(None) };
+        Ok(Some(wrap(f, setup, journal)?))
     }
 
     /// The keeper of a run's group changes, with the changes a dead run
