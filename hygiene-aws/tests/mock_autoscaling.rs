@@ -523,3 +523,54 @@ fn header() -> hygiene_core::journal::Header {
     }))
     .expect("header")
 }
+
+#[tokio::test]
+async fn a_new_run_carries_over_what_a_finished_run_left_in_standby() {
+    let state = fake(&[("web", group(1, 3, &["i-01", "i-02", "i-03"]))]);
+    let journal = MemoryJournal::new();
+    journal
+        .append(&Record::Header(Box::new(header())))
+        .expect("header");
+    {
+        let k = keeper(
+            &state,
+            &journal,
+            AutoScalingMode::Standby,
+            false,
+            &["i-01", "i-02"],
+        )
+        .await;
+        k.suspend().await.expect("suspend");
+        k.enter_standby(&ids(&["i-01"])).await.expect("standby");
+        // i-01's maintenance failed: kept out, in standby; the run ends.
+        k.finish().await.expect("finish");
+        assert_eq!(k.in_standby().await.len(), 1);
+    }
+    // The next run: its keeper is built from the journal as it is, then
+    // the engine writes the new run's header.
+    let k = keeper(
+        &state,
+        &journal,
+        AutoScalingMode::Standby,
+        false,
+        &["i-01", "i-02"],
+    )
+    .await;
+    journal
+        .append(&Record::Header(Box::new(header())))
+        .expect("header");
+    k.suspend().await.expect("suspend");
+    let open = open_changes(&journal.records().expect("records"));
+    let keys: Vec<&str> = open.iter().map(|c| c.key.as_str()).collect();
+    assert!(
+        keys.contains(&"autoscaling:web:standby:i-01"),
+        "the standby is this run's to undo too: {keys:?}"
+    );
+    // Putting it back takes it out of standby.
+    k.exit_standby(&ids(&["i-01"])).await.expect("exit");
+    k.finish().await.expect("finish");
+    assert!(open_changes(&journal.records().expect("records")).is_empty());
+    let g = state.lock().expect("fake").groups["web"].clone();
+    assert_eq!(g.desired, 3);
+    assert!(g.instances.values().all(|s| *s == "InService"), "{g:?}");
+}
