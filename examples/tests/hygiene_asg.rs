@@ -405,3 +405,59 @@ async fn an_instance_pool_in_an_auto_scaling_group_under_each_mode() {
     assert_eq!(code, 0, "{stdout}{err}");
     m.stop().await.expect("moto stops");
 }
+
+/// Instances in no Auto Scaling group take their zone from EC2 (their
+/// placement): `plan` orders them by zone with nothing in `[rollout.zones]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_outside_groups_take_their_zone_from_ec2() {
+    if !integration_available(
+        "moto",
+        find_moto_server().is_some(),
+        "run ./scripts/test, which installs moto[server] into .venv, or set HYGIENE_MOTO_SERVER",
+    ) {
+        return;
+    }
+    let m = MotoServer::start().await.expect("moto starts");
+    let vpc = m.create_vpc().await.expect("vpc");
+    let a = m
+        .create_subnet(&vpc, "10.0.1.0/24", "us-east-1a")
+        .await
+        .expect("subnet");
+    let b = m
+        .create_subnet(&vpc, "10.0.2.0/24", "us-east-1b")
+        .await
+        .expect("subnet");
+    let in_b = m.run_instances(2, Some(&b)).await.expect("instances");
+    let in_a = m.run_instances(1, Some(&a)).await.expect("instances");
+    let tg = m.create_target_group("web", &vpc, 8080).await.expect("tg");
+    let regs: Vec<(String, u16)> = in_b
+        .iter()
+        .chain(&in_a)
+        .map(|i| (i.clone(), 8080))
+        .collect();
+    m.register(&tg, &regs).await.expect("register");
+    m.create_load_balancer("front", &[a, b], std::slice::from_ref(&tg))
+        .await
+        .expect("load balancer");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), &m, &tg, Path::new("/bin/true"), "", &[]);
+    let mut c = hygiene(&cfg, &dir.path().join("state"));
+    c.args(["plan", "--json"]);
+    aws_env(&mut c, dir.path());
+    let (code, stdout, err) = tokio::task::block_in_place(|| out(c));
+    assert_eq!(code, 0, "{stdout}{err}");
+    let plan: serde_json::Value = serde_json::from_str(stdout.trim()).expect("plan json");
+    assert!(
+        plan["auto_scaling"].as_array().expect("groups").is_empty(),
+        "{plan}"
+    );
+    let bz: Vec<&str> = plan["batch_zones"]
+        .as_array()
+        .expect("batch zones")
+        .iter()
+        .map(|z| z.as_str().expect("zone"))
+        .collect();
+    assert_eq!(bz, ["us-east-1a", "us-east-1b"], "{plan}");
+    assert_eq!(plan["batches"][0][0], in_a[0].as_str(), "{plan}");
+    m.stop().await.expect("moto stops");
+}

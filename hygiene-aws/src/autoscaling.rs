@@ -46,6 +46,61 @@ pub fn client(sdk: &aws_config::SdkConfig, endpoint_url: Option<&str>) -> Client
     Client::from_conf(b.build())
 }
 
+/// The Availability Zone of each of `instances` from EC2 (its placement;
+/// `DescribeInstances`, 100 ids a call): for instances in no Auto Scaling
+/// group. Ids that are not instance ids are skipped.
+///
+/// # Errors
+/// As the call fails.
+pub async fn instance_zones(
+    sdk: &aws_config::SdkConfig,
+    endpoint_url: Option<&str>,
+    instances: &[TargetId],
+) -> Result<BTreeMap<TargetId, String>> {
+    let mut b = aws_sdk_ec2::config::Builder::from(sdk);
+    if let Some(u) = endpoint_url {
+        b = b.endpoint_url(u);
+    }
+    let ec2 = aws_sdk_ec2::Client::from_conf(b.build());
+    let mut out = BTreeMap::new();
+    let ids: Vec<String> = instances
+        .iter()
+        .filter(|i| i.as_str().starts_with("i-"))
+        .map(|i| i.as_str().to_owned())
+        .collect();
+    for chunk in ids.chunks(100) {
+        let mut token: Option<String> = None;
+        loop {
+            let o = call(
+                "ec2",
+                "DescribeInstances",
+                || Subject::targets(chunk.join(", ")),
+                ec2.describe_instances()
+                    .set_instance_ids(Some(chunk.to_vec()))
+                    .set_next_token(token.clone())
+                    .send(),
+            )
+            .await?;
+            for r in o.reservations() {
+                for i in r.instances() {
+                    let (Some(id), Some(z)) = (
+                        i.instance_id(),
+                        i.placement().and_then(|p| p.availability_zone()),
+                    ) else {
+                        continue;
+                    };
+                    out.insert(TargetId::new(id)?, z.to_owned());
+                }
+            }
+            token = o.next_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// How hygiene treats instances that belong to an Auto Scaling group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -120,10 +120,15 @@ mod aws {
     /// NLBs routing within zones; sets the instances' zones (where the
     /// file gives none) and the zone floor the NLBs need into the run's
     /// settings. Returns what it read and what it finds wrong.
+    ///
+    /// Groups that cannot be read fail a run (`strict`: nothing is known
+    /// of what would replace its instances) and are a problem for `plan`
+    /// and `validate`.
     pub(crate) async fn read(
         loaded: &Loaded,
         setup: &mut Setup,
         listed: &[ListedTarget],
+        strict: bool,
     ) -> Result<(Option<Fleet>, Vec<String>), Failure> {
         let Some(lb) = setup.elbv2.clone() else {
             return Ok((None, Vec::new()));
@@ -143,13 +148,35 @@ mod aws {
         let ids: Vec<TargetId> = listed.iter().map(|l| l.target.id.clone()).collect();
         let (groups, zones) = match Box::pin(autoscaling::describe(&client, &ids)).await {
             Ok(x) => x,
+            Err(err) if strict => return Err(Failure::Lib(err)),
             Err(err) => {
                 problems.push(format!(
                     "the instances' Auto Scaling groups cannot be read ({err}): a run refuses until they can (grant autoscaling:DescribeAutoScalingInstances and DescribeAutoScalingGroups)"
                 ));
-                return Err(Failure::Lib(err));
+                return Ok((None, problems));
             }
         };
+        // Instances in no group: their EC2 placement.
+        let mut zones = zones;
+        let outside: Vec<TargetId> = ids
+            .iter()
+            .filter(|i| i.as_str().starts_with("i-") && !zones.contains_key(*i))
+            .cloned()
+            .collect();
+        if !outside.is_empty() {
+            match Box::pin(autoscaling::instance_zones(
+                &sdk,
+                e.endpoint_url.as_deref(),
+                &outside,
+            ))
+            .await
+            {
+                Ok(z) => zones.extend(z),
+                Err(err) => problems.push(format!(
+                    "the instances' Availability Zones cannot be read ({err}): batch_by = \"zone\" and zone floors need them; grant ec2:DescribeInstances or give them in [rollout.zones]"
+                )),
+            }
+        }
         let mut cfg =
             serde_json::to_value(&setup.rollout).map_err(|err| Failure::Other(err.to_string()))?;
         let mut changed = false;
@@ -306,7 +333,7 @@ mod aws {
             return Ok(Before::None);
         }
         let listed = setup.balancer.list().await?;
-        let (fleet, problems) = read(loaded, setup, &listed).await?;
+        let (fleet, problems) = read(loaded, setup, &listed, true).await?;
         for p in problems {
             eprintln!("warning: {p}");
         }
@@ -363,7 +390,7 @@ mod aws {
             return Ok(None);
         }
         let listed = setup.balancer.list().await?;
-        let (fleet, _) = read(loaded, setup, &listed).await?;
+        let (fleet, _) = read(loaded, setup, &listed, true).await?;
         let Some(f) = fleet else { return Ok(None) };
         Ok(Some(wrap(f, setup, journal)?))
     }
@@ -414,8 +441,70 @@ mod aws {
     }
 }
 
-/// Without AWS support there are no groups.
+/// Without AWS support there are no groups: the same calls, doing nothing.
 #[cfg(not(feature = "aws"))]
-pub(crate) fn into_plan(_fleet: Option<&()>, _plan: &mut crate::plan::Plan) -> Vec<String> {
-    Vec::new()
+pub(crate) use none::*;
+
+#[cfg(not(feature = "aws"))]
+mod none {
+    use std::sync::Arc;
+
+    use hygiene_core::journal::Journal;
+    use hygiene_core::ListedTarget;
+
+    use crate::config::Loaded;
+    use crate::plan::Plan;
+    use crate::setup::Setup;
+    use crate::Failure;
+
+    /// No groups without AWS support.
+    #[derive(Debug)]
+    pub(crate) enum Fleet {}
+
+    /// No keeper without AWS support.
+    #[derive(Debug)]
+    pub(crate) enum Keeper {}
+
+    /// What `before` found: never anything (the variants mirror the AWS
+    /// build's, which `run` matches on).
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    pub(crate) enum Before {
+        None,
+        Fleet(Fleet),
+        Done(u8),
+    }
+
+    pub(crate) async fn read(
+        _loaded: &Loaded,
+        _setup: &mut Setup,
+        _listed: &[ListedTarget],
+        _strict: bool,
+    ) -> Result<(Option<Fleet>, Vec<String>), Failure> {
+        Ok((None, Vec::new()))
+    }
+
+    pub(crate) fn into_plan(_fleet: Option<&Fleet>, _plan: &mut Plan) -> Vec<String> {
+        Vec::new()
+    }
+
+    pub(crate) async fn before(
+        _loaded: &Loaded,
+        _setup: &mut Setup,
+        _mode: crate::run::Mode,
+    ) -> Result<Before, Failure> {
+        Ok(Before::None)
+    }
+
+    pub(crate) fn wrap(
+        fleet: Fleet,
+        _setup: &mut Setup,
+        _journal: Arc<dyn Journal>,
+    ) -> Result<Arc<Keeper>, Failure> {
+        match fleet {}
+    }
+
+    pub(crate) async fn finish(keeper: &Keeper) -> Vec<String> {
+        match *keeper {}
+    }
 }

@@ -365,7 +365,7 @@ pub(crate) async fn main(
     let drain_problems = crate::elbv2::drain_timeout(&mut setup).await;
     let listed = setup.balancer.list().await?;
     setup::select(&mut setup, &listed, flags, false)?;
-    let (fleet, fleet_problems) = crate::asg::read(&loaded, &mut setup, &listed).await?;
+    let (fleet, fleet_problems) = crate::asg::read(&loaded, &mut setup, &listed, false).await?;
     let mut plan = compute(&setup, &listed, maintenance);
     crate::asg::into_plan(fleet.as_ref(), &mut plan);
     plan.problems.extend(drain_problems);

@@ -257,7 +257,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 preflight: pf,
             });
         }
-        let (fleet, fleet_problems) = crate::asg::read(&loaded, &mut setup, &listed).await?;
+        let (fleet, fleet_problems) = crate::asg::read(&loaded, &mut setup, &listed, false).await?;
         v.problems.extend(fleet_problems);
         let mut p = plan::compute(&setup, &listed, None);
         crate::asg::into_plan(fleet.as_ref(), &mut p);
