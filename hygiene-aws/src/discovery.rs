@@ -21,7 +21,8 @@ pub enum InstanceSelector {
     /// The running instances carrying every one of these tags; a tag
     /// matches any of its values (EC2's `tag:<key>` filters).
     Tags(BTreeMap<String, Vec<String>>),
-    /// The `InService` instances of this Auto Scaling group.
+    /// The `InService` instances of this Auto Scaling group, and those in
+    /// standby (listed out of service unless a run put them there).
     AutoScalingGroup(String),
 }
 
@@ -264,7 +265,11 @@ pub(crate) async fn select(
                     for i in g.instances() {
                         let Some(id) = i.instance_id() else { continue };
                         let state = i.lifecycle_state().map(|s| s.as_str()).unwrap_or("?");
-                        if state == "InService" {
+                        // Standby too: an instance a run put in standby
+                        // stays in the pool, so a resume or restore finds
+                        // it and puts it back (one the operator put there
+                        // is listed out of service and left as found).
+                        if matches!(state, "InService" | "Standby" | "EnteringStandby") {
                             found.insert(id.to_owned());
                         } else {
                             warn!(instance = id, lifecycle_state = state, auto_scaling_group = %name, "instance not InService: left out");

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod attributes;
+pub mod autoscaling;
 mod balancer;
 mod config;
 mod discovery;
@@ -10,15 +11,20 @@ mod error;
 mod health;
 mod pacing;
 mod ssm;
+mod standby;
+mod zones;
 
 #[cfg(feature = "test-support")]
 pub mod moto;
 
 pub use attributes::{DeregistrationDelay, DRAIN_TIMEOUT_MARGIN};
+pub use autoscaling::{AutoScalingMode, GroupFacts, GroupKeeper};
 pub use balancer::{Elbv2Balancer, OtherTargetGroups};
 pub use config::{ApiCallCounter, Elbv2BalancerBuilder, SsmExecutorBuilder};
 pub use discovery::{Discovery, InstanceSelector};
 pub use ssm::{PreflightCheck, SsmExecutor, StatusApi, MAX_INSTANCES_PER_COMMAND};
+pub use standby::{StandbyBalancer, StandbyExecutor};
+pub use zones::ZonalNlb;
 
 /// Re-exported AWS configuration types, so callers need no direct
 /// dependency on `aws-config` for the common cases.

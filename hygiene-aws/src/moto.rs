@@ -110,6 +110,11 @@ impl MotoServer {
         aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk_config().await)
     }
 
+    /// An Auto Scaling client for this server.
+    pub async fn autoscaling(&self) -> aws_sdk_autoscaling::Client {
+        aws_sdk_autoscaling::Client::new(&self.sdk_config().await)
+    }
+
     /// Forgets every resource (`POST /moto-api/reset`).
     ///
     /// # Errors

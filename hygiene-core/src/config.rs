@@ -1,6 +1,6 @@
 //! Rollout configuration, validated when built.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::target::TargetId;
+use crate::target::{Target, TargetId};
 
 /// A count of targets, or a percent of some total.
 ///
@@ -187,6 +187,21 @@ pub enum Pacing {
     Window,
 }
 
+/// How targets are grouped into batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchBy {
+    /// Any targets together, in the pool's order (the default).
+    #[default]
+    Target,
+    /// Availability Zone by zone: a batch (or a window) never holds targets
+    /// of two zones, the zones are rolled one after another (sorted by
+    /// name), and every target of a zone has finished before the next zone
+    /// starts. Every target to maintain needs a zone
+    /// ([`RolloutConfig::zone_of`]).
+    Zone,
+}
+
 /// On resume, what to do with a target whose maintenance started and whose
 /// outcome the journal does not know (the process died while it ran).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -339,6 +354,9 @@ pub struct RolloutConfig {
     pub(crate) call_timeout: Duration,
     pub(crate) execute_timeout: Duration,
     pub(crate) on_interrupted: OnInterrupted,
+    pub(crate) batch_by: BatchBy,
+    pub(crate) zone_min_healthy: Option<Amount>,
+    pub(crate) zones: BTreeMap<TargetId, String>,
 }
 
 /// The serde form of [`RolloutConfig`]: every key optional (the defaults
@@ -374,6 +392,16 @@ struct RolloutConfigSpec {
     #[serde(with = "duration_text")]
     execute_timeout: Duration,
     on_interrupted: OnInterrupted,
+    #[serde(skip_serializing_if = "is_default")]
+    batch_by: BatchBy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zone_min_healthy: Option<Amount>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    zones: BTreeMap<TargetId, String>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Default for RolloutConfigSpec {
@@ -402,6 +430,9 @@ impl From<RolloutConfig> for RolloutConfigSpec {
             call_timeout: c.call_timeout,
             execute_timeout: c.execute_timeout,
             on_interrupted: c.on_interrupted,
+            batch_by: c.batch_by,
+            zone_min_healthy: c.zone_min_healthy,
+            zones: c.zones,
         }
     }
 }
@@ -428,6 +459,9 @@ impl TryFrom<RolloutConfigSpec> for RolloutConfig {
                 call_timeout: s.call_timeout,
                 execute_timeout: s.execute_timeout,
                 on_interrupted: s.on_interrupted,
+                batch_by: s.batch_by,
+                zone_min_healthy: s.zone_min_healthy,
+                zones: s.zones,
             },
         }
         .build()
@@ -464,6 +498,9 @@ impl RolloutConfig {
             call_timeout: Duration::from_secs(30),
             execute_timeout: Duration::from_secs(3 * 3600),
             on_interrupted: OnInterrupted::Fail,
+            batch_by: BatchBy::Target,
+            zone_min_healthy: None,
+            zones: BTreeMap::new(),
         }
     }
 
@@ -550,7 +587,47 @@ impl RolloutConfig {
     pub fn min_healthy_of(&self, pool: usize) -> usize {
         self.min_healthy.ceil_of(pool)
     }
+
+    /// How targets are grouped into batches.
+    pub fn batch_by(&self) -> BatchBy {
+        self.batch_by
+    }
+
+    /// The floor per Availability Zone, if any: in every zone, this count
+    /// or percent (rounded up) of the zone's pool stays healthy in service,
+    /// on top of `min_healthy` for the whole pool.
+    pub fn zone_min_healthy(&self) -> Option<Amount> {
+        self.zone_min_healthy
+    }
+
+    /// Targets of a zone of `zone_pool` targets that must stay healthy
+    /// (percent rounded up; 0 without a zone floor).
+    pub fn zone_min_healthy_of(&self, zone_pool: usize) -> usize {
+        self.zone_min_healthy.map_or(0, |a| a.ceil_of(zone_pool))
+    }
+
+    /// Zones given in the configuration, by target (HAProxy and NGINX
+    /// servers know none of their own).
+    pub fn zones(&self) -> &BTreeMap<TargetId, String> {
+        &self.zones
+    }
+
+    /// A target's Availability Zone: the configured one, else the one the
+    /// balancer knows (`meta["availability_zone"]`, else the zone it is
+    /// registered with, unless that is ELBv2's `all`).
+    pub fn zone_of<'a>(&'a self, target: &'a Target) -> Option<&'a str> {
+        self.zones
+            .get(&target.id)
+            .map(String::as_str)
+            .or_else(|| target.meta.get(ZONE_META).map(String::as_str))
+            .or_else(|| target.zone.as_deref().filter(|z| *z != "all"))
+            .filter(|z| !z.is_empty())
+    }
 }
+
+/// The [`Target::meta`] key a balancer sets to a target's Availability Zone
+/// when it knows it (an ELBv2 instance's placement).
+pub const ZONE_META: &str = "availability_zone";
 
 /// Builder of [`RolloutConfig`]; [`build`](Self::build) validates every field.
 #[derive(Debug, Clone)]
@@ -648,6 +725,21 @@ impl RolloutConfigBuilder {
         self.config.on_interrupted = policy;
         self
     }
+    /// Batches by target (default) or by Availability Zone.
+    pub fn batch_by(mut self, by: BatchBy) -> Self {
+        self.config.batch_by = by;
+        self
+    }
+    /// Targets of each zone that must stay healthy and in service.
+    pub fn zone_min_healthy(mut self, amount: Amount) -> Self {
+        self.config.zone_min_healthy = Some(amount);
+        self
+    }
+    /// Zones by target, for balancers that know none.
+    pub fn zones(mut self, zones: BTreeMap<TargetId, String>) -> Self {
+        self.config.zones = zones;
+        self
+    }
 
     /// Validates and builds.
     ///
@@ -665,6 +757,21 @@ impl RolloutConfigBuilder {
             return Err(Error::invalid_config(
                 "batch_size",
                 "must be at least 1 target or 1%",
+            ));
+        }
+        if let Some(z) = c.zone_min_healthy {
+            z.check_percent("zone_min_healthy")?;
+            if z == Amount::Percent(100) {
+                return Err(Error::invalid_config(
+                    "zone_min_healthy",
+                    "100% of a zone can never stay healthy while one of its targets is out; lower it",
+                ));
+            }
+        }
+        if let Some((id, _)) = c.zones.iter().find(|(_, z)| z.trim().is_empty()) {
+            return Err(Error::invalid_config(
+                "zones",
+                format!("target {id} has an empty zone; give its Availability Zone's name"),
             ));
         }
         if c.min_healthy == Amount::Percent(100) {

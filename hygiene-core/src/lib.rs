@@ -26,8 +26,8 @@ pub mod mock;
 
 pub use balancer::{ListedTarget, LoadBalancer};
 pub use config::{
-    duration_text, Amount, OnDrainTimeout, OnFailure, OnInterrupted, Pacing, RetryPolicy,
-    RolloutConfig, RolloutConfigBuilder, Selection,
+    duration_text, Amount, BatchBy, OnDrainTimeout, OnFailure, OnInterrupted, Pacing, RetryPolicy,
+    RolloutConfig, RolloutConfigBuilder, Selection, ZONE_META,
 };
 pub use engine::{Rollout, RolloutHandle};
 pub use error::{BoxError, Error, Result};

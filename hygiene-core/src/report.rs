@@ -92,6 +92,22 @@ pub enum AbortReason {
         #[serde(with = "duration_ms", rename = "waited_ms")]
         waited: Duration,
     },
+    /// Not even one target could be taken out without breaking
+    /// `zone_min_healthy` in its Availability Zone, for `capacity_timeout`.
+    ZoneCapacity {
+        /// The zone.
+        zone: String,
+        /// Targets of the zone healthy and in service at the last look.
+        healthy: usize,
+        /// Targets of the zone `zone_min_healthy` requires.
+        required: usize,
+        /// The setting (a count of 1 where an NLB with cross-zone load
+        /// balancing off needs its last healthy target in each zone).
+        zone_min_healthy: Amount,
+        /// How long the run waited.
+        #[serde(with = "duration_ms", rename = "waited_ms")]
+        waited: Duration,
+    },
     /// A balancer call failed for good (after its retries).
     Balancer {
         /// The operation (`status`, `drain`, `enable`, `list`).
@@ -120,6 +136,10 @@ impl std::fmt::Display for AbortReason {
             Self::Capacity { healthy, required, min_healthy, waited } => write!(
                 f,
                 "not enough healthy capacity: {healthy} target(s) healthy, min_healthy = {min_healthy} requires {required}; waited {waited:?} (capacity_timeout) for capacity to return. Bring targets back or lower min_healthy"
+            ),
+            Self::ZoneCapacity { zone, healthy, required, zone_min_healthy, waited } => write!(
+                f,
+                "not enough healthy capacity in zone {zone}: {healthy} target(s) healthy there, zone_min_healthy = {zone_min_healthy} requires {required}; waited {waited:?} (capacity_timeout) for capacity to return. Bring targets of {zone} back or lower zone_min_healthy"
             ),
             Self::Balancer { operation, message } => write!(
                 f,

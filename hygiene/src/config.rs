@@ -593,6 +593,24 @@ pub(crate) struct Elbv2Section {
     /// (not looked for).
     #[serde(default)]
     pub(crate) other_target_groups: OtherGroups,
+    /// Instances of an Auto Scaling group: `refuse` (default: a run over
+    /// a group with ELB health checks is refused), `suspend` or `standby`.
+    #[serde(default)]
+    pub(crate) auto_scaling: AutoScaling,
+    /// Standby may lower a group's `MinSize` for a batch (journaled, set
+    /// back when its instances leave standby).
+    #[serde(default)]
+    pub(crate) allow_min_size_change: bool,
+}
+
+/// `[balancer.elbv2] auto_scaling`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AutoScaling {
+    #[default]
+    Refuse,
+    Suspend,
+    Standby,
 }
 
 /// `[balancer.elbv2] other_target_groups`

@@ -38,7 +38,7 @@ struct Enabled {
 pub(crate) async fn main(g: &Global, names: &[String], all: bool) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let cancel = CancellationToken::new();
-    let setup = setup::build(
+    let mut setup = setup::build(
         &loaded,
         g.state_dir.as_ref(),
         &RolloutFlags::default(),
@@ -46,7 +46,12 @@ pub(crate) async fn main(g: &Global, names: &[String], all: bool) -> Result<u8, 
     )
     .await?;
     // Holding the journal keeps a run from starting meanwhile.
-    let _lock = FileJournal::open(&setup.journal)?;
+    let lock = std::sync::Arc::new(FileJournal::open(&setup.journal)?);
+    // An instance a run kept out in standby leaves it when enabled.
+    #[cfg(feature = "aws")]
+    let keeper = crate::asg::for_enable(&loaded, &mut setup, lock.clone()).await?;
+    #[cfg(not(feature = "aws"))]
+    let _no_groups = (&mut setup, &lock);
     if let Some(sum) = summarize(&FileJournal::read(&setup.journal)?) {
         if sum.outcome.is_none() {
             return Err(Failure::Lib(hygiene_core::Error::journal(
@@ -197,6 +202,12 @@ pub(crate) async fn main(g: &Global, names: &[String], all: bool) -> Result<u8, 
             command_for(g, "status")
         )
     };
+    #[cfg(feature = "aws")]
+    if let Some(k) = &keeper {
+        for w in crate::asg::finish(k).await {
+            eprintln!("warning: {w}");
+        }
+    }
     finish(g, &report, &tail);
     Ok(code)
 }

@@ -3,6 +3,7 @@
 //! ssh, SSM): `validate`, `plan`, `run`, `resume`, `restore`, `status`,
 //! `completions`, `man`. See `hygiene --help` and the README.
 
+mod asg;
 mod cli;
 mod config;
 mod elbv2;
@@ -17,6 +18,7 @@ mod set;
 mod setup;
 mod status;
 mod validate;
+mod zones;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -57,6 +57,17 @@ pub(crate) struct Plan {
     pub(crate) failures_allowed: usize,
     pub(crate) canary: bool,
     pub(crate) batches: Vec<Vec<TargetId>>,
+    /// `target` or `zone`.
+    pub(crate) batch_by: hygiene_core::BatchBy,
+    /// The zone of each batch, with `batch_by = zone`.
+    pub(crate) batch_zones: Vec<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) zone_min_healthy: Option<serde_json::Value>,
+    /// The pool's Availability Zones, when any target has one.
+    pub(crate) zones: Vec<crate::zones::ZoneLine>,
+    /// The Auto Scaling groups of the pool's instances (ELBv2), with the
+    /// mode and the `MinSize` arithmetic.
+    pub(crate) auto_scaling: Vec<crate::asg::GroupLine>,
     pub(crate) skipped: Vec<Skipped>,
     /// What the run would meet (shrunk batches, unhealthy targets).
     pub(crate) problems: Vec<String>,
@@ -129,7 +140,10 @@ pub(crate) fn compute(
     let healthy_now = listed.iter().filter(|l| healthy(l)).count();
     let required = c.min_healthy_of(listed.len());
     let width = c.batch_len(selected.len());
+    let zones = crate::zones::lines(c, &caps, listed, &todo, &mut blockers);
+    crate::zones::order(c, &mut todo);
     let mut batches: Vec<Vec<TargetId>> = Vec::new();
+    let mut batch_zones: Vec<Option<String>> = Vec::new();
     let mut k = 0;
     while k < todo.len() {
         let want = if c.canary() && batches.is_empty() {
@@ -138,14 +152,35 @@ pub(crate) fn compute(
             width
         };
         let mut budget = healthy_now.saturating_sub(required);
+        let mut zone_budget = crate::zones::budgets(&zones);
+        let first_zone = c.zone_of(&todo[k].target).map(str::to_owned);
         let mut batch = Vec::new();
         for l in todo.iter().skip(k).take(want) {
             let cost = usize::from(healthy(l));
+            let zone = c.zone_of(&l.target);
+            if c.batch_by() == hygiene_core::BatchBy::Zone && zone != first_zone.as_deref() {
+                break;
+            }
             if cost > budget {
                 break;
             }
+            if let Some(zb) = zone.and_then(|z| zone_budget.get_mut(z)) {
+                if cost > *zb {
+                    break;
+                }
+                *zb -= cost;
+            }
             budget -= cost;
             batch.push(l.target.id.clone());
+        }
+        if batch.is_empty() && budget > 0 {
+            let z = first_zone.clone().unwrap_or_default();
+            blockers.push(format!(
+                "no target of zone {z} can be taken out: zone_min_healthy = {} keeps its healthy targets in service: the run would wait capacity_timeout ({}) and abort",
+                c.zone_min_healthy().map(|a| a.to_string()).unwrap_or_default(),
+                fmt(c.capacity_timeout())
+            ));
+            break;
         }
         if batch.is_empty() {
             blockers.push(format!(
@@ -165,6 +200,11 @@ pub(crate) fn compute(
         }
         k += batch.len();
         batches.push(batch);
+        batch_zones.push(if c.batch_by() == hygiene_core::BatchBy::Zone {
+            first_zone
+        } else {
+            None
+        });
     }
     let unhealthy: Vec<String> = todo
         .iter()
@@ -207,6 +247,11 @@ pub(crate) fn compute(
         failures_allowed: c.failures_allowed(selected.len()),
         canary: c.canary(),
         batches,
+        batch_by: c.batch_by(),
+        batch_zones,
+        zone_min_healthy: c.zone_min_healthy().map(amount),
+        zones,
+        auto_scaling: Vec::new(),
         skipped,
         problems,
         blockers,
@@ -256,10 +301,17 @@ pub(crate) fn human(p: &Plan) -> String {
         ),
         _ => "batches (each starts when the one before is back and healthy), in order:\n".into(),
     });
+    o.push_str(&crate::zones::human(p));
     for (k, b) in p.batches.iter().enumerate() {
         o.push_str(&format!(
-            "  {:>3}. {}\n",
+            "  {:>3}. {}{}\n",
             k + 1,
+            p.batch_zones
+                .get(k)
+                .cloned()
+                .flatten()
+                .map(|z| format!("[{}] ", crate::output::clean(&z)))
+                .unwrap_or_default(),
             b.iter()
                 .map(crate::output::clean)
                 .collect::<Vec<_>>()
@@ -313,8 +365,11 @@ pub(crate) async fn main(
     let drain_problems = crate::elbv2::drain_timeout(&mut setup).await;
     let listed = setup.balancer.list().await?;
     setup::select(&mut setup, &listed, flags, false)?;
+    let (fleet, fleet_problems) = crate::asg::read(&loaded, &mut setup, &listed, false).await?;
     let mut plan = compute(&setup, &listed, maintenance);
+    crate::asg::into_plan(fleet.as_ref(), &mut plan);
     plan.problems.extend(drain_problems);
+    plan.problems.extend(fleet_problems);
     let (access, more) = blockers_before_start(g, &loaded, &setup, &listed).await?;
     plan.blockers.extend(more);
     plan.kept_out = crate::run::warn_kept_out(g, &setup.journal, &listed, false)?;

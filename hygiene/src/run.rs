@@ -95,13 +95,19 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
             }
         }
     }
-    let journal = FileJournal::open(&setup.journal)?;
+    let fleet = crate::asg::before(&loaded, &mut setup, mode).await?;
+    let journal = Arc::new(FileJournal::open(&setup.journal)?);
+    let keeper = match fleet {
+        crate::asg::Before::Done(code) => return Ok(code),
+        crate::asg::Before::Fleet(f) => Some(crate::asg::wrap(f, &mut setup, journal.clone())?),
+        crate::asg::Before::None => None,
+    };
     let mut rollout = Rollout::new(
         Arc::clone(&setup.balancer),
         Arc::clone(&setup.executor),
         setup.rollout.clone(),
     )
-    .with_journal(journal)
+    .with_journal(Arc::clone(&journal))
     .with_cancellation(cancel.clone());
     if let Some(p) = setup.probe.clone() {
         rollout = rollout.with_probe(p);
@@ -168,6 +174,11 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
             .flatten();
         if let Some(hint) = hint {
             eprintln!("{}", output::clean(hint));
+        }
+    }
+    if let Some(k) = &keeper {
+        for w in crate::asg::finish(k).await {
+            eprintln!("warning: {w}");
         }
     }
     // Remember what this run left out, beyond the next run's journal.

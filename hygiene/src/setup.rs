@@ -551,7 +551,10 @@ fn nginx(
 }
 
 #[cfg(feature = "aws")]
-async fn sdk_config(region: Option<&str>, profile: Option<&str>) -> hygiene_aws::SdkConfig {
+pub(crate) async fn sdk_config(
+    region: Option<&str>,
+    profile: Option<&str>,
+) -> hygiene_aws::SdkConfig {
     let mut l = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(r) = region {
         l = l.region(aws_config::Region::new(r.to_owned()));

@@ -48,6 +48,10 @@ struct Validation {
     blocked: bool,
     /// Targets earlier runs kept out of rotation, still out.
     kept_out: Vec<String>,
+    /// The pool's zones and Auto Scaling groups (mode, `MinSize`
+    /// arithmetic), as `plan` shows them.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    zones_and_groups: String,
 }
 
 fn journal_state(path: &std::path::Path) -> String {
@@ -94,6 +98,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         problems: Vec::new(),
         blocked: false,
         kept_out: Vec::new(),
+        zones_and_groups: String::new(),
     };
     v.problems.extend(private_problems(&loaded, &setup.journal));
     let mut blocked = false;
@@ -252,7 +257,12 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
                 preflight: pf,
             });
         }
-        let p = plan::compute(&setup, &listed, None);
+        let (fleet, fleet_problems) = crate::asg::read(&loaded, &mut setup, &listed, false).await?;
+        v.problems.extend(fleet_problems);
+        let mut p = plan::compute(&setup, &listed, None);
+        crate::asg::into_plan(fleet.as_ref(), &mut p);
+        v.zones_and_groups = crate::zones::human(&p);
+        v.rollout = setup.rollout.clone();
         for s in &p.skipped {
             v.problems.push(format!("{}: {}", s.id, s.reason));
         }
@@ -443,6 +453,7 @@ fn human(v: &Validation) -> String {
             ));
         }
     }
+    o.push_str(&v.zones_and_groups);
     if v.problems.is_empty() {
         o.push_str("no problem found\n");
     }

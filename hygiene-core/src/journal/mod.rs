@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 pub use file::FileJournal;
 pub use private::{check_state_dir, prepare_state_dir, readable_by_others};
-pub use record::{Header, Op, Record, JOURNAL_FORMAT};
+pub use record::{open_changes, Change, Header, Op, Record, JOURNAL_FORMAT};
 pub use summary::{summarize, JournaledState, Summary, TargetSummary};
 pub(crate) use trace::{Finish, Interrupted, Trace};
 

@@ -132,6 +132,20 @@ pub enum Record {
         /// The process.
         pid: u32,
     },
+    /// A change outside the balancer (an Auto Scaling group's processes
+    /// or size, an instance's standby), written **before** it is made,
+    /// with what undoes it. `resume` and `restore` undo, newest first,
+    /// every change of the run with no [`Record::Undone`] (see
+    /// [`open_changes`](crate::journal::open_changes)); an undo must be
+    /// harmless when the change was never applied.
+    Change(Box<Change>),
+    /// The change `key` was undone (or found not to need undoing).
+    Undone {
+        /// The change's key.
+        key: String,
+        /// When (RFC 3339).
+        at: String,
+    },
     /// The run ended.
     End {
         /// How.
@@ -139,4 +153,77 @@ pub enum Record {
         /// When (RFC 3339).
         at: String,
     },
+}
+
+/// A change outside the balancer, with its undo ([`Record::Change`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Change {
+    /// Unique in the run for one change; the same key written again is the
+    /// same change (its first undo counts).
+    pub key: String,
+    /// The system it was made in (`autoscaling`).
+    pub system: String,
+    /// What it did, for people (`suspended AZRebalance on group web`).
+    pub what: String,
+    /// What undoes it, for the code of `system`.
+    pub undo: serde_json::Value,
+    /// The target it was made for, when one (an instance's standby).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetId>,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+impl Change {
+    /// A change made now.
+    pub fn new(
+        key: impl Into<String>,
+        system: impl Into<String>,
+        what: impl Into<String>,
+        undo: serde_json::Value,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            system: system.into(),
+            what: what.into(),
+            undo,
+            target: None,
+            at: jiff::Timestamp::now().to_string(),
+        }
+    }
+
+    /// Made for this target.
+    pub fn for_target(mut self, id: TargetId) -> Self {
+        self.target = Some(id);
+        self
+    }
+}
+
+impl Record {
+    /// The record that says the change `key` was undone, now.
+    pub fn undone(key: impl Into<String>) -> Self {
+        Self::Undone {
+            key: key.into(),
+            at: jiff::Timestamp::now().to_string(),
+        }
+    }
+}
+
+/// The changes of the last run of `records` not undone yet, oldest first
+/// (undo them in reverse order).
+pub fn open_changes(records: &[Record]) -> Vec<Change> {
+    let start = records
+        .iter()
+        .rposition(|r| matches!(r, Record::Header(_)))
+        .unwrap_or(0);
+    let mut open: Vec<Change> = Vec::new();
+    for r in &records[start..] {
+        match r {
+            Record::Change(c) if !open.iter().any(|o| o.key == c.key) => open.push((**c).clone()),
+            Record::Undone { key, .. } => open.retain(|o| &o.key != key),
+            _ => {}
+        }
+    }
+    open
 }

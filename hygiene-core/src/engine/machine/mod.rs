@@ -37,6 +37,7 @@ mod observe;
 use observe::Watch;
 mod plan;
 mod resume;
+mod zones;
 
 pub(crate) use resume::Recovery;
 
@@ -345,6 +346,7 @@ impl Machine {
             ));
         }
         let mut m = Self::empty(cfg, caps, poll, has_probe, &selected, pool);
+        m.order_by_zone();
         m.events.push_back((
             None,
             EventKind::Started {
@@ -365,6 +367,7 @@ impl Machine {
                 );
             }
         }
+        m.check_zones(listed, balancer)?;
         Ok(m)
     }
 

@@ -27,23 +27,40 @@ impl Machine {
         if want == 0 {
             return;
         }
+        // batch_by = zone: only the front zone's targets, once no other
+        // zone's target is in progress.
+        let Ok(zone) = self.zone_now() else { return };
+        let in_zone = |m: &Self, q: usize| zone.as_ref().is_none_or(|z| m.zone(q) == z.as_deref());
         if matches!(
             self.cfg.min_healthy(),
             Amount::Count(0) | Amount::Percent(0)
-        ) {
+        ) && self.cfg.zone_min_healthy().is_none()
+        {
             let mut cands = Vec::with_capacity(want);
             while cands.len() < want {
-                match self.queue.pop_front() {
-                    Some(q) if self.slots[q].step == Step::Queued => cands.push(q),
-                    Some(_) => {} // finished meanwhile (recovered as done, vanished)
-                    None => break,
+                match self.queue.front().copied() {
+                    Some(q) if self.slots[q].step != Step::Queued => {
+                        // finished meanwhile (recovered as done, vanished)
+                        self.queue.pop_front();
+                    }
+                    Some(q) if in_zone(self, q) => {
+                        self.queue.pop_front();
+                        cands.push(q);
+                    }
+                    _ => break,
                 }
             }
             if !cands.is_empty() {
                 self.start_preflight(cands, out);
             }
         } else {
-            let cands: Vec<usize> = self.queue.iter().take(want).copied().collect();
+            let cands: Vec<usize> = self
+                .queue
+                .iter()
+                .copied()
+                .take_while(|&q| self.slots[q].step != Step::Queued || in_zone(self, q))
+                .take(want)
+                .collect();
             let c = self.call(Call::List(cands));
             out.push(Effect::List(c));
             self.plan = Some(PlanStep::Listing);
@@ -116,7 +133,13 @@ impl Machine {
                 }
             }
         }
-        let take = planner::fit(&costs, healthy, required);
+        let budgets = self.zone_budgets(&listed);
+        let zoned: Vec<(usize, Option<String>)> = costs
+            .iter()
+            .zip(&fit)
+            .map(|(&c, &i)| (c, self.zone(i).map(str::to_owned)))
+            .collect();
+        let take = planner::fit_zoned(&zoned, healthy, required, &budgets);
         if take > 0 {
             self.capacity_since = None;
             let chosen: Vec<usize> = fit[..take].to_vec();
@@ -134,6 +157,33 @@ impl Machine {
         }
         let since = *self.capacity_since.get_or_insert(self.now);
         let waited = self.now.saturating_sub(since);
+        // The pool could spare the first candidate: its zone's floor holds it.
+        let zone_blocked = zoned.first().and_then(|(c, z)| {
+            let z = z.as_ref()?;
+            let b = budgets.get(z)?;
+            (planner::fit(&[*c], healthy, required) == 1).then(|| (z.clone(), *b))
+        });
+        if let Some((zone, b)) = zone_blocked {
+            if waited >= self.cfg.capacity_timeout() {
+                self.stop(AbortReason::ZoneCapacity {
+                    zone,
+                    healthy: b.healthy,
+                    required: b.required,
+                    zone_min_healthy: self.cfg.zone_min_healthy().unwrap_or(Amount::Count(0)),
+                    waited,
+                });
+            } else {
+                self.events.push_back((
+                    None,
+                    EventKind::WaitingForCapacity {
+                        healthy: b.healthy,
+                        required: b.required,
+                    },
+                ));
+                self.plan_retry_at = Some(self.now + self.poll);
+            }
+            return;
+        }
         if waited >= self.cfg.capacity_timeout() {
             self.stop(AbortReason::Capacity {
                 healthy,

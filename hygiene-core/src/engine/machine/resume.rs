@@ -43,6 +43,7 @@ impl Machine {
             })
             .collect();
         let mut m = Self::empty(cfg, caps, poll, has_probe, &plan, listed.len());
+        m.order_by_zone();
         m.next_call = first_call;
         let live: HashMap<&TargetId, &TargetStatus> =
             listed.iter().map(|l| (&l.target.id, &l.status)).collect();
