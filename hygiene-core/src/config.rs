@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::gate::OnGateTimeout;
 use crate::target::TargetId;
 
 /// A count of targets, or a percent of some total.
@@ -315,6 +316,15 @@ impl Default for RetryPolicy {
 /// - **`execute_timeout`**: the time limit of one maintenance call (default
 ///   3 h); past it the maintenance fails (it is not retried).
 /// - **`on_failure`**: see [`OnFailure`].
+/// - **`wait_between_batches`**: a soak time after each batch is back
+///   (every target of it finished) and before the next batch starts, with
+///   nothing in progress; not waited after the last batch. Unlike `warmup`,
+///   the batch's targets are already reported done when it starts, and the
+///   gates asked after the batch ([`crate::Gate`]) are asked once it is
+///   over. With [`Pacing::Window`] a batch is a group of targets started
+///   together.
+/// - **`on_gate_timeout`**: what happens when a gate still says no at its
+///   timeout: see [`OnGateTimeout`].
 ///
 /// Deserializing (serde) goes through the same validation as
 /// [`RolloutConfigBuilder::build`]; unknown keys are refused; durations are
@@ -339,6 +349,8 @@ pub struct RolloutConfig {
     pub(crate) call_timeout: Duration,
     pub(crate) execute_timeout: Duration,
     pub(crate) on_interrupted: OnInterrupted,
+    pub(crate) wait_between_batches: Duration,
+    pub(crate) on_gate_timeout: OnGateTimeout,
 }
 
 /// The serde form of [`RolloutConfig`]: every key optional (the defaults
@@ -374,6 +386,9 @@ struct RolloutConfigSpec {
     #[serde(with = "duration_text")]
     execute_timeout: Duration,
     on_interrupted: OnInterrupted,
+    #[serde(with = "duration_text")]
+    wait_between_batches: Duration,
+    on_gate_timeout: OnGateTimeout,
 }
 
 impl Default for RolloutConfigSpec {
@@ -402,6 +417,8 @@ impl From<RolloutConfig> for RolloutConfigSpec {
             call_timeout: c.call_timeout,
             execute_timeout: c.execute_timeout,
             on_interrupted: c.on_interrupted,
+            wait_between_batches: c.wait_between_batches,
+            on_gate_timeout: c.on_gate_timeout,
         }
     }
 }
@@ -428,6 +445,8 @@ impl TryFrom<RolloutConfigSpec> for RolloutConfig {
                 call_timeout: s.call_timeout,
                 execute_timeout: s.execute_timeout,
                 on_interrupted: s.on_interrupted,
+                wait_between_batches: s.wait_between_batches,
+                on_gate_timeout: s.on_gate_timeout,
             },
         }
         .build()
@@ -464,6 +483,8 @@ impl RolloutConfig {
             call_timeout: Duration::from_secs(30),
             execute_timeout: Duration::from_secs(3 * 3600),
             on_interrupted: OnInterrupted::Fail,
+            wait_between_batches: Duration::ZERO,
+            on_gate_timeout: OnGateTimeout::Abort,
         }
     }
 
@@ -534,6 +555,14 @@ impl RolloutConfig {
     /// On resume, what happens to a maintenance of unknown outcome.
     pub fn on_interrupted(&self) -> OnInterrupted {
         self.on_interrupted
+    }
+    /// Soak time between batches.
+    pub fn wait_between_batches(&self) -> Duration {
+        self.wait_between_batches
+    }
+    /// What happens when a gate still says no at its timeout.
+    pub fn on_gate_timeout(&self) -> OnGateTimeout {
+        self.on_gate_timeout
     }
 
     /// Batch size for `selected` targets: percent rounded down, at least 1.
@@ -646,6 +675,16 @@ impl RolloutConfigBuilder {
     /// On resume, what happens to a maintenance of unknown outcome.
     pub fn on_interrupted(mut self, policy: OnInterrupted) -> Self {
         self.config.on_interrupted = policy;
+        self
+    }
+    /// A soak time after each batch is back, before the next one starts.
+    pub fn wait_between_batches(mut self, wait: Duration) -> Self {
+        self.config.wait_between_batches = wait;
+        self
+    }
+    /// What happens when a gate still says no at its timeout.
+    pub fn on_gate_timeout(mut self, action: OnGateTimeout) -> Self {
+        self.config.on_gate_timeout = action;
         self
     }
 

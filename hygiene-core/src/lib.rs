@@ -7,6 +7,7 @@ pub mod display;
 mod engine;
 mod error;
 mod executor;
+mod gate;
 pub mod journal;
 mod local;
 pub mod phase;
@@ -33,6 +34,7 @@ pub use error::{BoxError, Error, Result};
 pub use executor::{
     tail, ExecHandle, ExecOutcome, Executor, HandleSink, Preflight, Recovered, OUTPUT_TAIL_BYTES,
 };
+pub use gate::{Gate, GateCheck, GatePolicy, GateVerdict, GateWhen, OnGateTimeout};
 pub use local::LocalCommand;
 pub use phase::{Location, Stage};
 pub use probe::{HttpProbe, Probe, ProbeVerdict, TcpProbe};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Amount, RolloutConfig};
 use crate::executor::ExecOutcome;
+use crate::gate::{GateWhen, OnGateTimeout};
 use crate::phase::{Location, Stage};
 use crate::target::TargetId;
 
@@ -99,6 +100,20 @@ pub enum AbortReason {
         /// The error.
         message: String,
     },
+    /// A gate still said no at its timeout, with `on_gate_timeout = abort`.
+    Gate {
+        /// The gate's name.
+        gate: String,
+        /// Before or after the batch.
+        when: GateWhen,
+        /// The batch (0-based).
+        batch: usize,
+        /// How long it held the rollout.
+        #[serde(with = "duration_ms", rename = "waited_ms")]
+        waited: Duration,
+        /// What it said last.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for AbortReason {
@@ -115,6 +130,10 @@ impl std::fmt::Display for AbortReason {
             Self::Balancer { operation, message } => write!(
                 f,
                 "the balancer's {operation} failed for good: {message}; check the balancer: the report lists every target this run left out of rotation or could not read"
+            ),
+            Self::Gate { gate, when, batch, waited, reason } => write!(
+                f,
+                "gate {gate} still said no {when} batch {batch} after {waited:?} (its timeout; on_gate_timeout = abort): {reason}. Look at what it watches, then run again: targets already done are maintained again only if selected"
             ),
         }
     }
@@ -408,6 +427,53 @@ pub enum EventKind {
     Stopping {
         /// Why.
         reason: AbortReason,
+    },
+    /// A gate answered (every answer, go or not).
+    GateChecked {
+        /// The gate's name.
+        gate: String,
+        /// Before or after the batch (the event's `batch`).
+        when: GateWhen,
+        /// It said go.
+        go: bool,
+        /// Why not, or what it saw.
+        detail: Option<String>,
+        /// Since the gates of this batch were first asked.
+        #[serde(with = "duration_ms", rename = "waited_ms")]
+        waited: Duration,
+    },
+    /// A gate said no: the rollout is held (nothing new is drained) until
+    /// it says go or `timeout` has passed. Once per gate and batch.
+    GateHolding {
+        /// The gate's name.
+        gate: String,
+        /// Before or after the batch (the event's `batch`).
+        when: GateWhen,
+        /// Why.
+        reason: String,
+        /// How long it may hold the rollout.
+        #[serde(with = "duration_ms", rename = "timeout_ms")]
+        timeout: Duration,
+    },
+    /// A gate still said no at its timeout; `action` is what happens
+    /// (the run stops, or goes on as if it had said go).
+    GateTimedOut {
+        /// The gate's name.
+        gate: String,
+        /// Before or after the batch (the event's `batch`).
+        when: GateWhen,
+        /// How long it held the rollout.
+        #[serde(with = "duration_ms", rename = "waited_ms")]
+        waited: Duration,
+        /// `on_gate_timeout`.
+        action: OnGateTimeout,
+    },
+    /// The batch (the event's `batch`) is back: a soak time
+    /// (`wait_between_batches`) before the next one starts.
+    Soaking {
+        /// How long.
+        #[serde(with = "duration_ms", rename = "wait_ms")]
+        wait: Duration,
     },
     /// The run ended.
     Finished {

@@ -3,6 +3,8 @@
 //! [`RolloutConfig`] for the semantics of each setting.
 
 mod driver;
+#[cfg(test)]
+mod gates;
 mod machine;
 mod planner;
 mod record;
@@ -26,12 +28,13 @@ use crate::balancer::LoadBalancer;
 use crate::config::RolloutConfig;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
+use crate::gate::{Gate, GatePolicy};
 use crate::journal::{self, Header, Journal, Record, Trace, JOURNAL_FORMAT};
 use crate::probe::Probe;
 use crate::report::{Event, Report};
 
 use driver::{EventHub, Parts};
-use machine::{Machine, Recovery};
+use machine::{GateSpec, Machine, Recovery};
 
 /// A rollout: a balancer, an executor, an optional probe and a configuration.
 ///
@@ -66,6 +69,7 @@ pub struct Rollout {
     cancel: CancellationToken,
     hub: EventHub,
     journal: Option<Arc<dyn Journal>>,
+    gates: Vec<(Arc<dyn Gate>, GatePolicy)>,
 }
 
 impl Rollout {
@@ -79,7 +83,20 @@ impl Rollout {
             cancel: CancellationToken::new(),
             hub: EventHub::default(),
             journal: None,
+            gates: Vec::new(),
         }
+    }
+
+    /// Asks `gate` before and/or after each batch, as `policy` says (see
+    /// [`crate::Gate`]): while it says no (or cannot be asked), nothing new
+    /// is drained; it is asked again every `policy.interval()` until it
+    /// says go or `policy.timeout()` has passed, when `on_gate_timeout`
+    /// decides. Every answer is an event ([`crate::EventKind::GateChecked`]) and
+    /// a journal record. Gates are asked in the order they were added, all
+    /// at once.
+    pub fn with_gate(mut self, gate: impl Gate, policy: GatePolicy) -> Self {
+        self.gates.push((Arc::new(gate), policy));
+        self
     }
 
     /// Checks each target directly after its maintenance, while it is still
@@ -189,7 +206,17 @@ impl Rollout {
             started,
             balancer_calls: AtomicU64::new(0),
             executor_calls: AtomicU64::new(0),
+            gates: self.gates.iter().map(|(g, _)| Arc::clone(g)).collect(),
+            run_id: std::sync::OnceLock::new(),
         });
+        let gate_specs: Vec<GateSpec> = self
+            .gates
+            .iter()
+            .map(|(g, p)| GateSpec {
+                name: g.name(),
+                policy: p.clone(),
+            })
+            .collect();
         let lb = Arc::clone(&parts.lb);
         let state = match &journal {
             Some(j) => Some(journal::status(&**j, &lb.name())?),
@@ -316,6 +343,7 @@ impl Rollout {
             }
         };
         tracing::info!(run_id = %run_id, targets = machine.plan_targets().len(), ?mode, "rollout starts");
+        let machine = machine.with_gates(gate_specs);
         Ok(driver::drive(parts, machine, self.cancel, run_id, started_at).await)
     }
 }
