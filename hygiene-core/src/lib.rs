@@ -10,6 +10,7 @@ mod executor;
 mod gate;
 pub mod journal;
 mod local;
+mod notify;
 pub mod phase;
 mod probe;
 pub mod report;
@@ -36,6 +37,7 @@ pub use executor::{
 };
 pub use gate::{Gate, GateCheck, GatePolicy, GateVerdict, GateWhen, OnGateTimeout};
 pub use local::LocalCommand;
+pub use notify::{KeptOut, Notification, Notifier, Summary};
 pub use phase::{Location, Stage};
 pub use probe::{HttpProbe, Probe, ProbeVerdict, TcpProbe};
 pub use report::{

@@ -13,8 +13,8 @@ use common::{all_in_service, ids_of, pool};
 use hygiene_core::journal::{Journal, MemoryJournal, Record};
 use hygiene_core::testing::{Operation, ScriptedExecutor};
 use hygiene_core::{
-    AbortReason, EventKind, Gate, GateCheck, GatePolicy, GateVerdict, GateWhen, Outcome, Rollout,
-    RolloutConfig,
+    AbortReason, EventKind, Gate, GateCheck, GatePolicy, GateVerdict, GateWhen, Notification,
+    Notifier, Outcome, Rollout, RolloutConfig,
 };
 
 /// A gate whose answer the test sets; it counts its asks.
@@ -67,7 +67,10 @@ async fn a_gate_holds_the_rollout_until_it_says_go_and_every_answer_is_journaled
     let handle = tokio::spawn(rollout.run());
     // Five minutes of no: asked at 0 s, 30 s, …, nothing drained.
     tokio::time::sleep(Duration::from_secs(300)).await;
-    assert!(ids_of(&lb, Operation::Drain).is_empty(), "drained while held");
+    assert!(
+        ids_of(&lb, Operation::Drain).is_empty(),
+        "drained while held"
+    );
     let asks = gate.asks.load(Ordering::SeqCst);
     assert!((10..=12).contains(&asks), "asked {asks} times in 300 s");
     gate.go.store(true, Ordering::SeqCst);
@@ -80,7 +83,9 @@ async fn a_gate_holds_the_rollout_until_it_says_go_and_every_answer_is_journaled
     let mut checked = 0;
     while let Ok(e) = events.try_recv() {
         match e.kind {
-            EventKind::GateHolding { gate, when, reason, .. } => {
+            EventKind::GateHolding {
+                gate, when, reason, ..
+            } => {
                 assert_eq!((gate.as_str(), when), ("switch", GateWhen::Before));
                 assert!(reason.contains("error rate"));
                 assert_eq!(e.batch, Some(0));
@@ -127,7 +132,10 @@ async fn a_gate_that_hangs_counts_as_no_and_the_timeout_aborts_with_nothing_out(
         } => {
             assert_eq!(gate, "switch");
             assert!(reason.contains("could not be asked"), "{reason}");
-            assert!(reason.contains("timed out") || reason.contains("timeout"), "{reason}");
+            assert!(
+                reason.contains("timed out") || reason.contains("timeout"),
+                "{reason}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -146,4 +154,92 @@ async fn a_gate_that_hangs_counts_as_no_and_the_timeout_aborts_with_nothing_out(
         journal.records().expect("records").last(),
         Some(Record::End { .. })
     ));
+}
+
+/// Records every notification; fails the first `fail_first` attempts.
+#[derive(Debug, Clone, Default)]
+struct Inbox {
+    got: Arc<std::sync::Mutex<Vec<Notification>>>,
+    attempts: Arc<AtomicUsize>,
+    fail_first: usize,
+    always_fail: bool,
+}
+
+#[async_trait]
+impl Notifier for Inbox {
+    fn name(&self) -> String {
+        "inbox".into()
+    }
+    async fn notify(&self, n: &Notification) -> hygiene_core::Result<()> {
+        let k = self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.always_fail || k < self.fail_first {
+            return Err(hygiene_core::Error::unavailable("inbox", "503"));
+        }
+        self.got.lock().expect("lock").push(n.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn notifications_say_start_failure_hold_and_end_with_the_way_back_and_a_failing_notifier_changes_nothing(
+) {
+    let (lb, ids) = pool(3);
+    let exec = ScriptedExecutor::new();
+    exec.script(
+        &ids[1],
+        hygiene_core::testing::Script {
+            fail: Some("patch failed: exit 1".into()),
+            ..Default::default()
+        },
+    );
+    let gate = Switch::default();
+    let inbox = Inbox {
+        fail_first: 2,
+        ..Inbox::default()
+    };
+    let broken = Inbox {
+        always_fail: true,
+        ..Inbox::default()
+    };
+    let cfg = RolloutConfig::builder()
+        .poll_interval(Duration::from_millis(100))
+        .max_failures(hygiene_core::Amount::Count(1))
+        .build()
+        .expect("config");
+    let rollout = Rollout::new(lb.clone(), exec, cfg)
+        .with_gate(gate.clone(), policy())
+        .with_notifier(broken.clone())
+        .with_notifier(inbox.clone());
+    let run = tokio::spawn(rollout.run());
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    gate.go.store(true, Ordering::SeqCst);
+    let report = run.await.expect("task").expect("run");
+    // The broken notifier changed nothing: every target was handled.
+    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(ids_of(&lb, Operation::Drain), ids);
+    assert!(broken.attempts.load(Ordering::SeqCst) > 4, "retried");
+
+    let got = inbox.got.lock().expect("lock").clone();
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|n| match n {
+            Notification::Started { .. } => "started",
+            Notification::TargetFailed { .. } => "failed",
+            Notification::GateHeld { .. } => "held",
+            Notification::Finished { .. } => "finished",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["started", "held", "failed", "finished"], "{got:#?}");
+    let Notification::Finished {
+        summary, kept_out, ..
+    } = &got[3]
+    else {
+        unreachable!()
+    };
+    assert_eq!((summary.done, summary.failed, summary.kept_out), (2, 1, 1));
+    assert_eq!(kept_out[0].id, ids[1]);
+    let hint = kept_out[0].restore_hint.clone().expect("the way back");
+    assert!(hint.contains(ids[1].as_str()), "{hint}");
+    assert!(got[3].text().contains(&hint), "{}", got[3].text());
 }

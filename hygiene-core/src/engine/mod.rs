@@ -2,6 +2,7 @@
 //! planner ([`planner`]) and a thin async driver ([`driver`]). See
 //! [`RolloutConfig`] for the semantics of each setting.
 
+mod deliver;
 mod driver;
 #[cfg(test)]
 mod gates;
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::gate::{Gate, GatePolicy};
 use crate::journal::{self, Header, Journal, Record, Trace, JOURNAL_FORMAT};
+use crate::notify::Notifier;
 use crate::probe::Probe;
 use crate::report::{Event, Report};
 
@@ -70,6 +72,7 @@ pub struct Rollout {
     hub: EventHub,
     journal: Option<Arc<dyn Journal>>,
     gates: Vec<(Arc<dyn Gate>, GatePolicy)>,
+    notifiers: Vec<Arc<dyn Notifier>>,
 }
 
 impl Rollout {
@@ -84,7 +87,20 @@ impl Rollout {
             hub: EventHub::default(),
             journal: None,
             gates: Vec::new(),
+            notifiers: Vec::new(),
         }
+    }
+
+    /// Tells `notifier` when the run starts, when a target fails, when a
+    /// gate holds the rollout, and when the run ends (the report's summary,
+    /// and the way back for every target left out). Delivered in order from
+    /// a task of their own, each retried on the run's retry policy; a
+    /// notifier that fails never stops or fails the run. Once the run is
+    /// over, `run` waits for the last notification at most as long as its
+    /// retries take.
+    pub fn with_notifier(mut self, notifier: impl Notifier) -> Self {
+        self.notifiers.push(Arc::new(notifier));
+        self
     }
 
     /// Asks `gate` before and/or after each batch, as `policy` says (see
@@ -196,6 +212,7 @@ impl Rollout {
         let started_at = jiff::Timestamp::now().to_string();
         let started = Instant::now();
         let journal = self.journal.clone();
+        let notifiers = self.notifiers;
         let parts = Arc::new(Parts {
             lb: self.lb,
             exec: self.exec,
@@ -344,7 +361,21 @@ impl Rollout {
         };
         tracing::info!(run_id = %run_id, targets = machine.plan_targets().len(), ?mode, "rollout starts");
         let machine = machine.with_gates(gate_specs);
-        Ok(driver::drive(parts, machine, self.cancel, run_id, started_at).await)
+        let delivery = (!notifiers.is_empty()).then(|| {
+            deliver::Delivery::start(
+                notifiers,
+                parts.hub.subscribe(),
+                run_id.clone(),
+                Arc::clone(&parts.lb),
+                parts.config.retry(),
+                parts.config.call_timeout(),
+            )
+        });
+        let report = driver::drive(parts, machine, self.cancel, run_id, started_at).await;
+        if let Some(d) = delivery {
+            d.finish(&report).await;
+        }
+        Ok(report)
     }
 }
 
