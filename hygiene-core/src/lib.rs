@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod balancer;
+mod commands;
 mod config;
 pub mod display;
 mod engine;
@@ -26,6 +27,7 @@ pub mod conformance;
 pub mod mock;
 
 pub use balancer::{ListedTarget, LoadBalancer};
+pub use commands::CommandGate;
 pub use config::{
     duration_text, Amount, OnDrainTimeout, OnFailure, OnInterrupted, Pacing, RetryPolicy,
     RolloutConfig, RolloutConfigBuilder, Selection,
