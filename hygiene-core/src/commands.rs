@@ -211,8 +211,11 @@ mod tests {
 
     #[tokio::test]
     async fn another_exit_is_a_no_with_its_last_words() {
-        let g = CommandGate::new("smoke", &sh("echo '5 errors in the last minute' >&2; exit 3"))
-            .expect("gate");
+        let g = CommandGate::new(
+            "smoke",
+            &sh("echo '5 errors in the last minute' >&2; exit 3"),
+        )
+        .expect("gate");
         match g.check(&at()).await.expect("asked") {
             GateVerdict::Hold(why) => {
                 assert!(why.contains("exited 3"), "{why}");
@@ -234,8 +237,8 @@ mod tests {
     #[tokio::test]
     async fn hygiene_s_own_environment_is_not_inherited() {
         std::env::set_var("HYGIENE_TEST_GATE_SECRET", "s3cret");
-        let g = CommandGate::new("env", &sh(r#"test -z "$HYGIENE_TEST_GATE_SECRET""#))
-            .expect("gate");
+        let g =
+            CommandGate::new("env", &sh(r#"test -z "$HYGIENE_TEST_GATE_SECRET""#)).expect("gate");
         assert_eq!(g.check(&at()).await.expect("asked"), GateVerdict::Go);
     }
 
