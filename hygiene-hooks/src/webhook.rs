@@ -3,7 +3,7 @@
 //! Mattermost and Rocket.Chat incoming webhooks take).
 
 use async_trait::async_trait;
-use hygiene_core::{Error, Notification, Notifier, Result};
+use hygiene_core::{Notification, Notifier, Result};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +88,7 @@ impl Notifier for WebhookNotifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hygiene_core::Error;
 
     #[test]
     fn slack_gets_text_and_json_gets_the_notification_with_its_text() {
