@@ -102,6 +102,18 @@ pub trait Gate: Send + Sync + Debug + 'static {
     async fn check(&self, at: &GateCheck) -> Result<GateVerdict>;
 }
 
+macro_rules! forward_gate {
+    ($($wrapper:ty),*) => {$(
+        #[async_trait]
+        impl<T: Gate + ?Sized> Gate for $wrapper {
+            fn name(&self) -> String { (**self).name() }
+            async fn check(&self, at: &GateCheck) -> Result<GateVerdict> { (**self).check(at).await }
+        }
+    )*};
+}
+
+forward_gate!(std::sync::Arc<T>, Box<T>);
+
 /// What happens when a gate still says no at its `timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

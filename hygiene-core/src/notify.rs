@@ -37,6 +37,18 @@ pub trait Notifier: Send + Sync + Debug + 'static {
     async fn notify(&self, notification: &Notification) -> Result<()>;
 }
 
+macro_rules! forward_notifier {
+    ($($wrapper:ty),*) => {$(
+        #[async_trait]
+        impl<T: Notifier + ?Sized> Notifier for $wrapper {
+            fn name(&self) -> String { (**self).name() }
+            async fn notify(&self, n: &Notification) -> Result<()> { (**self).notify(n).await }
+        }
+    )*};
+}
+
+forward_notifier!(std::sync::Arc<T>, Box<T>);
+
 /// Counts of the report's targets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {

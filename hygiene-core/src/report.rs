@@ -100,6 +100,17 @@ pub enum AbortReason {
         /// The error.
         message: String,
     },
+    /// A hook before or after a batch failed (or could not run).
+    Hook {
+        /// The hook's name.
+        hook: String,
+        /// Before or after the batch.
+        when: GateWhen,
+        /// The batch (0-based).
+        batch: usize,
+        /// What it said.
+        message: String,
+    },
     /// A gate still said no at its timeout, with `on_gate_timeout = abort`.
     Gate {
         /// The gate's name.
@@ -130,6 +141,10 @@ impl std::fmt::Display for AbortReason {
             Self::Balancer { operation, message } => write!(
                 f,
                 "the balancer's {operation} failed for good: {message}; check the balancer: the report lists every target this run left out of rotation or could not read"
+            ),
+            Self::Hook { hook, when, batch, message } => write!(
+                f,
+                "hook {hook} failed {when} batch {batch}: {message}. Nothing more starts; fix what it checks, then run again"
             ),
             Self::Gate { gate, when, batch, waited, reason } => write!(
                 f,
@@ -467,6 +482,18 @@ pub enum EventKind {
         waited: Duration,
         /// `on_gate_timeout`.
         action: OnGateTimeout,
+    },
+    /// A hook ran before or after the batch (the event's `batch`); a hook
+    /// that failed stops the run.
+    HookRan {
+        /// The hook's name.
+        hook: String,
+        /// Before or after the batch.
+        when: GateWhen,
+        /// It succeeded.
+        ok: bool,
+        /// Why not.
+        detail: Option<String>,
     },
     /// The batch (the event's `batch`) is back: a soak time
     /// (`wait_between_batches`) before the next one starts.

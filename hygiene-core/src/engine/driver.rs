@@ -233,8 +233,8 @@ impl Parts {
             ));
         };
         let run_id = self.run_id.get().cloned().unwrap_or_default();
-        let check = GateCheck::new(ask.when, ask.batch, run_id).with_targets(ask.targets);
-        let limit = self.config.call_timeout();
+        let check = GateCheck::new(ask.when, ask.batch, run_id).with_targets(ask.targets.clone());
+        let limit = ask.limit.unwrap_or_else(|| self.config.call_timeout());
         match tokio::time::timeout(limit, gate.check(&check)).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
@@ -531,6 +531,22 @@ fn journal_gate(parts: &Parts, batch: Option<usize>, kind: &EventKind) {
             go: *go,
             detail: detail.clone(),
             timed_out: false,
+            hook: false,
+            at: jiff::Timestamp::now().to_string(),
+        },
+        EventKind::HookRan {
+            hook,
+            when,
+            ok,
+            detail,
+        } => Record::Gate {
+            gate: hook.clone(),
+            when: *when,
+            batch: batch.unwrap_or_default(),
+            go: *ok,
+            detail: detail.clone(),
+            timed_out: false,
+            hook: true,
             at: jiff::Timestamp::now().to_string(),
         },
         EventKind::GateTimedOut {
@@ -547,6 +563,7 @@ fn journal_gate(parts: &Parts, batch: Option<usize>, kind: &EventKind) {
                 "still no after {waited:?}; on_gate_timeout = {action:?}"
             )),
             timed_out: true,
+            hook: false,
             at: jiff::Timestamp::now().to_string(),
         },
         _ => return,
@@ -588,6 +605,13 @@ fn log_event(kind: &EventKind) {
         EventKind::GateTimedOut {
             gate, when, action, ..
         } => warn!(gate = %gate, %when, ?action, "gate still says no at its timeout"),
+        EventKind::HookRan {
+            hook,
+            when,
+            ok: false,
+            detail,
+        } => warn!(hook = %hook, %when, detail = detail.as_deref().unwrap_or(""), "hook failed"),
+        EventKind::HookRan { hook, when, .. } => info!(hook = %hook, %when, "hook ran"),
         EventKind::Soaking { wait } => {
             info!(
                 wait_ms = wait.as_millis() as u64,

@@ -156,6 +156,7 @@ fn gate(name: &str, interval: u64, timeout: u64) -> GateSpec {
     GateSpec {
         name: name.into(),
         policy: GatePolicy::new(ms(interval), ms(timeout)).expect("policy"),
+        hook: false,
     }
 }
 
@@ -319,6 +320,7 @@ fn the_gates_after_a_batch_are_asked_after_the_soak() {
         policy: GatePolicy::new(ms(100), ms(10_000))
             .expect("policy")
             .only(GateWhen::After),
+        hook: false,
     };
     let mut m = machine(cfg, 2, vec![g]);
     w.drive(
@@ -352,6 +354,7 @@ fn a_gate_after_the_last_batch_decides_how_the_run_ends() {
         policy: GatePolicy::new(ms(100), ms(500))
             .expect("policy")
             .only(GateWhen::After),
+        hook: false,
     };
     let mut m = machine(batches(1), 1, vec![g]);
     w.drive(&mut m, Box::new(|_, _, _| hold()), 600_000, None);
@@ -382,6 +385,7 @@ fn a_held_window_drains_nothing_new() {
         policy: GatePolicy::new(ms(50), ms(100_000))
             .expect("policy")
             .only(GateWhen::Before),
+        hook: false,
     };
     let mut m = machine(cfg, 4, vec![g]);
     // Go for the first group; no from the second on until 2 s.
@@ -420,4 +424,122 @@ fn cancelling_a_held_run_ends_it_with_nothing_drained() {
     assert_eq!(m.outcome(), Outcome::Cancelled);
     assert!(w.drains().is_empty());
     assert!(w.now < 1_000, "ended at {}", w.now);
+}
+
+fn hook(name: &str, when: GateWhen) -> GateSpec {
+    GateSpec {
+        name: name.into(),
+        policy: GatePolicy::new(ms(60_000), ms(60_000))
+            .expect("policy")
+            .only(when),
+        hook: true,
+    }
+}
+
+/// The effects asked, in order, as short names.
+fn order(w: &World) -> Vec<String> {
+    w.log
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Gate(_, a) => Some(format!("{}:{}:{}", a.gate, a.when, a.batch)),
+            Effect::Drain(..) => Some("drain".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn hooks_run_once_after_the_gates_before_a_batch_and_first_after_it() {
+    let cfg = RolloutConfig::builder()
+        .wait_between_batches(ms(1_000))
+        .build()
+        .expect("valid");
+    let mut w = World::new(2);
+    let mut m = machine(
+        cfg,
+        2,
+        vec![
+            gate("alerts", 100, 10_000),
+            hook("pre", GateWhen::Before),
+            hook("post", GateWhen::After),
+        ],
+    );
+    w.drive(
+        &mut m,
+        Box::new(|_, _, _| Ok(GateVerdict::Go)),
+        600_000,
+        None,
+    );
+    assert_eq!(m.outcome(), Outcome::Completed);
+    assert_eq!(
+        order(&w),
+        [
+            "0:before:0",
+            "1:before:0",
+            "drain",
+            "2:after:0",
+            "0:after:0",
+            "0:before:1",
+            "1:before:1",
+            "drain",
+            "2:after:1",
+            "0:after:1"
+        ],
+        "gates, then hooks, then the drain; after: hooks, soak, gates"
+    );
+    // The soak is between the hook after batch 0 and the gates after it.
+    let at = |what: &str| {
+        w.log
+            .iter()
+            .find(|(_, e)| matches!(e, Effect::Gate(_, a) if format!("{}:{}:{}", a.gate, a.when, a.batch) == what))
+            .map(|(t, _)| *t)
+            .expect(what)
+    };
+    assert!(at("0:after:0") >= at("2:after:0") + 1_000);
+    assert_eq!(
+        w.count(|k| matches!(k, EventKind::HookRan { ok: true, .. })),
+        4
+    );
+}
+
+#[test]
+fn a_failing_hook_before_a_batch_stops_the_run_by_name_with_nothing_drained() {
+    let mut w = World::new(2);
+    let mut m = machine(batches(1), 2, vec![hook("pre", GateWhen::Before)]);
+    let script: Script =
+        Box::new(|_, _, _| Ok(GateVerdict::Hold("pre exited 2: no ticket".into())));
+    w.drive(&mut m, script, 600_000, None);
+    assert!(w.drains().is_empty());
+    match m.outcome() {
+        Outcome::Aborted {
+            reason:
+                AbortReason::Hook {
+                    hook,
+                    when,
+                    batch,
+                    message,
+                },
+        } => {
+            assert_eq!((hook.as_str(), when, batch), ("pre", GateWhen::Before, 0));
+            assert!(message.contains("no ticket"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Asked once: a hook is no gate.
+    assert_eq!(w.gate_asks(GateWhen::Before).len(), 1);
+}
+
+#[test]
+fn a_failing_hook_after_a_batch_starts_nothing_more() {
+    let mut w = World::new(3);
+    let mut m = machine(batches(1), 3, vec![hook("post", GateWhen::After)]);
+    let script: Script = Box::new(|_, _, _| Err(Error::unavailable("post", "cannot run it")));
+    w.drive(&mut m, script, 600_000, None);
+    assert_eq!(w.drains().len(), 1);
+    assert_eq!(report(&m, 0).result, TargetResult::Done);
+    assert_eq!(report(&m, 1).result, TargetResult::NotStarted);
+    assert!(matches!(
+        m.outcome(),
+        Outcome::Aborted { reason: AbortReason::Hook { message, .. } } if message.contains("could not run")
+    ));
 }

@@ -71,7 +71,7 @@ pub struct Rollout {
     cancel: CancellationToken,
     hub: EventHub,
     journal: Option<Arc<dyn Journal>>,
-    gates: Vec<(Arc<dyn Gate>, GatePolicy)>,
+    gates: Vec<(Arc<dyn Gate>, GatePolicy, bool)>,
     notifiers: Vec<Arc<dyn Notifier>>,
 }
 
@@ -111,8 +111,31 @@ impl Rollout {
     /// a journal record. Gates are asked in the order they were added, all
     /// at once.
     pub fn with_gate(mut self, gate: impl Gate, policy: GatePolicy) -> Self {
-        self.gates.push((Arc::new(gate), policy));
+        self.gates.push((Arc::new(gate), policy, false));
         self
+    }
+
+    /// Runs `hook` once at `when` of each batch — before a batch, once its
+    /// gates said go, right before its first drain; after a batch, first
+    /// thing once it is back (before `wait_between_batches` and the gates
+    /// after it) — within `limit`. The hook is a [`Gate`] asked once: go
+    /// is success; a no, an error or a hook past `limit` is a failure that
+    /// stops the run (`AbortReason::Hook`, by name): nothing more starts.
+    /// Every run is an event (`EventKind::HookRan`) and a journal record.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `limit` is zero.
+    pub fn with_hook(
+        mut self,
+        hook: impl Gate,
+        when: crate::gate::GateWhen,
+        limit: std::time::Duration,
+    ) -> Result<Self> {
+        let policy = GatePolicy::new(limit, limit)
+            .map_err(|_| Error::invalid_config("hook.timeout", "must be greater than zero"))?
+            .only(when);
+        self.gates.push((Arc::new(hook), policy, true));
+        Ok(self)
     }
 
     /// Checks each target directly after its maintenance, while it is still
@@ -223,15 +246,16 @@ impl Rollout {
             started,
             balancer_calls: AtomicU64::new(0),
             executor_calls: AtomicU64::new(0),
-            gates: self.gates.iter().map(|(g, _)| Arc::clone(g)).collect(),
+            gates: self.gates.iter().map(|(g, _, _)| Arc::clone(g)).collect(),
             run_id: std::sync::OnceLock::new(),
         });
         let gate_specs: Vec<GateSpec> = self
             .gates
             .iter()
-            .map(|(g, p)| GateSpec {
+            .map(|(g, p, hook)| GateSpec {
                 name: g.name(),
                 policy: p.clone(),
+                hook: *hook,
             })
             .collect();
         let lb = Arc::clone(&parts.lb);

@@ -151,6 +151,9 @@ pub enum Record {
         /// This is the decision at its timeout, not an answer.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         timed_out: bool,
+        /// A hook's run (`go`: it succeeded), not a gate's answer.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hook: bool,
         /// When (RFC 3339).
         at: String,
     },

@@ -106,6 +106,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     if let Some(p) = setup.probe.clone() {
         rollout = rollout.with_probe(p);
     }
+    rollout = setup.outside.apply(rollout);
     let mut events = rollout.subscribe();
     let in_progress = InProgress::default();
     let interrupt = tokio::spawn(on_interrupt(

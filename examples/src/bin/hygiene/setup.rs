@@ -44,6 +44,8 @@ pub(crate) struct Setup {
     /// Whether the operator set `drain_timeout` (file, `--set`, flag or
     /// variable) rather than leaving it to the default.
     pub(crate) drain_timeout_set: bool,
+    /// `[[gate]]` and `[[notify]]`.
+    pub(crate) outside: crate::gates::Outside,
 }
 
 /// The probe the file configures.
@@ -64,7 +66,7 @@ impl Probe for AnyProbe {
 }
 
 /// A library error from building one section, placed at that section.
-fn at<T>(
+pub(crate) fn at<T>(
     loaded: &Loaded,
     span: Range<usize>,
     section: &str,
@@ -115,6 +117,7 @@ pub(crate) async fn build(
         balancer(loaded, rollout.poll_interval(), rollout.call_timeout()).await?;
     let (executor, executor_timeout, _) = executor(loaded, &state_dir, cancel).await?;
     let probe = probe(loaded)?;
+    let outside = crate::gates::build(loaded, &rollout)?;
     Ok(Setup {
         config_path: loaded.path.clone(),
         pool,
@@ -127,6 +130,7 @@ pub(crate) async fn build(
         haproxy,
         elbv2,
         drain_timeout_set,
+        outside,
     })
 }
 

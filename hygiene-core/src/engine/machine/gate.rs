@@ -8,6 +8,11 @@
 //! asked at once; a no is asked again on the gate's own interval, the last
 //! time exactly at its timeout; at the timeout `on_gate_timeout` decides.
 //! A gate that could not be asked (an error) counts as a no.
+//!
+//! Hooks ride the same stages: a hook is asked once (go is success);
+//! hooks run after the gates before a batch, and first thing after a
+//! batch is back (before the soak); a hook that fails, or cannot run,
+//! stops the run by its name.
 
 use super::*;
 use crate::gate::{GatePolicy, GateVerdict, GateWhen, OnGateTimeout};
@@ -18,6 +23,8 @@ use crate::gate::{GatePolicy, GateVerdict, GateWhen, OnGateTimeout};
 pub(crate) struct GateSpec {
     pub(crate) name: String,
     pub(crate) policy: GatePolicy,
+    /// A hook: asked once, a no stops the run.
+    pub(crate) hook: bool,
 }
 
 /// What the driver asks a gate ([`Effect::Gate`]).
@@ -28,6 +35,8 @@ pub(crate) struct GateAsk {
     pub(crate) when: GateWhen,
     pub(crate) batch: usize,
     pub(crate) targets: Vec<TargetId>,
+    /// A hook's own time limit (a gate's ask is bounded by `call_timeout`).
+    pub(crate) limit: Option<Duration>,
 }
 
 /// The gates, and where the run is with them.
@@ -38,6 +47,10 @@ pub(super) struct Gates {
     after_done: BTreeSet<usize>,
     /// The batch whose gates before said go.
     before_passed: Option<usize>,
+    /// Batches whose hooks after have run.
+    after_hooks_done: BTreeSet<usize>,
+    /// The batch whose hooks before have run.
+    before_hooks_done: Option<usize>,
     stage: Option<Hold>,
     serial: u64,
 }
@@ -45,6 +58,8 @@ pub(super) struct Gates {
 #[derive(Debug)]
 struct Hold {
     serial: u64,
+    /// A stage of hooks, not gates.
+    hooks: bool,
     when: GateWhen,
     batch: usize,
     /// When the gates were first asked (the soak's end, after one).
@@ -72,6 +87,7 @@ impl Machine {
     pub(crate) fn with_gates(mut self, specs: Vec<GateSpec>) -> Self {
         self.gates.specs = specs;
         self.gates.after_done = (0..self.groups).collect();
+        self.gates.after_hooks_done = (0..self.groups).collect();
         self
     }
 
@@ -83,6 +99,14 @@ impl Machine {
             .iter()
             .any(|s| s.policy.applies(GateWhen::After))
             || (!self.cfg.wait_between_batches().is_zero() && !self.queue.is_empty())
+    }
+
+    /// Whether a gate (`hook` false) or a hook is asked at `when`.
+    fn has(&self, when: GateWhen, hook: bool) -> bool {
+        self.gates
+            .specs
+            .iter()
+            .any(|s| s.hook == hook && s.policy.applies(when))
     }
 
     fn batch_over(&self, g: usize) -> bool {
@@ -138,7 +162,16 @@ impl Machine {
             let Some(g) = self.after_due() else {
                 return true;
             };
-            if !self.after_stage_needed() {
+            if !self.gates.after_hooks_done.contains(&g) {
+                if self.has(GateWhen::After, true) {
+                    self.open_stage(GateWhen::After, g, None, true);
+                    continue;
+                }
+                self.gates.after_hooks_done.insert(g);
+            }
+            if !(self.has(GateWhen::After, false)
+                || (!self.cfg.wait_between_batches().is_zero() && !self.queue.is_empty()))
+            {
                 self.gates.after_done.insert(g);
                 continue;
             }
@@ -148,7 +181,7 @@ impl Machine {
                     .push_back((Some(g), EventKind::Soaking { wait: soak }));
                 self.now + soak
             });
-            self.open_stage(GateWhen::After, g, soak_until);
+            self.open_stage(GateWhen::After, g, soak_until, false);
         }
     }
 
@@ -156,28 +189,45 @@ impl Machine {
     /// held by them.
     pub(super) fn before_clear(&mut self, out: &mut Vec<Effect>) -> bool {
         let next = self.groups;
-        if self.gates.before_passed == Some(next) {
+        loop {
+            if self.gates.stage.is_some() {
+                if !self.step_stage(out) {
+                    return false;
+                }
+                continue;
+            }
+            if self.gates.before_passed != Some(next) {
+                if self.has(GateWhen::Before, false) {
+                    self.open_stage(GateWhen::Before, next, None, false);
+                    continue;
+                }
+                self.gates.before_passed = Some(next);
+            }
+            if self.gates.before_hooks_done != Some(next) {
+                if self.has(GateWhen::Before, true) {
+                    self.open_stage(GateWhen::Before, next, None, true);
+                    continue;
+                }
+                self.gates.before_hooks_done = Some(next);
+            }
             return true;
         }
-        if self.gates.stage.is_none() {
-            if !self
-                .gates
-                .specs
-                .iter()
-                .any(|s| s.policy.applies(GateWhen::Before))
-            {
-                return true;
-            }
-            self.open_stage(GateWhen::Before, next, None);
-        }
-        self.step_stage(out)
     }
 
-    fn open_stage(&mut self, when: GateWhen, batch: usize, soak_until: Option<Duration>) {
+    fn open_stage(
+        &mut self,
+        when: GateWhen,
+        batch: usize,
+        soak_until: Option<Duration>,
+        hooks: bool,
+    ) {
         self.gates.serial += 1;
         let now = self.now;
         let asks = (0..self.gates.specs.len())
-            .filter(|&k| self.gates.specs[k].policy.applies(when))
+            .filter(|&k| {
+                let s = &self.gates.specs[k];
+                s.hook == hooks && s.policy.applies(when)
+            })
             .map(|k| {
                 (
                     k,
@@ -190,6 +240,7 @@ impl Machine {
             .collect();
         self.gates.stage = Some(Hold {
             serial: self.gates.serial,
+            hooks,
             when,
             batch,
             since: now,
@@ -218,7 +269,7 @@ impl Machine {
                 };
             }
         }
-        let (serial, when, batch) = (h.serial, h.when, h.batch);
+        let (serial, when, batch, hooks) = (h.serial, h.when, h.batch, h.hooks);
         let due: Vec<(usize, bool)> = h
             .asks
             .iter()
@@ -229,11 +280,15 @@ impl Machine {
             .collect();
         if due.is_empty() && h.asks.iter().all(|(_, a)| *a == Ask::Go) {
             self.gates.stage = None;
-            match when {
-                GateWhen::After => {
+            match (when, hooks) {
+                (GateWhen::After, false) => {
                     self.gates.after_done.insert(batch);
                 }
-                GateWhen::Before => self.gates.before_passed = Some(batch),
+                (GateWhen::After, true) => {
+                    self.gates.after_hooks_done.insert(batch);
+                }
+                (GateWhen::Before, false) => self.gates.before_passed = Some(batch),
+                (GateWhen::Before, true) => self.gates.before_hooks_done = Some(batch),
             }
             return true;
         }
@@ -253,6 +308,7 @@ impl Machine {
                 }
             }
             let c = self.call(Call::Gate(serial, k));
+            let spec = &self.gates.specs[k];
             out.push(Effect::Gate(
                 c,
                 GateAsk {
@@ -260,6 +316,7 @@ impl Machine {
                     when,
                     batch,
                     targets: targets.clone(),
+                    limit: spec.hook.then(|| spec.policy.timeout()),
                 },
             ));
         }
@@ -284,6 +341,35 @@ impl Machine {
         let spec = &self.gates.specs[k];
         let (name, policy) = (spec.name.clone(), spec.policy.clone());
         let (when, batch, waited) = (h.when, h.batch, now.saturating_sub(h.since));
+        if h.hooks {
+            let failed = match r {
+                Ok(GateVerdict::Go) => None,
+                Ok(GateVerdict::Hold(why)) => Some(why),
+                Err(e) => Some(format!("could not run: {e}")),
+            };
+            self.events.push_back((
+                Some(batch),
+                EventKind::HookRan {
+                    hook: name.clone(),
+                    when,
+                    ok: failed.is_none(),
+                    detail: failed.clone(),
+                },
+            ));
+            match failed {
+                None => *ask = Ask::Go,
+                Some(message) => {
+                    self.gates.stage = None;
+                    self.stop(AbortReason::Hook {
+                        hook: name,
+                        when,
+                        batch,
+                        message,
+                    });
+                }
+            }
+            return;
+        }
         let why = match r {
             Ok(GateVerdict::Go) => {
                 *ask = Ask::Go;
