@@ -115,6 +115,9 @@ impl Program {
 pub struct CommandGate {
     name: String,
     program: Program,
+    /// Run as a hook: `HYGIENE_HOOK` and `HYGIENE_HOOK_WHEN` instead of
+    /// `HYGIENE_GATE` and `HYGIENE_GATE_WHEN`.
+    hook: bool,
 }
 
 impl CommandGate {
@@ -128,7 +131,36 @@ impl CommandGate {
         Ok(Self {
             name,
             program: Program::new("gate.command", argv)?,
+            hook: false,
         })
+    }
+
+    /// The same command as a hook (see [`crate::Rollout::with_hook`]): its
+    /// environment names it `HYGIENE_HOOK` and says `HYGIENE_HOOK_WHEN`
+    /// (`before` / `after` the batch); exit 0 is success.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn hook(name: impl Into<String>, argv: &[String]) -> Result<Self> {
+        let name = name.into();
+        check_name("hook.name", &name)?;
+        Ok(Self {
+            name,
+            program: Program::new("hook.command", argv)?,
+            hook: true,
+        })
+    }
+
+    /// Runs the command once with `vars` added to its environment (a hook
+    /// before or after the whole run: `HYGIENE_RUN_ID`, the outcome, …).
+    /// `Ok(None)` is exit 0, `Ok(Some(why))` any other exit.
+    ///
+    /// # Errors
+    /// The command could not start.
+    pub async fn run_with(&self, vars: &[(&str, String)]) -> Result<Option<String>> {
+        let mut all = vec![("HYGIENE_HOOK", self.name.clone())];
+        all.extend(vars.iter().cloned());
+        self.program.run(&all).await
     }
 
     /// Passes hygiene's own variable `name` through, when set.
@@ -168,10 +200,15 @@ impl Gate for CommandGate {
 
     async fn check(&self, at: &GateCheck) -> Result<GateVerdict> {
         let targets: Vec<&str> = at.targets.iter().map(|t| t.as_str()).collect();
+        let (name_var, when_var) = if self.hook {
+            ("HYGIENE_HOOK", "HYGIENE_HOOK_WHEN")
+        } else {
+            ("HYGIENE_GATE", "HYGIENE_GATE_WHEN")
+        };
         let vars = [
             ("HYGIENE_RUN_ID", at.run_id.clone()),
-            ("HYGIENE_GATE", self.name.clone()),
-            ("HYGIENE_GATE_WHEN", at.when.to_string()),
+            (name_var, self.name.clone()),
+            (when_var, at.when.to_string()),
             ("HYGIENE_BATCH", at.batch.to_string()),
             ("HYGIENE_TARGETS", targets.join(" ")),
         ];
@@ -240,6 +277,21 @@ mod tests {
         let g =
             CommandGate::new("env", &sh(r#"test -z "$HYGIENE_TEST_GATE_SECRET""#)).expect("gate");
         assert_eq!(g.check(&at()).await.expect("asked"), GateVerdict::Go);
+    }
+
+    #[tokio::test]
+    async fn a_hook_is_named_as_a_hook() {
+        let g = CommandGate::hook(
+            "post",
+            &sh(r#"test "$HYGIENE_HOOK/$HYGIENE_HOOK_WHEN/$HYGIENE_BATCH" = "post/after/2" && test -z "$HYGIENE_GATE""#),
+        )
+        .expect("hook");
+        assert_eq!(g.check(&at()).await.expect("ran"), GateVerdict::Go);
+        let r = g
+            .run_with(&[("HYGIENE_OUTCOME", "completed".into())])
+            .await
+            .expect("ran");
+        assert!(r.is_some(), "no batch variables in a run hook");
     }
 
     #[test]

@@ -464,6 +464,9 @@ pub(crate) struct File {
     /// `[[notify]]`: webhooks told of the run.
     #[serde(default)]
     pub(crate) notify: crate::gates::Notifies,
+    /// `[[hook]]`: commands before and after the run and each batch.
+    #[serde(default)]
+    pub(crate) hook: crate::gates::Hooks,
 }
 
 /// `[balancer.*]`

@@ -22,6 +22,12 @@
 //! [[notify]]
 //! url_env = "SLACK_WEBHOOK_URL" # or url = "…"
 //! format = "slack"              # or "json" (the default)
+//!
+//! [[hook]]                      # exit 0 = success; a failure is named
+//! name = "silence"
+//! when = "before_run"           # after_run, before_batch, after_batch
+//! command = ["/usr/local/bin/silence-alerts", "30m"]
+//! timeout = "5m"                # the default: 10m
 //! ```
 
 use std::collections::BTreeMap;
@@ -41,6 +47,7 @@ use crate::setup::at;
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// One `[[gate]]`: a name, when and how often, and exactly one of
 /// `prometheus` (with `query`), `url` or `command`.
@@ -71,6 +78,31 @@ pub(crate) struct GateSection {
     pub(crate) env: BTreeMap<String, String>,
 }
 
+/// When a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HookWhen {
+    BeforeRun,
+    AfterRun,
+    BeforeBatch,
+    AfterBatch,
+}
+
+/// One `[[hook]]`: a command before or after the run or each batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HookSection {
+    pub(crate) name: String,
+    pub(crate) when: HookWhen,
+    pub(crate) command: Vec<String>,
+    #[serde(default, with = "duration_text::option")]
+    pub(crate) timeout: Option<Duration>,
+    #[serde(default)]
+    pub(crate) pass_env: Vec<String>,
+    #[serde(default)]
+    pub(crate) env: BTreeMap<String, String>,
+}
+
 /// One `[[notify]]`: a webhook.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +119,10 @@ pub(crate) struct NotifySection {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Outside {
     gates: Vec<(Arc<dyn Gate>, GatePolicy)>,
+    /// Hooks of each batch, with their time limit.
+    batch_hooks: Vec<(CommandGate, GateWhen, Duration)>,
+    /// Hooks before and after the whole run (`true`: before).
+    run_hooks: Vec<(CommandGate, bool, Duration)>,
     notifiers: Vec<Arc<dyn Notifier>>,
     /// One line per gate and notifier, for `plan` and `validate`.
     pub(crate) described: Vec<String>,
@@ -94,14 +130,47 @@ pub(crate) struct Outside {
 
 impl Outside {
     /// `rollout` with the gates and notifiers.
-    pub(crate) fn apply(&self, mut rollout: Rollout) -> Rollout {
+    pub(crate) fn apply(&self, mut rollout: Rollout) -> hygiene_core::Result<Rollout> {
         for (g, p) in &self.gates {
             rollout = rollout.with_gate(Arc::clone(g), p.clone());
+        }
+        for (h, when, limit) in &self.batch_hooks {
+            rollout = rollout.with_hook(h.clone(), *when, *limit)?;
         }
         for n in &self.notifiers {
             rollout = rollout.with_notifier(Arc::clone(n));
         }
-        rollout
+        Ok(rollout)
+    }
+
+    /// Runs the hooks before (`before`) or after the whole run, in the
+    /// file's order, each within its time limit, with `vars` in its
+    /// environment. The first that fails is named in the error.
+    pub(crate) async fn run_hooks(
+        &self,
+        before: bool,
+        vars: &[(&str, String)],
+    ) -> Result<(), String> {
+        for (h, b, limit) in &self.run_hooks {
+            if *b != before {
+                continue;
+            }
+            let name = hygiene_core::Gate::name(h);
+            let when = if before { "before" } else { "after" };
+            let failed = match tokio::time::timeout(*limit, h.run_with(vars)).await {
+                Ok(Ok(None)) => None,
+                Ok(Ok(Some(why))) => Some(why),
+                Ok(Err(e)) => Some(format!("could not run: {e}")),
+                Err(_) => Some(format!(
+                    "still running after {} (its timeout): stopped",
+                    duration_text::format(*limit)
+                )),
+            };
+            if let Some(why) = failed {
+                return Err(format!("hook {name} ({when} the run) failed: {why}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -161,6 +230,60 @@ pub(crate) fn build(loaded: &Loaded, rollout: &RolloutConfig) -> Result<Outside,
             }
         ));
         out.gates.push((gate, policy));
+    }
+    for (k, h) in loaded.file.hook.iter().enumerate() {
+        let key = format!("hook[{k}]");
+        let span = h.span();
+        let h = h.get_ref();
+        if names.contains(&h.name.as_str()) {
+            return Err(loaded.error_at(
+                Some(span),
+                &format!("{key}.name"),
+                format!(
+                    "{:?} already names a gate or hook: give each its own name",
+                    h.name
+                ),
+            ));
+        }
+        names.push(&h.name);
+        let timeout = h.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(loaded.error_at(
+                Some(span),
+                &format!("{key}.timeout"),
+                "must be greater than zero",
+            ));
+        }
+        let cmd = at(
+            loaded,
+            span.clone(),
+            &key,
+            CommandGate::hook(&h.name, &h.command),
+        )?;
+        let cmd = command_env(loaded, span, &key, cmd, &h.pass_env, &h.env)?;
+        let when = match h.when {
+            HookWhen::BeforeRun => "before the run",
+            HookWhen::AfterRun => "after the run",
+            HookWhen::BeforeBatch => "before each batch (after its gates)",
+            HookWhen::AfterBatch => "after each batch (before the soak and its gates)",
+        };
+        out.described.push(format!(
+            "hook {}: command {} {when}, within {}; a failure is named{}",
+            h.name,
+            h.command.first().cloned().unwrap_or_default(),
+            duration_text::format(timeout),
+            match h.when {
+                HookWhen::AfterRun => " (the report stands)",
+                HookWhen::BeforeRun => " and nothing starts",
+                _ => " and nothing more starts",
+            }
+        ));
+        match h.when {
+            HookWhen::BeforeRun => out.run_hooks.push((cmd, true, timeout)),
+            HookWhen::AfterRun => out.run_hooks.push((cmd, false, timeout)),
+            HookWhen::BeforeBatch => out.batch_hooks.push((cmd, GateWhen::Before, timeout)),
+            HookWhen::AfterBatch => out.batch_hooks.push((cmd, GateWhen::After, timeout)),
+        }
     }
     for (k, n) in loaded.file.notify.iter().enumerate() {
         let key = format!("notify[{k}]");
@@ -243,21 +366,8 @@ fn gate(
             Ok((Arc::new(gate), "GET (go on 2xx)".to_owned()))
         }
         (None, None, Some(argv)) => {
-            let mut gate = at(loaded, span.clone(), key, CommandGate::new(&g.name, argv))?;
-            if let Some(secret) = crate::setup::password_env(loaded) {
-                gate = at(loaded, span.clone(), key, gate.withhold_env(&secret))?;
-            }
-            for n in &loaded.file.notify {
-                if let Some(var) = &n.get_ref().url_env {
-                    gate = at(loaded, span.clone(), key, gate.withhold_env(var))?;
-                }
-            }
-            for name in &g.pass_env {
-                gate = at(loaded, span.clone(), key, gate.with_pass_env(name))?;
-            }
-            for (k, v) in &g.env {
-                gate = at(loaded, span.clone(), key, gate.with_env(k, v))?;
-            }
+            let gate = at(loaded, span.clone(), key, CommandGate::new(&g.name, argv))?;
+            let gate = command_env(loaded, span.clone(), key, gate, &g.pass_env, &g.env)?;
             let program = argv.first().cloned().unwrap_or_default();
             Ok((Arc::new(gate), format!("command {program} (go on exit 0)")))
         }
@@ -268,6 +378,36 @@ fn gate(
         )),
     }
 }
+
+/// A command's environment: hygiene's secrets (the balancer's password,
+/// the webhooks' URLs) withheld, then `pass_env` and `env`.
+fn command_env(
+    loaded: &Loaded,
+    span: Range<usize>,
+    key: &str,
+    mut cmd: CommandGate,
+    pass_env: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<CommandGate, ConfigError> {
+    if let Some(secret) = crate::setup::password_env(loaded) {
+        cmd = at(loaded, span.clone(), key, cmd.withhold_env(&secret))?;
+    }
+    for n in &loaded.file.notify {
+        if let Some(var) = &n.get_ref().url_env {
+            cmd = at(loaded, span.clone(), key, cmd.withhold_env(var))?;
+        }
+    }
+    for name in pass_env {
+        cmd = at(loaded, span.clone(), key, cmd.with_pass_env(name))?;
+    }
+    for (k, v) in env {
+        cmd = at(loaded, span.clone(), key, cmd.with_env(k, v))?;
+    }
+    Ok(cmd)
+}
+
+/// The hook sections of a file.
+pub(crate) type Hooks = Vec<Spanned<HookSection>>;
 
 /// The gate sections of a file, for its checks (`Spanned` keeps the
 /// place for errors).
