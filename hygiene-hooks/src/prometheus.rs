@@ -130,7 +130,7 @@ fn judge(location: &str, query: &str, a: Answer) -> Result<GateVerdict> {
             )))
         }
         Some(Data::Scalar((_, value))) => match value.parse::<f64>() {
-            Ok(x) if x == 1.0 => Ok(GateVerdict::Go),
+            Ok(1.0) => Ok(GateVerdict::Go),
             _ => Ok(GateVerdict::Hold(format!("{query} = {value}, not true (1)"))),
         },
         Some(Data::Matrix(_)) | Some(Data::String(_)) | None => Err(Error::protocol(

@@ -148,16 +148,12 @@ impl Machine {
     /// rollout is held by it.
     pub(super) fn after_clear(&mut self, out: &mut Vec<Effect>) -> bool {
         loop {
-            match &self.gates.stage {
-                Some(h) if h.when == GateWhen::After => {
-                    if !self.step_stage(out) {
-                        return false;
-                    }
-                }
+            match self.gates.stage.as_ref().map(|h| h.when) {
+                Some(GateWhen::After) if !self.step_stage(out) => return false,
+                Some(GateWhen::After) | None => {}
                 // The gates before the next batch are being asked: that
                 // batch's turn first.
-                Some(_) => return true,
-                None => {}
+                Some(GateWhen::Before) => return true,
             }
             let Some(g) = self.after_due() else {
                 return true;
