@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::target::{Target, TargetId};
+use crate::gate::OnGateTimeout;
+use crate::target::TargetId;
 
 /// A count of targets, or a percent of some total.
 ///
@@ -330,6 +332,15 @@ impl Default for RetryPolicy {
 /// - **`execute_timeout`**: the time limit of one maintenance call (default
 ///   3 h); past it the maintenance fails (it is not retried).
 /// - **`on_failure`**: see [`OnFailure`].
+/// - **`wait_between_batches`**: a soak time after each batch is back
+///   (every target of it finished) and before the next batch starts, with
+///   nothing in progress; not waited after the last batch. Unlike `warmup`,
+///   the batch's targets are already reported done when it starts, and the
+///   gates asked after the batch ([`crate::Gate`]) are asked once it is
+///   over. With [`Pacing::Window`] a batch is a group of targets started
+///   together.
+/// - **`on_gate_timeout`**: what happens when a gate still says no at its
+///   timeout: see [`OnGateTimeout`].
 ///
 /// Deserializing (serde) goes through the same validation as
 /// [`RolloutConfigBuilder::build`]; unknown keys are refused; durations are
@@ -357,6 +368,8 @@ pub struct RolloutConfig {
     pub(crate) batch_by: BatchBy,
     pub(crate) zone_min_healthy: Option<Amount>,
     pub(crate) zones: BTreeMap<TargetId, String>,
+    pub(crate) wait_between_batches: Duration,
+    pub(crate) on_gate_timeout: OnGateTimeout,
 }
 
 /// The serde form of [`RolloutConfig`]: every key optional (the defaults
@@ -402,6 +415,9 @@ struct RolloutConfigSpec {
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+    #[serde(with = "duration_text")]
+    wait_between_batches: Duration,
+    on_gate_timeout: OnGateTimeout,
 }
 
 impl Default for RolloutConfigSpec {
@@ -433,6 +449,8 @@ impl From<RolloutConfig> for RolloutConfigSpec {
             batch_by: c.batch_by,
             zone_min_healthy: c.zone_min_healthy,
             zones: c.zones,
+            wait_between_batches: c.wait_between_batches,
+            on_gate_timeout: c.on_gate_timeout,
         }
     }
 }
@@ -462,6 +480,8 @@ impl TryFrom<RolloutConfigSpec> for RolloutConfig {
                 batch_by: s.batch_by,
                 zone_min_healthy: s.zone_min_healthy,
                 zones: s.zones,
+                wait_between_batches: s.wait_between_batches,
+                on_gate_timeout: s.on_gate_timeout,
             },
         }
         .build()
@@ -501,6 +521,8 @@ impl RolloutConfig {
             batch_by: BatchBy::Target,
             zone_min_healthy: None,
             zones: BTreeMap::new(),
+            wait_between_batches: Duration::ZERO,
+            on_gate_timeout: OnGateTimeout::Abort,
         }
     }
 
@@ -571,6 +593,14 @@ impl RolloutConfig {
     /// On resume, what happens to a maintenance of unknown outcome.
     pub fn on_interrupted(&self) -> OnInterrupted {
         self.on_interrupted
+    }
+    /// Soak time between batches.
+    pub fn wait_between_batches(&self) -> Duration {
+        self.wait_between_batches
+    }
+    /// What happens when a gate still says no at its timeout.
+    pub fn on_gate_timeout(&self) -> OnGateTimeout {
+        self.on_gate_timeout
     }
 
     /// Batch size for `selected` targets: percent rounded down, at least 1.
@@ -738,6 +768,14 @@ impl RolloutConfigBuilder {
     /// Zones by target, for balancers that know none.
     pub fn zones(mut self, zones: BTreeMap<TargetId, String>) -> Self {
         self.config.zones = zones;
+    /// A soak time after each batch is back, before the next one starts.
+    pub fn wait_between_batches(mut self, wait: Duration) -> Self {
+        self.config.wait_between_batches = wait;
+        self
+    }
+    /// What happens when a gate still says no at its timeout.
+    pub fn on_gate_timeout(mut self, action: OnGateTimeout) -> Self {
+        self.config.on_gate_timeout = action;
         self
     }
 

@@ -2,14 +2,17 @@
 #![forbid(unsafe_code)]
 
 mod balancer;
+mod commands;
 mod config;
 pub mod display;
 mod engine;
 mod error;
 mod executor;
+mod gate;
 pub mod journal;
 pub mod lease;
 mod local;
+mod notify;
 pub mod phase;
 mod probe;
 pub mod report;
@@ -25,6 +28,7 @@ pub mod conformance;
 pub mod mock;
 
 pub use balancer::{ListedTarget, LoadBalancer};
+pub use commands::CommandGate;
 pub use config::{
     duration_text, Amount, BatchBy, OnDrainTimeout, OnFailure, OnInterrupted, Pacing, RetryPolicy,
     RolloutConfig, RolloutConfigBuilder, Selection, ZONE_META,
@@ -34,7 +38,9 @@ pub use error::{BoxError, Error, Result};
 pub use executor::{
     tail, ExecHandle, ExecOutcome, Executor, HandleSink, Preflight, Recovered, OUTPUT_TAIL_BYTES,
 };
+pub use gate::{Gate, GateCheck, GatePolicy, GateVerdict, GateWhen, OnGateTimeout};
 pub use local::LocalCommand;
+pub use notify::{KeptOut, Notification, Notifier, Summary};
 pub use phase::{Location, Stage};
 pub use probe::{HttpProbe, Probe, ProbeVerdict, TcpProbe};
 pub use report::{

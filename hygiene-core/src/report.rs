@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Amount, RolloutConfig};
 use crate::executor::ExecOutcome;
+use crate::gate::{GateWhen, OnGateTimeout};
 use crate::phase::{Location, Stage};
 use crate::target::TargetId;
 
@@ -124,6 +125,31 @@ pub enum AbortReason {
         /// Why.
         message: String,
     },
+    /// A hook before or after a batch failed (or could not run).
+    Hook {
+        /// The hook's name.
+        hook: String,
+        /// Before or after the batch.
+        when: GateWhen,
+        /// The batch (0-based).
+        batch: usize,
+        /// What it said.
+        message: String,
+    },
+    /// A gate still said no at its timeout, with `on_gate_timeout = abort`.
+    Gate {
+        /// The gate's name.
+        gate: String,
+        /// Before or after the batch.
+        when: GateWhen,
+        /// The batch (0-based).
+        batch: usize,
+        /// How long it held the rollout.
+        #[serde(with = "duration_ms", rename = "waited_ms")]
+        waited: Duration,
+        /// What it said last.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for AbortReason {
@@ -148,6 +174,13 @@ impl std::fmt::Display for AbortReason {
             Self::LeaseLost { message } => write!(
                 f,
                 "the run's lease was lost ({message}): nothing new started and what was out was put back where the run could; the report names every target still out"
+            Self::Hook { hook, when, batch, message } => write!(
+                f,
+                "hook {hook} failed {when} batch {batch}: {message}. Nothing more starts; fix what it checks, then run again"
+            ),
+            Self::Gate { gate, when, batch, waited, reason } => write!(
+                f,
+                "gate {gate} still said no {when} batch {batch} after {waited:?} (its timeout; on_gate_timeout = abort): {reason}. Look at what it watches, then run again: targets already done are maintained again only if selected"
             ),
         }
     }
@@ -441,6 +474,65 @@ pub enum EventKind {
     Stopping {
         /// Why.
         reason: AbortReason,
+    },
+    /// A gate answered (every answer, go or not).
+    GateChecked {
+        /// The gate's name.
+        gate: String,
+        /// Before or after the batch (the event's `batch`).
+        when: GateWhen,
+        /// It said go.
+        go: bool,
+        /// Why not, or what it saw.
+        detail: Option<String>,
+        /// Since the gates of this batch were first asked.
+        #[serde(with = "duration_ms", rename = "waited_ms")]
+        waited: Duration,
+    },
+    /// A gate said no: the rollout is held (nothing new is drained) until
+    /// it says go or `timeout` has passed. Once per gate and batch.
+    GateHolding {
+        /// The gate's name.
+        gate: String,
+        /// Before or after the batch (the event's `batch`).
+        when: GateWhen,
+        /// Why.
+        reason: String,
+        /// How long it may hold the rollout.
+        #[serde(with = "duration_ms", rename = "timeout_ms")]
+        timeout: Duration,
+    },
+    /// A gate still said no at its timeout; `action` is what happens
+    /// (the run stops, or goes on as if it had said go).
+    GateTimedOut {
+        /// The gate's name.
+        gate: String,
+        /// Before or after the batch (the event's `batch`).
+        when: GateWhen,
+        /// How long it held the rollout.
+        #[serde(with = "duration_ms", rename = "waited_ms")]
+        waited: Duration,
+        /// `on_gate_timeout`.
+        action: OnGateTimeout,
+    },
+    /// A hook ran before or after the batch (the event's `batch`); a hook
+    /// that failed stops the run.
+    HookRan {
+        /// The hook's name.
+        hook: String,
+        /// Before or after the batch.
+        when: GateWhen,
+        /// It succeeded.
+        ok: bool,
+        /// Why not.
+        detail: Option<String>,
+    },
+    /// The batch (the event's `batch`) is back: a soak time
+    /// (`wait_between_batches`) before the next one starts.
+    Soaking {
+        /// How long.
+        #[serde(with = "duration_ms", rename = "wait_ms")]
+        wait: Duration,
     },
     /// The run ended.
     Finished {

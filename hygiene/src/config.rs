@@ -458,6 +458,15 @@ pub(crate) struct File {
     pub(crate) rollout: Option<Spanned<RolloutConfig>>,
     /// A direct check of each target before it is put back.
     pub(crate) probe: Option<Spanned<ProbeSection>>,
+    /// `[[gate]]`: checks the rollout waits on before and after each batch.
+    #[serde(default)]
+    pub(crate) gate: crate::gates::Gates,
+    /// `[[notify]]`: webhooks told of the run.
+    #[serde(default)]
+    pub(crate) notify: crate::gates::Notifies,
+    /// `[[hook]]`: commands before and after the run and each batch.
+    #[serde(default)]
+    pub(crate) hook: crate::gates::Hooks,
 }
 
 /// `[balancer.*]`

@@ -9,6 +9,7 @@ mod config;
 mod elbv2;
 mod enable;
 mod exit;
+mod gates;
 mod kept;
 mod output;
 mod plan;

@@ -77,6 +77,12 @@ pub(crate) struct Plan {
     pub(crate) kept_out: Vec<String>,
     pub(crate) poll_interval: String,
     pub(crate) duration: Estimate,
+    /// `wait_between_batches`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wait_between_batches: Option<String>,
+    /// The gates and notifiers, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) outside: Vec<String>,
 }
 
 /// A count as a number, a percent as a string, as the file writes them.
@@ -221,7 +227,8 @@ pub(crate) fn compute(
         .poll_interval()
         .unwrap_or_else(|| lb.default_poll_interval());
     let n = u32::try_from(batches.len()).unwrap_or(u32::MAX);
-    let warmups = c.warmup() * n.saturating_sub(1);
+    // Warmups and soaks between batches, none after the last.
+    let warmups = (c.warmup() + c.wait_between_batches()) * n.saturating_sub(1);
     let floor = poll * 3;
     let execute = setup
         .executor_timeout
@@ -258,6 +265,9 @@ pub(crate) fn compute(
         kept_out: Vec::new(),
         poll_interval: fmt(poll),
         duration,
+        wait_between_batches: (!c.wait_between_batches().is_zero())
+            .then(|| fmt(c.wait_between_batches())),
+        outside: setup.outside.described.clone(),
     }
 }
 
@@ -339,6 +349,14 @@ pub(crate) fn human(p: &Plan) -> String {
             .unwrap_or_default(),
         p.duration.max
     ));
+    if let Some(w) = &p.wait_between_batches {
+        o.push_str(&format!(
+            "wait_between_batches = {w}: a soak after each batch is back, before the next\n"
+        ));
+    }
+    for line in &p.outside {
+        o.push_str(&format!("{}\n", crate::output::clean(line)));
+    }
     for pr in &p.problems {
         o.push_str(&format!("problem: {}\n", crate::output::clean(pr)));
     }

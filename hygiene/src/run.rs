@@ -112,6 +112,20 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     if let Some(p) = setup.probe.clone() {
         rollout = rollout.with_probe(p);
     }
+    rollout = setup.outside.apply(rollout)?;
+    let mode_name = match mode {
+        Mode::Run { .. } => "run",
+        Mode::Resume => "resume",
+        Mode::Restore => "restore",
+    };
+    let run_vars = [
+        ("HYGIENE_POOL", setup.pool.clone()),
+        ("HYGIENE_MODE", mode_name.to_owned()),
+    ];
+    // A hook before the run that fails stops it before anything changes.
+    if let Err(why) = setup.outside.run_hooks(true, &run_vars).await {
+        return Err(Failure::Other(format!("{why}; nothing was changed")));
+    }
     let mut events = rollout.subscribe();
     let in_progress = InProgress::default();
     let interrupt = tokio::spawn(on_interrupt(
@@ -186,6 +200,29 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
         eprintln!("warning: {}", failure_text(&e));
     }
     let mut code = exit::of_report(&report);
+    let kept: Vec<String> = report.kept_out().map(|t| t.id.to_string()).collect();
+    let mut after_vars = run_vars.to_vec();
+    after_vars.extend([
+        ("HYGIENE_RUN_ID", report.run_id.clone()),
+        (
+            "HYGIENE_OUTCOME",
+            match &report.outcome {
+                hygiene_core::Outcome::Completed => "completed",
+                hygiene_core::Outcome::Aborted { .. } => "aborted",
+                _ => "cancelled",
+            }
+            .to_owned(),
+        ),
+        ("HYGIENE_KEPT_OUT", kept.join(" ")),
+    ]);
+    if let Err(why) = setup.outside.run_hooks(false, &after_vars).await {
+        // The run is over and its report stands; the failure is named and
+        // the exit code says something went wrong.
+        eprintln!("error: {why}");
+        if code == exit::OK {
+            code = exit::OTHER;
+        }
+    }
     if mode == Mode::Restore && code == exit::CANCELLED {
         // A restore starts nothing new by design: the engine reports it
         // cancelled, but it did its job.

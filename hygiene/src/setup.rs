@@ -47,6 +47,8 @@ pub(crate) struct Setup {
     /// depends on it).
     #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     pub(crate) drain_timeout_set: bool,
+    /// `[[gate]]` and `[[notify]]`.
+    pub(crate) outside: crate::gates::Outside,
 }
 
 /// The probe the file configures.
@@ -67,7 +69,7 @@ impl Probe for AnyProbe {
 }
 
 /// A library error from building one section, placed at that section.
-fn at<T>(
+pub(crate) fn at<T>(
     loaded: &Loaded,
     span: Range<usize>,
     section: &str,
@@ -118,6 +120,7 @@ pub(crate) async fn build(
         balancer(loaded, rollout.poll_interval(), rollout.call_timeout()).await?;
     let (executor, executor_timeout, _) = executor(loaded, &state_dir, cancel).await?;
     let probe = probe(loaded)?;
+    let outside = crate::gates::build(loaded, &rollout)?;
     Ok(Setup {
         config_path: loaded.path.clone(),
         pool,
@@ -130,6 +133,7 @@ pub(crate) async fn build(
         haproxy,
         elbv2,
         drain_timeout_set,
+        outside,
     })
 }
 

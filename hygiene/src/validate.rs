@@ -38,6 +38,9 @@ struct Validation {
     balancer: String,
     executor: String,
     probe: Option<String>,
+    /// The gates and notifiers, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    outside: Vec<String>,
     rollout: hygiene_core::RolloutConfig,
     online: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +94,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         balancer: setup.balancer.name(),
         executor: setup.executor.name(),
         probe: probe_text(&loaded),
+        outside: setup.outside.described.clone(),
         rollout: setup.rollout.clone(),
         online: !offline,
         capabilities: None,
@@ -397,6 +401,9 @@ fn human(v: &Validation) -> String {
         "  probe      {}\n",
         v.probe.as_deref().unwrap_or("none")
     ));
+    for line in &v.outside {
+        o.push_str(&format!("  {}\n", clean(line)));
+    }
     let r = &v.rollout;
     o.push_str(&format!(
         "  rollout    batch_size {}, min_healthy {}, max_failures {}, drain_timeout {}, health_timeout {}, pacing {}{}\n",

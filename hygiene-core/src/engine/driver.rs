@@ -19,6 +19,7 @@ use crate::balancer::LoadBalancer;
 use crate::config::RolloutConfig;
 use crate::error::{Error, Result};
 use crate::executor::{Executor, HandleSink};
+use crate::gate::{Gate, GateCheck, GateVerdict};
 use crate::journal::{Journal, Op, Record};
 use crate::lease::{Heartbeat, HeldLease, LeaseState};
 use crate::phase::Location;
@@ -27,7 +28,7 @@ use crate::report::{Event, EventKind, Outcome, Report};
 use crate::retry::with_retries_when;
 use crate::target::TargetId;
 
-use super::machine::{CallId, Effect, Input, LeaseNews, Machine, Reply};
+use super::machine::{CallId, Effect, GateAsk, Input, LeaseNews, Machine, Reply};
 use super::record::{finished_record, intent_record, result_record};
 
 /// Subscribers to a run's events; each gets every event from the moment
@@ -149,6 +150,10 @@ pub(crate) struct Parts {
     pub(crate) started: Instant,
     pub(crate) balancer_calls: AtomicU64,
     pub(crate) executor_calls: AtomicU64,
+    /// The gates, at the indices the machine's [`GateAsk`]s name.
+    pub(crate) gates: Vec<Arc<dyn Gate>>,
+    /// The run's id, told to the gates (set once the run has one).
+    pub(crate) run_id: std::sync::OnceLock<String>,
 }
 
 impl Parts {
@@ -302,6 +307,27 @@ impl Parts {
         })
     }
 
+    /// Asks one gate once, within `call_timeout` (past it: an error, which
+    /// the machine counts as a no).
+    async fn ask_gate(&self, ask: GateAsk) -> Result<GateVerdict> {
+        let Some(gate) = self.gates.get(ask.gate) else {
+            return Err(Error::invalid_config(
+                "gate",
+                "the machine asked a gate that is not configured",
+            ));
+        };
+        let run_id = self.run_id.get().cloned().unwrap_or_default();
+        let check = GateCheck::new(ask.when, ask.batch, run_id).with_targets(ask.targets.clone());
+        let limit = ask.limit.unwrap_or_else(|| self.config.call_timeout());
+        match tokio::time::timeout(limit, gate.check(&check)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                operation: format!("gate {}", gate.name()),
+                after: limit,
+            }),
+        }
+    }
+
     /// Performs one effect.
     async fn perform(self: Arc<Self>, effect: Effect) -> Reply {
         let call = effect.call();
@@ -383,6 +409,7 @@ impl Parts {
                     }),
                 })
             }
+            Effect::Gate(_, ask) => Reply::Gate(self.ask_gate(ask).await),
             Effect::Probe(_, target) => {
                 let Some(probe) = self.probe.clone() else {
                     return Reply::Probed(Err(Error::invalid_config(
@@ -412,7 +439,11 @@ impl Parts {
 pub(crate) fn cancellable(effect: &Effect) -> bool {
     matches!(
         effect,
-        Effect::List(_) | Effect::Status(..) | Effect::Preflight(..) | Effect::Drain(..)
+        Effect::List(_)
+            | Effect::Status(..)
+            | Effect::Preflight(..)
+            | Effect::Drain(..)
+            | Effect::Gate(..)
     )
 }
 
@@ -427,6 +458,7 @@ pub(crate) fn abandoned(effect: &Effect) -> Reply {
         Effect::Execute(..) => Reply::Executed(Err(e("execute"))),
         Effect::Recover(..) => Reply::Recovered(Err(e("recover"))),
         Effect::Probe(..) => Reply::Probed(Err(e("probe"))),
+        Effect::Gate(..) => Reply::Gate(Err(e("gate"))),
         Effect::Drain(..) => Reply::Changed(Err(e("drain"))),
         Effect::Disable(..) => Reply::Changed(Err(e("disable"))),
         Effect::Enable(..) => Reply::Changed(Err(e("enable"))),
@@ -463,6 +495,7 @@ pub(crate) async fn drive(
     run_id: String,
     started_at: String,
 ) -> Report {
+    let _set = parts.run_id.set(run_id.clone());
     let mut inflight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut cancel_seen = false;
     let start = parts.started;
@@ -536,6 +569,7 @@ pub(crate) async fn drive(
         }
         while let Some((batch, kind)) = machine.poll_event() {
             log_event(&kind);
+            journal_gate(&parts, batch, &kind);
             parts.event(batch, kind);
         }
         if machine.is_finished() {
@@ -700,6 +734,63 @@ fn fenced_reply(link: &LeaseLink, effect: &Effect) -> Option<Reply> {
     }
 }
 
+/// Records a gate's answer, or the decision at its timeout.
+fn journal_gate(parts: &Parts, batch: Option<usize>, kind: &EventKind) {
+    let record = match kind {
+        EventKind::GateChecked {
+            gate,
+            when,
+            go,
+            detail,
+            ..
+        } => Record::Gate {
+            gate: gate.clone(),
+            when: *when,
+            batch: batch.unwrap_or_default(),
+            go: *go,
+            detail: detail.clone(),
+            timed_out: false,
+            hook: false,
+            at: jiff::Timestamp::now().to_string(),
+        },
+        EventKind::HookRan {
+            hook,
+            when,
+            ok,
+            detail,
+        } => Record::Gate {
+            gate: hook.clone(),
+            when: *when,
+            batch: batch.unwrap_or_default(),
+            go: *ok,
+            detail: detail.clone(),
+            timed_out: false,
+            hook: true,
+            at: jiff::Timestamp::now().to_string(),
+        },
+        EventKind::GateTimedOut {
+            gate,
+            when,
+            waited,
+            action,
+        } => Record::Gate {
+            gate: gate.clone(),
+            when: *when,
+            batch: batch.unwrap_or_default(),
+            go: *action == crate::gate::OnGateTimeout::Proceed,
+            detail: Some(format!(
+                "still no after {waited:?}; on_gate_timeout = {action:?}"
+            )),
+            timed_out: true,
+            hook: false,
+            at: jiff::Timestamp::now().to_string(),
+        },
+        _ => return,
+    };
+    // Logged by `Parts::journal` when it fails; the run goes on.
+    let _logged = parts.journal(&record);
+}
+
 async fn sleep_until(wake: Option<Instant>) {
     match wake {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -719,6 +810,33 @@ fn log_event(kind: &EventKind) {
             info!(index, size = targets.len(), "batch starts");
         }
         EventKind::Stopping { reason } => warn!(reason = %reason, "no new targets start"),
+        EventKind::GateHolding {
+            gate,
+            when,
+            reason,
+            timeout,
+        } => {
+            warn!(gate = %gate, %when, reason = %reason, timeout_ms = timeout.as_millis() as u64, "gate says no: the rollout is held");
+        }
+        EventKind::GateChecked { gate, when, go, .. } => {
+            debug!(gate = %gate, %when, go, "gate answered")
+        }
+        EventKind::GateTimedOut {
+            gate, when, action, ..
+        } => warn!(gate = %gate, %when, ?action, "gate still says no at its timeout"),
+        EventKind::HookRan {
+            hook,
+            when,
+            ok: false,
+            detail,
+        } => warn!(hook = %hook, %when, detail = detail.as_deref().unwrap_or(""), "hook failed"),
+        EventKind::HookRan { hook, when, .. } => info!(hook = %hook, %when, "hook ran"),
+        EventKind::Soaking { wait } => {
+            info!(
+                wait_ms = wait.as_millis() as u64,
+                "batch back: soaking before the next"
+            );
+        }
         EventKind::FoundOut { id } => {
             warn!(target.id = %id, "found out of rotation, not by this run: left as found");
         }

@@ -2,7 +2,10 @@
 //! planner ([`planner`]) and a thin async driver ([`driver`]). See
 //! [`RolloutConfig`] for the semantics of each setting.
 
+mod deliver;
 mod driver;
+#[cfg(test)]
+mod gates;
 mod machine;
 mod planner;
 mod record;
@@ -26,12 +29,14 @@ use crate::balancer::LoadBalancer;
 use crate::config::RolloutConfig;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
+use crate::gate::{Gate, GatePolicy};
 use crate::journal::{self, Header, Journal, Record, Trace, JOURNAL_FORMAT};
+use crate::notify::Notifier;
 use crate::probe::Probe;
 use crate::report::{Event, Report};
 
 use driver::{EventHub, Parts};
-use machine::{Machine, Recovery};
+use machine::{GateSpec, Machine, Recovery};
 
 /// A rollout: a balancer, an executor, an optional probe and a configuration.
 ///
@@ -68,6 +73,8 @@ pub struct Rollout {
     journal: Option<Arc<dyn Journal>>,
     lease: Option<(crate::lease::HeldLease, Arc<std::sync::atomic::AtomicBool>)>,
     lease_margin: std::time::Duration,
+    gates: Vec<(Arc<dyn Gate>, GatePolicy, bool)>,
+    notifiers: Vec<Arc<dyn Notifier>>,
 }
 
 impl Rollout {
@@ -83,7 +90,56 @@ impl Rollout {
             journal: None,
             lease: None,
             lease_margin: DEFAULT_LEASE_MARGIN,
+            gates: Vec::new(),
+            notifiers: Vec::new(),
         }
+    }
+
+    /// Tells `notifier` when the run starts, when a target fails, when a
+    /// gate holds the rollout, and when the run ends (the report's summary,
+    /// and the way back for every target left out). Delivered in order from
+    /// a task of their own, each retried on the run's retry policy; a
+    /// notifier that fails never stops or fails the run. Once the run is
+    /// over, `run` waits for the last notification at most as long as its
+    /// retries take.
+    pub fn with_notifier(mut self, notifier: impl Notifier) -> Self {
+        self.notifiers.push(Arc::new(notifier));
+        self
+    }
+
+    /// Asks `gate` before and/or after each batch, as `policy` says (see
+    /// [`crate::Gate`]): while it says no (or cannot be asked), nothing new
+    /// is drained; it is asked again every `policy.interval()` until it
+    /// says go or `policy.timeout()` has passed, when `on_gate_timeout`
+    /// decides. Every answer is an event ([`crate::EventKind::GateChecked`]) and
+    /// a journal record. Gates are asked in the order they were added, all
+    /// at once.
+    pub fn with_gate(mut self, gate: impl Gate, policy: GatePolicy) -> Self {
+        self.gates.push((Arc::new(gate), policy, false));
+        self
+    }
+
+    /// Runs `hook` once at `when` of each batch — before a batch, once its
+    /// gates said go, right before its first drain; after a batch, first
+    /// thing once it is back (before `wait_between_batches` and the gates
+    /// after it) — within `limit`. The hook is a [`Gate`] asked once: go
+    /// is success; a no, an error or a hook past `limit` is a failure that
+    /// stops the run (`AbortReason::Hook`, by name): nothing more starts.
+    /// Every run is an event (`EventKind::HookRan`) and a journal record.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `limit` is zero.
+    pub fn with_hook(
+        mut self,
+        hook: impl Gate,
+        when: crate::gate::GateWhen,
+        limit: std::time::Duration,
+    ) -> Result<Self> {
+        let policy = GatePolicy::new(limit, limit)
+            .map_err(|_| Error::invalid_config("hook.timeout", "must be greater than zero"))?
+            .only(when);
+        self.gates.push((Arc::new(hook), policy, true));
+        Ok(self)
     }
 
     /// Checks each target directly after its maintenance, while it is still
@@ -246,6 +302,7 @@ impl Rollout {
             }
             None => None,
         };
+        let notifiers = self.notifiers;
         let parts = Arc::new(Parts {
             lb: self.lb,
             exec: self.exec,
@@ -257,7 +314,18 @@ impl Rollout {
             started,
             balancer_calls: AtomicU64::new(0),
             executor_calls: AtomicU64::new(0),
+            gates: self.gates.iter().map(|(g, _, _)| Arc::clone(g)).collect(),
+            run_id: std::sync::OnceLock::new(),
         });
+        let gate_specs: Vec<GateSpec> = self
+            .gates
+            .iter()
+            .map(|(g, p, hook)| GateSpec {
+                name: g.name(),
+                policy: p.clone(),
+                hook: *hook,
+            })
+            .collect();
         let lb = Arc::clone(&parts.lb);
         let state = match &journal {
             Some(j) => Some(journal::status(&**j, &lb.name())?),
@@ -387,7 +455,22 @@ impl Rollout {
             }
         };
         tracing::info!(run_id = %run_id, targets = machine.plan_targets().len(), ?mode, "rollout starts");
-        Ok(driver::drive(parts, machine, self.cancel, run_id, started_at).await)
+        let machine = machine.with_gates(gate_specs);
+        let delivery = (!notifiers.is_empty()).then(|| {
+            deliver::Delivery::start(
+                notifiers,
+                parts.hub.subscribe(),
+                run_id.clone(),
+                Arc::clone(&parts.lb),
+                parts.config.retry(),
+                parts.config.call_timeout(),
+            )
+        });
+        let report = driver::drive(parts, machine, self.cancel, run_id, started_at).await;
+        if let Some(d) = delivery {
+            d.finish(&report).await;
+        }
+        Ok(report)
     }
 }
 

@@ -99,6 +99,7 @@ impl World {
                 ExecOutcome::success(t.id.clone(), ms(1)),
             ))),
             Effect::Probe(..) => Reply::Probed(Ok(ProbeVerdict::Pass)),
+            Effect::Gate(..) => Reply::Gate(Ok(crate::gate::GateVerdict::Go)),
         }
     }
 
@@ -143,7 +144,7 @@ fn names(e: &Effect, k: usize) -> bool {
         | Effect::Enable(_, ids) => ids.contains(&id(k)),
         Effect::Execute(_, ts) | Effect::Preflight(_, ts) => ts.iter().any(|t| t.id == id(k)),
         Effect::Recover(_, t, _) | Effect::Probe(_, t) => t.id == id(k),
-        Effect::List(_) => false,
+        Effect::List(_) | Effect::Gate(..) => false,
     }
 }
 

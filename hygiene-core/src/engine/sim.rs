@@ -388,6 +388,8 @@ impl World<'_> {
                     Ok(ProbeVerdict::Pass)
                 })
             }
+            // The simulation configures no gate (engine/gates.rs tests them).
+            Effect::Gate(..) => Reply::Gate(Ok(crate::gate::GateVerdict::Go)),
         }
     }
 }
@@ -429,6 +431,7 @@ fn timed_out(e: &Effect) -> Reply {
         Effect::Execute(..) => Reply::Executed(Err(t)),
         Effect::Recover(..) => Reply::Recovered(Err(t)),
         Effect::Probe(..) => Reply::Probed(Err(t)),
+        Effect::Gate(..) => Reply::Gate(Err(t)),
         _ => Reply::Changed(Err(t)),
     }
 }

@@ -143,6 +143,28 @@ pub enum Record {
     Undone {
         /// The change's key.
         key: String,
+    /// A gate answered before or after a batch (every answer), or still
+    /// said no at its timeout (`timed_out`; `go` then says whether the run
+    /// went on, `on_gate_timeout = proceed`). Only a record of what was
+    /// seen: resume does not read it, it asks the gates again.
+    Gate {
+        /// The gate's name.
+        gate: String,
+        /// Before or after the batch.
+        when: crate::gate::GateWhen,
+        /// The batch (0-based).
+        batch: usize,
+        /// It said go (or the run goes on past its timeout).
+        go: bool,
+        /// Why not, or what it saw.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        /// This is the decision at its timeout, not an answer.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        timed_out: bool,
+        /// A hook's run (`go`: it succeeded), not a gate's answer.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hook: bool,
         /// When (RFC 3339).
         at: String,
     },

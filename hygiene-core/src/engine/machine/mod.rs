@@ -32,6 +32,7 @@ use super::planner;
 
 mod advance;
 mod change;
+mod gate;
 mod observe;
 
 use observe::Watch;
@@ -39,6 +40,7 @@ mod plan;
 mod resume;
 mod zones;
 
+pub(crate) use gate::{GateAsk, GateSpec};
 pub(crate) use resume::Recovery;
 
 /// Identifies one effect, so its reply can come back in any order.
@@ -60,6 +62,8 @@ pub(crate) enum Effect {
     /// Wait for a maintenance a dead run started, and read its outcome.
     Recover(CallId, Target, ExecHandle),
     Probe(CallId, Target),
+    /// Ask a gate whether the rollout may go on ([`Reply::Gate`]).
+    Gate(CallId, GateAsk),
 }
 
 impl Effect {
@@ -74,7 +78,8 @@ impl Effect {
             | Self::Enable(c, _)
             | Self::Execute(c, _)
             | Self::Recover(c, _, _)
-            | Self::Probe(c, _) => *c,
+            | Self::Probe(c, _)
+            | Self::Gate(c, _) => *c,
         }
     }
 }
@@ -90,6 +95,8 @@ pub(crate) enum Reply {
     Executed(Result<Vec<ExecOutcome>>),
     Recovered(Result<Recovered>),
     Probed(Result<ProbeVerdict>),
+    /// A gate's answer; an error counts as a no.
+    Gate(Result<crate::gate::GateVerdict>),
 }
 
 /// What the machine is fed.
@@ -206,6 +213,8 @@ enum Call {
     Redrain(usize),
     /// Drained targets disabled before their maintenance.
     Seal(Vec<usize>),
+    /// A gate asked in the gate stage `.0`.
+    Gate(u64, usize),
 }
 
 #[derive(Debug)]
@@ -286,6 +295,7 @@ pub(crate) struct Machine {
     groups: usize,
     canary_done: bool,
     plan: Option<PlanStep>,
+    gates: gate::Gates,
     plan_retry_at: Option<Duration>,
     capacity_since: Option<Duration>,
     calls: HashMap<CallId, Call>,
@@ -402,6 +412,7 @@ impl Machine {
             groups: 0,
             canary_done: !cfg.canary(),
             plan: None,
+            gates: gate::Gates::default(),
             plan_retry_at: None,
             capacity_since: None,
             calls: HashMap::new(),
@@ -514,6 +525,9 @@ impl Machine {
                 at(r);
             }
         }
+        if let Some(g) = self.gate_wake() {
+            at(g);
+        }
         t
     }
 
@@ -528,6 +542,7 @@ impl Machine {
             && self.calls.is_empty()
             && self.active.is_empty()
             && (self.queue.is_empty() || self.cancelled || self.stop.is_some())
+            && self.gates_idle()
     }
 
     /// How the run ended (meaningful once finished).
@@ -874,6 +889,7 @@ impl Machine {
             (Call::Probe(i), Reply::Probed(r)) => self.on_probe(i, r),
             (Call::Redrain(i), Reply::Changed(r)) => self.on_redrain(i, r, out),
             (Call::Seal(idx), Reply::Changed(r)) => self.on_seal(&idx, r),
+            (Call::Gate(serial, k), Reply::Gate(r)) => self.on_gate(serial, k, r),
             (Call::Enable(idx), Reply::Changed(r)) => self.on_enable(&idx, r, out),
             (Call::TakeOut(idx), Reply::Changed(r)) => self.on_take_out(&idx, r, out),
             (Call::ReadBack(idx, after), Reply::Status(r)) => {

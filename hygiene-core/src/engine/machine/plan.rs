@@ -5,7 +5,11 @@ use super::*;
 
 impl Machine {
     pub(super) fn plan(&mut self, out: &mut Vec<Effect>) {
-        if self.plan.is_some() || self.cancelled || self.stop.is_some() || self.queue.is_empty() {
+        if self.plan.is_some() || self.cancelled || self.stop.is_some() {
+            return;
+        }
+        // A batch back: its soak and its gates hold what follows.
+        if !self.after_clear(out) || self.queue.is_empty() {
             return;
         }
         if !self.lease_allows() {
@@ -24,7 +28,7 @@ impl Machine {
             in_progress: self.in_progress(),
             canary: !self.canary_done,
         });
-        if want == 0 {
+        if want == 0 || !self.before_clear(out) {
             return;
         }
         // batch_by = zone: only the front zone's targets, once no other
