@@ -8,9 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::target::{Target, TargetId};
 use crate::gate::OnGateTimeout;
-use crate::target::TargetId;
+use crate::target::{Target, TargetId};
 
 /// A count of targets, or a percent of some total.
 ///
@@ -411,13 +410,13 @@ struct RolloutConfigSpec {
     zone_min_healthy: Option<Amount>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     zones: BTreeMap<TargetId, String>,
+    #[serde(with = "duration_text")]
+    wait_between_batches: Duration,
+    on_gate_timeout: OnGateTimeout,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
-    #[serde(with = "duration_text")]
-    wait_between_batches: Duration,
-    on_gate_timeout: OnGateTimeout,
 }
 
 impl Default for RolloutConfigSpec {
@@ -768,6 +767,8 @@ impl RolloutConfigBuilder {
     /// Zones by target, for balancers that know none.
     pub fn zones(mut self, zones: BTreeMap<TargetId, String>) -> Self {
         self.config.zones = zones;
+        self
+    }
     /// A soak time after each batch is back, before the next one starts.
     pub fn wait_between_batches(mut self, wait: Duration) -> Self {
         self.config.wait_between_batches = wait;

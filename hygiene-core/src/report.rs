@@ -174,6 +174,7 @@ impl std::fmt::Display for AbortReason {
             Self::LeaseLost { message } => write!(
                 f,
                 "the run's lease was lost ({message}): nothing new started and what was out was put back where the run could; the report names every target still out"
+            ),
             Self::Hook { hook, when, batch, message } => write!(
                 f,
                 "hook {hook} failed {when} batch {batch}: {message}. Nothing more starts; fix what it checks, then run again"

@@ -125,13 +125,11 @@ async fn the_heartbeat_keeps_an_etcd_lease_alive() {
         .acquire("web", &Owner::here("run-1"), &[])
         .await
         .expect("acquire");
-    let hb = Heartbeat::start(
-        HeldLease {
-            store: Arc::new(a.clone()),
-            grant,
-        },
-        sent,
-    );
+    let hb = Heartbeat::start(HeldLease {
+        store: Arc::new(a.clone()),
+        grant,
+        since: sent,
+    });
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let r = b.acquire("web", &Owner::here("run-2"), &[]).await;

@@ -143,6 +143,9 @@ pub enum Record {
     Undone {
         /// The change's key.
         key: String,
+        /// When (RFC 3339).
+        at: String,
+    },
     /// A gate answered before or after a batch (every answer), or still
     /// said no at its timeout (`timed_out`; `go` then says whether the run
     /// went on, `on_gate_timeout = proceed`). Only a record of what was
