@@ -17,6 +17,7 @@ mod retry;
 mod ssh;
 mod target;
 pub mod testing;
+pub mod trace;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

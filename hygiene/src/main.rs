@@ -16,12 +16,14 @@ mod run;
 mod set;
 mod setup;
 mod status;
+mod telemetry;
 mod validate;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
+use tracing::Instrument as _;
 
 use crate::cli::{Cli, Command, Global};
 use crate::config::ConfigError;
@@ -153,16 +155,18 @@ async fn main() -> ExitCode {
     // On a terminal the progress view says what the warnings would; in a
     // log (not a terminal) the warnings are the progress.
     let terminal = std::io::stderr().is_terminal();
-    let default_level = if terminal && !json { "error" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_ansi(terminal)
-        .with_writer(std::io::stderr)
-        .init();
-    let code = match dispatch(cli).await {
+    let log_format = cli.global.log_format;
+    let default_level = match log_format {
+        // Lines for a log pipeline: phase changes included.
+        telemetry::LogFormat::Json => "info",
+        telemetry::LogFormat::Text if terminal && !json => "error",
+        telemetry::LogFormat::Text => "warn",
+    };
+    let telemetry = telemetry::init(log_format, default_level, terminal);
+    let span = telemetry::command_span(matches.subcommand_name().unwrap_or("hygiene"));
+    let result = dispatch(cli).instrument(span).await;
+    telemetry.shutdown();
+    let code = match result {
         Ok(code) => code,
         Err(f) => {
             let message = match &f {

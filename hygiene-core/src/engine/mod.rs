@@ -12,6 +12,7 @@ mod regressions;
 mod round3;
 #[cfg(test)]
 mod sim;
+mod spans;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -119,7 +120,7 @@ impl Rollout {
     /// been touched, every problem ends in a [`Report`] with each touched
     /// target either back in service or listed as kept out.
     pub async fn run(self) -> Result<Report> {
-        let span = tracing::info_span!("rollout", balancer = %self.lb.name(), executor = %self.exec.name());
+        let span = tracing::info_span!("rollout", balancer = %self.lb.name(), executor = %self.exec.name(), run = tracing::field::Empty);
         self.run_inner(Mode::Run).instrument(span).await
     }
 
@@ -148,7 +149,8 @@ impl Rollout {
     /// [`Error::Journal`] when there is no journal, it holds no unfinished
     /// run, or it cannot be read; as [`run`](Self::run) otherwise.
     pub async fn resume(self) -> Result<Report> {
-        let span = tracing::info_span!("resume", balancer = %self.lb.name());
+        let span =
+            tracing::info_span!("resume", balancer = %self.lb.name(), run = tracing::field::Empty);
         self.run_inner(Mode::Resume).instrument(span).await
     }
 
@@ -159,7 +161,8 @@ impl Rollout {
     /// # Errors
     /// As [`resume`](Self::resume).
     pub async fn restore(self) -> Result<Report> {
-        let span = tracing::info_span!("restore", balancer = %self.lb.name());
+        let span =
+            tracing::info_span!("restore", balancer = %self.lb.name(), run = tracing::field::Empty);
         self.run_inner(Mode::Restore).instrument(span).await
     }
 
@@ -189,6 +192,7 @@ impl Rollout {
             started,
             balancer_calls: AtomicU64::new(0),
             executor_calls: AtomicU64::new(0),
+            spans: Arc::new(spans::SpanTree::new()),
         });
         let lb = Arc::clone(&parts.lb);
         let state = match &journal {
@@ -315,6 +319,8 @@ impl Rollout {
                 ))
             }
         };
+        // Every line and span of the run carries its id (`run`).
+        tracing::Span::current().record("run", run_id.as_str());
         tracing::info!(run_id = %run_id, targets = machine.plan_targets().len(), ?mode, "rollout starts");
         Ok(driver::drive(parts, machine, self.cancel, run_id, started_at).await)
     }
