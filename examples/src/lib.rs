@@ -7,6 +7,7 @@ pub mod haproxy;
 pub mod hello;
 pub mod load;
 pub mod monitor;
+pub mod pushgateway;
 pub mod scenario;
 pub mod soak;
 pub mod sshd;

@@ -577,6 +577,18 @@ impl SsmExecutorBuilder {
         self
     }
 
+    /// Fills the document's parameter `name` with each command's W3C
+    /// `traceparent` (of its `maintenance` span, see
+    /// [`hygiene_core::trace`]), so the script's own spans join the
+    /// rollout's trace. The document declares it (`"traceparent":
+    /// {"type": "String", "default": ""}`) and exports it
+    /// (`export TRACEPARENT={{ traceparent }}`); preflight checks it is
+    /// declared. Only sent when there is a trace context.
+    pub fn with_traceparent_parameter(mut self, name: impl Into<String>) -> Self {
+        self.ssm.traceparent_parameter = Some(name.into());
+        self
+    }
+
     /// A comment shown in the SSM console (at most 100 characters).
     pub fn with_comment(mut self, comment: impl Into<String>) -> Self {
         self.ssm.comment = Some(comment.into());

@@ -66,6 +66,10 @@ pub(crate) fn check_parameters(s: &SsmSettings, doc: &DocumentInfo) -> Result<()
         sent.entry("executionTimeout")
             .or_insert("with_execution_timeout");
     }
+    if let Some(name) = &s.traceparent_parameter {
+        sent.entry(name.as_str())
+            .or_insert("with_traceparent_parameter");
+    }
     let takes = || {
         let mut names: Vec<&str> = doc.parameters.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_unstable();

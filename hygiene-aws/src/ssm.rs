@@ -17,7 +17,7 @@ use hygiene_core::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 
 use crate::error::{call, code_of, map_sdk, Subject};
 
@@ -85,6 +85,8 @@ pub(crate) struct SsmSettings {
     pub(crate) send_gap: Duration,
     pub(crate) check_document: bool,
     pub(crate) instance_ids: HashMap<TargetId, String>,
+    /// The document parameter that gets each command's `traceparent`.
+    pub(crate) traceparent_parameter: Option<String>,
 }
 
 impl fmt::Debug for SsmSettings {
@@ -108,6 +110,7 @@ impl fmt::Debug for SsmSettings {
             .field("send_gap", &self.send_gap)
             .field("check_document", &self.check_document)
             .field("instance_ids", &self.instance_ids)
+            .field("traceparent_parameter", &self.traceparent_parameter)
             .finish()
     }
 }
@@ -140,6 +143,7 @@ impl SsmSettings {
             send_gap: DEFAULT_SEND_GAP,
             check_document: true,
             instance_ids: HashMap::new(),
+            traceparent_parameter: None,
         }
     }
 
@@ -400,7 +404,11 @@ impl SsmExecutor {
     }
 
     /// One SendCommand to `instances`: the command id, or why not.
-    async fn send(&self, instances: &[String]) -> std::result::Result<String, SendFailure> {
+    async fn send(
+        &self,
+        instances: &[String],
+        traceparent: Option<&str>,
+    ) -> std::result::Result<String, SendFailure> {
         let s = self.settings();
         let mut req = self
             .client()
@@ -418,6 +426,9 @@ impl SsmExecutor {
             params
                 .entry("executionTimeout".to_owned())
                 .or_insert_with(|| vec![exec.as_secs().to_string()]);
+        }
+        if let (Some(name), Some(tp)) = (&s.traceparent_parameter, traceparent) {
+            params.insert(name.clone(), vec![tp.to_owned()]);
         }
         if !params.is_empty() {
             req = req.set_parameters(Some(params));
@@ -477,11 +488,12 @@ impl SsmExecutor {
     async fn send_retrying(
         &self,
         instances: &[String],
+        traceparent: Option<&str>,
     ) -> std::result::Result<String, SendFailure> {
         let r = with_retries_when(
             &self.settings().send_retry,
             || async {
-                match self.send(instances).await {
+                match self.send(instances, traceparent).await {
                     Err(f) if matches!(f.error, Error::Throttled { .. }) => Err(f.error),
                     other => Ok(other),
                 }
@@ -973,13 +985,23 @@ impl Executor for SsmExecutor {
             .map(<[_]>::to_vec)
             .collect();
         let mut last_send: Option<Instant> = None;
+        let mut spans: Vec<tracing::Span> = Vec::new();
         while let Some(chunk) = work.pop_front() {
             let instances: Vec<String> = chunk.iter().map(|(_, i)| i.clone()).collect();
             if let Some(at) = last_send {
                 tokio::time::sleep_until(at + s.send_gap).await;
             }
             last_send = Some(Instant::now());
-            match self.send_retrying(&instances).await {
+            // One span per command: a child of its first target's
+            // `executing` span; it ends with the call.
+            let span = hygiene_core::trace::maintenance_span(&targets[chunk[0].0].id);
+            let traceparent = hygiene_core::trace::traceparent(&span);
+            spans.push(span.clone());
+            match self
+                .send_retrying(&instances, traceparent.as_deref())
+                .instrument(span)
+                .await
+            {
                 Ok(command_id) => {
                     info!(command_id = %command_id, document = %s.document, instances = chunk.len(), "command sent");
                     for (i, inst) in &chunk {

@@ -362,6 +362,35 @@ async fn every_terminal_status_via_get_command_invocation() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn each_command_gets_the_traceparent_parameter_when_asked() {
+    // hygiene's own TRACEPARENT stands in for an exporter's span context.
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    assert!(hygiene_core::trace::set_injector(|_| Some(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()
+    )));
+    let fake = Fake::new(vec![("Success", "Success", 0, "ok", "")]);
+    let targets: Vec<Target> = (0..60).map(|i| target(&format!("i-{i:04x}"))).collect();
+    let exec = builder(&fake)
+        .with_traceparent_parameter("traceparent")
+        .build()
+        .expect("builds");
+    let out = exec.execute(&targets).await.expect("execute");
+    assert!(out.iter().all(|o| o.success));
+    let exec = builder(&fake).build().expect("builds");
+    exec.execute(&targets[..1]).await.expect("execute");
+    let f = fake.lock().expect("fake");
+    assert_eq!(f.sent_parameters.len(), 3);
+    for p in &f.sent_parameters[..2] {
+        assert_eq!(p.get("traceparent"), Some(&vec![tp.to_owned()]), "{p:?}");
+    }
+    assert!(
+        !f.sent_parameters[2].contains_key("traceparent"),
+        "only when asked: {:?}",
+        f.sent_parameters[2]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn at_most_fifty_instances_per_send_command() {
     let fake = Fake::new(vec![RUNNING, ("Success", "Success", 0, "ok", "")]);
     let targets: Vec<Target> = (0..120).map(|i| target(&format!("i-{i:04x}"))).collect();

@@ -21,6 +21,7 @@ mod retry;
 mod ssh;
 mod target;
 pub mod testing;
+pub mod trace;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use tokio::process::Command;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::executor::{ExecHandle, ExecOutcome, Executor, HandleSink, Preflight, Recovered};
@@ -451,7 +452,11 @@ impl SshCommand {
 
     /// The remote command line: the target's variables, quoted, then the
     /// configured command.
-    fn remote_line(&self, target: &Target) -> std::result::Result<String, String> {
+    fn remote_line(
+        &self,
+        target: &Target,
+        traceparent: Option<&str>,
+    ) -> std::result::Result<String, String> {
         let mut vars = vec![
             ("HYGIENE_TARGET_ID", target.id.as_str().to_owned()),
             (
@@ -461,6 +466,9 @@ impl SshCommand {
         ];
         if let Some(port) = target.port {
             vars.push(("HYGIENE_TARGET_PORT", port.to_string()));
+        }
+        if let Some(tp) = traceparent {
+            vars.push((crate::trace::TRACEPARENT, tp.to_owned()));
         }
         let mut line = String::from("export");
         for (k, v) in vars {
@@ -642,7 +650,9 @@ impl Executor for SshCommand {
                     Ok(h) => h,
                     Err(why) => return fail(why),
                 };
-                let line = match self.remote_line(t) {
+                let span = crate::trace::maintenance_span(&t.id);
+                let traceparent = crate::trace::traceparent(&span);
+                let line = match self.remote_line(t, traceparent.as_deref()) {
                     Ok(l) => l,
                     Err(why) => return fail(why),
                 };
@@ -651,7 +661,7 @@ impl Executor for SshCommand {
                     self.args(&host, &line, control),
                     t,
                 );
-                let o = runner.run(inv, t, sink).await;
+                let o = runner.run(inv, t, sink).instrument(span).await;
                 self.explain(o, &host)
             }
         }))
@@ -875,7 +885,7 @@ mod tests {
         let t = Target::new(TargetId::new("a'b;$(x)").expect("id"))
             .with_address("h")
             .with_port(80);
-        let line = c.remote_line(&t).expect("line");
+        let line = c.remote_line(&t, None).expect("line");
         assert!(line.contains("-c 'patch --now'"), "{line}");
         assert!(line.contains("timeout -k 10 600 "), "{line}");
         assert!(line.contains("HYGIENE_TARGET_PORT=80"), "{line}");

@@ -11,6 +11,7 @@ use hygiene_core::{duration_text, Amount};
 
 use crate::config::ConfigError;
 use crate::exit;
+use crate::telemetry::LogFormat;
 
 /// Safe rolling maintenance of the servers behind a load balancer.
 ///
@@ -78,6 +79,48 @@ pub(crate) struct Global {
     /// when set, decides instead). Colour follows NO_COLOR.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+    /// Log lines on stderr: `text`, or `json` (one object per line with
+    /// `run`, `pool`, `batch`, `target` and `phase`; default level info).
+    #[arg(long, global = true, env = "HYGIENE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+    /// After run, resume and restore: push the run's metrics to this
+    /// Pushgateway (`http://host:9091`), group `job="hygiene"`, `pool`.
+    #[arg(long, global = true, env = "HYGIENE_PUSHGATEWAY", value_name = "URL")]
+    pub(crate) pushgateway: Option<String>,
+    /// After run, resume and restore: write the run's metrics to this file
+    /// for node-exporter's textfile collector (replaced atomically).
+    #[arg(
+        long,
+        global = true,
+        env = "HYGIENE_METRICS_TEXTFILE",
+        value_name = "FILE"
+    )]
+    pub(crate) metrics_textfile: Option<PathBuf>,
+}
+
+impl Global {
+    /// Where the run's metrics go; a URL that is not http(s) is refused.
+    pub(crate) fn metrics_sinks(&self) -> Result<crate::telemetry::metrics::Sinks, ConfigError> {
+        let pushgateway = match &self.pushgateway {
+            None => None,
+            Some(u) => {
+                let url = reqwest::Url::parse(u)
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+                    .ok_or_else(|| {
+                        ConfigError::flag(
+                            "--pushgateway",
+                            format!("{u:?} is not a Pushgateway URL: give its base, like http://pushgateway:9091"),
+                        )
+                    })?;
+                Some(url)
+            }
+        };
+        Ok(crate::telemetry::metrics::Sinks {
+            pushgateway,
+            textfile: self.metrics_textfile.clone(),
+        })
+    }
 }
 
 /// What to do.

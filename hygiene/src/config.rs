@@ -732,6 +732,8 @@ pub(crate) struct SsmSection {
     pub(crate) cloudwatch_log_group: Option<String>,
     /// On Ctrl-C, cancel running commands (default true).
     pub(crate) cancel_on_interrupt: Option<bool>,
+    /// A parameter of the document that gets each command's `traceparent`.
+    pub(crate) traceparent_parameter: Option<String>,
 }
 
 /// What the SSM executor checks before a target is drained.

@@ -18,6 +18,7 @@ mod run;
 mod set;
 mod setup;
 mod status;
+mod telemetry;
 mod validate;
 mod zones;
 
@@ -25,6 +26,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
+use tracing::Instrument as _;
 
 use crate::cli::{Cli, Command, Global};
 use crate::config::ConfigError;
@@ -174,16 +176,21 @@ async fn main() -> ExitCode {
     }
     let json = cli.global.json;
     let terminal = std::io::stderr().is_terminal();
-    let default_level = log_level(terminal && !json, cli.global.quiet, cli.global.verbose);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_ansi(terminal && colour_allowed(std::env::var_os("NO_COLOR").as_deref()))
-        .with_writer(std::io::stderr)
-        .init();
-    let code = match dispatch(cli).await {
+    let log_format = cli.global.log_format;
+    let default_level = match log_format {
+        // Lines for a log pipeline: phase changes included (unless -q).
+        telemetry::LogFormat::Json if cli.global.verbose == 0 && !cli.global.quiet => "info",
+        _ => log_level(terminal && !json, cli.global.quiet, cli.global.verbose),
+    };
+    let telemetry = telemetry::init(
+        log_format,
+        default_level,
+        terminal && colour_allowed(std::env::var_os("NO_COLOR").as_deref()),
+    );
+    let span = telemetry::command_span(matches.subcommand_name().unwrap_or("hygiene"));
+    let result = dispatch(cli).instrument(span).await;
+    telemetry.shutdown();
+    let code = match result {
         Ok(code) => code,
         Err(f) => {
             let message = match &f {

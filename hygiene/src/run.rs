@@ -7,10 +7,12 @@ use std::sync::Arc;
 use hygiene_core::journal::FileJournal;
 use hygiene_core::{CancellationToken, Rollout};
 use hygiene_haproxy::SocketLevel;
+use tracing::Instrument as _;
 
 use crate::cli::{Global, RolloutFlags};
 use crate::config::{ConfigError, Loaded};
 use crate::output::{self, Follower, InProgress};
+use crate::telemetry::RunMetrics;
 use crate::{command_for, exit, kept, setup, Failure};
 
 /// Which of the three.
@@ -27,6 +29,8 @@ pub(crate) enum Mode {
 /// Runs, resumes or restores; returns the exit code of the report.
 pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
+    tracing::Span::current().record("pool", loaded.pool_name());
+    let sinks = g.metrics_sinks()?;
     let narrows = !flags.only.is_empty() || !flags.exclude.is_empty();
     if narrows && !matches!(mode, Mode::Run { .. }) {
         let flag = if flags.only.is_empty() {
@@ -134,15 +138,20 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
         command_for(g, "resume"),
         command_for(g, "restore"),
     ));
-    let task = tokio::spawn(async move {
-        match mode {
-            Mode::Run { .. } => rollout.run().await,
-            Mode::Resume => rollout.resume().await,
-            Mode::Restore => rollout.restore().await,
+    let task = tokio::spawn(
+        async move {
+            match mode {
+                Mode::Run { .. } => rollout.run().await,
+                Mode::Resume => rollout.resume().await,
+                Mode::Restore => rollout.restore().await,
+            }
         }
-    });
+        .instrument(tracing::Span::current()),
+    );
+    let metrics = RunMetrics::start(sinks, &loaded.pool_name());
     let mut follower = Follower::new(g.json, in_progress).quiet(g.quiet);
     while let Some(e) = events.recv().await {
+        metrics.event(&e);
         follower.event(&e);
     }
     follower.finish();
@@ -179,6 +188,9 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
             }))
         }
     };
+    for w in metrics.finish(&report).await {
+        eprintln!("warning: {}", output::clean(w));
+    }
     if g.json {
         output::json_line("report", &report);
     } else {

@@ -823,6 +823,9 @@ async fn ssm(
     if let Some(t) = s.execution_timeout {
         b = b.with_execution_timeout(t);
     }
+    if let Some(p) = &s.traceparent_parameter {
+        b = b.with_traceparent_parameter(p);
+    }
     if let Some(t) = s.wait_timeout {
         b = b.with_wait_timeout(t);
     }

@@ -154,6 +154,8 @@ pub(crate) struct Parts {
     pub(crate) gates: Vec<Arc<dyn Gate>>,
     /// The run's id, told to the gates (set once the run has one).
     pub(crate) run_id: std::sync::OnceLock<String>,
+    /// The run's batch, target and phase spans, from its events.
+    pub(crate) spans: Arc<super::spans::SpanTree>,
 }
 
 impl Parts {
@@ -170,12 +172,14 @@ impl Parts {
     }
 
     fn event(&self, batch: Option<usize>, kind: EventKind) {
-        self.hub.publish(Event {
+        let event = Event {
             at: jiff::Timestamp::now().to_string(),
             elapsed: self.started.elapsed(),
             batch,
             kind,
-        });
+        };
+        self.spans.observe(&event);
+        self.hub.publish(event);
     }
 
     /// One call with retries of `when`-errors, each attempt bounded by
@@ -377,13 +381,18 @@ impl Parts {
                 // only a throttled call, which the executor refused, is
                 // tried again; a call past its limit is not.
                 let sink = self.handle_sink(call);
+                // Each maintenance's span is a child of its target's phase.
+                let spans = self.spans.lookup();
                 Reply::Executed(
-                    self.call(
-                        "execute",
-                        &self.executor_calls,
-                        self.config.execute_timeout(),
-                        |e| matches!(e, Error::Throttled { .. }),
-                        || exec.execute_tracked(&targets, &sink),
+                    crate::trace::with_phase_spans(
+                        spans,
+                        self.call(
+                            "execute",
+                            &self.executor_calls,
+                            self.config.execute_timeout(),
+                            |e| matches!(e, Error::Throttled { .. }),
+                            || exec.execute_tracked(&targets, &sink),
+                        ),
                     )
                     .await,
                 )
@@ -568,7 +577,7 @@ pub(crate) async fn drive(
             inflight.push(launch(&parts, &cancel, e));
         }
         while let Some((batch, kind)) = machine.poll_event() {
-            log_event(&kind);
+            log_event(batch, &kind);
             journal_gate(&parts, batch, &kind);
             parts.event(batch, kind);
         }
@@ -798,16 +807,22 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
-fn log_event(kind: &EventKind) {
+fn log_event(batch: Option<usize>, kind: &EventKind) {
+    // `batch` is recorded only when there is one.
+    let batch = batch.map(|b| b as u64);
     match kind {
         EventKind::Phase {
             id,
             stage: crate::phase::Stage::Failed,
             detail,
-        } => warn!(target.id = %id, reason = detail.as_deref().unwrap_or(""), "target failed"),
-        EventKind::Phase { id, stage, .. } => info!(target.id = %id, phase = %stage, "phase"),
+        } => {
+            warn!(batch, target.id = %id, reason = detail.as_deref().unwrap_or(""), "target failed")
+        }
+        EventKind::Phase { id, stage, .. } => {
+            info!(batch, target.id = %id, phase = %stage, "phase")
+        }
         EventKind::BatchStarted { index, targets } => {
-            info!(index, size = targets.len(), "batch starts");
+            info!(batch, index, size = targets.len(), "batch starts");
         }
         EventKind::Stopping { reason } => warn!(reason = %reason, "no new targets start"),
         EventKind::GateHolding {

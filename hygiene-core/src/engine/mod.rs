@@ -15,6 +15,7 @@ mod regressions;
 mod round3;
 #[cfg(test)]
 mod sim;
+mod spans;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -179,7 +180,7 @@ impl Rollout {
     /// been touched, every problem ends in a [`Report`] with each touched
     /// target either back in service or listed as kept out.
     pub async fn run(self) -> Result<Report> {
-        let span = tracing::info_span!("rollout", balancer = %self.lb.name(), executor = %self.exec.name());
+        let span = tracing::info_span!("rollout", balancer = %self.lb.name(), executor = %self.exec.name(), run = tracing::field::Empty);
         self.run_inner(Mode::Run).instrument(span).await
     }
 
@@ -251,7 +252,8 @@ impl Rollout {
     /// [`Error::Journal`] when there is no journal, it holds no unfinished
     /// run, or it cannot be read; as [`run`](Self::run) otherwise.
     pub async fn resume(self) -> Result<Report> {
-        let span = tracing::info_span!("resume", balancer = %self.lb.name());
+        let span =
+            tracing::info_span!("resume", balancer = %self.lb.name(), run = tracing::field::Empty);
         self.run_inner(Mode::Resume).instrument(span).await
     }
 
@@ -262,7 +264,8 @@ impl Rollout {
     /// # Errors
     /// As [`resume`](Self::resume).
     pub async fn restore(self) -> Result<Report> {
-        let span = tracing::info_span!("restore", balancer = %self.lb.name());
+        let span =
+            tracing::info_span!("restore", balancer = %self.lb.name(), run = tracing::field::Empty);
         self.run_inner(Mode::Restore).instrument(span).await
     }
 
@@ -316,6 +319,7 @@ impl Rollout {
             executor_calls: AtomicU64::new(0),
             gates: self.gates.iter().map(|(g, _, _)| Arc::clone(g)).collect(),
             run_id: std::sync::OnceLock::new(),
+            spans: Arc::new(spans::SpanTree::new()),
         });
         let gate_specs: Vec<GateSpec> = self
             .gates
@@ -454,6 +458,8 @@ impl Rollout {
                 ))
             }
         };
+        // Every line and span of the run carries its id (`run`).
+        tracing::Span::current().record("run", run_id.as_str());
         tracing::info!(run_id = %run_id, targets = machine.plan_targets().len(), ?mode, "rollout starts");
         let machine = machine.with_gates(gate_specs);
         let delivery = (!notifiers.is_empty()).then(|| {

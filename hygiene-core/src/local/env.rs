@@ -21,6 +21,7 @@ const RESERVED: &[&str] = &[
     "HYGIENE_TARGET_ADDRESS",
     "HYGIENE_TARGET_PORT",
     "HYGIENE_EXEC_DIR",
+    "TRACEPARENT",
 ];
 
 /// The environment of a child: the allow-list, the executor's own

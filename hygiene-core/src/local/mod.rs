@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use tokio::process::Command;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::executor::{
@@ -172,8 +173,9 @@ impl Executor for LocalCommand {
     ) -> Result<Vec<ExecOutcome>> {
         let runner = self.runner();
         Ok(join_all(targets.iter().map(|t| {
-            let inv = Invocation::new(self.program.clone(), self.args.clone(), t);
-            runner.run(inv, t, sink)
+            let span = crate::trace::maintenance_span(&t.id);
+            let inv = Invocation::new(self.program.clone(), self.args.clone(), t).traced(&span);
+            runner.run(inv, t, sink).instrument(span)
         }))
         .await)
     }
@@ -208,6 +210,14 @@ impl Invocation {
             env.push(("HYGIENE_TARGET_PORT".to_owned(), port.to_string()));
         }
         Self { program, args, env }
+    }
+
+    /// With the `TRACEPARENT` of the maintenance's span, when it has one.
+    pub(crate) fn traced(mut self, span: &tracing::Span) -> Self {
+        if let Some(tp) = crate::trace::traceparent(span) {
+            self.env.push((crate::trace::TRACEPARENT.to_owned(), tp));
+        }
+        self
     }
 }
 
