@@ -458,6 +458,8 @@ pub(crate) struct File {
     pub(crate) rollout: Option<Spanned<RolloutConfig>>,
     /// A direct check of each target before it is put back.
     pub(crate) probe: Option<Spanned<ProbeSection>>,
+    /// Where the pool's lease is kept (`[lease.etcd]`).
+    pub(crate) lease: Option<Spanned<crate::lease_etcd::LeaseSection>>,
 }
 
 /// `[balancer.*]`

@@ -9,6 +9,7 @@ mod elbv2;
 mod enable;
 mod exit;
 mod kept;
+mod lease_etcd;
 mod output;
 mod plan;
 mod preflight;

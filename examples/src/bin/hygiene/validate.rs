@@ -38,6 +38,9 @@ struct Validation {
     balancer: String,
     executor: String,
     probe: Option<String>,
+    /// The shared lease store: reachable and writable, and the holder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<String>,
     rollout: hygiene_core::RolloutConfig,
     online: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +90,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         balancer: setup.balancer.name(),
         executor: setup.executor.name(),
         probe: probe_text(&loaded),
+        lease: None,
         rollout: setup.rollout.clone(),
         online: !offline,
         capabilities: None,
@@ -112,6 +116,18 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
     }
     let mut code = exit::OK;
     v.problems.extend(drain_problems);
+    if offline {
+        crate::lease_etcd::check_offline(&loaded)?;
+    } else {
+        match crate::lease_etcd::validate(&loaded, &setup.pool).await? {
+            Some(Ok(line)) => v.lease = Some(line),
+            Some(Err(problem)) => {
+                v.problems.push(problem);
+                blocked = true;
+            }
+            None => {}
+        }
+    }
     if !offline {
         let listed = setup.balancer.list().await?;
         setup::select(&mut setup, &listed, flags, false)?;
@@ -387,6 +403,10 @@ fn human(v: &Validation) -> String {
         "  probe      {}\n",
         v.probe.as_deref().unwrap_or("none")
     ));
+    if let Some(l) = &v.lease {
+        // The holder is read back from the store: data, escaped.
+        o.push_str(&format!("  lease      {}\n", clean(l)));
+    }
     let r = &v.rollout;
     o.push_str(&format!(
         "  rollout    batch_size {}, min_healthy {}, max_failures {}, drain_timeout {}, health_timeout {}, pacing {}{}\n",
