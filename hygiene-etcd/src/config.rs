@@ -129,6 +129,15 @@ impl EtcdLeaseStoreBuilder {
         self
     }
 
+    /// Checks every field and reads the TLS files, connecting nowhere
+    /// (`hygiene validate --offline`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field and what to write.
+    pub fn check(&self) -> Result<()> {
+        self.settings().map(drop)
+    }
+
     /// Checks every field and reads the TLS files.
     pub(crate) fn settings(&self) -> Result<Settings> {
         if self.endpoints.is_empty() {

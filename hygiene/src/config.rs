@@ -467,6 +467,8 @@ pub(crate) struct File {
     /// `[[hook]]`: commands before and after the run and each batch.
     #[serde(default)]
     pub(crate) hook: crate::gates::Hooks,
+    /// Where the pool's lease is kept (`[lease.etcd]`).
+    pub(crate) lease: Option<Spanned<crate::lease_etcd::LeaseSection>>,
 }
 
 /// `[balancer.*]`

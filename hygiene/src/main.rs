@@ -11,6 +11,7 @@ mod enable;
 mod exit;
 mod gates;
 mod kept;
+mod lease_etcd;
 mod output;
 mod plan;
 mod preflight;

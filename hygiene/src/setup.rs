@@ -665,6 +665,9 @@ fn child_env<X>(
     if let Some(secret) = password_env(loaded) {
         x = at(loaded, span.clone(), section, withhold(x, &secret))?;
     }
+    if let Some(secret) = crate::lease_etcd::password_env(loaded) {
+        x = at(loaded, span.clone(), section, withhold(x, &secret))?;
+    }
     for name in pass_env.iter().flat_map(|p| p.get_ref()) {
         x = at(loaded, span.clone(), section, pass(x, name))?;
     }

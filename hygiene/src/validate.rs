@@ -41,6 +41,9 @@ struct Validation {
     /// The gates and notifiers, one line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     outside: Vec<String>,
+    /// The shared lease store: reachable and writable, and the holder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<String>,
     rollout: hygiene_core::RolloutConfig,
     online: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,6 +98,7 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
         executor: setup.executor.name(),
         probe: probe_text(&loaded),
         outside: setup.outside.described.clone(),
+        lease: None,
         rollout: setup.rollout.clone(),
         online: !offline,
         capabilities: None,
@@ -121,6 +125,18 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
     }
     let mut code = exit::OK;
     v.problems.extend(drain_problems);
+    if offline {
+        crate::lease_etcd::check_offline(&loaded)?;
+    } else {
+        match crate::lease_etcd::validate(&loaded, &setup.pool).await? {
+            Some(Ok(line)) => v.lease = Some(line),
+            Some(Err(problem)) => {
+                v.problems.push(problem);
+                blocked = true;
+            }
+            None => {}
+        }
+    }
     if !offline {
         let listed = setup.balancer.list().await?;
         setup::select(&mut setup, &listed, flags, false)?;
@@ -403,6 +419,10 @@ fn human(v: &Validation) -> String {
     ));
     for line in &v.outside {
         o.push_str(&format!("  {}\n", clean(line)));
+    }
+    if let Some(l) = &v.lease {
+        // The holder is read back from the store: data, escaped.
+        o.push_str(&format!("  lease      {}\n", clean(l)));
     }
     let r = &v.rollout;
     o.push_str(&format!(
