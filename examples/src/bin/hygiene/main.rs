@@ -3,6 +3,7 @@
 //! ssh, SSM): `validate`, `plan`, `run`, `resume`, `restore`, `status`,
 //! `completions`, `man`. See `hygiene --help` and the README.
 
+mod caddy;
 mod cli;
 mod config;
 mod elbv2;
