@@ -8,7 +8,9 @@
 //!
 //! A backend's integration test builds its balancer against the real
 //! server (or a faithful fake), and gives the suite a [`Fixture`]: two
-//! targets in service, an id the balancer does not know, an id the backend
+//! targets in service (and a third one in the pool, since the suite drains
+//! both at once and a backend may rightly refuse to empty a pool), an id
+//! the balancer does not know, an id the backend
 //! must refuse when it has stricter naming rules than [`TargetId::new`]
 //! (HAProxy: `web/s1;shutdown`), and how long a change may take to show.
 //! The checks leave every target as they found it (in service).
@@ -48,7 +50,11 @@ use crate::target::{Health, TargetId, TargetState, TargetStatus};
 /// What a backend's test gives the suite.
 #[derive(Debug, Clone)]
 pub struct Fixture {
-    /// A target in service, distinct from `b`.
+    /// A target in service, distinct from `b`. The pool must hold at least
+    /// one more target in service than `a` and `b`:
+    /// [`check_concurrent_drain`] drains both together, and a backend that
+    /// refuses to take the last entry out of a pool (Caddy's, whose route
+    /// would then fail every request) would rightly refuse that drain.
     pub a: TargetId,
     /// Another target in service.
     pub b: TargetId,

@@ -183,13 +183,14 @@ impl Loaded {
             return Err(self.error_at(
                 Some(0..0),
                 "balancer",
-                "no balancer is configured: add one of [balancer.haproxy], [balancer.nginx] or [balancer.elbv2]",
+                "no balancer is configured: add one of [balancer.haproxy], [balancer.nginx], [balancer.elbv2] or [balancer.caddy]",
             ));
         };
         let present: Vec<(&str, Range<usize>)> = [
             b.get_ref().haproxy.as_ref().map(|s| ("haproxy", s.span())),
             b.get_ref().nginx.as_ref().map(|s| ("nginx", s.span())),
             b.get_ref().elbv2.as_ref().map(|s| ("elbv2", s.span())),
+            b.get_ref().caddy.as_ref().map(|s| ("caddy", s.span())),
         ]
         .into_iter()
         .flatten()
@@ -198,7 +199,7 @@ impl Loaded {
             "balancer",
             b.span(),
             &present,
-            "[balancer.haproxy], [balancer.nginx] or [balancer.elbv2]",
+            "[balancer.haproxy], [balancer.nginx], [balancer.elbv2] or [balancer.caddy]",
             " per file",
             "; give each pool its own configuration file",
         )?;
@@ -281,6 +282,8 @@ impl Loaded {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join("+")
+        } else if let Some(c) = &b.caddy {
+            c.get_ref().pool_name()
         } else {
             "elbv2".into()
         };
@@ -478,6 +481,7 @@ pub(crate) struct BalancerSection {
     pub(crate) haproxy: Option<Spanned<HaproxySection>>,
     pub(crate) nginx: Option<Spanned<NginxSection>>,
     pub(crate) elbv2: Option<Spanned<Elbv2Section>>,
+    pub(crate) caddy: Option<Spanned<crate::caddy::CaddySection>>,
 }
 
 /// `[balancer.haproxy]`

@@ -4,6 +4,7 @@
 //! `completions`, `man`. See `hygiene --help` and the README.
 
 mod asg;
+mod caddy;
 mod cli;
 mod config;
 mod elbv2;

@@ -381,6 +381,9 @@ async fn balancer(
     if let Some(n) = &b.nginx {
         return nginx(loaded, n, poll).map(|lb| (lb, "nginx", None, None));
     }
+    if let Some(c) = &b.caddy {
+        return crate::caddy::balancer(loaded, c, poll).map(|lb| (lb, "caddy", None, None));
+    }
     if let Some(e) = &b.elbv2 {
         return elbv2(loaded, e, poll, call_timeout)
             .await

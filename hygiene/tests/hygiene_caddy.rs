@@ -1,0 +1,380 @@
+//! Caddy through `hygiene-caddy`, against a real Caddy (Debian's 2.6.2,
+//! `HYGIENE_CADDY_BIN`) on loopback: a rollout under constant load in
+//! which no request fails because of the rollout (no answer from a stopped
+//! service, nothing cut or hanging; Caddy's own reload races, measured
+//! alone, are bounded), and `hygiene` driven by
+//! `examples/config/caddy.toml`'s `[balancer.caddy]`.
+#![cfg(feature = "caddy")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{example_config, hygiene, json_lines, out, replace, set, write};
+use examples::hello::HelloService;
+use examples::load::{Load, LoadConfig};
+use hygiene_caddy::CaddyBalancer;
+use hygiene_core::conformance::integration_available;
+use hygiene_core::{
+    Amount, ExecOutcome, Executor, Outcome, Preflight, Rollout, RolloutConfig, Target,
+};
+use serde_json::{json, Value};
+
+fn caddy_bin() -> Option<PathBuf> {
+    let bin = std::env::var_os("HYGIENE_CADDY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/caddy"));
+    let ok = std::process::Command::new(&bin)
+        .arg("version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    integration_available(
+        "caddy",
+        ok,
+        "apt-get install -y caddy, or set HYGIENE_CADDY_BIN",
+    )
+    .then_some(bin)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// A real Caddy: server `web` on a loopback port, one route to the
+/// `reverse_proxy` handler `@id: web` over `dials`, active health checks on
+/// `/health` every 300 ms, no retries (`lb_try_duration` 0: Caddy hides no
+/// error), admin API on another loopback port, no autosave.
+struct Caddy {
+    admin: String,
+    http: std::net::SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Caddy {
+    async fn start(bin: &Path, dials: &[String]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let http: std::net::SocketAddr =
+            format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let cfg = json!({
+            "admin": {"listen": admin, "config": {"persist": false}},
+            "logging": {"logs": {"default": {"level": "ERROR"}}},
+            "apps": {"http": {"servers": {"web": {
+                "listen": [http.to_string()],
+                "automatic_https": {"disable": true},
+                "routes": [{"handle": [{
+                    "@id": "web",
+                    "handler": "reverse_proxy",
+                    "upstreams": dials.iter().map(|d| json!({"dial": d})).collect::<Vec<_>>(),
+                    "health_checks": {"active": {"uri": "/health", "interval": "300ms", "timeout": "250ms"}},
+                }]}],
+            }}}},
+        });
+        let path = dir.path().join("caddy.json");
+        std::fs::write(&path, cfg.to_string()).expect("write");
+        let child = std::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("caddy starts");
+        let caddy = Self {
+            admin: format!("http://{admin}"),
+            http,
+            child,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if caddy.config().await.is_some() {
+                return caddy;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("caddy did not answer on {}", caddy.admin);
+    }
+
+    async fn config(&self) -> Option<Value> {
+        let admin = self.admin.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("curl")
+                .args(["-sf", &format!("{admin}/config/")])
+                .output()
+                .ok()?;
+            serde_json::from_slice(&out.stdout).ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// The maintenance: the target's service stops (listener closed,
+/// connections cut), is down for `patch`, and starts again.
+#[derive(Debug)]
+struct Restart {
+    services: HashMap<String, Arc<HelloService>>,
+    patch: Duration,
+}
+
+#[async_trait]
+impl Executor for Restart {
+    fn name(&self) -> String {
+        "restart".into()
+    }
+    async fn preflight(&self, targets: &[Target]) -> hygiene_core::Result<Vec<Preflight>> {
+        Ok(vec![Preflight::Ready; targets.len()])
+    }
+    async fn execute(&self, targets: &[Target]) -> hygiene_core::Result<Vec<ExecOutcome>> {
+        let start = tokio::time::Instant::now();
+        for t in targets {
+            let s = &self.services[t.id.as_str()];
+            s.stop();
+            tokio::time::sleep(self.patch).await;
+            s.resume().map_err(|e| hygiene_core::Error::Executor {
+                executor: "restart".into(),
+                message: e.to_string(),
+                source: None,
+            })?;
+        }
+        Ok(targets
+            .iter()
+            .map(|t| ExecOutcome::success(t.id.clone(), start.elapsed()))
+            .collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_under_load_loses_no_request() {
+    let Some(bin) = caddy_bin() else { return };
+    // Each request takes 20 ms, so requests are in flight at every drain.
+    let mut services = Vec::new();
+    for n in ["s1", "s2", "s3"] {
+        services.push(
+            HelloService::start(n, Duration::from_millis(20))
+                .await
+                .expect("service"),
+        );
+    }
+    let dials: Vec<String> = services.iter().map(|s| s.addr().to_string()).collect();
+    let caddy = Caddy::start(&bin, &dials).await;
+    let before = caddy.config().await.expect("config");
+    let lb = CaddyBalancer::builder()
+        .admin(&caddy.admin)
+        .handler("web")
+        .build()
+        .expect("valid");
+    let exec = Restart {
+        services: dials
+            .iter()
+            .cloned()
+            .zip(services.iter().cloned())
+            .collect(),
+        patch: Duration::from_millis(500),
+    };
+    let config = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(1))
+        .max_failures(Amount::Count(0))
+        .poll_interval(Duration::from_millis(100))
+        .health_timeout(Duration::from_secs(30))
+        .drain_timeout(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    let load = Load::start(caddy.http, load_config());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = Rollout::new(lb, exec, config).run().await.expect("rollout");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = load.stop().await;
+    eprintln!(
+        "caddy rollout under load: {} requests, {} failed {:?}, by server {:?}",
+        stats.requests, stats.failed, stats.failed_by_kind, stats.by_server
+    );
+    assert_eq!(
+        report.outcome,
+        Outcome::Completed,
+        "{}",
+        report.to_json_pretty()
+    );
+    assert!(stats.requests > 500, "the load ran: {stats:?}");
+    // What a wrong drain or enable costs: an answer from a stopped service
+    // (502/503 from Caddy), a request cut mid-way or hanging. None, ever.
+    let from_rollout: Vec<_> = stats
+        .failed_by_kind
+        .iter()
+        .filter(|(kind, _)| !reload_race(kind))
+        .collect();
+    assert!(from_rollout.is_empty(), "failed requests: {stats:?}");
+    // Caddy 2.6.2 restarts its HTTP server on every configuration change
+    // (two per target here): a new SO_REUSEPORT listener replaces the old
+    // one, whose accept queue is reset, and the old server closes its idle
+    // keep-alive connections, racing a client that is just sending on one.
+    // That costs a few requests per hundred reloads under this load whoever
+    // makes the change (`caddy_reloads_alone_cost_requests_under_load`
+    // measures it without hygiene); the load generator sees them as resets
+    // at Caddy's frontend, never as answers. Bounded here, not zero.
+    assert!(
+        stats.failed <= 3,
+        "more reload races than Caddy's own rate: {stats:?}"
+    );
+    for s in ["s1", "s2", "s3"] {
+        assert!(
+            stats.by_server.get(s).copied().unwrap_or(0) > 0,
+            "{s} served: {stats:?}"
+        );
+    }
+    assert_eq!(
+        caddy.config().await.expect("config"),
+        before,
+        "put back exactly"
+    );
+}
+
+/// A connection-level failure at Caddy's own frontend (its listener or a
+/// keep-alive connection closed by a reload), as opposed to an answer.
+fn reload_race(kind: &str) -> bool {
+    matches!(
+        kind,
+        "keepalive_reset" | "fresh_reset" | "fresh_connect" | "keepalive_connect"
+    )
+}
+
+/// The cost of Caddy 2.6.2's reloads alone, without hygiene: the same load
+/// and `RELOADS` (40) configuration changes that change nothing that
+/// matters (the health check interval). Run by hand:
+/// `cargo test -p examples --test hygiene_caddy -- --ignored --nocapture`.
+/// Measured here: 40 reloads, ~6,400 requests, 7 and 12 failed (all
+/// resets or refused connections at Caddy's frontend); 30 reloads: 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement of Caddy itself, not a check of hygiene"]
+async fn caddy_reloads_alone_cost_requests_under_load() {
+    let Some(bin) = caddy_bin() else { return };
+    let mut services = Vec::new();
+    for n in ["s1", "s2", "s3"] {
+        services.push(
+            HelloService::start(n, Duration::from_millis(20))
+                .await
+                .expect("service"),
+        );
+    }
+    let dials: Vec<String> = services.iter().map(|s| s.addr().to_string()).collect();
+    let caddy = Caddy::start(&bin, &dials).await;
+    let load = Load::start(caddy.http, load_config());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n: usize = std::env::var("RELOADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    for i in 0..n {
+        let url = format!(
+            "{}/config/apps/http/servers/web/routes/0/handle/0/health_checks/active/interval",
+            caddy.admin
+        );
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args([
+                    "-sf",
+                    "-X",
+                    "PATCH",
+                    "-H",
+                    "Content-Type: application/json",
+                    &url,
+                ])
+                .arg("-d")
+                .arg(format!("\"{}ms\"", 300 + i))
+                .status()
+        })
+        .await
+        .expect("join")
+        .expect("curl");
+        assert!(status.success());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let stats = load.stop().await;
+    eprintln!(
+        "caddy alone, {n} reloads: {} requests, {} failed {:?}",
+        stats.requests, stats.failed, stats.failed_by_kind
+    );
+}
+
+fn load_config() -> LoadConfig {
+    LoadConfig {
+        keepalive_clients: 6,
+        fresh_clients: 6,
+        rate_per_client: None,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// `hygiene validate` and `hygiene run` with `examples/config/caddy.toml`,
+/// pointed at the test's Caddy, with a maintenance that does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hygiene_command_runs_a_caddy_pool() {
+    let Some(bin) = caddy_bin() else { return };
+    let mut services = Vec::new();
+    for n in ["s1", "s2"] {
+        services.push(
+            HelloService::start(n, Duration::ZERO)
+                .await
+                .expect("service"),
+        );
+    }
+    let dials: Vec<String> = services.iter().map(|s| s.addr().to_string()).collect();
+    let caddy = Caddy::start(&bin, &dials).await;
+    let before = caddy.config().await.expect("config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut t = example_config("caddy.toml");
+    replace(&mut t, "balancer.caddy", "admin", caddy.admin.clone());
+    replace(&mut t, "executor.local", "program", "/bin/true");
+    set(&mut t, "rollout", "poll_interval", "100ms");
+    let cfg = write(dir.path(), &t);
+
+    let mut c = hygiene(&cfg, &state);
+    c.args(["validate", "--json"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    for d in &dials {
+        assert!(stdout.contains(d.as_str()), "lists {d}: {stdout}");
+    }
+
+    let mut c = hygiene(&cfg, &state);
+    c.args(["run", "--yes", "--json"]);
+    let (code, stdout, err) = out(c);
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let lines = json_lines(&stdout);
+    let report = lines.last().expect("a report line");
+    assert_eq!(report["type"], "report", "{report}");
+    assert_eq!(report["outcome"]["kind"], "completed", "{report}");
+    assert_eq!(caddy.config().await.expect("config"), before);
+
+    // A misspelled handler: a configuration error naming it, nothing changed.
+    replace(&mut t, "balancer.caddy", "handlers", vec!["wbe"]);
+    let cfg = write(dir.path(), &t);
+    let mut c = hygiene(&cfg, &state);
+    c.arg("run").arg("--yes");
+    let (code, _, err) = out(c);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("wbe"), "{err}");
+    assert_eq!(caddy.config().await.expect("config"), before);
+}
