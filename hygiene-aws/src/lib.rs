@@ -8,6 +8,7 @@ mod discovery;
 mod document;
 mod error;
 mod health;
+mod lease;
 mod pacing;
 mod ssm;
 
@@ -18,6 +19,7 @@ pub use attributes::{DeregistrationDelay, DRAIN_TIMEOUT_MARGIN};
 pub use balancer::{Elbv2Balancer, OtherTargetGroups};
 pub use config::{ApiCallCounter, Elbv2BalancerBuilder, SsmExecutorBuilder};
 pub use discovery::{Discovery, InstanceSelector};
+pub use lease::DynamoLeaseStore;
 pub use ssm::{PreflightCheck, SsmExecutor, StatusApi, MAX_INSTANCES_PER_COMMAND};
 
 /// Re-exported AWS configuration types, so callers need no direct
