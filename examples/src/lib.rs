@@ -2,6 +2,7 @@
 //! real HAProxy in front of them, a load generator that counts every failed
 //! request, and the control channel the simulated patch uses.
 
+pub mod caddy;
 pub mod control;
 pub mod haproxy;
 pub mod hello;

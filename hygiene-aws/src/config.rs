@@ -161,6 +161,19 @@ impl ClientSettings {
         Ok(aws_sdk_ec2::Client::from_conf(b.build()))
     }
 
+    /// A DynamoDB client from these settings (the lease store's).
+    pub(crate) fn dynamodb(&self) -> Result<aws_sdk_dynamodb::Client> {
+        self.check_endpoint()?;
+        let mut b = aws_sdk_dynamodb::config::Builder::from(self.sdk("dynamodb client")?);
+        if let Some(url) = &self.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        if let Some(c) = &self.counter {
+            b = b.interceptor(c.clone());
+        }
+        Ok(aws_sdk_dynamodb::Client::from_conf(b.build()))
+    }
+
     /// An Auto Scaling client from these settings.
     pub(crate) fn autoscaling(&self) -> Result<aws_sdk_autoscaling::Client> {
         self.check_endpoint()?;

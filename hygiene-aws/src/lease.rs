@@ -91,6 +91,34 @@ impl DynamoLeaseStore {
         }
     }
 
+    /// A store in `table` with a client from `sdk` (region, credentials)
+    /// and, for tests against moto, an `endpoint_url`.
+    ///
+    /// # Errors
+    /// [`hygiene_core::Error::InvalidConfig`] for an endpoint that is not an
+    /// http(s) URL or an empty table name.
+    pub fn from_sdk_config(
+        sdk: &crate::SdkConfig,
+        endpoint_url: Option<String>,
+        table: impl Into<String>,
+        duration: Duration,
+    ) -> hygiene_core::Result<Self> {
+        let table = table.into();
+        if table.is_empty() {
+            return Err(hygiene_core::Error::invalid_config(
+                "table",
+                "the DynamoDB table of the leases has no name: set table",
+            ));
+        }
+        let client = crate::config::ClientSettings {
+            sdk: Some(sdk.clone()),
+            endpoint_url,
+            counter: None,
+        }
+        .dynamodb()?;
+        Ok(Self::new(client, table, duration))
+    }
+
     /// Creates the table (on-demand billing; key `pk` S + `sk` N) and waits
     /// until it is active. For tests and first installs; an existing
     /// table is an error.

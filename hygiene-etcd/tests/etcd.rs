@@ -497,38 +497,3 @@ async fn etcd_over_tls_with_client_certificates() {
         );
     }
 }
-
-/// The lease's added time per batch on a loopback etcd: take the batch's
-/// host, journal the drain and the enable (intent + result each), give
-/// the host back. Printed as a benchmark line; it must stay under one
-/// poll interval of the fast balancers (HAProxy's default is 200 ms…
-/// here the bound is 100 ms for the median).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_lease_time_added_per_batch() {
-    let Some(etcd) = common::etcd().await else {
-        return;
-    };
-    let a = common::store(&etcd, 5).await;
-    let g = a
-        .acquire("web", &Owner::here("bench"), &[])
-        .await
-        .expect("acquire");
-    let mut took = Vec::new();
-    for n in 0..30 {
-        let host = vec![format!("10.0.0.{n}")];
-        let start = Instant::now();
-        a.take_hosts(&g, &host).await.expect("take");
-        for _ in 0..4 {
-            a.append(&g, &note("batch")).await.expect("append");
-        }
-        a.give_back(&g, &host).await.expect("give back");
-        took.push(start.elapsed());
-    }
-    took.sort();
-    let median = took[took.len() / 2];
-    println!(
-        "bench etcd lease per batch: median {median:?}, max {:?} (take_hosts + 4 journal records + give_back, loopback etcd)",
-        took[took.len() - 1]
-    );
-    assert!(median < Duration::from_millis(100), "median {median:?}");
-}

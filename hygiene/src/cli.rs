@@ -200,6 +200,27 @@ pub(crate) enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// List the pool's past runs, newest first, with their outcome and
+    /// what they left out (every run keeps a journal of its own; the
+    /// newest 100 are kept).
+    #[command(after_help = exit::HELP)]
+    History {
+        /// How many runs to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print what a target's maintenance printed (the last 4 KiB of its
+    /// stdout and stderr, kept in the journal), newest first.
+    #[command(after_help = exit::HELP)]
+    Logs {
+        /// The target (as `hygiene status` names it).
+        #[arg(value_name = "TARGET")]
+        target: String,
+        /// Every maintenance of the target the journals hold, not only
+        /// the last.
+        #[arg(long)]
+        all: bool,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.

@@ -470,7 +470,7 @@ pub(crate) struct File {
     /// `[[hook]]`: commands before and after the run and each batch.
     #[serde(default)]
     pub(crate) hook: crate::gates::Hooks,
-    /// Where the pool's lease is kept (`[lease.etcd]`).
+    /// Where the pool's lease is kept (`[lease.etcd]` or `[lease.dynamodb]`).
     pub(crate) lease: Option<Spanned<crate::lease_etcd::LeaseSection>>,
 }
 

@@ -1,6 +1,6 @@
 //! Exit codes, from the library's typed errors and the run's report.
 
-use hygiene_core::{Error, Outcome, Report};
+use hygiene_core::{AbortReason, Error, Outcome, Report};
 
 /// Every target done (or, for validate / plan / status, nothing wrong).
 pub(crate) const OK: u8 = 0;
@@ -29,6 +29,11 @@ pub(crate) const RUN_FAILED: u8 = 10;
 /// them and says how to put them back. `status` also exits with it when
 /// the journal shows targets out.
 pub(crate) const KEPT_OUT: u8 = 11;
+/// The run lost its shared lease (`[lease.*]`: renewals failed, or another
+/// machine took it over): it drained nothing more and put back what it
+/// could; the report names what is still out; the lease's next holder
+/// resumes or restores the run from the shared journal.
+pub(crate) const LEASE_LOST: u8 = 12;
 /// The run was cancelled (Ctrl-C) and every target is back in service.
 pub(crate) const CANCELLED: u8 = 130;
 
@@ -50,6 +55,10 @@ Exit codes:
     11   targets kept out of rotation: `hygiene status` names them and how to
          put them back (`status` and `enable` too, while one is; a third
          Ctrl-C with targets still in progress)
+    12   the run lost its shared lease ([lease.*]): nothing more was drained,
+         what it could put back is back, the report names what is still
+         out; `hygiene status` from any machine, then `hygiene resume` or
+         `hygiene restore` (they take the lease over)
     130  cancelled (Ctrl-C); every target back in service
 
 Environment: every flag has a HYGIENE_ variable (HYGIENE_CONFIG,
@@ -90,7 +99,16 @@ pub(crate) fn kind_of_error(e: &Error) -> &'static str {
 /// The exit code of a finished run: targets out of rotation first (they
 /// need an operator), then a failed or aborted run, then cancellation.
 pub(crate) fn of_report(r: &Report) -> u8 {
-    if r.kept_out().next().is_some() {
+    if matches!(
+        r.outcome,
+        Outcome::Aborted {
+            reason: AbortReason::LeaseLost { .. }
+        }
+    ) {
+        // First: whatever is still out, the next step is the lease's next
+        // holder's, and the report names it.
+        LEASE_LOST
+    } else if r.kept_out().next().is_some() {
         KEPT_OUT
     } else if matches!(r.outcome, Outcome::Aborted { .. }) || r.failed().next().is_some() {
         RUN_FAILED

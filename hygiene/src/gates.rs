@@ -143,6 +143,36 @@ impl Outside {
         Ok(rollout)
     }
 
+    /// The longest the gates and hooks can hold one batch: before it and
+    /// after it, the longest gate timeout (gates are asked together) plus
+    /// every batch hook's limit; for `plan`'s worst case.
+    pub(crate) fn worst_per_batch(&self) -> Duration {
+        [GateWhen::Before, GateWhen::After]
+            .into_iter()
+            .map(|when| {
+                let gates = self
+                    .gates
+                    .iter()
+                    .filter(|(_, p)| p.applies(when))
+                    .map(|(_, p)| p.timeout())
+                    .max()
+                    .unwrap_or_default();
+                let hooks: Duration = self
+                    .batch_hooks
+                    .iter()
+                    .filter(|(_, w, _)| *w == when)
+                    .map(|(_, _, limit)| *limit)
+                    .sum();
+                gates + hooks
+            })
+            .sum()
+    }
+
+    /// The run hooks' limits, before and after the whole run.
+    pub(crate) fn worst_per_run(&self) -> Duration {
+        self.run_hooks.iter().map(|(_, _, limit)| *limit).sum()
+    }
+
     /// Runs the hooks before (`before`) or after the whole run, in the
     /// file's order, each within its time limit, with `vars` in its
     /// environment. The first that fails is named in the error.
@@ -414,3 +444,65 @@ pub(crate) type Hooks = Vec<Spanned<HookSection>>;
 pub(crate) type Gates = Vec<Spanned<GateSection>>;
 /// The notify sections of a file.
 pub(crate) type Notifies = Vec<Spanned<NotifySection>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_case_holds_every_gate_to_its_timeout_and_every_hook_to_its_limit() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("hygiene.toml");
+        std::fs::write(
+            &path,
+            r#"pool = "web"
+[balancer.haproxy]
+nodes = ["/run/h.sock"]
+backends = ["web"]
+[executor.local]
+program = "/bin/true"
+
+[[gate]]
+name = "alerts"
+command = ["/bin/true"]
+timeout = "20m"
+
+[[gate]]
+name = "smoke"
+command = ["/bin/true"]
+when = ["after"]
+timeout = "25m"
+
+[[hook]]
+name = "pre"
+when = "before_batch"
+command = ["/bin/true"]
+timeout = "1m"
+
+[[hook]]
+name = "post"
+when = "after_batch"
+command = ["/bin/true"]
+timeout = "2m"
+
+[[hook]]
+name = "silence"
+when = "before_run"
+command = ["/bin/true"]
+timeout = "30s"
+"#,
+        )
+        .expect("write");
+        let loaded = Loaded::read_with(&path, &[]).expect("loads");
+        let rollout = RolloutConfig::builder().build().expect("config");
+        let out = build(&loaded, &rollout).expect("builds");
+        // Before: the longest gate (20m) + 1m; after: max(20m, 25m) + 2m.
+        assert_eq!(out.worst_per_batch(), Duration::from_secs((21 + 27) * 60));
+        assert_eq!(out.worst_per_run(), Duration::from_secs(30));
+        assert_eq!(
+            Outside::default().worst_per_batch(),
+            Duration::ZERO,
+            "no gate, no hook: nothing added"
+        );
+    }
+}

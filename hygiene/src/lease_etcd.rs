@@ -1,8 +1,7 @@
 //! `[lease.etcd]`: the shared lease store in etcd (feature `etcd`).
 //!
-//! A minimal hook until the `[lease]` section of the lease work lands:
-//! the section's schema, the store it opens, and what `hygiene validate`
-//! checks of it (reachable, writable, the holder).
+//! The section's schema and the store it opens; `crate::lease` takes the
+//! lease with it for `run`, `resume`, `restore`, `status` and `validate`.
 
 use std::path::PathBuf;
 #[cfg(feature = "etcd")]
@@ -10,8 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hygiene_core::duration_text;
-#[cfg(feature = "etcd")]
-use hygiene_core::lease::LeaseStore;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -23,6 +20,7 @@ use crate::config::{ConfigError, Loaded};
 #[serde(deny_unknown_fields)]
 pub(crate) struct LeaseSection {
     pub(crate) etcd: Option<Spanned<EtcdSection>>,
+    pub(crate) dynamodb: Option<Spanned<crate::lease::DynamoSection>>,
 }
 
 /// `[lease.etcd]`
@@ -212,37 +210,6 @@ fn refuse_without_feature(loaded: &Loaded) -> Result<(), crate::Failure> {
         KEY,
         "this hygiene was built without etcd support: build it with the `etcd` feature",
     )))
-}
-
-/// What `hygiene validate` says of the store: reachable and writable, and
-/// who holds the pool; a problem otherwise.
-pub(crate) async fn validate(
-    loaded: &Loaded,
-    pool: &str,
-) -> Result<Option<Result<String, String>>, crate::Failure> {
-    #[cfg(feature = "etcd")]
-    {
-        let Some(store) = open(loaded).await? else {
-            return Ok(None);
-        };
-        if let Err(e) = store.check_writable().await {
-            return Ok(Some(Err(format!("lease store {}: {e}", store.name()))));
-        }
-        let holder = match store.holder(pool).await {
-            Ok(Some(h)) => format!("held by {h}"),
-            Ok(None) => "free".into(),
-            Err(e) => return Ok(Some(Err(format!("lease store {}: {e}", store.name())))),
-        };
-        Ok(Some(Ok(format!(
-            "{}: reachable and writable; pool {pool} {holder}",
-            store.name()
-        ))))
-    }
-    #[cfg(not(feature = "etcd"))]
-    {
-        let _ = pool;
-        refuse_without_feature(loaded).map(|()| None)
-    }
 }
 
 #[cfg(test)]

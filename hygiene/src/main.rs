@@ -11,7 +11,9 @@ mod elbv2;
 mod enable;
 mod exit;
 mod gates;
+mod history;
 mod kept;
+mod lease;
 mod lease_etcd;
 mod output;
 mod plan;
@@ -126,6 +128,8 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Restore { rollout, .. } => run::main(g, &rollout, run::Mode::Restore).await,
         Command::Enable { targets, all } => enable::main(g, &targets, all).await,
         Command::Status { live } => status::main(g, live).await,
+        Command::History { limit } => history::history(g, limit).await,
+        Command::Logs { target, all } => history::logs(g, &target, all).await,
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a closed stdout.
             let mut buf = Vec::new();

@@ -470,6 +470,20 @@ pub(crate) fn summary(r: &Report) -> String {
             other => clean(format!("{other:?}")),
         };
         s.push_str(&format!("  {:<24} {what}\n", clean(&t.id)));
+        // A failed maintenance: its last lines, and where the rest is.
+        if let (TargetResult::Failed { .. }, Some(x)) = (&t.result, &t.execution) {
+            let lines = crate::history::last_lines(x, 5);
+            if !lines.is_empty() {
+                for l in &lines {
+                    s.push_str(&format!("  {:<24} | {l}\n", ""));
+                }
+                s.push_str(&format!(
+                    "  {:<24} (`hygiene logs {}` prints all it kept)\n",
+                    "",
+                    clean(&t.id)
+                ));
+            }
+        }
     }
     for id in &r.found_out {
         s.push_str(&format!(

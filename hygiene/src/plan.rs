@@ -233,11 +233,18 @@ pub(crate) fn compute(
     let execute = setup
         .executor_timeout
         .map_or(c.execute_timeout(), |t| t.min(c.execute_timeout()));
-    let worst = c.call_timeout() + c.drain_timeout() + execute + c.health_timeout() + poll * 3;
+    // The worst case counts every gate held to its timeout and every hook
+    // to its limit.
+    let worst = c.call_timeout()
+        + c.drain_timeout()
+        + execute
+        + c.health_timeout()
+        + poll * 3
+        + setup.outside.worst_per_batch();
     let duration = Estimate {
         min: fmt(floor * n + warmups),
         typical: maintenance.map(|m| fmt((m + floor) * n + warmups)),
-        max: fmt(worst * n + warmups),
+        max: fmt(worst * n + warmups + setup.outside.worst_per_run()),
     };
     Plan {
         balancer: lb.name(),

@@ -4,7 +4,8 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use hygiene_core::journal::FileJournal;
+use hygiene_core::journal::{FileJournal, Journal};
+use hygiene_core::lease::{HeldLease, StoreJournal};
 use hygiene_core::{CancellationToken, Rollout};
 use hygiene_haproxy::SocketLevel;
 use tracing::Instrument as _;
@@ -99,11 +100,51 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
             }
         }
     }
-    let fleet = crate::asg::before(&loaded, &mut setup, mode).await?;
-    let journal = Arc::new(FileJournal::open(&setup.journal)?);
+    // A shared lease (`[lease.*]`): taken before anything changes; the
+    // journal is then kept in the store under its fence, not in the file.
+    let lease = match crate::lease::open(&loaded).await? {
+        Some(o) => Some(
+            crate::lease::acquire(o.store, &setup.pool, matches!(mode, Mode::Run { .. })).await?,
+        ),
+        None => None,
+    };
+    let result = with_journal(g, mode, &loaded, sinks, cancel, &mut setup, lease.clone()).await;
+    if let Some(l) = &lease {
+        if let Some(w) = crate::lease::release(l).await {
+            eprintln!("warning: {}", output::clean(w));
+        }
+    }
+    result
+}
+
+/// The rest of [`main`], once the lease (if any) is held.
+#[allow(clippy::too_many_arguments)]
+async fn with_journal(
+    g: &Global,
+    mode: Mode,
+    loaded: &Loaded,
+    sinks: crate::telemetry::metrics::Sinks,
+    cancel: CancellationToken,
+    setup: &mut setup::Setup,
+    lease: Option<HeldLease>,
+) -> Result<u8, Failure> {
+    let fleet = crate::asg::before(loaded, setup, mode).await?;
+    let journal: Arc<dyn Journal> = match &lease {
+        Some(l) => Arc::new(StoreJournal::new(Arc::clone(&l.store), l.grant.clone())),
+        None => {
+            if matches!(mode, Mode::Run { .. }) {
+                // One journal per run: the last one, if it ended, is moved
+                // aside (`hygiene history` reads them).
+                if let Some(to) = crate::history::archive_finished(&setup.journal)? {
+                    tracing::debug!("the last run's journal is now {}", to.display());
+                }
+            }
+            Arc::new(FileJournal::open(&setup.journal)?)
+        }
+    };
     let keeper = match fleet {
         crate::asg::Before::Done(code) => return Ok(code),
-        crate::asg::Before::Fleet(f) => Some(crate::asg::wrap(f, &mut setup, journal.clone())?),
+        crate::asg::Before::Fleet(f) => Some(crate::asg::wrap(f, setup, journal.clone())?),
         crate::asg::Before::None => None,
     };
     let mut rollout = Rollout::new(
@@ -113,6 +154,9 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, mode: Mode) -> Result
     )
     .with_journal(Arc::clone(&journal))
     .with_cancellation(cancel.clone());
+    if let Some(l) = lease {
+        rollout = rollout.with_lease(l);
+    }
     if let Some(p) = setup.probe.clone() {
         rollout = rollout.with_probe(p);
     }

@@ -45,6 +45,9 @@ struct KeptLine {
 #[derive(Debug, Serialize)]
 struct Status {
     pool: String,
+    /// The shared lease of the pool (`[lease.*]`): who holds it, or free.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<String>,
     journal: String,
     run_id: Option<String>,
     started_at: Option<String>,
@@ -122,11 +125,33 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
     let loaded = Loaded::read_with(&g.config, &g.set)?;
     let pool = loaded.pool_name();
     let journal = setup::state_dir(&loaded, g.state_dir.as_ref()).join(format!("{pool}.jsonl"));
-    let records = FileJournal::read(&journal)?;
+    // With a shared lease, the journal and the holder are the store's:
+    // the same answer on every machine.
+    let store = crate::lease::open(&loaded).await?.map(|o| o.store);
+    let (records, journal_name, holder) = match &store {
+        Some(s) => {
+            let records = s.records(&pool).await.map_err(|e| Failure::Lib(e.into()))?;
+            let holder = s.holder(&pool).await.map_err(|e| Failure::Lib(e.into()))?;
+            (
+                records,
+                format!("{} (journal of pool {pool})", s.name()),
+                Some(holder),
+            )
+        }
+        None => (
+            FileJournal::read(&journal)?,
+            journal.display().to_string(),
+            None,
+        ),
+    };
     let kept = kept::sync(&journal)?;
     let mut status = Status {
         pool: pool.clone(),
-        journal: journal.display().to_string(),
+        lease: holder.as_ref().map(|h| match h {
+            Some(h) => format!("held by {h}"),
+            None => "free".to_owned(),
+        }),
+        journal: journal_name,
         run_id: None,
         started_at: None,
         host: None,
@@ -180,7 +205,11 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
             .outcome
             .as_ref()
             .and_then(|o| serde_json::to_value(o).ok());
-        status.state = match (&sum.outcome, held(&journal)) {
+        let held_now = match &holder {
+            Some(h) => h.is_some(),
+            None => held(&journal),
+        };
+        status.state = match (&sum.outcome, held_now) {
             (Some(_), _) => "finished",
             (None, true) => "running",
             (None, false) => "unfinished",
@@ -249,6 +278,15 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
             ));
             code = exit::JOURNAL;
         }
+        "running" if status.lease.is_some() => {
+            status.next.push(format!(
+                "the pool's lease is {}: the run is still going; wait for it, or stop it with Ctrl-C where it runs. If it died, `{}` or `{}` take the lease over once it has gone unrenewed for a whole lease",
+                status.lease.as_deref().unwrap_or("?"),
+                command_for(g, "resume"),
+                command_for(g, "restore")
+            ));
+            code = exit::JOURNAL;
+        }
         "running" => {
             status.next.push(format!(
                 "a process (pid {} on {}) holds the journal: the run is still going; wait for it, or stop it with Ctrl-C",
@@ -300,6 +338,9 @@ fn human(s: &Status) -> String {
     // The journal's strings came from balancers and targets (and a
     // journal may be forged): escaped for the terminal.
     let mut o = format!("pool {} — journal {}\n", clean(&s.pool), clean(&s.journal));
+    if let Some(l) = &s.lease {
+        o.push_str(&format!("lease: {}\n", clean(l)));
+    }
     let Some(run) = &s.run_id else {
         if s.kept_out.is_empty() {
             o.push_str("no run recorded: nothing is out of rotation because of hygiene\n");
@@ -321,6 +362,7 @@ fn human(s: &Status) -> String {
                 .and_then(|k| k.as_str())
                 .map_or_else(|| "?".into(), clean)
         ),
+        "running" if s.lease.is_some() => "RUNNING (its run holds the pool's lease)".into(),
         "running" => "RUNNING (another process holds the journal)".into(),
         _ => "UNFINISHED: its process is gone".into(),
     };

@@ -126,9 +126,9 @@ pub(crate) async fn main(g: &Global, flags: &RolloutFlags, offline: bool) -> Res
     let mut code = exit::OK;
     v.problems.extend(drain_problems);
     if offline {
-        crate::lease_etcd::check_offline(&loaded)?;
+        crate::lease::check_offline(&loaded)?;
     } else {
-        match crate::lease_etcd::validate(&loaded, &setup.pool).await? {
+        match crate::lease::validate(&loaded, &setup.pool).await? {
             Some(Ok(line)) => v.lease = Some(line),
             Some(Err(problem)) => {
                 v.problems.push(problem);

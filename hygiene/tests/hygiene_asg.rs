@@ -14,25 +14,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{hygiene, json_lines, out, write};
+use common::{aws_env, hygiene, json_lines, out, write};
 use hygiene_aws::moto::{find_moto_server, MotoServer, REGION};
 use hygiene_core::conformance::integration_available;
-
-fn aws_env(c: &mut Command, home: &Path) {
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("AWS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", home.join("no-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"));
-}
 
 #[derive(Debug, PartialEq, Eq)]
 struct GroupNow {

@@ -9,13 +9,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use common::{example_config, hygiene, json_lines, out, replace, set, write};
+use examples::caddy::Caddy;
 use examples::hello::HelloService;
 use examples::load::{Load, LoadConfig};
 use hygiene_caddy::CaddyBalancer;
@@ -23,110 +23,16 @@ use hygiene_core::conformance::integration_available;
 use hygiene_core::{
     Amount, ExecOutcome, Executor, Outcome, Preflight, Rollout, RolloutConfig, Target,
 };
-use serde_json::{json, Value};
 
 fn caddy_bin() -> Option<PathBuf> {
-    let bin = std::env::var_os("HYGIENE_CADDY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/caddy"));
-    let ok = std::process::Command::new(&bin)
-        .arg("version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let bin = examples::caddy::caddy_bin();
     integration_available(
         "caddy",
-        ok,
+        bin.is_some(),
         "apt-get install -y caddy, or set HYGIENE_CADDY_BIN",
     )
-    .then_some(bin)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-/// A real Caddy: server `web` on a loopback port, one route to the
-/// `reverse_proxy` handler `@id: web` over `dials`, active health checks on
-/// `/health` every 300 ms, no retries (`lb_try_duration` 0: Caddy hides no
-/// error), admin API on another loopback port, no autosave.
-struct Caddy {
-    admin: String,
-    http: std::net::SocketAddr,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Caddy {
-    async fn start(bin: &Path, dials: &[String]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let admin = format!("127.0.0.1:{}", free_port());
-        let http: std::net::SocketAddr =
-            format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let cfg = json!({
-            "admin": {"listen": admin, "config": {"persist": false}},
-            "logging": {"logs": {"default": {"level": "ERROR"}}},
-            "apps": {"http": {"servers": {"web": {
-                "listen": [http.to_string()],
-                "automatic_https": {"disable": true},
-                "routes": [{"handle": [{
-                    "@id": "web",
-                    "handler": "reverse_proxy",
-                    "upstreams": dials.iter().map(|d| json!({"dial": d})).collect::<Vec<_>>(),
-                    "health_checks": {"active": {"uri": "/health", "interval": "300ms", "timeout": "250ms"}},
-                }]}],
-            }}}},
-        });
-        let path = dir.path().join("caddy.json");
-        std::fs::write(&path, cfg.to_string()).expect("write");
-        let child = std::process::Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path().join("data"))
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("caddy starts");
-        let caddy = Self {
-            admin: format!("http://{admin}"),
-            http,
-            child,
-            _dir: dir,
-        };
-        for _ in 0..100 {
-            if caddy.config().await.is_some() {
-                return caddy;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("caddy did not answer on {}", caddy.admin);
-    }
-
-    async fn config(&self) -> Option<Value> {
-        let admin = self.admin.clone();
-        tokio::task::spawn_blocking(move || {
-            let out = std::process::Command::new("curl")
-                .args(["-sf", &format!("{admin}/config/")])
-                .output()
-                .ok()?;
-            serde_json::from_slice(&out.stdout).ok()
-        })
-        .await
-        .ok()
-        .flatten()
-    }
+    .then(|| bin)
+    .flatten()
 }
 
 /// The maintenance: the target's service stops (listener closed,
@@ -177,7 +83,7 @@ async fn a_rollout_under_load_loses_no_request() {
         );
     }
     let dials: Vec<String> = services.iter().map(|s| s.addr().to_string()).collect();
-    let caddy = Caddy::start(&bin, &dials).await;
+    let caddy = Caddy::start(&bin, &dials).await.expect("caddy starts");
     let before = caddy.config().await.expect("config");
     let lb = CaddyBalancer::builder()
         .admin(&caddy.admin)
@@ -230,7 +136,7 @@ async fn a_rollout_under_load_loses_no_request() {
     // one, whose accept queue is reset, and the old server closes its idle
     // keep-alive connections, racing a client that is just sending on one.
     // That costs a few requests per hundred reloads under this load whoever
-    // makes the change (`caddy_reloads_alone_cost_requests_under_load`
+    // makes the change (`bench-caddy-reloads`
     // measures it without hygiene); the load generator sees them as resets
     // at Caddy's frontend, never as answers. Bounded here, not zero.
     assert!(
@@ -259,64 +165,6 @@ fn reload_race(kind: &str) -> bool {
     )
 }
 
-/// The cost of Caddy 2.6.2's reloads alone, without hygiene: the same load
-/// and `RELOADS` (40) configuration changes that change nothing that
-/// matters (the health check interval). Run by hand:
-/// `cargo test -p examples --test hygiene_caddy -- --ignored --nocapture`.
-/// Measured here: 40 reloads, ~6,400 requests, 7 and 12 failed (all
-/// resets or refused connections at Caddy's frontend); 30 reloads: 8.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement of Caddy itself, not a check of hygiene"]
-async fn caddy_reloads_alone_cost_requests_under_load() {
-    let Some(bin) = caddy_bin() else { return };
-    let mut services = Vec::new();
-    for n in ["s1", "s2", "s3"] {
-        services.push(
-            HelloService::start(n, Duration::from_millis(20))
-                .await
-                .expect("service"),
-        );
-    }
-    let dials: Vec<String> = services.iter().map(|s| s.addr().to_string()).collect();
-    let caddy = Caddy::start(&bin, &dials).await;
-    let load = Load::start(caddy.http, load_config());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let n: usize = std::env::var("RELOADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
-    for i in 0..n {
-        let url = format!(
-            "{}/config/apps/http/servers/web/routes/0/handle/0/health_checks/active/interval",
-            caddy.admin
-        );
-        let status = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("curl")
-                .args([
-                    "-sf",
-                    "-X",
-                    "PATCH",
-                    "-H",
-                    "Content-Type: application/json",
-                    &url,
-                ])
-                .arg("-d")
-                .arg(format!("\"{}ms\"", 300 + i))
-                .status()
-        })
-        .await
-        .expect("join")
-        .expect("curl");
-        assert!(status.success());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let stats = load.stop().await;
-    eprintln!(
-        "caddy alone, {n} reloads: {} requests, {} failed {:?}",
-        stats.requests, stats.failed, stats.failed_by_kind
-    );
-}
-
 fn load_config() -> LoadConfig {
     LoadConfig {
         keepalive_clients: 6,
@@ -340,7 +188,7 @@ async fn the_hygiene_command_runs_a_caddy_pool() {
         );
     }
     let dials: Vec<String> = services.iter().map(|s| s.addr().to_string()).collect();
-    let caddy = Caddy::start(&bin, &dials).await;
+    let caddy = Caddy::start(&bin, &dials).await.expect("caddy starts");
     let before = caddy.config().await.expect("config");
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");

@@ -216,6 +216,11 @@ async fn a_kept_out_server_is_not_forgotten_by_the_next_run() {
     let cfg = haproxy_config(dir.path(), &scn, &demo(), 100, r#", "--fail-on", "s2""#);
     let (code, stdout, err) = run_args(&cfg, &state, &["run"]);
     assert_eq!(code, KEPT_OUT, "{stdout}{err}");
+    // The failed maintenance's last lines, and where the rest is.
+    assert!(
+        stdout.contains("| patch:") && stdout.contains("hygiene logs web/s2"),
+        "{stdout}"
+    );
 
     // Another run: warned about s2 before it starts.
     let (code, stdout, err) = run_args(&cfg, &state, &["run", "--only", "web/s3"]);
@@ -224,6 +229,52 @@ async fn a_kept_out_server_is_not_forgotten_by_the_next_run() {
         err.contains("web/s2 is still out of rotation") && err.contains("hygiene enable"),
         "run warns: {err}"
     );
+
+    // One journal per run: the first was moved aside; history lists both,
+    // newest first; logs prints what s2's maintenance said.
+    let archived: Vec<_> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("web.jsonl.") && n.ends_with(".done"))
+        .collect();
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    let (code, stdout, err) = run_args(&cfg, &state, &["history", "--json"]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let runs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    assert_eq!(runs[0]["targets"], 1, "the newest first: {stdout}");
+    assert_eq!(runs[1]["out"], 1, "the first left s2 out: {stdout}");
+    assert!(
+        archived[0].contains(runs[1]["run_id"].as_str().expect("id")),
+        "{archived:?} {stdout}"
+    );
+    let (code, stdout, _) = run_args(&cfg, &state, &["history"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    let (code, stdout, err) = run_args(&cfg, &state, &["logs", "web/s2"]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("FAILED") && stdout.contains("-- stderr") && stdout.contains("patch:"),
+        "{stdout}"
+    );
+    let (code, stdout, err) = run_args(&cfg, &state, &["logs", "web/s3", "--all", "--json"]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    // The first run stopped at s2's failure: s3 was maintained by the
+    // second only.
+    let s3: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(s3.len(), 1, "{stdout}");
+    assert_eq!(s3[0]["run_id"], runs[0]["run_id"], "{stdout}");
+    assert_eq!(s3[0]["success"], true, "{stdout}");
+    let (code, _, err) = run_args(&cfg, &state, &["logs", "web/nope"]);
+    assert_eq!(code, CONFIG, "{err}");
+    assert!(err.contains("web/nope") && err.contains("web/s1"), "{err}");
     let (code, stdout, err) = run_args(&cfg, &state, &["plan"]);
     assert_eq!(code, 0, "{stdout}{err}");
     assert!(

@@ -6,26 +6,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-use common::{example_config, hygiene, json_lines, out, replace, set, write};
+use common::{aws_env, example_config, hygiene, json_lines, out, replace, set, write};
 use hygiene_aws::moto::{find_moto_server, MotoServer, REGION};
 use hygiene_core::conformance::integration_available;
-
-/// moto's dummy credentials, and nothing of the caller's AWS setup.
-fn aws_env(c: &mut Command, home: &Path) {
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("AWS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", home.join("no-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_elbv2_with_ssm_on_moto() {

@@ -9,7 +9,14 @@ use crate::report::Outcome;
 use crate::target::{Target, TargetId};
 
 /// The journal format this version writes and reads (and every older one).
-pub const JOURNAL_FORMAT: u32 = 1;
+///
+/// - 1: header, intents, results, seals, ends.
+/// - 2: adds `change` / `undone` (changes outside the balancer, such as an
+///   Auto Scaling group's, with their undo), `gate` (a gate's answer) and
+///   `open` results (a maintenance that may still run). A format-1 reader
+///   cannot undo those changes: it refuses such a journal (by this check,
+///   or as records it cannot read), never half-reads it.
+pub const JOURNAL_FORMAT: u32 = 2;
 
 /// The first record: which run, on what, with what, over which targets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

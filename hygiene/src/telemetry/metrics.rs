@@ -67,7 +67,6 @@ const STATES: &[&str] = &[
 
 /// Records that gate `gate` said no and held the rollout (nothing new is
 /// drained until it says go). For the gates: call it once per hold.
-#[allow(dead_code)] // The gates (issue 25's other half) call it.
 pub(crate) fn record_gate_hold(gate: &str) {
     counter!(GATE_HOLDS, "gate" => gate.to_owned()).increment(1);
 }
@@ -143,6 +142,9 @@ pub(crate) fn event(e: &Event) {
         }
         EventKind::DrainLost { .. } => counter!(DRAIN_LOST).increment(1),
         EventKind::BatchStarted { .. } => counter!(BATCHES).increment(1),
+        // Once per gate and batch that held the rollout (not per no: a
+        // gate asked every 10 s through a 10-minute alert is one hold).
+        EventKind::GateHolding { gate, .. } => record_gate_hold(gate),
         _ => {}
     }
 }
@@ -368,6 +370,40 @@ mod tests {
         });
         assert!(
             text.contains("hygiene_gate_holds_total{pool=\"web\",gate=\"alerts\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_gate_that_holds_is_counted_once_per_hold_from_the_events() {
+        // `Event` is non-exhaustive: built the way the command reads one.
+        let ev = |kind: EventKind| -> Event {
+            let mut v = serde_json::to_value(&kind).expect("kind");
+            v["at"] = "2026-12-06T00:00:00Z".into();
+            v["elapsed_ms"] = 0.into();
+            v["batch"] = 1.into();
+            serde_json::from_value(v).expect("event")
+        };
+        let text = render(|| {
+            describe();
+            for go in [false, false, true] {
+                event(&ev(EventKind::GateChecked {
+                    gate: "alerts".into(),
+                    when: hygiene_core::GateWhen::Before,
+                    go,
+                    detail: None,
+                    waited: Duration::ZERO,
+                }));
+            }
+            event(&ev(EventKind::GateHolding {
+                gate: "alerts".into(),
+                when: hygiene_core::GateWhen::Before,
+                reason: "an alert fires".into(),
+                timeout: Duration::from_secs(600),
+            }));
+        });
+        assert!(
+            text.contains("hygiene_gate_holds_total{pool=\"web\",gate=\"alerts\"} 1"),
             "{text}"
         );
     }
