@@ -146,7 +146,7 @@ async fn all_runs(loaded: &Loaded, g: &Global) -> Result<Vec<(Vec<Record>, Strin
             runs.push((records[s..e].to_vec(), at.clone()));
         }
     }
-    runs.sort_by(|a, b| started(&b.0).cmp(&started(&a.0)));
+    runs.sort_by_key(|r| std::cmp::Reverse(started(&r.0)));
     Ok(runs)
 }
 

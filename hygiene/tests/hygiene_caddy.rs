@@ -26,13 +26,15 @@ use hygiene_core::{
 
 fn caddy_bin() -> Option<PathBuf> {
     let bin = examples::caddy::caddy_bin();
-    integration_available(
+    if integration_available(
         "caddy",
         bin.is_some(),
         "apt-get install -y caddy, or set HYGIENE_CADDY_BIN",
-    )
-    .then(|| bin)
-    .flatten()
+    ) {
+        bin
+    } else {
+        None
+    }
 }
 
 /// The maintenance: the target's service stops (listener closed,

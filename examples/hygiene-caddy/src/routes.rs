@@ -363,7 +363,7 @@ pub(crate) fn remove_host(
     }
     for h in all.iter().filter(|h| !h.is_parked()) {
         if let Some(ups) = upstreams_mut(cfg, h) {
-            ups.retain(|u| !dial_of(u).is_some_and(|d| host_key(d, m) == key));
+            ups.retain(|u| dial_of(u).is_none_or(|d| host_key(d, m) != key));
         }
     }
     Ok(removed)

@@ -352,20 +352,29 @@ async fn a_new_process_puts_back_what_a_dead_one_took_out_exactly() {
     );
     let fresh = lb(&caddy.admin);
     // Without the journal's plan it does not know where they were.
-    let e = fresh.enable(&[b2.id.clone()]).await.expect_err("unknown");
+    let e = fresh
+        .enable(std::slice::from_ref(&b2.id))
+        .await
+        .expect_err("unknown");
     assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
     fresh
         .adopt(&listed.iter().map(|l| l.target.clone()).collect::<Vec<_>>())
         .await
         .expect("adopt");
-    let st = fresh.status(&[b2.id.clone()]).await.expect("status");
+    let st = fresh
+        .status(std::slice::from_ref(&b2.id))
+        .await
+        .expect("status");
     assert_eq!(st[0].state, TargetState::OutOfService, "parked: counted");
     // Put back in the other order than taken out.
     fresh
         .enable(&[listed[2].target.id.clone()])
         .await
         .expect("enable b3");
-    fresh.enable(&[b2.id.clone()]).await.expect("enable b2");
+    fresh
+        .enable(std::slice::from_ref(&b2.id))
+        .await
+        .expect("enable b2");
     assert_eq!(caddy.config().await, before);
 }
 
