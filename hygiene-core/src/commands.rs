@@ -64,8 +64,10 @@ impl Program {
         })
     }
 
-    /// Runs it to its end (killed when the future is dropped: a gate past
-    /// its time limit). `Ok(None)` is exit 0; `Ok(Some(why))` any other end.
+    /// Runs it to its end, in a process group of its own: when the future
+    /// is dropped (a gate or hook past its time limit), the whole group is
+    /// killed, what the command started in the background too.
+    /// `Ok(None)` is exit 0; `Ok(Some(why))` any other end.
     async fn run(&self, vars: &[(&str, String)]) -> Result<Option<String>> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
@@ -74,13 +76,19 @@ impl Program {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
-        let out = cmd.output().await.map_err(|e| {
+        let cannot = |e: std::io::Error| {
             Error::unavailable(
                 format!("command {}", self.program),
                 format!("cannot run it: {e}"),
             )
-        })?;
+        };
+        let child = cmd.spawn().map_err(cannot)?;
+        let mut group = GroupKill(child.id());
+        let out = child.wait_with_output().await.map_err(cannot)?;
+        // It ended by itself: what it left running is its own business.
+        group.0 = None;
         if out.status.success() {
             return Ok(None);
         }
@@ -102,6 +110,17 @@ impl Program {
         } else {
             format!("{} {how}: {said}", self.program)
         }))
+    }
+}
+
+/// Kills the process group it names when dropped while armed.
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            crate::local::kill_group(pid);
+        }
     }
 }
 
@@ -292,6 +311,39 @@ mod tests {
             .await
             .expect("ran");
         assert!(r.is_some(), "no batch variables in a run hook");
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_limit_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pidfile = dir.path().join("pid");
+        let g = CommandGate::new(
+            "slow",
+            &sh(&format!(
+                "sleep 30 & echo $! > {}; wait",
+                pidfile.display()
+            )),
+        )
+        .expect("gate");
+        let r = tokio::time::timeout(std::time::Duration::from_millis(500), g.check(&at())).await;
+        assert!(r.is_err(), "still running at its limit");
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .expect("the background sleep wrote its pid")
+            .trim()
+            .parse()
+            .expect("pid");
+        // Killed: gone, or a zombie waiting for its new parent.
+        let mut gone = false;
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            if matches!(state, None | Some("Z" | "X")) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(gone, "the background sleep {pid} still runs");
     }
 
     #[test]

@@ -217,7 +217,7 @@ pub(super) fn start_ticks(pid: u32) -> Option<u64> {
 
 /// Kills the process group `pid` leads, with `kill(2)` (no program looked
 /// up on the `PATH`). Never for pid 0 or 1: `kill(-1)` is every process.
-pub(super) fn kill_group(pid: u32) {
+pub(crate) fn kill_group(pid: u32) {
     let Some(p) = pid_of(pid) else {
         return;
     };

@@ -25,7 +25,8 @@ use crate::executor::{
 use crate::journal::private::{create_private_file, no_follow, private_dir};
 use crate::target::Target;
 pub(crate) use env::ChildEnv;
-use handle::{dir_name, kill_group, liveness, start_ticks, ChildHandle, Liveness};
+pub(crate) use handle::kill_group;
+use handle::{dir_name, liveness, start_ticks, ChildHandle, Liveness};
 
 /// Runs `program args…` once per target, all targets of a batch at once.
 ///
