@@ -392,7 +392,7 @@ mod aws {
         let listed = setup.balancer.list().await?;
         let (fleet, _) = read(loaded, setup, &listed, true).await?;
         let Some(f) = fleet else { return Ok(None) };
-        Ok(Some(wrap(f, setup, journal)?))
+        Ok(Some(wrap(f, setup, journal, &[])?))
     }
 
     /// The keeper of a run's group changes, with the changes a dead run
@@ -401,8 +401,16 @@ mod aws {
         fleet: Fleet,
         setup: &mut Setup,
         journal: Arc<dyn Journal>,
+        previous: &[hygiene_core::journal::Record],
     ) -> Result<Arc<GroupKeeper>, Failure> {
-        let open = open_changes(&journal.records()?);
+        // A fresh journal (the last run's was moved aside): the changes the
+        // last run left open come from it, and the keeper carries them on.
+        let current = journal.records()?;
+        let open = if current.is_empty() {
+            open_changes(previous)
+        } else {
+            open_changes(&current)
+        };
         let keeper = Arc::new(GroupKeeper::new(
             fleet.client,
             journal,
@@ -500,6 +508,7 @@ mod none {
         fleet: Fleet,
         _setup: &mut Setup,
         _journal: Arc<dyn Journal>,
+        _previous: &[hygiene_core::journal::Record],
     ) -> Result<Arc<Keeper>, Failure> {
         match fleet {}
     }

@@ -52,7 +52,8 @@ fn archived(journal: &Path) -> Vec<PathBuf> {
 /// [`KEEP`] archived ones. A journal whose run did not end stays (the
 /// engine refuses the run, naming resume and restore); one another
 /// process holds is left to the lock's own error.
-pub(crate) fn archive_finished(journal: &Path) -> Result<Option<PathBuf>, Failure> {
+/// Returns where it went and its records.
+pub(crate) fn archive_finished(journal: &Path) -> Result<Option<(PathBuf, Vec<Record>)>, Failure> {
     if !journal.exists() {
         return Ok(None);
     }
@@ -68,7 +69,7 @@ pub(crate) fn archive_finished(journal: &Path) -> Result<Option<PathBuf>, Failur
     }
     let to = file.archive(&sum.header.run_id)?;
     prune(journal);
-    Ok(Some(to))
+    Ok(Some((to, records)))
 }
 
 /// Deletes the oldest archived journals beyond [`KEEP`] (by the time

@@ -129,14 +129,17 @@ async fn with_journal(
     lease: Option<HeldLease>,
 ) -> Result<u8, Failure> {
     let fleet = crate::asg::before(loaded, setup, mode).await?;
+    let mut previous = Vec::new();
     let journal: Arc<dyn Journal> = match &lease {
         Some(l) => Arc::new(StoreJournal::new(Arc::clone(&l.store), l.grant.clone())),
         None => {
             if matches!(mode, Mode::Run { .. }) {
                 // One journal per run: the last one, if it ended, is moved
-                // aside (`hygiene history` reads them).
-                if let Some(to) = crate::history::archive_finished(&setup.journal)? {
+                // aside (`hygiene history` reads them); what it left open
+                // outside the balancer is carried on below.
+                if let Some((to, records)) = crate::history::archive_finished(&setup.journal)? {
                     tracing::debug!("the last run's journal is now {}", to.display());
+                    previous = records;
                 }
             }
             Arc::new(FileJournal::open(&setup.journal)?)
@@ -144,7 +147,9 @@ async fn with_journal(
     };
     let keeper = match fleet {
         crate::asg::Before::Done(code) => return Ok(code),
-        crate::asg::Before::Fleet(f) => Some(crate::asg::wrap(f, setup, journal.clone())?),
+        crate::asg::Before::Fleet(f) => {
+            Some(crate::asg::wrap(f, setup, journal.clone(), &previous)?)
+        }
         crate::asg::Before::None => None,
     };
     let mut rollout = Rollout::new(
