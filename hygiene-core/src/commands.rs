@@ -319,10 +319,7 @@ mod tests {
         let pidfile = dir.path().join("pid");
         let g = CommandGate::new(
             "slow",
-            &sh(&format!(
-                "sleep 30 & echo $! > {}; wait",
-                pidfile.display()
-            )),
+            &sh(&format!("sleep 30 & echo $! > {}; wait", pidfile.display())),
         )
         .expect("gate");
         let r = tokio::time::timeout(std::time::Duration::from_millis(500), g.check(&at())).await;
@@ -336,7 +333,10 @@ mod tests {
         let mut gone = false;
         for _ in 0..100 {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
             if matches!(state, None | Some("Z" | "X")) {
                 gone = true;
                 break;

@@ -61,6 +61,10 @@ struct Status {
     /// Targets earlier runs left out of rotation that are not back yet
     /// (`<pool>.kept-out.json`), the last run's included once it ended.
     kept_out: Vec<KeptLine>,
+    /// Changes the last run made outside the balancer (an Auto Scaling
+    /// group's) and did not undo: what each did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    open_changes: Vec<String>,
     /// What to do next.
     next: Vec<String>,
 }
@@ -160,6 +164,13 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
         outcome: None,
         targets: Vec::new(),
         kept_out: Vec::new(),
+        open_changes: hygiene_core::journal::open_changes(&records)
+            .into_iter()
+            .map(|c| match &c.target {
+                Some(t) => format!("{} (for {t}, {})", c.what, c.at),
+                None => format!("{} ({})", c.what, c.at),
+            })
+            .collect(),
         next: Vec::new(),
     };
     let sum = summarize(&records);
@@ -295,6 +306,13 @@ pub(crate) async fn main(g: &Global, live: bool) -> Result<u8, Failure> {
             ));
             code = exit::JOURNAL;
         }
+        _ if out == 0 && status.kept_out.is_empty() && !status.open_changes.is_empty() => {
+            status.next.push(format!(
+                "the last run left changes outside the balancer not undone (listed above): `{}` undoes them",
+                command_for(g, "restore")
+            ));
+            code = exit::KEPT_OUT;
+        }
         _ if out > 0 || !status.kept_out.is_empty() => {
             let ids: Vec<String> = status.kept_out.iter().map(|k| k.id.to_string()).collect();
             status.next.push(format!(
@@ -400,11 +418,23 @@ fn human(s: &Status) -> String {
             }
         }
     }
+    changes_section(s, &mut o);
     kept_section(s, &mut o);
     for n in &s.next {
         o.push_str(&format!("{}\n", clean(n)));
     }
     o
+}
+
+/// The last run's changes outside the balancer that are still open.
+fn changes_section(s: &Status, o: &mut String) {
+    if s.open_changes.is_empty() {
+        return;
+    }
+    o.push_str("changes outside the balancer NOT UNDONE yet:\n");
+    for c in &s.open_changes {
+        o.push_str(&format!("  {}\n", clean(c)));
+    }
 }
 
 /// What earlier runs kept out (the last run's own targets are above).

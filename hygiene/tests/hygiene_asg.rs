@@ -321,6 +321,18 @@ async fn an_instance_pool_in_an_auto_scaling_group_under_each_mode() {
         kept.suspended, before.suspended,
         "AZRebalance resumed: {kept:?}"
     );
+    // status lists the change not undone, with the instance.
+    let (_, stdout, err) = tokio::task::block_in_place(|| run(&cfg, &["status", "--json"]));
+    let st: serde_json::Value = serde_json::from_str(stdout.trim()).expect("status json");
+    assert!(
+        st["open_changes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c
+                .as_str()
+                .is_some_and(|c| c.contains(&format!("put {} in standby", instances[0]))))),
+        "{st}{err}"
+    );
+
     // Another run in between (a journal of its own: the last one is moved
     // aside; the instance in standby is in no target group, so not in the
     // pool) carries the open standby on, so `enable` still finds it.
