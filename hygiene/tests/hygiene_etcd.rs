@@ -358,3 +358,111 @@ async fn renewals_cut_turn_the_run_restore_only_and_it_exits_lease_lost() {
     let st: serde_json::Value = serde_json::from_str(stdout.trim()).expect("status json");
     assert_eq!(st["state"], "finished", "{st}");
 }
+
+/// Two pools that share their hosts (two configurations over the same
+/// HAProxy servers, as two teams' pools over one fleet), run at once from
+/// two machines through one etcd: each batch leases its host, so a host is
+/// never out for both; the second pool's drain of a host the first has out
+/// fails touching nothing, naming the holder; every server ends in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pools_sharing_hosts_never_have_one_out_together() {
+    if !have_haproxy()
+        || !integration_available(
+            "etcd",
+            find_etcd().is_some(),
+            "run ./scripts/test, which installs Debian's etcd-server",
+        )
+    {
+        return;
+    }
+    let etcd = EtcdServer::start().await.expect("etcd");
+    let scn = Scenario::start(ScenarioConfig {
+        servers: 3,
+        ..ScenarioConfig::default()
+    })
+    .await
+    .expect("scenario");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfgs = Vec::new();
+    for pool in ["web", "web-canary"] {
+        let sub = dir.path().join(pool);
+        std::fs::create_dir_all(&sub).expect("dir");
+        let lease = format!(
+            "[lease.etcd]\nendpoints = [{:?}]\nlease_duration = \"15s\"\nrequest_timeout = \"1s\"\n\n[rollout]\ncall_timeout = \"3s\"\npoll_interval = \"50ms\"\nbatch_size = 1\nhealth_timeout = \"20s\"\nmax_failures = 3\n",
+            etcd.endpoint()
+        );
+        let cfg = config(&sub, &scn, &lease);
+        let text = std::fs::read_to_string(&cfg)
+            .expect("read")
+            .replace("pool = \"web\"", &format!("pool = {pool:?}"))
+            .replace(
+                "program = \"/bin/true\"",
+                &format!(
+                    "program = {:?}\nargs = [\"patch\", \"--control\", \"{}\", \"--patch-ms\", \"1500\"]\ntimeout = \"30s\"",
+                    common::demo_bin().display().to_string(),
+                    scn.control.addr()
+                ),
+            );
+        std::fs::write(&cfg, text).expect("write");
+        cfgs.push((cfg, sub.join("state")));
+    }
+    let spawn = |(cfg, state): &(std::path::PathBuf, std::path::PathBuf)| {
+        let mut c = hygiene(cfg, state);
+        c.args(["run", "--yes", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().expect("spawn run")
+    };
+    let a = spawn(&cfgs[0]);
+    let b = spawn(&cfgs[1]);
+    let mut most_out = 0;
+    let watch_until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (a, b) = {
+        let ja = tokio::task::spawn_blocking(move || a.wait_with_output());
+        let jb = tokio::task::spawn_blocking(move || b.wait_with_output());
+        while !(ja.is_finished() && jb.is_finished()) {
+            assert!(
+                std::time::Instant::now() < watch_until,
+                "the runs did not end"
+            );
+            let out = scn.out_of_rotation().await.expect("haproxy");
+            most_out = most_out.max(out.len());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        (
+            ja.await.expect("join").expect("run a"),
+            jb.await.expect("join").expect("run b"),
+        )
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert_eq!(
+        most_out,
+        1,
+        "a host out for both pools at once: {}{}",
+        text(&a),
+        text(&b)
+    );
+    // At least one drain met the other pool's host lease, and said so.
+    assert!(
+        text(&a).contains("held by") || text(&b).contains("held by"),
+        "{}{}",
+        text(&a),
+        text(&b)
+    );
+    for l in scn.balancer.list().await.expect("list") {
+        assert_eq!(
+            l.status.state,
+            hygiene_core::TargetState::InService,
+            "{}: {}{}",
+            l.target.id,
+            text(&a),
+            text(&b)
+        );
+    }
+}
