@@ -35,6 +35,7 @@ pub(crate) fn wanted() -> bool {
 /// The tracer provider (shut down at the end, which sends what is left)
 /// and its tracer.
 pub(crate) fn provider() -> Result<SdkTracerProvider, String> {
+    check_protocol(|n| std::env::var(n).ok())?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()
@@ -49,6 +50,28 @@ pub(crate) fn provider() -> Result<SdkTracerProvider, String> {
         .with_batch_exporter(exporter)
         .with_resource(resource.build())
         .build())
+}
+
+/// This build exports OTLP over HTTP (protobuf): a gRPC protocol asked
+/// by the standard variables is said, not silently sent to the wrong port.
+fn check_protocol(var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(p) = var(name).map(|p| p.trim().to_ascii_lowercase()) {
+            if p.is_empty() {
+                continue;
+            }
+            if p == "http/protobuf" {
+                return Ok(());
+            }
+            return Err(format!(
+                "{name}={p}: hygiene sends traces over OTLP/HTTP (http/protobuf) only; set {name}=http/protobuf and the collector's HTTP endpoint (port 4318)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The tracer of `provider`.
@@ -89,4 +112,37 @@ pub(crate) fn traceparent(span: &Span) -> Option<String> {
             sc.trace_flags().to_u8()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_http_protocol_is_taken_and_grpc_is_named() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |n: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(check_protocol(env(&[])).is_ok());
+        assert!(check_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])).is_ok());
+        let e = check_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).expect_err("grpc");
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc") && e.contains("4318"),
+            "{e}"
+        );
+        // The traces' own variable wins over the general one.
+        assert!(check_protocol(env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]))
+        .is_ok());
+        assert!(
+            check_protocol(env(&[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")])).is_err()
+        );
+    }
 }
