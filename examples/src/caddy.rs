@@ -58,6 +58,19 @@ impl Caddy {
     /// # Errors
     /// Caddy did not start or did not answer.
     pub async fn start(bin: &Path, dials: &[String]) -> BoxResult<Self> {
+        Self::start_with(bin, dials, serde_json::Map::new()).await
+    }
+
+    /// As [`start`](Self::start), with more keys in the `http` app
+    /// (`grace_period`, `shutdown_delay`).
+    ///
+    /// # Errors
+    /// Caddy did not start or did not answer.
+    pub async fn start_with(
+        bin: &Path,
+        dials: &[String],
+        http_app: serde_json::Map<String, Value>,
+    ) -> BoxResult<Self> {
         let dir = tempfile::tempdir()?;
         let admin = format!("127.0.0.1:{}", free_port()?);
         let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -75,6 +88,10 @@ impl Caddy {
                 }]}],
             }}}},
         });
+        let mut cfg = cfg;
+        if let Some(app) = cfg["apps"]["http"].as_object_mut() {
+            app.extend(http_app);
+        }
         let path = dir.path().join("caddy.json");
         std::fs::write(&path, cfg.to_string())?;
         let child = Command::new(bin)

@@ -27,6 +27,12 @@ struct Args {
     /// Time between two changes, in milliseconds.
     #[arg(long, default_value_t = 300)]
     every: u64,
+    /// Caddy's `grace_period` for the old server at a reload ("10s").
+    #[arg(long)]
+    grace_period: Option<String>,
+    /// Caddy's `shutdown_delay` before the old server stops ("1s").
+    #[arg(long)]
+    shutdown_delay: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -62,7 +68,14 @@ async fn bench(args: &Args) -> BoxResult<serde_json::Value> {
         services.push(HelloService::start(n, Duration::from_millis(20)).await?);
     }
     let dials: Vec<String> = services.iter().map(|s| s.addr().to_string()).collect();
-    let caddy = Caddy::start(&bin, &dials).await?;
+    let mut app = serde_json::Map::new();
+    if let Some(g) = &args.grace_period {
+        app.insert("grace_period".into(), g.clone().into());
+    }
+    if let Some(d) = &args.shutdown_delay {
+        app.insert("shutdown_delay".into(), d.clone().into());
+    }
+    let caddy = Caddy::start_with(&bin, &dials, app).await?;
     let load = Load::start(
         caddy.http,
         LoadConfig {
@@ -86,6 +99,8 @@ async fn bench(args: &Args) -> BoxResult<serde_json::Value> {
     Ok(serde_json::json!({
         "bench": "caddy_reloads",
         "reloads": args.reloads,
+        "grace_period": args.grace_period,
+        "shutdown_delay": args.shutdown_delay,
         "requests": stats.requests,
         "failed": stats.failed,
         "failed_by_kind": stats.failed_by_kind,
