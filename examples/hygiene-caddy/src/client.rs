@@ -62,7 +62,12 @@ struct Reply {
 
 impl Admin {
     pub(crate) fn new(base: String, timeout: Duration) -> Self {
-        let http = Client::builder(TokioExecutor::new()).build_http();
+        // No idle connections kept: Caddy closes its admin connections
+        // when a configuration load replaces the admin server, and a
+        // request sent on such a connection fails half-way.
+        let http = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http();
         Self {
             base,
             timeout,
@@ -75,7 +80,26 @@ impl Admin {
         &self.base
     }
 
+    /// One request; a read (GET) that failed on the way (the admin server
+    /// was being replaced by a reload) is sent once more, 50 ms later.
     async fn call(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<Reply, CaddyError> {
+        let read = method == Method::GET;
+        match self.call_once(op, method.clone(), path, body.clone()).await {
+            Err(CaddyError::Transport { .. }) if read => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.call_once(op, method, path, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn call_once(
         &self,
         op: &'static str,
         method: Method,
