@@ -155,7 +155,15 @@ async fn a_foreign_or_newer_journal_is_refused_and_nothing_changes() {
     assert_eq!(mutations(&lb), 0);
     // A journal from a newer version.
     let newer = dir.path().join("newer.jsonl");
-    std::fs::write(&newer, text.replacen("\"format\":1", "\"format\":99", 1)).expect("write");
+    std::fs::write(
+        &newer,
+        text.replacen(
+            &format!("\"format\":{}", hygiene_core::journal::JOURNAL_FORMAT),
+            "\"format\":99",
+            1,
+        ),
+    )
+    .expect("write");
     let e = Rollout::new(lb.clone(), ScriptedExecutor::new(), config())
         .with_journal(FileJournal::open(&newer).expect("open"))
         .run()
