@@ -250,3 +250,79 @@ async fn a_lease_too_short_for_a_step_is_refused_before_anything_changes() {
     assert!(e.to_string().contains("call_timeout"), "{e}");
     assert!(lb.calls().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_hosts_a_batch_takes_out_are_held_by_address_and_a_host_another_pool_holds_is_never_drained(
+) {
+    // web-1 and web-2 on two hosts (their addresses); another pool ("api")
+    // holds 10.0.0.2 (it has it out). The store must show 10.0.0.1 held by
+    // "web" while web-1 is maintained, and web-2 must never be drained.
+    let lb = InMemoryBalancer::new();
+    for (id, address) in [("web-1", "10.0.0.1"), ("web-2", "10.0.0.2")] {
+        lb.add_target(
+            hygiene_core::Target::new(TargetId::new(id).expect("id")).with_address(address),
+        );
+    }
+    let ids: Vec<TargetId> = lb.snapshot().into_iter().map(|(id, _)| id).collect();
+    let exec = ScriptedExecutor::new();
+    exec.set_duration_all(&ids, Duration::from_secs(10));
+    let store = MemoryLeaseStore::new(LEASE);
+    let other = store.contender();
+    other
+        .acquire("api", &Owner::here("api-run"), &["10.0.0.2".to_string()])
+        .await
+        .expect("the other pool holds 10.0.0.2");
+    let since = Instant::now();
+    let grant = store
+        .acquire("web", &Owner::here("run-1"), &[])
+        .await
+        .expect("acquire");
+    let held = HeldLease {
+        store: Arc::new(store.clone()),
+        grant,
+        since,
+    };
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(1))
+        .min_healthy(Amount::Count(0))
+        .max_failures(Amount::Count(1))
+        .poll_interval(Duration::from_millis(200))
+        .health_timeout(Duration::from_secs(5))
+        .build()
+        .expect("config");
+    let run = tokio::spawn(
+        Rollout::new(lb.clone(), exec.clone(), cfg)
+            .with_lease(held)
+            .run(),
+    );
+    // web-1 is in its maintenance (10 s) at 5 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let holder = store.holder("web").await.expect("holder").expect("held");
+    assert_eq!(
+        holder.hosts,
+        vec!["10.0.0.1".to_string()],
+        "the host of the target out, by address"
+    );
+    let report = run.await.expect("join").expect("run");
+    let web2 = TargetId::new("web-2").expect("id");
+    assert!(
+        !lb.calls()
+            .iter()
+            .any(|c| c.op == Operation::Drain && c.ids.contains(&web2)),
+        "web-2's host is held by another pool: never drained: {:?}",
+        lb.calls()
+    );
+    let r2 = report
+        .targets
+        .iter()
+        .find(|t| t.id == web2)
+        .expect("web-2 in the report");
+    assert_ne!(r2.result, TargetResult::Done, "{:#?}", report.targets);
+    assert!(all_in_service(&lb), "{:?}", lb.snapshot());
+    assert_eq!(exec.records().len(), 1, "only web-1 maintained");
+    let holder = store.holder("web").await.expect("holder");
+    assert!(
+        holder.is_none_or(|h| h.hosts.is_empty()),
+        "every host given back"
+    );
+}
