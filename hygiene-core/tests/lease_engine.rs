@@ -95,6 +95,12 @@ async fn a_run_under_a_lease_renews_it_and_journals_in_the_store() {
         other.acquire("web", &Owner::here("run-2"), &[]).await,
         Err(LeaseError::Held { .. })
     ));
+    // The run's heartbeat ends with the run: no renewal afterwards (the
+    // last give-back, sent as the run ends, is let through first).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = s.store.calls();
+    tokio::time::sleep(LEASE * 5).await;
+    assert_eq!(s.store.calls(), calls, "renewed after the run ended");
 }
 
 #[tokio::test(start_paused = true)]
