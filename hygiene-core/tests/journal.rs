@@ -291,6 +291,41 @@ async fn restore_puts_back_everything_the_dead_run_took_out() {
     assert!(again.is_success(), "{again:#?}");
 }
 
+// A balancer that does not list what is out (ELBv2 lists registered
+// targets only): restore asks for the status of each target the dead run
+// may have taken out, and puts it back.
+#[tokio::test(start_paused = true)]
+async fn restore_finds_targets_the_listing_does_not_show_and_puts_them_back() {
+    let (lb, ids) = pool(4);
+    let mut hiding = Tampered::new(lb.clone());
+    hiding.list_in_service_only = true;
+    let journal = MemoryJournal::new();
+    let run = Rollout::new(hiding.clone(), executor(&ids, None), config(2))
+        .with_journal(journal.clone())
+        .run();
+    // Dies during the first batch's maintenance.
+    let _ = tokio::time::timeout(Duration::from_millis(1500), run).await;
+    let out: Vec<TargetId> = lb
+        .snapshot()
+        .into_iter()
+        .filter(|(_, s)| s.state != TargetState::InService)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(out.len(), 2, "the dead run left its batch out");
+    let r = Rollout::new(hiding, ScriptedExecutor::new(), config(2))
+        .with_journal(journal)
+        .restore()
+        .await
+        .expect("restore");
+    for (id, s) in lb.snapshot() {
+        assert_eq!(s.state, TargetState::InService, "{id} still out: {r:#?}");
+    }
+    for id in &out {
+        let t = r.target(id).expect("reported");
+        assert!(!t.is_kept_out(), "{t:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_reload_found_on_resume_is_handled_and_reported() {
     let (lb, ids) = pool(2);

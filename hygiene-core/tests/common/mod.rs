@@ -61,6 +61,9 @@ pub struct Tampered {
     pub calls: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Operation, usize>>>,
     /// `enable` applies, then fails with this error, this many times.
     pub enable_applies_then_fails: std::sync::Arc<std::sync::Mutex<Vec<hygiene_core::Error>>>,
+    /// `list` shows only targets in service, while `status` still answers
+    /// for the others (ELBv2 lists registered targets only).
+    pub list_in_service_only: bool,
 }
 
 impl Tampered {
@@ -72,6 +75,7 @@ impl Tampered {
             hang: Vec::new(),
             calls: Default::default(),
             enable_applies_then_fails: Default::default(),
+            list_in_service_only: false,
         }
     }
 
@@ -99,7 +103,11 @@ impl hygiene_core::LoadBalancer for Tampered {
     }
     async fn list(&self) -> hygiene_core::Result<Vec<hygiene_core::ListedTarget>> {
         self.maybe_hang(Operation::List).await;
-        self.inner.list().await
+        let mut listed = self.inner.list().await?;
+        if self.list_in_service_only {
+            listed.retain(|l| l.status.state == hygiene_core::TargetState::InService);
+        }
+        Ok(listed)
     }
     async fn status(
         &self,
