@@ -245,3 +245,104 @@ async fn a_wedged_recovery_waits_one_limit_and_keeps_the_target_out() {
         "the journal stays open while the maintenance may run"
     );
 }
+
+/// A dead run's maintenance (started by [`Wedged`]) recovered by a
+/// scripted executor: returns the resumed run's report and how many times
+/// `recover` was called.
+async fn resume_with_recoveries(
+    answers: Vec<hygiene_core::Result<hygiene_core::Recovered>>,
+) -> (
+    hygiene_core::Report,
+    usize,
+    hygiene_core::testing::InMemoryBalancer,
+) {
+    use hygiene_core::journal::MemoryJournal;
+    use hygiene_core::testing::InMemoryBalancer;
+
+    let cfg = || {
+        RolloutConfig::builder()
+            .poll_interval(Duration::from_millis(100))
+            .health_timeout(Duration::from_secs(5))
+            .execute_timeout(Duration::from_secs(600))
+            .build()
+            .expect("config")
+    };
+    let lb = InMemoryBalancer::with_targets(["web-1"]).expect("lb");
+    let journal = MemoryJournal::new();
+    let run = Rollout::new(lb.clone(), Wedged, cfg())
+        .with_journal(journal.clone())
+        .run();
+    assert!(tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .is_err());
+    let answers = Arc::new(Mutex::new(answers));
+    let calls = Arc::new(Mutex::new(0usize));
+    let mut exec = MockExecutor::new();
+    exec.expect_name().return_const("wedged".to_owned());
+    exec.expect_preflight()
+        .returning(|t| Ok(vec![Preflight::Ready; t.len()]));
+    let (a, c) = (Arc::clone(&answers), Arc::clone(&calls));
+    exec.expect_recover().returning(move |_, _| {
+        *c.lock().expect("calls") += 1;
+        let mut a = a.lock().expect("answers");
+        if a.is_empty() {
+            Err(Error::unavailable("mock executor", "no more answers"))
+        } else {
+            a.remove(0)
+        }
+    });
+    let report = Rollout::new(lb.clone(), exec, cfg())
+        .with_journal(journal)
+        .resume()
+        .await
+        .expect("resume");
+    let n = *calls.lock().expect("calls");
+    (report, n, lb)
+}
+
+/// A recovery read that fails for a moment (throttled) is asked again, and
+/// the maintenance's outcome it then gets is the target's.
+#[tokio::test(start_paused = true)]
+async fn a_recovery_throttled_once_is_asked_again() {
+    let id = TargetId::new("web-1").expect("id");
+    let (report, calls, lb) = resume_with_recoveries(vec![
+        Err(throttled("recover")),
+        Ok(hygiene_core::Recovered::Finished(ExecOutcome::success(
+            id.clone(),
+            Duration::from_secs(3),
+        ))),
+    ])
+    .await;
+    assert_eq!(calls, 2, "asked again after the throttled read");
+    assert!(report.is_success(), "{report:#?}");
+    assert_eq!(
+        lb.status_of(&id).map(|s| s.state),
+        Some(TargetState::InService)
+    );
+}
+
+/// A recovery refused for good (permission denied) is not asked again:
+/// the target stays out, named, with its handle kept for a later try.
+#[tokio::test(start_paused = true)]
+async fn a_recovery_refused_for_good_is_not_retried_and_keeps_the_target_out() {
+    let id = TargetId::new("web-1").expect("id");
+    let (report, calls, lb) = resume_with_recoveries(vec![
+        Err(Error::PermissionDenied {
+            location: "mock executor".into(),
+            message: "not allowed to read the command".into(),
+            source: None,
+        }),
+        Ok(hygiene_core::Recovered::Finished(ExecOutcome::success(
+            id.clone(),
+            Duration::from_secs(3),
+        ))),
+    ])
+    .await;
+    assert_eq!(calls, 1, "a permission error is not retried");
+    let t = report.target(&id).expect("web-1");
+    assert!(t.is_kept_out(), "{t:?}");
+    assert_ne!(
+        lb.status_of(&id).map(|s| s.state),
+        Some(TargetState::InService)
+    );
+}
