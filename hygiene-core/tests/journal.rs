@@ -398,6 +398,56 @@ async fn a_journal_that_cannot_be_written_stops_drains_not_put_backs() {
     );
 }
 
+/// A journal that cannot record a maintenance's intent (and writes
+/// everything else).
+#[derive(Debug, Clone)]
+struct NoExecuteIntent(MemoryJournal);
+
+impl Journal for NoExecuteIntent {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn append(&self, record: &Record) -> hygiene_core::Result<()> {
+        if matches!(
+            record,
+            Record::Intent {
+                op: Op::Execute,
+                ..
+            }
+        ) {
+            return Err(Error::journal("memory journal", "disk full"));
+        }
+        self.0.append(record)
+    }
+    fn records(&self) -> hygiene_core::Result<Vec<Record>> {
+        self.0.records()
+    }
+}
+
+// A maintenance whose intent cannot be recorded is not started: the
+// target, drained, fails with the journal's error and goes back.
+#[tokio::test(start_paused = true)]
+async fn a_maintenance_whose_intent_cannot_be_recorded_is_not_started() {
+    let (lb, ids) = pool(1);
+    let exec = executor(&ids, None);
+    let r = tokio::time::timeout(
+        Duration::from_secs(3600),
+        Rollout::new(lb.clone(), exec.clone(), config(1))
+            .with_journal(NoExecuteIntent(MemoryJournal::new()))
+            .run(),
+    )
+    .await
+    .expect("the run ends")
+    .expect("run");
+    assert!(exec.records().is_empty(), "no maintenance started");
+    let t = r.target(&ids[0]).expect("reported");
+    assert!(
+        matches!(&t.result, TargetResult::Failed { reason, .. } if reason.contains("disk full")),
+        "{t:?}"
+    );
+    check_every_target_back_or_named(&lb, &r);
+}
+
 // The journal alone tells an auditor what became of each target, with why.
 #[tokio::test(start_paused = true)]
 async fn finished_records_say_what_became_of_each_target_and_why() {
