@@ -332,3 +332,148 @@ async fn the_hosts_a_batch_takes_out_are_held_by_address_and_a_host_another_pool
         "every host given back"
     );
 }
+
+/// The memory store, except that its second `take_hosts` finds the lease
+/// taken over (before the heartbeat's next renewal could tell).
+#[derive(Debug, Clone)]
+struct LostAtSecondTake {
+    inner: MemoryLeaseStore,
+    takes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for LostAtSecondTake {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> hygiene_core::lease::LeaseCapabilities {
+        self.inner.capabilities()
+    }
+    fn duration(&self) -> Duration {
+        self.inner.duration()
+    }
+    async fn acquire(
+        &self,
+        pool: &str,
+        owner: &Owner,
+        hosts: &[String],
+    ) -> hygiene_core::lease::LeaseResult<hygiene_core::lease::Grant> {
+        self.inner.acquire(pool, owner, hosts).await
+    }
+    async fn take_hosts(
+        &self,
+        grant: &hygiene_core::lease::Grant,
+        hosts: &[String],
+    ) -> hygiene_core::lease::LeaseResult<()> {
+        if self.takes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            return Err(LeaseError::Lost {
+                store: self.name(),
+                pool: grant.pool.clone(),
+                fence: grant.fence,
+                message: "taken over by run-2".into(),
+            });
+        }
+        self.inner.take_hosts(grant, hosts).await
+    }
+    async fn give_back(
+        &self,
+        grant: &hygiene_core::lease::Grant,
+        hosts: &[String],
+    ) -> hygiene_core::lease::LeaseResult<()> {
+        self.inner.give_back(grant, hosts).await
+    }
+    async fn renew(
+        &self,
+        grant: &hygiene_core::lease::Grant,
+    ) -> hygiene_core::lease::LeaseResult<()> {
+        self.inner.renew(grant).await
+    }
+    async fn release(
+        &self,
+        grant: &hygiene_core::lease::Grant,
+    ) -> hygiene_core::lease::LeaseResult<()> {
+        self.inner.release(grant).await
+    }
+    async fn holder(
+        &self,
+        pool: &str,
+    ) -> hygiene_core::lease::LeaseResult<Option<hygiene_core::lease::Holder>> {
+        self.inner.holder(pool).await
+    }
+    async fn append(
+        &self,
+        grant: &hygiene_core::lease::Grant,
+        record: &Record,
+    ) -> hygiene_core::lease::LeaseResult<()> {
+        self.inner.append(grant, record).await
+    }
+    async fn records(&self, pool: &str) -> hygiene_core::lease::LeaseResult<Vec<Record>> {
+        self.inner.records(pool).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_found_lost_at_a_drain_starts_no_maintenance_on_a_target_already_out() {
+    // A window of 2 over three targets: web-1 and web-2 go out together;
+    // web-2 drains for 30 s. web-1 is done at ~2 s and web-3's drain finds
+    // the lease lost. When web-2 has drained, its maintenance is not
+    // started: this run changes nothing more.
+    use hygiene_core::testing::DrainProfile;
+    let lb = InMemoryBalancer::with_targets(["web-1", "web-2", "web-3"]).expect("lb");
+    let web2 = TargetId::new("web-2").expect("id");
+    lb.set_drain_profile(
+        &web2,
+        DrainProfile {
+            initial: 3,
+            duration: Duration::from_secs(30),
+        },
+    )
+    .expect("profile");
+    let ids: Vec<TargetId> = lb.snapshot().into_iter().map(|(id, _)| id).collect();
+    let exec = ScriptedExecutor::new();
+    exec.set_duration_all(&ids, Duration::from_secs(1));
+    let store = LostAtSecondTake {
+        inner: MemoryLeaseStore::new(LEASE),
+        takes: Arc::default(),
+    };
+    let since = Instant::now();
+    let grant = store
+        .acquire("web", &Owner::here("run-1"), &[])
+        .await
+        .expect("acquire");
+    let held = HeldLease {
+        store: Arc::new(store.clone()),
+        grant,
+        since,
+    };
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .pacing(hygiene_core::Pacing::Window)
+        .min_healthy(Amount::Count(0))
+        .max_failures(Amount::Count(3))
+        .poll_interval(Duration::from_millis(200))
+        .health_timeout(Duration::from_secs(5))
+        .drain_timeout(Duration::from_secs(120))
+        .build()
+        .expect("config");
+    let report = Rollout::new(lb.clone(), exec.clone(), cfg)
+        .with_lease(held)
+        .run()
+        .await
+        .expect("run");
+    let maintained: Vec<TargetId> = exec.records().into_iter().map(|r| r.id).collect();
+    assert_eq!(
+        maintained,
+        vec![TargetId::new("web-1").expect("id")],
+        "only web-1 maintained: {:#?}",
+        report.targets
+    );
+    assert!(
+        store.takes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "web-3's drain asked for its host"
+    );
+    let r2 = report.target(&web2).expect("web-2");
+    assert_ne!(r2.result, TargetResult::Done, "{r2:?}");
+    // Left to the new holder: named as out, not put back by this run.
+    assert!(r2.is_kept_out(), "{r2:?}");
+}
