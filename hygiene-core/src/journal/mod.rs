@@ -136,7 +136,12 @@ impl Journal for MemoryJournal {
 /// `$HYGIENE_STATE_DIR`, else `$XDG_STATE_HOME/hygiene`, else
 /// `$HOME/.local/state/hygiene`, else `/var/lib/hygiene`.
 pub fn default_dir() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    dir_from(|k| std::env::var_os(k))
+}
+
+/// [`default_dir`] from the variables `var` gives (an empty one is unset).
+fn dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let env = |k: &str| var(k).filter(|v| !v.is_empty());
     if let Some(d) = env("HYGIENE_STATE_DIR") {
         return PathBuf::from(d);
     }
@@ -233,4 +238,83 @@ pub(crate) fn status(journal: &dyn Journal, balancer: &str) -> Result<(Status, V
         },
         records,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(call: u64) -> Record {
+        Record::Intent {
+            call,
+            op: Op::Drain,
+            ids: Vec::new(),
+            at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_shared_journal_is_the_same_journal() {
+        let inner = MemoryJournal::new();
+        let shared: Arc<dyn Journal> = Arc::new(inner.clone());
+        assert_eq!(shared.location(), "memory journal");
+        shared.append(&intent(4)).expect("append");
+        assert_eq!(inner.records().expect("records"), vec![intent(4)]);
+        assert_eq!(shared.records().expect("records"), vec![intent(4)]);
+    }
+
+    #[test]
+    fn truncate_keeps_what_a_killed_process_left() {
+        let j = MemoryJournal::new();
+        for c in 0..5 {
+            j.append(&intent(c)).expect("append");
+        }
+        j.truncate(2);
+        assert_eq!(j.records().expect("records"), vec![intent(0), intent(1)]);
+    }
+
+    #[test]
+    fn the_next_call_id_follows_the_largest_intent() {
+        assert_eq!(last_call(&[]), None);
+        let records = [intent(3), intent(7), intent(5)];
+        assert_eq!(last_call(&records), Some(7));
+    }
+
+    #[test]
+    fn the_state_dir_comes_from_the_first_variable_set() {
+        use std::ffi::OsString;
+        let vars = |set: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                set.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(
+            dir_from(vars(&[
+                ("HYGIENE_STATE_DIR", "/s"),
+                ("XDG_STATE_HOME", "/x")
+            ])),
+            PathBuf::from("/s")
+        );
+        assert_eq!(
+            dir_from(vars(&[("HYGIENE_STATE_DIR", ""), ("XDG_STATE_HOME", "/x")])),
+            PathBuf::from("/x/hygiene"),
+            "an empty variable is unset"
+        );
+        assert_eq!(
+            dir_from(vars(&[("HOME", "/home/op")])),
+            PathBuf::from("/home/op/.local/state/hygiene")
+        );
+        assert_eq!(dir_from(vars(&[])), PathBuf::from("/var/lib/hygiene"));
+    }
+
+    #[test]
+    fn the_host_is_this_machines_name() {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .expect("a hostname on this machine");
+        assert!(!name.trim().is_empty());
+        assert_eq!(host(), name.trim());
+    }
 }
