@@ -362,4 +362,66 @@ mod tests {
         let e = FileJournal::open(&path).expect_err("refused").to_string();
         assert!(e.contains("owned by user 65534"), "{e}");
     }
+
+    #[test]
+    fn a_private_journal_keeps_the_mode_its_owner_gave_it() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let path = tmp.path().join("web.jsonl");
+        drop(FileJournal::open(&path).expect("open"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        drop(FileJournal::open(&path).expect("open again"));
+        assert_eq!(
+            mode(&path),
+            0o700,
+            "only group and other bits are taken away"
+        );
+    }
+
+    #[test]
+    fn a_journal_not_written_yet_reads_as_empty() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let records = FileJournal::read(&tmp.path().join("none.jsonl")).expect("read");
+        assert!(records.is_empty());
+    }
+
+    fn record_line(call: u64) -> String {
+        let r = Record::Intent {
+            call,
+            op: crate::journal::Op::Drain,
+            ids: Vec::new(),
+            at: String::new(),
+        };
+        format!("{}\n", serde_json::to_string(&r).expect("json"))
+    }
+
+    #[test]
+    fn archive_moves_the_journal_aside_by_its_run_id() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let path = tmp.path().join("web.jsonl");
+        let j = FileJournal::open(&path).expect("open");
+        let r: Record = serde_json::from_str(record_line(1).trim()).expect("record");
+        j.append(&r).expect("append");
+        let to = j.archive("run-42").expect("archive");
+        assert_eq!(to, tmp.path().join("web.jsonl.run-42.done"));
+        assert!(!path.exists(), "the next run starts a new journal");
+        assert_eq!(FileJournal::read(&to).expect("read"), vec![r]);
+    }
+
+    #[test]
+    fn whole_records_end_before_a_torn_last_line() {
+        let a = record_line(1);
+        let b = record_line(2);
+        assert_eq!(whole_len(format!("{a}{b}").as_bytes()), a.len() + b.len());
+        // Torn without a newline: cut after the last newline.
+        assert_eq!(
+            whole_len(format!("{a}{{\"record\":\"int").as_bytes()),
+            a.len()
+        );
+        // Torn, then the newline of a later write that died too.
+        assert_eq!(
+            whole_len(format!("{a}{b}{{\"record\":\"int\n").as_bytes()),
+            a.len() + b.len()
+        );
+        assert_eq!(whole_len(b"{\"record\":\"int\n"), 0);
+    }
 }
