@@ -424,4 +424,17 @@ mod tests {
         );
         assert_eq!(whole_len(b"{\"record\":\"int\n"), 0);
     }
+
+    #[test]
+    fn a_last_record_without_its_newline_is_not_trusted() {
+        let a = record_line(1);
+        let b = record_line(2);
+        let whole = parse(format!("{a}{b}").as_bytes(), "j").expect("parse");
+        assert_eq!(whole.len(), 2);
+        // The same bytes less the final newline: the write stopped there,
+        // and a record cut short can still be valid JSON (a number).
+        let cut = parse(format!("{a}{}", b.trim_end()).as_bytes(), "j").expect("parse");
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0], whole[0]);
+    }
 }
