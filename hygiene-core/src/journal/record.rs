@@ -259,3 +259,63 @@ pub fn open_changes(records: &[Record]) -> Vec<Change> {
     }
     open
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(run: &str) -> Record {
+        Record::Header(Box::new(Header {
+            format: JOURNAL_FORMAT,
+            hygiene: "test".into(),
+            run_id: run.into(),
+            started_at: String::new(),
+            balancer: "lb".into(),
+            executor: "exec".into(),
+            host: "h".into(),
+            pid: 1,
+            config: RolloutConfig::builder().build().expect("config"),
+            plan: Vec::new(),
+        }))
+    }
+
+    fn change(key: &str, what: &str) -> Record {
+        Record::Change(Box::new(Change::new(
+            key,
+            "autoscaling",
+            what,
+            serde_json::json!({ "key": key }),
+        )))
+    }
+
+    #[test]
+    fn open_changes_are_the_last_runs_not_undone_first_write_kept() {
+        let records = [
+            header("run-1"),
+            change("old", "a change of an earlier run"),
+            header("run-2"),
+            change("suspend", "suspended AZRebalance"),
+            change("standby-i-1", "i-1 in standby"),
+            change("suspend", "written again"),
+            change("min-size", "MinSize 2 -> 1"),
+            Record::undone("standby-i-1"),
+            Record::undone("not-a-change"),
+        ];
+        let open = open_changes(&records);
+        let keys: Vec<&str> = open.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["suspend", "min-size"],
+            "oldest first, undone ones gone"
+        );
+        assert_eq!(
+            open[0].what, "suspended AZRebalance",
+            "the first write counts"
+        );
+        assert!(
+            open_changes(&records[..2]).len() == 1,
+            "no later header: the first run's"
+        );
+        assert!(open_changes(&[]).is_empty());
+    }
+}
