@@ -143,6 +143,23 @@ pub fn readable_by_others(path: &Path) -> Option<String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_private_directory_keeps_the_mode_its_owner_gave_it() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let dir = tmp.path().join("logs");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+        private_dir(&dir).expect("private already");
+        assert_eq!(
+            std::fs::metadata(&dir).expect("meta").mode() & 0o777,
+            0o500,
+            "only group and other bits are taken away"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        private_dir(&dir).expect("made private");
+        assert_eq!(std::fs::metadata(&dir).expect("meta").mode() & 0o777, 0o700);
+    }
+
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).expect("meta").mode() & 0o777
     }
