@@ -185,3 +185,127 @@ impl Trace {
         Some(((**header).clone(), traces))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::executor::{ExecHandle, ExecOutcome};
+
+    fn id(s: &str) -> TargetId {
+        TargetId::new(s).expect("id")
+    }
+
+    fn intent(call: u64, op: Op, ids: &[&str]) -> Record {
+        Record::Intent {
+            call,
+            op,
+            ids: ids.iter().map(|s| id(s)).collect(),
+            at: String::new(),
+        }
+    }
+
+    fn result(call: u64, ok: bool, outcomes: Option<Vec<ExecOutcome>>, open: bool) -> Record {
+        Record::Result {
+            call,
+            ok,
+            error: (!ok).then(|| "the executor's error".to_owned()),
+            outcomes,
+            open,
+            at: String::new(),
+        }
+    }
+
+    fn started(call: u64, s: &str) -> Record {
+        Record::Started {
+            call,
+            id: id(s),
+            handle: ExecHandle(serde_json::json!({ "for": s })),
+            at: String::new(),
+        }
+    }
+
+    fn ok(s: &str) -> ExecOutcome {
+        ExecOutcome::success(id(s), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn what_a_journal_says_of_each_maintenance_and_put_back() {
+        let cfg = crate::config::RolloutConfig::builder()
+            .build()
+            .expect("config");
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let header = Record::Header(Box::new(Header {
+            format: crate::journal::JOURNAL_FORMAT,
+            hygiene: "test".into(),
+            run_id: "run".into(),
+            started_at: String::new(),
+            balancer: "lb".into(),
+            executor: "exec".into(),
+            host: "h".into(),
+            pid: 1,
+            config: cfg,
+            plan: names.iter().map(|s| Target::new(id(s))).collect(),
+        }));
+        let records = vec![
+            header,
+            intent(1, Op::Drain, &names),
+            result(1, true, None, false),
+            // a succeeded, b failed: trusted answers.
+            intent(2, Op::Execute, &["a", "b"]),
+            started(2, "a"),
+            started(2, "b"),
+            result(
+                2,
+                true,
+                Some(vec![
+                    ok("a"),
+                    ExecOutcome::failure(id("b"), Duration::from_secs(1), "disk full"),
+                ]),
+                false,
+            ),
+            // c: an answer for another target; d: of the wrong length.
+            intent(3, Op::Execute, &["c"]),
+            started(3, "c"),
+            result(3, true, Some(vec![ok("a")]), false),
+            intent(4, Op::Execute, &["d"]),
+            started(4, "d"),
+            result(4, true, Some(vec![ok("d"), ok("d")]), false),
+            // e: the executor could not be asked (open).
+            intent(5, Op::Execute, &["e"]),
+            started(5, "e"),
+            result(5, false, None, true),
+            // f: died mid-maintenance; its recovery learned nothing.
+            intent(6, Op::Execute, &["f"]),
+            started(6, "f"),
+            intent(7, Op::Recover, &["f"]),
+            result(7, false, None, false),
+            // a put back; b's put-back failed.
+            intent(8, Op::Enable, &["a"]),
+            result(8, true, None, false),
+            intent(9, Op::Enable, &["b"]),
+            result(9, false, None, false),
+        ];
+        let (_, traces) = Trace::of(&records).expect("a run");
+        let t = |s: &str| {
+            traces
+                .iter()
+                .find(|t| t.target.id == id(s))
+                .expect("traced")
+                .clone()
+        };
+        assert_eq!(t("a").exec, Interrupted::Succeeded);
+        assert!(t("a").handle.is_none());
+        assert!(!t("a").maybe_out, "put back");
+        assert_eq!(t("b").exec, Interrupted::Failed("disk full".into()));
+        assert!(t("b").maybe_out, "its put-back failed");
+        for s in ["c", "d", "e"] {
+            assert_eq!(t(s).exec, Interrupted::Unknown, "{s}");
+            assert!(t(s).handle.is_some(), "{s}: the way to it is kept");
+            assert!(t(s).maybe_out, "{s}");
+        }
+        assert_eq!(t("f").exec, Interrupted::Unknown, "on_interrupted decides");
+        assert!(t("f").handle.is_none(), "nothing left to wait for");
+    }
+}
