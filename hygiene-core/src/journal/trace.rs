@@ -235,7 +235,7 @@ mod tests {
         let cfg = crate::config::RolloutConfig::builder()
             .build()
             .expect("config");
-        let names = ["a", "b", "c", "d", "e", "f"];
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
         let header = Record::Header(Box::new(Header {
             format: crate::journal::JOURNAL_FORMAT,
             hygiene: "test".into(),
@@ -281,6 +281,12 @@ mod tests {
             started(6, "f"),
             intent(7, Op::Recover, &["f"]),
             result(7, false, None, false),
+            // g: a handle journaled under another call is not g's.
+            intent(10, Op::Execute, &["g"]),
+            started(1, "g"),
+            // h: the maintenance call failed as a whole: its error.
+            intent(11, Op::Execute, &["h"]),
+            result(11, false, None, false),
             // a put back; b's put-back failed.
             intent(8, Op::Enable, &["a"]),
             result(8, true, None, false),
@@ -307,5 +313,11 @@ mod tests {
         }
         assert_eq!(t("f").exec, Interrupted::Unknown, "on_interrupted decides");
         assert!(t("f").handle.is_none(), "nothing left to wait for");
+        assert_eq!(t("g").exec, Interrupted::Unknown);
+        assert!(t("g").handle.is_none(), "{:?}", t("g").handle);
+        assert_eq!(
+            t("h").exec,
+            Interrupted::Failed("the executor's error".into())
+        );
     }
 }
