@@ -307,6 +307,9 @@ mod tests {
             PathBuf::from("/home/op/.local/state/hygiene")
         );
         assert_eq!(dir_from(vars(&[])), PathBuf::from("/var/lib/hygiene"));
+        // This process's own: from its environment, a real place.
+        assert_ne!(default_dir(), PathBuf::new());
+        assert_eq!(default_dir(), dir_from(|k| std::env::var_os(k)));
     }
 
     #[test]
