@@ -165,7 +165,13 @@ async fn a_rollout_under_load_loses_no_request() {
 fn reload_race(kind: &str) -> bool {
     matches!(
         kind,
-        "keepalive_reset" | "fresh_reset" | "fresh_connect" | "keepalive_connect"
+        // A keep-alive connection the old server dropped without a reset
+        // leaves its request waiting: seen once (1 of 17,690) in session 8.
+        "keepalive_reset"
+            | "fresh_reset"
+            | "fresh_connect"
+            | "keepalive_connect"
+            | "keepalive_timeout"
     )
 }
 
