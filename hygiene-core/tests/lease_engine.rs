@@ -35,22 +35,27 @@ struct Setup {
     ids: Vec<TargetId>,
 }
 
+/// Pool "web"'s lease in `store`, taken now by run-1.
+async fn hold<S: LeaseStore + Clone>(store: &S) -> HeldLease {
+    let since = Instant::now();
+    let grant = store
+        .acquire("web", &Owner::here("run-1"), &[])
+        .await
+        .expect("acquire");
+    HeldLease {
+        store: Arc::new(store.clone()),
+        grant,
+        since,
+    }
+}
+
 async fn setup(maintenance: Duration) -> Setup {
     let lb = InMemoryBalancer::with_targets(["web-1", "web-2", "web-3", "web-4"]).expect("lb");
     let ids: Vec<TargetId> = lb.snapshot().into_iter().map(|(id, _)| id).collect();
     let exec = ScriptedExecutor::new();
     exec.set_duration_all(&ids, maintenance);
     let store = MemoryLeaseStore::new(LEASE);
-    let since = Instant::now();
-    let grant = store
-        .acquire("web", &Owner::here("run-1"), &[])
-        .await
-        .expect("acquire");
-    let held = HeldLease {
-        store: Arc::new(store.clone()),
-        grant,
-        since,
-    };
+    let held = hold(&store).await;
     Setup {
         lb,
         exec,
@@ -278,16 +283,7 @@ async fn the_hosts_a_batch_takes_out_are_held_by_address_and_a_host_another_pool
         .acquire("api", &Owner::here("api-run"), &["10.0.0.2".to_string()])
         .await
         .expect("the other pool holds 10.0.0.2");
-    let since = Instant::now();
-    let grant = store
-        .acquire("web", &Owner::here("run-1"), &[])
-        .await
-        .expect("acquire");
-    let held = HeldLease {
-        store: Arc::new(store.clone()),
-        grant,
-        since,
-    };
+    let held = hold(&store).await;
     let cfg = RolloutConfig::builder()
         .batch_size(Amount::Count(1))
         .min_healthy(Amount::Count(0))
@@ -436,16 +432,7 @@ async fn a_lease_found_lost_at_a_drain_starts_no_maintenance_on_a_target_already
         inner: MemoryLeaseStore::new(LEASE),
         takes: Arc::default(),
     };
-    let since = Instant::now();
-    let grant = store
-        .acquire("web", &Owner::here("run-1"), &[])
-        .await
-        .expect("acquire");
-    let held = HeldLease {
-        store: Arc::new(store.clone()),
-        grant,
-        since,
-    };
+    let held = hold(&store).await;
     let cfg = RolloutConfig::builder()
         .batch_size(Amount::Count(2))
         .pacing(hygiene_core::Pacing::Window)
