@@ -402,7 +402,15 @@ fn check_invariants(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    // A fixed seed, so that CI runs the same cases every time; explore
+    // with other seeds and more cases, e.g.
+    // `PROPTEST_RNG_SEED=$RANDOM PROPTEST_CASES=100000 cargo test …`.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20_261_206),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn rolling_invariants_hold(p in plan()) {

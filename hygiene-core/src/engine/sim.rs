@@ -4,6 +4,9 @@
 //! and then reported failed, calls that hang, targets removed from the
 //! pool, cancellation at any point), and every invariant is checked from
 //! the outside, on what the simulated world saw.
+//!
+//! `SIM_TRACE=1` prints every call, answer and crash of a case;
+//! `SIM_DEBUG=1` prints the machine a case that did not finish left behind.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -521,7 +524,7 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
     let mut drained_once: BTreeSet<usize> = BTreeSet::new();
     // Targets out because of the run at each step, checked against the
     // final report once it is known.
-    let mut out_samples: Vec<BTreeSet<usize>> = Vec::new();
+    let mut out_samples: Vec<BTreeSet<(usize, bool)>> = Vec::new();
     let mut finished = false;
     for _ in 0..20_000 {
         journal.extend(m.take_finished().into_iter().map(finished_record));
@@ -544,6 +547,12 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
                 }
             }
             let (fault, delay) = p.faults[world.calls % p.faults.len()];
+            if std::env::var("SIM_TRACE").is_ok() {
+                eprintln!(
+                    "{now} issue #{} {e:?} fault {fault:?} +{delay}",
+                    world.calls
+                );
+            }
             world.calls += 1;
             let ks: Vec<usize> = match &e {
                 Effect::Drain(_, ids) | Effect::Disable(_, ids) | Effect::Enable(_, ids) => {
@@ -621,13 +630,17 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
                 issued: now,
             });
         }
+        // Which of them the run held kept out (or unknown) at that moment:
+        // a process that resumes later may learn more and put one back, so
+        // the final report alone does not say what was kept out then.
+        let now_reports = m.target_reports(|i| format!("enable {i}"));
         out_samples.push(
             world
                 .t
                 .iter()
                 .enumerate()
                 .filter(|(_, w)| w.touched && w.exists && w.state != TargetState::InService)
-                .map(|(k, _)| k)
+                .map(|(k, _)| (k, now_reports[k].is_kept_out()))
                 .collect(),
         );
         if m.is_finished() {
@@ -639,6 +652,9 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
             // or may not have applied; a maintenance runs on by itself), and
             // a new process resumes from the journal and the live pool.
             crashed = true;
+            if std::env::var("SIM_TRACE").is_ok() {
+                eprintln!("{now} CRASH");
+            }
             for f in inflight.drain(..) {
                 if f.call.is_multiple_of(2) {
                     world.apply(&f.effect, now);
@@ -761,6 +777,9 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
             (f.at != NEVER && f.at <= now) || (f.at == NEVER && f.issued + CALL_LIMIT_MS <= now)
         }) {
             let f = inflight.remove(pos);
+            if std::env::var("SIM_TRACE").is_ok() {
+                eprintln!("{now} reply to {:?}", f.effect);
+            }
             let reply = if f.at == NEVER {
                 // Timed out: a change may or may not have applied.
                 if f.call.is_multiple_of(2) {
@@ -851,13 +870,14 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
     for sample in &out_samples {
         let working = sample
             .iter()
-            .filter(|&&k| {
+            .filter(|&&(k, kept_out_then)| {
                 // A failed target the balancer put back, and which could
                 // not be taken out again, ends in service: it was kept out
                 // before, like the ones reported kept out.
                 let kept_then =
                     world.t[k].put_back && matches!(by_k(k).result, TargetResult::Failed { .. });
                 !by_k(k).is_kept_out()
+                    && !kept_out_then
                     && !kept_then
                     && !matches!(by_k(k).result, TargetResult::Vanished { .. })
             })
@@ -896,7 +916,15 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+    // A fixed seed, so that CI runs the same cases every time; explore
+    // with other seeds and more cases, e.g.
+    // `PROPTEST_RNG_SEED=$RANDOM PROPTEST_CASES=100000 cargo test …`.
+    #![proptest_config(ProptestConfig {
+        cases: 1024,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20_261_206),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn the_machine_keeps_every_invariant_under_faults(p in plan()) {
@@ -1282,5 +1310,67 @@ mod repro {
             ],
         };
         simulate(&p).expect("ok");
+    }
+}
+
+#[cfg(test)]
+mod repro_kept_out_then_recovered {
+    //! A case the property test found in CI: a maintenance whose call hit
+    //! the driver's time limit left its target kept out, the next batch
+    //! started, the process died, and the resumed run read the first
+    //! maintenance's outcome (finished, success) and put its target back.
+    //! The target was kept out, not in progress, while the next batch ran:
+    //! invariant 2 is judged on what the run reported at each moment.
+    use super::*;
+
+    fn quiet() -> TPlan {
+        TPlan {
+            conns: 0,
+            drain_ms: 0,
+            exec_ms: 0,
+            exec_fails: false,
+            not_ready: false,
+            probe_fail_first: 0,
+            probe_never: false,
+            unhealthy_after_enable: false,
+            health_delay_ms: 0,
+            out_at_start: false,
+            vanish_at_ms: None,
+            put_back_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_target_kept_out_before_a_crash_may_be_put_back_after_it() {
+        let mut faults: Vec<(Fault, u64)> = [0u64, 0, 0, 278, 200, 34, 338, 0, 0, 149]
+            .into_iter()
+            .map(|d| (Fault::None, d))
+            .collect();
+        // The maintenance of t0 never answers: the driver's limit ends it.
+        faults.push((Fault::Hang, 0));
+        faults.push((Fault::None, 0));
+        let mut t0 = quiet();
+        t0.conns = 1;
+        t0.drain_ms = 1339;
+        let p = Plan {
+            targets: vec![t0, quiet(), quiet(), quiet()],
+            batch: 1,
+            min_healthy: 0,
+            max_failures: 3,
+            canary: false,
+            on_failure: OnFailure::KeepOut,
+            on_drain_timeout: OnDrainTimeout::Fail,
+            pacing: Pacing::Batches,
+            drain_timeout_ms: 1339,
+            health_timeout_ms: 1000,
+            warmup_ms: 0,
+            poll_ms: 170,
+            hard_disable: false,
+            probe: false,
+            cancel_at_ms: None,
+            crash_after: Some(27),
+            faults,
+        };
+        simulate(&p).expect("every invariant holds");
     }
 }
