@@ -134,3 +134,122 @@ pub fn summarize(records: &[Record]) -> Option<Summary> {
         targets,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Op, JOURNAL_FORMAT};
+    use crate::target::Target;
+
+    fn id(s: &str) -> TargetId {
+        TargetId::new(s).expect("id")
+    }
+
+    fn intent(call: u64, op: Op, s: &str) -> Record {
+        Record::Intent {
+            call,
+            op,
+            ids: vec![id(s)],
+            at: String::new(),
+        }
+    }
+
+    fn done(call: u64) -> Record {
+        Record::Result {
+            call,
+            ok: true,
+            error: None,
+            outcomes: None,
+            open: false,
+            at: String::new(),
+        }
+    }
+
+    fn finished(s: &str, stage: Stage, location: Location) -> Record {
+        Record::Finished {
+            id: id(s),
+            stage,
+            failed_at: None,
+            location,
+            detail: None,
+        }
+    }
+
+    /// A recorded finish is what the journal says of a target, unless it
+    /// said "out by the run" and a change of the run may have moved it
+    /// since (the same rule resume applies): then it is out.
+    #[test]
+    fn a_finish_is_trusted_unless_the_run_may_have_moved_the_target_since() {
+        let cfg = crate::config::RolloutConfig::builder()
+            .build()
+            .expect("config");
+        let names = ["a", "b", "c", "d"];
+        let records = vec![
+            Record::Header(Box::new(Header {
+                format: JOURNAL_FORMAT,
+                hygiene: "test".into(),
+                run_id: "run".into(),
+                started_at: String::new(),
+                balancer: "lb".into(),
+                executor: "exec".into(),
+                host: "h".into(),
+                pid: 1,
+                config: cfg,
+                plan: names.iter().map(|s| Target::new(id(s))).collect(),
+            })),
+            // a: finished out by the run, drained and never put back.
+            intent(1, Op::Drain, "a"),
+            done(1),
+            finished("a", Stage::Skipped, Location::OutByRun),
+            // b: kept out after a drain: its finish is trusted.
+            intent(2, Op::Drain, "b"),
+            done(2),
+            finished("b", Stage::Failed, Location::KeptOut),
+            // c: finished out by the run, then put back.
+            intent(3, Op::Drain, "c"),
+            done(3),
+            finished("c", Stage::Skipped, Location::OutByRun),
+            intent(4, Op::Enable, "c"),
+            done(4),
+            // d: never touched, finished in service.
+            finished("d", Stage::Done, Location::InService),
+        ];
+        let summary = summarize(&records).expect("a run");
+        let state = |s: &str| {
+            summary
+                .targets
+                .iter()
+                .find(|t| t.id == id(s))
+                .expect("summarised")
+                .state
+                .clone()
+        };
+        assert_eq!(state("a"), JournaledState::Out);
+        assert_eq!(
+            state("b"),
+            JournaledState::Finished {
+                stage: Stage::Failed,
+                location: Location::KeptOut,
+                detail: None,
+            }
+        );
+        assert_eq!(
+            state("c"),
+            JournaledState::Finished {
+                stage: Stage::Skipped,
+                location: Location::OutByRun,
+                detail: None,
+            }
+        );
+        assert_eq!(
+            state("d"),
+            JournaledState::Finished {
+                stage: Stage::Done,
+                location: Location::InService,
+                detail: None,
+            }
+        );
+        let out: Vec<&str> = summary.out().map(|t| t.id.as_str()).collect();
+        assert_eq!(out, ["a", "b", "c"]);
+    }
+}
