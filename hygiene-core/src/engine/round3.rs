@@ -291,6 +291,7 @@ fn resumed(cfg: RolloutConfig, mode: Recovery) -> (Machine, World) {
     let traces = vec![Trace {
         target: Target::new(id(0)),
         maybe_out: true,
+        out_after_finish: false,
         exec: Interrupted::Unknown,
         handle: Some(handle()),
         finished: None,
@@ -606,6 +607,7 @@ fn review_a_resumed_kept_out_target_is_watched() {
         Trace {
             target: Target::new(id(0)),
             maybe_out: true,
+            out_after_finish: false,
             exec: Interrupted::Failed("boom".into()),
             handle: None,
             finished: Some(Finish {
@@ -618,6 +620,7 @@ fn review_a_resumed_kept_out_target_is_watched() {
         Trace {
             target: Target::new(id(1)),
             maybe_out: false,
+            out_after_finish: false,
             exec: Interrupted::NotStarted,
             handle: None,
             finished: None,
@@ -1001,6 +1004,7 @@ fn review_f_a_target_out_by_someone_else_is_not_claimed_at_resume() {
     let traces = vec![Trace {
         target: Target::new(id(0)),
         maybe_out: true, // its drain intent, never undone by an enable
+        out_after_finish: false,
         exec: Interrupted::NotStarted,
         handle: None,
         finished: Some(Finish {

@@ -187,6 +187,25 @@ fn plan() -> impl Strategy<Value = Plan> {
     })
 }
 
+/// A target with nothing in flight, nothing slow and nothing failing.
+#[cfg(test)]
+fn quiet() -> TPlan {
+    TPlan {
+        conns: 0,
+        drain_ms: 0,
+        exec_ms: 0,
+        exec_fails: false,
+        not_ready: false,
+        probe_fail_first: 0,
+        probe_never: false,
+        unhealthy_after_enable: false,
+        health_delay_ms: 0,
+        out_at_start: false,
+        vanish_at_ms: None,
+        put_back_at_ms: None,
+    }
+}
+
 fn id(k: usize) -> TargetId {
     TargetId::new(format!("t{k}")).expect("id")
 }
@@ -690,6 +709,9 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
             );
             offset = now;
             effects = m.handle(Duration::ZERO, Input::Tick);
+            if std::env::var("SIM_TRACE").is_ok() {
+                eprintln!("{now} RESUMED from {journal:#?}\nlisted {listed:#?}\n{m:#?}\neffects {effects:?}");
+            }
             continue;
         }
         // The next thing to happen.
@@ -1323,23 +1345,6 @@ mod repro_kept_out_then_recovered {
     //! invariant 2 is judged on what the run reported at each moment.
     use super::*;
 
-    fn quiet() -> TPlan {
-        TPlan {
-            conns: 0,
-            drain_ms: 0,
-            exec_ms: 0,
-            exec_fails: false,
-            not_ready: false,
-            probe_fail_first: 0,
-            probe_never: false,
-            unhealthy_after_enable: false,
-            health_delay_ms: 0,
-            out_at_start: false,
-            vanish_at_ms: None,
-            put_back_at_ms: None,
-        }
-    }
-
     #[test]
     fn a_target_kept_out_before_a_crash_may_be_put_back_after_it() {
         let mut faults: Vec<(Fault, u64)> = [0u64, 0, 0, 278, 200, 34, 338, 0, 0, 149]
@@ -1369,6 +1374,62 @@ mod repro_kept_out_then_recovered {
             probe: false,
             cancel_at_ms: None,
             crash_after: Some(27),
+            faults,
+        };
+        simulate(&p).expect("every invariant holds");
+    }
+}
+
+#[cfg(test)]
+mod repro_redrain_after_finish {
+    //! A case the property test found: t1's drain timed out and it was
+    //! kept out; a reload put it back; the guard's drain was refused, so its
+    //! finish was journaled "failed, in service"; the guard drained it
+    //! again, and the process died with that drain applied. The resumed run
+    //! trusted the finish and reported t1 in service while it drained.
+    use super::*;
+
+    #[test]
+    fn a_target_drained_again_after_its_finish_is_not_reported_in_service() {
+        let busy = |drain_ms: u64, put_back_at_ms: Option<u64>| TPlan {
+            conns: 1,
+            drain_ms,
+            put_back_at_ms,
+            ..quiet()
+        };
+        let mut faults: Vec<(Fault, u64)> = [
+            15, 385, 61, 238, 0, 0, 0, 326, 340, 0, 0, 273, 0, 72, 356, 0, 0, 99, 146, 141, 59,
+            295, 289, 0, 30, 0, 113, 16, 52, 0, 377, 392, 0,
+        ]
+        .into_iter()
+        .map(|d| (Fault::None, d))
+        .collect();
+        // The guard's first drain of t1 after the reload is refused.
+        faults.push((Fault::Error, 0));
+        faults.extend([(Fault::None, 0); 4]);
+        let mut targets = vec![
+            busy(2241, Some(5285)),
+            busy(2042, Some(6036)),
+            busy(614, None),
+        ];
+        targets.extend(std::iter::repeat_with(quiet).take(4));
+        let p = Plan {
+            targets,
+            batch: 1,
+            min_healthy: 0,
+            max_failures: 2,
+            canary: false,
+            on_failure: OnFailure::KeepOut,
+            on_drain_timeout: OnDrainTimeout::Fail,
+            pacing: Pacing::Batches,
+            drain_timeout_ms: 1428,
+            health_timeout_ms: 1000,
+            warmup_ms: 341,
+            poll_ms: 476,
+            hard_disable: false,
+            probe: false,
+            cancel_at_ms: None,
+            crash_after: Some(39),
             faults,
         };
         simulate(&p).expect("every invariant holds");

@@ -105,8 +105,12 @@ pub fn summarize(records: &[Record]) -> Option<Summary> {
         .map(|t| {
             let state = match (&t.finished, t.maybe_out, &t.exec) {
                 // A finish the journal recorded, unless a later change may
-                // have moved it (the same rule resume applies).
-                (Some(f), _, _) if !(t.maybe_out && f.location == Location::OutByRun) => {
+                // have moved it (the same rule resume applies): it said
+                // out by the run, or the run sent a drain after it.
+                (Some(f), _, _)
+                    if !(t.out_after_finish
+                        || (t.maybe_out && f.location == Location::OutByRun)) =>
+                {
                     JournaledState::Finished {
                         stage: f.stage,
                         location: f.location,
@@ -183,7 +187,7 @@ mod tests {
         let cfg = crate::config::RolloutConfig::builder()
             .build()
             .expect("config");
-        let names = ["a", "b", "c", "d"];
+        let names = ["a", "b", "c", "d", "e"];
         let records = vec![
             Record::Header(Box::new(Header {
                 format: JOURNAL_FORMAT,
@@ -213,6 +217,10 @@ mod tests {
             done(4),
             // d: never touched, finished in service.
             finished("d", Stage::Done, Location::InService),
+            // e: failed in service, then drained again by the run's guard.
+            intent(5, Op::Drain, "e"),
+            finished("e", Stage::Failed, Location::InService),
+            intent(6, Op::Drain, "e"),
         ];
         let summary = summarize(&records).expect("a run");
         let state = |s: &str| {
@@ -249,7 +257,12 @@ mod tests {
                 detail: None,
             }
         );
+        assert_eq!(
+            state("e"),
+            JournaledState::Out,
+            "its finish may no longer hold"
+        );
         let out: Vec<&str> = summary.out().map(|t| t.id.as_str()).collect();
-        assert_eq!(out, ["a", "b", "c"]);
+        assert_eq!(out, ["a", "b", "c", "e"]);
     }
 }

@@ -28,6 +28,10 @@ pub(crate) struct Trace {
     /// A drain or disable was sent (it may have applied) and no enable
     /// succeeded after it: the run may have it out of rotation.
     pub(crate) maybe_out: bool,
+    /// A drain or disable was sent after its finish was journaled (the
+    /// guard taking a kept-out target out again), and no enable succeeded
+    /// after it: the finish's location may no longer hold.
+    pub(crate) out_after_finish: bool,
     /// Its maintenance.
     pub(crate) exec: Interrupted,
     /// The executor's handle on a maintenance whose outcome is unknown,
@@ -62,6 +66,7 @@ impl Trace {
             .map(|t| Trace {
                 target: t.clone(),
                 maybe_out: false,
+                out_after_finish: false,
                 exec: Interrupted::NotStarted,
                 handle: None,
                 finished: None,
@@ -80,7 +85,10 @@ impl Trace {
                     let ks: Vec<usize> = ids.iter().filter_map(|i| index.get(i).copied()).collect();
                     for &k in &ks {
                         match op {
-                            Op::Drain | Op::Disable => traces[k].maybe_out = true,
+                            Op::Drain | Op::Disable => {
+                                traces[k].maybe_out = true;
+                                traces[k].out_after_finish |= traces[k].finished.is_some();
+                            }
                             Op::Execute => {
                                 traces[k].exec = Interrupted::Unknown;
                                 traces[k].handle = None;
@@ -105,6 +113,7 @@ impl Trace {
                         Op::Enable if *ok => {
                             for &k in ks {
                                 traces[k].maybe_out = false;
+                                traces[k].out_after_finish = false;
                             }
                         }
                         // The executor could not be asked, or did not answer
@@ -171,6 +180,7 @@ impl Trace {
                     detail,
                 } => {
                     if let Some(&k) = index.get(id) {
+                        traces[k].out_after_finish = false;
                         traces[k].finished = Some(Finish {
                             stage: *stage,
                             failed_at: *failed_at,
@@ -319,5 +329,67 @@ mod tests {
             t("h").exec,
             Interrupted::Failed("the executor's error".into())
         );
+    }
+
+    /// A drain sent after a target's finish was journaled (the guard
+    /// taking a kept-out target out again) says the finish's location may
+    /// no longer hold, until an enable succeeds or a new finish is written.
+    #[test]
+    fn a_drain_after_the_finish_is_remembered_until_undone() {
+        let cfg = crate::config::RolloutConfig::builder()
+            .build()
+            .expect("config");
+        let names = ["a", "b", "c", "d"];
+        let finished = |s: &str| Record::Finished {
+            id: id(s),
+            stage: Stage::Failed,
+            failed_at: Some(Stage::Draining),
+            location: Location::InService,
+            detail: None,
+        };
+        let records = vec![
+            Record::Header(Box::new(Header {
+                format: crate::journal::JOURNAL_FORMAT,
+                hygiene: "test".into(),
+                run_id: "run".into(),
+                started_at: String::new(),
+                balancer: "lb".into(),
+                executor: "exec".into(),
+                host: "h".into(),
+                pid: 1,
+                config: cfg,
+                plan: names.iter().map(|s| Target::new(id(s))).collect(),
+            })),
+            // a: drained before its finish only.
+            intent(1, Op::Drain, &["a"]),
+            result(1, false, None, false),
+            finished("a"),
+            // b: drained again after its finish (no answer: the run died).
+            intent(2, Op::Drain, &["b"]),
+            finished("b"),
+            intent(3, Op::Disable, &["b"]),
+            // c: drained after its finish, then put back.
+            finished("c"),
+            intent(4, Op::Drain, &["c"]),
+            result(4, true, None, false),
+            intent(5, Op::Enable, &["c"]),
+            result(5, true, None, false),
+            // d: drained after its finish, then finished again.
+            finished("d"),
+            intent(6, Op::Drain, &["d"]),
+            finished("d"),
+        ];
+        let (_, traces) = Trace::of(&records).expect("a run");
+        let t = |s: &str| {
+            traces
+                .iter()
+                .find(|t| t.target.id == id(s))
+                .expect("traced")
+                .clone()
+        };
+        assert!(t("a").maybe_out && !t("a").out_after_finish, "a");
+        assert!(t("b").maybe_out && t("b").out_after_finish, "b");
+        assert!(!t("c").maybe_out && !t("c").out_after_finish, "c");
+        assert!(t("d").maybe_out && !t("d").out_after_finish, "d");
     }
 }

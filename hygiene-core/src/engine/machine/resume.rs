@@ -158,14 +158,18 @@ impl Machine {
                         matches!(
                             f.failed_at,
                             Some(Stage::Executing | Stage::Probing | Stage::Enabling)
-                        )
+                        ) || (f.failed_at.is_some() && t.out_after_finish)
                     })
                 {
                     // A failed maintenance or probe, last journaled in
                     // service (taking it out again had failed), and out now:
-                    // the run's guard took it out again before it stopped
-                    // (a drain that never applied fails at Draining, and is
-                    // not claimed here). Kept out, and watched.
+                    // the run's guard took it out again before it stopped.
+                    // So is any failed target the run sent a drain after
+                    // its finish (a kept-out target whose drain had timed
+                    // out, put back by a reload, taken out again by the
+                    // guard). A drain that never applied, with no drain
+                    // after it, fails at Draining and is not claimed here.
+                    // Kept out, and watched.
                     self.note(
                         i,
                         "taken out of rotation again by the run before it stopped: kept out",
