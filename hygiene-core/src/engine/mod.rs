@@ -16,6 +16,8 @@ mod round3;
 #[cfg(test)]
 mod sim;
 mod spans;
+#[cfg(test)]
+mod survivors;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

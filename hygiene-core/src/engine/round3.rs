@@ -22,7 +22,12 @@ fn hard_caps() -> Capabilities {
     caps().with_hard_disable(true)
 }
 
-fn machine_with(cfg: RolloutConfig, n: usize, poll_ms: u64, caps: Capabilities) -> Machine {
+pub(super) fn machine_with(
+    cfg: RolloutConfig,
+    n: usize,
+    poll_ms: u64,
+    caps: Capabilities,
+) -> Machine {
     let listed: Vec<ListedTarget> = (0..n)
         .map(|k| ListedTarget {
             target: Target::new(id(k)),
@@ -33,20 +38,20 @@ fn machine_with(cfg: RolloutConfig, n: usize, poll_ms: u64, caps: Capabilities) 
 }
 
 /// What the world answers; `None` from a hook means "as usual".
-type Hook = Box<dyn FnMut(u64, &Effect, &mut World) -> Option<Reply>>;
+pub(super) type Hook = Box<dyn FnMut(u64, &Effect, &mut World) -> Option<Reply>>;
 
 /// A balancer and an executor in memory, answering every effect at once
 /// (1 ms later), with a hook to script the exceptions.
-struct World {
-    states: HashMap<TargetId, TargetStatus>,
+pub(super) struct World {
+    pub(super) states: HashMap<TargetId, TargetStatus>,
     /// Every effect, with the time it was answered.
-    log: Vec<(u64, Effect)>,
+    pub(super) log: Vec<(u64, Effect)>,
     /// The state each target had when its maintenance started.
-    executed_while: Vec<(TargetId, TargetState)>,
+    pub(super) executed_while: Vec<(TargetId, TargetState)>,
 }
 
 impl World {
-    fn new(n: usize) -> Self {
+    pub(super) fn new(n: usize) -> Self {
         Self {
             states: (0..n).map(|k| (id(k), up())).collect(),
             log: Vec::new(),
@@ -54,7 +59,7 @@ impl World {
         }
     }
 
-    fn set(&mut self, k: usize, s: TargetStatus) {
+    pub(super) fn set(&mut self, k: usize, s: TargetStatus) {
         self.states.insert(id(k), s);
     }
 
@@ -105,7 +110,7 @@ impl World {
 
     /// Drives `m` to its end (or `limit_ms`), answering each effect 1 ms
     /// after it was asked, in order.
-    fn drive(&mut self, m: &mut Machine, mut hook: Hook, limit_ms: u64) {
+    pub(super) fn drive(&mut self, m: &mut Machine, mut hook: Hook, limit_ms: u64) {
         let mut now = 0u64;
         let mut pending: std::collections::VecDeque<Effect> = m.handle(ms(now), Input::Tick).into();
         while now < limit_ms {
@@ -130,12 +135,12 @@ impl World {
         }
     }
 
-    fn count(&self, f: impl Fn(&Effect) -> bool) -> usize {
+    pub(super) fn count(&self, f: impl Fn(&Effect) -> bool) -> usize {
         self.log.iter().filter(|(_, e)| f(e)).count()
     }
 }
 
-fn names(e: &Effect, k: usize) -> bool {
+pub(super) fn names(e: &Effect, k: usize) -> bool {
     match e {
         Effect::Status(_, ids)
         | Effect::ReadBack(_, ids)
