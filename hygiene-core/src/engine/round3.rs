@@ -592,6 +592,15 @@ fn a_kept_out_target_is_taken_out_again_after_a_refused_redrain() {
 // broken server in rotation, reported "kept out".
 #[test]
 fn review_a_resumed_kept_out_target_is_watched() {
+    use crate::phase::Stage;
+    // Kept out after a failed maintenance, or after a drain that timed out
+    // (the run that kept it out watched both).
+    for failed_at in [Stage::Executing, Stage::Draining] {
+        resumed_kept_out_target_is_watched(failed_at);
+    }
+}
+
+fn resumed_kept_out_target_is_watched(failed_at: crate::phase::Stage) {
     use crate::journal::{Finish, Interrupted, Trace};
     use crate::phase::Stage;
     let cfg = RolloutConfig::builder()
@@ -617,7 +626,7 @@ fn review_a_resumed_kept_out_target_is_watched() {
             handle: None,
             finished: Some(Finish {
                 stage: Stage::Failed,
-                failed_at: Some(Stage::Executing),
+                failed_at: Some(failed_at),
                 location: Location::KeptOut,
                 detail: Some("boom".into()),
             }),
@@ -661,7 +670,8 @@ fn review_a_resumed_kept_out_target_is_watched() {
     let r = report(&m, 0);
     assert!(
         w.states[&id(0)].state != TargetState::InService,
-        "t0 (kept out, broken) left serving; report says {:?}: {:#?}",
+        "t0 (kept out at {:?}) left serving; report says {:?}: {:#?}",
+        failed_at,
         r.location,
         w.log
     );

@@ -870,6 +870,17 @@ fn simulate(p: &Plan) -> Result<(), TestCaseError> {
                 r.location
             );
         }
+        // Kept out means out: a target the run kept out and a reload put
+        // back is taken out again (or reported otherwise).
+        if r.location == crate::phase::Location::KeptOut {
+            prop_assert_ne!(
+                w.state,
+                TargetState::InService,
+                "t{} reported kept out, but serves: {:?}",
+                k,
+                r
+            );
+        }
         if r.location == crate::phase::Location::InService {
             prop_assert_eq!(
                 w.state,
@@ -1430,6 +1441,59 @@ mod repro_redrain_after_finish {
             probe: false,
             cancel_at_ms: None,
             crash_after: Some(39),
+            faults,
+        };
+        simulate(&p).expect("every invariant holds");
+    }
+}
+
+#[cfg(test)]
+mod repro_unseen_kept_out {
+    //! A case the property test found once it checked that "kept out"
+    //! means out: t0's maintenance failed and it was kept out, the run
+    //! stopped (no failure allowed), and the guard's last status read of t0
+    //! hung until its limit while a reload put t0 back. The report said
+    //! "kept out" of a server in rotation; it now says unknown, and why.
+    use super::*;
+
+    #[test]
+    fn a_kept_out_target_whose_last_read_failed_is_not_reported_kept_out() {
+        let t0 = TPlan {
+            conns: 1,
+            drain_ms: 1777,
+            exec_fails: true,
+            put_back_at_ms: Some(2985),
+            ..quiet()
+        };
+        let t1 = TPlan {
+            out_at_start: true,
+            ..quiet()
+        };
+        let mut faults: Vec<(Fault, u64)> = [0u64, 0, 0, 243]
+            .into_iter()
+            .map(|d| (Fault::None, d))
+            .collect();
+        faults.push((Fault::AppliedThenError, 0));
+        faults.extend([0u64, 0, 347, 204, 254, 0].map(|d| (Fault::None, d)));
+        // The guard's read of t0 after its failure never answers.
+        faults.push((Fault::Hang, 0));
+        let p = Plan {
+            targets: vec![t0, t1],
+            batch: 1,
+            min_healthy: 0,
+            max_failures: 0,
+            canary: false,
+            on_failure: OnFailure::KeepOut,
+            on_drain_timeout: OnDrainTimeout::Fail,
+            pacing: Pacing::Batches,
+            drain_timeout_ms: 1777,
+            health_timeout_ms: 1000,
+            warmup_ms: 0,
+            poll_ms: 243,
+            hard_disable: false,
+            probe: false,
+            cancel_at_ms: None,
+            crash_after: None,
             faults,
         };
         simulate(&p).expect("every invariant holds");

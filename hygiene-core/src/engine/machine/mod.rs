@@ -251,6 +251,9 @@ struct Slot {
     open: bool,
     /// The guard no longer watches it (the pool no longer knows it).
     unwatched: bool,
+    /// Kept out and watched, and the guard's last read of it failed (why):
+    /// the run cannot say it is still out, so its report does not either.
+    unseen: Option<String>,
     /// Disabled (hard) after its drain, before its maintenance.
     sealed: bool,
     /// The call id from which a poll counts for its current step: a poll
@@ -451,6 +454,7 @@ impl Machine {
                 keep_out: false,
                 open: false,
                 unwatched: false,
+                unseen: None,
                 sealed: false,
                 epoch: 0,
                 last_error: None,
@@ -671,6 +675,14 @@ impl Machine {
                 let mut notes = s.notes.clone();
                 if let (Some(End::Vanished(..)), Some((at, why))) = (&s.end, &s.failure) {
                     notes.insert(0, format!("failed at {at} before it vanished: {why}"));
+                }
+                if let (Location::KeptOut, Some(why)) = (location, &s.unseen) {
+                    // Something may have put it back since the last read
+                    // that showed it out: say so, not "kept out".
+                    location = Location::Unknown;
+                    notes.push(format!(
+                        "the last status read of it failed ({why}): it may be back in rotation; check it"
+                    ));
                 }
                 TargetReport {
                     id: s.target.id.clone(),

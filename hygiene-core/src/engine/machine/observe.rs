@@ -155,6 +155,7 @@ impl Machine {
                 // its answer decides.
                 continue;
             }
+            self.slots[i].unseen = None;
             if s.state != TargetState::InService {
                 // Out again (a drain sent again that applied after all).
                 self.slots[i].lost = false;
@@ -309,6 +310,9 @@ impl Machine {
     pub(super) fn poll_failed(&mut self, idx: &[usize], e: &Error) {
         let mut judged = false;
         for &i in idx {
+            if self.slots[i].step == Step::Finished && self.slots[i].keep_out {
+                self.slots[i].unseen = Some(e.to_string());
+            }
             judged |= matches!(self.slots[i].step, Step::Draining | Step::Verify);
             match self.slots[i].step {
                 Step::Draining => {

@@ -329,13 +329,10 @@ impl Machine {
             Stage::Restored => End::Restored(why),
             Stage::Vanished => End::Vanished(f.failed_at.unwrap_or(Stage::Pending), why),
             _ => {
-                // Kept out after a failed maintenance or probe: watched by
-                // this run too, like the run that kept it out did.
-                self.slots[i].keep_out = f.location == Location::KeptOut
-                    && matches!(
-                        f.failed_at,
-                        Some(Stage::Executing | Stage::Probing | Stage::Enabling)
-                    );
+                // Kept out after a failure (a maintenance, a probe, a
+                // health check, a drain that timed out): watched by this
+                // run too, like the run that kept it out did.
+                self.slots[i].keep_out = f.location == Location::KeptOut && f.failed_at.is_some();
                 self.fail(i, f.failed_at.unwrap_or(Stage::Failed), why);
                 End::Failed
             }
