@@ -1047,10 +1047,13 @@ async fn a_failed_take_out_again_is_reported_as_in_service() {
         },
     )
     .expect("set");
-    // The first disable seals t000 after its drain; the second, taking it
-    // out again after its failed health, is refused.
+    // The first disable seals t000 after its drain; every later one (taking
+    // it out again after its failed health, and again at the run's last
+    // looks) is refused.
     lb.pass_next(Operation::Disable);
-    lb.fail_next(Operation::Disable, Error::rejected("lb", "refused"));
+    for _ in 0..5 {
+        lb.fail_next(Operation::Disable, Error::rejected("lb", "refused"));
+    }
     let cfg = base()
         .health_timeout(Duration::from_secs(2))
         .build()
@@ -1078,6 +1081,48 @@ async fn a_failed_take_out_again_is_reported_as_in_service() {
         t.notes
     );
     assert_eq!(
+        lb.status_of(&ids[0]).map(|s| s.state),
+        Some(TargetState::InService)
+    );
+}
+
+/// A take-out refused once is tried again at the run's last look: the
+/// target the run keeps out is out when the run ends.
+#[tokio::test(start_paused = true)]
+async fn a_refused_take_out_is_tried_again_before_the_run_ends() {
+    let (lb, ids) = pool(2);
+    lb.set_health_after_enable(
+        &ids[0],
+        HealthScript {
+            delay: Duration::ZERO,
+            health: Health::Unhealthy,
+        },
+    )
+    .expect("set");
+    lb.pass_next(Operation::Disable);
+    lb.fail_next(Operation::Disable, Error::rejected("lb", "refused"));
+    let cfg = base()
+        .health_timeout(Duration::from_secs(2))
+        .build()
+        .expect("config");
+    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
+        .run()
+        .await
+        .expect("run");
+    let t = r.target(&ids[0]).expect("reported");
+    assert!(
+        matches!(
+            t.result,
+            TargetResult::Failed {
+                phase: Stage::Enabling,
+                kept_out: true,
+                ..
+            }
+        ),
+        "{r:#?}"
+    );
+    assert_eq!(t.location, hygiene_core::Location::KeptOut, "{r:#?}");
+    assert_ne!(
         lb.status_of(&ids[0]).map(|s| s.state),
         Some(TargetState::InService)
     );

@@ -433,9 +433,23 @@ fn failed_redrain_after_finish_reports_kept_out_while_in_service() {
         rd,
         Reply::Changed(Err(Error::unavailable("lb", "down"))),
     );
-    // The failed re-drain of a finished target is read back.
-    let rb = status(&e);
-    let _ = reply(&mut m, 107, rb, ok_status(vec![up()]));
+    // The failed re-drain of a finished target is read back; before the
+    // run ends it is looked at again (and drained again, refused) until
+    // its last looks are spent.
+    let mut pending = e;
+    let mut t = 107;
+    while let Some(e) = pending.pop() {
+        t += 1;
+        let r = match e {
+            Effect::Status(..) | Effect::ReadBack(..) => ok_status(vec![up()]),
+            Effect::Drain(..) | Effect::Disable(..) => {
+                Reply::Changed(Err(Error::unavailable("lb", "down")))
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        pending.extend(reply(&mut m, t, e.call(), r));
+        assert!(t < 130, "the last looks never end");
+    }
     assert!(m.is_finished());
     let r = report(&m, 0);
     assert_ne!(

@@ -1160,3 +1160,52 @@ fn a_deferred_put_back_is_not_drained_again() {
         w.log
     );
 }
+
+// The run's last looks: a kept-out target that something puts back at
+// every look is taken out again each time, up to the limit, and then
+// reported in a state the run could not read, never "kept out".
+#[test]
+fn a_target_put_back_at_every_last_look_is_not_reported_kept_out() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut failed = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::Execute(..) => {
+                failed = true;
+                Some(Reply::Executed(Ok(vec![ExecOutcome::failure(
+                    id(0),
+                    ms(1),
+                    "boom",
+                )])))
+            }
+            // An agent that puts it back before every read.
+            Effect::Status(..) if failed => {
+                w.set(0, up());
+                None
+            }
+            _ => None,
+        }),
+        20_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    let redrains = w.count(|e| matches!(e, Effect::Drain(..)) && names(e, 0));
+    assert_eq!(
+        redrains,
+        1 + 3,
+        "the drain, then one per last look: {:#?}",
+        w.log
+    );
+    assert_eq!(r.location, Location::Unknown, "{r:?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("last 3 looks")),
+        "{:?}",
+        r.notes
+    );
+}

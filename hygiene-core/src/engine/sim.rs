@@ -1499,3 +1499,50 @@ mod repro_unseen_kept_out {
         simulate(&p).expect("every invariant holds");
     }
 }
+
+#[cfg(test)]
+mod repro_put_back_as_the_run_ends {
+    //! A case the property test found once it checked that "kept out"
+    //! means out: t0's maintenance failed after a cancel, it was kept out,
+    //! and a reload put it back while the guard's last read was in flight.
+    //! That read was sent before the maintenance ended, so its answer did
+    //! not count, and the run ended reporting t0 kept out while it served.
+    //! The run now looks at the targets it keeps out once more before it
+    //! ends.
+    use super::*;
+
+    #[test]
+    fn a_kept_out_target_put_back_as_the_run_ends_is_taken_out_again() {
+        let t0 = TPlan {
+            conns: 1,
+            drain_ms: 1846,
+            exec_fails: true,
+            put_back_at_ms: Some(2514),
+            ..quiet()
+        };
+        let faults: Vec<(Fault, u64)> = [0u64, 0, 14, 0, 340, 0, 0, 0, 0, 85, 338, 0, 232]
+            .into_iter()
+            .map(|d| (Fault::None, d))
+            .collect();
+        let p = Plan {
+            targets: vec![t0],
+            batch: 1,
+            min_healthy: 0,
+            max_failures: 0,
+            canary: false,
+            on_failure: OnFailure::KeepOut,
+            on_drain_timeout: OnDrainTimeout::Fail,
+            pacing: Pacing::Batches,
+            drain_timeout_ms: 1846,
+            health_timeout_ms: 1000,
+            warmup_ms: 0,
+            poll_ms: 378,
+            hard_disable: false,
+            probe: false,
+            cancel_at_ms: Some(2205),
+            crash_after: None,
+            faults,
+        };
+        simulate(&p).expect("every invariant holds");
+    }
+}

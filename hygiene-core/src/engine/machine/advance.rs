@@ -134,6 +134,48 @@ impl Machine {
             });
         }
         self.plan(out);
+        self.final_look(out);
+    }
+
+    /// When nothing else is left, one more read of the targets the run
+    /// keeps out before it ends: "kept out" in the report is what the
+    /// balancer shows at the end (one put back since the last poll is
+    /// taken out again, and looked at again, up to [`FINAL_LOOKS`] times).
+    fn final_look(&mut self, out: &mut Vec<Effect>) {
+        if !self.is_finished() || (self.final_looks > 0 && !self.kept_changed) {
+            return;
+        }
+        let kept: Vec<usize> = self
+            .kept
+            .iter()
+            .copied()
+            .filter(|&i| self.watch(i) == Watch::Guard)
+            .collect();
+        if kept.is_empty() {
+            return;
+        }
+        if self.final_looks >= FINAL_LOOKS {
+            // Put back at every look: taken out again, not seen out since.
+            for &i in &kept {
+                if self.slots[i]
+                    .drain_lost
+                    .last()
+                    .is_some_and(|l| l.back_out.is_some())
+                {
+                    self.slots[i].unseen = Some(format!(
+                        "something put it back in rotation at each of the run's last {FINAL_LOOKS} looks"
+                    ));
+                }
+            }
+            return;
+        }
+        self.final_looks += 1;
+        self.kept_changed = false;
+        self.poll_in_flight = true;
+        self.last_poll = self.now;
+        let ids = self.ids(&kept);
+        let c = self.call(Call::Poll(kept));
+        out.push(Effect::Status(c, ids));
     }
 
     fn finish_warm(&mut self, i: usize) {

@@ -46,6 +46,10 @@ pub(crate) use resume::Recovery;
 /// Identifies one effect, so its reply can come back in any order.
 pub(crate) type CallId = u64;
 
+/// The looks at the targets a run keeps out before it ends (each after one
+/// of them was put back and taken out again).
+const FINAL_LOOKS: u8 = 3;
+
 /// Something the driver must do, then answer with [`Input::Reply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Effect {
@@ -291,6 +295,11 @@ pub(crate) struct Machine {
     /// Finished targets the run keeps out of rotation: still watched, so a
     /// balancer that puts one back has it taken out again (DESIGN §3, 9).
     kept: BTreeSet<usize>,
+    /// The last looks at the kept targets before the run ends (at most
+    /// [`FINAL_LOOKS`]), and whether one of them was taken out again since
+    /// the last look.
+    final_looks: u8,
+    kept_changed: bool,
     pool: usize,
     batch_len: usize,
     allowed: usize,
@@ -410,6 +419,8 @@ impl Machine {
             queue: (0..selected.len()).collect(),
             active: BTreeSet::new(),
             kept: BTreeSet::new(),
+            final_looks: 0,
+            kept_changed: false,
             pool,
             failed: 0,
             groups: 0,

@@ -230,6 +230,7 @@ impl Machine {
     /// The balancer put back a target the run has out (a reload, another
     /// tool): take it out again at once, and record it.
     fn drain_lost(&mut self, i: usize, out: &mut Vec<Effect>) {
+        self.kept_changed = true;
         let s = &mut self.slots[i];
         s.redraining = true;
         s.lost = true;
