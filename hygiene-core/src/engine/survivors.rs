@@ -121,3 +121,242 @@ fn a_read_back_of_the_wrong_length_is_unknown() {
     );
     assert_eq!(w.states[&id(0)].state, TargetState::InService);
 }
+
+fn unhealthy() -> crate::target::TargetStatus {
+    crate::target::TargetStatus::new(
+        TargetState::InService,
+        crate::target::Health::Unhealthy,
+        None,
+    )
+}
+
+/// change.rs `on_take_out`: taking two unhealthy targets out again,
+/// refused because one is unknown, changed nothing: each is taken out
+/// alone, with no read back needed.
+#[test]
+fn a_batch_take_out_refused_for_one_unknown_target_is_split() {
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .max_failures(Amount::Count(2))
+        .health_timeout(std::time::Duration::from_millis(500))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 2, 100, caps());
+    let mut w = World::new(2);
+    let mut enabled = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::Enable(_, ids) => {
+                enabled = true;
+                for i in ids {
+                    w.states.insert(i.clone(), unhealthy());
+                }
+                Some(Reply::Changed(Ok(())))
+            }
+            Effect::Drain(_, ids) if enabled && ids.len() > 1 => Some(Reply::Changed(Err(
+                Error::target_not_found(ids[1].as_str(), None),
+            ))),
+            _ => None,
+        }),
+        20_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::ReadBack(..))),
+        0,
+        "{:#?}",
+        w.log
+    );
+    for k in 0..2 {
+        let r = report(&m, k);
+        assert_eq!(r.location, Location::KeptOut, "t{k}: {r:?}");
+    }
+}
+
+/// change.rs `on_take_out`: one target whose take-out is refused as
+/// unknown is read back, not asked again and again.
+#[test]
+fn a_take_out_refused_for_one_target_is_read_back() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .health_timeout(std::time::Duration::from_millis(500))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut enabled = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::Enable(..) => {
+                enabled = true;
+                w.set(0, unhealthy());
+                Some(Reply::Changed(Ok(())))
+            }
+            Effect::Drain(_, ids) if enabled => Some(Reply::Changed(Err(Error::target_not_found(
+                ids[0].as_str(),
+                None,
+            )))),
+            _ => None,
+        }),
+        20_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert!(
+        w.count(|e| matches!(e, Effect::ReadBack(..))) > 0,
+        "{:#?}",
+        w.log
+    );
+    let r = report(&m, 0);
+    assert_eq!(r.location, Location::InService, "{r:?}");
+    assert!(
+        matches!(
+            r.result,
+            TargetResult::Failed {
+                kept_out: false,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+}
+
+fn trace(
+    k: usize,
+    maybe_out: bool,
+    finished: Option<crate::journal::Finish>,
+) -> crate::journal::Trace {
+    crate::journal::Trace {
+        target: crate::target::Target::new(id(k)),
+        maybe_out,
+        out_after_finish: false,
+        exec: crate::journal::Interrupted::NotStarted,
+        handle: None,
+        finished,
+    }
+}
+
+fn done() -> Option<crate::journal::Finish> {
+    Some(crate::journal::Finish {
+        stage: crate::phase::Stage::Done,
+        failed_at: None,
+        location: Location::InService,
+        detail: None,
+    })
+}
+
+fn recover(
+    cfg: RolloutConfig,
+    listed: &[(usize, crate::target::TargetStatus)],
+    traces: Vec<crate::journal::Trace>,
+) -> super::machine::Machine {
+    let listed: Vec<crate::balancer::ListedTarget> = listed
+        .iter()
+        .map(|(k, s)| crate::balancer::ListedTarget {
+            target: crate::target::Target::new(id(*k)),
+            status: s.clone(),
+        })
+        .collect();
+    super::machine::Machine::recover(
+        cfg,
+        caps(),
+        std::time::Duration::from_millis(100),
+        false,
+        &listed,
+        traces,
+        10,
+        super::machine::Recovery::Resume,
+    )
+}
+
+/// resume.rs `recover`: a run that had finished a target had done its
+/// canary; the resumed run starts whole batches at once.
+#[test]
+fn a_resumed_run_whose_canary_was_done_starts_whole_batches() {
+    use super::regressions::up;
+    let cfg = RolloutConfig::builder()
+        .canary(true)
+        .batch_size(Amount::Count(2))
+        .build()
+        .expect("valid");
+    let mut m = recover(
+        cfg,
+        &(0..3).map(|k| (k, up())).collect::<Vec<_>>(),
+        vec![
+            trace(0, false, done()),
+            trace(1, false, None),
+            trace(2, false, None),
+        ],
+    );
+    let mut w = World::new(3);
+    w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let first = w
+        .log
+        .iter()
+        .find_map(|(_, e)| match e {
+            Effect::Drain(_, ids) => Some(ids.len()),
+            _ => None,
+        })
+        .expect("a drain");
+    assert_eq!(first, 2, "{:#?}", w.log);
+}
+
+/// resume.rs `recover`: targets resumed mid-way are a batch of their own,
+/// announced, and the next batch has the next number.
+#[test]
+fn resumed_targets_are_a_batch_and_the_next_batch_follows_it() {
+    use crate::report::EventKind;
+    use super::regressions::{out, up};
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = recover(
+        cfg,
+        &[(0, out()), (1, up())],
+        vec![trace(0, true, None), trace(1, false, None)],
+    );
+    let mut started = Vec::new();
+    while let Some((_, e)) = m.poll_event() {
+        if let EventKind::BatchStarted { index, targets } = e {
+            started.push((index, targets));
+        }
+    }
+    assert_eq!(started, vec![(0, vec![id(0)])]);
+    let mut w = World::new(2);
+    w.set(0, out());
+    w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(report(&m, 0).batch, Some(0));
+    assert_eq!(report(&m, 1).batch, Some(1));
+}
+
+/// resume.rs `place`: a target gone from the pool when the run is resumed
+/// is reported as the journal finished it, or vanished if it had not
+/// finished (never started, or taken out).
+#[test]
+fn targets_gone_at_resume_are_finished_or_vanished() {
+    use super::regressions::up;
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(3))
+        .build()
+        .expect("valid");
+    // Only t3 is still in the pool.
+    let m = recover(
+        cfg,
+        &[(3, up())],
+        vec![
+            trace(0, false, done()),
+            trace(1, false, None),
+            trace(2, true, None),
+            trace(3, false, None),
+        ],
+    );
+    assert_eq!(report(&m, 0).result, TargetResult::Done);
+    for k in [1, 2] {
+        let r = report(&m, k);
+        assert!(
+            matches!(&r.result, TargetResult::Vanished { reason, .. } if reason.contains("when the run was recovered")),
+            "t{k}: {r:?}"
+        );
+    }
+}
