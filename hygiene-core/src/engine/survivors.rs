@@ -307,8 +307,8 @@ fn a_resumed_run_whose_canary_was_done_starts_whole_batches() {
 /// announced, and the next batch has the next number.
 #[test]
 fn resumed_targets_are_a_batch_and_the_next_batch_follows_it() {
-    use crate::report::EventKind;
     use super::regressions::{out, up};
+    use crate::report::EventKind;
     let cfg = RolloutConfig::builder().build().expect("valid");
     let mut m = recover(
         cfg,
@@ -351,6 +351,15 @@ fn targets_gone_at_resume_are_finished_or_vanished() {
             trace(3, false, None),
         ],
     );
+    let mut m = m;
+    let mut w = World::new(4);
+    w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(
+        report(&m, 3).result,
+        TargetResult::Done,
+        "the one left goes on"
+    );
     assert_eq!(report(&m, 0).result, TargetResult::Done);
     for k in [1, 2] {
         let r = report(&m, k);
@@ -359,4 +368,51 @@ fn targets_gone_at_resume_are_finished_or_vanished() {
             "t{k}: {r:?}"
         );
     }
+}
+
+fn kept_out(failed_at: crate::phase::Stage) -> Option<crate::journal::Finish> {
+    Some(crate::journal::Finish {
+        stage: crate::phase::Stage::Failed,
+        failed_at: Some(failed_at),
+        location: Location::KeptOut,
+        detail: Some("boom".into()),
+    })
+}
+
+/// resume.rs `place`: a target kept out whose maintenance a recovery
+/// could not follow to its end is waited for again; one kept out after a
+/// drain that timed out (no maintenance) stays kept out, never maintained.
+#[test]
+fn a_resumed_kept_out_target_is_waited_for_only_if_its_maintenance_is_open() {
+    use super::regressions::out;
+    use crate::executor::ExecHandle;
+    use crate::journal::Interrupted;
+    use crate::phase::Stage;
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(2))
+        .build()
+        .expect("valid");
+    let mut open = trace(0, true, kept_out(Stage::Executing));
+    open.exec = Interrupted::Unknown;
+    open.handle = Some(ExecHandle(serde_json::json!({ "pid": 1 })));
+    let timed_out = trace(1, true, kept_out(Stage::Draining));
+    let mut m = recover(cfg, &[(0, out()), (1, out())], vec![open, timed_out]);
+    let mut w = World::new(2);
+    w.set(0, out());
+    w.set(1, out());
+    w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Recover(..)) && names(e, 0)),
+        1,
+        "{:#?}",
+        w.log
+    );
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Execute(..) | Effect::Recover(..)) && names(e, 1)),
+        0,
+        "{:#?}",
+        w.log
+    );
+    assert_eq!(report(&m, 1).location, Location::KeptOut);
 }
