@@ -416,3 +416,34 @@ fn a_resumed_kept_out_target_is_waited_for_only_if_its_maintenance_is_open() {
     );
     assert_eq!(report(&m, 1).location, Location::KeptOut);
 }
+
+/// resume.rs `place`: a target the run never touched, found out of
+/// rotation at resume (someone else took it out), is left as found and
+/// never maintained; the others go on.
+#[test]
+fn a_target_found_out_at_resume_that_the_run_never_touched_is_left_as_found() {
+    use super::regressions::{out, up};
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = recover(
+        cfg,
+        &[(0, out()), (1, up())],
+        vec![trace(0, false, None), trace(1, false, None)],
+    );
+    let mut w = World::new(2);
+    w.set(0, out());
+    w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(
+        w.count(|e| !matches!(e, Effect::Status(..) | Effect::List(..)) && names(e, 0)),
+        0,
+        "{:#?}",
+        w.log
+    );
+    assert!(
+        matches!(report(&m, 0).result, TargetResult::Skipped { .. }),
+        "{:?}",
+        report(&m, 0)
+    );
+    assert_eq!(w.states[&id(0)].state, TargetState::OutOfService);
+    assert_eq!(report(&m, 1).result, TargetResult::Done);
+}
