@@ -340,19 +340,26 @@ fn targets_gone_at_resume_are_finished_or_vanished() {
         .max_failures(Amount::Count(3))
         .build()
         .expect("valid");
-    // Only t3 is still in the pool.
+    // Only t3 and t4 are still in the pool; t4 was skipped.
+    let skipped = Some(crate::journal::Finish {
+        stage: crate::phase::Stage::Skipped,
+        failed_at: None,
+        location: Location::InService,
+        detail: Some("left as found".into()),
+    });
     let m = recover(
         cfg,
-        &[(3, up())],
+        &[(3, up()), (4, up())],
         vec![
             trace(0, false, done()),
             trace(1, false, None),
             trace(2, true, None),
             trace(3, false, None),
+            trace(4, false, skipped),
         ],
     );
     let mut m = m;
-    let mut w = World::new(4);
+    let mut w = World::new(5);
     w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
     assert!(m.is_finished(), "{:#?}", w.log);
     assert_eq!(
@@ -361,6 +368,11 @@ fn targets_gone_at_resume_are_finished_or_vanished() {
         "the one left goes on"
     );
     assert_eq!(report(&m, 0).result, TargetResult::Done);
+    assert!(
+        matches!(report(&m, 4).result, TargetResult::Skipped { .. }),
+        "{:?}",
+        report(&m, 4)
+    );
     for k in [1, 2] {
         let r = report(&m, k);
         assert!(
@@ -446,4 +458,104 @@ fn a_target_found_out_at_resume_that_the_run_never_touched_is_left_as_found() {
     );
     assert_eq!(w.states[&id(0)].state, TargetState::OutOfService);
     assert_eq!(report(&m, 1).result, TargetResult::Done);
+}
+
+fn exec_trace(k: usize, exec: crate::journal::Interrupted) -> crate::journal::Trace {
+    crate::journal::Trace {
+        exec,
+        ..trace(k, true, None)
+    }
+}
+
+/// resume.rs `place`: what a resumed run does with a target it had out,
+/// by what its journal says of the maintenance and what the balancer shows.
+#[test]
+fn a_resumed_target_continues_from_what_its_journal_and_the_balancer_say() {
+    use super::regressions::{out, up};
+    use crate::journal::Interrupted;
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(4))
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = recover(
+        cfg,
+        &[(0, up()), (1, out()), (2, up()), (3, out())],
+        vec![
+            // Only drained, and back in service (a reload): starts again.
+            exec_trace(0, Interrupted::NotStarted),
+            // Maintained, not yet put back.
+            exec_trace(1, Interrupted::Succeeded),
+            // Maintained and already put back.
+            exec_trace(2, Interrupted::Succeeded),
+            // Its maintenance failed: kept out.
+            exec_trace(3, Interrupted::Failed("boom".into())),
+        ],
+    );
+    let mut w = World::new(4);
+    w.set(1, out());
+    w.set(3, out());
+    w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    for k in 0..3 {
+        assert_eq!(
+            report(&m, k).result,
+            TargetResult::Done,
+            "t{k}: {:#?}",
+            w.log
+        );
+    }
+    let enables = |k: usize| w.count(|e| matches!(e, Effect::Enable(..)) && names(e, k));
+    assert_eq!(
+        (enables(0), enables(1), enables(2)),
+        (1, 1, 0),
+        "{:#?}",
+        w.log
+    );
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Probe(..))),
+        0,
+        "no probe configured"
+    );
+    let r3 = report(&m, 3);
+    assert_eq!(r3.location, Location::KeptOut, "{r3:?}");
+    assert!(matches!(r3.result, TargetResult::Failed { .. }), "{r3:?}");
+    assert_eq!(w.states[&id(3)].state, TargetState::OutOfService);
+    let reload = "the journal says the run had it out, the balancer shows it in service";
+    let noted = |k: usize| report(&m, k).notes.iter().any(|n| n.contains(reload));
+    assert_eq!(
+        (noted(0), noted(1), noted(2), noted(3)),
+        (true, false, true, false)
+    );
+}
+
+/// resume.rs `after_failure`: under on_failure = restore a target whose
+/// maintenance failed before the crash is put back.
+#[test]
+fn a_resumed_failed_maintenance_is_put_back_under_restore() {
+    use super::regressions::out;
+    use crate::journal::Interrupted;
+    let cfg = RolloutConfig::builder()
+        .on_failure(crate::config::OnFailure::Restore)
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = recover(
+        cfg,
+        &[(0, out())],
+        vec![exec_trace(0, Interrupted::Failed("boom".into()))],
+    );
+    let mut w = World::new(1);
+    w.set(0, out());
+    w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Enable(..))),
+        1,
+        "{:#?}",
+        w.log
+    );
+    let r = report(&m, 0);
+    assert_eq!(r.location, Location::InService, "{r:?}");
+    assert!(matches!(r.result, TargetResult::Failed { .. }), "{r:?}");
 }
