@@ -347,19 +347,30 @@ fn targets_gone_at_resume_are_finished_or_vanished() {
         location: Location::InService,
         detail: Some("left as found".into()),
     });
+    let finish = |stage, failed_at| {
+        Some(crate::journal::Finish {
+            stage,
+            failed_at,
+            location: Location::InService,
+            detail: Some("as journaled".into()),
+        })
+    };
+    use crate::phase::Stage;
     let m = recover(
         cfg,
-        &[(3, up()), (4, up())],
+        &[(3, up()), (4, up()), (5, up())],
         vec![
             trace(0, false, done()),
             trace(1, false, None),
             trace(2, true, None),
             trace(3, false, None),
             trace(4, false, skipped),
+            trace(5, false, finish(Stage::Restored, None)),
+            trace(6, false, finish(Stage::Vanished, Some(Stage::Draining))),
         ],
     );
     let mut m = m;
-    let mut w = World::new(5);
+    let mut w = World::new(6);
     w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
     assert!(m.is_finished(), "{:#?}", w.log);
     assert_eq!(
@@ -372,6 +383,16 @@ fn targets_gone_at_resume_are_finished_or_vanished() {
         matches!(report(&m, 4).result, TargetResult::Skipped { .. }),
         "{:?}",
         report(&m, 4)
+    );
+    assert!(
+        matches!(report(&m, 5).result, TargetResult::Restored { .. }),
+        "{:?}",
+        report(&m, 5)
+    );
+    assert!(
+        matches!(&report(&m, 6).result, TargetResult::Vanished { reason, .. } if reason == "as journaled"),
+        "{:?}",
+        report(&m, 6)
     );
     for k in [1, 2] {
         let r = report(&m, k);
@@ -558,4 +579,38 @@ fn a_resumed_failed_maintenance_is_put_back_under_restore() {
     let r = report(&m, 0);
     assert_eq!(r.location, Location::InService, "{r:?}");
     assert!(matches!(r.result, TargetResult::Failed { .. }), "{r:?}");
+}
+
+/// resume.rs `place_finished`: a failed target the journal left in
+/// service (its drain never applied) is not watched by the resumed run:
+/// nothing takes it out.
+#[test]
+fn a_failed_target_journaled_in_service_is_not_watched_after_resume() {
+    use super::regressions::up;
+    use crate::phase::Stage;
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let refused = Some(crate::journal::Finish {
+        stage: Stage::Failed,
+        failed_at: Some(Stage::Draining),
+        location: Location::InService,
+        detail: Some("the drain did not apply".into()),
+    });
+    let mut m = recover(
+        cfg,
+        &[(0, up()), (1, up())],
+        vec![trace(0, false, refused), trace(1, false, None)],
+    );
+    let mut w = World::new(2);
+    w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Drain(..) | Effect::Disable(..)) && names(e, 0)),
+        0,
+        "{:#?}",
+        w.log
+    );
+    assert_eq!(report(&m, 1).result, TargetResult::Done);
 }
