@@ -318,7 +318,10 @@ fn restore_reports_in_service_a_target_last_seen_out() {
     let en = enable(&e);
     let e = reply(&mut m, 6, en, Reply::Changed(Ok(())));
     let v = status(&e);
-    let _ = reply(&mut m, 2000, v, ok_status(vec![out()]));
+    let e = reply(&mut m, 2000, v, ok_status(vec![out()]));
+    // The run's last look at it before it ends: still out.
+    let last = status(&e);
+    let _ = reply(&mut m, 2001, last, ok_status(vec![out()]));
     assert!(m.is_finished());
     let r = report(&m, 0);
     assert!(matches!(r.result, TargetResult::Failed { .. }), "{r:?}");

@@ -1546,3 +1546,46 @@ mod repro_put_back_as_the_run_ends {
         simulate(&p).expect("every invariant holds");
     }
 }
+
+#[cfg(test)]
+mod repro_put_back_failed {
+    //! A case the property test found once it checked that "kept out"
+    //! means out: t0 was maintained, its enable failed and the read back
+    //! showed it out, so it was reported out; a reload then put it back
+    //! while the run waited for a hung status read. Out because its
+    //! put-back failed (not kept out by a decision of the run), it is not
+    //! taken out again, but the run's last look reports where it is.
+    use super::*;
+
+    #[test]
+    fn a_target_whose_put_back_failed_is_reported_where_the_last_look_saw_it() {
+        let mut faults: Vec<(Fault, u64)> = [0u64, 0, 0, 0, 0, 0, 101]
+            .into_iter()
+            .map(|d| (Fault::None, d))
+            .collect();
+        faults.extend([(Fault::Hang, 0), (Fault::Error, 0), (Fault::None, 0)]);
+        let p = Plan {
+            targets: vec![TPlan {
+                put_back_at_ms: Some(1875),
+                ..quiet()
+            }],
+            batch: 1,
+            min_healthy: 0,
+            max_failures: 0,
+            canary: false,
+            on_failure: OnFailure::KeepOut,
+            on_drain_timeout: OnDrainTimeout::Fail,
+            pacing: Pacing::Batches,
+            drain_timeout_ms: 1000,
+            health_timeout_ms: 1000,
+            warmup_ms: 0,
+            poll_ms: 100,
+            hard_disable: true,
+            probe: false,
+            cancel_at_ms: None,
+            crash_after: None,
+            faults,
+        };
+        simulate(&p).expect("every invariant holds");
+    }
+}

@@ -149,7 +149,7 @@ impl Machine {
             .kept
             .iter()
             .copied()
-            .filter(|&i| self.watch(i) == Watch::Guard)
+            .filter(|&i| self.watch(i) == Watch::Guard || self.stranded(i))
             .collect();
         if kept.is_empty() {
             return;

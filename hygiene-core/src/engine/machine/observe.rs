@@ -48,6 +48,14 @@ impl Machine {
     /// run and waiting (for their batch, their maintenance, their probe,
     /// their enable) to catch a balancer that put them back on its own (a
     /// reload forgets runtime state).
+    /// A finished target out of rotation because its put-back failed
+    /// (the run did not decide to keep it out): looked at once more before
+    /// the run ends, never taken out again.
+    pub(super) fn stranded(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        s.step == Step::Finished && !s.keep_out && s.location == Location::KeptOut && !s.unwatched
+    }
+
     pub(super) fn watch(&self, i: usize) -> Watch {
         let s = &self.slots[i];
         match s.step {
@@ -144,7 +152,17 @@ impl Machine {
                 }
                 return;
             }
-            Err(Error::Cancelled { .. }) => return,
+            Err(Error::Cancelled { .. }) => {
+                // Abandoned by the cancellation: a target kept out is
+                // looked at again before the run ends.
+                if idx.iter().any(|&i| {
+                    self.slots[i].step == Step::Finished
+                        && (self.slots[i].keep_out || self.stranded(i))
+                }) {
+                    self.kept_changed = true;
+                }
+                return;
+            }
             Err(e) => return self.poll_failed(idx, &e),
         };
         for (&i, s) in idx.iter().zip(st) {
@@ -211,6 +229,18 @@ impl Machine {
                     HealthVerdict::Healthy => self.on_healthy(i, waited),
                     HealthVerdict::Failed(why) => self.on_unhealthy(i, why, s.state),
                 },
+                // Out because putting it back failed (not kept out by a
+                // decision of the run): the run's last look says where it is,
+                // and never takes it out again.
+                Step::Finished if self.stranded(i) => {
+                    if s.state == TargetState::InService {
+                        self.slots[i].location = Location::InService;
+                        self.note(
+                            i,
+                            "seen back in rotation before the run ended: something else put it back",
+                        );
+                    }
+                }
                 _ if self.watch(i) == Watch::Guard => {
                     if s.state == TargetState::InService {
                         self.drain_lost(i, out);
@@ -311,8 +341,11 @@ impl Machine {
     pub(super) fn poll_failed(&mut self, idx: &[usize], e: &Error) {
         let mut judged = false;
         for &i in idx {
-            if self.slots[i].step == Step::Finished && self.slots[i].keep_out {
+            if self.slots[i].step == Step::Finished && (self.slots[i].keep_out || self.stranded(i))
+            {
                 self.slots[i].unseen = Some(e.to_string());
+                // Not seen: the run's last looks look again.
+                self.kept_changed = true;
             }
             judged |= matches!(self.slots[i].step, Step::Draining | Step::Verify);
             match self.slots[i].step {
