@@ -232,15 +232,14 @@ impl Machine {
                 // Out because putting it back failed (not kept out by a
                 // decision of the run): the run's last look says where it is,
                 // and never takes it out again.
-                Step::Finished if self.stranded(i) => {
-                    if s.state == TargetState::InService {
-                        self.slots[i].location = Location::InService;
-                        self.note(
-                            i,
-                            "seen back in rotation before the run ended: something else put it back",
-                        );
-                    }
+                Step::Finished if self.stranded(i) && s.state == TargetState::InService => {
+                    self.slots[i].location = Location::InService;
+                    self.note(
+                        i,
+                        "seen back in rotation before the run ended: something else put it back",
+                    );
                 }
+                Step::Finished if self.stranded(i) => {}
                 _ if self.watch(i) == Watch::Guard => {
                     if s.state == TargetState::InService {
                         self.drain_lost(i, out);
