@@ -1036,8 +1036,16 @@ async fn cancelled_during_preflight_drains_nothing() {
     assert_eq!(result(&r, &ids[0]), &TargetResult::NotStarted);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failed_take_out_again_is_reported_as_in_service() {
+/// A run of two targets where t000 is unhealthy after its enable: the
+/// first disable (the seal after its drain) passes, the next `refused`
+/// ones (taking it out again) are refused.
+async fn unhealthy_after_enable_with_refused_take_outs(
+    refused: usize,
+) -> (
+    hygiene_core::Report,
+    hygiene_core::testing::InMemoryBalancer,
+    Vec<hygiene_core::TargetId>,
+) {
     let (lb, ids) = pool(2);
     lb.set_health_after_enable(
         &ids[0],
@@ -1047,11 +1055,8 @@ async fn a_failed_take_out_again_is_reported_as_in_service() {
         },
     )
     .expect("set");
-    // The first disable seals t000 after its drain; every later one (taking
-    // it out again after its failed health, and again at the run's last
-    // looks) is refused.
     lb.pass_next(Operation::Disable);
-    for _ in 0..5 {
+    for _ in 0..refused {
         lb.fail_next(Operation::Disable, Error::rejected("lb", "refused"));
     }
     let cfg = base()
@@ -1062,6 +1067,14 @@ async fn a_failed_take_out_again_is_reported_as_in_service() {
         .run()
         .await
         .expect("run");
+    (r, lb, ids)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_take_out_again_is_reported_as_in_service() {
+    // Refused every time: after its failed health, and at the run's last
+    // looks.
+    let (r, lb, ids) = unhealthy_after_enable_with_refused_take_outs(5).await;
     assert!(
         matches!(
             result(&r, &ids[0]),
@@ -1090,25 +1103,7 @@ async fn a_failed_take_out_again_is_reported_as_in_service() {
 /// target the run keeps out is out when the run ends.
 #[tokio::test(start_paused = true)]
 async fn a_refused_take_out_is_tried_again_before_the_run_ends() {
-    let (lb, ids) = pool(2);
-    lb.set_health_after_enable(
-        &ids[0],
-        HealthScript {
-            delay: Duration::ZERO,
-            health: Health::Unhealthy,
-        },
-    )
-    .expect("set");
-    lb.pass_next(Operation::Disable);
-    lb.fail_next(Operation::Disable, Error::rejected("lb", "refused"));
-    let cfg = base()
-        .health_timeout(Duration::from_secs(2))
-        .build()
-        .expect("config");
-    let r = Rollout::new(lb.clone(), ScriptedExecutor::new(), cfg)
-        .run()
-        .await
-        .expect("run");
+    let (r, lb, ids) = unhealthy_after_enable_with_refused_take_outs(1).await;
     let t = r.target(&ids[0]).expect("reported");
     assert!(
         matches!(

@@ -206,6 +206,31 @@ fn quiet() -> TPlan {
     }
 }
 
+/// A plan of `targets` one at a time, with no failure allowed and every
+/// other setting at its simplest; cases override what they need.
+#[cfg(test)]
+fn plan_of(targets: Vec<TPlan>, faults: Vec<(Fault, u64)>) -> Plan {
+    Plan {
+        targets,
+        batch: 1,
+        min_healthy: 0,
+        max_failures: 0,
+        canary: false,
+        on_failure: OnFailure::KeepOut,
+        on_drain_timeout: OnDrainTimeout::Fail,
+        pacing: Pacing::Batches,
+        drain_timeout_ms: 1000,
+        health_timeout_ms: 1000,
+        warmup_ms: 0,
+        poll_ms: 100,
+        hard_disable: false,
+        probe: false,
+        cancel_at_ms: None,
+        crash_after: None,
+        faults,
+    }
+}
+
 fn id(k: usize) -> TargetId {
     TargetId::new(format!("t{k}")).expect("id")
 }
@@ -1369,23 +1394,11 @@ mod repro_kept_out_then_recovered {
         t0.conns = 1;
         t0.drain_ms = 1339;
         let p = Plan {
-            targets: vec![t0, quiet(), quiet(), quiet()],
-            batch: 1,
-            min_healthy: 0,
             max_failures: 3,
-            canary: false,
-            on_failure: OnFailure::KeepOut,
-            on_drain_timeout: OnDrainTimeout::Fail,
-            pacing: Pacing::Batches,
             drain_timeout_ms: 1339,
-            health_timeout_ms: 1000,
-            warmup_ms: 0,
             poll_ms: 170,
-            hard_disable: false,
-            probe: false,
-            cancel_at_ms: None,
             crash_after: Some(27),
-            faults,
+            ..plan_of(vec![t0, quiet(), quiet(), quiet()], faults)
         };
         simulate(&p).expect("every invariant holds");
     }
@@ -1425,23 +1438,12 @@ mod repro_redrain_after_finish {
         ];
         targets.extend(std::iter::repeat_with(quiet).take(4));
         let p = Plan {
-            targets,
-            batch: 1,
-            min_healthy: 0,
             max_failures: 2,
-            canary: false,
-            on_failure: OnFailure::KeepOut,
-            on_drain_timeout: OnDrainTimeout::Fail,
-            pacing: Pacing::Batches,
             drain_timeout_ms: 1428,
-            health_timeout_ms: 1000,
             warmup_ms: 341,
             poll_ms: 476,
-            hard_disable: false,
-            probe: false,
-            cancel_at_ms: None,
             crash_after: Some(39),
-            faults,
+            ..plan_of(targets, faults)
         };
         simulate(&p).expect("every invariant holds");
     }
@@ -1478,23 +1480,9 @@ mod repro_unseen_kept_out {
         // The guard's read of t0 after its failure never answers.
         faults.push((Fault::Hang, 0));
         let p = Plan {
-            targets: vec![t0, t1],
-            batch: 1,
-            min_healthy: 0,
-            max_failures: 0,
-            canary: false,
-            on_failure: OnFailure::KeepOut,
-            on_drain_timeout: OnDrainTimeout::Fail,
-            pacing: Pacing::Batches,
             drain_timeout_ms: 1777,
-            health_timeout_ms: 1000,
-            warmup_ms: 0,
             poll_ms: 243,
-            hard_disable: false,
-            probe: false,
-            cancel_at_ms: None,
-            crash_after: None,
-            faults,
+            ..plan_of(vec![t0, t1], faults)
         };
         simulate(&p).expect("every invariant holds");
     }
@@ -1525,23 +1513,10 @@ mod repro_put_back_as_the_run_ends {
             .map(|d| (Fault::None, d))
             .collect();
         let p = Plan {
-            targets: vec![t0],
-            batch: 1,
-            min_healthy: 0,
-            max_failures: 0,
-            canary: false,
-            on_failure: OnFailure::KeepOut,
-            on_drain_timeout: OnDrainTimeout::Fail,
-            pacing: Pacing::Batches,
             drain_timeout_ms: 1846,
-            health_timeout_ms: 1000,
-            warmup_ms: 0,
             poll_ms: 378,
-            hard_disable: false,
-            probe: false,
             cancel_at_ms: Some(2205),
-            crash_after: None,
-            faults,
+            ..plan_of(vec![t0], faults)
         };
         simulate(&p).expect("every invariant holds");
     }
@@ -1564,27 +1539,13 @@ mod repro_put_back_failed {
             .map(|d| (Fault::None, d))
             .collect();
         faults.extend([(Fault::Hang, 0), (Fault::Error, 0), (Fault::None, 0)]);
+        let t0 = TPlan {
+            put_back_at_ms: Some(1875),
+            ..quiet()
+        };
         let p = Plan {
-            targets: vec![TPlan {
-                put_back_at_ms: Some(1875),
-                ..quiet()
-            }],
-            batch: 1,
-            min_healthy: 0,
-            max_failures: 0,
-            canary: false,
-            on_failure: OnFailure::KeepOut,
-            on_drain_timeout: OnDrainTimeout::Fail,
-            pacing: Pacing::Batches,
-            drain_timeout_ms: 1000,
-            health_timeout_ms: 1000,
-            warmup_ms: 0,
-            poll_ms: 100,
             hard_disable: true,
-            probe: false,
-            cancel_at_ms: None,
-            crash_after: None,
-            faults,
+            ..plan_of(vec![t0], faults)
         };
         simulate(&p).expect("every invariant holds");
     }

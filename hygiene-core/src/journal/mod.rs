@@ -321,3 +321,26 @@ mod tests {
         assert_eq!(host(), name.trim());
     }
 }
+
+/// A journal header for tests: a run of the default configuration over
+/// targets named `names`.
+#[cfg(test)]
+pub(crate) fn test_header(names: &[&str]) -> Record {
+    Record::Header(Box::new(Header {
+        format: JOURNAL_FORMAT,
+        hygiene: "test".into(),
+        run_id: "run".into(),
+        started_at: String::new(),
+        balancer: "lb".into(),
+        executor: "exec".into(),
+        host: "h".into(),
+        pid: 1,
+        config: crate::config::RolloutConfig::builder()
+            .build()
+            .expect("config"),
+        plan: names
+            .iter()
+            .map(|s| crate::target::Target::new(crate::target::TargetId::new(*s).expect("id")))
+            .collect(),
+    }))
+}

@@ -142,8 +142,7 @@ pub fn summarize(records: &[Record]) -> Option<Summary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{Op, JOURNAL_FORMAT};
-    use crate::target::Target;
+    use crate::journal::Op;
 
     fn id(s: &str) -> TargetId {
         TargetId::new(s).expect("id")
@@ -184,23 +183,9 @@ mod tests {
     /// since (the same rule resume applies): then it is out.
     #[test]
     fn a_finish_is_trusted_unless_the_run_may_have_moved_the_target_since() {
-        let cfg = crate::config::RolloutConfig::builder()
-            .build()
-            .expect("config");
         let names = ["a", "b", "c", "d", "e"];
         let records = vec![
-            Record::Header(Box::new(Header {
-                format: JOURNAL_FORMAT,
-                hygiene: "test".into(),
-                run_id: "run".into(),
-                started_at: String::new(),
-                balancer: "lb".into(),
-                executor: "exec".into(),
-                host: "h".into(),
-                pid: 1,
-                config: cfg,
-                plan: names.iter().map(|s| Target::new(id(s))).collect(),
-            })),
+            crate::journal::test_header(&names),
             // a: finished out by the run, drained and never put back.
             intent(1, Op::Drain, "a"),
             done(1),

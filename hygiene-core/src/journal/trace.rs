@@ -242,22 +242,8 @@ mod tests {
 
     #[test]
     fn what_a_journal_says_of_each_maintenance_and_put_back() {
-        let cfg = crate::config::RolloutConfig::builder()
-            .build()
-            .expect("config");
         let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
-        let header = Record::Header(Box::new(Header {
-            format: crate::journal::JOURNAL_FORMAT,
-            hygiene: "test".into(),
-            run_id: "run".into(),
-            started_at: String::new(),
-            balancer: "lb".into(),
-            executor: "exec".into(),
-            host: "h".into(),
-            pid: 1,
-            config: cfg,
-            plan: names.iter().map(|s| Target::new(id(s))).collect(),
-        }));
+        let header = crate::journal::test_header(&names);
         let records = vec![
             header,
             intent(1, Op::Drain, &names),
@@ -336,9 +322,6 @@ mod tests {
     /// no longer hold, until an enable succeeds or a new finish is written.
     #[test]
     fn a_drain_after_the_finish_is_remembered_until_undone() {
-        let cfg = crate::config::RolloutConfig::builder()
-            .build()
-            .expect("config");
         let names = ["a", "b", "c", "d"];
         let finished = |s: &str| Record::Finished {
             id: id(s),
@@ -348,18 +331,7 @@ mod tests {
             detail: None,
         };
         let records = vec![
-            Record::Header(Box::new(Header {
-                format: crate::journal::JOURNAL_FORMAT,
-                hygiene: "test".into(),
-                run_id: "run".into(),
-                started_at: String::new(),
-                balancer: "lb".into(),
-                executor: "exec".into(),
-                host: "h".into(),
-                pid: 1,
-                config: cfg,
-                plan: names.iter().map(|s| Target::new(id(s))).collect(),
-            })),
+            crate::journal::test_header(&names),
             // a: drained before its finish only.
             intent(1, Op::Drain, &["a"]),
             result(1, false, None, false),
