@@ -240,6 +240,29 @@ pub(crate) fn status(journal: &dyn Journal, balancer: &str) -> Result<(Status, V
     ))
 }
 
+/// A journal header for tests: a run of the default configuration over
+/// targets named `names`.
+#[cfg(test)]
+pub(crate) fn test_header(names: &[&str]) -> Record {
+    Record::Header(Box::new(Header {
+        format: JOURNAL_FORMAT,
+        hygiene: "test".into(),
+        run_id: "run".into(),
+        started_at: String::new(),
+        balancer: "lb".into(),
+        executor: "exec".into(),
+        host: "h".into(),
+        pid: 1,
+        config: crate::config::RolloutConfig::builder()
+            .build()
+            .expect("config"),
+        plan: names
+            .iter()
+            .map(|s| crate::target::Target::new(crate::target::TargetId::new(*s).expect("id")))
+            .collect(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,27 +343,4 @@ mod tests {
         assert!(!name.trim().is_empty());
         assert_eq!(host(), name.trim());
     }
-}
-
-/// A journal header for tests: a run of the default configuration over
-/// targets named `names`.
-#[cfg(test)]
-pub(crate) fn test_header(names: &[&str]) -> Record {
-    Record::Header(Box::new(Header {
-        format: JOURNAL_FORMAT,
-        hygiene: "test".into(),
-        run_id: "run".into(),
-        started_at: String::new(),
-        balancer: "lb".into(),
-        executor: "exec".into(),
-        host: "h".into(),
-        pid: 1,
-        config: crate::config::RolloutConfig::builder()
-            .build()
-            .expect("config"),
-        plan: names
-            .iter()
-            .map(|s| crate::target::Target::new(crate::target::TargetId::new(*s).expect("id")))
-            .collect(),
-    }))
 }
