@@ -614,3 +614,60 @@ fn a_failed_target_journaled_in_service_is_not_watched_after_resume() {
     );
     assert_eq!(report(&m, 1).result, TargetResult::Done);
 }
+
+/// advance.rs `advance`: with batches, a target whose probe passed waits
+/// for the rest of its batch (here a probe that passes only on its second
+/// try) and the batch is put back together.
+#[test]
+fn a_batch_is_put_back_together_after_its_slowest_probe() {
+    use super::regressions::up;
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .build()
+        .expect("valid");
+    let listed: Vec<crate::balancer::ListedTarget> = (0..2)
+        .map(|k| crate::balancer::ListedTarget {
+            target: crate::target::Target::new(id(k)),
+            status: up(),
+        })
+        .collect();
+    let mut m = super::machine::Machine::new(
+        cfg,
+        caps(),
+        std::time::Duration::from_millis(100),
+        true,
+        &listed,
+        "survivors",
+    )
+    .expect("machine");
+    let mut w = World::new(2);
+    let mut t1_probes = 0;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, _| match e {
+            Effect::Probe(_, t) if t.id == id(1) => {
+                t1_probes += 1;
+                Some(Reply::Probed(Ok(if t1_probes == 1 {
+                    crate::probe::ProbeVerdict::Fail("not yet".into())
+                } else {
+                    crate::probe::ProbeVerdict::Pass
+                })))
+            }
+            _ => None,
+        }),
+        20_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let enables: Vec<usize> = w
+        .log
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Enable(_, ids) => Some(ids.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(enables, [2], "{:#?}", w.log);
+    for k in 0..2 {
+        assert_eq!(report(&m, k).result, TargetResult::Done, "t{k}");
+    }
+}
