@@ -671,3 +671,61 @@ fn a_batch_is_put_back_together_after_its_slowest_probe() {
         assert_eq!(report(&m, k).result, TargetResult::Done, "t{k}");
     }
 }
+
+/// advance.rs `advance`: with batches, a target healthy first warms up
+/// with the rest of its batch, once all of it is healthy: its warmup (from
+/// its own health) lasts until its slowest partner's health plus the
+/// warmup.
+#[test]
+fn a_batch_warms_up_together_once_all_of_it_is_healthy() {
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .warmup(std::time::Duration::from_millis(500))
+        .health_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("valid");
+    // A second batch follows, so the first warms up.
+    let mut m = machine_with(cfg, 4, 100, caps());
+    let mut w = World::new(4);
+    let mut enabled_at: Option<u64> = None;
+    w.drive(
+        &mut m,
+        Box::new(move |now, e, w| {
+            match e {
+                Effect::Enable(..) => {
+                    enabled_at.get_or_insert(now);
+                }
+                // t1 becomes healthy 2 s after its enable.
+                Effect::Status(_, ids) if ids.contains(&id(1)) => {
+                    if let Some(at) = enabled_at {
+                        let health = if now < at + 2_000 {
+                            crate::target::Health::Unknown
+                        } else {
+                            crate::target::Health::Healthy
+                        };
+                        w.states.insert(
+                            id(1),
+                            crate::target::TargetStatus::new(TargetState::InService, health, None),
+                        );
+                    }
+                }
+                _ => {}
+            }
+            None
+        }),
+        20_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let warm = |k: usize| report(&m, k).timings.warmup.expect("warmed");
+    assert!(
+        warm(0) >= std::time::Duration::from_millis(2_000),
+        "t0 warmed {:?}, t1 {:?}",
+        warm(0),
+        warm(1)
+    );
+    assert!(
+        warm(1) < std::time::Duration::from_millis(1_000),
+        "{:?}",
+        warm(1)
+    );
+}
