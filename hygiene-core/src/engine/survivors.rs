@@ -729,3 +729,55 @@ fn a_batch_warms_up_together_once_all_of_it_is_healthy() {
         warm(1)
     );
 }
+
+/// advance.rs `turn`: a drain undone (it failed, and applied) puts its
+/// target back at once, without waiting for the rest of its batch.
+#[test]
+fn an_undone_drain_puts_its_target_back_without_waiting_for_its_batch() {
+    use super::regressions::draining;
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 2, 100, caps());
+    let mut w = World::new(2);
+    w.drive(
+        &mut m,
+        Box::new(|now, e, w| match e {
+            // The batch's drain is refused for an unknown id: each alone.
+            Effect::Drain(_, ids) if ids.len() > 1 => Some(Reply::Changed(Err(
+                Error::target_not_found(ids[1].as_str(), None),
+            ))),
+            // t0's own drain applies, then reports an error.
+            Effect::Drain(_, ids) if ids[0] == id(0) => {
+                w.set(0, super::regressions::out());
+                Some(Reply::Changed(Err(Error::unavailable("lb", "lost"))))
+            }
+            // t1 drains for a second.
+            Effect::Drain(_, ids) if ids[0] == id(1) => {
+                w.set(1, draining(1));
+                Some(Reply::Changed(Ok(())))
+            }
+            Effect::Status(..)
+                if now > 1_000 && w.states[&id(1)].state == TargetState::Draining =>
+            {
+                w.set(1, super::regressions::out());
+                None
+            }
+            _ => None,
+        }),
+        20_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let at = |f: &dyn Fn(&Effect) -> bool| w.log.iter().find(|(_, e)| f(e)).map(|(t, _)| *t);
+    let t0_back = at(&|e| matches!(e, Effect::Enable(..)) && names(e, 0)).expect("t0 put back");
+    let t1_drained =
+        at(&|e| matches!(e, Effect::Execute(..)) && names(e, 1)).expect("t1 maintained");
+    assert!(
+        t0_back < t1_drained,
+        "t0 back at {t0_back}, t1 maintained at {t1_drained}: {:#?}",
+        w.log
+    );
+    assert_eq!(w.states[&id(0)].state, TargetState::InService);
+}
