@@ -346,11 +346,16 @@ async fn renewals_cut_turn_the_run_restore_only_and_it_exits_lease_lost() {
 
     // Another machine, once etcd is back: the run is unfinished in the
     // store; restore takes the lease and ends it.
+    // The cut run's last record (its end) may still reach etcd when it
+    // wakes up: a write the client gave up on, applied late under a fence
+    // that still held. Then there is nothing left to restore, and restore
+    // says so.
     let machine_b = dir.path().join("b");
     let mut c = hygiene(&cfg, &machine_b);
     c.args(["restore"]);
     let (code, stdout, err) = out(c);
-    assert_eq!(code, 0, "{stdout}{err}");
+    let ended_late = code == 5 && err.contains("nothing to restore");
+    assert!(code == 0 || ended_late, "{code}: {stdout}{err}");
     let mut c = hygiene(&cfg, &machine_b);
     c.args(["status", "--json"]);
     let (code, stdout, err) = out(c);
