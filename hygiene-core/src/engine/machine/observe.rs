@@ -56,6 +56,13 @@ impl Machine {
         s.step == Step::Finished && !s.keep_out && s.location == Location::KeptOut && !s.unwatched
     }
 
+    /// A finished target the run has out: kept out by its decision, or
+    /// stranded by a failed put-back. Its last read decides its report.
+    fn finished_out(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        s.step == Step::Finished && (s.keep_out || self.stranded(i))
+    }
+
     pub(super) fn watch(&self, i: usize) -> Watch {
         let s = &self.slots[i];
         match s.step {
@@ -155,10 +162,7 @@ impl Machine {
             Err(Error::Cancelled { .. }) => {
                 // Abandoned by the cancellation: a target kept out is
                 // looked at again before the run ends.
-                if idx.iter().any(|&i| {
-                    self.slots[i].step == Step::Finished
-                        && (self.slots[i].keep_out || self.stranded(i))
-                }) {
+                if idx.iter().any(|&i| self.finished_out(i)) {
                     self.kept_changed = true;
                 }
                 return;
@@ -340,8 +344,7 @@ impl Machine {
     pub(super) fn poll_failed(&mut self, idx: &[usize], e: &Error) {
         let mut judged = false;
         for &i in idx {
-            if self.slots[i].step == Step::Finished && (self.slots[i].keep_out || self.stranded(i))
-            {
+            if self.finished_out(i) {
                 self.slots[i].unseen = Some(e.to_string());
                 // Not seen: the run's last looks look again.
                 self.kept_changed = true;
