@@ -95,6 +95,8 @@ pub struct Node {
     child: Option<Child>,
     /// The current worker's pid.
     worker: Option<u32>,
+    /// The worker a reload replaced: it finishes its requests, then exits.
+    old_worker: Option<u32>,
     /// Counters of processes gone, plus the last reading of this one.
     banked: HaCounters,
     last: HaCounters,
@@ -121,6 +123,7 @@ impl Node {
             checks,
             child: None,
             worker: None,
+            old_worker: None,
             banked: HaCounters::default(),
             last: HaCounters::default(),
         };
@@ -226,6 +229,7 @@ impl Node {
                     .find_map(|l| l.trim().strip_prefix("Pid: "))
                     .and_then(|p| p.trim().parse::<u32>().ok());
                 if pid.is_some() && pid != self.worker {
+                    self.old_worker = self.worker;
                     self.worker = pid;
                     return Ok(());
                 }
@@ -300,6 +304,13 @@ impl Node {
             }
         }
         Err(format!("{}: SIGUSR2 gave no new worker: {}", self.name, self.log()).into())
+    }
+
+    /// The worker the last reload replaced: until it exits it finishes its
+    /// requests and closes its idle keep-alive connections (a client
+    /// sending on one just then sees a reset).
+    pub fn old_worker(&self) -> Option<u32> {
+        self.old_worker
     }
 
     /// Kills every process of the node (SIGKILL to its process group),
@@ -446,5 +457,13 @@ impl Node {
         Ok(tokio::time::timeout(Duration::from_secs(5), io)
             .await
             .map_err(|_| format!("{}: runtime API timed out", self.name))??)
+    }
+}
+
+/// Waits (at most `within`) until process `pid` has exited.
+pub(super) async fn wait_gone(pid: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

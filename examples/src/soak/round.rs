@@ -784,6 +784,14 @@ async fn remove(world: Arc<World>, target: String) -> BoxResult<FaultOut> {
             }
         }
     }
+    // The replaced workers finish their requests (long ones last seconds)
+    // and close their idle keep-alive connections: still the reload.
+    for node in &world.nodes {
+        let old = node.lock().await.old_worker();
+        if let Some(pid) = old {
+            super::node::wait_gone(pid, Duration::from_secs(6)).await;
+        }
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     out.window = Some(Window::close(&world, start).await);
     Ok(out)
