@@ -359,9 +359,17 @@ async fn renewals_cut_turn_the_run_restore_only_and_it_exits_lease_lost() {
     let mut c = hygiene(&cfg, &machine_b);
     c.args(["status", "--json"]);
     let (code, stdout, err) = out(c);
-    assert_eq!(code, 0, "{stdout}{err}");
     let st: serde_json::Value = serde_json::from_str(stdout.trim()).expect("status json");
     assert_eq!(st["state"], "finished", "{st}");
+    if ended_late {
+        // Its end arrived, but the record of its maintenance's end did not:
+        // status says the maintenance may still run, and names the way
+        // back (exit 11), never that the pool is clean. Every server is in
+        // service (checked above).
+        assert!(code == 0 || code == 11, "{stdout}{err}");
+    } else {
+        assert_eq!(code, 0, "{stdout}{err}");
+    }
 }
 
 /// Two pools that share their hosts (two configurations over the same
