@@ -27,6 +27,22 @@ pub fn caddy_bin() -> Option<PathBuf> {
         .then_some(bin)
 }
 
+/// Linux's `net.ipv4.tcp_migrate_req` (`None` where it cannot be read).
+///
+/// Caddy (2.6 and later) opens a new `SO_REUSEPORT` listener at every
+/// configuration change and closes the old one: without this setting the
+/// kernel resets the connections still waiting in the old listener's
+/// accept queue; with it (1, Linux 5.14 and later) it hands them to the
+/// new listener.
+#[must_use]
+pub fn tcp_migrate_req() -> Option<u8> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn free_port() -> BoxResult<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -1,6 +1,14 @@
 //! A constant load against an HTTP endpoint that counts every request and
 //! classifies every failure. Clients either keep their connection alive or
 //! open a new one per request.
+//!
+//! A keep-alive client can be told to do what browsers and Go's
+//! `http.Transport` do when a server closes an idle keep-alive connection
+//! just as a request goes out on it (RFC 9110 §9.2.2 allows it for an
+//! idempotent request): send the GET once more, on a new connection. Only
+//! a request on a *reused* connection that got no byte of an answer is sent
+//! again; each one is counted in [`LoadStats::retried`], and fails if the
+//! second try fails.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,6 +35,10 @@ pub struct LoadConfig {
     pub rate_per_client: Option<u32>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Keep-alive clients send a GET once more, on a new connection, when
+    /// the reused connection it went out on closed before any byte of the
+    /// answer (a server closing idle connections at a reload).
+    pub retry_idle_races: bool,
 }
 
 impl Default for LoadConfig {
@@ -36,6 +48,7 @@ impl Default for LoadConfig {
             fresh_clients: 4,
             rate_per_client: None,
             timeout: Duration::from_secs(10),
+            retry_idle_races: false,
         }
     }
 }
@@ -44,6 +57,7 @@ impl Default for LoadConfig {
 struct Tally {
     requests: AtomicU64,
     failed: AtomicU64,
+    retried: AtomicU64,
     by_kind: Mutex<BTreeMap<String, u64>>,
     by_server: Mutex<BTreeMap<String, u64>>,
 }
@@ -57,6 +71,10 @@ pub struct LoadStats {
     pub failed: u64,
     /// Failures by kind (`connect`, `reset`, `timeout`, `status_503`, …).
     pub failed_by_kind: BTreeMap<String, u64>,
+    /// Requests sent once more because the reused keep-alive connection
+    /// they went out on closed before any byte of the answer (only with
+    /// [`LoadConfig::retry_idle_races`]); counted once in `requests`.
+    pub retried: u64,
     /// Successful answers by the server that gave them.
     pub by_server: BTreeMap<String, u64>,
 }
@@ -83,6 +101,7 @@ impl Load {
                 builder.pool_max_idle_per_host(0);
             }
             let client: Client<_, Empty<Bytes>> = builder.build_http();
+            let mut own = (keepalive && cfg.retry_idle_races).then(|| KeepAlive::new(target));
             let (tally, stop, uri) = (Arc::clone(&tally), stop.clone(), uri.clone());
             tasks.spawn(async move {
                 let mut ticker = cfg.rate_per_client.map(|r| {
@@ -97,8 +116,14 @@ impl Load {
                     } else if stop.is_cancelled() {
                         return;
                     }
-                    let outcome =
-                        tokio::time::timeout(cfg.timeout, request(&client, uri.clone())).await;
+                    let outcome = match own.as_mut() {
+                        Some(conn) => {
+                            tokio::time::timeout(cfg.timeout, conn.get(&tally.retried)).await
+                        }
+                        None => {
+                            tokio::time::timeout(cfg.timeout, request(&client, uri.clone())).await
+                        }
+                    };
                     tally.requests.fetch_add(1, Ordering::Relaxed);
                     let kind = match outcome {
                         Ok(Ok(server)) => {
@@ -137,6 +162,7 @@ impl Load {
         LoadStats {
             requests: t.requests.load(Ordering::Relaxed),
             failed: t.failed.load(Ordering::Relaxed),
+            retried: t.retried.load(Ordering::Relaxed),
             failed_by_kind: t
                 .by_kind
                 .lock()
@@ -169,6 +195,11 @@ async fn request(client: &HttpClient, uri: hyper::Uri) -> Result<String, String>
             "reset".to_owned()
         }
     })?;
+    answer(resp).await
+}
+
+/// The server named in an answer, or the kind of failure.
+async fn answer(resp: hyper::Response<hyper::body::Incoming>) -> Result<String, String> {
     let status = resp.status();
     let body = resp
         .into_body()
@@ -184,4 +215,205 @@ async fn request(client: &HttpClient, uri: hyper::Uri) -> Result<String, String>
         .strip_prefix("Hello, World! From ")
         .map(str::to_owned)
         .ok_or_else(|| "bad_body".to_owned())
+}
+
+/// A keep-alive client's own connection, opened on first use and kept for
+/// as long as the server keeps it, so that it knows whether a request went
+/// out on a reused connection.
+#[derive(Debug)]
+struct KeepAlive {
+    target: SocketAddr,
+    conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+}
+
+impl KeepAlive {
+    fn new(target: SocketAddr) -> Self {
+        Self { target, conn: None }
+    }
+
+    /// One GET; sent once more on a new connection when the reused one
+    /// closed before any byte of the answer (counted in `retried`).
+    async fn get(&mut self, retried: &AtomicU64) -> Result<String, String> {
+        match self.send().await {
+            Err(Sent::Raced) => {
+                retried.fetch_add(1, Ordering::Relaxed);
+                match self.send().await {
+                    Ok(resp) => answer(resp).await,
+                    Err(Sent::Raced | Sent::Failed) => Err("reset".to_owned()),
+                    Err(Sent::Connect) => Err("connect".to_owned()),
+                }
+            }
+            Err(Sent::Failed) => Err("reset".to_owned()),
+            Err(Sent::Connect) => Err("connect".to_owned()),
+            Ok(resp) => answer(resp).await,
+        }
+    }
+
+    /// Sends the GET, on the kept connection if it is still open. The
+    /// connection is kept again only once an answer's head has come.
+    async fn send(&mut self) -> Result<hyper::Response<hyper::body::Incoming>, Sent> {
+        let mut reused = false;
+        let mut conn = None;
+        if let Some(mut c) = self.conn.take() {
+            if c.ready().await.is_ok() {
+                reused = true;
+                conn = Some(c);
+            }
+        }
+        let mut conn = match conn {
+            Some(c) => c,
+            None => self.connect().await.map_err(|()| Sent::Connect)?,
+        };
+        let req = hyper::Request::get("/")
+            .header(hyper::header::HOST, self.target.to_string())
+            .body(Empty::new())
+            .map_err(|_| Sent::Failed)?;
+        match conn.send_request(req).await {
+            Ok(resp) => {
+                self.conn = Some(conn);
+                Ok(resp)
+            }
+            Err(_) if reused => Err(Sent::Raced),
+            Err(_) => Err(Sent::Failed),
+        }
+    }
+
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, ()> {
+        let stream = tokio::net::TcpStream::connect(self.target)
+            .await
+            .map_err(|_| ())?;
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|_| ())?;
+        tokio::spawn(conn);
+        Ok(send)
+    }
+}
+
+/// How a send went wrong.
+#[derive(Debug)]
+enum Sent {
+    /// The connection could not be opened.
+    Connect,
+    /// A reused connection closed before any byte of the answer.
+    Raced,
+    /// Anything else: a new connection closed or reset, a bad request.
+    Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on loopback that answers `answered` requests on each
+    /// connection and then closes it when the next request comes, without
+    /// an answer (a reload closing an idle keep-alive connection just as a
+    /// request goes out on it). Counts connections.
+    async fn closing_server(answered: usize) -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let conns = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&conns);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut served = 0;
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            continue;
+                        }
+                        buf.clear();
+                        if served == answered {
+                            return;
+                        }
+                        served += 1;
+                        let body = "Hello, World! From t1";
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        if s.write_all(format!("{head}{body}").as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn a_get_on_a_reused_connection_closed_before_its_answer_is_sent_once_more() {
+        let (addr, conns) = closing_server(1).await;
+        let mut client = KeepAlive::new(addr);
+        let retried = AtomicU64::new(0);
+        assert_eq!(client.get(&retried).await, Ok("t1".to_owned()));
+        assert_eq!(retried.load(Ordering::Relaxed), 0);
+        // The second GET goes out on the kept connection, which the server
+        // closes: sent again on a new connection, and answered there.
+        assert_eq!(client.get(&retried).await, Ok("t1".to_owned()));
+        assert_eq!(retried.load(Ordering::Relaxed), 1);
+        assert_eq!(conns.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_closed_before_its_answer_fails_without_a_second_try() {
+        let (addr, conns) = closing_server(0).await;
+        let mut client = KeepAlive::new(addr);
+        let retried = AtomicU64::new(0);
+        assert_eq!(client.get(&retried).await, Err("reset".to_owned()));
+        assert_eq!(retried.load(Ordering::Relaxed), 0);
+        assert_eq!(conns.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_try_that_fails_too_is_a_failure() {
+        let (addr, _) = closing_server(1).await;
+        let mut client = KeepAlive::new(addr);
+        let retried = AtomicU64::new(0);
+        assert_eq!(client.get(&retried).await, Ok("t1".to_owned()));
+        client.target = closing_server(0).await.0;
+        // The kept connection is to the first server, which closes it at
+        // this GET; the second try opens one to the second server, which
+        // closes it too.
+        assert_eq!(client.get(&retried).await, Err("reset".to_owned()));
+        assert_eq!(retried.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn without_retries_the_load_counts_the_idle_close_as_a_failure() {
+        let (addr, _) = closing_server(1).await;
+        for (retry, failed) in [(false, true), (true, false)] {
+            let load = Load::start(
+                addr,
+                LoadConfig {
+                    keepalive_clients: 1,
+                    fresh_clients: 0,
+                    rate_per_client: Some(50),
+                    timeout: Duration::from_secs(5),
+                    retry_idle_races: retry,
+                },
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let stats = load.stop().await;
+            assert!(stats.requests >= 3, "{stats:?}");
+            assert_eq!(stats.failed > 0, failed, "retry {retry}: {stats:?}");
+            assert_eq!(stats.retried > 0, retry, "retry {retry}: {stats:?}");
+        }
+    }
 }

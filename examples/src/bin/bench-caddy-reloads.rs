@@ -5,7 +5,11 @@
 //! `--every` apart. Every change through Caddy's admin API restarts its
 //! HTTP server; the failed requests counted here by the load generator are
 //! the baseline a Caddy rollout (two changes per target) cannot go under,
-//! whoever makes the changes. Prints one JSON line.
+//! whoever makes the changes. The line says whether the host migrates a
+//! replaced listener's accept queue (`tcp_migrate_req`; without it new
+//! connections are reset) and how many GETs the keep-alive clients sent
+//! again because a reload closed their idle connection (`retried`; `--raw`
+//! counts them as failures instead). Prints one JSON line.
 //!
 //! `cargo run --release -p examples --bin bench-caddy-reloads`
 
@@ -33,6 +37,10 @@ struct Args {
     /// Caddy's `shutdown_delay` before the old server stops ("1s").
     #[arg(long)]
     shutdown_delay: Option<String>,
+    /// Keep-alive clients do not send a GET again when a reload closed
+    /// their idle connection as it went out (what hyper's pool alone does).
+    #[arg(long)]
+    raw: bool,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +91,7 @@ async fn bench(args: &Args) -> BoxResult<serde_json::Value> {
             fresh_clients: 6,
             rate_per_client: None,
             timeout: Duration::from_secs(10),
+            retry_idle_races: !args.raw,
         },
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -104,6 +113,9 @@ async fn bench(args: &Args) -> BoxResult<serde_json::Value> {
         "requests": stats.requests,
         "failed": stats.failed,
         "failed_by_kind": stats.failed_by_kind,
+        "retried": stats.retried,
+        "raw": args.raw,
+        "tcp_migrate_req": examples::caddy::tcp_migrate_req(),
         "failed_per_100_reloads": if args.reloads == 0 { 0.0 } else {
             f64::from(u32::try_from(stats.failed).unwrap_or(u32::MAX)) * 100.0 / f64::from(args.reloads)
         },

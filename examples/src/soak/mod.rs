@@ -93,6 +93,7 @@ impl SoakConfig {
                 fresh_clients: 1,
                 rate_per_client: Some(50),
                 timeout: Duration::from_secs(10),
+                retry_idle_races: false,
             },
             rollout_bin: dir.join("rollout"),
             demo_bin: dir.join("demo"),
