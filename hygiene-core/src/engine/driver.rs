@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -146,6 +146,9 @@ pub(crate) struct Parts {
     pub(crate) config: RolloutConfig,
     pub(crate) hub: EventHub,
     pub(crate) journal: Option<Arc<dyn Journal>>,
+    /// A record of this run could not be written: the journal has a gap,
+    /// so the run does not close it with an `End` (see `drive`).
+    pub(crate) journal_lost: AtomicBool,
     pub(crate) lease: Option<LeaseLink>,
     pub(crate) started: Instant,
     pub(crate) balancer_calls: AtomicU64,
@@ -165,6 +168,7 @@ impl Parts {
     pub(crate) fn journal(&self, record: &Record) -> Result<()> {
         match &self.journal {
             Some(j) => j.append(record).inspect_err(|e| {
+                self.journal_lost.store(true, Ordering::SeqCst);
                 error!(error = %e, "journal record not written");
             }),
             None => Ok(()),
@@ -649,6 +653,15 @@ pub(crate) async fn drive(
         // A maintenance may still be running: the journal stays open, so a
         // new run is refused and resume or restore waits for it.
         warn!("a maintenance may still be running: the journal is left unfinished");
+    } else if parts.journal_lost.load(Ordering::SeqCst) {
+        // A journal with a gap is not closed: an `End` over it would make
+        // `status` and a later run trust records that miss a change (and a
+        // store may apply a write its client gave up on after later ones).
+        // Left unfinished, resume or restore reconcile it with the balancer.
+        warn!(
+            journal = %parts.journal.as_ref().map(|j| j.location()).unwrap_or_default(),
+            "records of this run could not be written: the journal is left unfinished; `restore` (or `resume`) reconciles it with the balancer before a new run can start"
+        );
     } else if !stuck {
         // A stuck run leaves its journal unfinished: resume or restore can
         // still reconcile what it left.

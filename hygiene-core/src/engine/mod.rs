@@ -315,6 +315,7 @@ impl Rollout {
             config: self.config,
             hub: self.hub,
             journal: self.journal,
+            journal_lost: std::sync::atomic::AtomicBool::new(false),
             lease,
             started,
             balancer_calls: AtomicU64::new(0),
