@@ -781,3 +781,60 @@ fn an_undone_drain_puts_its_target_back_without_waiting_for_its_batch() {
     );
     assert_eq!(w.states[&id(0)].state, TargetState::InService);
 }
+
+/// zones.rs `zone_budgets`: a zone's healthy targets are those that serve
+/// *and* that this run counts as serving. t0 failed and is kept out; a
+/// reload puts it back just before the next batch is planned, so the
+/// listing shows it in service. It does not count for its zone: with
+/// `zone_min_healthy = 1`, zone a (t0, t1) cannot spare t1, which is never
+/// taken out (zone b, t2 and t3, is maintained as usual).
+#[test]
+fn a_kept_out_target_the_listing_shows_back_does_not_count_for_its_zone() {
+    let zones = (0..4)
+        .map(|k| (id(k), if k < 2 { "a" } else { "b" }.to_owned()))
+        .collect();
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .min_healthy(Amount::Count(0))
+        .zone_min_healthy(Amount::Count(1))
+        .zones(zones)
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 4, 100, caps());
+    let mut w = World::new(4);
+    let mut failed = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| {
+            match e {
+                Effect::Execute(_, ts) if ts[0].id == id(0) => {
+                    failed = true;
+                    return Some(Reply::Executed(Ok(vec![
+                        crate::executor::ExecOutcome::failure(
+                            id(0),
+                            super::regressions::ms(1),
+                            "boom",
+                        ),
+                    ])));
+                }
+                // The next batch's listing: a reload has put t0 back.
+                Effect::List(_) if failed => w.set(0, super::regressions::up()),
+                _ => {}
+            }
+            None
+        }),
+        600_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Drain(..) | Effect::Disable(..)) && names(e, 1)),
+        0,
+        "t1 was taken out while t0, kept out, left zone a without a healthy target: {:#?}",
+        w.log
+    );
+    let r = report(&m, 0);
+    assert!(
+        matches!(r.result, TargetResult::Failed { kept_out: true, .. }),
+        "{r:?}"
+    );
+}
