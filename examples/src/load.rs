@@ -223,8 +223,11 @@ async fn answer(resp: hyper::Response<hyper::body::Incoming>) -> Result<String, 
 #[derive(Debug)]
 struct KeepAlive {
     target: SocketAddr,
-    conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+    /// The kept connection, and the bytes read from it so far.
+    conn: Option<(Sender, Arc<AtomicU64>)>,
 }
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 impl KeepAlive {
     fn new(target: SocketAddr) -> Self {
@@ -254,13 +257,13 @@ impl KeepAlive {
     async fn send(&mut self) -> Result<hyper::Response<hyper::body::Incoming>, Sent> {
         let mut reused = false;
         let mut conn = None;
-        if let Some(mut c) = self.conn.take() {
+        if let Some((mut c, read)) = self.conn.take() {
             if c.ready().await.is_ok() {
                 reused = true;
-                conn = Some(c);
+                conn = Some((c, read));
             }
         }
-        let mut conn = match conn {
+        let (mut conn, read) = match conn {
             Some(c) => c,
             None => self.connect().await.map_err(|()| Sent::Connect)?,
         };
@@ -268,26 +271,77 @@ impl KeepAlive {
             .header(hyper::header::HOST, self.target.to_string())
             .body(Empty::new())
             .map_err(|_| Sent::Failed)?;
+        let before = read.load(Ordering::SeqCst);
         match conn.send_request(req).await {
             Ok(resp) => {
-                self.conn = Some(conn);
+                self.conn = Some((conn, read));
                 Ok(resp)
             }
-            Err(_) if reused => Err(Sent::Raced),
+            // Not one byte of an answer came: the server closed the
+            // connection before it took the request.
+            Err(_) if reused && read.load(Ordering::SeqCst) == before => Err(Sent::Raced),
             Err(_) => Err(Sent::Failed),
         }
     }
 
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, ()> {
+    async fn connect(&self) -> Result<(Sender, Arc<AtomicU64>), ()> {
         let stream = tokio::net::TcpStream::connect(self.target)
             .await
             .map_err(|_| ())?;
+        let read = Arc::new(AtomicU64::new(0));
+        let counted = Counted {
+            inner: stream,
+            read: Arc::clone(&read),
+        };
         let (send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(counted))
                 .await
                 .map_err(|_| ())?;
         tokio::spawn(conn);
-        Ok(send)
+        Ok((send, read))
+    }
+}
+
+/// A connection that counts the bytes read from it.
+#[derive(Debug)]
+struct Counted {
+    inner: tokio::net::TcpStream,
+    read: Arc<AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        self.read.fetch_add(n as u64, Ordering::SeqCst);
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -307,11 +361,21 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// What a test server does at the request after its `answered` ones
+    /// on a connection.
+    #[derive(Clone, Copy)]
+    enum Then {
+        /// Closes the connection without an answer (a reload closing an
+        /// idle keep-alive connection just as a request goes out on it).
+        Close,
+        /// Sends the start of an answer's head, then closes.
+        HalfHead,
+    }
+
     /// A server on loopback that answers `answered` requests on each
-    /// connection and then closes it when the next request comes, without
-    /// an answer (a reload closing an idle keep-alive connection just as a
-    /// request goes out on it). Counts connections.
-    async fn closing_server(answered: usize) -> (SocketAddr, Arc<AtomicU64>) {
+    /// connection (the last one with `Connection: close` when `close_last`),
+    /// then does `then`. Counts connections.
+    async fn server(answered: usize, close_last: bool, then: Then) -> (SocketAddr, Arc<AtomicU64>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -338,16 +402,29 @@ mod tests {
                         }
                         buf.clear();
                         if served == answered {
+                            if matches!(then, Then::HalfHead) {
+                                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+                            }
                             return;
                         }
                         served += 1;
                         let body = "Hello, World! From t1";
-                        let head =
-                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        let close = if close_last && served == answered {
+                            "Connection: close\r\n"
+                        } else {
+                            ""
+                        };
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\n{close}Content-Length: {}\r\n\r\n",
+                            body.len()
+                        );
                         if s.write_all(format!("{head}{body}").as_bytes())
                             .await
                             .is_err()
                         {
+                            return;
+                        }
+                        if !close.is_empty() {
                             return;
                         }
                     }
@@ -355,6 +432,10 @@ mod tests {
             }
         });
         (addr, conns)
+    }
+
+    async fn closing_server(answered: usize) -> (SocketAddr, Arc<AtomicU64>) {
+        server(answered, false, Then::Close).await
     }
 
     #[tokio::test]
@@ -393,6 +474,30 @@ mod tests {
         // closes it too.
         assert_eq!(client.get(&retried).await, Err("reset".to_owned()));
         assert_eq!(retried.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_after_its_answer_is_not_a_race() {
+        // The answer said `Connection: close`: the next GET sees the
+        // connection closed before it goes out, and opens a new one.
+        let (addr, conns) = server(1, true, Then::Close).await;
+        let mut client = KeepAlive::new(addr);
+        let retried = AtomicU64::new(0);
+        for _ in 0..3 {
+            assert_eq!(client.get(&retried).await, Ok("t1".to_owned()));
+        }
+        assert_eq!(retried.load(Ordering::Relaxed), 0);
+        assert_eq!(conns.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_after_part_of_an_answer_is_a_failure() {
+        let (addr, _) = server(1, false, Then::HalfHead).await;
+        let mut client = KeepAlive::new(addr);
+        let retried = AtomicU64::new(0);
+        assert_eq!(client.get(&retried).await, Ok("t1".to_owned()));
+        assert_eq!(client.get(&retried).await, Err("reset".to_owned()));
+        assert_eq!(retried.load(Ordering::Relaxed), 0, "not sent again");
     }
 
     #[tokio::test]

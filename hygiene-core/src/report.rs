@@ -362,6 +362,17 @@ pub struct Report {
     pub balancer_calls: u64,
     /// Executor calls made (retries included).
     pub executor_calls: u64,
+    /// Journal records of this run that could not be written (a full
+    /// disk, a store that timed out or fenced the run). The journal then
+    /// has a gap, so the run leaves it unfinished: `restore` or `resume`
+    /// reconciles it with the balancer before a new run may start.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub journal_records_lost: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Report {

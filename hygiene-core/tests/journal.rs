@@ -450,6 +450,7 @@ async fn a_maintenance_whose_intent_cannot_be_recorded_is_not_started() {
     // The journal misses a record: the run does not close it over the gap
     // (the records after the failed one are written), so restore or resume
     // reconcile it with the balancer before a new run.
+    assert_eq!(r.journal_records_lost, 1, "{r:#?}");
     let records = journal.records().expect("records");
     assert!(
         records.iter().any(|r| matches!(r, Record::Finished { .. })),
@@ -459,6 +460,91 @@ async fn a_maintenance_whose_intent_cannot_be_recorded_is_not_started() {
         !records.iter().any(|r| matches!(r, Record::End { .. })),
         "{records:#?}"
     );
+}
+
+/// A journal that cannot record a maintenance's handle (and writes
+/// everything else).
+#[derive(Debug, Clone)]
+struct NoHandle(MemoryJournal);
+
+impl Journal for NoHandle {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn append(&self, record: &Record) -> hygiene_core::Result<()> {
+        if matches!(record, Record::Started { .. }) {
+            return Err(Error::journal("memory journal", "disk full"));
+        }
+        self.0.append(record)
+    }
+    fn records(&self) -> hygiene_core::Result<Vec<Record>> {
+        self.0.records()
+    }
+}
+
+/// An executor that reports a handle for each maintenance it starts.
+#[derive(Debug)]
+struct Handled;
+
+#[async_trait::async_trait]
+impl hygiene_core::Executor for Handled {
+    fn name(&self) -> String {
+        "handled".into()
+    }
+    async fn preflight(
+        &self,
+        targets: &[hygiene_core::Target],
+    ) -> hygiene_core::Result<Vec<hygiene_core::Preflight>> {
+        Ok(vec![hygiene_core::Preflight::Ready; targets.len()])
+    }
+    async fn execute(
+        &self,
+        targets: &[hygiene_core::Target],
+    ) -> hygiene_core::Result<Vec<hygiene_core::ExecOutcome>> {
+        Ok(targets
+            .iter()
+            .map(|t| hygiene_core::ExecOutcome::success(t.id.clone(), Duration::from_secs(1)))
+            .collect())
+    }
+    async fn execute_tracked(
+        &self,
+        targets: &[hygiene_core::Target],
+        sink: &hygiene_core::HandleSink,
+    ) -> hygiene_core::Result<Vec<hygiene_core::ExecOutcome>> {
+        for t in targets {
+            sink.started(
+                &t.id,
+                hygiene_core::ExecHandle(serde_json::json!({"pid": 1})),
+            );
+        }
+        self.execute(targets).await
+    }
+}
+
+// A maintenance's handle that cannot be recorded leaves a gap too: the run
+// goes on (the maintenance has started), counts it, and does not close
+// the journal.
+#[tokio::test(start_paused = true)]
+async fn a_handle_that_cannot_be_recorded_leaves_the_journal_unfinished() {
+    let (lb, _) = pool(2);
+    let journal = MemoryJournal::new();
+    let r = Rollout::new(lb.clone(), Handled, config(1))
+        .with_journal(NoHandle(journal.clone()))
+        .run()
+        .await
+        .expect("run");
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    assert_eq!(r.journal_records_lost, 2, "{r:#?}");
+    assert!(
+        r.targets.iter().all(|t| t.result == TargetResult::Done),
+        "{r:#?}"
+    );
+    let records = journal.records().expect("records");
+    assert!(
+        !records.iter().any(|r| matches!(r, Record::End { .. })),
+        "{records:#?}"
+    );
+    check_every_target_back_or_named(&lb, &r);
 }
 
 // The journal alone tells an auditor what became of each target, with why.

@@ -160,7 +160,8 @@ pub(crate) enum Command {
         #[arg(short = 'y', long, env = "HYGIENE_YES", value_parser = BoolishValueParser::new())]
         yes: bool,
     },
-    /// Finish the run the journal says did not finish (its process died).
+    /// Finish the run the journal says did not finish (its process died, or
+    /// it could not write all its records).
     #[command(after_help = exit::HELP)]
     Resume {
         #[command(flatten)]

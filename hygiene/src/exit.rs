@@ -14,7 +14,9 @@ pub(crate) const CONFIG: u8 = 3;
 pub(crate) const UNREACHABLE: u8 = 4;
 /// The journal stops this: another run holds it, the last run did not
 /// finish (resume or restore it first), there is nothing to resume, or it
-/// is unreadable. Nothing was changed.
+/// is unreadable. Nothing was changed. Also a run that could not write
+/// some of its records (and nothing worse happened): its journal is left
+/// unfinished.
 pub(crate) const JOURNAL: u8 = 5;
 /// `plan` / `validate`: the run would refuse to start or abort (a
 /// `min_healthy` no batch fits, an `--only` naming nothing, a maintenance
@@ -47,7 +49,8 @@ Exit codes:
     4    balancer or executor unreachable, or it refused access; nothing changed
     5    journal locked by another run, or left unfinished by a run that died
          (run `hygiene resume` or `hygiene restore`), or unusable; nothing changed;
-         `status` too while a run is unfinished
+         `status` too while a run is unfinished; also a run that could not
+         write some of its journal records (it is left unfinished: restore)
     6    plan / validate: the run would refuse to start or abort (the
          blockers say why)
     10   run failed: aborted (failure budget exceeded, capacity, balancer) or

@@ -289,6 +289,20 @@ async fn with_journal(
         // cancelled, but it did its job.
         code = exit::OK;
     }
+    if report.journal_records_lost > 0 {
+        // The journal has a gap and is left unfinished: say so, and do not
+        // exit as if all went well (the next run is refused until then).
+        eprintln!(
+            "error: {} record(s) of this run could not be written to the journal {}; it is left unfinished. `{}` reconciles it with the balancer (a new run is refused until then); `{}` says what it holds",
+            report.journal_records_lost,
+            journal.location(),
+            command_for(g, "restore"),
+            command_for(g, "status")
+        );
+        if matches!(code, exit::OK | exit::CANCELLED) {
+            code = exit::JOURNAL;
+        }
+    }
     if code == exit::KEPT_OUT {
         eprintln!(
             "{} target(s) are out of rotation because of this run: `{}` lists them with the way back",

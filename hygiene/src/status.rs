@@ -382,7 +382,7 @@ fn human(s: &Status) -> String {
         ),
         "running" if s.lease.is_some() => "RUNNING (its run holds the pool's lease)".into(),
         "running" => "RUNNING (another process holds the journal)".into(),
-        _ => "UNFINISHED: its process is gone".into(),
+        _ => "UNFINISHED: its process is gone (it died, or could not write all its records)".into(),
     };
     o.push_str(&format!(
         "last run {}, started {} on {} (pid {}): {state}\n",

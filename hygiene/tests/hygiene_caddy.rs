@@ -79,13 +79,13 @@ async fn a_rollout_under_load_loses_no_request() {
     // Every drain and enable is a Caddy reload, which replaces its
     // SO_REUSEPORT listener: connections in the old one's accept queue are
     // reset unless the kernel migrates them (`scripts/test` sets it).
-    if !integration_available(
+    // Without it (and outside CI) the test still runs, and allows new
+    // connections reset by a reload, at most one per change.
+    let migrates = integration_available(
         "net.ipv4.tcp_migrate_req=1",
         examples::caddy::tcp_migrate_req() == Some(1),
-        "sysctl -w net.ipv4.tcp_migrate_req=1 (Linux 5.14+; scripts/test sets it)",
-    ) {
-        return;
-    }
+        "sysctl -w net.ipv4.tcp_migrate_req=1 (Linux 5.14+; scripts/test sets it); checking with new-connection resets allowed",
+    );
     // Each request takes 20 ms, so requests are in flight at every drain.
     let mut services = Vec::new();
     for n in ["s1", "s2", "s3"] {
@@ -141,7 +141,22 @@ async fn a_rollout_under_load_loses_no_request() {
     // do when Caddy's reload closes an idle connection as a GET goes out on
     // it (send it again on a new one; counted in `retried`, and a failure
     // if that fails too).
-    assert_eq!(stats.failed, 0, "failed requests: {stats:?}");
+    let changes = 6; // a drain and an enable per target: Caddy reloads
+    if migrates {
+        assert_eq!(stats.failed, 0, "failed requests: {stats:?}");
+    } else {
+        let other: Vec<_> = stats
+            .failed_by_kind
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "fresh_reset" | "fresh_connect"))
+            .collect();
+        assert!(other.is_empty(), "failed requests: {stats:?}");
+        assert!(stats.failed <= changes, "failed requests: {stats:?}");
+    }
+    // What is sent again comes from Caddy's reloads only: at most one per
+    // configuration change (many more would hide a rollout that reloads
+    // Caddy more than it needs, or a Caddy that drops connections).
+    assert!(stats.retried <= changes, "sent again: {stats:?}");
     for s in ["s1", "s2", "s3"] {
         assert!(
             stats.by_server.get(s).copied().unwrap_or(0) > 0,

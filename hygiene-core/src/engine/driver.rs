@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -146,9 +146,9 @@ pub(crate) struct Parts {
     pub(crate) config: RolloutConfig,
     pub(crate) hub: EventHub,
     pub(crate) journal: Option<Arc<dyn Journal>>,
-    /// A record of this run could not be written: the journal has a gap,
-    /// so the run does not close it with an `End` (see `drive`).
-    pub(crate) journal_lost: AtomicBool,
+    /// Records of this run that could not be written: the journal has a
+    /// gap, so the run does not close it with an `End` (see `drive`).
+    pub(crate) journal_lost: Arc<AtomicU64>,
     pub(crate) lease: Option<LeaseLink>,
     pub(crate) started: Instant,
     pub(crate) balancer_calls: AtomicU64,
@@ -168,7 +168,7 @@ impl Parts {
     pub(crate) fn journal(&self, record: &Record) -> Result<()> {
         match &self.journal {
             Some(j) => j.append(record).inspect_err(|e| {
-                self.journal_lost.store(true, Ordering::SeqCst);
+                self.journal_lost.fetch_add(1, Ordering::SeqCst);
                 error!(error = %e, "journal record not written");
             }),
             None => Ok(()),
@@ -300,6 +300,7 @@ impl Parts {
         let Some(journal) = self.journal.clone() else {
             return HandleSink::none();
         };
+        let lost = Arc::clone(&self.journal_lost);
         HandleSink::new(move |id, handle| {
             let record = Record::Started {
                 call,
@@ -308,6 +309,7 @@ impl Parts {
                 at: jiff::Timestamp::now().to_string(),
             };
             if let Err(e) = journal.append(&record) {
+                lost.fetch_add(1, Ordering::SeqCst);
                 // The maintenance runs on; a resume then applies
                 // `on_interrupted` instead of waiting for it.
                 error!(error = %e, target.id = %id, "the maintenance's handle was not journaled");
@@ -653,12 +655,12 @@ pub(crate) async fn drive(
         // A maintenance may still be running: the journal stays open, so a
         // new run is refused and resume or restore waits for it.
         warn!("a maintenance may still be running: the journal is left unfinished");
-    } else if parts.journal_lost.load(Ordering::SeqCst) {
+    } else if parts.journal_lost.load(Ordering::SeqCst) > 0 {
         // A journal with a gap is not closed: an `End` over it would make
         // `status` and a later run trust records that miss a change (and a
         // store may apply a write its client gave up on after later ones).
         // Left unfinished, resume or restore reconcile it with the balancer.
-        warn!(
+        error!(
             journal = %parts.journal.as_ref().map(|j| j.location()).unwrap_or_default(),
             "records of this run could not be written: the journal is left unfinished; `restore` (or `resume`) reconciles it with the balancer before a new run can start"
         );
@@ -693,6 +695,7 @@ pub(crate) async fn drive(
         found_out: machine.found_out_ids(),
         balancer_calls: parts.balancer_calls.load(Ordering::Relaxed),
         executor_calls: parts.executor_calls.load(Ordering::Relaxed),
+        journal_records_lost: parts.journal_lost.load(Ordering::SeqCst),
     }
 }
 

@@ -315,7 +315,7 @@ impl Rollout {
             config: self.config,
             hub: self.hub,
             journal: self.journal,
-            journal_lost: std::sync::atomic::AtomicBool::new(false),
+            journal_lost: Arc::new(AtomicU64::new(0)),
             lease,
             started,
             balancer_calls: AtomicU64::new(0),
