@@ -344,6 +344,29 @@ fn the_gates_after_a_batch_are_asked_after_the_soak() {
     assert!(asks[0].0 >= soak_at + 1_000, "{asks:?} soak at {soak_at}");
     assert!(w.gate_asks(GateWhen::Before).is_empty());
     assert!(w.drains()[1] > asks[0].0);
+    // The after-stage of a batch starts once it is back: the soak after
+    // t0's put-back, the last gate after t1's; no soak after the last one.
+    let enabled = |k: usize| {
+        w.log
+            .iter()
+            .find(|(_, e)| matches!(e, Effect::Enable(_, ids) if ids.contains(&id(k))))
+            .map(|(t, _)| *t)
+            .expect("put back")
+    };
+    assert!(soak_at > enabled(0), "soak at {soak_at}: {:#?}", w.log);
+    assert!(asks[1].0 > enabled(1), "{asks:?}: {:#?}", w.log);
+    assert_eq!(w.count(|k| matches!(k, EventKind::Soaking { .. })), 1);
+    assert!(asks[1].0 < enabled(1) + 1_000, "{asks:?}");
+    // Each after-gate is told the targets of its batch.
+    let told: Vec<(usize, Vec<TargetId>)> = w
+        .log
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Gate(_, a) if a.when == GateWhen::After => Some((a.batch, a.targets.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![(0, vec![id(0)]), (1, vec![id(1)])]);
 }
 
 #[test]
@@ -424,6 +447,26 @@ fn cancelling_a_held_run_ends_it_with_nothing_drained() {
     assert_eq!(m.outcome(), Outcome::Cancelled);
     assert!(w.drains().is_empty());
     assert!(w.now < 1_000, "ended at {}", w.now);
+}
+
+/// mod.rs `on_gate`: a gate's answer that comes after the run was
+/// cancelled changes nothing (no check reported, no decision).
+#[test]
+fn a_gate_answer_after_a_cancel_is_ignored() {
+    let mut w = World::new(2);
+    let mut m = machine(batches(1), 2, vec![gate("alerts", 100, 100_000)]);
+    // Asks at 0, 101, 202: cancelled while the third is in flight.
+    w.drive(&mut m, Box::new(|_, _, _| hold()), 600_000, Some(202));
+    assert_eq!(m.outcome(), Outcome::Cancelled);
+    let asks = w.gate_asks(GateWhen::Before);
+    assert_eq!(asks.last().map(|(t, _)| *t), Some(202), "{asks:?}");
+    let checked: Vec<u64> = w
+        .events
+        .iter()
+        .filter(|(_, _, k)| matches!(k, EventKind::GateChecked { .. }))
+        .map(|(t, _, _)| *t)
+        .collect();
+    assert_eq!(checked, vec![1, 102], "{:?}", w.events);
 }
 
 fn hook(name: &str, when: GateWhen) -> GateSpec {

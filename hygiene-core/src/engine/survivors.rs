@@ -838,3 +838,34 @@ fn a_kept_out_target_the_listing_shows_back_does_not_count_for_its_zone() {
         "{r:?}"
     );
 }
+
+/// mod.rs `lease_allows`: with a lease that has less time left than a
+/// step needs, nothing is planned (no listing, no drain) until it is
+/// renewed.
+#[test]
+fn nothing_starts_while_the_lease_has_less_left_than_a_step_needs() {
+    use super::machine::{Input, LeaseNews};
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 2, 100, caps());
+    // Held until 5 s; a step needs 10 s of it.
+    m.set_lease(
+        super::regressions::ms(5_000),
+        super::regressions::ms(10_000),
+    );
+    let starts = |e: &[Effect]| {
+        e.iter().any(|e| {
+            matches!(
+                e,
+                Effect::List(_) | Effect::Preflight(..) | Effect::Drain(..)
+            )
+        })
+    };
+    let first = m.handle(super::regressions::ms(0), Input::Tick);
+    assert!(!starts(&first), "{first:?}");
+    // Renewed until 60 s: the run goes on.
+    let renewed = m.handle(
+        super::regressions::ms(1),
+        Input::Lease(LeaseNews::Until(super::regressions::ms(60_000))),
+    );
+    assert!(starts(&renewed), "{renewed:?}");
+}
