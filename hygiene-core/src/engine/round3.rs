@@ -63,7 +63,7 @@ impl World {
         self.states.insert(id(k), s);
     }
 
-    fn answer(&mut self, e: &Effect) -> Reply {
+    pub(super) fn answer(&mut self, e: &Effect) -> Reply {
         let st = |w: &World, ids: &[TargetId]| -> Vec<TargetStatus> {
             ids.iter().map(|i| w.states[i].clone()).collect()
         };

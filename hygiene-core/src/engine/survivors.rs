@@ -869,3 +869,480 @@ fn nothing_starts_while_the_lease_has_less_left_than_a_step_needs() {
     );
     assert!(starts(&renewed), "{renewed:?}");
 }
+
+// Session 11: observe.rs.
+
+/// The times (ms after the drain's answer) of the status reads of a lone
+/// target held draining, with one request in flight, for `hold_ms` after
+/// its drain, with a poll interval of 100 ms.
+fn drain_looks(caps: crate::target::Capabilities, hold_ms: u64) -> Vec<u64> {
+    use super::regressions::{draining, ms};
+    let cfg = RolloutConfig::builder()
+        .drain_timeout(ms(60_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps);
+    let mut w = World::new(1);
+    w.drive(
+        &mut m,
+        Box::new(move |now, e, w| match e {
+            Effect::Status(..) if drain_time(w).is_some_and(|d| now < d + hold_ms) => {
+                Some(Reply::Status(Ok(vec![draining(1)])))
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(report(&m, 0).result, TargetResult::Done);
+    let d = drain_time(&w).expect("drained");
+    w.log
+        .iter()
+        .filter(|(t, e)| *t > d && *t <= d + hold_ms + 1 && matches!(e, Effect::Status(..)))
+        .map(|(t, _)| t - d)
+        .collect()
+}
+
+/// observe.rs `ramp` (a balancer whose status costs, as ELBv2's): a
+/// draining target is read at once after its drain, then at 1/10, 1/4 and
+/// 1/2 of the poll interval, then on the fixed-rate grid, one interval
+/// apart; each read is answered 1 ms after it is sent.
+#[test]
+fn a_drain_is_looked_at_quickly_then_on_the_poll_grid() {
+    let mut want = vec![1, 11, 26, 51];
+    want.extend((1..=10).map(|k| k * 100 + 1));
+    assert_eq!(drain_looks(caps(), 1_000), want);
+}
+
+/// observe.rs `ramp` with [`Capabilities::cheap_status`] (HAProxy, NGINX):
+/// a draining target is read every tenth of the poll interval for as long
+/// as its drain lasts, never back to back.
+#[test]
+fn a_cheap_status_is_read_every_tenth_of_the_interval_while_a_target_drains() {
+    let want: Vec<u64> = (0..=100).map(|k| k * 10 + 1).collect();
+    assert_eq!(drain_looks(caps().with_cheap_status(true), 1_000), want);
+}
+
+/// When the (first) drain was answered.
+fn drain_time(w: &World) -> Option<u64> {
+    w.log
+        .iter()
+        .find(|(_, e)| matches!(e, Effect::Drain(..)))
+        .map(|&(t, _)| t)
+}
+
+/// Drives `m` like [`World::drive`], but each effect is answered `delay`
+/// ms after it was sent (effects in flight together, answered in the order
+/// they are due); `hook` scripts exceptions. Returns each effect with the
+/// time it was sent; `w.log` has the time each was answered.
+fn drive_timed(
+    m: &mut super::machine::Machine,
+    w: &mut World,
+    mut delay: impl FnMut(u64, &Effect, &World) -> u64,
+    mut hook: impl FnMut(u64, &Effect, &mut World) -> Option<Reply>,
+) -> Vec<(u64, Effect)> {
+    use super::machine::Input;
+    use super::regressions::ms;
+    let mut sent = Vec::new();
+    let mut pending: Vec<(u64, Effect)> = Vec::new();
+    let mut now = 0u64;
+    let mut effects = m.handle(ms(0), Input::Tick);
+    while now < 60_000 {
+        for e in effects.drain(..) {
+            let d = delay(now, &e, w);
+            sent.push((now, e.clone()));
+            pending.push((now + d, e));
+        }
+        let due = pending.iter().map(|(t, _)| *t).min();
+        let tick = m.poll_timeout().map(|t| t.as_millis() as u64);
+        if let Some(d) = due.filter(|&d| tick.is_none_or(|t| d <= t)) {
+            let k = pending.iter().position(|(t, _)| *t == d).expect("due");
+            let (t, e) = pending.remove(k);
+            now = t;
+            let r = hook(now, &e, w).unwrap_or_else(|| w.answer(&e));
+            w.log.push((now, e.clone()));
+            effects = m.handle(ms(now), Input::Reply(e.call(), r));
+        } else if let Some(t) = tick {
+            now = now.max(t);
+            effects = m.handle(ms(now), Input::Tick);
+        } else {
+            break;
+        }
+    }
+    sent
+}
+
+/// observe.rs `maybe_poll`: polls keep to a fixed-rate grid from the first
+/// one. A read that takes longer than two intervals skips the ticks it
+/// missed (the next regular poll is one interval after the late one, never
+/// back to back). Here the first read after the drain takes 250 ms, every
+/// other answer 1 ms, and the target drains for 1 s (poll interval 100 ms,
+/// a status that costs).
+#[test]
+fn a_slow_status_read_skips_the_ticks_it_missed_and_keeps_the_grid() {
+    use super::regressions::{draining, ms};
+    let cfg = RolloutConfig::builder()
+        .drain_timeout(ms(60_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut slow = true;
+    let sent = drive_timed(
+        &mut m,
+        &mut w,
+        |_, e, w| match e {
+            Effect::Status(..) if w.count(|e| matches!(e, Effect::Drain(..))) > 0 => {
+                if std::mem::take(&mut slow) {
+                    250
+                } else {
+                    1
+                }
+            }
+            _ => 1,
+        },
+        |now, e, w| match e {
+            Effect::Status(..) if drain_time(w).is_some_and(|d| now < d + 1_000) => {
+                Some(Reply::Status(Ok(vec![draining(1)])))
+            }
+            _ => None,
+        },
+    );
+    let d = drain_time(&w).expect("drained");
+    let reads_after_drain: Vec<u64> = sent
+        .iter()
+        .filter(|(t, e)| *t >= d && matches!(e, Effect::Status(..)))
+        .map(|(t, _)| t - d)
+        .collect();
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(report(&m, 0).result, TargetResult::Done);
+    // At once after the drain (slow); its answer at 250 ms is past the
+    // first quick look (10 ms): one look then; then the grid, whose ticks
+    // at 100 and 200 ms were missed: 350, 450, … until the drain ends.
+    let mut want = vec![0, 250];
+    want.extend((0..8).map(|k| 350 + k * 100));
+    // The read that sees it drained, then the reads of its health.
+    let during: Vec<u64> = reads_after_drain
+        .iter()
+        .copied()
+        .take_while(|&t| t <= 1_050)
+        .collect();
+    assert_eq!(during, want, "all reads: {reads_after_drain:?}");
+}
+
+/// observe.rs `on_poll`: a poll answered with fewer statuses than asked
+/// says nothing of the draining target: the read failed (the run stops on
+/// the balancer's fault, the target is put back, never maintained).
+#[test]
+fn a_poll_answered_with_the_wrong_length_is_a_failed_read() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut short = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::Status(..) if !short && w.count(|e| matches!(e, Effect::Drain(..))) > 0 => {
+                short = true;
+                Some(Reply::Status(Ok(Vec::new())))
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    match &r.result {
+        TargetResult::Failed { reason, .. } => {
+            assert!(reason.contains("0 entries for 1 targets"), "{reason}")
+        }
+        other => panic!("{other:?}: {:#?}", w.log),
+    }
+    assert_eq!(w.count(|e| matches!(e, Effect::Execute(..))), 0);
+    assert_eq!(w.states[&id(0)].state, TargetState::InService);
+}
+
+/// observe.rs `on_poll`: a target out because its put-back failed (not
+/// kept out by the run's decision) that the run's last look sees back in
+/// service is reported in service, with a note saying something else put
+/// it back.
+#[test]
+fn a_stranded_target_seen_back_is_reported_in_service() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut refused = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::Enable(..) if !refused => {
+                refused = true;
+                Some(Reply::Changed(Err(Error::unavailable(
+                    "lb",
+                    "enable refused",
+                ))))
+            }
+            // After the read back showed it out: an operator puts it back.
+            Effect::Status(..) if refused && w.count(|e| matches!(e, Effect::ReadBack(..))) > 0 => {
+                w.set(0, super::regressions::up());
+                None
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert_eq!(r.location, Location::InService, "{r:?}: {:#?}", w.log);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("something else put it back")),
+        "{r:?}"
+    );
+    // Never taken out again: its put-back failed, the run did not keep it out.
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Drain(..) | Effect::Disable(..))),
+        1
+    );
+}
+
+/// observe.rs `on_poll`: a draining target put back in service by the
+/// balancer while requests still run on it (a reload) is drained again at
+/// the poll that sees it, not once its requests have ended.
+#[test]
+fn a_drain_lost_while_requests_run_is_drained_again_at_once() {
+    use super::regressions::{draining, ms};
+    let cfg = RolloutConfig::builder()
+        .drain_timeout(ms(60_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut polls = 0;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| {
+            let drains = w.count(|e| matches!(e, Effect::Drain(..)));
+            match e {
+                Effect::Status(..) if drains == 1 => {
+                    polls += 1;
+                    Some(Reply::Status(Ok(vec![if polls < 3 {
+                        draining(2)
+                    } else {
+                        // Back in service, and busy.
+                        crate::target::TargetStatus::new(
+                            TargetState::InService,
+                            crate::target::Health::Healthy,
+                            Some(5),
+                        )
+                    }])))
+                }
+                _ => None,
+            }
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert_eq!(r.result, TargetResult::Done, "{:#?}", w.log);
+    assert_eq!(r.drain_lost.len(), 1, "{r:?}");
+    // Drained again right after the read that saw it back.
+    let third = w
+        .log
+        .iter()
+        .filter(|(_, e)| matches!(e, Effect::Status(..)))
+        .nth(3)
+        .map(|&(t, _)| t)
+        .expect("three polls after the drain");
+    let again = w
+        .log
+        .iter()
+        .filter(|(_, e)| matches!(e, Effect::Drain(..)))
+        .nth(1)
+        .map(|&(t, _)| t)
+        .expect("drained again");
+    assert_eq!(again, third + 1, "{:#?}", w.log);
+}
+
+/// observe.rs `finished_out`: a target kept out after its failed
+/// maintenance whose every later status read fails is looked at again
+/// before the run ends (each of the run's last looks), and then reported
+/// in a state the run could not read, with why: never "kept out" on a read
+/// that did not happen.
+#[test]
+fn a_kept_out_target_whose_reads_fail_is_reported_unknown_after_the_last_looks() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut failed = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, _| match e {
+            Effect::Execute(..) => {
+                failed = true;
+                Some(Reply::Executed(Ok(vec![
+                    crate::executor::ExecOutcome::failure(id(0), super::regressions::ms(1), "boom"),
+                ])))
+            }
+            Effect::Status(..) if failed => Some(Reply::Status(Err(Error::unavailable(
+                "lb",
+                "status refused",
+            )))),
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert_eq!(r.location, Location::Unknown, "{r:?}");
+    assert!(
+        r.notes.iter().any(
+            |n| n.contains("the last status read of it failed") && n.contains("status refused")
+        ),
+        "{r:?}"
+    );
+    // The run ends right after its only target: its last looks, each
+    // failing, are the only reads after the maintenance.
+    let reads = w.count(|e| matches!(e, Effect::Status(..)));
+    let before = 2; // the read before the drain and the one that saw it drained
+    assert_eq!(
+        reads - before,
+        usize::from(super::machine::FINAL_LOOKS),
+        "{:#?}",
+        w.log
+    );
+}
+
+/// observe.rs `watch`: a target the balancer no longer knows in the middle
+/// of its maintenance is not polled again (its enable will tell); the
+/// maintenance (2 s here) goes on without a read every interval.
+#[test]
+fn a_target_gone_mid_maintenance_is_not_polled_again() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let executing = std::cell::Cell::new(false);
+    let sent = drive_timed(
+        &mut m,
+        &mut w,
+        |_, e, _| match e {
+            Effect::Execute(..) => {
+                executing.set(true);
+                2_000
+            }
+            _ => 1,
+        },
+        |_, e, _| match e {
+            Effect::Execute(..) => {
+                executing.set(false);
+                None
+            }
+            Effect::Status(..) if executing.get() => Some(Reply::Status(Err(
+                Error::target_not_found(id(0).as_str(), None),
+            ))),
+            _ => None,
+        },
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let exec = sent
+        .iter()
+        .find(|(_, e)| matches!(e, Effect::Execute(..)))
+        .map(|&(t, _)| t)
+        .expect("maintained");
+    let during = sent
+        .iter()
+        .filter(|(t, e)| *t > exec && *t < exec + 2_000 && matches!(e, Effect::Status(..)))
+        .count();
+    assert_eq!(during, 1, "{sent:#?}");
+}
+
+/// observe.rs `on_poll`: a target still in service at the first read after
+/// its drain (a balancer that applies the drain a moment later) has not
+/// lost its drain: it is waited for, not drained again nor reported so.
+#[test]
+fn a_drain_not_yet_applied_at_the_first_read_is_waited_for() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut reads = 0;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::Status(..) if w.count(|e| matches!(e, Effect::Drain(..))) == 1 && reads < 2 => {
+                reads += 1;
+                Some(Reply::Status(Ok(vec![crate::target::TargetStatus::new(
+                    TargetState::InService,
+                    crate::target::Health::Healthy,
+                    Some(3),
+                )])))
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert_eq!(r.result, TargetResult::Done, "{:#?}", w.log);
+    assert!(r.drain_lost.is_empty(), "{r:?}");
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Drain(..))),
+        1,
+        "{:#?}",
+        w.log
+    );
+}
+
+/// observe.rs `on_poll`: a target disabled hard after its drain (sealed)
+/// that the read after the disable shows back in service with requests
+/// (a reload between the two) lost its drain: it is disabled again at
+/// once, and maintained only once seen out.
+#[test]
+fn a_sealed_target_seen_back_in_service_is_disabled_again() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps().with_hard_disable(true));
+    let mut w = World::new(1);
+    let mut back = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::Status(..) if !back && w.count(|e| matches!(e, Effect::Disable(..))) == 1 => {
+                back = true;
+                w.set(
+                    0,
+                    crate::target::TargetStatus::new(
+                        TargetState::InService,
+                        crate::target::Health::Healthy,
+                        Some(2),
+                    ),
+                );
+                None
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert_eq!(r.result, TargetResult::Done, "{:#?}", w.log);
+    assert_eq!(r.drain_lost.len(), 1, "{r:?}");
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Disable(..))),
+        2,
+        "{:#?}",
+        w.log
+    );
+    assert!(
+        w.executed_while
+            .iter()
+            .all(|(_, s)| *s != TargetState::InService),
+        "{:?}",
+        w.executed_while
+    );
+}

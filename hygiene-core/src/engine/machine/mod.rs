@@ -48,7 +48,7 @@ pub(crate) type CallId = u64;
 
 /// The looks at the targets a run keeps out before it ends (each after one
 /// of them was put back and taken out again).
-const FINAL_LOOKS: u8 = 3;
+pub(super) const FINAL_LOOKS: u8 = 3;
 
 /// Something the driver must do, then answer with [`Input::Reply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
