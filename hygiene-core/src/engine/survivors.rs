@@ -1345,3 +1345,62 @@ fn a_sealed_target_seen_back_in_service_is_disabled_again() {
         w.executed_while
     );
 }
+
+/// observe.rs `on_poll`: with a hard disable after the drain, the drain's
+/// time in the report is the whole wait: until drained, plus the read
+/// after the disable.
+#[test]
+fn a_sealed_drains_time_counts_the_wait_before_the_seal() {
+    use super::regressions::{draining, ms};
+    let cfg = RolloutConfig::builder()
+        .drain_timeout(ms(60_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps().with_hard_disable(true));
+    let mut w = World::new(1);
+    w.drive(
+        &mut m,
+        Box::new(|now, e, w| match e {
+            Effect::Status(..) if drain_time(w).is_some_and(|d| now < d + 500) => {
+                Some(Reply::Status(Ok(vec![draining(1)])))
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(w.count(|e| matches!(e, Effect::Disable(..))), 1);
+    let drain = report(&m, 0).timings.drain.expect("timed");
+    assert!(drain >= ms(500) && drain < ms(700), "{drain:?}");
+}
+
+/// observe.rs `on_poll`: a drain ended by its timeout under
+/// `on_drain_timeout = proceed` is reported cut short.
+#[test]
+fn a_drain_ended_by_its_timeout_is_reported_cut_short() {
+    use super::regressions::{draining, ms};
+    let cfg = RolloutConfig::builder()
+        .drain_timeout(ms(300))
+        .on_drain_timeout(crate::config::OnDrainTimeout::Proceed)
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, w| match e {
+            Effect::Status(..)
+                if w.count(|e| matches!(e, Effect::Drain(..))) > 0
+                    && w.count(|e| matches!(e, Effect::Execute(..))) == 0 =>
+            {
+                Some(Reply::Status(Ok(vec![draining(1)])))
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert_eq!(r.result, TargetResult::Done, "{r:?}");
+    assert!(r.drain_cut_short, "{r:?}");
+}
