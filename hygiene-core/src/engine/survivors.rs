@@ -938,8 +938,20 @@ fn drain_time(w: &World) -> Option<u64> {
 fn drive_timed(
     m: &mut super::machine::Machine,
     w: &mut World,
+    delay: impl FnMut(u64, &Effect, &World) -> u64,
+    hook: impl FnMut(u64, &Effect, &mut World) -> Option<Reply>,
+) -> Vec<(u64, Effect)> {
+    drive_cancelled(m, w, delay, hook, &std::cell::Cell::new(false))
+}
+
+/// [`drive_timed`], and the run is cancelled right after the answer during
+/// which `cancel` was set.
+fn drive_cancelled(
+    m: &mut super::machine::Machine,
+    w: &mut World,
     mut delay: impl FnMut(u64, &Effect, &World) -> u64,
     mut hook: impl FnMut(u64, &Effect, &mut World) -> Option<Reply>,
+    cancel: &std::cell::Cell<bool>,
 ) -> Vec<(u64, Effect)> {
     use super::machine::Input;
     use super::regressions::ms;
@@ -962,6 +974,9 @@ fn drive_timed(
             let r = hook(now, &e, w).unwrap_or_else(|| w.answer(&e));
             w.log.push((now, e.clone()));
             effects = m.handle(ms(now), Input::Reply(e.call(), r));
+            if cancel.take() {
+                effects.extend(m.handle(ms(now), Input::Cancel));
+            }
         } else if let Some(t) = tick {
             now = now.max(t);
             effects = m.handle(ms(now), Input::Tick);
@@ -1403,4 +1418,415 @@ fn a_drain_ended_by_its_timeout_is_reported_cut_short() {
     let r = report(&m, 0);
     assert_eq!(r.result, TargetResult::Done, "{r:?}");
     assert!(r.drain_cut_short, "{r:?}");
+}
+
+fn in_service(health: crate::target::Health, conns: u64) -> crate::target::TargetStatus {
+    crate::target::TargetStatus::new(TargetState::InService, health, Some(conns))
+}
+
+fn changes(w: &World) -> usize {
+    w.count(|e| matches!(e, Effect::Drain(..) | Effect::Disable(..)))
+}
+
+/// observe.rs `drain_lost`: a target kept out after its drain timed out
+/// (never sealed) that a reload puts back is taken out hard (disabled),
+/// as every target the run keeps out.
+#[test]
+fn a_kept_out_target_put_back_is_disabled_again_not_drained() {
+    use super::regressions::{draining, ms};
+    let cfg = RolloutConfig::builder()
+        .drain_timeout(ms(300))
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps().with_hard_disable(true));
+    let mut w = World::new(1);
+    let mut late_reads = 0;
+    w.drive(
+        &mut m,
+        Box::new(move |now, e, w| match e {
+            Effect::Status(..) if changes(w) == 1 => {
+                let d = drain_time(w).expect("drained");
+                if now >= d + 300 {
+                    late_reads += 1;
+                }
+                if late_reads <= 1 {
+                    Some(Reply::Status(Ok(vec![draining(1)])))
+                } else {
+                    // Failed and kept out: a reload puts it back.
+                    w.set(0, super::regressions::up());
+                    None
+                }
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert!(
+        matches!(r.result, TargetResult::Failed { kept_out: true, .. }),
+        "{r:?}"
+    );
+    assert_eq!(r.drain_lost.len(), 1, "{r:?}");
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Drain(..))),
+        1,
+        "{:#?}",
+        w.log
+    );
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Disable(..))),
+        1,
+        "{:#?}",
+        w.log
+    );
+}
+
+/// observe.rs `on_redrain`: a target kept out after failing its health
+/// check, whose take-out failed and was read back in service, is taken out
+/// by the guard; once it is out, a report whose last reads failed says
+/// "unknown", never "in service".
+#[test]
+fn a_kept_out_target_taken_out_by_the_guard_is_not_reported_in_service() {
+    use super::regressions::ms;
+    use crate::target::Health;
+    let cfg = RolloutConfig::builder()
+        .health_timeout(ms(300))
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| {
+            let enabled = w.count(|e| matches!(e, Effect::Enable(..))) > 0;
+            match e {
+                Effect::Status(..) if enabled && changes(w) == 1 => {
+                    Some(Reply::Status(Ok(vec![in_service(Health::Unhealthy, 0)])))
+                }
+                // The take-out after the failed health check fails.
+                Effect::Drain(..) if enabled && changes(w) == 1 => Some(Reply::Changed(Err(
+                    Error::unavailable("lb", "take-out refused"),
+                ))),
+                // Taken out again by the guard: every later read fails.
+                Effect::Status(..) if enabled && changes(w) >= 3 => Some(Reply::Status(Err(
+                    Error::unavailable("lb", "status refused"),
+                ))),
+                _ => None,
+            }
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert_eq!(changes(&w), 3, "{:#?}", w.log);
+    assert_eq!(r.drain_lost.len(), 1, "{r:?}");
+    assert_eq!(w.states[&id(0)].state, TargetState::OutOfService);
+    assert_eq!(r.location, Location::Unknown, "{r:?}");
+}
+
+/// observe.rs `on_redrain`: a target whose drain was lost and taken again
+/// before its maintenance is still watched during its maintenance (2 s):
+/// a reload then is caught, and it is taken out again.
+#[test]
+fn a_target_drained_again_is_still_watched_during_its_maintenance() {
+    use super::regressions::draining;
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let executing = std::cell::Cell::new(false);
+    let mut reads = 0;
+    drive_timed(
+        &mut m,
+        &mut w,
+        |_, e, _| match e {
+            Effect::Execute(..) => {
+                executing.set(true);
+                2_000
+            }
+            _ => 1,
+        },
+        |_, e, w| match e {
+            Effect::Execute(..) => {
+                executing.set(false);
+                None
+            }
+            // Draining, then back in service with requests (lost once).
+            Effect::Status(..) if changes(w) == 1 => {
+                reads += 1;
+                Some(Reply::Status(Ok(vec![if reads < 2 {
+                    draining(1)
+                } else {
+                    in_service(crate::target::Health::Healthy, 2)
+                }])))
+            }
+            // During the maintenance, a reload puts it back.
+            Effect::Status(..) if executing.get() && changes(w) == 2 => {
+                w.set(0, super::regressions::up());
+                None
+            }
+            _ => None,
+        },
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert_eq!(r.drain_lost.len(), 2, "{r:?}: {:#?}", w.log);
+    assert_eq!(changes(&w), 3, "{:#?}", w.log);
+}
+
+/// observe.rs `poll_failed`: a failed status read of a draining target
+/// stops the run (the balancer cannot be read): the next target is never
+/// drained.
+#[test]
+fn a_failed_read_while_draining_stops_the_run() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(2))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 2, 100, caps());
+    let mut w = World::new(2);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, w| match e {
+            // t0's reads while it drains fail.
+            Effect::Status(_, ids)
+                if changes(w) == 1
+                    && ids.contains(&id(0))
+                    && w.count(|e| matches!(e, Effect::Enable(..))) == 0 =>
+            {
+                Some(Reply::Status(Err(Error::unavailable(
+                    "lb",
+                    "status refused",
+                ))))
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    // t0 drained, then put back; t1 never drained.
+    assert_eq!(changes(&w), 1, "{:#?}", w.log);
+    assert!(
+        matches!(m.outcome(), crate::report::Outcome::Aborted { .. }),
+        "{:#?}",
+        w.log
+    );
+}
+
+/// observe.rs `poll_failed`: a failed read right after the enable leaves
+/// the target's health unknown: it fails at its enable and is kept out
+/// (`on_failure = keep_out`).
+#[test]
+fn a_failed_read_after_the_enable_fails_the_target() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut failed = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::Status(..) if !failed && w.count(|e| matches!(e, Effect::Enable(..))) > 0 => {
+                failed = true;
+                Some(Reply::Status(Err(Error::unavailable(
+                    "lb",
+                    "status refused",
+                ))))
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    match &r.result {
+        TargetResult::Failed {
+            reason, kept_out, ..
+        } => {
+            assert!(
+                reason.contains("status after the enable failed"),
+                "{reason}"
+            );
+            assert!(kept_out, "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.states[&id(0)].state, TargetState::OutOfService);
+}
+
+/// observe.rs `poll_failed`: under `on_failure = restore`, a failed target
+/// put back whose read after the enable fails is reported as put back,
+/// with its health not verified.
+#[test]
+fn a_restored_target_whose_read_fails_is_reported_put_back_unverified() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .on_failure(crate::config::OnFailure::Restore)
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut failed = false;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::Execute(..) => Some(Reply::Executed(Ok(vec![
+                crate::executor::ExecOutcome::failure(id(0), super::regressions::ms(1), "boom"),
+            ]))),
+            Effect::Status(..) if !failed && w.count(|e| matches!(e, Effect::Enable(..))) > 0 => {
+                failed = true;
+                Some(Reply::Status(Err(Error::unavailable(
+                    "lb",
+                    "status refused",
+                ))))
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    match &r.result {
+        TargetResult::Failed {
+            reason, put_back, ..
+        } => {
+            assert!(reason.contains("boom"), "{reason}");
+            let p = put_back.as_ref().expect("put back");
+            assert!(!p.healthy, "{p:?}");
+            assert!(p.detail.contains("status after the enable failed"), "{p:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// observe.rs `warm_until`: the last target warms up for nothing: the run
+/// ends once it is healthy, not a warmup (60 s) later.
+#[test]
+fn the_last_target_is_not_warmed_up() {
+    use super::regressions::ms;
+    let cfg = RolloutConfig::builder()
+        .warmup(ms(60_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    w.drive(&mut m, Box::new(|_, _, _| None), 120_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(report(&m, 0).result, TargetResult::Done);
+    let last = w.log.last().map(|&(t, _)| t).expect("ran");
+    assert!(last < 1_000, "ended at {last} ms: {:#?}", w.log);
+    assert_eq!(report(&m, 0).timings.warmup, None);
+}
+
+/// observe.rs `warm_until`: once the run stops (its failure budget spent),
+/// a healthy target of the batch is not warmed up: nothing follows it.
+#[test]
+fn a_run_that_stops_warms_nothing_up() {
+    use super::regressions::ms;
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .warmup(ms(60_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 3, 100, caps());
+    let mut w = World::new(3);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, _| match e {
+            Effect::Execute(_, ts) => Some(Reply::Executed(Ok(ts
+                .iter()
+                .map(|t| {
+                    if t.id == id(0) {
+                        crate::executor::ExecOutcome::failure(t.id.clone(), ms(1), "boom")
+                    } else {
+                        crate::executor::ExecOutcome::success(t.id.clone(), ms(1))
+                    }
+                })
+                .collect()))),
+            _ => None,
+        }),
+        120_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert!(matches!(
+        m.outcome(),
+        crate::report::Outcome::Aborted { .. }
+    ));
+    let t1 = report(&m, 1);
+    assert_eq!(t1.result, TargetResult::Done, "{t1:?}");
+    assert_eq!(t1.timings.warmup, None, "{t1:?}");
+    let last = w.log.last().map(|&(t, _)| t).expect("ran");
+    assert!(last < 1_000, "ended at {last} ms");
+}
+
+/// observe.rs `warm_until`: once the run is cancelled, a target that turns
+/// healthy is not warmed up (window pacing: it warms up alone).
+#[test]
+fn a_cancelled_run_warms_nothing_up() {
+    use super::regressions::ms;
+    let cfg = RolloutConfig::builder()
+        .pacing(crate::config::Pacing::Window)
+        .warmup(ms(60_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 2, 100, caps());
+    let mut w = World::new(2);
+    let cancel = std::cell::Cell::new(false);
+    drive_cancelled(
+        &mut m,
+        &mut w,
+        |_, _, _| 1,
+        |_, e, _| {
+            if matches!(e, Effect::Enable(..)) {
+                cancel.set(true);
+            }
+            None
+        },
+        &cancel,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let t0 = report(&m, 0);
+    assert_eq!(t0.result, TargetResult::Done, "{t0:?}");
+    assert_eq!(t0.timings.warmup, None, "{t0:?}");
+    assert_eq!(changes(&w), 1, "{:#?}", w.log);
+    let last = w.log.last().map(|&(t, _)| t).expect("ran");
+    assert!(last < 1_000, "ended at {last} ms");
+}
+
+/// observe.rs `on_execute`: an executor that answers for fewer targets
+/// than it was given is not trusted: each maintenance may still run, the
+/// target is kept out with its handle, and the report says why.
+#[test]
+fn an_executor_answer_of_the_wrong_length_is_not_trusted() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, _| match e {
+            Effect::Execute(..) => Some(Reply::Executed(Ok(Vec::new()))),
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    match &r.result {
+        TargetResult::Failed {
+            reason, kept_out, ..
+        } => {
+            assert!(reason.contains("0 outcomes for 1 targets"), "{reason}");
+            assert!(reason.contains("may still be running"), "{reason}");
+            assert!(kept_out, "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.count(|e| matches!(e, Effect::Enable(..))), 0);
 }
