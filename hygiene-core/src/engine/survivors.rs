@@ -959,7 +959,10 @@ fn drive_cancelled(
     let mut pending: Vec<(u64, Effect)> = Vec::new();
     let mut now = 0u64;
     let mut effects = m.handle(ms(0), Input::Tick);
+    let mut steps = 0;
     while now < 60_000 {
+        steps += 1;
+        assert!(steps < 100_000, "the machine spins at {now} ms");
         for e in effects.drain(..) {
             let d = delay(now, &e, w);
             sent.push((now, e.clone()));
@@ -1829,4 +1832,85 @@ fn an_executor_answer_of_the_wrong_length_is_not_trusted() {
         other => panic!("{other:?}"),
     }
     assert_eq!(w.count(|e| matches!(e, Effect::Enable(..))), 0);
+}
+
+/// observe.rs `still_open`: a maintenance whose end the executor could not
+/// confirm (its call timed out) leaves a target the run already has out
+/// where it is: kept out, no second take-out.
+#[test]
+fn a_maintenance_that_may_still_run_keeps_its_target_out_without_a_second_take_out() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, _| match e {
+            Effect::Execute(..) => Some(Reply::Executed(Err(Error::Timeout {
+                operation: "the maintenance".into(),
+                after: super::regressions::ms(600_000),
+            }))),
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert!(
+        matches!(r.result, TargetResult::Failed { kept_out: true, .. }),
+        "{r:?}"
+    );
+    assert_eq!(changes(&w), 1, "{:#?}", w.log);
+    assert!(m.maintenance_open());
+}
+
+/// observe.rs `on_probe`: a probe that keeps failing is asked once a poll
+/// interval until `health_timeout` after the maintenance, the last time at
+/// that limit, and then fails the target (answers take no time here).
+#[test]
+fn a_failing_probe_is_asked_until_the_health_timeout_and_no_more() {
+    use super::regressions::{ms, up};
+    let cfg = RolloutConfig::builder()
+        .health_timeout(ms(300))
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let listed = [crate::balancer::ListedTarget {
+        target: crate::target::Target::new(id(0)),
+        status: up(),
+    }];
+    let mut m = super::machine::Machine::new(cfg, caps(), ms(100), true, &listed, "survivors")
+        .expect("machine");
+    let mut w = World::new(1);
+    let sent = drive_timed(
+        &mut m,
+        &mut w,
+        |_, e, _| u64::from(!matches!(e, Effect::Probe(..))),
+        |_, e, _| match e {
+            Effect::Probe(..) => Some(Reply::Probed(Ok(crate::probe::ProbeVerdict::Fail(
+                "not yet".into(),
+            )))),
+            _ => None,
+        },
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let exec = w
+        .log
+        .iter()
+        .find(|(_, e)| matches!(e, Effect::Execute(..)))
+        .map(|&(t, _)| t)
+        .expect("maintained");
+    let probes: Vec<u64> = sent
+        .iter()
+        .filter(|(_, e)| matches!(e, Effect::Probe(..)))
+        .map(|(t, _)| t - exec)
+        .collect();
+    assert_eq!(probes, vec![0, 100, 200, 300]);
+    let r = report(&m, 0);
+    assert!(
+        matches!(&r.result, TargetResult::Failed { reason, kept_out: true, .. } if reason.contains("probe did not pass within")),
+        "{r:?}"
+    );
 }
