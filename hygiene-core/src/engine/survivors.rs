@@ -944,8 +944,8 @@ fn drive_timed(
     drive_cancelled(m, w, delay, hook, &std::cell::Cell::new(false))
 }
 
-/// [`drive_timed`], and the run is cancelled right after the answer during
-/// which `cancel` was set.
+/// [`drive_timed`], and the run is cancelled right before the answer during
+/// which `cancel` was set reaches it.
 fn drive_cancelled(
     m: &mut super::machine::Machine,
     w: &mut World,
@@ -976,10 +976,12 @@ fn drive_cancelled(
             now = t;
             let r = hook(now, &e, w).unwrap_or_else(|| w.answer(&e));
             w.log.push((now, e.clone()));
-            effects = m.handle(ms(now), Input::Reply(e.call(), r));
-            if cancel.take() {
-                effects.extend(m.handle(ms(now), Input::Cancel));
-            }
+            effects = if cancel.take() {
+                m.handle(ms(now), Input::Cancel)
+            } else {
+                Vec::new()
+            };
+            effects.extend(m.handle(ms(now), Input::Reply(e.call(), r)));
         } else if let Some(t) = tick {
             now = now.max(t);
             effects = m.handle(ms(now), Input::Tick);
@@ -1913,4 +1915,104 @@ fn a_failing_probe_is_asked_until_the_health_timeout_and_no_more() {
         matches!(&r.result, TargetResult::Failed { reason, kept_out: true, .. } if reason.contains("probe did not pass within")),
         "{r:?}"
     );
+}
+
+// Session 11: plan.rs.
+
+/// plan.rs `plan`: while the pool cannot spare a target, the listing is
+/// asked again once a poll interval (100 ms), not back to back, until
+/// `capacity_timeout` (1 s) stops the run.
+#[test]
+fn a_wait_for_capacity_lists_the_pool_once_an_interval() {
+    use super::regressions::ms;
+    let cfg = RolloutConfig::builder()
+        .min_healthy(Amount::Count(2))
+        .capacity_timeout(ms(1_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 3, 100, caps());
+    let mut w = World::new(3);
+    // One of three unhealthy: two healthy, two required.
+    w.set(2, in_service(crate::target::Health::Unhealthy, 0));
+    w.drive(&mut m, Box::new(|_, _, _| None), 60_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert!(
+        matches!(
+            m.outcome(),
+            crate::report::Outcome::Aborted {
+                reason: crate::report::AbortReason::Capacity { .. }
+            }
+        ),
+        "{:?}",
+        m.outcome()
+    );
+    let lists: Vec<u64> = w
+        .log
+        .iter()
+        .filter(|(_, e)| matches!(e, Effect::List(..)))
+        .map(|&(t, _)| t)
+        .collect();
+    assert!((10..=12).contains(&lists.len()), "{lists:?}");
+    assert!(lists.windows(2).all(|p| p[1] - p[0] >= 100), "{lists:?}");
+    assert_eq!(changes(&w), 0);
+}
+
+/// plan.rs `on_listed`: a listing answered after the run was cancelled
+/// starts nothing.
+#[test]
+fn a_listing_answered_after_a_cancel_starts_nothing() {
+    let cfg = RolloutConfig::builder()
+        .min_healthy(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 2, 100, caps());
+    let mut w = World::new(2);
+    let cancel = std::cell::Cell::new(false);
+    drive_cancelled(
+        &mut m,
+        &mut w,
+        |_, _, _| 1,
+        |_, e, _| {
+            if matches!(e, Effect::List(..)) {
+                cancel.set(true);
+            }
+            None
+        },
+        &cancel,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(m.outcome(), crate::report::Outcome::Cancelled);
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Preflight(..))),
+        0,
+        "{:#?}",
+        w.log
+    );
+    assert_eq!(changes(&w), 0);
+}
+
+/// plan.rs `on_listed`: a target in service but unhealthy is no capacity:
+/// with one of three unhealthy and `min_healthy = 1`, a batch of two takes
+/// only one healthy target out.
+#[test]
+fn an_unhealthy_target_is_not_counted_as_capacity() {
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .min_healthy(Amount::Count(1))
+        .max_failures(Amount::Count(3))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 3, 100, caps());
+    let mut w = World::new(3);
+    w.set(2, in_service(crate::target::Health::Unhealthy, 0));
+    w.drive(&mut m, Box::new(|_, _, _| None), 60_000);
+    let first = w
+        .log
+        .iter()
+        .find_map(|(_, e)| match e {
+            Effect::Drain(_, ids) => Some(ids.clone()),
+            _ => None,
+        })
+        .expect("a drain");
+    assert_eq!(first, vec![id(0)], "{:#?}", w.log);
 }
