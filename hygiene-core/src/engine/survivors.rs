@@ -2015,4 +2015,133 @@ fn an_unhealthy_target_is_not_counted_as_capacity() {
         })
         .expect("a drain");
     assert_eq!(first, vec![id(0)], "{:#?}", w.log);
+    // And the rest of the queue follows.
+    assert!(m.is_finished(), "{:#?}", w.log);
+    for k in 0..3 {
+        assert_eq!(report(&m, k).result, TargetResult::Done, "t{k}");
+    }
+}
+
+/// plan.rs `on_listed`: while a target is in progress, a next one that
+/// does not fit waits for it (it will give its capacity back), however
+/// long its maintenance (2 s) takes: `capacity_timeout` (500 ms) counts
+/// only while nothing is in progress.
+#[test]
+fn a_target_in_progress_is_waited_for_without_the_capacity_timeout() {
+    use super::regressions::ms;
+    let cfg = RolloutConfig::builder()
+        .pacing(crate::config::Pacing::Window)
+        .batch_size(Amount::Count(2))
+        .min_healthy(Amount::Count(2))
+        .capacity_timeout(ms(500))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 3, 100, caps());
+    let mut w = World::new(3);
+    drive_timed(
+        &mut m,
+        &mut w,
+        |_, e, _| match e {
+            Effect::Execute(..) => 2_000,
+            _ => 1,
+        },
+        |_, _, _| None,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(m.outcome(), crate::report::Outcome::Completed);
+    for k in 0..3 {
+        assert_eq!(report(&m, k).result, TargetResult::Done, "t{k}");
+    }
+}
+
+/// A listing of the world's pool with `k`'s status replaced by `st`, or
+/// without `k` when `st` is `None`.
+fn listing_with(w: &World, k: usize, st: Option<crate::target::TargetStatus>) -> Reply {
+    let mut l: Vec<crate::balancer::ListedTarget> = w
+        .states
+        .iter()
+        .filter(|(i, _)| **i != id(k))
+        .map(|(i, s)| crate::balancer::ListedTarget {
+            target: crate::target::Target::new(i.clone()),
+            status: s.clone(),
+        })
+        .collect();
+    if let Some(st) = st {
+        l.push(crate::balancer::ListedTarget {
+            target: crate::target::Target::new(id(k)),
+            status: st,
+        });
+    }
+    l.sort_by(|a, b| a.target.id.cmp(&b.target.id));
+    Reply::Listed(Ok(l))
+}
+
+/// Three targets one at a time with `min_healthy = 1`; the first listing
+/// shows t0 as `st` (or not at all). Returns the machine and the world.
+fn first_listing_shows_t0(
+    st: Option<crate::target::TargetStatus>,
+) -> (super::machine::Machine, World) {
+    let cfg = RolloutConfig::builder()
+        .min_healthy(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 3, 100, caps());
+    let mut w = World::new(3);
+    let mut first = true;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, w| match e {
+            Effect::List(..) if std::mem::take(&mut first) => Some(listing_with(w, 0, st.clone())),
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    (m, w)
+}
+
+/// plan.rs `on_listed`: a candidate the listing no longer shows vanished;
+/// the rest of the queue goes on.
+#[test]
+fn a_candidate_gone_from_the_listing_vanished_and_the_rest_go_on() {
+    let (m, w) = first_listing_shows_t0(None);
+    let r = report(&m, 0);
+    assert!(matches!(r.result, TargetResult::Vanished { .. }), "{r:?}");
+    for k in 1..3 {
+        assert_eq!(
+            report(&m, k).result,
+            TargetResult::Done,
+            "t{k}: {:#?}",
+            w.log
+        );
+    }
+}
+
+/// plan.rs `on_listed`: a candidate the listing shows out of service is
+/// left as found, said so at its batch's turn (never prepared, never
+/// drained); the rest of the queue goes on.
+#[test]
+fn a_candidate_listed_out_is_left_as_found_and_the_rest_go_on() {
+    let (m, w) = first_listing_shows_t0(Some(super::regressions::out()));
+    let r = report(&m, 0);
+    match &r.result {
+        TargetResult::Skipped { reason } => {
+            assert!(reason.contains("when its batch was due"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Preflight(..)) && names(e, 0)),
+        0,
+        "{:#?}",
+        w.log
+    );
+    for k in 1..3 {
+        assert_eq!(
+            report(&m, k).result,
+            TargetResult::Done,
+            "t{k}: {:#?}",
+            w.log
+        );
+    }
 }
