@@ -2145,3 +2145,119 @@ fn a_candidate_listed_out_is_left_as_found_and_the_rest_go_on() {
         );
     }
 }
+
+/// plan.rs `on_preflight`: an executor that answers the preflight for fewer
+/// targets than asked is not trusted: each target fails its preflight, in
+/// service, never drained.
+#[test]
+fn a_preflight_answer_of_the_wrong_length_fails_the_preflight() {
+    let cfg = RolloutConfig::builder()
+        .max_failures(Amount::Count(1))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, _| match e {
+            Effect::Preflight(..) => Some(Reply::Preflight(Ok(Vec::new()))),
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    match &r.result {
+        TargetResult::Failed { reason, .. } => {
+            assert!(
+                reason.contains("0 preflight results for 1 targets"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.location, Location::InService);
+    assert_eq!(changes(&w), 0);
+}
+
+/// plan.rs `on_recheck`: a status read before the drain that answers for
+/// fewer targets than asked stops the run on the balancer's fault; nothing
+/// is drained.
+#[test]
+fn a_recheck_answer_of_the_wrong_length_stops_the_run() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, _| match e {
+            Effect::Status(..) => Some(Reply::Status(Ok(Vec::new()))),
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert!(
+        matches!(m.outcome(), crate::report::Outcome::Aborted { .. }),
+        "{:?}",
+        m.outcome()
+    );
+    assert_eq!(changes(&w), 0, "{:#?}", w.log);
+}
+
+/// plan.rs `on_preflight`: a preflight abandoned by the cancellation
+/// (answered `Cancelled` before the run has seen its cancel) is no verdict
+/// on the target: it stays queued, never failed.
+#[test]
+fn an_abandoned_preflight_is_no_verdict() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let mut first = true;
+    w.drive(
+        &mut m,
+        Box::new(move |_, e, _| match e {
+            Effect::Preflight(..) if std::mem::take(&mut first) => {
+                Some(Reply::Preflight(Err(Error::Cancelled {
+                    operation: "preflight".into(),
+                })))
+            }
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(report(&m, 0).result, TargetResult::Done, "{:#?}", w.log);
+    assert_eq!(w.count(|e| matches!(e, Effect::Preflight(..))), 2);
+}
+
+/// plan.rs `on_preflight`: a preflight answered after the run was
+/// cancelled leads nowhere: no status read, no drain.
+#[test]
+fn a_preflight_answered_after_a_cancel_leads_nowhere() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let cancel = std::cell::Cell::new(false);
+    drive_cancelled(
+        &mut m,
+        &mut w,
+        |_, _, _| 1,
+        |_, e, _| {
+            if matches!(e, Effect::Preflight(..)) {
+                cancel.set(true);
+            }
+            None
+        },
+        &cancel,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(m.outcome(), crate::report::Outcome::Cancelled);
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Status(..))),
+        0,
+        "{:#?}",
+        w.log
+    );
+    assert_eq!(changes(&w), 0);
+}
