@@ -2261,3 +2261,67 @@ fn a_preflight_answered_after_a_cancel_leads_nowhere() {
     );
     assert_eq!(changes(&w), 0);
 }
+
+/// plan.rs `on_recheck`: a status read before the drain answered after the
+/// run was cancelled drains nothing.
+#[test]
+fn a_recheck_answered_after_a_cancel_drains_nothing() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let mut m = machine_with(cfg, 1, 100, caps());
+    let mut w = World::new(1);
+    let cancel = std::cell::Cell::new(false);
+    drive_cancelled(
+        &mut m,
+        &mut w,
+        |_, _, _| 1,
+        |_, e, _| {
+            if matches!(e, Effect::Status(..)) {
+                cancel.set(true);
+            }
+            None
+        },
+        &cancel,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(m.outcome(), crate::report::Outcome::Cancelled);
+    assert_eq!(changes(&w), 0, "{:#?}", w.log);
+}
+
+/// plan.rs `on_recheck`: rechecks split per target (one was unknown);
+/// once one of them fails and stops the run, the other's answer, in
+/// service, drains nothing.
+#[test]
+fn a_split_recheck_that_stops_the_run_drains_nothing() {
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(2))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 2, 100, caps());
+    let mut w = World::new(2);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, _| match e {
+            Effect::Status(_, ids) if ids.len() == 2 => Some(Reply::Status(Err(
+                Error::target_not_found(ids[0].as_str(), None),
+            ))),
+            Effect::Status(_, ids) if ids[0] == id(0) => Some(Reply::Status(Err(
+                Error::unavailable("lb", "status refused"),
+            ))),
+            _ => None,
+        }),
+        60_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert!(
+        matches!(m.outcome(), crate::report::Outcome::Aborted { .. }),
+        "{:?}",
+        m.outcome()
+    );
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Status(_, ids) if ids == &vec![id(1)])),
+        1,
+        "{:#?}",
+        w.log
+    );
+    assert_eq!(changes(&w), 0, "{:#?}", w.log);
+}
