@@ -276,13 +276,13 @@ fn a_kept_out_target_is_watched_and_taken_out_again() {
     );
 }
 
-fn handle() -> ExecHandle {
+pub(super) fn handle() -> ExecHandle {
     ExecHandle(serde_json::json!({"pid": 4242}))
 }
 
 /// A machine resuming a run whose only target's maintenance had started
 /// (with a handle) when the process died; the target is out.
-fn resumed(cfg: RolloutConfig, mode: Recovery) -> (Machine, World) {
+pub(super) fn resumed(cfg: RolloutConfig, mode: Recovery) -> (Machine, World) {
     use crate::journal::{Interrupted, Trace};
     let w = {
         let mut w = World::new(1);

@@ -2325,3 +2325,90 @@ fn a_split_recheck_that_stops_the_run_drains_nothing() {
     );
     assert_eq!(changes(&w), 0, "{:#?}", w.log);
 }
+
+/// observe.rs `on_recovered`, `on_healthy`: a restore whose executor says
+/// the interrupted maintenance ended and succeeded puts the target back,
+/// says so, and reports it restored once healthy.
+#[test]
+fn a_restore_of_a_finished_maintenance_reports_the_target_restored() {
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let (mut m, mut w) = super::round3::resumed(cfg, super::machine::Recovery::Restore);
+    w.drive(&mut m, Box::new(|_, _, _| None), 20_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    assert!(matches!(r.result, TargetResult::Restored { .. }), "{r:?}");
+    assert_eq!(r.location, Location::InService, "{r:?}");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("its maintenance ended and succeeded")),
+        "{r:?}"
+    );
+}
+
+/// observe.rs `on_unhealthy`: a target a restore put back that never turns
+/// healthy fails at its enable, and says it was put back by the restore.
+#[test]
+fn a_restored_target_that_stays_unhealthy_fails() {
+    use super::regressions::ms;
+    let cfg = RolloutConfig::builder()
+        .health_timeout(ms(300))
+        .build()
+        .expect("valid");
+    let (mut m, mut w) = super::round3::resumed(cfg, super::machine::Recovery::Restore);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, w| match e {
+            Effect::Status(..) if w.count(|e| matches!(e, Effect::Enable(..))) > 0 => Some(
+                Reply::Status(Ok(vec![in_service(crate::target::Health::Unhealthy, 0)])),
+            ),
+            _ => None,
+        }),
+        20_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let r = report(&m, 0);
+    match &r.result {
+        TargetResult::Failed { reason, .. } => {
+            assert!(reason.contains("put back by restore, but"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// observe.rs `on_recovered`: a restore whose executor recovers an outcome
+/// that says the maintenance may still run (a cancel it never confirmed)
+/// keeps the target out with its handle: never put back.
+#[test]
+fn a_restore_never_puts_back_a_maintenance_that_may_still_run() {
+    use super::regressions::ms;
+    let cfg = RolloutConfig::builder().build().expect("valid");
+    let (mut m, mut w) = super::round3::resumed(cfg, super::machine::Recovery::Restore);
+    w.drive(
+        &mut m,
+        Box::new(|_, e, _| match e {
+            Effect::Recover(..) => Some(Reply::Recovered(Ok(
+                crate::executor::Recovered::Finished(crate::executor::ExecOutcome::may_still_run(
+                    id(0),
+                    ms(5),
+                    "the cancel was never confirmed",
+                )),
+            ))),
+            _ => None,
+        }),
+        20_000,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+    assert_eq!(
+        w.count(|e| matches!(e, Effect::Enable(..))),
+        0,
+        "{:#?}",
+        w.log
+    );
+    assert!(m.maintenance_open());
+    let r = report(&m, 0);
+    assert!(
+        matches!(r.result, TargetResult::Failed { kept_out: true, .. }),
+        "{r:?}"
+    );
+}
