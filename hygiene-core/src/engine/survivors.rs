@@ -2412,3 +2412,67 @@ fn a_restore_never_puts_back_a_maintenance_that_may_still_run() {
         "{r:?}"
     );
 }
+
+fn two_zones() -> std::collections::BTreeMap<crate::target::TargetId, String> {
+    (0..4)
+        .map(|k| (id(k), if k < 2 { "a" } else { "b" }.to_owned()))
+        .collect()
+}
+
+/// plan.rs `plan`: with `batch_by = zone` and a listing to consult
+/// (`min_healthy` set), a batch holds only the front zone's targets.
+#[test]
+fn a_zone_batch_from_a_listing_holds_one_zone() {
+    let cfg = RolloutConfig::builder()
+        .batch_size(Amount::Count(4))
+        .min_healthy(Amount::Count(1))
+        .batch_by(crate::config::BatchBy::Zone)
+        .zones(two_zones())
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 4, 100, caps());
+    let mut w = World::new(4);
+    w.drive(&mut m, Box::new(|_, _, _| None), 60_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    let drains: Vec<Vec<crate::target::TargetId>> = w
+        .log
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Drain(_, ids) => Some(ids.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drains, vec![vec![id(0), id(1)], vec![id(2), id(3)]]);
+}
+
+/// plan.rs `on_listed`: a candidate the pool could spare but its zone's
+/// floor holds waits (listing once an interval) and, after
+/// `capacity_timeout`, stops the run on that zone's capacity, naming it.
+#[test]
+fn a_candidate_held_by_its_zones_floor_stops_the_run_on_zone_capacity() {
+    use super::regressions::ms;
+    let cfg = RolloutConfig::builder()
+        .zone_min_healthy(Amount::Count(1))
+        .zones(two_zones())
+        .capacity_timeout(ms(1_000))
+        .build()
+        .expect("valid");
+    let mut m = machine_with(cfg, 4, 100, caps());
+    let mut w = World::new(4);
+    // Zone a's other target is unhealthy: t0 is its last healthy one.
+    w.set(1, in_service(crate::target::Health::Unhealthy, 0));
+    w.drive(&mut m, Box::new(|_, _, _| None), 60_000);
+    assert!(m.is_finished(), "{:#?}", w.log);
+    match m.outcome() {
+        crate::report::Outcome::Aborted {
+            reason: crate::report::AbortReason::ZoneCapacity { zone, .. },
+        } => assert_eq!(zone, "a"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        w.count(|e| matches!(e, Effect::List(..))) >= 10,
+        "{:#?}",
+        w.log
+    );
+    assert_eq!(changes(&w), 0);
+}
