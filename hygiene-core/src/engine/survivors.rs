@@ -992,6 +992,34 @@ fn drive_cancelled(
     sent
 }
 
+/// Drives `m` (each answer 1 ms after its call) and cancels the run right
+/// before the answer to the first effect `at` picks reaches it.
+fn cancel_at(m: &mut super::machine::Machine, w: &mut World, at: impl Fn(&Effect) -> bool) {
+    let cancel = std::cell::Cell::new(false);
+    let mut once = true;
+    drive_cancelled(
+        m,
+        w,
+        |_, _, _| 1,
+        |_, e, _| {
+            if at(e) && std::mem::take(&mut once) {
+                cancel.set(true);
+            }
+            None
+        },
+        &cancel,
+    );
+    assert!(m.is_finished(), "{:#?}", w.log);
+}
+
+/// After [`cancel_at`]: the run ended cancelled, with no effect `none`
+/// picks and nothing drained or disabled.
+fn cancelled_without(m: &super::machine::Machine, w: &World, none: impl Fn(&Effect) -> bool) {
+    assert_eq!(m.outcome(), crate::report::Outcome::Cancelled);
+    assert_eq!(w.count(none), 0, "{:#?}", w.log);
+    assert_eq!(changes(w), 0, "{:#?}", w.log);
+}
+
 /// observe.rs `maybe_poll`: polls keep to a fixed-rate grid from the first
 /// one. A read that takes longer than two intervals skips the ticks it
 /// missed (the next regular poll is one interval after the late one, never
@@ -1780,20 +1808,7 @@ fn a_cancelled_run_warms_nothing_up() {
         .expect("valid");
     let mut m = machine_with(cfg, 2, 100, caps());
     let mut w = World::new(2);
-    let cancel = std::cell::Cell::new(false);
-    drive_cancelled(
-        &mut m,
-        &mut w,
-        |_, _, _| 1,
-        |_, e, _| {
-            if matches!(e, Effect::Enable(..)) {
-                cancel.set(true);
-            }
-            None
-        },
-        &cancel,
-    );
-    assert!(m.is_finished(), "{:#?}", w.log);
+    cancel_at(&mut m, &mut w, |e| matches!(e, Effect::Enable(..)));
     let t0 = report(&m, 0);
     assert_eq!(t0.result, TargetResult::Done, "{t0:?}");
     assert_eq!(t0.timings.warmup, None, "{t0:?}");
@@ -1967,28 +1982,8 @@ fn a_listing_answered_after_a_cancel_starts_nothing() {
         .expect("valid");
     let mut m = machine_with(cfg, 2, 100, caps());
     let mut w = World::new(2);
-    let cancel = std::cell::Cell::new(false);
-    drive_cancelled(
-        &mut m,
-        &mut w,
-        |_, _, _| 1,
-        |_, e, _| {
-            if matches!(e, Effect::List(..)) {
-                cancel.set(true);
-            }
-            None
-        },
-        &cancel,
-    );
-    assert!(m.is_finished(), "{:#?}", w.log);
-    assert_eq!(m.outcome(), crate::report::Outcome::Cancelled);
-    assert_eq!(
-        w.count(|e| matches!(e, Effect::Preflight(..))),
-        0,
-        "{:#?}",
-        w.log
-    );
-    assert_eq!(changes(&w), 0);
+    cancel_at(&mut m, &mut w, |e| matches!(e, Effect::List(..)));
+    cancelled_without(&m, &w, |e| matches!(e, Effect::Preflight(..)));
 }
 
 /// plan.rs `on_listed`: a target in service but unhealthy is no capacity:
@@ -2238,28 +2233,8 @@ fn a_preflight_answered_after_a_cancel_leads_nowhere() {
     let cfg = RolloutConfig::builder().build().expect("valid");
     let mut m = machine_with(cfg, 1, 100, caps());
     let mut w = World::new(1);
-    let cancel = std::cell::Cell::new(false);
-    drive_cancelled(
-        &mut m,
-        &mut w,
-        |_, _, _| 1,
-        |_, e, _| {
-            if matches!(e, Effect::Preflight(..)) {
-                cancel.set(true);
-            }
-            None
-        },
-        &cancel,
-    );
-    assert!(m.is_finished(), "{:#?}", w.log);
-    assert_eq!(m.outcome(), crate::report::Outcome::Cancelled);
-    assert_eq!(
-        w.count(|e| matches!(e, Effect::Status(..))),
-        0,
-        "{:#?}",
-        w.log
-    );
-    assert_eq!(changes(&w), 0);
+    cancel_at(&mut m, &mut w, |e| matches!(e, Effect::Preflight(..)));
+    cancelled_without(&m, &w, |e| matches!(e, Effect::Status(..)));
 }
 
 /// plan.rs `on_recheck`: a status read before the drain answered after the
@@ -2269,22 +2244,8 @@ fn a_recheck_answered_after_a_cancel_drains_nothing() {
     let cfg = RolloutConfig::builder().build().expect("valid");
     let mut m = machine_with(cfg, 1, 100, caps());
     let mut w = World::new(1);
-    let cancel = std::cell::Cell::new(false);
-    drive_cancelled(
-        &mut m,
-        &mut w,
-        |_, _, _| 1,
-        |_, e, _| {
-            if matches!(e, Effect::Status(..)) {
-                cancel.set(true);
-            }
-            None
-        },
-        &cancel,
-    );
-    assert!(m.is_finished(), "{:#?}", w.log);
-    assert_eq!(m.outcome(), crate::report::Outcome::Cancelled);
-    assert_eq!(changes(&w), 0, "{:#?}", w.log);
+    cancel_at(&mut m, &mut w, |e| matches!(e, Effect::Status(..)));
+    cancelled_without(&m, &w, |e| matches!(e, Effect::Drain(..)));
 }
 
 /// plan.rs `on_recheck`: rechecks split per target (one was unknown);
