@@ -1234,14 +1234,9 @@ fn a_kept_out_target_whose_reads_fail_is_reported_unknown_after_the_last_looks()
         Box::new(move |_, e, _| match e {
             Effect::Execute(..) => {
                 failed = true;
-                Some(Reply::Executed(Ok(vec![
-                    crate::executor::ExecOutcome::failure(id(0), super::regressions::ms(1), "boom"),
-                ])))
+                Some(boom())
             }
-            Effect::Status(..) if failed => Some(Reply::Status(Err(Error::unavailable(
-                "lb",
-                "status refused",
-            )))),
+            Effect::Status(..) if failed => Some(refused()),
             _ => None,
         }),
         60_000,
@@ -1453,6 +1448,20 @@ fn a_drain_ended_by_its_timeout_is_reported_cut_short() {
     assert!(r.drain_cut_short, "{r:?}");
 }
 
+/// A status read the balancer refuses.
+fn refused() -> Reply {
+    Reply::Status(Err(Error::unavailable("lb", "status refused")))
+}
+
+/// t0's maintenance failed ("boom").
+fn boom() -> Reply {
+    Reply::Executed(Ok(vec![crate::executor::ExecOutcome::failure(
+        id(0),
+        super::regressions::ms(1),
+        "boom",
+    )]))
+}
+
 fn in_service(health: crate::target::Health, conns: u64) -> crate::target::TargetStatus {
     crate::target::TargetStatus::new(TargetState::InService, health, Some(conns))
 }
@@ -1544,9 +1553,7 @@ fn a_kept_out_target_taken_out_by_the_guard_is_not_reported_in_service() {
                     Error::unavailable("lb", "take-out refused"),
                 ))),
                 // Taken out again by the guard: every later read fails.
-                Effect::Status(..) if enabled && changes(w) >= 3 => Some(Reply::Status(Err(
-                    Error::unavailable("lb", "status refused"),
-                ))),
+                Effect::Status(..) if enabled && changes(w) >= 3 => Some(refused()),
                 _ => None,
             }
         }),
@@ -1629,10 +1636,7 @@ fn a_failed_read_while_draining_stops_the_run() {
                     && ids.contains(&id(0))
                     && w.count(|e| matches!(e, Effect::Enable(..))) == 0 =>
             {
-                Some(Reply::Status(Err(Error::unavailable(
-                    "lb",
-                    "status refused",
-                ))))
+                Some(refused())
             }
             _ => None,
         }),
@@ -1665,10 +1669,7 @@ fn a_failed_read_after_the_enable_fails_the_target() {
         Box::new(move |_, e, w| match e {
             Effect::Status(..) if !failed && w.count(|e| matches!(e, Effect::Enable(..))) > 0 => {
                 failed = true;
-                Some(Reply::Status(Err(Error::unavailable(
-                    "lb",
-                    "status refused",
-                ))))
+                Some(refused())
             }
             _ => None,
         }),
@@ -1707,15 +1708,10 @@ fn a_restored_target_whose_read_fails_is_reported_put_back_unverified() {
     w.drive(
         &mut m,
         Box::new(move |_, e, w| match e {
-            Effect::Execute(..) => Some(Reply::Executed(Ok(vec![
-                crate::executor::ExecOutcome::failure(id(0), super::regressions::ms(1), "boom"),
-            ]))),
+            Effect::Execute(..) => Some(boom()),
             Effect::Status(..) if !failed && w.count(|e| matches!(e, Effect::Enable(..))) > 0 => {
                 failed = true;
-                Some(Reply::Status(Err(Error::unavailable(
-                    "lb",
-                    "status refused",
-                ))))
+                Some(refused())
             }
             _ => None,
         }),
@@ -2265,9 +2261,7 @@ fn a_split_recheck_that_stops_the_run_drains_nothing() {
             Effect::Status(_, ids) if ids.len() == 2 => Some(Reply::Status(Err(
                 Error::target_not_found(ids[0].as_str(), None),
             ))),
-            Effect::Status(_, ids) if ids[0] == id(0) => Some(Reply::Status(Err(
-                Error::unavailable("lb", "status refused"),
-            ))),
+            Effect::Status(_, ids) if ids[0] == id(0) => Some(refused()),
             _ => None,
         }),
         60_000,
