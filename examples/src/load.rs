@@ -237,18 +237,18 @@ impl KeepAlive {
     /// One GET; sent once more on a new connection when the reused one
     /// closed before any byte of the answer (counted in `retried`).
     async fn get(&mut self, retried: &AtomicU64) -> Result<String, String> {
-        match self.send().await {
+        let sent = match self.send().await {
             Err(Sent::Raced) => {
                 retried.fetch_add(1, Ordering::Relaxed);
-                match self.send().await {
-                    Ok(resp) => answer(resp).await,
-                    Err(Sent::Raced | Sent::Failed) => Err("reset".to_owned()),
-                    Err(Sent::Connect) => Err("connect".to_owned()),
-                }
+                self.send().await
             }
-            Err(Sent::Failed) => Err("reset".to_owned()),
-            Err(Sent::Connect) => Err("connect".to_owned()),
+            sent => sent,
+        };
+        match sent {
             Ok(resp) => answer(resp).await,
+            Err(Sent::Connect) => Err("connect".to_owned()),
+            // A second race is a failure like any other.
+            Err(Sent::Raced | Sent::Failed) => Err("reset".to_owned()),
         }
     }
 

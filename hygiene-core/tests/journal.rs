@@ -483,42 +483,24 @@ impl Journal for NoHandle {
 }
 
 /// An executor that reports a handle for each maintenance it starts.
-#[derive(Debug)]
-struct Handled;
-
-#[async_trait::async_trait]
-impl hygiene_core::Executor for Handled {
-    fn name(&self) -> String {
-        "handled".into()
-    }
-    async fn preflight(
-        &self,
-        targets: &[hygiene_core::Target],
-    ) -> hygiene_core::Result<Vec<hygiene_core::Preflight>> {
-        Ok(vec![hygiene_core::Preflight::Ready; targets.len()])
-    }
-    async fn execute(
-        &self,
-        targets: &[hygiene_core::Target],
-    ) -> hygiene_core::Result<Vec<hygiene_core::ExecOutcome>> {
+fn handled() -> hygiene_core::mock::MockExecutor {
+    let mut exec = hygiene_core::mock::MockExecutor::new();
+    exec.expect_name().return_const("handled".to_owned());
+    exec.expect_preflight()
+        .returning(|t| Ok(vec![hygiene_core::Preflight::Ready; t.len()]));
+    exec.expect_execute_tracked().returning(|targets, sink| {
         Ok(targets
             .iter()
-            .map(|t| hygiene_core::ExecOutcome::success(t.id.clone(), Duration::from_secs(1)))
+            .map(|t| {
+                sink.started(
+                    &t.id,
+                    hygiene_core::ExecHandle(serde_json::json!({"pid": 1})),
+                );
+                hygiene_core::ExecOutcome::success(t.id.clone(), Duration::from_secs(1))
+            })
             .collect())
-    }
-    async fn execute_tracked(
-        &self,
-        targets: &[hygiene_core::Target],
-        sink: &hygiene_core::HandleSink,
-    ) -> hygiene_core::Result<Vec<hygiene_core::ExecOutcome>> {
-        for t in targets {
-            sink.started(
-                &t.id,
-                hygiene_core::ExecHandle(serde_json::json!({"pid": 1})),
-            );
-        }
-        self.execute(targets).await
-    }
+    });
+    exec
 }
 
 // A maintenance's handle that cannot be recorded leaves a gap too: the run
@@ -528,7 +510,7 @@ impl hygiene_core::Executor for Handled {
 async fn a_handle_that_cannot_be_recorded_leaves_the_journal_unfinished() {
     let (lb, _) = pool(2);
     let journal = MemoryJournal::new();
-    let r = Rollout::new(lb.clone(), Handled, config(1))
+    let r = Rollout::new(lb.clone(), handled(), config(1))
         .with_journal(NoHandle(journal.clone()))
         .run()
         .await
